@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit and integration tests against a real
+# PostgreSQL and a real Redis. Uses the ones answering on 127.0.0.1:5432 / :6379; otherwise
+# installs them from Debian packages and starts them (without systemd). Exits non-zero on
+# any failure.
+#
+#   DISPATCHD_TEST_DATABASE_URL  Postgres URL of a user that may create databases
+#                                (default postgres://postgres@127.0.0.1:5432/postgres)
+#   DISPATCHD_TEST_REDIS_URL     default redis://127.0.0.1:6379
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DISPATCHD_TEST_DATABASE_URL="${DISPATCHD_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export DISPATCHD_TEST_REDIS_URL="${DISPATCHD_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+
+say() { printf '\n==> %s\n' "$*"; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+# Runs "$@" until it succeeds, at most 60 times half a second apart.
+wait_for() { for _ in $(seq 60); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done; return 1; }
+
+postgres_answers() { psql "$DISPATCHD_TEST_DATABASE_URL" -tAc 'SELECT 1' >/dev/null 2>&1; }
+
+ensure_postgres() {
+    command -v psql >/dev/null || apt_install postgresql-client
+    postgres_answers && return 0
+    say "starting PostgreSQL"
+    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+        apt_install postgresql
+    fi
+    local version
+    version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    wait_for as_root su postgres -c "psql -tAc 'SELECT 1'" || { echo "PostgreSQL did not start" >&2; exit 1; }
+    if ! postgres_answers; then
+        # A fresh Debian cluster wants a password over TCP: give the test user one.
+        as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\""
+        export DISPATCHD_TEST_DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/postgres"
+    fi
+    wait_for postgres_answers || { echo "cannot connect to $DISPATCHD_TEST_DATABASE_URL" >&2; exit 1; }
+}
+
+redis_answers() { [ "$(redis-cli -u "$DISPATCHD_TEST_REDIS_URL" ping 2>/dev/null)" = "PONG" ]; }
+
+ensure_redis() {
+    command -v redis-cli >/dev/null || apt_install redis-tools
+    redis_answers && return 0
+    say "starting Redis"
+    command -v redis-server >/dev/null || apt_install redis-server
+    as_root redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+    wait_for redis_answers || { echo "Redis did not start" >&2; exit 1; }
+}
+
+drop_test_databases() {
+    psql "$DISPATCHD_TEST_DATABASE_URL" -tAc \
+        "SELECT datname FROM pg_database WHERE datname LIKE 'dispatchd\_test\_%'" 2>/dev/null |
+        while read -r name; do
+            [ -n "$name" ] && psql "$DISPATCHD_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" || true
+        done
+}
+
+drop_test_redis_keys() {
+    redis-cli -u "$DISPATCHD_TEST_REDIS_URL" --scan --pattern 'dispatchd-test:*' 2>/dev/null |
+        xargs -r -n 500 redis-cli -u "$DISPATCHD_TEST_REDIS_URL" del >/dev/null 2>&1 || true
+}
+
+cleanup() {
+    drop_test_databases
+    drop_test_redis_keys
+}
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+ensure_postgres
+ensure_redis
+trap cleanup EXIT
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+say "cargo test"
+cargo test --workspace --locked

@@ -1,0 +1,201 @@
+//! Wiring: [`AppState`] (cheap clonable handles to everything a request may need), built
+//! once by [`App::build`], served by [`App::serve`] on an already-bound listener until a
+//! shutdown future resolves.
+//!
+//! Shutdown: stop accepting, let in-flight requests finish for at most
+//! `server.shutdown_timeout_secs`, stop background tasks, close the database pool, return.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::auth::password::PasswordHasher;
+use crate::auth::revocation::Revocations;
+use crate::auth::token::Tokens;
+use crate::clock::Clock;
+use crate::config::{Config, redact_url};
+use crate::http::ratelimit::RateLimiter;
+use crate::store::redis::RedisHandle;
+use crate::store::{self, Store};
+
+/// Everything handlers share. Clone it freely: every field is a handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub redis: Option<RedisHandle>,
+    pub auth: Arc<Auth>,
+    pub rate_limiter: Option<Arc<RateLimiter>>,
+    pub metrics: PrometheusHandle,
+    pub clock: Clock,
+}
+
+/// A built application, ready to serve.
+pub struct App {
+    state: AppState,
+}
+
+impl App {
+    /// Connects the store (applying migrations) and prepares Redis and auth.
+    pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let store = store::open(&config.database, config.database_url()).await?;
+        tracing::info!(backend = %store.backend(), "store ready");
+        let redis = match config.redis_url() {
+            Some(url) => {
+                tracing::info!(redis = %redact_url(url), "using redis");
+                Some(RedisHandle::new(url, &config.redis)?)
+            }
+            None => None,
+        };
+        let secret = jwt_secret(&config)?;
+        let tokens = Tokens::new(secret.expose_secret().as_bytes(), &config.auth);
+        let revocations = Revocations::new(store.clone(), redis.clone(), tokens.access_ttl(), clock.clone());
+        let passwords = PasswordHasher::new(&config.auth)?;
+        let auth = Auth::new(store.clone(), tokens, passwords, revocations, clock.clone());
+        let state = AppState {
+            rate_limiter: RateLimiter::new(&config.rate_limit),
+            config: Arc::new(config),
+            store,
+            redis,
+            auth: Arc::new(auth),
+            metrics: crate::telemetry::metrics(),
+            clock,
+        };
+        Ok(Self { state })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains as described in the module docs.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = listener.local_addr().context("reading the listener's address")?;
+        tracing::info!(%addr, url = %format!("http://{addr}"), "dispatchd listening");
+        let stop = CancellationToken::new();
+        let background = self.spawn_background(stop.clone());
+
+        let draining = CancellationToken::new();
+        let on_signal = draining.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            on_signal.cancel();
+        });
+        let app = crate::http::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let mut server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(draining.clone().cancelled_owned())
+                .into_future(),
+        );
+        let grace = Duration::from_secs(self.state.config.server.shutdown_timeout_secs);
+        tokio::select! {
+            result = &mut server => result.context("server task failed")?.context("server failed")?,
+            () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over; dropping open requests");
+                server.abort();
+            }
+        }
+        stop.cancel();
+        for task in background {
+            let _ = task.await;
+        }
+        self.state.store.close().await;
+        tracing::info!("dispatchd stopped");
+        Ok(())
+    }
+
+    fn spawn_background(&self, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if let Some(redis) = self.state.redis.clone() {
+            tasks.push(tokio::spawn(redis.run_health_loop(stop.clone())));
+        }
+        if let Some(limiter) = self.state.rate_limiter.clone() {
+            tasks.push(tokio::spawn(every(Duration::from_secs(60), stop.clone(), move || {
+                limiter.forget_idle_clients()
+            })));
+        }
+        let metrics = self.state.metrics.clone();
+        tasks.push(tokio::spawn(every(Duration::from_secs(5), stop, move || {
+            metrics.run_upkeep()
+        })));
+        tasks
+    }
+}
+
+/// Builds and serves: what `dispatchd serve` runs.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    App::build(config, Clock::system())
+        .await?
+        .serve(listener, shutdown)
+        .await
+}
+
+/// Runs `work` every `period` until `stop`.
+async fn every(period: Duration, stop: CancellationToken, work: impl Fn() + Send + 'static) {
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => work(),
+        }
+    }
+}
+
+/// The configured JWT secret or, for the embedded store only, one generated once and kept
+/// beside the database file so tokens survive restarts.
+fn jwt_secret(config: &Config) -> anyhow::Result<SecretString> {
+    if !config.auth.jwt_secret.expose_secret().is_empty() {
+        return Ok(config.auth.jwt_secret.clone());
+    }
+    let dir = config
+        .database
+        .sqlite_path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty());
+    let path = dir.unwrap_or(Path::new(".")).join("jwt.secret");
+    load_or_create_secret(&path).with_context(|| format!("preparing the JWT secret in {}", path.display()))
+}
+
+fn load_or_create_secret(path: &Path) -> anyhow::Result<SecretString> {
+    use std::io::Write as _;
+
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let secret = existing.trim().to_owned();
+        anyhow::ensure!(secret.len() >= 32, "{} holds fewer than 32 bytes", path.display());
+        return Ok(SecretString::from(secret));
+    }
+    let mut bytes = [0u8; 48];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let secret = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        // Another process created it first: use theirs.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return load_or_create_secret(path),
+        Err(err) => return Err(err.into()),
+    };
+    file.write_all(secret.as_bytes())?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), "generated a JWT secret for the embedded store");
+    Ok(SecretString::from(secret))
+}

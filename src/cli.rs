@@ -1,0 +1,166 @@
+//! The command line: `dispatchd [serve]`, `dispatchd migrate`,
+//! `dispatchd admin create-user --role dispatcher|admin --phone … --name …`.
+
+use std::io::{BufRead as _, IsTerminal as _};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use crate::config::{Config, LogFormat};
+use crate::domain::{PersonName, Phone, Role};
+
+/// Environment variable the admin password may come from instead of standard input.
+pub const ADMIN_PASSWORD_ENV: &str = "DISPATCHD_ADMIN_PASSWORD";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dispatchd",
+    version,
+    about = "Real-time dispatch server for delivery and ride-hailing fleets"
+)]
+pub struct Cli {
+    /// Configuration file layered over the built-in defaults (see config.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log format for this run, overriding log.format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Json,
+    Human,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Json => LogFormat::Json,
+            LogFormatArg::Human => LogFormat::Human,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Operator tasks.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a dispatcher or admin account. The password is read from standard input
+    /// (or DISPATCHD_ADMIN_PASSWORD), never from the command line.
+    CreateUser {
+        #[arg(long, value_enum)]
+        role: StaffRole,
+        /// E.164 phone number, e.g. +919876543210.
+        #[arg(long)]
+        phone: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StaffRole {
+    Dispatcher,
+    Admin,
+}
+
+/// Runs the chosen command with a loaded configuration.
+pub async fn execute(command: Option<Command>, config: Config) -> anyhow::Result<()> {
+    match command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            crate::store::open(&config.database, config.database_url()).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Admin(AdminCommand::CreateUser { role, phone, name }) => {
+            create_user(config, role, &phone, &name).await
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = config.server.addr;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    crate::app::run(config, listener, shutdown_signal()).await
+}
+
+async fn create_user(config: Config, role: StaffRole, phone: &str, name: &str) -> anyhow::Result<()> {
+    let phone = Phone::parse(phone).map_err(|err| anyhow::anyhow!("--phone {err}"))?;
+    let name = PersonName::parse(name).map_err(|err| anyhow::anyhow!("--name {err}"))?;
+    let password = read_password()?;
+    let password =
+        crate::auth::password::NewPassword::parse(password).map_err(|err| anyhow::anyhow!("password {err}"))?;
+    let role = match role {
+        StaffRole::Dispatcher => Role::Dispatcher,
+        StaffRole::Admin => Role::Admin,
+    };
+    let app = crate::app::App::build(config, Clock::system()).await?;
+    let user = app
+        .state()
+        .auth
+        .create_staff(name, phone, password, role)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    println!("{}", serde_json::to_string(&user)?);
+    app.state().store.close().await;
+    Ok(())
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var(ADMIN_PASSWORD_ENV) {
+        return Ok(password);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password for the new account: ");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,405 @@
+//! Typed configuration, loaded once at start.
+//!
+//! Layers, later wins: the annotated `config.toml` compiled into the binary (it holds every
+//! key and its default), an optional file named with `--config`, then environment variables
+//! `DISPATCHD__SECTION__KEY`. Unknown keys are errors. [`Config::load`] either returns a
+//! configuration that passed [`Config::validate`] or a [`ConfigError`] naming the key.
+//! Secrets are [`SecretString`]s: `Debug` prints them redacted and nothing logs them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The default configuration, which is also the documentation of every key.
+pub const DEFAULT_CONFIG: &str = include_str!("../config.toml");
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "DISPATCHD__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
+    pub rate_limit: RateLimitConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    pub shutdown_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Human,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Postgres URL; empty selects the embedded SQLite store. May hold a password.
+    pub url: SecretString,
+    pub sqlite_path: PathBuf,
+    pub max_connections: u32,
+    pub connect_timeout_secs: u64,
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Redis URL; empty means no Redis. May hold a password.
+    pub url: SecretString,
+    pub key_prefix: String,
+    pub command_timeout_ms: u64,
+    pub health_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_secret: SecretString,
+    pub issuer: String,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub max_concurrent_hashes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub cors: CorsConfig,
+    pub headers: HeadersConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    pub allowed_origins: Vec<String>,
+    pub max_age_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersConfig {
+    pub content_security_policy: String,
+    pub hsts_max_age_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub requests_per_minute: u32,
+    pub client_ip_header: String,
+}
+
+/// A configuration problem, always tied to the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key, e.g. `server.addr`; empty when the problem is not about one key.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Turns figment's error into one line naming the key and where the value came from.
+    fn from_figment(err: figment::Error) -> Self {
+        let key = err.path.join(".");
+        let origin = err
+            .metadata
+            .as_ref()
+            .map_or_else(String::new, |meta| match &meta.source {
+                Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+                _ if meta.name.contains("environment") => {
+                    format!(" (from {ENV_PREFIX}{})", err.path.join("__").to_uppercase())
+                }
+                _ => String::new(),
+            });
+        Self {
+            key,
+            message: format!("{}{origin}", err.kind),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layered configuration, reading environment variables from the process.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file)?.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// The built-in defaults, overridden by `file` when given. Environment not included.
+    pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::new(
+                    "",
+                    format!("config file {} does not exist", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Ok(figment)
+    }
+
+    /// Extracts and validates a configuration from any figment (tests add their own layers).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(|errors| {
+            // Report the first problem only: the promise is one clear line.
+            let first = errors.into_iter().next();
+            first.map_or_else(
+                || ConfigError::new("", "invalid configuration"),
+                ConfigError::from_figment,
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("server.shutdown_timeout_secs", self.server.shutdown_timeout_secs),
+            ("server.request_timeout_secs", self.server.request_timeout_secs),
+            ("server.body_limit_bytes", self.server.body_limit_bytes as u64),
+            ("database.max_connections", self.database.max_connections.into()),
+            ("database.connect_timeout_secs", self.database.connect_timeout_secs),
+            ("database.acquire_timeout_secs", self.database.acquire_timeout_secs),
+            ("redis.command_timeout_ms", self.redis.command_timeout_ms),
+            ("redis.health_interval_ms", self.redis.health_interval_ms),
+            ("auth.access_ttl_secs", self.auth.access_ttl_secs),
+            ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs),
+            ("auth.argon2_iterations", self.auth.argon2_iterations.into()),
+            ("auth.argon2_parallelism", self.auth.argon2_parallelism.into()),
+            ("auth.max_concurrent_hashes", self.auth.max_concurrent_hashes as u64),
+            (
+                "rate_limit.requests_per_minute",
+                self.rate_limit.requests_per_minute.into(),
+            ),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::new(key, "must be greater than 0"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::new("log.level", "is not a valid filter directive"));
+        }
+        self.validate_database()?;
+        self.validate_redis()?;
+        self.validate_auth()?;
+        self.validate_http()
+    }
+
+    fn validate_database(&self) -> Result<(), ConfigError> {
+        match self.database_url() {
+            Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => Err(
+                ConfigError::new("database.url", "must start with postgres:// (or be empty for SQLite)"),
+            ),
+            None if self.database.sqlite_path.as_os_str().is_empty() => Err(ConfigError::new(
+                "database.sqlite_path",
+                "must not be empty when database.url is empty",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        match self.redis_url() {
+            Some(url) if ::redis::Client::open(url).is_err() => {
+                Err(ConfigError::new("redis.url", "is not a valid redis:// URL"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let secret = self.auth.jwt_secret.expose_secret();
+        if !secret.is_empty() && secret.len() < 32 {
+            return Err(ConfigError::new("auth.jwt_secret", "must be at least 32 bytes"));
+        }
+        if secret.is_empty() && self.database_url().is_some() {
+            return Err(ConfigError::new(
+                "auth.jwt_secret",
+                "is required when database.url is set (every node must share it)",
+            ));
+        }
+        if self.auth.argon2_memory_kib < 8 * self.auth.argon2_parallelism {
+            return Err(ConfigError::new(
+                "auth.argon2_memory_kib",
+                "must be at least 8 × argon2_parallelism",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        for origin in &self.http.cors.allowed_origins {
+            if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
+                return Err(ConfigError::new(
+                    "http.cors.allowed_origins",
+                    format!("{origin:?} is not a valid origin"),
+                ));
+            }
+        }
+        if axum::http::HeaderValue::from_str(&self.http.headers.content_security_policy).is_err() {
+            return Err(ConfigError::new(
+                "http.headers.content_security_policy",
+                "is not a valid header value",
+            ));
+        }
+        match self.rate_limit.client_ip_header.as_str() {
+            "" | "x-forwarded-for" | "x-real-ip" => Ok(()),
+            _ => Err(ConfigError::new(
+                "rate_limit.client_ip_header",
+                "must be \"\", \"x-forwarded-for\" or \"x-real-ip\"",
+            )),
+        }
+    }
+
+    /// The Postgres URL, or `None` for the embedded SQLite store.
+    pub fn database_url(&self) -> Option<&str> {
+        non_empty(&self.database.url)
+    }
+
+    /// The Redis URL, or `None` when Redis is not used.
+    pub fn redis_url(&self) -> Option<&str> {
+        non_empty(&self.redis.url)
+    }
+}
+
+fn non_empty(secret: &SecretString) -> Option<&str> {
+    Some(secret.expose_secret().trim()).filter(|s| !s.is_empty())
+}
+
+/// A URL with its password replaced, safe to log.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => "***".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn with(key: &str, value: impl serde::Serialize) -> Result<Config, ConfigError> {
+        Config::from_figment(Config::figment(None).unwrap().merge(Serialized::global(key, value)))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_embedded() {
+        let config = with("log.level", "info").unwrap();
+        assert_eq!(config.server.addr.port(), 8080);
+        assert!(config.database_url().is_none());
+        assert!(config.redis_url().is_none());
+        assert_eq!(config.rate_limit.requests_per_minute, 100);
+        assert_eq!(config.auth.access_ttl_secs, 24 * 3600);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = with("server.addr", "nowhere").unwrap_err();
+        assert_eq!(err.key, "server.addr");
+        let err = with("rate_limit.requests_per_minute", 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rate_limit.requests_per_minute: must be greater than 0"
+        );
+        let err = with("database.url", "mysql://x").unwrap_err();
+        assert_eq!(err.key, "database.url");
+        let err = with("log.format", "xml").unwrap_err();
+        assert_eq!(err.key, "log.format");
+    }
+
+    #[test]
+    fn postgres_needs_a_shared_jwt_secret() {
+        let err = with("database.url", "postgres://u:p@localhost/db").unwrap_err();
+        assert_eq!(err.key, "auth.jwt_secret");
+        let short = with("auth.jwt_secret", "short").unwrap_err();
+        assert_eq!(short.key, "auth.jwt_secret");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = with("server.adr", "127.0.0.1:1").unwrap_err();
+        assert!(err.to_string().contains("adr"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let figment = Config::figment(None)
+            .unwrap()
+            .merge(Serialized::global(
+                "auth.jwt_secret",
+                "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t",
+            ))
+            .merge(Serialized::global("database.url", "postgres://app:hunter2@db/x"))
+            .merge(Serialized::global("redis.url", "redis://:redispw@cache:6379"));
+        let shown = format!("{:?}", Config::from_figment(figment).unwrap());
+        for secret in ["s3cr3t", "hunter2", "redispw"] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+    }
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

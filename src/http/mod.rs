@@ -1,0 +1,106 @@
+//! The REST API (axum): routes, and the layers every request passes through.
+//!
+//! Outermost first: request id (taken from `x-request-id` or made up, echoed on the answer)
+//! → trace span carrying it → security headers → CORS → metrics → error envelope → panic
+//! catcher → timeout → body limit (enforced where the body is read) → (`/api` only) rate limit → handler.
+//! Handlers live one file per resource and speak [`crate::error::Error`] and
+//! [`response::Ok`]; nothing below this module knows about HTTP.
+
+pub mod auth;
+pub mod extract;
+pub mod middleware;
+pub mod ops;
+pub mod ratelimit;
+pub mod response;
+pub mod users;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::LatencyUnit;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::app::AppState;
+use extract::BodyLimit;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole HTTP application for `state`.
+pub fn router(state: AppState) -> Router {
+    let server = &state.config.server;
+    let body_limit = server.body_limit_bytes;
+
+    let mut api = api_routes();
+    if let Some(limiter) = state.rate_limiter.clone() {
+        api = api.layer(from_fn_with_state(limiter, ratelimit::enforce));
+    }
+    let ops = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics));
+
+    let mut app = Router::new().nest("/api/v1", api).merge(ops).layer(
+        ServiceBuilder::new()
+            .layer(from_fn(middleware::record_metrics))
+            .layer(from_fn(middleware::ensure_envelope))
+            .layer(CatchPanicLayer::custom(middleware::panic_response))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(server.request_timeout_secs),
+            ))
+            .layer(DefaultBodyLimit::max(body_limit))
+            .map_request(move |mut req: Request| {
+                req.extensions_mut().insert(BodyLimit(body_limit));
+                req
+            }),
+    );
+    if let Some(cors) = middleware::cors(&state.config.http.cors) {
+        app = app.layer(cors);
+    }
+    for (name, value) in middleware::security_headers(&state.config.http.headers) {
+        app = app.layer(SetResponseHeaderLayer::if_not_present(name, value));
+    }
+    app.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &Request| {
+                        let request_id = req
+                            .headers()
+                            .get(REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-");
+                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+                    })
+                    .on_response(
+                        DefaultOnResponse::new()
+                            .level(Level::INFO)
+                            .latency_unit(LatencyUnit::Micros),
+                    ),
+            )
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
+    )
+    .with_state(state)
+}
+
+fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/auth/register", post(auth::register))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/logout", post(auth::logout))
+        .route("/me", get(auth::me))
+        .route("/admin/users", get(users::list))
+        .route("/admin/users/{id}/disable", post(users::disable))
+}

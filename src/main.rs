@@ -1,0 +1,42 @@
+//! `dispatchd`: load configuration, start telemetry, run the command.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use dispatchd::cli::{Cli, Command, execute};
+use dispatchd::config::Config;
+use dispatchd::telemetry::LogTarget;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("dispatchd: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(format) = cli.log_format {
+        config.log.format = format.into();
+    }
+    let target = match cli.command {
+        None | Some(Command::Serve) => LogTarget::Stdout,
+        Some(_) => LogTarget::Stderr,
+    };
+    dispatchd::telemetry::init_tracing(&config.log, target);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("dispatchd: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "dispatchd failed");
+            eprintln!("dispatchd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Postgres: the system of record in production. Migrations: `migrations/postgres`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::config::{DatabaseConfig, redact_url};
+
+type Db = sqlx::Postgres;
+type StoreImpl = PgStore;
+const BACKEND: Backend = Backend::Postgres;
+const BEGIN_WRITE: &str = "BEGIN";
+/// Locks the token row, so concurrent rotations of one token queue up behind each other and
+/// the second sees the first's `used_at`.
+const SELECT_REFRESH_FOR_ROTATION: &str = "SELECT rt.session_id, s.user_id, rt.expires_at, rt.used_at, \
+     s.revoked_at, u.disabled_at FROM refresh_tokens rt \
+     JOIN auth_sessions s ON s.id = rt.session_id JOIN users u ON u.id = s.user_id \
+     WHERE rt.token_hash = $1 FOR UPDATE OF rt";
+
+/// A pool of Postgres connections.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects, retrying until `connect_timeout_secs` has passed (the database may start
+    /// after us). The error names the database without its password.
+    pub async fn connect(url: &str, config: &DatabaseConfig) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(url).context("database.url is not a valid Postgres URL")?;
+        let pool_options = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(config.acquire_timeout_secs));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(config.connect_timeout_secs);
+        loop {
+            match pool_options.clone().connect_with(options.clone()).await {
+                Ok(pool) => return Ok(Self { pool }),
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %err, database = %redact_url(url), "database not reachable yet, retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => {
+                    return Err(anyhow::Error::new(err).context(format!(
+                        "cannot reach the database {} within {} s",
+                        redact_url(url),
+                        config.connect_timeout_secs
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Applies pending migrations (idempotent; concurrent nodes serialise on an advisory lock).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await
+            .context("applying Postgres migrations")
+    }
+
+    /// The pool, for tests and tools that need raw SQL.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+include!("sql_common.rs");

@@ -1,0 +1,68 @@
+//! Embedded SQLite: the default when no database URL is configured, so the server runs on a
+//! machine with nothing installed. One file, WAL journal, `synchronous = FULL` so a
+//! committed order survives a power cut. Migrations: `migrations/sqlite`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::config::DatabaseConfig;
+
+type Db = sqlx::Sqlite;
+type StoreImpl = SqliteStore;
+const BACKEND: Backend = Backend::Sqlite;
+/// Takes the database's write lock at the start, so a transaction that reads then writes
+/// never fails to upgrade its lock halfway (it waits up to the busy timeout instead).
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+/// No row lock: `BEGIN IMMEDIATE` already holds the only write lock there is.
+const SELECT_REFRESH_FOR_ROTATION: &str = "SELECT rt.session_id, s.user_id, rt.expires_at, rt.used_at, \
+     s.revoked_at, u.disabled_at FROM refresh_tokens rt \
+     JOIN auth_sessions s ON s.id = rt.session_id JOIN users u ON u.id = s.user_id \
+     WHERE rt.token_hash = $1";
+
+/// How long a writer waits for the write lock before the request fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file and its directory.
+    pub async fn open(path: &Path, config: &DatabaseConfig) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(config.acquire_timeout_secs))
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening SQLite database {}", path.display()))?;
+        Ok(Self { pool })
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.pool)
+            .await
+            .context("applying SQLite migrations")
+    }
+
+    /// The pool, for tests and tools that need raw SQL.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+include!("sql_common.rs");
