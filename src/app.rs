@@ -96,9 +96,7 @@ impl App {
         });
         let app = crate::http::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let mut server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(draining.clone().cancelled_owned())
-                .into_future(),
+            axum::serve(listener, app).with_graceful_shutdown(draining.clone().cancelled_owned()).into_future(),
         );
         let grace = Duration::from_secs(self.state.config.server.shutdown_timeout_secs);
         tokio::select! {
@@ -128,9 +126,7 @@ impl App {
             })));
         }
         let metrics = self.state.metrics.clone();
-        tasks.push(tokio::spawn(every(Duration::from_secs(5), stop, move || {
-            metrics.run_upkeep()
-        })));
+        tasks.push(tokio::spawn(every(Duration::from_secs(5), stop, move || metrics.run_upkeep())));
         tasks
     }
 }
@@ -141,10 +137,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    App::build(config, Clock::system())
-        .await?
-        .serve(listener, shutdown)
-        .await
+    App::build(config, Clock::system()).await?.serve(listener, shutdown).await
 }
 
 /// Runs `work` every `period` until `stop`.
@@ -164,11 +157,7 @@ fn jwt_secret(config: &Config) -> anyhow::Result<SecretString> {
     if !config.auth.jwt_secret.expose_secret().is_empty() {
         return Ok(config.auth.jwt_secret.clone());
     }
-    let dir = config
-        .database
-        .sqlite_path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty());
+    let dir = config.database.sqlite_path.parent().filter(|dir| !dir.as_os_str().is_empty());
     let path = dir.unwrap_or(Path::new(".")).join("jwt.secret");
     load_or_create_secret(&path).with_context(|| format!("preparing the JWT secret in {}", path.display()))
 }

@@ -16,11 +16,7 @@ use crate::domain::{PersonName, Phone, Role};
 pub const ADMIN_PASSWORD_ENV: &str = "DISPATCHD_ADMIN_PASSWORD";
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "dispatchd",
-    version,
-    about = "Real-time dispatch server for delivery and ride-hailing fleets"
-)]
+#[command(name = "dispatchd", version, about = "Real-time dispatch server for delivery and ride-hailing fleets")]
 pub struct Cli {
     /// Configuration file layered over the built-in defaults (see config.toml).
     #[arg(long, global = true, value_name = "PATH")]
@@ -98,9 +94,7 @@ pub async fn execute(command: Option<Command>, config: Config) -> anyhow::Result
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.server.addr;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     crate::app::run(config, listener, shutdown_signal()).await
 }
 
@@ -115,12 +109,8 @@ async fn create_user(config: Config, role: StaffRole, phone: &str, name: &str) -
         StaffRole::Admin => Role::Admin,
     };
     let app = crate::app::App::build(config, Clock::system()).await?;
-    let user = app
-        .state()
-        .auth
-        .create_staff(name, phone, password, role)
-        .await
-        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let user =
+        app.state().auth.create_staff(name, phone, password, role).await.map_err(|err| anyhow::anyhow!("{err}"))?;
     println!("{}", serde_json::to_string(&user)?);
     app.state().store.close().await;
     Ok(())
@@ -135,10 +125,7 @@ fn read_password() -> anyhow::Result<String> {
         eprint!("password for the new account: ");
     }
     let mut line = String::new();
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .context("reading the password from standard input")?;
+    stdin.lock().read_line(&mut line).context("reading the password from standard input")?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 

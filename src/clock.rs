@@ -20,9 +20,7 @@ impl Clock {
 
     /// A clock that stands still at `start` until [`Clock::advance`] moves it.
     pub fn manual(start: DateTime<Utc>) -> Self {
-        Self {
-            manual: Some(Arc::new(Mutex::new(truncate(start)))),
-        }
+        Self { manual: Some(Arc::new(Mutex::new(truncate(start)))) }
     }
 
     /// Now, truncated to microseconds: the precision both stores keep, so a time read back

@@ -129,11 +129,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.key, self.message)
-        }
+        if self.key.is_empty() { write!(f, "{}", self.message) } else { write!(f, "{}: {}", self.key, self.message) }
     }
 }
 
@@ -141,29 +137,20 @@ impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     fn new(key: &str, message: impl Into<String>) -> Self {
-        Self {
-            key: key.to_owned(),
-            message: message.into(),
-        }
+        Self { key: key.to_owned(), message: message.into() }
     }
 
     /// Turns figment's error into one line naming the key and where the value came from.
     fn from_figment(err: figment::Error) -> Self {
         let key = err.path.join(".");
-        let origin = err
-            .metadata
-            .as_ref()
-            .map_or_else(String::new, |meta| match &meta.source {
-                Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
-                _ if meta.name.contains("environment") => {
-                    format!(" (from {ENV_PREFIX}{})", err.path.join("__").to_uppercase())
-                }
-                _ => String::new(),
-            });
-        Self {
-            key,
-            message: format!("{}{origin}", err.kind),
-        }
+        let origin = err.metadata.as_ref().map_or_else(String::new, |meta| match &meta.source {
+            Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+            _ if meta.name.contains("environment") => {
+                format!(" (from {ENV_PREFIX}{})", err.path.join("__").to_uppercase())
+            }
+            _ => String::new(),
+        });
+        Self { key, message: format!("{}{origin}", err.kind) }
     }
 }
 
@@ -178,10 +165,7 @@ impl Config {
         let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError::new(
-                    "",
-                    format!("config file {} does not exist", path.display()),
-                ));
+                return Err(ConfigError::new("", format!("config file {} does not exist", path.display())));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -193,10 +177,7 @@ impl Config {
         let config: Config = figment.extract().map_err(|errors| {
             // Report the first problem only: the promise is one clear line.
             let first = errors.into_iter().next();
-            first.map_or_else(
-                || ConfigError::new("", "invalid configuration"),
-                ConfigError::from_figment,
-            )
+            first.map_or_else(|| ConfigError::new("", "invalid configuration"), ConfigError::from_figment)
         })?;
         config.validate()?;
         Ok(config)
@@ -218,10 +199,7 @@ impl Config {
             ("auth.argon2_iterations", self.auth.argon2_iterations.into()),
             ("auth.argon2_parallelism", self.auth.argon2_parallelism.into()),
             ("auth.max_concurrent_hashes", self.auth.max_concurrent_hashes as u64),
-            (
-                "rate_limit.requests_per_minute",
-                self.rate_limit.requests_per_minute.into(),
-            ),
+            ("rate_limit.requests_per_minute", self.rate_limit.requests_per_minute.into()),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::new(key, "must be greater than 0"));
@@ -237,13 +215,12 @@ impl Config {
 
     fn validate_database(&self) -> Result<(), ConfigError> {
         match self.database_url() {
-            Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => Err(
-                ConfigError::new("database.url", "must start with postgres:// (or be empty for SQLite)"),
-            ),
-            None if self.database.sqlite_path.as_os_str().is_empty() => Err(ConfigError::new(
-                "database.sqlite_path",
-                "must not be empty when database.url is empty",
-            )),
+            Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
+                Err(ConfigError::new("database.url", "must start with postgres:// (or be empty for SQLite)"))
+            }
+            None if self.database.sqlite_path.as_os_str().is_empty() => {
+                Err(ConfigError::new("database.sqlite_path", "must not be empty when database.url is empty"))
+            }
             _ => Ok(()),
         }
     }
@@ -269,10 +246,7 @@ impl Config {
             ));
         }
         if self.auth.argon2_memory_kib < 8 * self.auth.argon2_parallelism {
-            return Err(ConfigError::new(
-                "auth.argon2_memory_kib",
-                "must be at least 8 × argon2_parallelism",
-            ));
+            return Err(ConfigError::new("auth.argon2_memory_kib", "must be at least 8 × argon2_parallelism"));
         }
         Ok(())
     }
@@ -280,17 +254,11 @@ impl Config {
     fn validate_http(&self) -> Result<(), ConfigError> {
         for origin in &self.http.cors.allowed_origins {
             if origin != "*" && axum::http::HeaderValue::from_str(origin).is_err() {
-                return Err(ConfigError::new(
-                    "http.cors.allowed_origins",
-                    format!("{origin:?} is not a valid origin"),
-                ));
+                return Err(ConfigError::new("http.cors.allowed_origins", format!("{origin:?} is not a valid origin")));
             }
         }
         if axum::http::HeaderValue::from_str(&self.http.headers.content_security_policy).is_err() {
-            return Err(ConfigError::new(
-                "http.headers.content_security_policy",
-                "is not a valid header value",
-            ));
+            return Err(ConfigError::new("http.headers.content_security_policy", "is not a valid header value"));
         }
         match self.rate_limit.client_ip_header.as_str() {
             "" | "x-forwarded-for" | "x-real-ip" => Ok(()),
@@ -354,10 +322,7 @@ mod tests {
         let err = with("server.addr", "nowhere").unwrap_err();
         assert_eq!(err.key, "server.addr");
         let err = with("rate_limit.requests_per_minute", 0).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "rate_limit.requests_per_minute: must be greater than 0"
-        );
+        assert_eq!(err.to_string(), "rate_limit.requests_per_minute: must be greater than 0");
         let err = with("database.url", "mysql://x").unwrap_err();
         assert_eq!(err.key, "database.url");
         let err = with("log.format", "xml").unwrap_err();
@@ -382,10 +347,7 @@ mod tests {
     fn debug_never_shows_secrets() {
         let figment = Config::figment(None)
             .unwrap()
-            .merge(Serialized::global(
-                "auth.jwt_secret",
-                "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t",
-            ))
+            .merge(Serialized::global("auth.jwt_secret", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"))
             .merge(Serialized::global("database.url", "postgres://app:hunter2@db/x"))
             .merge(Serialized::global("redis.url", "redis://:redispw@cache:6379"));
         let shown = format!("{:?}", Config::from_figment(figment).unwrap());
@@ -396,10 +358,7 @@ mod tests {
 
     #[test]
     fn redacts_passwords_in_urls() {
-        assert_eq!(
-            redact_url("postgres://app:hunter2@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
+        assert_eq!(redact_url("postgres://app:hunter2@db:5432/x"), "postgres://app:***@db:5432/x");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

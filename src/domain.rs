@@ -120,9 +120,7 @@ impl Phone {
         let valid =
             (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
         if !valid {
-            return Err(Invalid(
-                "must be + followed by 8 to 15 digits (E.164), e.g. +919876543210".into(),
-            ));
+            return Err(Invalid("must be + followed by 8 to 15 digits (E.164), e.g. +919876543210".into()));
         }
         Ok(Self(compact))
     }
@@ -238,14 +236,7 @@ mod tests {
     #[test]
     fn phones_are_normalised_e164() {
         assert_eq!(Phone::parse("+91 98765-43210").unwrap().as_str(), "+919876543210");
-        for bad in [
-            "9876543210",
-            "+0123456789",
-            "+12",
-            "+1234567890123456",
-            "+91abc4567890",
-            "",
-        ] {
+        for bad in ["9876543210", "+0123456789", "+12", "+1234567890123456", "+91abc4567890", ""] {
             assert!(Phone::parse(bad).is_err(), "{bad} accepted");
         }
     }

@@ -60,38 +60,23 @@ pub struct ErrorBody {
 
 impl Error {
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Validation {
-            field: field.into(),
-            message: message.into(),
-        }
+        Error::Validation { field: field.into(), message: message.into() }
     }
 
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
-        Error::Unauthorized {
-            code,
-            message: message.into(),
-        }
+        Error::Unauthorized { code, message: message.into() }
     }
 
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        Error::Forbidden {
-            code,
-            message: message.into(),
-        }
+        Error::Forbidden { code, message: message.into() }
     }
 
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Error::NotFound {
-            code,
-            message: message.into(),
-        }
+        Error::NotFound { code, message: message.into() }
     }
 
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Error::Conflict {
-            code,
-            message: message.into(),
-        }
+        Error::Conflict { code, message: message.into() }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -141,11 +126,7 @@ impl Error {
             Error::Internal(_) => "internal server error; the request id identifies it in the logs".to_owned(),
             other => other.to_string(),
         };
-        ErrorBody {
-            code: self.code(),
-            message,
-            details,
-        }
+        ErrorBody { code: self.code(), message, details }
     }
 }
 

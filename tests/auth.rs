@@ -14,17 +14,12 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 async fn refresh(app: &TestApp, token: &str) -> common::Reply {
-    app.post("/api/v1/auth/refresh", json!({ "refresh_token": token }), None)
-        .await
+    app.post("/api/v1/auth/refresh", json!({ "refresh_token": token }), None).await
 }
 
 async fn me_status(app: &TestApp, access: &str) -> (StatusCode, String) {
     let reply = app.get("/api/v1/me", Some(access)).await;
-    let code = if reply.status == StatusCode::OK {
-        String::new()
-    } else {
-        reply.error_code().to_owned()
-    };
+    let code = if reply.status == StatusCode::OK { String::new() } else { reply.error_code().to_owned() };
     (reply.status, code)
 }
 
@@ -64,15 +59,8 @@ async fn register_login_refresh_logout_round_trip() {
     let logout = app.post("/api/v1/auth/logout", json!({}), Some(&rotated.access)).await;
     assert_eq!(logout.status, StatusCode::OK);
     assert_eq!(logout.data()["logged_out"], true);
-    assert_eq!(
-        me_status(&app, &rotated.access).await,
-        (StatusCode::UNAUTHORIZED, "TOKEN_REVOKED".into())
-    );
-    assert_eq!(
-        me_status(&app, &login.access).await.1,
-        "TOKEN_REVOKED",
-        "older tokens of the session too"
-    );
+    assert_eq!(me_status(&app, &rotated.access).await, (StatusCode::UNAUTHORIZED, "TOKEN_REVOKED".into()));
+    assert_eq!(me_status(&app, &login.access).await.1, "TOKEN_REVOKED", "older tokens of the session too");
     assert_eq!(refresh(&app, &rotated.refresh).await.error_code(), "SESSION_REVOKED");
 
     // Sessions are independent: the one from sign-up is untouched.
@@ -102,36 +90,20 @@ async fn concurrent_uses_of_one_refresh_token_rotate_it_once() {
     let winners = replies.iter().filter(|reply| reply.status == StatusCode::OK).count();
     assert_eq!(winners, 1, "{replies:?}");
     for reply in replies.iter().filter(|reply| reply.status != StatusCode::OK) {
-        assert!(
-            ["REFRESH_TOKEN_REUSED", "SESSION_REVOKED"].contains(&reply.error_code()),
-            "{reply:?}"
-        );
+        assert!(["REFRESH_TOKEN_REUSED", "SESSION_REVOKED"].contains(&reply.error_code()), "{reply:?}");
     }
 }
 
 #[tokio::test]
 async fn token_problems_are_401_with_a_reason() {
     let clock = Clock::manual(chrono::Utc::now());
-    let app = TestApp::spawn_with(Options {
-        clock: clock.clone(),
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::spawn_with(Options { clock: clock.clone(), ..Options::default() }).await;
     let session = app.register("customer").await;
 
     let missing = app.get("/api/v1/me", None).await;
-    assert_eq!(
-        (missing.status, missing.error_code()),
-        (StatusCode::UNAUTHORIZED, "MISSING_TOKEN")
-    );
+    assert_eq!((missing.status, missing.error_code()), (StatusCode::UNAUTHORIZED, "MISSING_TOKEN"));
     assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
-    let basic = app
-        .send(
-            app.client
-                .get(app.url("/api/v1/me"))
-                .header("authorization", "Basic abc"),
-        )
-        .await;
+    let basic = app.send(app.client.get(app.url("/api/v1/me")).header("authorization", "Basic abc")).await;
     assert_eq!(basic.error_code(), "INVALID_TOKEN");
     assert_eq!(me_status(&app, "not-a-jwt").await.1, "INVALID_TOKEN");
     let tampered = format!("{}x", session.access);
@@ -146,39 +118,19 @@ async fn token_problems_are_401_with_a_reason() {
     let renewed = Session::from_grant(renewed.data());
 
     clock.advance(Span::days(7));
-    assert_eq!(
-        refresh(&app, &renewed.refresh).await.error_code(),
-        "REFRESH_TOKEN_EXPIRED"
-    );
-    assert_eq!(
-        refresh(&app, "no-such-token").await.error_code(),
-        "INVALID_REFRESH_TOKEN"
-    );
+    assert_eq!(refresh(&app, &renewed.refresh).await.error_code(), "REFRESH_TOKEN_EXPIRED");
+    assert_eq!(refresh(&app, "no-such-token").await.error_code(), "INVALID_REFRESH_TOKEN");
 }
 
 #[tokio::test]
 async fn wrong_password_and_unknown_phone_look_the_same() {
     let app = TestApp::spawn().await;
     let session = app.register("customer").await;
-    let wrong = app
-        .post(
-            "/api/v1/auth/login",
-            json!({ "phone": session.phone, "password": "not the password" }),
-            None,
-        )
-        .await;
-    let unknown = app
-        .post(
-            "/api/v1/auth/login",
-            json!({ "phone": unique_phone(), "password": PASSWORD }),
-            None,
-        )
-        .await;
+    let wrong =
+        app.post("/api/v1/auth/login", json!({ "phone": session.phone, "password": "not the password" }), None).await;
+    let unknown = app.post("/api/v1/auth/login", json!({ "phone": unique_phone(), "password": PASSWORD }), None).await;
     for reply in [&wrong, &unknown] {
-        assert_eq!(
-            (reply.status, reply.error_code()),
-            (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS")
-        );
+        assert_eq!((reply.status, reply.error_code()), (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"));
     }
     assert_eq!(wrong.body["error"]["message"], unknown.body["error"]["message"]);
 }
@@ -189,11 +141,7 @@ async fn sign_up_rules() {
     let register = |body| app.post("/api/v1/auth/register", body, None);
     for role in ["dispatcher", "admin"] {
         let reply = register(json!({ "name": "X", "phone": unique_phone(), "password": PASSWORD, "role": role })).await;
-        assert_eq!(
-            (reply.status, reply.error_code()),
-            (StatusCode::FORBIDDEN, "ROLE_NOT_ALLOWED"),
-            "{role}"
-        );
+        assert_eq!((reply.status, reply.error_code()), (StatusCode::FORBIDDEN, "ROLE_NOT_ALLOWED"), "{role}");
     }
     let pilot = register(json!({ "name": "P", "phone": unique_phone(), "password": PASSWORD, "role": "pilot" })).await;
     assert_eq!(pilot.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -209,10 +157,7 @@ async fn sign_up_rules() {
     }))
     .await;
     assert_eq!(pilot.status, StatusCode::CREATED);
-    assert_eq!(
-        pilot.data()["user"]["pilot"],
-        json!({ "vehicle_type": "mini_truck", "status": "offline" })
-    );
+    assert_eq!(pilot.data()["user"]["pilot"], json!({ "vehicle_type": "mini_truck", "status": "offline" }));
 
     // The same number typed differently is the same number.
     let phone = unique_phone();
@@ -220,10 +165,7 @@ async fn sign_up_rules() {
     let first = register(json!({ "name": "A", "phone": phone, "password": PASSWORD, "role": "customer" })).await;
     assert_eq!(first.status, StatusCode::CREATED);
     let again = register(json!({ "name": "B", "phone": spaced, "password": PASSWORD, "role": "customer" })).await;
-    assert_eq!(
-        (again.status, again.error_code()),
-        (StatusCode::CONFLICT, "PHONE_TAKEN")
-    );
+    assert_eq!((again.status, again.error_code()), (StatusCode::CONFLICT, "PHONE_TAKEN"));
 }
 
 #[tokio::test]
@@ -235,13 +177,8 @@ async fn role_checks_on_staff_endpoints() {
     let admin = app.staff(Role::Admin).await;
 
     let listed = app.get("/api/v1/admin/users", Some(&customer.access)).await;
-    assert_eq!(
-        (listed.status, listed.error_code()),
-        (StatusCode::FORBIDDEN, "FORBIDDEN_ROLE")
-    );
-    let pilots = app
-        .get("/api/v1/admin/users?role=pilot", Some(&dispatcher.access))
-        .await;
+    assert_eq!((listed.status, listed.error_code()), (StatusCode::FORBIDDEN, "FORBIDDEN_ROLE"));
+    let pilots = app.get("/api/v1/admin/users?role=pilot", Some(&dispatcher.access)).await;
     assert_eq!(pilots.status, StatusCode::OK);
     let items = pilots.data()["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
@@ -256,37 +193,16 @@ async fn role_checks_on_staff_endpoints() {
 
     assert_eq!(me_status(&app, &pilot.access).await.1, "TOKEN_REVOKED");
     assert_eq!(refresh(&app, &pilot.refresh).await.error_code(), "SESSION_REVOKED");
-    let login = app
-        .post(
-            "/api/v1/auth/login",
-            json!({ "phone": pilot.phone, "password": PASSWORD }),
-            None,
-        )
-        .await;
-    assert_eq!(
-        (login.status, login.error_code()),
-        (StatusCode::FORBIDDEN, "ACCOUNT_DISABLED")
-    );
+    let login = app.post("/api/v1/auth/login", json!({ "phone": pilot.phone, "password": PASSWORD }), None).await;
+    assert_eq!((login.status, login.error_code()), (StatusCode::FORBIDDEN, "ACCOUNT_DISABLED"));
 
-    let self_disable = app
-        .post(
-            &format!("/api/v1/admin/users/{}/disable", admin.user_id),
-            json!({}),
-            Some(&admin.access),
-        )
-        .await;
+    let self_disable =
+        app.post(&format!("/api/v1/admin/users/{}/disable", admin.user_id), json!({}), Some(&admin.access)).await;
     assert_eq!(self_disable.error_code(), "CANNOT_DISABLE_SELF");
     let missing = app
-        .post(
-            &format!("/api/v1/admin/users/{}/disable", uuid::Uuid::now_v7()),
-            json!({}),
-            Some(&admin.access),
-        )
+        .post(&format!("/api/v1/admin/users/{}/disable", uuid::Uuid::now_v7()), json!({}), Some(&admin.access))
         .await;
-    assert_eq!(
-        (missing.status, missing.error_code()),
-        (StatusCode::NOT_FOUND, "USER_NOT_FOUND")
-    );
+    assert_eq!((missing.status, missing.error_code()), (StatusCode::NOT_FOUND, "USER_NOT_FOUND"));
 }
 
 #[tokio::test]
@@ -303,13 +219,7 @@ async fn user_listing_pages_newest_first() {
     loop {
         let page = app.get(&path, Some(&admin.access)).await;
         let data = page.data();
-        seen.extend(
-            data["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|user| user["id"].as_str().unwrap().to_owned()),
-        );
+        seen.extend(data["items"].as_array().unwrap().iter().map(|user| user["id"].as_str().unwrap().to_owned()));
         match data["next_cursor"].as_str() {
             Some(cursor) => path = format!("/api/v1/admin/users?role=customer&limit=2&cursor={cursor}"),
             None => break,
@@ -323,38 +233,23 @@ async fn a_logout_on_one_node_is_refused_by_another_through_redis() {
     let node_a = TestApp::spawn_with(Options::default().with_redis()).await;
     let shared = Options {
         database: Database::Postgres(node_a.database_url.clone().unwrap()),
-        redis: Some(RedisOption {
-            url: common::redis_url(),
-            prefix: node_a.state.redis.as_ref().unwrap().key(""),
-        }),
+        redis: Some(RedisOption { url: common::redis_url(), prefix: node_a.state.redis.as_ref().unwrap().key("") }),
         ..Options::default()
     };
     let node_b = TestApp::spawn_with(shared).await;
     let redis = node_b.state.redis.clone().unwrap();
-    eventually(Duration::from_secs(5), "node b sees redis up", || async {
-        redis.is_up()
-    })
-    .await;
+    eventually(Duration::from_secs(5), "node b sees redis up", || async { redis.is_up() }).await;
 
     let session = node_a.register("customer").await;
     assert_eq!(me_status(&node_b, &session.access).await.0, StatusCode::OK);
-    node_a
-        .post("/api/v1/auth/logout", json!({}), Some(&session.access))
-        .await;
+    node_a.post("/api/v1/auth/logout", json!({}), Some(&session.access)).await;
     assert_eq!(me_status(&node_b, &session.access).await.1, "TOKEN_REVOKED");
 
-    assert_eq!(
-        redis_keys(&redis, "session:revoked:*").await.len(),
-        1,
-        "the revocation is in redis"
-    );
+    assert_eq!(redis_keys(&redis, "session:revoked:*").await.len(), 1, "the revocation is in redis");
 }
 
 async fn redis_keys(redis: &dispatchd::store::redis::RedisHandle, pattern: &str) -> Vec<String> {
-    redis
-        .query::<Vec<String>>(redis::cmd("KEYS").arg(redis.key(pattern)))
-        .await
-        .unwrap()
+    redis.query::<Vec<String>>(redis::cmd("KEYS").arg(redis.key(pattern))).await.unwrap()
 }
 
 #[tokio::test]
@@ -363,11 +258,7 @@ async fn revocations_hold_through_a_redis_outage_and_are_copied_back() {
     let options = Options::default().with_redis();
     let mut redis_option = options.redis.clone().unwrap();
     redis_option.url = via(&redis_option.url, proxy.addr);
-    let app = TestApp::spawn_with(Options {
-        redis: Some(redis_option),
-        ..options
-    })
-    .await;
+    let app = TestApp::spawn_with(Options { redis: Some(redis_option), ..options }).await;
     let redis = app.state.redis.clone().unwrap();
     eventually(Duration::from_secs(5), "redis up", || async { redis.is_up() }).await;
     let session = app.register("customer").await;
@@ -375,36 +266,21 @@ async fn revocations_hold_through_a_redis_outage_and_are_copied_back() {
     proxy.cut();
     let logout = app.post("/api/v1/auth/logout", json!({}), Some(&session.access)).await;
     assert_eq!(logout.status, StatusCode::OK, "logout works without redis");
-    assert_eq!(
-        me_status(&app, &session.access).await.1,
-        "TOKEN_REVOKED",
-        "answered from the database"
-    );
+    assert_eq!(me_status(&app, &session.access).await.1, "TOKEN_REVOKED", "answered from the database");
     assert!(!redis.is_up());
 
     proxy.restore().await;
     eventually(Duration::from_secs(5), "redis back up", || async { redis.is_up() }).await;
-    assert_eq!(
-        redis_keys(&redis, "session:revoked:*").await.len(),
-        1,
-        "copied back on recovery"
-    );
+    assert_eq!(redis_keys(&redis, "session:revoked:*").await.len(), 1, "copied back on recovery");
     assert_eq!(me_status(&app, &session.access).await.1, "TOKEN_REVOKED");
 }
 
 #[tokio::test]
 async fn embedded_sqlite_serves_the_same_auth_flow() {
-    let app = TestApp::spawn_with(Options {
-        database: Database::Sqlite,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::spawn_with(Options { database: Database::Sqlite, ..Options::default() }).await;
     let session = app.register("pilot").await;
     let rotated = Session::from_grant(refresh(&app, &session.refresh).await.data());
-    assert_eq!(
-        refresh(&app, &session.refresh).await.error_code(),
-        "REFRESH_TOKEN_REUSED"
-    );
+    assert_eq!(refresh(&app, &session.refresh).await.error_code(), "REFRESH_TOKEN_REUSED");
     assert_eq!(me_status(&app, &rotated.access).await.1, "TOKEN_REVOKED");
     let again = app.login(&session.phone).await;
     assert_eq!(me_status(&app, &again.access).await.0, StatusCode::OK);

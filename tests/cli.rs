@@ -18,11 +18,7 @@ fn dispatchd() -> Command {
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("DISPATCHD")) {
         command.env_remove(name);
     }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     command
 }
 
@@ -52,15 +48,9 @@ async fn start_server(data_dir: &std::path::Path) -> (Child, String) {
 
 async fn terminate(mut child: Child) -> std::process::ExitStatus {
     let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
-    tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap()
+    tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits after SIGTERM").unwrap()
 }
 
 #[tokio::test]
@@ -79,14 +69,7 @@ async fn runs_with_embedded_defaults_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
     let access = registered["data"]["access_token"].as_str().unwrap().to_owned();
-    let ready: Value = client
-        .get(format!("http://{addr}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = client.get(format!("http://{addr}/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["data"]["backend"], "sqlite");
     assert!(terminate(server).await.success(), "exit status 0");
 
@@ -95,12 +78,7 @@ async fn runs_with_embedded_defaults_and_stops_cleanly_on_sigterm() {
 
     // After a restart the same data and the same signing key are there.
     let (server, addr) = start_server(data.path()).await;
-    let me = client
-        .get(format!("http://{addr}/api/v1/me"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
+    let me = client.get(format!("http://{addr}/api/v1/me")).bearer_auth(&access).send().await.unwrap();
     assert_eq!(me.status(), StatusCode::OK);
     assert!(terminate(server).await.success());
 }
@@ -116,30 +94,21 @@ async fn refused_config(command: &mut Command) -> String {
 #[tokio::test]
 async fn a_bad_configuration_stops_the_server_with_one_line_naming_the_key() {
     let bad_addr = refused_config(dispatchd().env("DISPATCHD__SERVER__ADDR", "nowhere")).await;
-    assert!(
-        bad_addr.contains("server.addr") && bad_addr.contains("DISPATCHD__SERVER__ADDR"),
-        "{bad_addr}"
-    );
+    assert!(bad_addr.contains("server.addr") && bad_addr.contains("DISPATCHD__SERVER__ADDR"), "{bad_addr}");
     let typo = refused_config(dispatchd().env("DISPATCHD__SERVER__ADRESS", "127.0.0.1:1")).await;
     assert!(typo.contains("adress"), "{typo}");
     let zero = refused_config(dispatchd().env("DISPATCHD__RATE_LIMIT__REQUESTS_PER_MINUTE", "0")).await;
     assert!(zero.contains("rate_limit.requests_per_minute"), "{zero}");
     let postgres_without_secret =
         refused_config(dispatchd().env("DISPATCHD__DATABASE__URL", "postgres://app:hunter2@db/x")).await;
-    assert!(
-        postgres_without_secret.contains("auth.jwt_secret"),
-        "{postgres_without_secret}"
-    );
+    assert!(postgres_without_secret.contains("auth.jwt_secret"), "{postgres_without_secret}");
     assert!(!postgres_without_secret.contains("hunter2"));
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("dispatchd.toml");
     std::fs::write(&file, "[server]\nshutdown_timeout_secs = \"soon\"\n").unwrap();
     let in_file = refused_config(dispatchd().arg("--config").arg(&file)).await;
-    assert!(
-        in_file.contains("server.shutdown_timeout_secs") && in_file.contains("dispatchd.toml"),
-        "{in_file}"
-    );
+    assert!(in_file.contains("server.shutdown_timeout_secs") && in_file.contains("dispatchd.toml"), "{in_file}");
     let missing = refused_config(dispatchd().args(["--config", "/nonexistent/dispatchd.toml"])).await;
     assert!(missing.contains("does not exist"), "{missing}");
 }
@@ -161,20 +130,8 @@ async fn migrate_applies_the_schema_and_exits() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    for table in [
-        "users",
-        "pilots",
-        "orders",
-        "order_events",
-        "wallet_ledger",
-        "coupons",
-        "idempotency_keys",
-        "jobs",
-    ] {
-        assert!(
-            tables.iter().any(|name| name == table),
-            "{table} missing from {tables:?}"
-        );
+    for table in ["users", "pilots", "orders", "order_events", "wallet_ledger", "coupons", "idempotency_keys", "jobs"] {
+        assert!(tables.iter().any(|name| name == table), "{table} missing from {tables:?}");
     }
 }
 
@@ -197,50 +154,24 @@ async fn create_user(url: &str, args: &[&str], password: &str) -> std::process::
 async fn staff_accounts_come_from_the_admin_command() {
     let url = common::fresh_postgres_database().await;
     let phone = unique_phone();
-    let created = create_user(
-        &url,
-        &["--role", "dispatcher", "--phone", &phone, "--name", "Desk One"],
-        PASSWORD,
-    )
-    .await;
+    let created = create_user(&url, &["--role", "dispatcher", "--phone", &phone, "--name", "Desk One"], PASSWORD).await;
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let user: Value = serde_json::from_slice(&created.stdout).unwrap();
-    assert_eq!(
-        (user["role"].as_str(), user["name"].as_str()),
-        (Some("dispatcher"), Some("Desk One"))
-    );
+    assert_eq!((user["role"].as_str(), user["name"].as_str()), (Some("dispatcher"), Some("Desk One")));
     assert!(!String::from_utf8_lossy(&created.stdout).contains(PASSWORD));
 
-    let app = TestApp::spawn_with(Options {
-        database: Database::Postgres(url.clone()),
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::spawn_with(Options { database: Database::Postgres(url.clone()), ..Options::default() }).await;
     let session = app.login(&phone).await;
     let me = app.get("/api/v1/me", Some(&session.access)).await;
     assert_eq!(me.data()["role"], "dispatcher");
 
-    let taken = create_user(
-        &url,
-        &["--role", "admin", "--phone", &phone, "--name", "Again"],
-        PASSWORD,
-    )
-    .await;
+    let taken = create_user(&url, &["--role", "admin", "--phone", &phone, "--name", "Again"], PASSWORD).await;
     assert!(!taken.status.success());
     assert!(String::from_utf8_lossy(&taken.stderr).contains("already exists"));
-    let weak = create_user(
-        &url,
-        &["--role", "admin", "--phone", &unique_phone(), "--name", "Weak"],
-        "short",
-    )
-    .await;
+    let weak = create_user(&url, &["--role", "admin", "--phone", &unique_phone(), "--name", "Weak"], "short").await;
     assert!(!weak.status.success());
     assert!(String::from_utf8_lossy(&weak.stderr).contains("at least 8 characters"));
-    let customer = create_user(
-        &url,
-        &["--role", "customer", "--phone", &unique_phone(), "--name", "C"],
-        PASSWORD,
-    )
-    .await;
+    let customer =
+        create_user(&url, &["--role", "customer", "--phone", &unique_phone(), "--name", "C"], PASSWORD).await;
     assert!(!customer.status.success(), "only staff roles");
 }

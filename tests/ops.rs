@@ -16,55 +16,33 @@ async fn healthz_needs_nothing_and_readyz_checks_everything() {
     assert_eq!(health.data()["status"], "ok");
     let ready = app.get("/readyz", None).await;
     assert_eq!(ready.status, StatusCode::OK);
-    assert_eq!(
-        ready.data(),
-        &json!({ "database": "ok", "redis": "ok", "backend": "postgres" })
-    );
+    assert_eq!(ready.data(), &json!({ "database": "ok", "redis": "ok", "backend": "postgres" }));
 }
 
 #[tokio::test]
 async fn readyz_is_503_naming_redis_when_redis_is_unreachable() {
-    let redis = RedisOption {
-        url: format!("redis://{}", closed_port().await),
-        prefix: common::fresh_redis_prefix(),
-    };
-    let app = TestApp::spawn_with(Options {
-        redis: Some(redis),
-        ..Options::default()
-    })
-    .await;
+    let redis = RedisOption { url: format!("redis://{}", closed_port().await), prefix: common::fresh_redis_prefix() };
+    let app = TestApp::spawn_with(Options { redis: Some(redis), ..Options::default() }).await;
     let ready = app.get("/readyz", None).await;
-    assert_eq!(
-        (ready.status, ready.error_code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY")
-    );
+    assert_eq!((ready.status, ready.error_code()), (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY"));
     assert_eq!(ready.body["error"]["details"]["redis"], "down");
     assert_eq!(ready.body["error"]["details"]["database"], "ok");
     // Degraded, not dead: the API still works without Redis.
     let session = app.register("customer").await;
-    assert_eq!(
-        app.get("/api/v1/me", Some(&session.access)).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(app.get("/api/v1/me", Some(&session.access)).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn readyz_follows_postgres_going_away_and_coming_back() {
     let database = common::fresh_postgres_database().await;
     let proxy = Proxy::start(&host_port(&database)).await;
-    let options = Options {
-        database: Database::Postgres(via(&database, proxy.addr)),
-        ..Options::default()
-    };
+    let options = Options { database: Database::Postgres(via(&database, proxy.addr)), ..Options::default() };
     let app = TestApp::spawn_with(options.set("database.acquire_timeout_secs", 1)).await;
     assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
 
     proxy.cut();
     let ready = app.get("/readyz", None).await;
-    assert_eq!(
-        (ready.status, ready.error_code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY")
-    );
+    assert_eq!((ready.status, ready.error_code()), (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY"));
     assert_eq!(ready.body["error"]["details"]["database"], "down");
     assert_eq!(ready.body["error"]["details"]["redis"], "not_configured");
     let register = app
@@ -92,15 +70,7 @@ async fn metrics_count_requests_by_route_and_status() {
     let metrics = app.send(app.client.get(app.url("/metrics"))).await;
     assert_eq!(metrics.status, StatusCode::OK);
     assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for expected in [
         r#"http_requests_total{method="POST",route="/api/v1/auth/register",status="201"}"#,
         r#"http_requests_total{method="GET",route="/api/v1/me",status="401"}"#,
@@ -116,13 +86,7 @@ async fn request_ids_are_made_or_echoed() {
     let made = app.get("/healthz", None).await;
     let id = made.header("x-request-id").expect("a request id");
     assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
-    let echoed = app
-        .send(
-            app.client
-                .get(app.url("/api/v1/me"))
-                .header("x-request-id", "trace-me-42"),
-        )
-        .await;
+    let echoed = app.send(app.client.get(app.url("/api/v1/me")).header("x-request-id", "trace-me-42")).await;
     assert_eq!(echoed.header("x-request-id"), Some("trace-me-42"));
 }
 
@@ -152,27 +116,13 @@ async fn security_headers_and_cors_follow_config() {
             .header("access-control-request-headers", "content-type,authorization")
     };
     let allowed = app.send(preflight("https://console.example.com")).await;
-    assert_eq!(
-        allowed.header("access-control-allow-origin"),
-        Some("https://console.example.com")
-    );
+    assert_eq!(allowed.header("access-control-allow-origin"), Some("https://console.example.com"));
     let other = app.send(preflight("https://evil.example.com")).await;
     assert_eq!(other.header("access-control-allow-origin"), None);
 
     let default = TestApp::spawn().await;
-    let reply = default
-        .send(
-            default
-                .client
-                .get(default.url("/healthz"))
-                .header("origin", "https://x.example"),
-        )
-        .await;
-    assert_eq!(
-        reply.header("access-control-allow-origin"),
-        None,
-        "no CORS unless configured"
-    );
+    let reply = default.send(default.client.get(default.url("/healthz")).header("origin", "https://x.example")).await;
+    assert_eq!(reply.header("access-control-allow-origin"), None, "no CORS unless configured");
     assert_eq!(reply.header("strict-transport-security"), None);
 }
 
@@ -185,9 +135,7 @@ async fn the_api_is_rate_limited_per_client() {
     )
     .await;
     let from = |ip: &'static str| {
-        app.client
-            .get(app.url("/api/v1/me"))
-            .header("x-forwarded-for", format!("203.0.113.9, {ip}"))
+        app.client.get(app.url("/api/v1/me")).header("x-forwarded-for", format!("203.0.113.9, {ip}"))
     };
     for remaining in ["2", "1", "0"] {
         let reply = app.send(from("198.51.100.1")).await;
@@ -196,25 +144,14 @@ async fn the_api_is_rate_limited_per_client() {
         assert_eq!(reply.header("x-ratelimit-remaining"), Some(remaining));
     }
     let limited = app.send(from("198.51.100.1")).await;
-    assert_eq!(
-        (limited.status, limited.error_code()),
-        (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
-    );
+    assert_eq!((limited.status, limited.error_code()), (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"));
     let retry_after: u64 = limited.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=20).contains(&retry_after), "{retry_after}");
     assert_eq!(limited.header("x-ratelimit-remaining"), Some("0"));
     assert_eq!(limited.body["error"]["details"]["retry_after_secs"], retry_after);
 
-    assert_eq!(
-        app.send(from("198.51.100.2")).await.status,
-        StatusCode::UNAUTHORIZED,
-        "another client is not limited"
-    );
+    assert_eq!(app.send(from("198.51.100.2")).await.status, StatusCode::UNAUTHORIZED, "another client is not limited");
     for _ in 0..5 {
-        assert_eq!(
-            app.get("/healthz", None).await.status,
-            StatusCode::OK,
-            "probes are not limited"
-        );
+        assert_eq!(app.get("/healthz", None).await.status, StatusCode::OK, "probes are not limited");
     }
 }

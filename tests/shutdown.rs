@@ -39,10 +39,7 @@ async fn in_flight_requests_finish_after_the_signal() {
     let (mut stream, body) = request_in_flight(&app).await;
 
     let stopped = app.begin_shutdown();
-    eventually(Duration::from_secs(5), "listener closed", || {
-        refuses_new_connections(&app)
-    })
-    .await;
+    eventually(Duration::from_secs(5), "listener closed", || refuses_new_connections(&app)).await;
     assert!(!stopped.is_finished(), "the server waits for the open request");
 
     stream.write_all(&body).await.unwrap();
@@ -51,9 +48,7 @@ async fn in_flight_requests_finish_after_the_signal() {
     assert!(response.starts_with("HTTP/1.1 201"), "{response}");
     assert!(response.contains("\"access_token\""));
 
-    let result = tokio::time::timeout(Duration::from_secs(5), stopped)
-        .await
-        .expect("stops once drained");
+    let result = tokio::time::timeout(Duration::from_secs(5), stopped).await.expect("stops once drained");
     result.unwrap().expect("a clean stop");
 }
 
@@ -63,15 +58,10 @@ async fn a_stuck_request_is_dropped_after_the_grace_period() {
     let (_stream, _never_sent) = request_in_flight(&app).await;
     let started = Instant::now();
     let stopped = app.begin_shutdown();
-    let result = tokio::time::timeout(Duration::from_secs(10), stopped)
-        .await
-        .expect("stops after the grace period");
+    let result = tokio::time::timeout(Duration::from_secs(10), stopped).await.expect("stops after the grace period");
     result.unwrap().expect("still a clean stop");
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(900),
-        "waited the grace period, took {took:?}"
-    );
+    assert!(took >= Duration::from_millis(900), "waited the grace period, took {took:?}");
 }
 
 #[tokio::test]
@@ -79,12 +69,7 @@ async fn an_idle_server_stops_at_once() {
     let mut app = TestApp::spawn().await;
     app.register("customer").await; // leaves an idle keep-alive connection in the client pool
     let started = Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(5), app.begin_shutdown())
-        .await
-        .expect("stops");
+    let result = tokio::time::timeout(Duration::from_secs(5), app.begin_shutdown()).await.expect("stops");
     result.unwrap().unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "idle connections do not hold shutdown"
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "idle connections do not hold shutdown");
 }

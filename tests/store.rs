@@ -31,37 +31,27 @@ impl Subject {
         let url = common::fresh_postgres_database().await;
         let store = PgStore::connect(&url, &database_config()).await.unwrap();
         store.migrate().await.unwrap();
-        Self {
-            store: Arc::new(store.clone()),
-            raw: Raw::Postgres(store),
-            _dir: None,
-        }
+        Self { store: Arc::new(store.clone()), raw: Raw::Postgres(store), _dir: None }
     }
 
     async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("store.db"), &database_config())
-            .await
-            .unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"), &database_config()).await.unwrap();
         store.migrate().await.unwrap();
-        Self {
-            store: Arc::new(store.clone()),
-            raw: Raw::Sqlite(store),
-            _dir: Some(dir),
-        }
+        Self { store: Arc::new(store.clone()), raw: Raw::Sqlite(store), _dir: Some(dir) }
+    }
+
+    /// Presents the refresh token `[presented; 32]`, offering `[next; 32]` as its successor.
+    async fn rotate(&self, presented: u8, next: u8) -> Rotation {
+        let successor = refresh_token(next, Duration::days(7));
+        self.store.rotate_refresh_token(&[presented; 32], &successor, now()).await.unwrap()
     }
 
     /// Runs a statement directly; `Err` carries the database's refusal.
     async fn execute(&self, sql: &'static str) -> Result<u64, sqlx::Error> {
         match &self.raw {
-            Raw::Postgres(store) => sqlx::query(sql)
-                .execute(store.pool())
-                .await
-                .map(|done| done.rows_affected()),
-            Raw::Sqlite(store) => sqlx::query(sql)
-                .execute(store.pool())
-                .await
-                .map(|done| done.rows_affected()),
+            Raw::Postgres(store) => sqlx::query(sql).execute(store.pool()).await.map(|done| done.rows_affected()),
+            Raw::Sqlite(store) => sqlx::query(sql).execute(store.pool()).await.map(|done| done.rows_affected()),
         }
     }
 }
@@ -111,56 +101,27 @@ fn now() -> chrono::DateTime<Utc> {
 }
 
 fn refresh_token(seed: u8, expires_in: Duration) -> NewRefreshToken {
-    NewRefreshToken {
-        hash: [seed; 32],
-        expires_at: now() + expires_in,
-    }
+    NewRefreshToken { hash: [seed; 32], expires_at: now() + expires_in }
 }
 
 async fn session_for(subject: &Subject, seed: u8) -> (UserId, SessionId) {
-    let user = subject
-        .store
-        .create_user(new_user(Role::Customer, None), now())
-        .await
-        .unwrap();
+    let user = subject.store.create_user(new_user(Role::Customer, None), now()).await.unwrap();
     let session = SessionId::new();
-    subject
-        .store
-        .create_session(session, user.id, &refresh_token(seed, Duration::days(7)), now())
-        .await
-        .unwrap();
+    subject.store.create_session(session, user.id, &refresh_token(seed, Duration::days(7)), now()).await.unwrap();
     (user.id, session)
 }
 
 async fn users_round_trip_with_pilot_profiles(subject: Subject) {
     let at = now();
-    let pilot = subject
-        .store
-        .create_user(new_user(Role::Pilot, Some(VehicleType::EvCycle)), at)
-        .await
-        .unwrap();
+    let pilot = subject.store.create_user(new_user(Role::Pilot, Some(VehicleType::EvCycle)), at).await.unwrap();
     let profile = pilot.pilot.clone().unwrap();
-    assert_eq!(
-        (profile.vehicle_type, profile.status),
-        (VehicleType::EvCycle, PilotStatus::Offline)
-    );
-    assert_eq!(
-        subject.store.user_by_id(pilot.id).await.unwrap(),
-        Some(pilot.clone()),
-        "read back equals written"
-    );
+    assert_eq!((profile.vehicle_type, profile.status), (VehicleType::EvCycle, PilotStatus::Offline));
+    assert_eq!(subject.store.user_by_id(pilot.id).await.unwrap(), Some(pilot.clone()), "read back equals written");
     let credentials = subject.store.credentials_by_phone(&pilot.phone).await.unwrap().unwrap();
     assert_eq!(credentials.user, pilot);
     assert!(credentials.password_hash.starts_with("$argon2id$"));
-    let customer = subject
-        .store
-        .create_user(new_user(Role::Customer, None), at)
-        .await
-        .unwrap();
-    assert_eq!(
-        subject.store.user_by_id(customer.id).await.unwrap().unwrap().pilot,
-        None
-    );
+    let customer = subject.store.create_user(new_user(Role::Customer, None), at).await.unwrap();
+    assert_eq!(subject.store.user_by_id(customer.id).await.unwrap().unwrap().pilot, None);
     assert_eq!(subject.store.user_by_id(UserId::new()).await.unwrap(), None);
     let unknown = Phone::parse(&common::unique_phone()).unwrap();
     assert!(subject.store.credentials_by_phone(&unknown).await.unwrap().is_none());
@@ -173,161 +134,61 @@ async fn phone_numbers_are_unique(subject: Subject) {
     subject.store.create_user(first, now()).await.unwrap();
     let err = subject.store.create_user(second.clone(), now()).await.unwrap_err();
     assert_eq!(err.code(), "PHONE_TAKEN");
-    assert_eq!(
-        subject.store.user_by_id(second.id).await.unwrap(),
-        None,
-        "nothing half-written"
-    );
+    assert_eq!(subject.store.user_by_id(second.id).await.unwrap(), None, "nothing half-written");
 }
 
 async fn users_list_newest_first_by_role(subject: Subject) {
     let mut pilots = Vec::new();
     for _ in 0..3 {
-        subject
-            .store
-            .create_user(new_user(Role::Customer, None), now())
-            .await
-            .unwrap();
-        pilots.push(
-            subject
-                .store
-                .create_user(new_user(Role::Pilot, Some(VehicleType::Auto)), now())
-                .await
-                .unwrap()
-                .id,
-        );
+        subject.store.create_user(new_user(Role::Customer, None), now()).await.unwrap();
+        pilots.push(subject.store.create_user(new_user(Role::Pilot, Some(VehicleType::Auto)), now()).await.unwrap().id);
     }
     pilots.reverse();
-    let first = subject
-        .store
-        .list_users(Some(Role::Pilot), PageRequest { before: None, limit: 2 })
-        .await
-        .unwrap();
+    let first = subject.store.list_users(Some(Role::Pilot), PageRequest { before: None, limit: 2 }).await.unwrap();
     assert_eq!(first.iter().map(|user| user.id).collect::<Vec<_>>(), pilots[..2]);
-    let rest = subject
-        .store
-        .list_users(
-            Some(Role::Pilot),
-            PageRequest {
-                before: Some(pilots[1]),
-                limit: 2,
-            },
-        )
-        .await
-        .unwrap();
+    let rest =
+        subject.store.list_users(Some(Role::Pilot), PageRequest { before: Some(pilots[1]), limit: 2 }).await.unwrap();
     assert_eq!(rest.iter().map(|user| user.id).collect::<Vec<_>>(), pilots[2..]);
-    let everyone = subject
-        .store
-        .list_users(
-            None,
-            PageRequest {
-                before: None,
-                limit: 100,
-            },
-        )
-        .await
-        .unwrap();
+    let everyone = subject.store.list_users(None, PageRequest { before: None, limit: 100 }).await.unwrap();
     assert_eq!(everyone.len(), 6);
 }
 
 async fn refresh_tokens_rotate_once_and_reuse_revokes(subject: Subject) {
     let (user, session) = session_for(&subject, 1).await;
-    let rotated = subject
-        .store
-        .rotate_refresh_token(&[1; 32], &refresh_token(2, Duration::days(7)), now())
-        .await;
-    match rotated.unwrap() {
-        Rotation::Rotated {
-            user: found,
-            session: same,
-        } => assert_eq!((found.id, same), (user, session)),
+    match subject.rotate(1, 2).await {
+        Rotation::Rotated { user: found, session: same } => assert_eq!((found.id, same), (user, session)),
         other => panic!("expected a rotation, got {other:?}"),
     }
     assert!(!subject.store.is_session_revoked(session).await.unwrap());
-    let replay = subject
-        .store
-        .rotate_refresh_token(&[1; 32], &refresh_token(3, Duration::days(7)), now())
-        .await;
-    assert_eq!(replay.unwrap(), Rotation::Reused { session });
+    assert_eq!(subject.rotate(1, 3).await, Rotation::Reused { session });
     assert!(subject.store.is_session_revoked(session).await.unwrap());
-    let successor = subject
-        .store
-        .rotate_refresh_token(&[2; 32], &refresh_token(4, Duration::days(7)), now())
-        .await;
-    assert_eq!(successor.unwrap(), Rotation::Revoked, "the whole family is gone");
+    assert_eq!(subject.rotate(2, 4).await, Rotation::Revoked, "the whole family is gone");
 }
 
 async fn concurrent_rotations_have_one_winner(subject: Subject) {
     let (_, session) = session_for(&subject, 7).await;
     let attempts = (0..10u8).map(|seed| {
         let store = subject.store.clone();
-        async move {
-            store
-                .rotate_refresh_token(&[7; 32], &refresh_token(100 + seed, Duration::days(7)), now())
-                .await
-        }
+        async move { store.rotate_refresh_token(&[7; 32], &refresh_token(100 + seed, Duration::days(7)), now()).await }
     });
     let outcomes: Vec<Rotation> = join_all(attempts).await.into_iter().map(Result::unwrap).collect();
-    let winners = outcomes
-        .iter()
-        .filter(|outcome| matches!(outcome, Rotation::Rotated { .. }))
-        .count();
+    let winners = outcomes.iter().filter(|outcome| matches!(outcome, Rotation::Rotated { .. })).count();
     assert_eq!(winners, 1, "{outcomes:?}");
-    for outcome in outcomes
-        .iter()
-        .filter(|outcome| !matches!(outcome, Rotation::Rotated { .. }))
-    {
-        assert!(
-            matches!(outcome, Rotation::Reused { .. } | Rotation::Revoked),
-            "{outcome:?}"
-        );
+    for outcome in outcomes.iter().filter(|outcome| !matches!(outcome, Rotation::Rotated { .. })) {
+        assert!(matches!(outcome, Rotation::Reused { .. } | Rotation::Revoked), "{outcome:?}");
     }
     assert!(subject.store.is_session_revoked(session).await.unwrap());
 }
 
 async fn expired_and_unknown_tokens_rotate_nothing(subject: Subject) {
-    let user = subject
-        .store
-        .create_user(new_user(Role::Customer, None), now())
-        .await
-        .unwrap();
+    let user = subject.store.create_user(new_user(Role::Customer, None), now()).await.unwrap();
     let session = SessionId::new();
     let issued = now() - Duration::days(8);
-    let old = NewRefreshToken {
-        hash: [9; 32],
-        expires_at: issued + Duration::days(7),
-    };
-    subject
-        .store
-        .create_session(session, user.id, &old, issued)
-        .await
-        .unwrap();
-    let next = refresh_token(10, Duration::days(7));
-    assert_eq!(
-        subject
-            .store
-            .rotate_refresh_token(&[9; 32], &next, now())
-            .await
-            .unwrap(),
-        Rotation::Expired
-    );
-    assert_eq!(
-        subject
-            .store
-            .rotate_refresh_token(&[9; 32], &next, now())
-            .await
-            .unwrap(),
-        Rotation::Expired,
-        "still"
-    );
-    assert_eq!(
-        subject
-            .store
-            .rotate_refresh_token(&[10; 32], &next, now())
-            .await
-            .unwrap(),
-        Rotation::Unknown
-    );
+    let old = NewRefreshToken { hash: [9; 32], expires_at: issued + Duration::days(7) };
+    subject.store.create_session(session, user.id, &old, issued).await.unwrap();
+    assert_eq!(subject.rotate(9, 10).await, Rotation::Expired);
+    assert_eq!(subject.rotate(9, 11).await, Rotation::Expired, "still");
+    assert_eq!(subject.rotate(10, 12).await, Rotation::Unknown);
     assert!(!subject.store.is_session_revoked(session).await.unwrap());
 }
 
@@ -335,75 +196,29 @@ async fn revocations_are_recorded_and_listed(subject: Subject) {
     let before = now();
     let (_, kept) = session_for(&subject, 20).await;
     let (_, ended) = session_for(&subject, 21).await;
-    subject
-        .store
-        .revoke_session(ended, RevokeReason::Logout, now())
-        .await
-        .unwrap();
-    subject
-        .store
-        .revoke_session(ended, RevokeReason::Logout, now())
-        .await
-        .unwrap();
+    subject.store.revoke_session(ended, RevokeReason::Logout, now()).await.unwrap();
+    subject.store.revoke_session(ended, RevokeReason::Logout, now()).await.unwrap();
     assert!(subject.store.is_session_revoked(ended).await.unwrap());
     assert!(!subject.store.is_session_revoked(kept).await.unwrap());
-    assert!(
-        subject.store.is_session_revoked(SessionId::new()).await.unwrap(),
-        "unknown sessions are refused"
-    );
+    assert!(subject.store.is_session_revoked(SessionId::new()).await.unwrap(), "unknown sessions are refused");
     let listed = subject.store.revoked_sessions_since(before).await.unwrap();
-    assert_eq!(
-        listed.iter().map(|(session, _)| *session).collect::<Vec<_>>(),
-        vec![ended]
-    );
-    assert!(
-        subject
-            .store
-            .revoked_sessions_since(now() + Duration::seconds(1))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(listed.iter().map(|(session, _)| *session).collect::<Vec<_>>(), vec![ended]);
+    assert!(subject.store.revoked_sessions_since(now() + Duration::seconds(1)).await.unwrap().is_empty());
 }
 
 async fn disabling_a_user_revokes_its_sessions(subject: Subject) {
     let (user, first) = session_for(&subject, 30).await;
     let second = SessionId::new();
-    subject
-        .store
-        .create_session(second, user, &refresh_token(31, Duration::days(7)), now())
-        .await
-        .unwrap();
+    subject.store.create_session(second, user, &refresh_token(31, Duration::days(7)), now()).await.unwrap();
     let mut revoked = subject.store.disable_user(user, now()).await.unwrap().unwrap();
     revoked.sort();
     let mut expected = vec![first, second];
     expected.sort();
     assert_eq!(revoked, expected);
-    assert!(
-        subject
-            .store
-            .user_by_id(user)
-            .await
-            .unwrap()
-            .unwrap()
-            .disabled_at
-            .is_some()
-    );
-    assert_eq!(
-        subject.store.disable_user(user, now()).await.unwrap(),
-        Some(vec![]),
-        "idempotent"
-    );
+    assert!(subject.store.user_by_id(user).await.unwrap().unwrap().disabled_at.is_some());
+    assert_eq!(subject.store.disable_user(user, now()).await.unwrap(), Some(vec![]), "idempotent");
     assert_eq!(subject.store.disable_user(UserId::new(), now()).await.unwrap(), None);
-    let next = refresh_token(32, Duration::days(7));
-    assert_eq!(
-        subject
-            .store
-            .rotate_refresh_token(&[31; 32], &next, now())
-            .await
-            .unwrap(),
-        Rotation::Revoked
-    );
+    assert_eq!(subject.rotate(31, 32).await, Rotation::Revoked);
 }
 
 async fn order_events_are_append_only(subject: Subject) {
@@ -441,11 +256,7 @@ async fn order_events_are_append_only(subject: Subject) {
 }
 
 async fn wallet_balances_never_go_negative(subject: Subject) {
-    let user = subject
-        .store
-        .create_user(new_user(Role::Customer, None), now())
-        .await
-        .unwrap();
+    let user = subject.store.create_user(new_user(Role::Customer, None), now()).await.unwrap();
     let (open, debit) = match subject.raw {
         Raw::Postgres(_) => (
             "INSERT INTO wallet_accounts (user_id, balance_paise, updated_at) SELECT id, 1000, now() FROM users",
@@ -457,8 +268,5 @@ async fn wallet_balances_never_go_negative(subject: Subject) {
         ),
     };
     assert_eq!(subject.execute(open).await.unwrap(), 1, "{user:?}");
-    assert!(
-        subject.execute(debit).await.is_err(),
-        "the CHECK refuses a negative balance"
-    );
+    assert!(subject.execute(debit).await.is_err(), "the CHECK refuses a negative balance");
 }

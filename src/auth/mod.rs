@@ -47,10 +47,7 @@ impl Caller {
             return Ok(());
         }
         let allowed: Vec<&str> = roles.iter().map(|role| role.as_str()).collect();
-        Err(Error::forbidden(
-            "FORBIDDEN_ROLE",
-            format!("this needs the role {}", allowed.join(" or ")),
-        ))
+        Err(Error::forbidden("FORBIDDEN_ROLE", format!("this needs the role {}", allowed.join(" or "))))
     }
 }
 
@@ -93,13 +90,7 @@ impl Auth {
         revocations: Revocations,
         clock: Clock,
     ) -> Self {
-        Self {
-            store,
-            tokens,
-            passwords,
-            revocations,
-            clock,
-        }
+        Self { store, tokens, passwords, revocations, clock }
     }
 
     /// Signs up a customer or a pilot and logs them in.
@@ -107,10 +98,7 @@ impl Auth {
         if !registration.role.can_self_register() {
             return Err(Error::forbidden(
                 "ROLE_NOT_ALLOWED",
-                format!(
-                    "{} accounts are created by an operator, not by sign-up",
-                    registration.role
-                ),
+                format!("{} accounts are created by an operator, not by sign-up", registration.role),
             ));
         }
         let user = self
@@ -155,14 +143,7 @@ impl Auth {
             _ => {}
         }
         let password_hash = self.passwords.hash(password.into_secret()).await?;
-        let user = NewUser {
-            id: UserId::new(),
-            phone,
-            name,
-            role,
-            password_hash,
-            vehicle_type,
-        };
+        let user = NewUser { id: UserId::new(), phone, name, role, password_hash, vehicle_type };
         self.store.create_user(user, self.clock.now()).await
     }
 
@@ -171,16 +152,10 @@ impl Auth {
         let credentials = self.store.credentials_by_phone(phone).await?;
         let hash = credentials.as_ref().map(|found| found.password_hash.clone());
         if !self.passwords.verify(password, hash).await? {
-            return Err(Error::unauthorized(
-                "INVALID_CREDENTIALS",
-                "phone number or password is wrong",
-            ));
+            return Err(Error::unauthorized("INVALID_CREDENTIALS", "phone number or password is wrong"));
         }
         let Some(credentials) = credentials else {
-            return Err(Error::unauthorized(
-                "INVALID_CREDENTIALS",
-                "phone number or password is wrong",
-            ));
+            return Err(Error::unauthorized("INVALID_CREDENTIALS", "phone number or password is wrong"));
         };
         if credentials.user.disabled_at.is_some() {
             return Err(Error::forbidden("ACCOUNT_DISABLED", "this account is disabled"));
@@ -192,11 +167,7 @@ impl Auth {
     pub async fn refresh(&self, refresh_token: &str) -> Result<Grant> {
         let now = self.clock.now();
         let (token, next) = self.tokens.new_refresh(now);
-        match self
-            .store
-            .rotate_refresh_token(&hash_refresh(refresh_token), &next, now)
-            .await?
-        {
+        match self.store.rotate_refresh_token(&hash_refresh(refresh_token), &next, now).await? {
             Rotation::Rotated { user, session } => self.grant(user, session, token, next.expires_at, now),
             Rotation::Reused { session } => {
                 tracing::warn!(%session, "refresh token reused; session revoked");
@@ -206,26 +177,15 @@ impl Auth {
                     "this refresh token was already used; the session is revoked, log in again",
                 ))
             }
-            Rotation::Revoked => Err(Error::unauthorized(
-                "SESSION_REVOKED",
-                "the session has ended; log in again",
-            )),
-            Rotation::Expired => Err(Error::unauthorized(
-                "REFRESH_TOKEN_EXPIRED",
-                "the refresh token has expired",
-            )),
-            Rotation::Unknown => Err(Error::unauthorized(
-                "INVALID_REFRESH_TOKEN",
-                "the refresh token is not valid",
-            )),
+            Rotation::Revoked => Err(Error::unauthorized("SESSION_REVOKED", "the session has ended; log in again")),
+            Rotation::Expired => Err(Error::unauthorized("REFRESH_TOKEN_EXPIRED", "the refresh token has expired")),
+            Rotation::Unknown => Err(Error::unauthorized("INVALID_REFRESH_TOKEN", "the refresh token is not valid")),
         }
     }
 
     /// Ends the caller's session: its refresh token and every access token it minted.
     pub async fn logout(&self, caller: &Caller) -> Result<()> {
-        self.store
-            .revoke_session(caller.session, RevokeReason::Logout, self.clock.now())
-            .await?;
+        self.store.revoke_session(caller.session, RevokeReason::Logout, self.clock.now()).await?;
         self.revocations.publish(&[caller.session]).await;
         Ok(())
     }
@@ -238,26 +198,16 @@ impl Auth {
             .await?
             .ok_or_else(|| Error::not_found("USER_NOT_FOUND", "no such user"))?;
         self.revocations.publish(&revoked).await;
-        self.store
-            .user_by_id(id)
-            .await?
-            .ok_or_else(|| Error::not_found("USER_NOT_FOUND", "no such user"))
+        self.store.user_by_id(id).await?.ok_or_else(|| Error::not_found("USER_NOT_FOUND", "no such user"))
     }
 
     /// Checks an access token and that its session is still live.
     pub async fn authenticate(&self, access_token: &str) -> Result<Caller> {
         let claims = self.tokens.verify_access(access_token, self.clock.now())?;
         if self.revocations.is_revoked(claims.sid).await? {
-            return Err(Error::unauthorized(
-                "TOKEN_REVOKED",
-                "the session has ended; log in again",
-            ));
+            return Err(Error::unauthorized("TOKEN_REVOKED", "the session has ended; log in again"));
         }
-        Ok(Caller {
-            user_id: claims.sub,
-            role: claims.role,
-            session: claims.sid,
-        })
+        Ok(Caller { user_id: claims.sub, role: claims.role, session: claims.sid })
     }
 
     async fn start_session(&self, user: User) -> Result<Grant> {

@@ -63,13 +63,8 @@ pub struct PasswordHasher {
 
 impl PasswordHasher {
     pub fn new(config: &AuthConfig) -> anyhow::Result<Self> {
-        let params = Params::new(
-            config.argon2_memory_kib,
-            config.argon2_iterations,
-            config.argon2_parallelism,
-            None,
-        )
-        .map_err(|err| anyhow::anyhow!("invalid argon2 parameters: {err}"))?;
+        let params = Params::new(config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism, None)
+            .map_err(|err| anyhow::anyhow!("invalid argon2 parameters: {err}"))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let dummy_hash = hash_with(&argon2, "dispatchd-dummy-password").context("hashing the dummy password")?;
         Ok(Self {
@@ -82,8 +77,7 @@ impl PasswordHasher {
     /// A PHC string (`$argon2id$v=19$m=…`) carrying its own salt and parameters.
     pub async fn hash(&self, password: SecretString) -> Result<String> {
         let argon2 = self.argon2.clone();
-        self.blocking(move || hash_with(&argon2, password.expose_secret()))
-            .await
+        self.blocking(move || hash_with(&argon2, password.expose_secret())).await
     }
 
     /// Whether `password` matches `hash`; with no hash, spends the same effort and says no.
@@ -95,9 +89,7 @@ impl PasswordHasher {
             .blocking(move || {
                 let parsed =
                     PasswordHash::new(&hash).map_err(|err| anyhow::anyhow!("stored hash unreadable: {err}"))?;
-                Ok(argon2
-                    .verify_password(password.expose_secret().as_bytes(), &parsed)
-                    .is_ok())
+                Ok(argon2.verify_password(password.expose_secret().as_bytes(), &parsed).is_ok())
             })
             .await?;
         Ok(known && matches)
@@ -108,9 +100,7 @@ impl PasswordHasher {
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T> {
         let _permit = self.permits.acquire().await.context("password hasher closed")?;
-        let result = tokio::task::spawn_blocking(work)
-            .await
-            .context("password hashing task failed")??;
+        let result = tokio::task::spawn_blocking(work).await.context("password hashing task failed")??;
         Ok(result)
     }
 }
@@ -138,24 +128,9 @@ mod tests {
         let hasher = hasher();
         let hash = hasher.hash(SecretString::from("correct horse")).await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
-        assert!(
-            hasher
-                .verify(SecretString::from("correct horse"), Some(hash.clone()))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !hasher
-                .verify(SecretString::from("wrong horse"), Some(hash))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !hasher
-                .verify(SecretString::from("dispatchd-dummy-password"), None)
-                .await
-                .unwrap()
-        );
+        assert!(hasher.verify(SecretString::from("correct horse"), Some(hash.clone())).await.unwrap());
+        assert!(!hasher.verify(SecretString::from("wrong horse"), Some(hash)).await.unwrap());
+        assert!(!hasher.verify(SecretString::from("dispatchd-dummy-password"), None).await.unwrap());
     }
 
     #[test]
@@ -163,9 +138,6 @@ mod tests {
         assert!(NewPassword::parse("short".into()).is_err());
         assert!(NewPassword::parse("x".repeat(129)).is_err());
         assert!(NewPassword::parse("long enough".into()).is_ok());
-        assert_eq!(
-            format!("{:?}", NewPassword::parse("long enough".into()).unwrap()),
-            "NewPassword([REDACTED])"
-        );
+        assert_eq!(format!("{:?}", NewPassword::parse("long enough".into()).unwrap()), "NewPassword([REDACTED])");
     }
 }

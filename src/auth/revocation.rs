@@ -27,12 +27,7 @@ pub struct Revocations {
 
 impl Revocations {
     pub fn new(store: Arc<dyn Store>, redis: Option<RedisHandle>, ttl: Duration, clock: Clock) -> Self {
-        let revocations = Self {
-            store,
-            redis,
-            ttl,
-            clock,
-        };
+        let revocations = Self { store, redis, ttl, clock };
         if let Some(redis) = &revocations.redis {
             let this = revocations.clone();
             redis.on_recovery(move |redis| {
@@ -47,10 +42,7 @@ impl Revocations {
         if let Some(redis) = self.redis.as_ref().filter(|redis| redis.is_up()) {
             match redis.query::<bool>(redis::cmd("EXISTS").arg(key(redis, session))).await {
                 Ok(revoked) => return Ok(revoked),
-                Err(err) => tracing::warn!(
-                    error = format!("{err:#}"),
-                    "revocation check falls back to the database"
-                ),
+                Err(err) => tracing::warn!(error = format!("{err:#}"), "revocation check falls back to the database"),
             }
         }
         self.store.is_session_revoked(session).await
@@ -64,15 +56,10 @@ impl Revocations {
         };
         let mut pipeline = redis::pipe();
         for session in sessions {
-            pipeline
-                .set_ex(key(redis, *session), 1, self.ttl.num_seconds().max(1) as u64)
-                .ignore();
+            pipeline.set_ex(key(redis, *session), 1, self.ttl.num_seconds().max(1) as u64).ignore();
         }
         if let Err(err) = redis.query_pipeline::<()>(&pipeline).await {
-            tracing::warn!(
-                error = format!("{err:#}"),
-                "revocation not published to redis; will resync"
-            );
+            tracing::warn!(error = format!("{err:#}"), "revocation not published to redis; will resync");
         }
     }
 

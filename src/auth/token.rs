@@ -95,10 +95,7 @@ impl Tokens {
             return Err(Error::unauthorized("INVALID_TOKEN", "not an access token"));
         }
         if claims.exp <= now.timestamp() {
-            return Err(Error::unauthorized(
-                "TOKEN_EXPIRED",
-                "the access token has expired; refresh it",
-            ));
+            return Err(Error::unauthorized("TOKEN_EXPIRED", "the access token has expired; refresh it"));
         }
         Ok(claims)
     }
@@ -108,10 +105,7 @@ impl Tokens {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let token = URL_SAFE_NO_PAD.encode(bytes);
-        let stored = NewRefreshToken {
-            hash: hash_refresh(&token),
-            expires_at: now + self.refresh_ttl,
-        };
+        let stored = NewRefreshToken { hash: hash_refresh(&token), expires_at: now + self.refresh_ttl };
         (token, stored)
     }
 
@@ -159,10 +153,7 @@ mod tests {
             .unwrap();
         let ours = tokens("0123456789abcdef0123456789abcdef");
         assert_eq!(ours.verify_access(&token, now).unwrap_err().code(), "INVALID_TOKEN");
-        assert_eq!(
-            ours.verify_access("not.a.jwt", now).unwrap_err().code(),
-            "INVALID_TOKEN"
-        );
+        assert_eq!(ours.verify_access("not.a.jwt", now).unwrap_err().code(), "INVALID_TOKEN");
     }
 
     #[test]

@@ -72,10 +72,7 @@ pub async fn login(State(state): State<AppState>, Json(req): Json<LoginRequest>)
 
 pub async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>) -> Result<impl IntoResponse> {
     if req.refresh_token.is_empty() || req.refresh_token.len() > 256 {
-        return Err(Error::validation(
-            "refresh_token",
-            "must be a refresh token from login or refresh",
-        ));
+        return Err(Error::validation("refresh_token", "must be a refresh token from login or refresh"));
     }
     Ok(ok(state.auth.refresh(&req.refresh_token).await?))
 }

@@ -32,9 +32,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
             ));
         }
         let limit = body_limit(&req);
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| body_error(rejection, limit))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| body_error(rejection, limit))?;
         parse_json(&bytes).map(Json)
     }
 }
@@ -55,18 +53,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
             (_, syntax) => Error::MalformedJson(strip_position(&syntax.unwrap_or(inner).to_string())),
         }
     })?;
-    deserializer
-        .end()
-        .map_err(|err| Error::MalformedJson(strip_position(&err.to_string())))?;
+    deserializer.end().map_err(|err| Error::MalformedJson(strip_position(&err.to_string())))?;
     Ok(value)
 }
 
 /// The dotted path of the field an error is about. serde reports a missing field at its
 /// parent's path, naming the field only in the message.
 fn field_name(path: &str, message: &str) -> String {
-    let missing = message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split('`').next());
+    let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
     match (path, missing) {
         (".", Some(field)) => field.to_owned(),
         (parent, Some(field)) => format!("{parent}.{field}"),
@@ -87,12 +81,7 @@ fn has_json_content_type(req: &Request) -> bool {
     let Some(content_type) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
@@ -109,10 +98,7 @@ fn body_error(rejection: BytesRejection, limit: usize) -> Error {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Error::PayloadTooLarge { limit }
     } else {
-        Error::BadRequest {
-            code: "BAD_BODY",
-            message: "the request body could not be read".into(),
-        }
+        Error::BadRequest { code: "BAD_BODY", message: "the request body could not be read".into() }
     }
 }
 
@@ -127,10 +113,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| Query(value))
-            .map_err(|rejection| Error::BadRequest {
-                code: "INVALID_QUERY",
-                message: rejection.body_text(),
-            })
+            .map_err(|rejection| Error::BadRequest { code: "INVALID_QUERY", message: rejection.body_text() })
     }
 }
 
@@ -145,10 +128,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| Path(value))
-            .map_err(|rejection| Error::BadRequest {
-                code: "INVALID_PATH",
-                message: rejection.body_text(),
-            })
+            .map_err(|rejection| Error::BadRequest { code: "INVALID_PATH", message: rejection.body_text() })
     }
 }
 
@@ -202,41 +182,13 @@ mod tests {
         let ok = r#"{"pickup":{"lat":12.9,"lng":77.6},"vehicle_type":"bike","seats":1}"#;
         assert!(parse_json::<Trip>(ok.as_bytes()).is_ok());
         let cases = [
-            (
-                r#"{"pickup":{"lat":95,"lng":77.6},"vehicle_type":"bike","seats":1}"#,
-                "pickup",
-                "lat must be",
-            ),
-            (
-                r#"{"pickup":{"lat":12.9,"lng":77.6},"vehicle_type":"car","seats":1}"#,
-                "vehicle_type",
-                "unknown variant",
-            ),
-            (
-                r#"{"pickup":{"lat":12.9,"lng":77.6},"vehicle_type":"bike","seats":"one"}"#,
-                "seats",
-                "invalid type",
-            ),
-            (
-                r#"{"pickup":{"lat":12.9,"lng":77.6},"vehicle_type":"bike","seats":300}"#,
-                "seats",
-                "invalid value",
-            ),
-            (
-                r#"{"pickup":{"lat":12.9,"lng":77.6},"vehicle_type":"bike"}"#,
-                "seats",
-                "missing field",
-            ),
-            (
-                r#"{"pickup":{"lat":12.9},"vehicle_type":"bike","seats":1}"#,
-                "pickup.lng",
-                "missing field",
-            ),
-            (
-                r#"{"pickup":{"lat":12.9,"lng":77.6},"vehicle_type":"bike","seats":1,"x":1}"#,
-                "x",
-                "unknown field",
-            ),
+            (r#"{"pickup":{"lat":95,"lng":77.6},"vehicle_type":"bike","seats":1}"#, "pickup", "lat must be"),
+            (r#"{"pickup":{"lat":12.9,"lng":77.6},"vehicle_type":"car","seats":1}"#, "vehicle_type", "unknown variant"),
+            (r#"{"pickup":{"lat":12.9,"lng":77.6},"vehicle_type":"bike","seats":"one"}"#, "seats", "invalid type"),
+            (r#"{"pickup":{"lat":12.9,"lng":77.6},"vehicle_type":"bike","seats":300}"#, "seats", "invalid value"),
+            (r#"{"pickup":{"lat":12.9,"lng":77.6},"vehicle_type":"bike"}"#, "seats", "missing field"),
+            (r#"{"pickup":{"lat":12.9},"vehicle_type":"bike","seats":1}"#, "pickup.lng", "missing field"),
+            (r#"{"pickup":{"lat":12.9,"lng":77.6},"vehicle_type":"bike","seats":1,"x":1}"#, "x", "unknown field"),
         ];
         for (body, field, message) in cases {
             let (got_field, got_message) = field_of(body);
@@ -249,13 +201,7 @@ mod tests {
     #[test]
     fn syntax_errors_are_malformed_json() {
         for body in ["{", "not json", r#"{"a":1} trailing"#, "", r#"{"pickup": 1} {}"#] {
-            assert!(
-                matches!(
-                    parse_json::<serde_json::Value>(body.as_bytes()),
-                    Err(Error::MalformedJson(_))
-                ),
-                "{body}"
-            );
+            assert!(matches!(parse_json::<serde_json::Value>(body.as_bytes()), Err(Error::MalformedJson(_))), "{body}");
         }
     }
 }

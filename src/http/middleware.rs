@@ -19,16 +19,10 @@ use crate::error::{Error, ErrorBody, envelope};
 pub async fn record_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let response = next.run(req).await;
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", response.status().as_u16().to_string()),
-    ];
+    let labels = [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     response
@@ -49,9 +43,7 @@ pub async fn ensure_envelope(req: Request, next: Next) -> Response {
     let (mut parts, _) = response.into_parts();
     let fresh = envelope(status, body_for(status));
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Response::from_parts(parts, fresh.into_body())
 }
 
@@ -67,11 +59,7 @@ fn body_for(status: StatusCode) -> ErrorBody {
         status if status.is_server_error() => ("INTERNAL_ERROR", "internal server error"),
         _ => ("BAD_REQUEST", "the request is not valid"),
     };
-    ErrorBody {
-        code,
-        message: message.to_owned(),
-        details: None,
-    }
+    ErrorBody { code, message: message.to_owned(), details: None }
 }
 
 /// The answer to a handler that panicked: logged, then a plain 500 envelope.
@@ -90,10 +78,7 @@ pub fn security_headers(config: &HeadersConfig) -> Vec<(HeaderName, HeaderValue)
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
         (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
-        (
-            HeaderName::from_static("cross-origin-opener-policy"),
-            HeaderValue::from_static("same-origin"),
-        ),
+        (HeaderName::from_static("cross-origin-opener-policy"), HeaderValue::from_static("same-origin")),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ];
     if let Ok(csp) = HeaderValue::from_str(&config.content_security_policy) {
@@ -116,12 +101,7 @@ pub fn cors(config: &CorsConfig) -> Option<CorsLayer> {
     let origins = if config.allowed_origins.iter().any(|origin| origin == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            config
-                .allowed_origins
-                .iter()
-                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
-        )
+        AllowOrigin::list(config.allowed_origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()))
     };
     Some(
         CorsLayer::new()

@@ -76,18 +76,10 @@ pub fn router(state: AppState) -> Router {
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(|req: &Request| {
-                        let request_id = req
-                            .headers()
-                            .get(REQUEST_ID)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-");
+                        let request_id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
                         tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
                     })
-                    .on_response(
-                        DefaultOnResponse::new()
-                            .level(Level::INFO)
-                            .latency_unit(LatencyUnit::Micros),
-                    ),
+                    .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
             )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
     )

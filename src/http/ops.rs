@@ -47,18 +47,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         return ok(checks).into_response();
     }
     metrics::counter!("readiness_failures_total").increment(1);
-    let body = ErrorBody {
-        code: "NOT_READY",
-        message: format!("down: {}", down.join(", ")),
-        details: Some(checks),
-    };
+    let body = ErrorBody { code: "NOT_READY", message: format!("down: {}", down.join(", ")), details: Some(checks) };
     envelope(StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
 }

@@ -57,11 +57,7 @@ impl RateLimiter {
             value.rsplit(',').next()?.trim().parse().ok()
         });
         from_header
-            .or_else(|| {
-                req.extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|info| info.0.ip())
-            })
+            .or_else(|| req.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip()))
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 }
@@ -72,11 +68,7 @@ pub async fn enforce(State(limiter): State<Arc<RateLimiter>>, req: Request, next
     match limiter.governor.check_key(&ip) {
         Ok(snapshot) => {
             let mut response = next.run(req).await;
-            set_headers(
-                response.headers_mut(),
-                limiter.limit,
-                snapshot.remaining_burst_capacity(),
-            );
+            set_headers(response.headers_mut(), limiter.limit, snapshot.remaining_burst_capacity());
             response
         }
         Err(not_until) => {
@@ -85,9 +77,7 @@ pub async fn enforce(State(limiter): State<Arc<RateLimiter>>, req: Request, next
             metrics::counter!("http_rate_limited_total").increment(1);
             let mut response = Error::RateLimited { retry_after_secs }.into_response();
             set_headers(response.headers_mut(), limiter.limit, 0);
-            response
-                .headers_mut()
-                .insert("x-ratelimit-reset", HeaderValue::from(retry_after_secs));
+            response.headers_mut().insert("x-ratelimit-reset", HeaderValue::from(retry_after_secs));
             response
         }
     }
@@ -118,11 +108,7 @@ mod tests {
 
     #[test]
     fn a_client_gets_its_burst_then_is_refused() {
-        let config = RateLimitConfig {
-            enabled: true,
-            requests_per_minute: 3,
-            client_ip_header: String::new(),
-        };
+        let config = RateLimitConfig { enabled: true, requests_per_minute: 3, client_ip_header: String::new() };
         let limiter = RateLimiter::new(&config).unwrap();
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         for _ in 0..3 {

@@ -26,14 +26,7 @@ struct Success<T> {
 
 impl<T: Serialize> IntoResponse for Ok<T> {
     fn into_response(self) -> Response {
-        (
-            self.0,
-            axum::Json(Success {
-                success: true,
-                data: self.1,
-            }),
-        )
-            .into_response()
+        (self.0, axum::Json(Success { success: true, data: self.1 })).into_response()
     }
 }
 

@@ -36,10 +36,7 @@ pub async fn list(
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(Error::validation("limit", format!("must be between 1 and {MAX_LIMIT}")));
     }
-    let page = PageRequest {
-        before: query.cursor,
-        limit: limit + 1,
-    };
+    let page = PageRequest { before: query.cursor, limit: limit + 1 };
     let users = state.store.list_users(query.role, page).await?;
     Ok(ok(Page::from_overfetch(users, limit, |user| user.id.to_string())))
 }
@@ -51,10 +48,7 @@ pub async fn disable(
 ) -> Result<impl IntoResponse> {
     caller.require(&[Role::Admin])?;
     if id == caller.user_id {
-        return Err(Error::conflict(
-            "CANNOT_DISABLE_SELF",
-            "an admin cannot disable their own account",
-        ));
+        return Err(Error::conflict("CANNOT_DISABLE_SELF", "an admin cannot disable their own account"));
     }
     Ok(ok(state.auth.disable_user(id).await?))
 }

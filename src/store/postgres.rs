@@ -54,10 +54,7 @@ impl PgStore {
 
     /// Applies pending migrations (idempotent; concurrent nodes serialise on an advisory lock).
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
-            .await
-            .context("applying Postgres migrations")
+        sqlx::migrate!("./migrations/postgres").run(&self.pool).await.context("applying Postgres migrations")
     }
 
     /// The pool, for tests and tools that need raw SQL.

@@ -40,10 +40,7 @@ struct Inner {
 
 impl std::fmt::Debug for RedisHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisHandle")
-            .field("prefix", &self.inner.prefix)
-            .field("up", &self.is_up())
-            .finish()
+        f.debug_struct("RedisHandle").field("prefix", &self.inner.prefix).field("up", &self.is_up()).finish()
     }
 }
 
@@ -117,11 +114,7 @@ impl RedisHandle {
     pub async fn ping(&self) -> anyhow::Result<()> {
         let mut connection = self.inner.connection.clone();
         let pong: String = self.guard(redis::cmd("PING").query_async(&mut connection)).await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(anyhow!("unexpected PING answer {pong:?}"))
-        }
+        if pong == "PONG" { Ok(()) } else { Err(anyhow!("unexpected PING answer {pong:?}")) }
     }
 
     /// Checks health every `health_interval_ms` until `shutdown`, running the recovery hooks
@@ -168,11 +161,7 @@ impl RedisHandle {
     }
 
     fn ensure_up(&self) -> anyhow::Result<()> {
-        if self.is_up() {
-            Ok(())
-        } else {
-            Err(anyhow!("redis is down"))
-        }
+        if self.is_up() { Ok(()) } else { Err(anyhow!("redis is down")) }
     }
 
     /// Applies the command timeout and marks Redis down on any failure.
@@ -187,9 +176,6 @@ impl RedisHandle {
     }
 
     fn lock_hooks(&self) -> std::sync::MutexGuard<'_, Vec<RecoveryHook>> {
-        self.inner
-            .recovery_hooks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.recovery_hooks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

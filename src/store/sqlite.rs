@@ -53,10 +53,7 @@ impl SqliteStore {
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.pool)
-            .await
-            .context("applying SQLite migrations")
+        sqlx::migrate!("./migrations/sqlite").run(&self.pool).await.context("applying SQLite migrations")
     }
 
     /// The pool, for tests and tools that need raw SQL.

@@ -45,14 +45,9 @@ pub async fn fresh_postgres_database() -> String {
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
         .unwrap_or_else(|err| panic!("cannot reach the test Postgres (DISPATCHD_TEST_DATABASE_URL): {err}"));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
     admin.close().await.unwrap();
-    let (base, _) = admin_url
-        .rsplit_once('/')
-        .expect("the test database URL ends with /<database>");
+    let (base, _) = admin_url.rsplit_once('/').expect("the test database URL ends with /<database>");
     format!("{base}/{name}")
 }
 
@@ -89,21 +84,13 @@ pub struct RedisOption {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            database: Database::FreshPostgres,
-            redis: None,
-            clock: Clock::system(),
-            settings: Vec::new(),
-        }
+        Self { database: Database::FreshPostgres, redis: None, clock: Clock::system(), settings: Vec::new() }
     }
 }
 
 impl Options {
     pub fn with_redis(mut self) -> Self {
-        self.redis = Some(RedisOption {
-            url: redis_url(),
-            prefix: fresh_redis_prefix(),
-        });
+        self.redis = Some(RedisOption { url: redis_url(), prefix: fresh_redis_prefix() });
         self
     }
 
@@ -136,29 +123,13 @@ pub struct Reply {
 impl Reply {
     /// The `error.code` of a failure envelope, checking the envelope's shape on the way.
     pub fn error_code(&self) -> &str {
-        assert_eq!(
-            self.body["success"],
-            json!(false),
-            "not a failure envelope: {:?}",
-            self.body
-        );
-        assert!(
-            self.body["error"]["message"].is_string(),
-            "failure without message: {:?}",
-            self.body
-        );
-        self.body["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error code in {:?}", self.body))
+        assert_eq!(self.body["success"], json!(false), "not a failure envelope: {:?}", self.body);
+        assert!(self.body["error"]["message"].is_string(), "failure without message: {:?}", self.body);
+        self.body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {:?}", self.body))
     }
 
     pub fn data(&self) -> &Value {
-        assert_eq!(
-            self.body["success"],
-            json!(true),
-            "not a success envelope: {:?}",
-            self.body
-        );
+        assert_eq!(self.body["success"], json!(true), "not a success envelope: {:?}", self.body);
         &self.body["data"]
     }
 
@@ -266,25 +237,14 @@ impl TestApp {
         let password = dispatchd::auth::password::NewPassword::parse(PASSWORD.to_owned()).unwrap();
         self.state
             .auth
-            .create_staff(
-                PersonName::parse("Staff").unwrap(),
-                Phone::parse(&phone).unwrap(),
-                password,
-                role,
-            )
+            .create_staff(PersonName::parse("Staff").unwrap(), Phone::parse(&phone).unwrap(), password, role)
             .await
             .unwrap();
         self.login(&phone).await
     }
 
     pub async fn login(&self, phone: &str) -> Session {
-        let reply = self
-            .post(
-                "/api/v1/auth/login",
-                json!({ "phone": phone, "password": PASSWORD }),
-                None,
-            )
-            .await;
+        let reply = self.post("/api/v1/auth/login", json!({ "phone": phone, "password": PASSWORD }), None).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         Session::from_grant(reply.data())
     }
@@ -322,10 +282,7 @@ async fn test_config(options: &Options) -> (Config, Option<String>, Option<tempf
         figment = figment.merge(Serialized::global("database.url", url));
     }
     if let Some(dir) = &sqlite_dir {
-        figment = figment.merge(Serialized::global(
-            "database.sqlite_path",
-            dir.path().join("dispatchd.db"),
-        ));
+        figment = figment.merge(Serialized::global("database.sqlite_path", dir.path().join("dispatchd.db")));
     }
     if let Some(redis) = &options.redis {
         figment = figment
