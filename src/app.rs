@@ -23,7 +23,10 @@ use crate::auth::revocation::Revocations;
 use crate::auth::token::Tokens;
 use crate::clock::Clock;
 use crate::config::{Config, redact_url};
+use crate::fleet::Fleet;
+use crate::grid::PilotIndex;
 use crate::http::ratelimit::RateLimiter;
+use crate::store::positions::{self, PositionMirror};
 use crate::store::redis::RedisHandle;
 use crate::store::{self, Store};
 
@@ -37,11 +40,15 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub metrics: PrometheusHandle,
     pub clock: Clock,
+    /// The live pilot index.
+    pub grid: Arc<PilotIndex>,
+    pub fleet: Arc<Fleet>,
 }
 
 /// A built application, ready to serve.
 pub struct App {
     state: AppState,
+    mirror: Option<PositionMirror>,
 }
 
 impl App {
@@ -61,6 +68,18 @@ impl App {
         let revocations = Revocations::new(store.clone(), redis.clone(), tokens.access_ttl(), clock.clone());
         let passwords = PasswordHasher::new(&config.auth)?;
         let auth = Auth::new(store.clone(), tokens, passwords, revocations, clock.clone());
+        let grid = Arc::new(PilotIndex::new(&config.grid));
+        let mirror = match &redis {
+            Some(redis) => {
+                let now = clock.now().timestamp_millis();
+                positions::warm_start(&grid, redis, now, config.grid.forget_after_secs).await;
+                let mirror_config = config.redis.positions.clone();
+                let ttl = config.grid.forget_after_secs;
+                Some(PositionMirror::new(grid.clone(), redis.clone(), clock.clone(), mirror_config, ttl))
+            }
+            None => None,
+        };
+        let fleet = Fleet::new(grid.clone(), store.clone(), clock.clone(), config.grid.max_points_per_report);
         let state = AppState {
             rate_limiter: RateLimiter::new(&config.rate_limit),
             config: Arc::new(config),
@@ -69,8 +88,10 @@ impl App {
             auth: Arc::new(auth),
             metrics: crate::telemetry::metrics(),
             clock,
+            grid,
+            fleet: Arc::new(fleet),
         };
-        Ok(Self { state })
+        Ok(Self { state, mirror })
     }
 
     pub fn state(&self) -> &AppState {
@@ -79,7 +100,7 @@ impl App {
 
     /// Serves until `shutdown` resolves, then drains as described in the module docs.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
@@ -87,6 +108,7 @@ impl App {
         tracing::info!(%addr, url = %format!("http://{addr}"), "dispatchd listening");
         let stop = CancellationToken::new();
         let background = self.spawn_background(stop.clone());
+        let Self { state, .. } = self;
 
         let draining = CancellationToken::new();
         let on_signal = draining.clone();
@@ -94,11 +116,11 @@ impl App {
             shutdown.await;
             on_signal.cancel();
         });
-        let app = crate::http::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let mut server = tokio::spawn(
             axum::serve(listener, app).with_graceful_shutdown(draining.clone().cancelled_owned()).into_future(),
         );
-        let grace = Duration::from_secs(self.state.config.server.shutdown_timeout_secs);
+        let grace = Duration::from_secs(state.config.server.shutdown_timeout_secs);
         tokio::select! {
             result = &mut server => result.context("server task failed")?.context("server failed")?,
             () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
@@ -110,13 +132,18 @@ impl App {
         for task in background {
             let _ = task.await;
         }
-        self.state.store.close().await;
+        state.store.close().await;
         tracing::info!("dispatchd stopped");
         Ok(())
     }
 
-    fn spawn_background(&self, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    fn spawn_background(&mut self, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
+        let sweep_every = Duration::from_millis(self.state.config.grid.sweep_interval_ms);
+        tasks.push(tokio::spawn(self.state.fleet.clone().run_presence(sweep_every, stop.clone())));
+        if let Some(mirror) = self.mirror.take() {
+            tasks.push(tokio::spawn(mirror.run(stop.clone())));
+        }
         if let Some(redis) = self.state.redis.clone() {
             tasks.push(tokio::spawn(redis.run_health_loop(stop.clone())));
         }

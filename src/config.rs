@@ -31,6 +31,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub rate_limit: RateLimitConfig,
+    pub grid: crate::grid::GridConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +76,8 @@ pub struct RedisConfig {
     pub key_prefix: String,
     pub command_timeout_ms: u64,
     pub health_interval_ms: u64,
+    /// The pilot position mirror (see `store::positions`).
+    pub positions: crate::store::positions::MirrorConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,12 +197,19 @@ impl Config {
             ("database.acquire_timeout_secs", self.database.acquire_timeout_secs),
             ("redis.command_timeout_ms", self.redis.command_timeout_ms),
             ("redis.health_interval_ms", self.redis.health_interval_ms),
+            ("redis.positions.flush_interval_ms", self.redis.positions.flush_interval_ms),
+            ("redis.positions.batch_size", self.redis.positions.batch_size as u64),
+            ("grid.sweep_interval_ms", self.grid.sweep_interval_ms),
             ("auth.access_ttl_secs", self.auth.access_ttl_secs),
             ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs),
             ("auth.argon2_iterations", self.auth.argon2_iterations.into()),
             ("auth.argon2_parallelism", self.auth.argon2_parallelism.into()),
             ("auth.max_concurrent_hashes", self.auth.max_concurrent_hashes as u64),
             ("rate_limit.requests_per_minute", self.rate_limit.requests_per_minute.into()),
+            ("grid.stale_after_secs", self.grid.stale_after_secs),
+            ("grid.offline_after_secs", self.grid.offline_after_secs),
+            ("grid.forget_after_secs", self.grid.forget_after_secs),
+            ("grid.max_points_per_report", self.grid.max_points_per_report as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::new(key, "must be greater than 0"));
@@ -210,7 +220,34 @@ impl Config {
         self.validate_database()?;
         self.validate_redis()?;
         self.validate_auth()?;
+        self.validate_grid()?;
         self.validate_http()
+    }
+
+    fn validate_grid(&self) -> Result<(), ConfigError> {
+        let grid = &self.grid;
+        if grid.resolution > 15 {
+            return Err(ConfigError::new("grid.resolution", "must be an H3 resolution, 0 to 15"));
+        }
+        if grid.supply_resolution > grid.resolution {
+            return Err(ConfigError::new("grid.supply_resolution", "must be coarser than (at most) grid.resolution"));
+        }
+        if grid.offline_after_secs < grid.stale_after_secs {
+            return Err(ConfigError::new("grid.offline_after_secs", "must be at least grid.stale_after_secs"));
+        }
+        let speeds = &grid.gps.max_speed_kmh;
+        let numbers = [
+            ("grid.gps.max_accuracy_m", grid.gps.max_accuracy_m),
+            ("grid.gps.min_move_m", grid.gps.min_move_m),
+            ("grid.gps.max_speed_kmh.bike", speeds.bike),
+            ("grid.gps.max_speed_kmh.auto", speeds.auto),
+            ("grid.gps.max_speed_kmh.mini_truck", speeds.mini_truck),
+            ("grid.gps.max_speed_kmh.ev_cycle", speeds.ev_cycle),
+        ];
+        match numbers.iter().find(|(_, value)| !(value.is_finite() && *value >= 0.0)) {
+            Some((key, _)) => Err(ConfigError::new(key, "must be a number >= 0 (0 switches the rule off)")),
+            None => Ok(()),
+        }
     }
 
     fn validate_database(&self) -> Result<(), ConfigError> {

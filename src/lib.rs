@@ -36,6 +36,8 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod fleet;
+pub mod grid;
 pub mod http;
 pub mod ids;
 pub mod store;

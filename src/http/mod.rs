@@ -7,9 +7,11 @@
 //! [`response::Ok`]; nothing below this module knows about HTTP.
 
 pub mod auth;
+pub mod dispatch;
 pub mod extract;
 pub mod middleware;
 pub mod ops;
+pub mod pilots;
 pub mod ratelimit;
 pub mod response;
 pub mod users;
@@ -95,4 +97,9 @@ fn api_routes() -> Router<AppState> {
         .route("/me", get(auth::me))
         .route("/admin/users", get(users::list))
         .route("/admin/users/{id}/disable", post(users::disable))
+        .route("/pilot/location", post(pilots::location))
+        .route("/pilot/status", post(pilots::status))
+        .route("/dispatch/pilots", get(dispatch::pilots))
+        .route("/dispatch/pilots/nearest", get(dispatch::nearest))
+        .route("/dispatch/supply", get(dispatch::supply))
 }

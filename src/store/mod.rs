@@ -11,6 +11,7 @@
 //!
 //! [`redis`] holds the optional Redis connection with its health tracking.
 
+pub mod positions;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;

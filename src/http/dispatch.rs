@@ -1,0 +1,107 @@
+//! `/api/v1/dispatch/*`: the dispatcher's view of the live grid — pilots in a box, the
+//! nearest available pilots to a point, and supply per coarse cell.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::domain::{LatLng, PilotStatus, Role, VehicleType};
+use crate::error::{Error, Result};
+use crate::grid::Filter;
+use crate::grid::geometry::BBox;
+use crate::http::extract::Query;
+use crate::http::response::ok;
+
+const MAX_PILOTS: usize = 5000;
+const MAX_NEAREST: usize = 100;
+const MAX_RADIUS_M: f64 = 50_000.0;
+
+/// `bbox=min_lng,min_lat,max_lng,max_lat`.
+fn parse_bbox(text: &str) -> Result<BBox> {
+    let numbers: Vec<f64> = text.split(',').filter_map(|part| part.trim().parse().ok()).collect();
+    let [min_lng, min_lat, max_lng, max_lat] = numbers[..] else {
+        return Err(Error::validation("bbox", "must be min_lng,min_lat,max_lng,max_lat"));
+    };
+    BBox::new(min_lng, min_lat, max_lng, max_lat).map_err(|err| Error::validation("bbox", err.0))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PilotsQuery {
+    bbox: String,
+    vehicle_type: Option<VehicleType>,
+    status: Option<PilotStatus>,
+    limit: Option<usize>,
+}
+
+pub async fn pilots(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<PilotsQuery>,
+) -> Result<impl IntoResponse> {
+    caller.require(&[Role::Dispatcher, Role::Admin])?;
+    let bbox = parse_bbox(&query.bbox)?;
+    let limit = query.limit.unwrap_or(MAX_PILOTS);
+    if !(1..=MAX_PILOTS).contains(&limit) {
+        return Err(Error::validation("limit", format!("must be between 1 and {MAX_PILOTS}")));
+    }
+    let mut filter = Filter::in_service();
+    if let Some(vehicle) = query.vehicle_type {
+        filter = filter.vehicles(&[vehicle]);
+    }
+    if let Some(status) = query.status {
+        filter = filter.statuses(&[status]);
+    }
+    let mut items = state.grid.within(&bbox, &filter, limit + 1);
+    let truncated = items.len() > limit;
+    items.truncate(limit);
+    Ok(ok(json!({ "items": items, "truncated": truncated })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NearestQuery {
+    lat: f64,
+    lng: f64,
+    k: Option<usize>,
+    radius_m: Option<f64>,
+    vehicle_type: Option<VehicleType>,
+}
+
+pub async fn nearest(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<NearestQuery>,
+) -> Result<impl IntoResponse> {
+    caller.require(&[Role::Dispatcher, Role::Admin])?;
+    let point = LatLng::new(query.lat, query.lng).map_err(|err| Error::validation("lat/lng", err.0))?;
+    let k = query.k.unwrap_or(20);
+    if !(1..=MAX_NEAREST).contains(&k) {
+        return Err(Error::validation("k", format!("must be between 1 and {MAX_NEAREST}")));
+    }
+    let radius = query.radius_m.unwrap_or(2_000.0);
+    if !(0.0..=MAX_RADIUS_M).contains(&radius) {
+        return Err(Error::validation("radius_m", format!("must be between 0 and {MAX_RADIUS_M}")));
+    }
+    let filter = state.grid.available_filter(query.vehicle_type, state.fleet.now_ms());
+    Ok(ok(json!({ "items": state.grid.nearest(k, point, radius, &filter) })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupplyQuery {
+    bbox: String,
+}
+
+pub async fn supply(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<SupplyQuery>,
+) -> Result<impl IntoResponse> {
+    caller.require(&[Role::Dispatcher, Role::Admin])?;
+    let bbox = parse_bbox(&query.bbox)?;
+    Ok(ok(json!({ "cells": state.grid.supply_within(&bbox) })))
+}
