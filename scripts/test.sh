@@ -47,9 +47,10 @@ redis_answers() { [ "$(redis-cli -u "$DISPATCHD_TEST_REDIS_URL" ping 2>/dev/null
 
 ensure_redis() {
     command -v redis-cli >/dev/null || apt_install redis-tools
+    # Some tests run a redis-server of their own, to kill and restart it.
+    command -v redis-server >/dev/null || apt_install redis-server
     redis_answers && return 0
     say "starting Redis"
-    command -v redis-server >/dev/null || apt_install redis-server
     as_root redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
     wait_for redis_answers || { echo "Redis did not start" >&2; exit 1; }
 }

@@ -163,6 +163,11 @@ impl Config {
         Self::from_figment(Self::figment(file)?.merge(Env::prefixed(ENV_PREFIX).split("__")))
     }
 
+    /// The built-in defaults alone (tests, tools, benchmarks).
+    pub fn defaults() -> Self {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_CONFIG))).expect("the built-in defaults are valid")
+    }
+
     /// The built-in defaults, overridden by `file` when given. Environment not included.
     pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));

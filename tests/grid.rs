@@ -15,7 +15,7 @@ use proptest::prelude::*;
 const NOW: i64 = 1_800_000_000_000;
 
 fn config() -> GridConfig {
-    Config::from_figment(Config::figment(None).unwrap()).unwrap().grid
+    Config::defaults().grid
 }
 
 /// Places to build cities around: ordinary, the antimeridian, far north, the equator and
@@ -119,15 +119,23 @@ proptest! {
         vehicles in prop::collection::vec(0..4usize, 0..3),
         statuses in prop::collection::vec(0..5usize, 0..3),
         seen_since_s in prop::option::of(0..60i64),
+        excluded in prop::collection::vec(1..320u128, 0..8),
     ) {
         let center = city_centers()[city];
         let index = build(center, &specs);
         index.check_invariants();
         let point = offset(center.0, center.1, query.0, query.1);
         let filter = filter_from(&vehicles, &statuses, seen_since_s);
-        let found: Vec<(UserId, f64)> =
-            index.nearest(k, point, radius, &filter).into_iter().map(|c| (c.pilot.id, c.distance_m)).collect();
-        prop_assert_eq!(found, brute_nearest(&index, k, point, radius, &filter));
+        let excluded: Vec<UserId> = excluded.into_iter().map(|n| UserId(uuid::Uuid::from_u128(n))).collect();
+        let found: Vec<(UserId, f64)> = index
+            .nearest_excluding(k, point, radius, &filter, &excluded)
+            .into_iter()
+            .map(|c| (c.pilot.id, c.distance_m))
+            .collect();
+        let mut expected = brute_nearest(&index, usize::MAX, point, radius, &filter);
+        expected.retain(|(id, _)| !excluded.contains(id));
+        expected.truncate(k);
+        prop_assert_eq!(found, expected);
     }
 
     #[test]

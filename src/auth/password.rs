@@ -118,8 +118,7 @@ mod tests {
     use super::*;
 
     fn hasher() -> PasswordHasher {
-        let config: crate::config::Config =
-            crate::config::Config::from_figment(crate::config::Config::figment(None).unwrap()).unwrap();
+        let config: crate::config::Config = crate::config::Config::defaults();
         PasswordHasher::new(&config.auth).unwrap()
     }
 

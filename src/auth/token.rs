@@ -128,7 +128,7 @@ mod tests {
     use super::*;
 
     fn tokens(secret: &str) -> Tokens {
-        let config = crate::config::Config::from_figment(crate::config::Config::figment(None).unwrap()).unwrap();
+        let config = crate::config::Config::defaults();
         Tokens::new(secret.as_bytes(), &config.auth)
     }
 

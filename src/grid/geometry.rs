@@ -15,14 +15,48 @@ use h3o::{CellIndex, LatLng as H3LatLng, Resolution};
 
 use crate::domain::LatLng;
 
-/// Widening applied to the measured bounds; far larger than the variation between
-/// neighbouring cells, which is what a sample could miss.
+/// Widening applied to the circumradius measured on a sample of cells; far larger than the
+/// variation between neighbouring cells, which is what a sample could miss.
 const CIRCUMRADIUS_MARGIN: f64 = 1.10;
-const INRADIUS_MARGIN: f64 = 0.85;
+/// Margin on an inradius measured for the very cell it is used for: rounding only.
+const INRADIUS_MARGIN: f64 = 0.999;
+
+const EARTH_RADIUS_F32: f32 = 6_371_008.8;
 
 /// Great-circle distance in meters between two points, by the haversine formula (`geo`).
 pub fn distance_m(a: LatLng, b: LatLng) -> f64 {
     Haversine.distance(Point::new(a.lng(), a.lat()), Point::new(b.lng(), b.lat()))
+}
+
+/// A point as a unit vector from the Earth's center. The straight chord between two such
+/// points is never longer than the great-circle arc, so [`UnitVector::chord_m`] is a lower
+/// bound on [`distance_m`] that costs no trigonometry: searches rule candidates out with it
+/// and compute the haversine only for those it cannot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnitVector([f64; 3]);
+
+impl UnitVector {
+    pub fn of(point: LatLng) -> Self {
+        let (lat, lng) = (point.lat().to_radians(), point.lng().to_radians());
+        Self([lat.cos() * lng.cos(), lat.cos() * lng.sin(), lat.sin()])
+    }
+
+    /// Single-precision copy, for compact storage (about a metre of error on the Earth).
+    pub fn to_f32(self) -> [f32; 3] {
+        self.0.map(|component| component as f32)
+    }
+
+    /// The chord to a single-precision vector, in meters, computed in `f32`.
+    pub fn chord_f32_m(query: [f32; 3], other: [f32; 3]) -> f32 {
+        let [x, y, z] = [query[0] - other[0], query[1] - other[1], query[2] - other[2]];
+        EARTH_RADIUS_F32 * (x * x + y * y + z * z).sqrt()
+    }
+
+    /// The chord length in meters on the sphere [`distance_m`] uses; ≤ the arc length.
+    pub fn chord_m(self, other: Self) -> f64 {
+        let [x, y, z] = [self.0[0] - other.0[0], self.0[1] - other.0[1], self.0[2] - other.0[2]];
+        Haversine.radius() * (x * x + y * y + z * z).sqrt()
+    }
 }
 
 /// Size bounds for the cells of one resolution.
@@ -31,7 +65,8 @@ pub struct CellGeometry {
     pub resolution: Resolution,
     /// No point of any cell is farther than this from the cell's center.
     pub max_circumradius_m: f64,
-    /// Every point this close to a cell's center is inside the cell.
+    /// Smallest inradius seen on the sample (for reference; each cell's own is
+    /// [`CellGeometry::inradius_m`]).
     pub min_inradius_m: f64,
 }
 
@@ -40,6 +75,11 @@ impl CellGeometry {
     pub fn for_resolution(resolution: Resolution) -> Self {
         static MEASURED: [OnceLock<CellGeometry>; 16] = [const { OnceLock::new() }; 16];
         *MEASURED[u8::from(resolution) as usize].get_or_init(|| Self::measure(resolution))
+    }
+
+    /// Every point this close to the center of `cell` is inside it.
+    pub fn inradius_m(cell: CellIndex) -> f64 {
+        radii(cell).1 * INRADIUS_MARGIN
     }
 
     /// Measures the bounds for `resolution` (a few milliseconds).
@@ -70,17 +110,21 @@ fn sample_cells(resolution: Resolution) -> impl Iterator<Item = CellIndex> {
 }
 
 /// (circumradius, inradius) of a cell in meters: the farthest vertex from the center, and
-/// the nearest edge midpoint.
+/// the nearest great circle through an edge (a lower bound on the distance to the edge
+/// itself; H3 edges are great-circle arcs).
 fn radii(cell: CellIndex) -> (f64, f64) {
     let center = H3LatLng::from(cell);
     let boundary = cell.boundary();
     let vertices: Vec<H3LatLng> = boundary.iter().copied().collect();
+    let c = vector(center);
     let mut circumradius = 0.0_f64;
     let mut inradius = f64::INFINITY;
     for (index, vertex) in vertices.iter().enumerate() {
         circumradius = circumradius.max(h3_distance(center, *vertex));
         let next = vertices[(index + 1) % vertices.len()];
-        inradius = inradius.min(h3_distance(center, midpoint(*vertex, next)));
+        let normal = normalize(cross(vector(*vertex), vector(next)));
+        let cross_track = dot(c, normal).abs().min(1.0).asin() * Haversine.radius();
+        inradius = inradius.min(cross_track);
     }
     (circumradius, inradius)
 }
@@ -89,17 +133,22 @@ fn h3_distance(a: H3LatLng, b: H3LatLng) -> f64 {
     Haversine.distance(Point::new(a.lng(), a.lat()), Point::new(b.lng(), b.lat()))
 }
 
-/// The great-circle midpoint, through 3-D unit vectors (correct across the antimeridian).
-fn midpoint(a: H3LatLng, b: H3LatLng) -> H3LatLng {
-    let vector = |p: H3LatLng| {
-        let (lat, lng) = (p.lat_radians(), p.lng_radians());
-        [lat.cos() * lng.cos(), lat.cos() * lng.sin(), lat.sin()]
-    };
-    let (u, v) = (vector(a), vector(b));
-    let sum = [u[0] + v[0], u[1] + v[1], u[2] + v[2]];
-    let lat = sum[2].atan2((sum[0] * sum[0] + sum[1] * sum[1]).sqrt());
-    let lng = sum[1].atan2(sum[0]);
-    H3LatLng::from_radians(lat, lng).unwrap_or(a)
+fn vector(p: H3LatLng) -> [f64; 3] {
+    let (lat, lng) = (p.lat_radians(), p.lng_radians());
+    [lat.cos() * lng.cos(), lat.cos() * lng.sin(), lat.sin()]
+}
+
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+}
+
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+fn normalize(a: [f64; 3]) -> [f64; 3] {
+    let length = dot(a, a).sqrt();
+    [a[0] / length, a[1] / length, a[2] / length]
 }
 
 /// A latitude/longitude box. `min_lng > max_lng` means the box crosses the antimeridian.
@@ -172,6 +221,38 @@ mod tests {
         // H3 res 9: average edge 174 m; cells vary about 2x in area.
         assert!((180.0..260.0).contains(&geometry.max_circumradius_m), "{geometry:?}");
         assert!((80.0..150.0).contains(&geometry.min_inradius_m), "{geometry:?}");
+        let cell = H3LatLng::new(12.97, 77.59).unwrap().to_cell(Resolution::Nine);
+        let own = CellGeometry::inradius_m(cell);
+        // Here (near an icosahedron face center) cells are larger than average: ~205 m vertices.
+        assert!((160.0..185.0).contains(&own), "a regular-ish hexagon's own inradius: {own}");
+    }
+
+    /// The point `distance_m` from `from` along `bearing` (radians from north), on the sphere.
+    fn destination(from: H3LatLng, bearing: f64, distance_m: f64) -> H3LatLng {
+        let (lat, lng, delta) = (from.lat_radians(), from.lng_radians(), distance_m / Haversine.radius());
+        let lat2 = (lat.sin() * delta.cos() + lat.cos() * delta.sin() * bearing.cos()).asin();
+        let lng2 = lng + (bearing.sin() * delta.sin() * lat.cos()).atan2(delta.cos() - lat.sin() * lat2.sin());
+        H3LatLng::from_radians(lat2, lng2).unwrap()
+    }
+
+    #[test]
+    fn points_within_the_inradius_are_inside_the_cell() {
+        let antimeridian = H3LatLng::new(-17.7, 179.99).unwrap().to_cell(Resolution::Nine);
+        let bengaluru = H3LatLng::new(12.97, 77.59).unwrap().to_cell(Resolution::Nine);
+        let cells = antimeridian.grid_disk_safe(2).chain(bengaluru.grid_disk_safe(1));
+        for cell in cells.chain(Resolution::Nine.pentagons().take(2)) {
+            let center = H3LatLng::from(cell);
+            let radius = CellGeometry::inradius_m(cell);
+            let mut checked = 0;
+            for step in 0..72 {
+                let bearing = f64::from(step) * 5.0_f64.to_radians();
+                let point = destination(center, bearing, radius * 0.999);
+                assert!(h3_distance(center, point) < radius);
+                assert_eq!(point.to_cell(Resolution::Nine), cell, "bearing {step}");
+                checked += 1;
+            }
+            assert_eq!(checked, 72);
+        }
     }
 
     #[test]
@@ -183,6 +264,17 @@ mod tests {
             for vertex in cell.boundary().iter() {
                 assert!(h3_distance(center, *vertex) <= geometry.max_circumradius_m);
             }
+        }
+    }
+
+    #[test]
+    fn the_chord_is_a_tight_lower_bound_on_the_arc() {
+        let a = LatLng::new(12.9716, 77.5946).unwrap();
+        for (lat, lng) in [(12.9816, 77.5946), (13.5, 78.2), (-12.9716, -102.4054), (12.9716, 77.5946)] {
+            let b = LatLng::new(lat, lng).unwrap();
+            let (chord, arc) = (UnitVector::of(a).chord_m(UnitVector::of(b)), distance_m(a, b));
+            assert!(chord <= arc + 1e-6, "{chord} > {arc}");
+            assert!(arc - chord <= arc * 1e-3 || arc > 1e6, "tight for short distances: {chord} vs {arc}");
         }
     }
 

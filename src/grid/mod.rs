@@ -19,26 +19,34 @@
 
 pub mod geometry;
 pub mod gps;
+mod outbox;
 mod search;
+mod slab;
 mod state;
+mod supply;
 
 use h3o::Resolution;
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{LatLng, PilotStatus, VehicleType};
 use crate::ids::UserId;
 use geometry::{BBox, CellGeometry};
 use gps::{GpsPoint, GpsRules, LastFix, RejectReason, Verdict};
-pub use state::MirrorRecord;
-use state::{Grid, cell_center, to_h3, vehicle_index};
+pub use outbox::MirrorRecord;
+use state::{Grid, cell_center, status_bit, to_h3};
+use supply::vehicle_index;
 
 /// Pilots are users with the pilot role.
 pub type PilotId = UserId;
 
 /// Slots per write-lock acquisition in [`PilotIndex::sweep`], so a sweep over a million
 /// pilots never holds the lock for long.
-const SWEEP_CHUNK: usize = 8192;
+const SWEEP_CHUNK: usize = 2048;
+
+/// Attempts at the write lock before sleeping on it: about as long as a search holds the
+/// read lock.
+const WRITE_SPINS: u32 = 2000;
 
 /// `[grid]` configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -131,16 +139,18 @@ impl Filter {
             && self.seen_since_ms.is_none_or(|since| entry.seen_ms >= since)
     }
 
+    fn matches_member(&self, member: &state::Member) -> bool {
+        self.vehicles & member.vehicle_bit != 0
+            && self.statuses & member.status_bit != 0
+            && self.seen_since_ms.is_none_or(|since| member.seen_ms >= since)
+    }
+
     /// Whether `pilot` passes (for brute-force checks in tests and tools).
     pub fn accepts(&self, pilot: &PilotSnapshot) -> bool {
         self.vehicles & (1 << vehicle_index(pilot.vehicle)) != 0
             && self.statuses & status_bit(pilot.status) != 0
             && self.seen_since_ms.is_none_or(|since| pilot.seen_ms >= since)
     }
-}
-
-fn status_bit(status: PilotStatus) -> u8 {
-    1 << PilotStatus::ALL.iter().position(|known| *known == status).unwrap_or(0)
 }
 
 /// Pilots of one vehicle type in one coarse cell.
@@ -227,9 +237,36 @@ pub struct GridStats {
     pub cells: usize,
 }
 
+/// A batch judged against a last fix: what to tell the pilot and what to apply.
+struct Plan {
+    outcome: ReportOutcome,
+    /// The fix after the batch, if anything was accepted.
+    last: Option<LastFix>,
+    /// The last point that moved the pilot (for accuracy, speed, heading).
+    latest_move: Option<GpsPoint>,
+}
+
+impl Plan {
+    /// What to apply, with the new cell looked up (no lock needed).
+    fn fix(&self, hint: Option<state::CellHint>, resolution: Resolution, now_ms: i64) -> Option<state::Fix> {
+        let last = self.last?;
+        let moved_to = self.latest_move.map(|_| (last.position, state::cell_for(last.position, hint, resolution)));
+        let point = self.latest_move;
+        Some(state::Fix {
+            moved_to,
+            accuracy_m: point.and_then(|p| p.accuracy_m).unwrap_or(0.0),
+            speed_mps: point.and_then(|p| p.speed_mps),
+            heading_deg: point.and_then(|p| p.heading_deg),
+            fix_ms: last.ts_ms,
+            seen_ms: now_ms,
+        })
+    }
+}
+
 /// The live index of pilots. Share it behind an `Arc`.
 pub struct PilotIndex {
     grid: RwLock<Grid>,
+    resolution: Resolution,
     rules: GpsRules,
     stale_after_ms: i64,
     offline_after_ms: i64,
@@ -245,11 +282,25 @@ impl PilotIndex {
         let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
         Self {
             grid: RwLock::new(Grid::new(CellGeometry::for_resolution(resolution), supply)),
+            resolution,
             rules: config.gps.clone(),
             stale_after_ms: ms(config.stale_after_secs),
             offline_after_ms: ms(config.offline_after_secs),
             forget_after_ms: ms(config.forget_after_secs),
         }
+    }
+
+    /// The write lock, spinning briefly before sleeping. Searches hold the read lock for
+    /// microseconds; a writer that went to sleep instead would make every search that ends
+    /// while it waits pay for waking it (tens of microseconds on virtual machines).
+    fn write(&self) -> RwLockWriteGuard<'_, Grid> {
+        for _ in 0..WRITE_SPINS {
+            if let Some(grid) = self.grid.try_write() {
+                return grid;
+            }
+            std::hint::spin_loop();
+        }
+        self.grid.write()
     }
 
     /// The filter for pilots that may be offered work now: silent for less than `stale_after`.
@@ -258,74 +309,82 @@ impl PilotIndex {
     }
 
     /// Applies a batch of points from `pilot`, in timestamp order.
+    ///
+    /// The rules and the cell lookup run outside the write lock, against the pilot's last
+    /// fix read under a read lock; the write lock then only applies the result, unless the
+    /// pilot changed in between (another report raced this one), in which case the batch is
+    /// judged again under the write lock.
     pub fn report(&self, pilot: PilotId, vehicle: VehicleType, points: &[GpsPoint], now_ms: i64) -> ReportOutcome {
-        let mut order: Vec<usize> = (0..points.len()).collect();
-        order.sort_by_key(|&index| points[index].ts_ms);
-        let mut grid = self.grid.write();
+        let resolution = self.resolution;
+        let (seen_slot, seen_last, hint) = {
+            let grid = self.grid.read();
+            let slot = grid.slot(pilot);
+            (slot, slot.map(|slot| grid.entry(slot).last_fix()), slot.and_then(|slot| grid.hint(slot)))
+        };
+        let mut plan = self.plan(vehicle, seen_last, points, now_ms);
+        let mut fix = plan.fix(hint, resolution, now_ms);
+        let mut grid = self.write();
         let slot = grid.slot(pilot);
-        let mut last = slot.map(|slot| {
-            let entry = grid.entry(slot);
-            LastFix { position: entry.position, ts_ms: entry.fix_ms, accuracy_m: f64::from(entry.accuracy_m) }
+        let last = slot.map(|slot| grid.entry(slot).last_fix());
+        if slot != seen_slot || last != seen_last {
+            plan = self.plan(vehicle, last, points, now_ms);
+            fix = plan.fix(slot.and_then(|slot| grid.hint(slot)), resolution, now_ms);
+        }
+        let mut outcome = plan.outcome;
+        let Some(fix) = fix else {
+            outcome.pilot = slot.map(|slot| grid.entry(slot).snapshot());
+            return outcome;
+        };
+        let slot = slot.unwrap_or_else(|| {
+            let (position, _) = fix.moved_to.expect("a first accepted point is a move");
+            grid.insert(pilot, vehicle, position, fix.fix_ms, now_ms)
         });
-        let mut outcome = ReportOutcome::default();
-        let mut latest_move: Option<&GpsPoint> = None;
-        for index in order {
+        if grid.entry(slot).vehicle != vehicle {
+            grid.set_vehicle(slot, vehicle, now_ms);
+        }
+        grid.apply_fix(slot, &fix);
+        grid.mark_dirty(slot, now_ms);
+        outcome.pilot = Some(grid.entry(slot).snapshot());
+        outcome
+    }
+
+    /// Judges a batch against `last`, in timestamp order.
+    fn plan(&self, vehicle: VehicleType, mut last: Option<LastFix>, points: &[GpsPoint], now_ms: i64) -> Plan {
+        let sorted = points.windows(2).all(|pair| pair[0].ts_ms <= pair[1].ts_ms);
+        let reordered: Option<Vec<usize>> = (!sorted).then(|| {
+            let mut order: Vec<usize> = (0..points.len()).collect();
+            order.sort_by_key(|&index| points[index].ts_ms);
+            order
+        });
+        let mut plan = Plan { outcome: ReportOutcome::default(), last: None, latest_move: None };
+        for step in 0..points.len() {
+            let index = reordered.as_ref().map_or(step, |order| order[step]);
             let point = &points[index];
             match self.rules.judge(vehicle, last.as_ref(), point, now_ms) {
                 Verdict::Move(position) => {
                     last = Some(LastFix { position, ts_ms: point.ts_ms, accuracy_m: point.accuracy_m.unwrap_or(0.0) });
-                    latest_move = Some(point);
-                    outcome.moved += 1;
+                    plan.latest_move = Some(*point);
+                    plan.outcome.moved += 1;
                 }
                 Verdict::Stationary => {
                     if let Some(last) = last.as_mut() {
                         last.ts_ms = point.ts_ms;
                     }
-                    outcome.stationary += 1;
+                    plan.outcome.stationary += 1;
                 }
-                Verdict::Reject(reason) => outcome.rejected.push((index, reason)),
+                Verdict::Reject(reason) => plan.outcome.rejected.push((index, reason)),
             }
         }
-        let (Some(last), true) = (last, outcome.accepted() > 0) else {
-            outcome.pilot = slot.map(|slot| grid.entry(slot).snapshot());
-            return outcome;
-        };
-        let slot = slot.unwrap_or_else(|| grid.insert(pilot, vehicle, last.position, last.ts_ms, now_ms));
-        if grid.entry(slot).vehicle != vehicle {
-            grid.set_vehicle(slot, vehicle, now_ms);
-        }
-        if let Some(point) = latest_move {
-            grid.move_to(slot, last.position);
-            let entry = &mut grid.slots[slot as usize];
-            entry.accuracy_m = point.accuracy_m.unwrap_or(0.0) as f32;
-            entry.speed_mps = point.speed_mps.filter(|speed| *speed >= 0.0).map_or(f32::NAN, |speed| speed as f32);
-            entry.heading_deg =
-                point.heading_deg.filter(|heading| (0.0..360.0).contains(heading)).map_or(f32::NAN, |h| h as f32);
-        }
-        self.refresh(&mut grid, slot, last.ts_ms, now_ms);
-        outcome.pilot = Some(grid.entry(slot).snapshot());
-        outcome
-    }
-
-    fn refresh(&self, grid: &mut Grid, slot: u32, fix_ms: i64, now_ms: i64) {
-        let entry = &mut grid.slots[slot as usize];
-        entry.fix_ms = fix_ms;
-        entry.seen_ms = now_ms;
-        if entry.stale {
-            grid.set_stale(slot, false);
-        }
-        grid.mark_dirty(slot, now_ms);
+        plan.last = last.filter(|_| plan.outcome.accepted() > 0);
+        plan
     }
 
     /// Puts a pilot at `position` without the GPS rules (warm start, tools, benchmarks),
     /// with `status`.
     pub fn upsert(&self, pilot: PilotId, vehicle: VehicleType, position: LatLng, status: PilotStatus, now_ms: i64) {
-        let mut grid = self.grid.write();
+        let mut grid = self.write();
         let slot = match grid.slot(pilot) {
-            Some(slot) => {
-                grid.move_to(slot, position);
-                slot
-            }
+            Some(slot) => slot,
             None => grid.insert(pilot, vehicle, position, now_ms, now_ms),
         };
         if grid.entry(slot).vehicle != vehicle {
@@ -334,7 +393,17 @@ impl PilotIndex {
         if grid.entry(slot).status != status {
             grid.set_status(slot, status);
         }
-        self.refresh(&mut grid, slot, now_ms, now_ms);
+        let cell = grid.cell_for_slot(slot, position);
+        let fix = state::Fix {
+            moved_to: Some((position, cell)),
+            accuracy_m: 0.0,
+            speed_mps: None,
+            heading_deg: None,
+            fix_ms: now_ms,
+            seen_ms: now_ms,
+        };
+        grid.apply_fix(slot, &fix);
+        grid.mark_dirty(slot, now_ms);
     }
 
     /// Sets a pilot's status. Going into service needs a known position; going offline
@@ -345,7 +414,7 @@ impl PilotIndex {
         status: PilotStatus,
         now_ms: i64,
     ) -> Result<Option<PilotSnapshot>, GridError> {
-        let mut grid = self.grid.write();
+        let mut grid = self.write();
         let Some(slot) = grid.slot(pilot) else {
             return if status == PilotStatus::Offline { Ok(None) } else { Err(GridError::NoPosition) };
         };
@@ -358,17 +427,14 @@ impl PilotIndex {
 
     /// Restores a pilot as the mirror last saw it, without marking it for the mirror.
     pub fn restore(&self, pilot: &PilotSnapshot) {
-        let mut grid = self.grid.write();
+        let mut grid = self.write();
         if grid.slot(pilot.id).is_some() {
             return;
         }
         let slot = grid.insert(pilot.id, pilot.vehicle, pilot.position, pilot.fix_ms, pilot.seen_ms);
-        let entry = &mut grid.slots[slot as usize];
-        entry.accuracy_m = pilot.accuracy_m as f32;
-        entry.speed_mps = pilot.speed_mps.map_or(f32::NAN, |speed| speed as f32);
-        entry.heading_deg = pilot.heading_deg.map_or(f32::NAN, |heading| heading as f32);
-        entry.stale = pilot.stale;
+        grid.set_motion(slot, pilot.accuracy_m, pilot.speed_mps, pilot.heading_deg);
         grid.set_status(slot, pilot.status);
+        grid.set_stale(slot, pilot.stale);
     }
 
     pub fn get(&self, pilot: PilotId) -> Option<PilotSnapshot> {
@@ -378,7 +444,7 @@ impl PilotIndex {
 
     /// Drops a pilot from the index (and, through the mirror, from Redis).
     pub fn remove(&self, pilot: PilotId, now_ms: i64) -> bool {
-        let mut grid = self.grid.write();
+        let mut grid = self.write();
         let Some(slot) = grid.slot(pilot) else { return false };
         grid.remove(slot, now_ms);
         true
@@ -387,20 +453,20 @@ impl PilotIndex {
     /// The `k` pilots nearest to `point` within `radius_m` meters passing `filter`, nearest
     /// first (ties by id). Exact: the same answer as measuring every pilot.
     pub fn nearest(&self, k: usize, point: LatLng, radius_m: f64, filter: &Filter) -> Vec<Candidate> {
-        self.grid.read().nearest(k, point, radius_m, filter, &|_| true)
+        self.grid.read_recursive().nearest(k, point, radius_m, filter, &[])
     }
 
-    /// [`Self::nearest`] among the pilots for which `keep` is true (say, not those who
-    /// already declined this order).
-    pub fn nearest_where(
+    /// [`Self::nearest`] leaving out the pilots in `exclude` (say, those who already declined
+    /// this order).
+    pub fn nearest_excluding(
         &self,
         k: usize,
         point: LatLng,
         radius_m: f64,
         filter: &Filter,
-        keep: impl Fn(PilotId) -> bool,
+        exclude: &[PilotId],
     ) -> Vec<Candidate> {
-        self.grid.read().nearest(k, point, radius_m, filter, &keep)
+        self.grid.read_recursive().nearest(k, point, radius_m, filter, exclude)
     }
 
     /// Pilots inside `bbox` passing `filter`, at most `limit`.
@@ -429,7 +495,7 @@ impl PilotIndex {
         let mut changes = Vec::new();
         let mut start = 0;
         loop {
-            let mut grid = self.grid.write();
+            let mut grid = self.write();
             let end = (start + SWEEP_CHUNK).min(grid.slots.len());
             for slot in start as u32..end as u32 {
                 if let Some(change) = self.presence(&mut grid, slot, now_ms) {
@@ -465,19 +531,29 @@ impl PilotIndex {
         }
     }
 
-    /// Up to `max` changes the mirror has not written yet; they count as written.
+    /// Up to `max` changes the mirror has not written yet; they count as written. The write
+    /// lock is held only to take the marks; snapshots are made under a read lock.
     pub fn take_dirty(&self, max: usize) -> Vec<MirrorRecord> {
-        self.grid.write().take_dirty(max)
+        let (mut records, slots) = self.write().take_marks(max);
+        let grid = self.grid.read();
+        records.extend(
+            slots
+                .into_iter()
+                .map(|slot| grid.entry(slot))
+                .filter(|entry| entry.live)
+                .map(|e| MirrorRecord::Upsert(e.snapshot())),
+        );
+        records
     }
 
     /// Returns records the mirror could not write, to be taken again.
     pub fn requeue(&self, records: Vec<MirrorRecord>, now_ms: i64) {
-        self.grid.write().requeue(records, now_ms);
+        self.write().requeue(records, now_ms);
     }
 
     /// Marks every pilot for the mirror (after Redis lost its data).
     pub fn mark_all_dirty(&self, now_ms: i64) {
-        self.grid.write().mark_all_dirty(now_ms);
+        self.write().mark_all_dirty(now_ms);
     }
 
     /// How many changes await the mirror, and since when (server ms) the oldest has.

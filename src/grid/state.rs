@@ -1,20 +1,26 @@
-//! The index's state without its lock: pilots in a dense slab, `cell → pilots` buckets,
-//! supply counts per coarse cell, and the set of pilots the Redis mirror has not written yet.
+//! The index's state without its lock: pilots in a dense slab, `cell → bucket` with a
+//! compact member record per in-service pilot, supply counts, and the mirror's outbox.
 //!
 //! Invariants (checked by [`Grid::check_invariants`] in tests):
 //! * `ids[pilot] = slot` exactly for the live slots;
-//! * a pilot is in the bucket of `entry.cell` at `entry.pos_in_cell` exactly when its status
-//!   is not offline ("in service"); offline pilots keep their last fix but are not searchable;
-//! * each bucket's `center` is its cell's center, and every member lies within the
-//!   resolution's circumradius bound of it (members may sit in a neighbouring cell's area
-//!   only when they are that close: see [`Grid::cell_for`]);
-//! * supply counts equal what a recount of the in-service pilots gives.
+//! * a pilot has a member in the bucket of `entry.cell`, at `entry.pos_in_cell`, exactly
+//!   when it is in service (status not offline); the member mirrors the entry's position,
+//!   last-seen time, vehicle and status (searches scan members, not entries);
+//! * every member lies within the resolution's circumradius bound of its bucket's center:
+//!   it is inside the cell, or (see [`Grid::cell_for`]) within that cell's inradius;
+//! * supply counts equal a recount of the in-service pilots.
+//!
+//! Every mutation goes through a method here, so the copies cannot drift apart.
 
 use ahash::AHashMap;
 use h3o::{CellIndex, LatLng as H3LatLng, Resolution};
 
 use crate::domain::{LatLng, PilotStatus, VehicleType};
-use crate::grid::geometry::{CellGeometry, distance_m};
+use crate::grid::geometry::{CellGeometry, UnitVector, distance_m};
+use crate::grid::gps::LastFix;
+use crate::grid::outbox::{MirrorRecord, Outbox};
+use crate::grid::slab::Slab;
+use crate::grid::supply::{Contribution, SupplyTable, vehicle_index};
 use crate::grid::{PilotId, PilotSnapshot, Supply};
 
 #[derive(Debug, Clone)]
@@ -59,40 +65,93 @@ impl Entry {
             seen_ms: self.seen_ms,
         }
     }
+
+    /// Accuracy, speed and heading as the phone gave them; nonsense speeds and headings
+    /// are stored as unknown.
+    fn set_motion(&mut self, accuracy_m: f64, speed_mps: Option<f64>, heading_deg: Option<f64>) {
+        self.accuracy_m = accuracy_m as f32;
+        self.speed_mps = speed_mps.filter(|speed| *speed >= 0.0).map_or(f32::NAN, |speed| speed as f32);
+        self.heading_deg = heading_deg.filter(|h| (0.0..360.0).contains(h)).map_or(f32::NAN, |h| h as f32);
+    }
+
+    /// The fix new points are judged against.
+    pub fn last_fix(&self) -> LastFix {
+        LastFix { position: self.position, ts_ms: self.fix_ms, accuracy_m: f64::from(self.accuracy_m) }
+    }
+
+    fn member(&self, slot: u32) -> Member {
+        Member {
+            unit: UnitVector::of(self.position).to_f32(),
+            slot,
+            seen_ms: self.seen_ms,
+            vehicle_bit: 1 << vehicle_index(self.vehicle),
+            status_bit: status_bit(self.status),
+        }
+    }
+}
+
+/// What a search needs of a pilot, stored in its bucket so a scan reads memory in order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Member {
+    /// Position as an `f32` unit vector: a distance bound within a metre or two.
+    pub unit: [f32; 3],
+    pub slot: u32,
+    pub seen_ms: i64,
+    pub vehicle_bit: u8,
+    pub status_bit: u8,
 }
 
 #[derive(Debug)]
 pub(crate) struct Bucket {
     pub center: LatLng,
-    pub members: Vec<u32>,
+    /// `center` as a unit vector, for distance bounds without trigonometry.
+    pub center_unit: UnitVector,
+    /// Points this close to `center` are inside the cell (measured for this cell, with margin).
+    inradius_m: f64,
+    pub members: Vec<Member>,
 }
 
-/// A change the Redis mirror must write.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MirrorRecord {
-    Upsert(PilotSnapshot),
-    /// The pilot left the index altogether.
-    Forget {
-        id: PilotId,
-        vehicle: VehicleType,
-    },
+impl Bucket {
+    fn hint(&self) -> (LatLng, f64) {
+        (self.center, self.inradius_m)
+    }
+}
+
+/// A pilot's current cell with its center and inradius.
+pub(crate) type CellHint = (CellIndex, (LatLng, f64));
+
+/// An accepted fix, prepared (cell included) before taking the write lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fix {
+    pub moved_to: Option<(LatLng, CellIndex)>,
+    pub accuracy_m: f64,
+    pub speed_mps: Option<f64>,
+    pub heading_deg: Option<f64>,
+    pub fix_ms: i64,
+    pub seen_ms: i64,
+}
+
+/// The cell of `position`. When `current` is the pilot's cell and the position is within that
+/// cell's inradius of its center, it is that cell without asking H3 (most moves).
+pub(crate) fn cell_for(position: LatLng, current: Option<CellHint>, resolution: Resolution) -> CellIndex {
+    if let Some((cell, (center, inradius_m))) = current
+        && distance_m(center, position) < inradius_m
+    {
+        return cell;
+    }
+    to_h3(position).to_cell(resolution)
 }
 
 pub(crate) struct Grid {
     pub geometry: CellGeometry,
     supply_resolution: Resolution,
     ids: AHashMap<PilotId, u32>,
-    pub slots: Vec<Entry>,
+    pub slots: Slab<Entry>,
     free: Vec<u32>,
     pub cells: AHashMap<CellIndex, Bucket>,
-    supply: AHashMap<CellIndex, [Supply; 4]>,
-    dirty: Vec<u32>,
-    forgotten: Vec<MirrorRecord>,
-    dirty_since_ms: Option<i64>,
+    supply: SupplyTable,
+    outbox: Outbox,
 }
-
-/// Where an entry counts in the supply table, if it counts at all.
-type Contribution = Option<(CellIndex, VehicleType, bool)>;
 
 impl Grid {
     pub fn new(geometry: CellGeometry, supply_resolution: Resolution) -> Self {
@@ -100,13 +159,11 @@ impl Grid {
             geometry,
             supply_resolution,
             ids: AHashMap::new(),
-            slots: Vec::new(),
+            slots: Slab::default(),
             free: Vec::new(),
             cells: AHashMap::new(),
-            supply: AHashMap::new(),
-            dirty: Vec::new(),
-            forgotten: Vec::new(),
-            dirty_since_ms: None,
+            supply: SupplyTable::default(),
+            outbox: Outbox::default(),
         }
     }
 
@@ -119,7 +176,7 @@ impl Grid {
     }
 
     pub fn entry(&self, slot: u32) -> &Entry {
-        &self.slots[slot as usize]
+        &self.slots[slot]
     }
 
     /// Adds an offline pilot at `position` (not yet searchable) and returns its slot.
@@ -127,7 +184,7 @@ impl Grid {
         let entry = Entry {
             id,
             position,
-            cell: self.cell_for(position, None),
+            cell: cell_for(position, None, self.geometry.resolution),
             fix_ms,
             seen_ms,
             accuracy_m: 0.0,
@@ -142,115 +199,126 @@ impl Grid {
         };
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot as usize] = entry;
+                self.slots[slot] = entry;
                 slot
             }
-            None => {
-                self.slots.push(entry);
-                u32::try_from(self.slots.len() - 1).expect("fewer than 4 billion pilots")
-            }
+            None => self.slots.push(entry),
         };
         self.ids.insert(id, slot);
         slot
     }
 
-    /// Moves a pilot (between buckets when the cell changes).
-    pub fn move_to(&mut self, slot: u32, position: LatLng) {
-        let entry = &self.slots[slot as usize];
-        let hint = entry.in_service().then_some(entry.cell);
-        let cell = self.cell_for(position, hint);
-        let before = self.contribution(slot);
-        let in_service = entry.in_service();
-        if cell != entry.cell && in_service {
-            self.unplace(slot);
-        }
-        let entry = &mut self.slots[slot as usize];
-        let moved_cell = cell != entry.cell;
-        entry.position = position;
-        entry.cell = cell;
-        if moved_cell && in_service {
-            self.place(slot);
-        }
-        self.update_supply(before, slot);
+    /// Applies an accepted fix in one change: the move (with its precomputed cell) if any,
+    /// and the proof of life.
+    pub fn apply_fix(&mut self, slot: u32, fix: &Fix) {
+        self.change(slot, |grid, slot| {
+            let entry = &mut grid.slots[slot];
+            if let Some((position, cell)) = fix.moved_to {
+                entry.position = position;
+                entry.cell = cell;
+                entry.set_motion(fix.accuracy_m, fix.speed_mps, fix.heading_deg);
+            }
+            entry.fix_ms = fix.fix_ms;
+            entry.seen_ms = fix.seen_ms;
+            entry.stale = false;
+        });
     }
 
-    /// Changes status, entering or leaving the buckets as it crosses "offline".
+    /// Changes status; crossing "offline" takes the pilot out of or into the buckets.
     pub fn set_status(&mut self, slot: u32, status: PilotStatus) {
-        let before = self.contribution(slot);
-        let was_in_service = self.slots[slot as usize].in_service();
-        self.slots[slot as usize].status = status;
-        match (was_in_service, self.slots[slot as usize].in_service()) {
-            (true, false) => self.unplace(slot),
-            (false, true) => self.place(slot),
-            _ => {}
-        }
-        self.update_supply(before, slot);
+        self.change(slot, |grid, slot| grid.slots[slot].status = status);
     }
 
     /// Changes the vehicle type (the pilot switched vehicles). The mirror first forgets the
     /// pilot under the old type, then writes it under the new one.
     pub fn set_vehicle(&mut self, slot: u32, vehicle: VehicleType, now_ms: i64) {
-        let before = self.contribution(slot);
-        let entry = &mut self.slots[slot as usize];
-        let (id, old) = (entry.id, entry.vehicle);
-        entry.vehicle = vehicle;
-        self.forgotten.push(MirrorRecord::Forget { id, vehicle: old });
-        self.dirty_since_ms.get_or_insert(now_ms);
-        self.update_supply(before, slot);
+        let entry = &self.slots[slot];
+        self.outbox.forget(entry.id, entry.vehicle, now_ms);
+        self.change(slot, |grid, slot| grid.slots[slot].vehicle = vehicle);
     }
 
     pub fn set_stale(&mut self, slot: u32, stale: bool) {
-        let before = self.contribution(slot);
-        self.slots[slot as usize].stale = stale;
-        self.update_supply(before, slot);
+        self.change(slot, |grid, slot| grid.slots[slot].stale = stale);
+    }
+
+    /// Sets what the phone said of its fix (not used by searches).
+    pub fn set_motion(&mut self, slot: u32, accuracy_m: f64, speed_mps: Option<f64>, heading_deg: Option<f64>) {
+        self.slots[slot].set_motion(accuracy_m, speed_mps, heading_deg);
     }
 
     /// Removes a pilot entirely; the mirror will delete it from Redis.
     pub fn remove(&mut self, slot: u32, now_ms: i64) {
-        let before = self.contribution(slot);
-        if self.slots[slot as usize].in_service() {
-            self.unplace(slot);
-        }
-        let entry = &mut self.slots[slot as usize];
-        entry.live = false;
-        entry.dirty = false;
+        self.change(slot, |grid, slot| {
+            let entry = &mut grid.slots[slot];
+            entry.live = false;
+            entry.dirty = false;
+        });
+        let entry = &self.slots[slot];
         let (id, vehicle) = (entry.id, entry.vehicle);
-        self.update_supply(before, slot);
         self.ids.remove(&id);
         self.free.push(slot);
-        self.forgotten.push(MirrorRecord::Forget { id, vehicle });
-        self.dirty_since_ms.get_or_insert(now_ms);
+        self.outbox.forget(id, vehicle, now_ms);
     }
 
-    /// The cell of `position`. When `hint` is the pilot's current cell and the position is
-    /// within the guaranteed inradius of its center, it is that cell without asking H3.
-    fn cell_for(&self, position: LatLng, hint: Option<CellIndex>) -> CellIndex {
-        if let Some(cell) = hint
-            && let Some(bucket) = self.cells.get(&cell)
-            && distance_m(bucket.center, position) < self.geometry.min_inradius_m
-        {
-            return cell;
+    /// Applies `mutate` to an entry and brings its member and supply count in line.
+    fn change(&mut self, slot: u32, mutate: impl FnOnce(&mut Self, u32)) {
+        let before = self.contribution(slot);
+        let entry = &self.slots[slot];
+        let (was_in_service, old_cell) = (entry.in_service(), entry.cell);
+        mutate(self, slot);
+        let entry = &self.slots[slot];
+        match (was_in_service, entry.in_service()) {
+            (true, true) if entry.cell == old_cell => {
+                let member = entry.member(slot);
+                let bucket = self.cells.get_mut(&old_cell).expect("in-service pilots have a bucket");
+                bucket.members[entry.pos_in_cell as usize] = member;
+            }
+            (true, true) => {
+                self.unplace(old_cell, slot);
+                self.place(slot);
+            }
+            (true, false) => self.unplace(old_cell, slot),
+            (false, true) => self.place(slot),
+            (false, false) => {}
         }
-        to_h3(position).to_cell(self.geometry.resolution)
+        let after = self.contribution(slot);
+        self.supply.update(before, after);
+    }
+
+    /// The cell `position` would put this pilot in (see [`cell_for`]).
+    pub fn cell_for_slot(&self, slot: u32, position: LatLng) -> CellIndex {
+        let entry = &self.slots[slot];
+        let current = entry.in_service().then(|| self.cells.get(&entry.cell).map(|bucket| (entry.cell, bucket.hint())));
+        cell_for(position, current.flatten(), self.geometry.resolution)
+    }
+
+    /// The pilot's current cell and its shortcut data, for computing a move outside the lock.
+    pub fn hint(&self, slot: u32) -> Option<CellHint> {
+        let entry = &self.slots[slot];
+        entry.in_service().then(|| self.cells.get(&entry.cell).map(|bucket| (entry.cell, bucket.hint()))).flatten()
     }
 
     fn place(&mut self, slot: u32) {
-        let cell = self.slots[slot as usize].cell;
-        let bucket =
-            self.cells.entry(cell).or_insert_with(|| Bucket { center: cell_center(cell), members: Vec::new() });
-        self.slots[slot as usize].pos_in_cell = bucket.members.len() as u32;
-        bucket.members.push(slot);
+        let cell = self.slots[slot].cell;
+        let bucket = self.cells.entry(cell).or_insert_with(|| Bucket {
+            center: cell_center(cell),
+            center_unit: UnitVector::of(cell_center(cell)),
+            inradius_m: CellGeometry::inradius_m(cell),
+            members: Vec::new(),
+        });
+        let member = self.slots[slot].member(slot);
+        self.slots[slot].pos_in_cell = bucket.members.len() as u32;
+        bucket.members.push(member);
     }
 
-    fn unplace(&mut self, slot: u32) {
-        let entry = &self.slots[slot as usize];
-        let (cell, position) = (entry.cell, entry.pos_in_cell as usize);
+    fn unplace(&mut self, cell: CellIndex, slot: u32) {
+        let position = self.slots[slot].pos_in_cell as usize;
         let Some(bucket) = self.cells.get_mut(&cell) else {
             return;
         };
         bucket.members.swap_remove(position);
-        if let Some(&moved) = bucket.members.get(position) {
-            self.slots[moved as usize].pos_in_cell = position as u32;
+        if let Some(moved) = bucket.members.get(position) {
+            self.slots[moved.slot].pos_in_cell = position as u32;
         }
         if bucket.members.is_empty() {
             self.cells.remove(&cell);
@@ -258,42 +326,19 @@ impl Grid {
     }
 
     fn contribution(&self, slot: u32) -> Contribution {
-        let entry = &self.slots[slot as usize];
+        let entry = &self.slots[slot];
         entry.in_service().then(|| {
             let coarse = entry.cell.parent(self.supply_resolution).unwrap_or(entry.cell);
             (coarse, entry.vehicle, entry.status == PilotStatus::Available && !entry.stale)
         })
     }
 
-    fn update_supply(&mut self, before: Contribution, slot: u32) {
-        let after = self.contribution(slot);
-        if before == after {
-            return;
-        }
-        if let Some((cell, vehicle, available)) = before
-            && let Some(counts) = self.supply.get_mut(&cell)
-        {
-            let count = &mut counts[vehicle_index(vehicle)];
-            count.online -= 1;
-            count.available -= u32::from(available);
-            if counts.iter().all(|count| count.online == 0) {
-                self.supply.remove(&cell);
-            }
-        }
-        if let Some((cell, vehicle, available)) = after {
-            let count = &mut self.supply.entry(cell).or_default()[vehicle_index(vehicle)];
-            count.online += 1;
-            count.available += u32::from(available);
-        }
-    }
-
-    /// Supply counts of one coarse cell, per vehicle type in [`VehicleType::ALL`] order.
     pub fn supply(&self, coarse: CellIndex) -> [Supply; 4] {
-        self.supply.get(&coarse).copied().unwrap_or_default()
+        self.supply.get(coarse)
     }
 
     pub fn supply_cells(&self) -> impl Iterator<Item = (CellIndex, &[Supply; 4])> {
-        self.supply.iter().map(|(cell, counts)| (*cell, counts))
+        self.supply.iter()
     }
 
     pub fn supply_resolution(&self) -> Resolution {
@@ -301,43 +346,36 @@ impl Grid {
     }
 
     pub fn mark_dirty(&mut self, slot: u32, now_ms: i64) {
-        let entry = &mut self.slots[slot as usize];
-        if !entry.dirty {
+        let entry = &mut self.slots[slot];
+        if entry.live && !entry.dirty {
             entry.dirty = true;
-            self.dirty.push(slot);
-            self.dirty_since_ms.get_or_insert(now_ms);
+            self.outbox.mark(slot, now_ms);
         }
     }
 
     pub fn mark_all_dirty(&mut self, now_ms: i64) {
         for slot in 0..self.slots.len() as u32 {
-            if self.slots[slot as usize].live {
-                self.mark_dirty(slot, now_ms);
-            }
+            self.mark_dirty(slot, now_ms);
         }
     }
 
-    /// Up to `max` records for the mirror, oldest changes first; marks them clean.
-    pub fn take_dirty(&mut self, max: usize) -> Vec<MirrorRecord> {
-        let forgotten = self.forgotten.len().min(max);
-        let mut records: Vec<MirrorRecord> = self.forgotten.drain(..forgotten).collect();
-        let take = self.dirty.len().min(max - records.len());
-        for slot in self.dirty.drain(..take) {
-            let entry = &mut self.slots[slot as usize];
-            // A slot freed and reused since it was marked is covered by its new owner's mark.
-            if entry.live && entry.dirty {
-                entry.dirty = false;
-                records.push(MirrorRecord::Upsert(entry.snapshot()));
-            }
+    /// Takes up to `max` pending changes: the departures as records, the changed pilots as
+    /// slots whose marks are cleared (the caller snapshots them afterwards, under a read lock;
+    /// a pilot changed in between is simply marked again).
+    pub fn take_marks(&mut self, max: usize) -> (Vec<MirrorRecord>, Vec<u32>) {
+        let forgotten = self.outbox.forgotten.len().min(max);
+        let records: Vec<MirrorRecord> = self.outbox.forgotten.drain(..forgotten).collect();
+        let take = self.outbox.dirty.len().min(max - records.len());
+        let slots: Vec<u32> = self.outbox.dirty.drain(..take).collect();
+        for &slot in &slots {
+            self.slots[slot].dirty = false;
         }
-        if self.dirty.is_empty() && self.forgotten.is_empty() {
-            self.dirty_since_ms = None;
-        }
-        records
+        self.outbox.settle();
+        (records, slots)
     }
 
     /// Puts back records the mirror failed to write: upserts as marks on the pilots' current
-    /// state (newer than what failed), forgets as they were.
+    /// state (newer than what failed), departures as they were.
     pub fn requeue(&mut self, records: Vec<MirrorRecord>, now_ms: i64) {
         for record in records {
             match record {
@@ -346,32 +384,26 @@ impl Grid {
                         self.mark_dirty(slot, now_ms);
                     }
                 }
-                forget @ MirrorRecord::Forget { .. } => {
-                    self.forgotten.push(forget);
-                    self.dirty_since_ms.get_or_insert(now_ms);
-                }
+                MirrorRecord::Forget { id, vehicle } => self.outbox.forget(id, vehicle, now_ms),
             }
         }
     }
 
-    /// Records not yet taken, and since when the oldest has waited.
     pub fn pending(&self) -> (usize, Option<i64>) {
-        (self.dirty.len() + self.forgotten.len(), self.dirty_since_ms)
+        self.outbox.pending()
     }
 
     /// Panics if an invariant in the module docs does not hold. For tests.
     pub fn check_invariants(&self) {
-        let mut recount: AHashMap<CellIndex, [Supply; 4]> = AHashMap::new();
+        let mut recount = SupplyTable::default();
         for (slot, entry) in self.slots.iter().enumerate().filter(|(_, entry)| entry.live) {
-            assert_eq!(self.ids.get(&entry.id), Some(&(slot as u32)), "ids maps every live slot");
+            let slot = slot as u32;
+            assert_eq!(self.ids.get(&entry.id), Some(&slot), "ids maps every live slot");
             if entry.in_service() {
                 let bucket = self.cells.get(&entry.cell).expect("in-service pilots are in a bucket");
-                assert_eq!(bucket.members[entry.pos_in_cell as usize], slot as u32, "pos_in_cell is right");
+                assert_eq!(bucket.members[entry.pos_in_cell as usize], entry.member(slot), "member mirrors entry");
                 assert!(distance_m(bucket.center, entry.position) <= self.geometry.max_circumradius_m);
-                let (coarse, vehicle, available) = self.contribution(slot as u32).expect("in service");
-                let count = &mut recount.entry(coarse).or_default()[vehicle_index(vehicle)];
-                count.online += 1;
-                count.available += u32::from(available);
+                recount.update(None, self.contribution(slot));
             }
         }
         assert_eq!(self.ids.len(), self.slots.iter().filter(|entry| entry.live).count());
@@ -381,8 +413,8 @@ impl Grid {
     }
 }
 
-pub(crate) fn vehicle_index(vehicle: VehicleType) -> usize {
-    VehicleType::ALL.iter().position(|known| *known == vehicle).unwrap_or(0)
+pub(crate) fn status_bit(status: PilotStatus) -> u8 {
+    1 << PilotStatus::ALL.iter().position(|known| *known == status).unwrap_or(0)
 }
 
 pub(crate) fn to_h3(position: LatLng) -> H3LatLng {
