@@ -20,22 +20,26 @@
 pub mod geometry;
 pub mod gps;
 mod outbox;
+mod report;
 mod search;
 mod slab;
 mod state;
 mod supply;
+mod types;
 
 use h3o::Resolution;
 use parking_lot::{RwLock, RwLockWriteGuard};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::domain::{LatLng, PilotStatus, VehicleType};
 use crate::ids::UserId;
 use geometry::{BBox, CellGeometry};
-use gps::{GpsPoint, GpsRules, LastFix, RejectReason, Verdict};
+use gps::GpsRules;
 pub use outbox::MirrorRecord;
-use state::{Grid, cell_center, status_bit, to_h3};
-use supply::vehicle_index;
+use state::{Grid, cell_center, to_h3};
+pub use types::{
+    Candidate, Filter, GridError, GridStats, PilotSnapshot, PresenceChange, ReportOutcome, Supply, SupplyCell,
+};
 
 /// Pilots are users with the pilot role.
 pub type PilotId = UserId;
@@ -60,207 +64,6 @@ pub struct GridConfig {
     pub sweep_interval_ms: u64,
     pub max_points_per_report: usize,
     pub gps: GpsRules,
-}
-
-/// What a reader may know of one pilot.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PilotSnapshot {
-    pub id: PilotId,
-    pub position: LatLng,
-    pub vehicle: VehicleType,
-    pub status: PilotStatus,
-    /// Silent for longer than `stale_after`: not offered work until it reports again.
-    pub stale: bool,
-    pub heading_deg: Option<f64>,
-    pub speed_mps: Option<f64>,
-    pub accuracy_m: f64,
-    /// Phone time of the last accepted point, ms since the epoch.
-    pub fix_ms: i64,
-    /// Server time the pilot last reported, ms since the epoch.
-    pub seen_ms: i64,
-}
-
-/// One result of [`PilotIndex::nearest`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Candidate {
-    pub distance_m: f64,
-    pub pilot: PilotSnapshot,
-}
-
-/// Which pilots a query wants. Build from [`Filter::available`] or [`Filter::in_service`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Filter {
-    vehicles: u8,
-    statuses: u8,
-    /// Only pilots seen at or after this server time (ms).
-    seen_since_ms: Option<i64>,
-}
-
-impl Filter {
-    /// Pilots that may be offered work: available, of `vehicle` (any if `None`), seen since
-    /// `seen_since_ms` (pass `now − stale_after`).
-    pub fn available(vehicle: Option<VehicleType>, seen_since_ms: i64) -> Self {
-        let filter = Self { vehicles: u8::MAX, statuses: status_bit(PilotStatus::Available), seen_since_ms: None };
-        let filter = filter.seen_since(seen_since_ms);
-        match vehicle {
-            Some(vehicle) => filter.vehicles(&[vehicle]),
-            None => filter,
-        }
-    }
-
-    /// Every pilot in service (any status but offline, stale or not).
-    pub fn in_service() -> Self {
-        let statuses = PilotStatus::ALL.iter().filter(|status| **status != PilotStatus::Offline);
-        Self {
-            vehicles: u8::MAX,
-            statuses: statuses.fold(0, |bits, status| bits | status_bit(*status)),
-            seen_since_ms: None,
-        }
-    }
-
-    pub fn vehicles(mut self, vehicles: &[VehicleType]) -> Self {
-        self.vehicles = vehicles.iter().fold(0, |bits, vehicle| bits | 1 << vehicle_index(*vehicle));
-        self
-    }
-
-    pub fn statuses(mut self, statuses: &[PilotStatus]) -> Self {
-        self.statuses = statuses.iter().fold(0, |bits, status| bits | status_bit(*status));
-        self
-    }
-
-    pub fn seen_since(mut self, ms: i64) -> Self {
-        self.seen_since_ms = Some(ms);
-        self
-    }
-
-    fn matches(&self, entry: &state::Entry) -> bool {
-        self.vehicles & (1 << vehicle_index(entry.vehicle)) != 0
-            && self.statuses & status_bit(entry.status) != 0
-            && self.seen_since_ms.is_none_or(|since| entry.seen_ms >= since)
-    }
-
-    fn matches_member(&self, member: &state::Member) -> bool {
-        self.vehicles & member.vehicle_bit != 0
-            && self.statuses & member.status_bit != 0
-            && self.seen_since_ms.is_none_or(|since| member.seen_ms >= since)
-    }
-
-    /// Whether `pilot` passes (for brute-force checks in tests and tools).
-    pub fn accepts(&self, pilot: &PilotSnapshot) -> bool {
-        self.vehicles & (1 << vehicle_index(pilot.vehicle)) != 0
-            && self.statuses & status_bit(pilot.status) != 0
-            && self.seen_since_ms.is_none_or(|since| pilot.seen_ms >= since)
-    }
-}
-
-/// Pilots of one vehicle type in one coarse cell.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Supply {
-    /// In service: any status but offline.
-    pub online: u32,
-    /// Available and not stale: could take an order now.
-    pub available: u32,
-}
-
-/// Supply of one coarse cell, per vehicle type.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SupplyCell {
-    pub cell: String,
-    pub center: LatLng,
-    pub bike: Supply,
-    pub auto: Supply,
-    pub mini_truck: Supply,
-    pub ev_cycle: Supply,
-}
-
-impl SupplyCell {
-    fn new(cell: h3o::CellIndex, counts: &[Supply; 4]) -> Self {
-        Self {
-            cell: cell.to_string(),
-            center: cell_center(cell),
-            bike: counts[vehicle_index(VehicleType::Bike)],
-            auto: counts[vehicle_index(VehicleType::Auto)],
-            mini_truck: counts[vehicle_index(VehicleType::MiniTruck)],
-            ev_cycle: counts[vehicle_index(VehicleType::EvCycle)],
-        }
-    }
-
-    pub fn of(&self, vehicle: VehicleType) -> Supply {
-        match vehicle {
-            VehicleType::Bike => self.bike,
-            VehicleType::Auto => self.auto,
-            VehicleType::MiniTruck => self.mini_truck,
-            VehicleType::EvCycle => self.ev_cycle,
-        }
-    }
-}
-
-/// What a batch of points did.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReportOutcome {
-    /// Points that moved the pilot.
-    pub moved: usize,
-    /// Points within jitter of the last position: proof of life, no move.
-    pub stationary: usize,
-    /// Refused points: index in the batch as sent, and why.
-    pub rejected: Vec<(usize, RejectReason)>,
-    /// The pilot after the batch (absent only if nothing was ever accepted).
-    pub pilot: Option<PilotSnapshot>,
-}
-
-impl ReportOutcome {
-    pub fn accepted(&self) -> usize {
-        self.moved + self.stationary
-    }
-}
-
-/// A presence transition made by [`PilotIndex::sweep`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PresenceChange {
-    Stale(PilotId),
-    Offline(PilotId),
-    Forgotten(PilotId),
-}
-
-/// Why a status change was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum GridError {
-    #[error("the pilot has no known position yet; send a location first")]
-    NoPosition,
-}
-
-/// Size of the index, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GridStats {
-    pub pilots: usize,
-    pub in_service: usize,
-    pub cells: usize,
-}
-
-/// A batch judged against a last fix: what to tell the pilot and what to apply.
-struct Plan {
-    outcome: ReportOutcome,
-    /// The fix after the batch, if anything was accepted.
-    last: Option<LastFix>,
-    /// The last point that moved the pilot (for accuracy, speed, heading).
-    latest_move: Option<GpsPoint>,
-}
-
-impl Plan {
-    /// What to apply, with the new cell looked up (no lock needed).
-    fn fix(&self, hint: Option<state::CellHint>, resolution: Resolution, now_ms: i64) -> Option<state::Fix> {
-        let last = self.last?;
-        let moved_to = self.latest_move.map(|_| (last.position, state::cell_for(last.position, hint, resolution)));
-        let point = self.latest_move;
-        Some(state::Fix {
-            moved_to,
-            accuracy_m: point.and_then(|p| p.accuracy_m).unwrap_or(0.0),
-            speed_mps: point.and_then(|p| p.speed_mps),
-            heading_deg: point.and_then(|p| p.heading_deg),
-            fix_ms: last.ts_ms,
-            seen_ms: now_ms,
-        })
-    }
 }
 
 /// The live index of pilots. Share it behind an `Arc`.
@@ -306,77 +109,6 @@ impl PilotIndex {
     /// The filter for pilots that may be offered work now: silent for less than `stale_after`.
     pub fn available_filter(&self, vehicle: Option<VehicleType>, now_ms: i64) -> Filter {
         Filter::available(vehicle, now_ms - self.stale_after_ms + 1)
-    }
-
-    /// Applies a batch of points from `pilot`, in timestamp order.
-    ///
-    /// The rules and the cell lookup run outside the write lock, against the pilot's last
-    /// fix read under a read lock; the write lock then only applies the result, unless the
-    /// pilot changed in between (another report raced this one), in which case the batch is
-    /// judged again under the write lock.
-    pub fn report(&self, pilot: PilotId, vehicle: VehicleType, points: &[GpsPoint], now_ms: i64) -> ReportOutcome {
-        let resolution = self.resolution;
-        let (seen_slot, seen_last, hint) = {
-            let grid = self.grid.read();
-            let slot = grid.slot(pilot);
-            (slot, slot.map(|slot| grid.entry(slot).last_fix()), slot.and_then(|slot| grid.hint(slot)))
-        };
-        let mut plan = self.plan(vehicle, seen_last, points, now_ms);
-        let mut fix = plan.fix(hint, resolution, now_ms);
-        let mut grid = self.write();
-        let slot = grid.slot(pilot);
-        let last = slot.map(|slot| grid.entry(slot).last_fix());
-        if slot != seen_slot || last != seen_last {
-            plan = self.plan(vehicle, last, points, now_ms);
-            fix = plan.fix(slot.and_then(|slot| grid.hint(slot)), resolution, now_ms);
-        }
-        let mut outcome = plan.outcome;
-        let Some(fix) = fix else {
-            outcome.pilot = slot.map(|slot| grid.entry(slot).snapshot());
-            return outcome;
-        };
-        let slot = slot.unwrap_or_else(|| {
-            let (position, _) = fix.moved_to.expect("a first accepted point is a move");
-            grid.insert(pilot, vehicle, position, fix.fix_ms, now_ms)
-        });
-        if grid.entry(slot).vehicle != vehicle {
-            grid.set_vehicle(slot, vehicle, now_ms);
-        }
-        grid.apply_fix(slot, &fix);
-        grid.mark_dirty(slot, now_ms);
-        outcome.pilot = Some(grid.entry(slot).snapshot());
-        outcome
-    }
-
-    /// Judges a batch against `last`, in timestamp order.
-    fn plan(&self, vehicle: VehicleType, mut last: Option<LastFix>, points: &[GpsPoint], now_ms: i64) -> Plan {
-        let sorted = points.windows(2).all(|pair| pair[0].ts_ms <= pair[1].ts_ms);
-        let reordered: Option<Vec<usize>> = (!sorted).then(|| {
-            let mut order: Vec<usize> = (0..points.len()).collect();
-            order.sort_by_key(|&index| points[index].ts_ms);
-            order
-        });
-        let mut plan = Plan { outcome: ReportOutcome::default(), last: None, latest_move: None };
-        for step in 0..points.len() {
-            let index = reordered.as_ref().map_or(step, |order| order[step]);
-            let point = &points[index];
-            match self.rules.judge(vehicle, last.as_ref(), point, now_ms) {
-                Verdict::Move(position) => {
-                    last = Some(LastFix { position, ts_ms: point.ts_ms, accuracy_m: point.accuracy_m.unwrap_or(0.0) });
-                    plan.latest_move = Some(*point);
-                    plan.outcome.moved += 1;
-                }
-                Verdict::Stationary => {
-                    if let Some(last) = last.as_mut() {
-                        last.ts_ms = point.ts_ms;
-                    }
-                    plan.outcome.stationary += 1;
-                }
-                Verdict::Reject(reason) => plan.outcome.rejected.push((index, reason)),
-            }
-        }
-        plan.last = last.filter(|_| plan.outcome.accepted() > 0);
-        plan
     }
 
     /// Puts a pilot at `position` without the GPS rules (warm start, tools, benchmarks),
