@@ -51,6 +51,26 @@ id_type!(
     /// minted. Revoking it ends them all.
     SessionId
 );
+id_type!(
+    /// An order.
+    OrderId
+);
+id_type!(
+    /// A discount coupon.
+    CouponId
+);
+id_type!(
+    /// One payment through a gateway (an order's or a wallet top-up's).
+    PaymentId
+);
+id_type!(
+    /// A durable job.
+    JobId
+);
+id_type!(
+    /// A wallet ledger entry.
+    LedgerId
+);
 
 #[cfg(test)]
 mod tests {

@@ -3,94 +3,40 @@
 //! * [`postgres::PgStore`], the system of record in production (several nodes share it);
 //! * [`sqlite::SqliteStore`], the embedded default, so the server runs with nothing installed.
 //!
-//! Both run the same SQL where the dialects agree: the query code lives once in
-//! `sql_common.rs` and is compiled into each backend module with its own `Db` type, so it is
-//! type-checked against both. What differs (how a write transaction starts, row locks) is a
-//! constant in each backend file. Each operation that changes more than one row is one
-//! transaction. The same conformance suite (`tests/store.rs`) runs against both.
+//! [`Store`] gathers one trait per area ([`AccountStore`], [`OrderStore`], [`MoneyStore`],
+//! [`JobStore`]) and opens transactions ([`StoreTx`]) in which orders and money change.
 //!
-//! [`redis`] holds the optional Redis connection with its health tracking.
+//! Both backends run the same SQL where the dialects agree: the query code lives once under
+//! `sql/` and is compiled into each backend module with its own `Db` type, so it is
+//! type-checked against both. What differs (how a write transaction starts, row locks,
+//! `SKIP LOCKED`) is a constant in each backend file. The same conformance suite
+//! (`tests/store.rs`) runs against both.
+//!
+//! [`redis`] holds the optional Redis connection with its health tracking; [`positions`] the
+//! pilot-position mirror on top of it.
 
+pub mod accounts;
+pub mod jobs;
+pub mod money;
+pub mod orders;
 pub mod positions;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;
+pub mod tx;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::DatabaseConfig;
-use crate::domain::{PersonName, Phone, PilotStatus, Role, VehicleType};
 use crate::error::Result;
-use crate::ids::{SessionId, UserId};
-
-/// An account, as every part of the server sees it. The password hash is not part of it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct User {
-    pub id: UserId,
-    pub phone: Phone,
-    pub name: PersonName,
-    pub role: Role,
-    pub created_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disabled_at: Option<DateTime<Utc>>,
-    /// Present exactly when `role` is [`Role::Pilot`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pilot: Option<PilotProfile>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PilotProfile {
-    pub vehicle_type: VehicleType,
-    pub status: PilotStatus,
-}
-
-/// A user to create; `vehicle_type` is required for pilots and refused for everyone else.
-#[derive(Debug, Clone)]
-pub struct NewUser {
-    pub id: UserId,
-    pub phone: Phone,
-    pub name: PersonName,
-    pub role: Role,
-    pub password_hash: String,
-    pub vehicle_type: Option<VehicleType>,
-}
-
-/// A user with the hash to check a password against.
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    pub user: User,
-    pub password_hash: String,
-}
-
-/// A refresh token to store: the SHA-256 of the token, never the token.
-#[derive(Debug, Clone)]
-pub struct NewRefreshToken {
-    pub hash: [u8; 32],
-    pub expires_at: DateTime<Utc>,
-}
-
-/// What presenting a refresh token did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Rotation {
-    /// The token was live: it is now spent and `next` replaces it in the same session.
-    Rotated {
-        user: User,
-        session: SessionId,
-    },
-    /// The token had been spent before: someone replayed it, so its session is now revoked.
-    Reused {
-        session: SessionId,
-    },
-    /// The session was revoked earlier (logout, reuse, user disabled).
-    Revoked,
-    Expired,
-    /// No such token.
-    Unknown,
-}
+pub use accounts::{AccountStore, Credentials, NewRefreshToken, NewUser, PilotProfile, RevokeReason, Rotation, User};
+pub use jobs::{Job, JobOutcome, JobStats, JobStore, NewJob};
+pub use money::MoneyStore;
+pub use orders::{OrderFilter, OrderStore};
+pub use tx::{IdempotentReplay, StoreTx, WalletCredit};
 
 /// One page of a newest-first listing: at most `limit` items older than `before`.
 #[derive(Debug, Clone, Copy)]
@@ -99,12 +45,12 @@ pub struct PageRequest<C> {
     pub limit: u32,
 }
 
-/// Why a session was revoked; stored with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevokeReason {
-    Logout,
-    RefreshTokenReused,
-    UserDisabled,
+/// Which backend a store is, for logs and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Postgres,
+    Sqlite,
 }
 
 impl std::fmt::Display for Backend {
@@ -116,27 +62,9 @@ impl std::fmt::Display for Backend {
     }
 }
 
-impl RevokeReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RevokeReason::Logout => "logout",
-            RevokeReason::RefreshTokenReused => "refresh_token_reused",
-            RevokeReason::UserDisabled => "user_disabled",
-        }
-    }
-}
-
-/// Which backend a store is, for logs and `/readyz`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-/// Every durable operation of the server. Implementations keep each method atomic.
+/// Every durable operation of the server.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AccountStore + OrderStore + MoneyStore + JobStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// One round trip to the database, for readiness checks.
@@ -145,48 +73,8 @@ pub trait Store: Send + Sync + 'static {
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);
 
-    /// Creates a user (and its pilot profile) in one transaction.
-    /// A taken phone number is `Error::Conflict` with code `PHONE_TAKEN`.
-    async fn create_user(&self, user: NewUser, now: DateTime<Utc>) -> Result<User>;
-
-    async fn user_by_id(&self, id: UserId) -> Result<Option<User>>;
-
-    async fn credentials_by_phone(&self, phone: &Phone) -> Result<Option<Credentials>>;
-
-    /// Users newest first, optionally of one role.
-    async fn list_users(&self, role: Option<Role>, page: PageRequest<UserId>) -> Result<Vec<User>>;
-
-    /// Disables a user and revokes all its sessions in one transaction. Returns the revoked
-    /// sessions, or `None` when there is no such user. Disabling twice changes nothing.
-    async fn disable_user(&self, id: UserId, now: DateTime<Utc>) -> Result<Option<Vec<SessionId>>>;
-
-    /// Starts a session with its first refresh token.
-    async fn create_session(
-        &self,
-        session: SessionId,
-        user: UserId,
-        refresh: &NewRefreshToken,
-        now: DateTime<Utc>,
-    ) -> Result<()>;
-
-    /// Spends the refresh token whose hash is `presented` and stores `next` in its place,
-    /// atomically: of two concurrent uses of one token exactly one rotates, the other is
-    /// reuse and revokes the session.
-    async fn rotate_refresh_token(
-        &self,
-        presented: &[u8; 32],
-        next: &NewRefreshToken,
-        now: DateTime<Utc>,
-    ) -> Result<Rotation>;
-
-    /// Revokes a session (idempotent).
-    async fn revoke_session(&self, session: SessionId, reason: RevokeReason, now: DateTime<Utc>) -> Result<()>;
-
-    /// Whether access tokens of `session` must be refused. Unknown sessions are revoked.
-    async fn is_session_revoked(&self, session: SessionId) -> Result<bool>;
-
-    /// Sessions revoked at or after `since`, to copy into Redis after an outage.
-    async fn revoked_sessions_since(&self, since: DateTime<Utc>) -> Result<Vec<(SessionId, DateTime<Utc>)>>;
+    /// Opens a write transaction.
+    async fn begin(&self) -> Result<Box<dyn StoreTx>>;
 }
 
 /// Opens the configured store (Postgres when `database.url` is set, else the SQLite file),
@@ -205,60 +93,3 @@ pub async fn open(config: &DatabaseConfig, url: Option<&str>) -> anyhow::Result<
         }
     })
 }
-
-/// Row shape shared by both backends' user queries.
-#[derive(Debug, sqlx::FromRow)]
-struct UserRow {
-    id: uuid::Uuid,
-    phone: String,
-    name: String,
-    role: String,
-    created_at: DateTime<Utc>,
-    disabled_at: Option<DateTime<Utc>>,
-    vehicle_type: Option<String>,
-    pilot_status: Option<String>,
-}
-
-impl TryFrom<UserRow> for User {
-    type Error = crate::error::Error;
-
-    /// Values in the database went through the same parsers on the way in; one that fails
-    /// now means the data was changed behind the server's back.
-    fn try_from(row: UserRow) -> Result<Self> {
-        let corrupt = |what: &str| anyhow::anyhow!("stored {what} of user {} is invalid", row.id);
-        let pilot = match (&row.vehicle_type, &row.pilot_status) {
-            (Some(vehicle), Some(status)) => Some(PilotProfile {
-                vehicle_type: vehicle.parse().map_err(|_| corrupt("vehicle_type"))?,
-                status: status.parse().map_err(|_| corrupt("pilot status"))?,
-            }),
-            _ => None,
-        };
-        Ok(User {
-            id: UserId(row.id),
-            phone: Phone::parse(&row.phone).map_err(|_| corrupt("phone"))?,
-            name: PersonName::parse(&row.name).map_err(|_| corrupt("name"))?,
-            role: row.role.parse().map_err(|_| corrupt("role"))?,
-            created_at: row.created_at,
-            disabled_at: row.disabled_at,
-            pilot,
-        })
-    }
-}
-
-/// `SELECT` of a [`UserRow`] (user joined with its pilot profile), optionally with extra
-/// columns, followed by `$rest`: one string literal, which is what sqlx's query functions take.
-macro_rules! select_user {
-    ($rest:literal) => {
-        $crate::store::select_user!("", $rest)
-    };
-    ($extra_columns:literal, $rest:literal) => {
-        concat!(
-            "SELECT u.id, u.phone, u.name, u.role, u.created_at, u.disabled_at, ",
-            "p.vehicle_type, p.status AS pilot_status",
-            $extra_columns,
-            " FROM users u LEFT JOIN pilots p ON p.user_id = u.id ",
-            $rest
-        )
-    };
-}
-pub(crate) use select_user;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::config::DatabaseConfig;
+use crate::store::Backend;
 
 type Db = sqlx::Sqlite;
 type StoreImpl = SqliteStore;
@@ -21,6 +22,15 @@ const SELECT_REFRESH_FOR_ROTATION: &str = "SELECT rt.session_id, s.user_id, rt.e
      s.revoked_at, u.disabled_at FROM refresh_tokens rt \
      JOIN auth_sessions s ON s.id = rt.session_id JOIN users u ON u.id = s.user_id \
      WHERE rt.token_hash = $1";
+
+/// No row locks: `BEGIN IMMEDIATE` already holds the only write lock there is.
+const LOCK_ORDER: &str = crate::store::orders::select_order!("WHERE id = $1");
+const LOCK_PAYMENT: &str = crate::store::money::select_payment!("WHERE gateway = $1 AND gateway_ref = $2");
+/// Due jobs. One writer at a time, so no skipping is needed.
+const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = $2, \
+     updated_at = $1 WHERE id IN (SELECT id FROM jobs WHERE (status = 'queued' AND run_at <= $1) \
+     OR (status = 'running' AND locked_until <= $1) ORDER BY run_at LIMIT $3) \
+     RETURNING id, kind, payload, attempts, max_attempts, run_at";
 
 /// How long a writer waits for the write lock before the request fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,4 +72,25 @@ impl SqliteStore {
     }
 }
 
-include!("sql_common.rs");
+include!("sql/base.rs");
+
+mod accounts_sql {
+    use super::{BEGIN_WRITE, Db, SELECT_REFRESH_FOR_ROTATION, StoreImpl};
+    include!("sql/accounts.rs");
+}
+mod orders_sql {
+    use super::StoreImpl;
+    include!("sql/orders.rs");
+}
+mod money_sql {
+    use super::StoreImpl;
+    include!("sql/money.rs");
+}
+mod jobs_sql {
+    use super::{BEGIN_WRITE, CLAIM_JOBS, Db, StoreImpl};
+    include!("sql/jobs.rs");
+}
+mod tx_sql {
+    use super::{LOCK_ORDER, LOCK_PAYMENT};
+    include!("sql/tx.rs");
+}

@@ -1,13 +1,7 @@
-// The SQL both backends share. Not a module of its own: `postgres.rs` and `sqlite.rs` each
-// `include!` it, after defining
-//   * `Db`, the sqlx database type, and `StoreImpl`, a struct with a `pool: sqlx::Pool<Db>`;
-//   * `BACKEND`, the `Backend` value;
-//   * `BEGIN_WRITE`, the statement that opens a write transaction;
-//   * `SELECT_REFRESH_FOR_ROTATION`, the refresh-token lookup, locking the row where the
-//     dialect needs it.
-// So every query below is compiled, and type-checked, once per backend. Parameters use `$n`,
-// which sqlx binds by number on both. Times are always parameters (the server's clock, never
-// the database's `now()`), so tests can control time.
+// Account operations, shared by both backends (included into a submodule of each; see
+// base.rs). The backend defines `SELECT_REFRESH_FOR_ROTATION`, locking the token row where the
+// dialect needs it. Times are always parameters (the server's clock, never the database's
+// `now()`), so tests can control time.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,9 +10,9 @@ use uuid::Uuid;
 use crate::domain::{Phone, PilotStatus, Role};
 use crate::error::{Error, Result};
 use crate::ids::{SessionId, UserId};
+use crate::store::accounts::{UserRow, select_user};
 use crate::store::{
-    Backend, Credentials, NewRefreshToken, NewUser, PageRequest, PilotProfile, RevokeReason, Rotation, Store,
-    User, UserRow, select_user,
+    AccountStore, Credentials, NewRefreshToken, NewUser, PageRequest, PilotProfile, RevokeReason, Rotation, User,
 };
 
 type Tx = sqlx::Transaction<'static, Db>;
@@ -41,20 +35,7 @@ struct CredentialsRow {
 }
 
 #[async_trait]
-impl Store for StoreImpl {
-    fn backend(&self) -> Backend {
-        BACKEND
-    }
-
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-
+impl AccountStore for StoreImpl {
     async fn create_user(&self, user: NewUser, now: DateTime<Utc>) -> Result<User> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let inserted = sqlx::query(

@@ -3,19 +3,21 @@
 //! afterwards ("parse, don't validate"). Serde goes through the same parsers, so a bad value
 //! in a JSON body becomes a 422 naming its field.
 
+pub mod money;
+pub mod orders;
+
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 /// Declares a closed set of lowercase string values with `as_str`, `FromStr`, `Display`
 /// and serde, so the database, JSON and logs all spell a variant the same way.
 macro_rules! string_enum {
-    ($(#[$meta:meta])* pub enum $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         pub enum $name {
-            $(#[serde(rename = $text)] $variant),+
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
 
         impl $name {
@@ -29,24 +31,26 @@ macro_rules! string_enum {
             }
         }
 
-        impl FromStr for $name {
-            type Err = UnknownVariant;
+        impl std::str::FromStr for $name {
+            type Err = $crate::domain::UnknownVariant;
 
             fn from_str(text: &str) -> Result<Self, Self::Err> {
                 match text {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownVariant { kind: stringify!($name), value: text.to_owned() }),
+                    _ => Err($crate::domain::UnknownVariant { kind: stringify!($name), value: text.to_owned() }),
                 }
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
     };
 }
+
+pub(crate) use string_enum;
 
 /// A string that names no variant of a [`string_enum!`] type.
 #[derive(Debug, Clone, thiserror::Error)]

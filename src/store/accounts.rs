@@ -1,0 +1,197 @@
+//! Accounts and sessions: users of every role, pilot profiles, refresh-token families.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::domain::{PersonName, Phone, PilotStatus, Role, VehicleType};
+use crate::error::Result;
+use crate::ids::{SessionId, UserId};
+use crate::store::PageRequest;
+
+/// An account, as every part of the server sees it. The password hash is not part of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct User {
+    pub id: UserId,
+    pub phone: Phone,
+    pub name: PersonName,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Present exactly when `role` is [`Role::Pilot`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pilot: Option<PilotProfile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PilotProfile {
+    pub vehicle_type: VehicleType,
+    pub status: PilotStatus,
+}
+
+/// A user to create; `vehicle_type` is required for pilots and refused for everyone else.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: UserId,
+    pub phone: Phone,
+    pub name: PersonName,
+    pub role: Role,
+    pub password_hash: String,
+    pub vehicle_type: Option<VehicleType>,
+}
+
+/// A user with the hash to check a password against.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// A refresh token to store: the SHA-256 of the token, never the token.
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    pub hash: [u8; 32],
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What presenting a refresh token did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rotation {
+    /// The token was live: it is now spent and `next` replaces it in the same session.
+    Rotated {
+        user: User,
+        session: SessionId,
+    },
+    /// The token had been spent before: someone replayed it, so its session is now revoked.
+    Reused {
+        session: SessionId,
+    },
+    /// The session was revoked earlier (logout, reuse, user disabled).
+    Revoked,
+    Expired,
+    /// No such token.
+    Unknown,
+}
+
+/// Why a session was revoked; stored with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeReason {
+    Logout,
+    RefreshTokenReused,
+    UserDisabled,
+}
+
+impl RevokeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokeReason::Logout => "logout",
+            RevokeReason::RefreshTokenReused => "refresh_token_reused",
+            RevokeReason::UserDisabled => "user_disabled",
+        }
+    }
+}
+
+/// Account operations. Each method is atomic.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates a user (and its pilot profile) in one transaction.
+    /// A taken phone number is `Error::Conflict` with code `PHONE_TAKEN`.
+    async fn create_user(&self, user: NewUser, now: DateTime<Utc>) -> Result<User>;
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>>;
+
+    async fn credentials_by_phone(&self, phone: &Phone) -> Result<Option<Credentials>>;
+
+    /// Users newest first, optionally of one role.
+    async fn list_users(&self, role: Option<Role>, page: PageRequest<UserId>) -> Result<Vec<User>>;
+
+    /// Disables a user and revokes all its sessions in one transaction. Returns the revoked
+    /// sessions, or `None` when there is no such user. Disabling twice changes nothing.
+    async fn disable_user(&self, id: UserId, now: DateTime<Utc>) -> Result<Option<Vec<SessionId>>>;
+
+    /// Starts a session with its first refresh token.
+    async fn create_session(
+        &self,
+        session: SessionId,
+        user: UserId,
+        refresh: &NewRefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Spends the refresh token whose hash is `presented` and stores `next` in its place,
+    /// atomically: of two concurrent uses of one token exactly one rotates, the other is
+    /// reuse and revokes the session.
+    async fn rotate_refresh_token(
+        &self,
+        presented: &[u8; 32],
+        next: &NewRefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<Rotation>;
+
+    /// Revokes a session (idempotent).
+    async fn revoke_session(&self, session: SessionId, reason: RevokeReason, now: DateTime<Utc>) -> Result<()>;
+
+    /// Whether access tokens of `session` must be refused. Unknown sessions are revoked.
+    async fn is_session_revoked(&self, session: SessionId) -> Result<bool>;
+
+    /// Sessions revoked at or after `since`, to copy into Redis after an outage.
+    async fn revoked_sessions_since(&self, since: DateTime<Utc>) -> Result<Vec<(SessionId, DateTime<Utc>)>>;
+}
+
+/// Row shape shared by both backends' user queries.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct UserRow {
+    id: uuid::Uuid,
+    phone: String,
+    name: String,
+    role: String,
+    created_at: DateTime<Utc>,
+    disabled_at: Option<DateTime<Utc>>,
+    vehicle_type: Option<String>,
+    pilot_status: Option<String>,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = crate::error::Error;
+
+    /// Values in the database went through the same parsers on the way in; one that fails
+    /// now means the data was changed behind the server's back.
+    fn try_from(row: UserRow) -> Result<Self> {
+        let corrupt = |what: &str| anyhow::anyhow!("stored {what} of user {} is invalid", row.id);
+        let pilot = match (&row.vehicle_type, &row.pilot_status) {
+            (Some(vehicle), Some(status)) => Some(PilotProfile {
+                vehicle_type: vehicle.parse().map_err(|_| corrupt("vehicle_type"))?,
+                status: status.parse().map_err(|_| corrupt("pilot status"))?,
+            }),
+            _ => None,
+        };
+        Ok(User {
+            id: UserId(row.id),
+            phone: Phone::parse(&row.phone).map_err(|_| corrupt("phone"))?,
+            name: PersonName::parse(&row.name).map_err(|_| corrupt("name"))?,
+            role: row.role.parse().map_err(|_| corrupt("role"))?,
+            created_at: row.created_at,
+            disabled_at: row.disabled_at,
+            pilot,
+        })
+    }
+}
+
+/// `SELECT` of a [`UserRow`] (user joined with its pilot profile), optionally with extra
+/// columns, followed by `$rest`: one string literal, which is what sqlx's query functions take.
+macro_rules! select_user {
+    ($rest:literal) => {
+        $crate::store::accounts::select_user!("", $rest)
+    };
+    ($extra_columns:literal, $rest:literal) => {
+        concat!(
+            "SELECT u.id, u.phone, u.name, u.role, u.created_at, u.disabled_at, ",
+            "p.vehicle_type, p.status AS pilot_status",
+            $extra_columns,
+            " FROM users u LEFT JOIN pilots p ON p.user_id = u.id ",
+            $rest
+        )
+    };
+}
+pub(crate) use select_user;

@@ -1,0 +1,109 @@
+//! Durable jobs (the outbox): rows written in the same transaction as the change that needs
+//! them, claimed by workers with a lease, retried with backoff, never lost to a crash.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::ids::JobId;
+
+/// A job to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub id: JobId,
+    pub kind: String,
+    pub payload: Value,
+    pub run_at: DateTime<Utc>,
+    pub max_attempts: i32,
+    /// At most one job per key ever exists: enqueueing a duplicate does nothing.
+    pub dedupe_key: Option<String>,
+}
+
+impl NewJob {
+    pub fn new(kind: &str, payload: Value, run_at: DateTime<Utc>) -> Self {
+        Self { id: JobId::new(), kind: kind.to_owned(), payload, run_at, max_attempts: 10, dedupe_key: None }
+    }
+
+    pub fn dedupe(mut self, key: impl Into<String>) -> Self {
+        self.dedupe_key = Some(key.into());
+        self
+    }
+}
+
+/// A claimed job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: JobId,
+    pub kind: String,
+    pub payload: Value,
+    /// Including the current one.
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+}
+
+/// How a run of a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    Done,
+    /// Failed; run again at `at`.
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+    },
+    /// Failed for good.
+    Failed {
+        error: String,
+    },
+}
+
+/// Counts by state, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobStats {
+    pub queued: i64,
+    pub running: i64,
+    pub failed: i64,
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Enqueues a job on its own (most jobs are enqueued inside a transaction instead).
+    async fn enqueue(&self, job: &NewJob, now: DateTime<Utc>) -> Result<()>;
+
+    /// Claims up to `limit` due jobs for `lease`: queued ones whose time has come, and
+    /// running ones whose lease ran out (their worker died). Concurrent workers never claim
+    /// the same job.
+    async fn claim_jobs(&self, now: DateTime<Utc>, limit: u32, lease: Duration) -> Result<Vec<Job>>;
+
+    async fn finish_job(&self, id: JobId, outcome: &JobOutcome, now: DateTime<Utc>) -> Result<()>;
+
+    async fn job_stats(&self) -> Result<JobStats>;
+
+    /// When the next queued job is due, if any.
+    async fn next_job_due(&self) -> Result<Option<DateTime<Utc>>>;
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct JobRow {
+    id: Uuid,
+    kind: String,
+    payload: sqlx::types::Json<Value>,
+    attempts: i32,
+    max_attempts: i32,
+    run_at: DateTime<Utc>,
+}
+
+impl From<JobRow> for Job {
+    fn from(row: JobRow) -> Self {
+        Job {
+            id: JobId(row.id),
+            kind: row.kind,
+            payload: row.payload.0,
+            attempts: row.attempts,
+            max_attempts: row.max_attempts,
+            run_at: row.run_at,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Reading wallets, coupons and gateway payments; creating and disabling coupons. Money
+//! itself moves only inside a [`StoreTx`](crate::store::StoreTx).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::money::{Coupon, Gateway, LedgerEntry, Payment, Wallet};
+use crate::error::{Error, Result};
+use crate::ids::{CouponId, LedgerId, OrderId, PaymentId, UserId};
+use crate::store::PageRequest;
+use crate::store::orders::parse_stored;
+
+#[async_trait]
+pub trait MoneyStore: Send + Sync {
+    /// The wallet of `user` (empty if it never had one).
+    async fn wallet(&self, user: UserId) -> Result<Wallet>;
+
+    /// Ledger entries newest first.
+    async fn ledger(&self, user: UserId, page: PageRequest<LedgerId>) -> Result<Vec<LedgerEntry>>;
+
+    /// Creates a coupon; a taken code is `Error::Conflict` `COUPON_CODE_TAKEN`.
+    async fn create_coupon(&self, coupon: &Coupon) -> Result<()>;
+
+    async fn coupon_by_code(&self, code: &str) -> Result<Option<Coupon>>;
+
+    /// Disables a coupon (idempotent); `None` when there is no such code.
+    async fn disable_coupon(&self, code: &str, now: DateTime<Utc>) -> Result<Option<Coupon>>;
+
+    /// Coupons newest first.
+    async fn list_coupons(&self, page: PageRequest<CouponId>) -> Result<Vec<Coupon>>;
+
+    async fn payment(&self, id: PaymentId) -> Result<Option<Payment>>;
+
+    /// The order's payment that has not failed, if any.
+    async fn live_payment_for_order(&self, order: OrderId) -> Result<Option<Payment>>;
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LedgerRow {
+    id: Uuid,
+    kind: String,
+    amount_paise: i64,
+    balance_after_paise: i64,
+    order_id: Option<Uuid>,
+    reference: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<LedgerRow> for LedgerEntry {
+    type Error = Error;
+
+    fn try_from(row: LedgerRow) -> Result<Self> {
+        Ok(LedgerEntry {
+            id: LedgerId(row.id),
+            kind: parse_stored(&row.kind, "ledger kind")?,
+            amount_paise: row.amount_paise,
+            balance_after_paise: row.balance_after_paise,
+            order_id: row.order_id.map(OrderId),
+            reference: row.reference,
+            created_at: row.created_at,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct CouponRow {
+    id: Uuid,
+    code: String,
+    kind: String,
+    value: i64,
+    max_discount_paise: Option<i64>,
+    min_order_paise: i64,
+    valid_from: DateTime<Utc>,
+    valid_until: DateTime<Utc>,
+    per_user_limit: Option<i32>,
+    global_limit: Option<i32>,
+    used_count: i32,
+    disabled_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<CouponRow> for Coupon {
+    type Error = Error;
+
+    fn try_from(row: CouponRow) -> Result<Self> {
+        Ok(Coupon {
+            id: CouponId(row.id),
+            code: row.code,
+            kind: parse_stored(&row.kind, "coupon kind")?,
+            value: row.value,
+            max_discount_paise: row.max_discount_paise,
+            min_order_paise: row.min_order_paise,
+            valid_from: row.valid_from,
+            valid_until: row.valid_until,
+            per_user_limit: row.per_user_limit,
+            global_limit: row.global_limit,
+            used_count: row.used_count,
+            disabled_at: row.disabled_at,
+            created_at: row.created_at,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PaymentRow {
+    id: Uuid,
+    user_id: Uuid,
+    purpose: String,
+    order_id: Option<Uuid>,
+    gateway: String,
+    gateway_ref: String,
+    gateway_payment_id: Option<String>,
+    amount_paise: i64,
+    status: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<PaymentRow> for Payment {
+    type Error = Error;
+
+    fn try_from(row: PaymentRow) -> Result<Self> {
+        Ok(Payment {
+            id: PaymentId(row.id),
+            user_id: UserId(row.user_id),
+            purpose: parse_stored(&row.purpose, "payment purpose")?,
+            order_id: row.order_id.map(OrderId),
+            gateway: parse_stored::<Gateway>(&row.gateway, "gateway")?,
+            gateway_ref: row.gateway_ref,
+            gateway_payment_id: row.gateway_payment_id,
+            amount_paise: row.amount_paise,
+            status: parse_stored(&row.status, "payment status")?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// `SELECT` of a [`PaymentRow`] followed by `$rest`, as one literal.
+macro_rules! select_payment {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, user_id, purpose, order_id, gateway, gateway_ref, gateway_payment_id, amount_paise, ",
+            "status, created_at, updated_at FROM payments ",
+            $rest
+        )
+    };
+}
+pub(crate) use select_payment;
+
+/// `SELECT` of a [`CouponRow`] followed by `$rest`, as one literal.
+macro_rules! select_coupon {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, code, kind, value, max_discount_paise, min_order_paise, valid_from, valid_until, ",
+            "per_user_limit, global_limit, used_count, disabled_at, created_at FROM coupons ",
+            $rest
+        )
+    };
+}
+pub(crate) use select_coupon;

@@ -1,0 +1,141 @@
+//! Reading orders and their history. Orders change only inside a [`StoreTx`]
+//! (see `store::tx`), together with everything the change implies.
+//!
+//! [`StoreTx`]: crate::store::StoreTx
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::domain::VehicleType;
+use crate::domain::orders::{Fare, Order, OrderEvent, OrderStatus, Place};
+use crate::error::{Error, Result};
+use crate::ids::{OrderId, UserId};
+use crate::store::PageRequest;
+
+/// Which orders a listing wants; unset fields do not filter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderFilter {
+    pub customer: Option<UserId>,
+    pub pilot: Option<UserId>,
+    pub status: Option<OrderStatus>,
+}
+
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    async fn order(&self, id: OrderId) -> Result<Option<Order>>;
+
+    /// Orders newest first.
+    async fn list_orders(&self, filter: &OrderFilter, page: PageRequest<OrderId>) -> Result<Vec<Order>>;
+
+    /// Events with `seq > after_seq`, oldest first, at most `limit`.
+    async fn order_events(&self, id: OrderId, after_seq: i32, limit: u32) -> Result<Vec<OrderEvent>>;
+
+    /// Open orders (pending or searching) for `vehicle` whose pickup is in coarse cell `cell`.
+    async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64>;
+}
+
+/// Row shape shared by both backends' order queries.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OrderRow {
+    id: Uuid,
+    customer_id: Uuid,
+    pilot_id: Option<Uuid>,
+    vehicle_type: String,
+    status: String,
+    cancel_reason: Option<String>,
+    pickup_lat: f64,
+    pickup_lng: f64,
+    pickup_address: String,
+    drop_lat: f64,
+    drop_lng: f64,
+    drop_address: String,
+    payment_method: String,
+    payment_status: String,
+    fare_breakdown: sqlx::types::Json<Fare>,
+    refunded_paise: i64,
+    coupon_code: Option<String>,
+    quote_id: Option<Uuid>,
+    scheduled_at: Option<DateTime<Utc>>,
+    notes: Option<String>,
+    last_event_seq: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// Turns a stored value back into its type; a failure means the data was changed behind the
+/// server's back.
+pub(crate) fn parse_stored<T: std::str::FromStr>(value: &str, what: &str) -> Result<T> {
+    value.parse().map_err(|_| Error::Internal(anyhow::anyhow!("stored {what} {value:?} is not valid")))
+}
+
+impl TryFrom<OrderRow> for Order {
+    type Error = Error;
+
+    fn try_from(row: OrderRow) -> Result<Self> {
+        Ok(Order {
+            id: OrderId(row.id),
+            customer_id: UserId(row.customer_id),
+            pilot_id: row.pilot_id.map(UserId),
+            vehicle_type: parse_stored(&row.vehicle_type, "vehicle type")?,
+            status: parse_stored(&row.status, "order status")?,
+            cancel_reason: row.cancel_reason.as_deref().map(|r| parse_stored(r, "cancel reason")).transpose()?,
+            pickup: Place { lat: row.pickup_lat, lng: row.pickup_lng, address: row.pickup_address },
+            drop: Place { lat: row.drop_lat, lng: row.drop_lng, address: row.drop_address },
+            payment_method: parse_stored(&row.payment_method, "payment method")?,
+            payment_status: parse_stored(&row.payment_status, "payment status")?,
+            fare: row.fare_breakdown.0,
+            refunded_paise: row.refunded_paise,
+            coupon_code: row.coupon_code,
+            quote_id: row.quote_id,
+            scheduled_at: row.scheduled_at,
+            notes: row.notes,
+            last_event_seq: row.last_event_seq,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EventRow {
+    order_id: Uuid,
+    seq: i32,
+    #[sqlx(rename = "type")]
+    kind: String,
+    actor_id: Option<Uuid>,
+    actor_role: Option<String>,
+    data: sqlx::types::Json<Value>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<EventRow> for OrderEvent {
+    type Error = Error;
+
+    fn try_from(row: EventRow) -> Result<Self> {
+        Ok(OrderEvent {
+            order_id: OrderId(row.order_id),
+            seq: row.seq,
+            kind: row.kind,
+            actor_id: row.actor_id.map(UserId),
+            actor_role: row.actor_role.as_deref().map(|role| parse_stored(role, "actor role")).transpose()?,
+            data: row.data.0,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// `SELECT` of an [`OrderRow`] followed by `$rest`, as one literal.
+macro_rules! select_order {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, customer_id, pilot_id, vehicle_type, status, cancel_reason, ",
+            "pickup_lat, pickup_lng, pickup_address, drop_lat, drop_lng, drop_address, ",
+            "payment_method, payment_status, fare_breakdown, refunded_paise, coupon_code, quote_id, ",
+            "scheduled_at, notes, last_event_seq, created_at, updated_at FROM orders ",
+            $rest
+        )
+    };
+}
+pub(crate) use select_order;

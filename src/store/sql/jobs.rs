@@ -1,0 +1,88 @@
+// Durable jobs, shared by both backends (see base.rs). The backend defines `CLAIM_JOBS`, which
+// skips rows other workers hold where the dialect can.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+
+use crate::error::Result;
+use crate::ids::JobId;
+use crate::store::jobs::JobRow;
+use crate::store::{Job, JobOutcome, JobStats, JobStore, NewJob};
+
+/// Inserts a job (nothing if its dedupe key exists), on the pool or inside a transaction.
+pub(crate) async fn insert_job<'e, E>(executor: E, job: &NewJob, now: DateTime<Utc>) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = Db>,
+{
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, payload, status, run_at, attempts, max_attempts, dedupe_key, created_at, \
+         updated_at) VALUES ($1, $2, $3, 'queued', $4, 0, $5, $6, $7, $7) ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(job.id.0)
+    .bind(&job.kind)
+    .bind(sqlx::types::Json(&job.payload))
+    .bind(job.run_at)
+    .bind(job.max_attempts)
+    .bind(job.dedupe_key.as_deref())
+    .bind(now)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl JobStore for StoreImpl {
+    async fn enqueue(&self, job: &NewJob, now: DateTime<Utc>) -> Result<()> {
+        insert_job(&self.pool, job, now).await
+    }
+
+    async fn claim_jobs(&self, now: DateTime<Utc>, limit: u32, lease: Duration) -> Result<Vec<Job>> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let rows: Vec<JobRow> = sqlx::query_as(CLAIM_JOBS)
+            .bind(now)
+            .bind(now + lease)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(Job::from).collect())
+    }
+
+    async fn finish_job(&self, id: JobId, outcome: &JobOutcome, now: DateTime<Utc>) -> Result<()> {
+        let (status, run_at, error) = match outcome {
+            JobOutcome::Done => ("done", None, None),
+            JobOutcome::Retry { at, error } => ("queued", Some(*at), Some(error.as_str())),
+            JobOutcome::Failed { error } => ("failed", None, Some(error.as_str())),
+        };
+        sqlx::query(
+            "UPDATE jobs SET status = $2, run_at = COALESCE($3, run_at), last_error = COALESCE($4, last_error), \
+             locked_until = NULL, updated_at = $5 WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(status)
+        .bind(run_at)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn job_stats(&self) -> Result<JobStats> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM jobs WHERE status IN ('queued', 'running', 'failed') GROUP BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let count = |status: &str| rows.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+        Ok(JobStats { queued: count("queued"), running: count("running"), failed: count("failed") })
+    }
+
+    async fn next_job_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let next: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT run_at FROM jobs WHERE status = 'queued' ORDER BY run_at LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(next)
+    }
+}

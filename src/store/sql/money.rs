@@ -1,0 +1,104 @@
+// Reading wallets, coupons and payments; creating and disabling coupons. Shared by both
+// backends (see base.rs).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::money::{Coupon, LedgerEntry, Payment, Wallet};
+use crate::error::{Error, Result};
+use crate::ids::{CouponId, LedgerId, OrderId, PaymentId, UserId};
+use crate::store::money::{CouponRow, LedgerRow, PaymentRow, select_coupon, select_payment};
+use crate::store::{MoneyStore, PageRequest};
+
+#[async_trait]
+impl MoneyStore for StoreImpl {
+    async fn wallet(&self, user: UserId) -> Result<Wallet> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT balance_paise, held_paise FROM wallet_accounts WHERE user_id = $1")
+                .bind(user.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (balance_paise, held_paise) = row.unwrap_or_default();
+        Ok(Wallet { balance_paise, held_paise })
+    }
+
+    async fn ledger(&self, user: UserId, page: PageRequest<LedgerId>) -> Result<Vec<LedgerEntry>> {
+        let rows: Vec<LedgerRow> = sqlx::query_as(
+            "SELECT id, kind, amount_paise, balance_after_paise, order_id, reference, created_at \
+             FROM wallet_ledger WHERE user_id = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        )
+        .bind(user.0)
+        .bind(page.before.map(|id| id.0))
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(LedgerEntry::try_from).collect()
+    }
+
+    async fn create_coupon(&self, coupon: &Coupon) -> Result<()> {
+        let inserted = sqlx::query(
+            "INSERT INTO coupons (id, code, kind, value, max_discount_paise, min_order_paise, valid_from, \
+             valid_until, per_user_limit, global_limit, used_count, disabled_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(coupon.id.0)
+        .bind(&coupon.code)
+        .bind(coupon.kind.as_str())
+        .bind(coupon.value)
+        .bind(coupon.max_discount_paise)
+        .bind(coupon.min_order_paise)
+        .bind(coupon.valid_from)
+        .bind(coupon.valid_until)
+        .bind(coupon.per_user_limit)
+        .bind(coupon.global_limit)
+        .bind(coupon.used_count)
+        .bind(coupon.disabled_at)
+        .bind(coupon.created_at)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Err(Error::conflict("COUPON_CODE_TAKEN", "a coupon with this code already exists"))
+            }
+            other => other.map(|_| ()).map_err(Error::from),
+        }
+    }
+
+    async fn coupon_by_code(&self, code: &str) -> Result<Option<Coupon>> {
+        let row: Option<CouponRow> =
+            sqlx::query_as(select_coupon!("WHERE code = $1")).bind(code).fetch_optional(&self.pool).await?;
+        row.map(Coupon::try_from).transpose()
+    }
+
+    async fn disable_coupon(&self, code: &str, now: DateTime<Utc>) -> Result<Option<Coupon>> {
+        sqlx::query("UPDATE coupons SET disabled_at = COALESCE(disabled_at, $2) WHERE code = $1")
+            .bind(code)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        self.coupon_by_code(code).await
+    }
+
+    async fn list_coupons(&self, page: PageRequest<CouponId>) -> Result<Vec<Coupon>> {
+        let rows: Vec<CouponRow> = sqlx::query_as(select_coupon!("WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"))
+            .bind(page.before.map(|id| id.0))
+            .bind(i64::from(page.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(Coupon::try_from).collect()
+    }
+
+    async fn payment(&self, id: PaymentId) -> Result<Option<Payment>> {
+        let row: Option<PaymentRow> =
+            sqlx::query_as(select_payment!("WHERE id = $1")).bind(id.0).fetch_optional(&self.pool).await?;
+        row.map(Payment::try_from).transpose()
+    }
+
+    async fn live_payment_for_order(&self, order: OrderId) -> Result<Option<Payment>> {
+        let row: Option<PaymentRow> = sqlx::query_as(select_payment!("WHERE order_id = $1 AND status <> 'failed'"))
+            .bind(order.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Payment::try_from).transpose()
+    }
+}

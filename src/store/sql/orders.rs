@@ -1,0 +1,59 @@
+// Reading orders, shared by both backends (see base.rs).
+
+use async_trait::async_trait;
+
+use crate::domain::VehicleType;
+use crate::domain::orders::{Order, OrderEvent, OrderStatus};
+use crate::error::Result;
+use crate::ids::OrderId;
+use crate::store::orders::{EventRow, OrderRow, select_order};
+use crate::store::{OrderFilter, OrderStore, PageRequest};
+
+#[async_trait]
+impl OrderStore for StoreImpl {
+    async fn order(&self, id: OrderId) -> Result<Option<Order>> {
+        let row: Option<OrderRow> =
+            sqlx::query_as(select_order!("WHERE id = $1")).bind(id.0).fetch_optional(&self.pool).await?;
+        row.map(Order::try_from).transpose()
+    }
+
+    async fn list_orders(&self, filter: &OrderFilter, page: PageRequest<OrderId>) -> Result<Vec<Order>> {
+        let rows: Vec<OrderRow> = sqlx::query_as(select_order!(
+            "WHERE ($1 IS NULL OR customer_id = $1) AND ($2 IS NULL OR pilot_id = $2) \
+             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(filter.customer.map(|id| id.0))
+        .bind(filter.pilot.map(|id| id.0))
+        .bind(filter.status.map(OrderStatus::as_str))
+        .bind(page.before.map(|id| id.0))
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Order::try_from).collect()
+    }
+
+    async fn order_events(&self, id: OrderId, after_seq: i32, limit: u32) -> Result<Vec<OrderEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT order_id, seq, type, actor_id, actor_role, data, created_at FROM order_events \
+             WHERE order_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id.0)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(OrderEvent::try_from).collect()
+    }
+
+    async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM orders WHERE pickup_cell = $1 AND vehicle_type = $2 \
+             AND status IN ('pending', 'searching_driver')",
+        )
+        .bind(cell)
+        .bind(vehicle.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+}

@@ -1,0 +1,378 @@
+// The write transaction's operations, shared by both backends (see base.rs). The backend
+// defines `LOCK_ORDER` and `LOCK_PAYMENT` (with `FOR UPDATE` where the dialect has it; SQLite's
+// `BEGIN IMMEDIATE` already holds its only write lock).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::domain::money::{Coupon, Gateway, LedgerKind, Payment, Wallet};
+use crate::domain::orders::{Order, OrderEvent, OrderStatus};
+use crate::error::{Error, Result};
+use crate::ids::{LedgerId, OrderId, UserId};
+use crate::store::jobs::NewJob;
+use crate::store::money::PaymentRow;
+use crate::store::orders::OrderRow;
+use crate::store::{IdempotentReplay, StoreTx, WalletCredit};
+
+#[async_trait]
+impl StoreTx for super::TxImpl {
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_idempotency_key(
+        &mut self,
+        user: UserId,
+        key: &str,
+        request_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotentReplay>> {
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (user_id, key) DO NOTHING",
+        )
+        .bind(user.0)
+        .bind(key)
+        .bind(&request_hash[..])
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        if claimed.rows_affected() == 1 {
+            return Ok(None);
+        }
+        let (request_hash, status, body): (Vec<u8>, Option<i32>, Option<sqlx::types::Json<Value>>) = sqlx::query_as(
+            "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+        )
+        .bind(user.0)
+        .bind(key)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        match (status, body) {
+            (Some(status), Some(body)) => {
+                Ok(Some(IdempotentReplay { request_hash, status: u16::try_from(status).unwrap_or(500), body: body.0 }))
+            }
+            _ => Err(Error::conflict("IDEMPOTENCY_KEY_IN_USE", "a request with this key is still being processed")),
+        }
+    }
+
+    async fn save_idempotent_response(&mut self, user: UserId, key: &str, status: u16, body: &Value) -> Result<()> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE user_id = $1 AND key = $2",
+        )
+        .bind(user.0)
+        .bind(key)
+        .bind(i32::from(status))
+        .bind(sqlx::types::Json(body))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_order(&mut self, order: &Order, pickup_cell: i64, coupon: Option<&Coupon>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO orders (id, customer_id, pilot_id, vehicle_type, status, cancel_reason, pickup_lat, \
+             pickup_lng, pickup_address, drop_lat, drop_lng, drop_address, payment_method, payment_status, \
+             fare_paise, discount_paise, tax_paise, total_paise, coupon_id, quote_id, scheduled_at, last_event_seq, \
+             created_at, updated_at, fare_breakdown, pickup_cell, coupon_code, notes, refunded_paise) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
+             $22, $23, $24, $25, $26, $27, $28, $29)",
+        )
+        .bind(order.id.0)
+        .bind(order.customer_id.0)
+        .bind(order.pilot_id.map(|id| id.0))
+        .bind(order.vehicle_type.as_str())
+        .bind(order.status.as_str())
+        .bind(order.cancel_reason.map(|reason| reason.as_str()))
+        .bind(order.pickup.lat)
+        .bind(order.pickup.lng)
+        .bind(&order.pickup.address)
+        .bind(order.drop.lat)
+        .bind(order.drop.lng)
+        .bind(&order.drop.address)
+        .bind(order.payment_method.as_str())
+        .bind(order.payment_status.as_str())
+        .bind(order.fare.fare_paise)
+        .bind(order.fare.discount_paise)
+        .bind(order.fare.tax_paise)
+        .bind(order.fare.total_paise)
+        .bind(coupon.map(|coupon| coupon.id.0))
+        .bind(order.quote_id)
+        .bind(order.scheduled_at)
+        .bind(order.last_event_seq)
+        .bind(order.created_at)
+        .bind(order.updated_at)
+        .bind(sqlx::types::Json(&order.fare))
+        .bind(pickup_cell)
+        .bind(order.coupon_code.as_deref())
+        .bind(order.notes.as_deref())
+        .bind(order.refunded_paise)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn lock_order(&mut self, id: OrderId) -> Result<Option<Order>> {
+        let row: Option<OrderRow> = sqlx::query_as(LOCK_ORDER).bind(id.0).fetch_optional(&mut *self.tx).await?;
+        row.map(Order::try_from).transpose()
+    }
+
+    async fn update_order(&mut self, order: &Order, expected: OrderStatus, expected_seq: i32) -> Result<bool> {
+        let updated = sqlx::query(
+            "UPDATE orders SET pilot_id = $4, status = $5, cancel_reason = $6, payment_status = $7, \
+             refunded_paise = $8, last_event_seq = $9, updated_at = $10 \
+             WHERE id = $1 AND status = $2 AND last_event_seq = $3",
+        )
+        .bind(order.id.0)
+        .bind(expected.as_str())
+        .bind(expected_seq)
+        .bind(order.pilot_id.map(|id| id.0))
+        .bind(order.status.as_str())
+        .bind(order.cancel_reason.map(|reason| reason.as_str()))
+        .bind(order.payment_status.as_str())
+        .bind(order.refunded_paise)
+        .bind(order.last_event_seq)
+        .bind(order.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn append_events(&mut self, events: &[OrderEvent]) -> Result<()> {
+        for event in events {
+            sqlx::query(
+                "INSERT INTO order_events (order_id, seq, type, actor_id, actor_role, data, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(event.order_id.0)
+            .bind(event.seq)
+            .bind(&event.kind)
+            .bind(event.actor_id.map(|id| id.0))
+            .bind(event.actor_role.map(|role| role.as_str()))
+            .bind(sqlx::types::Json(&event.data))
+            .bind(event.created_at)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn redeem_coupon(&mut self, coupon: &Coupon, user: UserId, order: OrderId, now: DateTime<Utc>) -> Result<()> {
+        let counted = sqlx::query(
+            "UPDATE coupons SET used_count = used_count + 1 WHERE id = $1 AND disabled_at IS NULL \
+             AND valid_from <= $2 AND valid_until > $2 AND (global_limit IS NULL OR used_count < global_limit)",
+        )
+        .bind(coupon.id.0)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        if counted.rows_affected() == 0 {
+            return Err(Error::Unprocessable {
+                code: "COUPON_EXHAUSTED",
+                message: "this coupon has been used up or is no longer available".into(),
+            });
+        }
+        // The update above holds the coupon's row lock until commit, so this count cannot
+        // race another redemption of the same coupon.
+        if let Some(limit) = coupon.per_user_limit {
+            let used: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM coupon_redemptions WHERE coupon_id = $1 AND user_id = $2")
+                    .bind(coupon.id.0)
+                    .bind(user.0)
+                    .fetch_one(&mut *self.tx)
+                    .await?;
+            if used >= i64::from(limit) {
+                return Err(Error::Unprocessable {
+                    code: "COUPON_ALREADY_USED",
+                    message: format!("this coupon can be used {limit} time(s) per customer"),
+                });
+            }
+        }
+        sqlx::query("INSERT INTO coupon_redemptions (coupon_id, order_id, user_id, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(coupon.id.0)
+            .bind(order.0)
+            .bind(user.0)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn release_coupon(&mut self, order: OrderId) -> Result<()> {
+        let released: Vec<Uuid> = sqlx::query_scalar("DELETE FROM coupon_redemptions WHERE order_id = $1 RETURNING coupon_id")
+            .bind(order.0)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        for coupon in released {
+            sqlx::query("UPDATE coupons SET used_count = used_count - 1 WHERE id = $1 AND used_count > 0")
+                .bind(coupon)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn debit_wallet(
+        &mut self,
+        user: UserId,
+        amount_paise: i64,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<Wallet> {
+        self.open_wallet(user, now).await?;
+        let wallet: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE wallet_accounts SET balance_paise = balance_paise - $2, updated_at = $3 \
+             WHERE user_id = $1 AND balance_paise - held_paise >= $2 RETURNING balance_paise, held_paise",
+        )
+        .bind(user.0)
+        .bind(amount_paise)
+        .bind(now)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some((balance_paise, held_paise)) = wallet else {
+            return Err(Error::Unprocessable {
+                code: "INSUFFICIENT_BALANCE",
+                message: format!("the wallet does not hold the {amount_paise} paise this order costs"),
+            });
+        };
+        self.ledger_entry(user, LedgerKind::Debit, amount_paise, balance_paise, Some(order), None, now).await?;
+        Ok(Wallet { balance_paise, held_paise })
+    }
+
+    async fn credit_wallet(&mut self, credit: &WalletCredit, now: DateTime<Utc>) -> Result<Option<Wallet>> {
+        if let Some(reference) = &credit.reference {
+            let seen: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM wallet_ledger WHERE kind = $1 AND reference = $2")
+                    .bind(credit.kind.as_str())
+                    .bind(reference)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+            if seen.is_some() {
+                return Ok(None);
+            }
+        }
+        self.open_wallet(credit.user, now).await?;
+        let (balance_paise, held_paise): (i64, i64) = sqlx::query_as(
+            "UPDATE wallet_accounts SET balance_paise = balance_paise + $2, updated_at = $3 \
+             WHERE user_id = $1 RETURNING balance_paise, held_paise",
+        )
+        .bind(credit.user.0)
+        .bind(credit.amount_paise)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let reference = credit.reference.as_deref();
+        self.ledger_entry(credit.user, credit.kind, credit.amount_paise, balance_paise, credit.order, reference, now)
+            .await?;
+        Ok(Some(Wallet { balance_paise, held_paise }))
+    }
+
+    async fn enqueue(&mut self, job: &NewJob, now: DateTime<Utc>) -> Result<()> {
+        super::jobs_sql::insert_job(&mut *self.tx, job, now).await
+    }
+
+    async fn record_webhook(
+        &mut self,
+        gateway: Gateway,
+        event_id: &str,
+        event_type: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let recorded = sqlx::query(
+            "INSERT INTO webhook_events (gateway, event_id, event_type, received_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (gateway, event_id) DO NOTHING",
+        )
+        .bind(gateway.as_str())
+        .bind(event_id)
+        .bind(event_type)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(recorded.rows_affected() == 1)
+    }
+
+    async fn insert_payment(&mut self, payment: &Payment) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO payments (id, user_id, purpose, order_id, gateway, gateway_ref, gateway_payment_id, \
+             amount_paise, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(payment.id.0)
+        .bind(payment.user_id.0)
+        .bind(payment.purpose.as_str())
+        .bind(payment.order_id.map(|id| id.0))
+        .bind(payment.gateway.as_str())
+        .bind(&payment.gateway_ref)
+        .bind(payment.gateway_payment_id.as_deref())
+        .bind(payment.amount_paise)
+        .bind(payment.status.as_str())
+        .bind(payment.created_at)
+        .bind(payment.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn lock_payment(&mut self, gateway: Gateway, gateway_ref: &str) -> Result<Option<Payment>> {
+        let row: Option<PaymentRow> = sqlx::query_as(LOCK_PAYMENT)
+            .bind(gateway.as_str())
+            .bind(gateway_ref)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(Payment::try_from).transpose()
+    }
+
+    async fn update_payment(&mut self, payment: &Payment) -> Result<()> {
+        sqlx::query("UPDATE payments SET gateway_payment_id = $2, status = $3, updated_at = $4 WHERE id = $1")
+            .bind(payment.id.0)
+            .bind(payment.gateway_payment_id.as_deref())
+            .bind(payment.status.as_str())
+            .bind(payment.updated_at)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+}
+
+impl super::TxImpl {
+    async fn open_wallet(&mut self, user: UserId, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO wallet_accounts (user_id, balance_paise, held_paise, updated_at) VALUES ($1, 0, 0, $2) \
+             ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(user.0)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn ledger_entry(
+        &mut self,
+        user: UserId,
+        kind: LedgerKind,
+        amount_paise: i64,
+        balance_after_paise: i64,
+        order: Option<OrderId>,
+        reference: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO wallet_ledger (id, user_id, kind, amount_paise, balance_after_paise, order_id, reference, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(LedgerId::new().0)
+        .bind(user.0)
+        .bind(kind.as_str())
+        .bind(amount_paise)
+        .bind(balance_after_paise)
+        .bind(order.map(|id| id.0))
+        .bind(reference)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}

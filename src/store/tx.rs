@@ -1,0 +1,102 @@
+//! A database transaction with the operations that change orders and money. Services open
+//! one with [`Store::begin`](crate::store::Store::begin), make every change an action implies
+//! (the order, its events, the wallet, the coupon, the jobs, the idempotent response) and
+//! commit; dropping it uncommitted rolls everything back. Guards are in the SQL (conditional
+//! updates, row locks, unique keys), never check-then-act in Rust.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::domain::money::{Coupon, Gateway, LedgerKind, Payment, Wallet};
+use crate::domain::orders::{Order, OrderEvent, OrderStatus};
+use crate::error::Result;
+use crate::ids::{OrderId, UserId};
+use crate::store::jobs::NewJob;
+
+/// A response stored under an idempotency key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotentReplay {
+    pub request_hash: Vec<u8>,
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Money into a wallet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WalletCredit {
+    pub user: UserId,
+    /// `Credit` (top-up, adjustment) or `Refund`.
+    pub kind: LedgerKind,
+    pub amount_paise: i64,
+    /// Unique per kind when set: crediting the same reference twice does nothing.
+    pub reference: Option<String>,
+    pub order: Option<OrderId>,
+}
+
+#[async_trait]
+pub trait StoreTx: Send {
+    async fn commit(self: Box<Self>) -> Result<()>;
+
+    /// Claims `key` for `user`'s request. `None`: claimed, go ahead (and save the response
+    /// before committing). `Some`: the key was used before; here is what it answered. A
+    /// concurrent request with the same key waits here until the first one commits.
+    async fn claim_idempotency_key(
+        &mut self,
+        user: UserId,
+        key: &str,
+        request_hash: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotentReplay>>;
+
+    async fn save_idempotent_response(&mut self, user: UserId, key: &str, status: u16, body: &Value) -> Result<()>;
+
+    async fn insert_order(&mut self, order: &Order, pickup_cell: i64, coupon: Option<&Coupon>) -> Result<()>;
+
+    /// The order, locked until the transaction ends.
+    async fn lock_order(&mut self, id: OrderId) -> Result<Option<Order>>;
+
+    /// Writes the order's changeable fields if it is still at `expected` status and seq;
+    /// `false` when someone changed it first.
+    async fn update_order(&mut self, order: &Order, expected: OrderStatus, expected_seq: i32) -> Result<bool>;
+
+    async fn append_events(&mut self, events: &[OrderEvent]) -> Result<()>;
+
+    /// Counts a use of `coupon` by `user` for `order`, within its global and per-user limits
+    /// (`COUPON_EXHAUSTED`, `COUPON_ALREADY_USED`); two last uses racing: one wins.
+    async fn redeem_coupon(&mut self, coupon: &Coupon, user: UserId, order: OrderId, now: DateTime<Utc>) -> Result<()>;
+
+    /// Gives back the use `order` made of its coupon (the order was cancelled).
+    async fn release_coupon(&mut self, order: OrderId) -> Result<()>;
+
+    /// Takes `amount_paise` from the wallet if it holds that much (`INSUFFICIENT_BALANCE`
+    /// otherwise); never negative, whatever runs concurrently.
+    async fn debit_wallet(
+        &mut self,
+        user: UserId,
+        amount_paise: i64,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<Wallet>;
+
+    /// Adds money; `None` when `credit.reference` was already credited.
+    async fn credit_wallet(&mut self, credit: &WalletCredit, now: DateTime<Utc>) -> Result<Option<Wallet>>;
+
+    async fn enqueue(&mut self, job: &NewJob, now: DateTime<Utc>) -> Result<()>;
+
+    /// Records a webhook delivery; `false` if this event was processed before.
+    async fn record_webhook(
+        &mut self,
+        gateway: Gateway,
+        event_id: &str,
+        event_type: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    async fn insert_payment(&mut self, payment: &Payment) -> Result<()>;
+
+    /// The payment with this gateway reference, locked until the transaction ends.
+    async fn lock_payment(&mut self, gateway: Gateway, gateway_ref: &str) -> Result<Option<Payment>>;
+
+    async fn update_payment(&mut self, payment: &Payment) -> Result<()>;
+}
