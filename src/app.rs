@@ -26,6 +26,10 @@ use crate::config::{Config, redact_url};
 use crate::fleet::Fleet;
 use crate::grid::PilotIndex;
 use crate::http::ratelimit::RateLimiter;
+use crate::jobs::Worker;
+use crate::money::Money;
+use crate::orders::service_area::ServiceArea;
+use crate::orders::{OrderJobs, Orders};
 use crate::store::positions::{self, PositionMirror};
 use crate::store::redis::RedisHandle;
 use crate::store::{self, Store};
@@ -43,6 +47,10 @@ pub struct AppState {
     /// The live pilot index.
     pub grid: Arc<PilotIndex>,
     pub fleet: Arc<Fleet>,
+    pub orders: Arc<Orders>,
+    pub money: Arc<Money>,
+    /// Runs durable jobs; tests call `run_due` on it to run what the clock made due.
+    pub jobs: Arc<Worker>,
 }
 
 /// A built application, ready to serve.
@@ -80,7 +88,24 @@ impl App {
             None => None,
         };
         let fleet = Fleet::new(grid.clone(), store.clone(), clock.clone(), config.grid.max_points_per_report);
+        let area =
+            ServiceArea::from_config(&config.service_area).map_err(|err| anyhow::anyhow!("service_area: {err}"))?;
+        let orders = Arc::new(Orders::new(
+            store.clone(),
+            grid.clone(),
+            clock.clone(),
+            &config.pricing,
+            area,
+            config.orders.clone(),
+            secret.expose_secret().as_bytes(),
+        ));
+        let mut jobs = Worker::new(store.clone(), clock.clone(), config.jobs.clone());
+        let order_jobs = Arc::new(OrderJobs(orders.clone()));
+        jobs.register(crate::orders::START_SEARCH_JOB, order_jobs.clone());
+        jobs.register(crate::orders::PAYMENT_TIMEOUT_JOB, order_jobs);
+        let money = Arc::new(Money::new(store.clone(), clock.clone()));
         let state = AppState {
+            money,
             rate_limiter: RateLimiter::new(&config.rate_limit),
             config: Arc::new(config),
             store,
@@ -90,6 +115,8 @@ impl App {
             clock,
             grid,
             fleet: Arc::new(fleet),
+            orders,
+            jobs: Arc::new(jobs),
         };
         Ok(Self { state, mirror })
     }
@@ -144,6 +171,7 @@ impl App {
         if let Some(mirror) = self.mirror.take() {
             tasks.push(tokio::spawn(mirror.run(stop.clone())));
         }
+        tasks.push(tokio::spawn(self.state.jobs.clone().run(stop.clone())));
         if let Some(redis) = self.state.redis.clone() {
             tasks.push(tokio::spawn(redis.run_health_loop(stop.clone())));
         }

@@ -32,6 +32,10 @@ pub struct Config {
     pub http: HttpConfig,
     pub rate_limit: RateLimitConfig,
     pub grid: crate::grid::GridConfig,
+    pub pricing: crate::orders::pricing::PricingConfig,
+    pub orders: crate::orders::OrdersConfig,
+    pub service_area: crate::orders::service_area::ServiceAreaConfig,
+    pub jobs: crate::jobs::JobsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +219,13 @@ impl Config {
             ("grid.offline_after_secs", self.grid.offline_after_secs),
             ("grid.forget_after_secs", self.grid.forget_after_secs),
             ("grid.max_points_per_report", self.grid.max_points_per_report as u64),
+            ("pricing.quote_ttl_secs", self.pricing.quote_ttl_secs),
+            ("orders.search_lead_secs", self.orders.search_lead_secs),
+            ("orders.payment_timeout_secs", self.orders.payment_timeout_secs),
+            ("jobs.poll_interval_ms", self.jobs.poll_interval_ms),
+            ("jobs.batch_size", self.jobs.batch_size.into()),
+            ("jobs.lease_secs", self.jobs.lease_secs),
+            ("jobs.backoff_secs", self.jobs.backoff_secs),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::new(key, "must be greater than 0"));
@@ -226,7 +237,47 @@ impl Config {
         self.validate_redis()?;
         self.validate_auth()?;
         self.validate_grid()?;
+        self.validate_orders()?;
         self.validate_http()
+    }
+
+    fn validate_orders(&self) -> Result<(), ConfigError> {
+        let pricing = &self.pricing;
+        if !pricing.road_factor.is_finite() || pricing.road_factor < 1.0 {
+            return Err(ConfigError::new("pricing.road_factor", "must be a number >= 1"));
+        }
+        if !(0..=10_000).contains(&pricing.tax_bp) {
+            return Err(ConfigError::new("pricing.tax_bp", "must be between 0 and 10000"));
+        }
+        let surge = &pricing.surge;
+        if [surge.cap - 1.0, surge.slope, surge.threshold].iter().any(|value| value.is_nan() || *value < 0.0) {
+            return Err(ConfigError::new("pricing.surge", "needs cap >= 1, slope >= 0 and threshold >= 0"));
+        }
+        let tariffs = [
+            ("bike", &pricing.tariffs.bike),
+            ("auto", &pricing.tariffs.auto),
+            ("mini_truck", &pricing.tariffs.mini_truck),
+            ("ev_cycle", &pricing.tariffs.ev_cycle),
+        ];
+        for (vehicle, tariff) in tariffs {
+            let amounts = [tariff.base_paise, tariff.per_km_paise, tariff.per_min_paise, tariff.minimum_paise];
+            if amounts.iter().any(|amount| *amount < 0) || tariff.avg_speed_kmh.is_nan() || tariff.avg_speed_kmh <= 0.0
+            {
+                return Err(ConfigError::new(
+                    &format!("pricing.tariffs.{vehicle}"),
+                    "needs amounts >= 0 and avg_speed_kmh > 0",
+                ));
+            }
+        }
+        if self.orders.min_schedule_lead_secs > self.orders.max_schedule_ahead_secs {
+            return Err(ConfigError::new("orders.min_schedule_lead_secs", "must not exceed max_schedule_ahead_secs"));
+        }
+        if self.orders.cancellation_fee_paise < 0 {
+            return Err(ConfigError::new("orders.cancellation_fee_paise", "must be >= 0"));
+        }
+        crate::orders::service_area::ServiceArea::from_config(&self.service_area)
+            .map(|_| ())
+            .map_err(|message| ConfigError::new("service_area", message))
     }
 
     fn validate_grid(&self) -> Result<(), ConfigError> {

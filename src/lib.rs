@@ -40,5 +40,8 @@ pub mod fleet;
 pub mod grid;
 pub mod http;
 pub mod ids;
+pub mod jobs;
+pub mod money;
+pub mod orders;
 pub mod store;
 pub mod telemetry;

@@ -106,6 +106,11 @@ impl PilotIndex {
         self.grid.write()
     }
 
+    /// The resolution of the supply counts.
+    pub fn supply_resolution(&self) -> Resolution {
+        self.grid.read().supply_resolution()
+    }
+
     /// The filter for pilots that may be offered work now: silent for less than `stale_after`.
     pub fn available_filter(&self, vehicle: Option<VehicleType>, now_ms: i64) -> Filter {
         Filter::available(vehicle, now_ms - self.stale_after_ms + 1)

@@ -4,17 +4,20 @@
 //! → trace span carrying it → security headers → CORS → metrics → error envelope → panic
 //! catcher → timeout → body limit (enforced where the body is read) → (`/api` only) rate limit → handler.
 //! Handlers live one file per resource and speak [`crate::error::Error`] and
-//! [`response::Ok`]; nothing below this module knows about HTTP.
+//! [`response::Reply`]; nothing below this module knows about HTTP.
 
 pub mod auth;
+pub mod coupons;
 pub mod dispatch;
 pub mod extract;
 pub mod middleware;
 pub mod ops;
+pub mod orders;
 pub mod pilots;
 pub mod ratelimit;
 pub mod response;
 pub mod users;
+pub mod wallet;
 
 use std::time::Duration;
 
@@ -102,4 +105,14 @@ fn api_routes() -> Router<AppState> {
         .route("/dispatch/pilots", get(dispatch::pilots))
         .route("/dispatch/pilots/nearest", get(dispatch::nearest))
         .route("/dispatch/supply", get(dispatch::supply))
+        .route("/quotes", post(orders::quote))
+        .route("/orders", post(orders::create).get(orders::list))
+        .route("/orders/{id}", get(orders::get))
+        .route("/orders/{id}/cancel", post(orders::cancel))
+        .route("/orders/{id}/events", get(orders::events))
+        .route("/wallet", get(wallet::wallet))
+        .route("/wallet/ledger", get(wallet::ledger))
+        .route("/admin/wallets/{user_id}/credit", post(wallet::credit))
+        .route("/admin/coupons", post(coupons::create).get(coupons::list))
+        .route("/admin/coupons/{code}/disable", post(coupons::disable))
 }

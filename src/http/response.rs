@@ -6,16 +6,16 @@ use serde::Serialize;
 
 /// A successful answer with its status.
 #[derive(Debug)]
-pub struct Ok<T>(pub StatusCode, pub T);
+pub struct Reply<T>(pub StatusCode, pub T);
 
 /// 200 with `data`.
-pub fn ok<T: Serialize>(data: T) -> Ok<T> {
-    Ok(StatusCode::OK, data)
+pub fn ok<T: Serialize>(data: T) -> Reply<T> {
+    Reply(StatusCode::OK, data)
 }
 
 /// 201 with `data`.
-pub fn created<T: Serialize>(data: T) -> Ok<T> {
-    Ok(StatusCode::CREATED, data)
+pub fn created<T: Serialize>(data: T) -> Reply<T> {
+    Reply(StatusCode::CREATED, data)
 }
 
 #[derive(Serialize)]
@@ -24,7 +24,7 @@ struct Success<T> {
     data: T,
 }
 
-impl<T: Serialize> IntoResponse for Ok<T> {
+impl<T: Serialize> IntoResponse for Reply<T> {
     fn into_response(self) -> Response {
         (self.0, axum::Json(Success { success: true, data: self.1 })).into_response()
     }

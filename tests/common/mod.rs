@@ -171,6 +171,10 @@ impl TestApp {
 
     pub async fn spawn_with(options: Options) -> Self {
         let (config, database_url, sqlite_dir) = test_config(&options).await;
+        if std::env::var_os("DISPATCHD_TEST_LOG").is_some() {
+            // Logs of the server under test, for debugging: DISPATCHD_TEST_LOG=1 cargo test ...
+            dispatchd::telemetry::init_tracing(&config.log, dispatchd::telemetry::LogTarget::Stderr);
+        }
         let app = App::build(config, options.clock.clone()).await.expect("the app builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -272,7 +276,9 @@ async fn test_config(options: &Options) -> (Config, Option<String>, Option<tempf
         .merge(Serialized::global("auth.jwt_secret", TEST_JWT_SECRET))
         .merge(Serialized::global("rate_limit.requests_per_minute", 100_000))
         .merge(Serialized::global("redis.health_interval_ms", 50))
-        .merge(Serialized::global("server.shutdown_timeout_secs", 5));
+        .merge(Serialized::global("server.shutdown_timeout_secs", 5))
+        // Tests run due jobs themselves (`state.jobs.run_due()`), after moving their clock.
+        .merge(Serialized::global("jobs.poll_interval_ms", 3_600_000));
     let (database_url, sqlite_dir) = match &options.database {
         Database::FreshPostgres => (Some(fresh_postgres_database().await), None),
         Database::Postgres(url) => (Some(url.clone()), None),

@@ -43,7 +43,7 @@ impl StoreTx for super::TxImpl {
         if claimed.rows_affected() == 1 {
             return Ok(None);
         }
-        let (request_hash, status, body): (Vec<u8>, Option<i32>, Option<sqlx::types::Json<Value>>) = sqlx::query_as(
+        let (request_hash, status, body): (Vec<u8>, Option<i16>, Option<sqlx::types::Json<Value>>) = sqlx::query_as(
             "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2",
         )
         .bind(user.0)
@@ -64,7 +64,7 @@ impl StoreTx for super::TxImpl {
         )
         .bind(user.0)
         .bind(key)
-        .bind(i32::from(status))
+        .bind(i16::try_from(status).unwrap_or(i16::MAX))
         .bind(sqlx::types::Json(body))
         .execute(&mut *self.tx)
         .await?;

@@ -1,0 +1,135 @@
+//! `/api/v1/quotes` and `/api/v1/orders/*`.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::domain::orders::OrderStatus;
+use crate::domain::{LatLng, VehicleType};
+use crate::error::{Error, Result};
+use crate::http::extract::{Json, Path, Query};
+use crate::http::response::{Page, Reply, created, ok};
+use crate::ids::OrderId;
+use crate::orders::{CreateOrder, Creation, QuoteRequest};
+use crate::store::PageRequest;
+
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteBody {
+    pickup: LatLng,
+    drop: LatLng,
+    vehicle_type: VehicleType,
+    #[serde(default)]
+    coupon_code: Option<String>,
+}
+
+pub async fn quote(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<QuoteBody>,
+) -> Result<impl IntoResponse> {
+    let request = QuoteRequest {
+        pickup: body.pickup,
+        drop: body.drop,
+        vehicle: body.vehicle_type,
+        coupon_code: body.coupon_code,
+    };
+    Ok(ok(state.orders.quote(&caller, request).await?))
+}
+
+/// `POST /orders`, honouring an `Idempotency-Key` header.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Json(body): Json<CreateOrder>,
+) -> Result<impl IntoResponse> {
+    let key = idempotency_key(&headers)?;
+    match state.orders.create(&caller, body, key.as_deref()).await? {
+        Creation::Created(order) => Ok(created(serde_json::to_value(order).map_err(anyhow::Error::from)?)),
+        Creation::Replayed { status, body } => {
+            Ok(Reply(StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED), body))
+        }
+    }
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters, or absent.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|key| (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()));
+    match key {
+        Some(key) => Ok(Some(key.to_owned())),
+        None => Err(Error::validation("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
+    }
+}
+
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<OrderId>) -> Result<impl IntoResponse> {
+    Ok(ok(state.orders.get(&caller, id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<OrderStatus>,
+    cursor: Option<OrderId>,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<impl IntoResponse> {
+    let limit = page_limit(query.limit)?;
+    let page = PageRequest { before: query.cursor, limit: limit + 1 };
+    let orders = state.orders.list(&caller, query.status, page).await?;
+    Ok(ok(Page::from_overfetch(orders, limit, |order| order.id.to_string())))
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<OrderId>,
+) -> Result<impl IntoResponse> {
+    Ok(ok(state.orders.cancel(&caller, id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after_seq: Option<i32>,
+    limit: Option<u32>,
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<OrderId>,
+    Query(query): Query<EventsQuery>,
+) -> Result<impl IntoResponse> {
+    let limit = page_limit(query.limit.or(Some(MAX_LIMIT)))?;
+    let after = query.after_seq.unwrap_or(0);
+    if after < 0 {
+        return Err(Error::validation("after_seq", "must not be negative"));
+    }
+    Ok(ok(state.orders.events(&caller, id, after, limit).await?))
+}
+
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Error::validation("limit", format!("must be between 1 and {MAX_LIMIT}")))
+    }
+}

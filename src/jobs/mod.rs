@@ -1,0 +1,144 @@
+//! The job worker: runs durable jobs (see [`crate::store::jobs`]) when they are due.
+//!
+//! Jobs are rows written in the same transaction as the change that needs them, so a crash
+//! between the change and the work loses nothing: after a restart the worker finds the row.
+//! A worker claims due jobs with a lease (a job whose worker died is claimed again once the
+//! lease runs out), runs each through the handler registered for its kind, and records the
+//! outcome: done, retry with exponential backoff, or failed for good after `max_attempts`.
+//! Several workers (on several nodes) never run the same job at once. Handlers must be
+//! idempotent: a job may run again if its worker dies after the work but before recording it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use async_trait::async_trait;
+use chrono::Duration;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::error::Result;
+use crate::store::{Job, JobOutcome, Store};
+
+/// `[jobs]` configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    pub poll_interval_ms: u64,
+    pub batch_size: u32,
+    pub lease_secs: u64,
+    pub backoff_secs: u64,
+    pub max_backoff_secs: u64,
+}
+
+/// Runs jobs of some kinds.
+#[async_trait]
+pub trait JobHandler: Send + Sync {
+    async fn run(&self, job: &Job) -> Result<()>;
+}
+
+pub struct Worker {
+    store: Arc<dyn Store>,
+    clock: Clock,
+    config: JobsConfig,
+    handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
+}
+
+impl Worker {
+    pub fn new(store: Arc<dyn Store>, clock: Clock, config: JobsConfig) -> Self {
+        Self { store, clock, config, handlers: HashMap::new() }
+    }
+
+    /// Routes jobs of `kind` to `handler`.
+    pub fn register(&mut self, kind: &'static str, handler: Arc<dyn JobHandler>) {
+        self.handlers.insert(kind, handler);
+    }
+
+    /// Polls every `poll_interval_ms` until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let period = StdDuration::from_millis(self.config.poll_interval_ms);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {
+                    if let Err(err) = self.run_due().await {
+                        tracing::warn!(error = %err, "job worker could not claim jobs");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims and runs every job due now; returns how many ran.
+    pub async fn run_due(&self) -> Result<usize> {
+        let mut ran = 0;
+        loop {
+            let lease = seconds(self.config.lease_secs);
+            let jobs = self.store.claim_jobs(self.clock.now(), self.config.batch_size, lease).await?;
+            if jobs.is_empty() {
+                self.record_stats().await;
+                return Ok(ran);
+            }
+            for job in jobs {
+                let outcome = self.execute(&job).await;
+                self.store.finish_job(job.id, &outcome, self.clock.now()).await?;
+                ran += 1;
+            }
+        }
+    }
+
+    async fn execute(&self, job: &Job) -> JobOutcome {
+        if job.attempts > job.max_attempts {
+            return JobOutcome::Failed { error: format!("gave up after {} attempts", job.max_attempts) };
+        }
+        // An unknown kind may belong to a newer version of the server on another node:
+        // retrying lets that node run it.
+        let result = match self.handlers.get(job.kind.as_str()) {
+            Some(handler) => handler.run(job).await,
+            None => Err(anyhow::anyhow!("no handler for job kind {}", job.kind).into()),
+        };
+        self.outcome(job, result)
+    }
+
+    fn outcome(&self, job: &Job, result: Result<()>) -> JobOutcome {
+        let outcome = match result {
+            Ok(()) => JobOutcome::Done,
+            Err(err) if job.attempts >= job.max_attempts => JobOutcome::Failed { error: err.to_string() },
+            Err(err) => JobOutcome::Retry { at: self.clock.now() + self.backoff(job.attempts), error: err.to_string() },
+        };
+        let label = match &outcome {
+            JobOutcome::Done => "done",
+            JobOutcome::Retry { error, .. } => {
+                tracing::warn!(job = %job.id, kind = %job.kind, attempt = job.attempts, error = %error, "job failed; will retry");
+                "retry"
+            }
+            JobOutcome::Failed { error } => {
+                tracing::error!(job = %job.id, kind = %job.kind, error = %error, "job failed for good");
+                "failed"
+            }
+        };
+        metrics::counter!("jobs_runs_total", "kind" => job.kind.clone(), "outcome" => label).increment(1);
+        outcome
+    }
+
+    /// `backoff_secs × 2^(attempt − 1)`, at most `max_backoff_secs`.
+    fn backoff(&self, attempt: i32) -> Duration {
+        let factor = 1u64 << attempt.clamp(1, 20).saturating_sub(1);
+        seconds(self.config.backoff_secs.saturating_mul(factor).min(self.config.max_backoff_secs))
+    }
+
+    async fn record_stats(&self) {
+        if let Ok(stats) = self.store.job_stats().await {
+            metrics::gauge!("jobs_queued").set(stats.queued as f64);
+            metrics::gauge!("jobs_running").set(stats.running as f64);
+            metrics::gauge!("jobs_failed").set(stats.failed as f64);
+        }
+    }
+}
+
+fn seconds(secs: u64) -> Duration {
+    Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
+}

@@ -1,0 +1,317 @@
+//! Quoting and creating orders.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Caller;
+use crate::domain::money::Coupon;
+use crate::domain::orders::{Fare, Order, OrderStatus, PaymentMethod, PaymentStatus, Place};
+use crate::domain::{LatLng, Role, VehicleType};
+use crate::error::{Error, Result};
+use crate::ids::OrderId;
+use crate::orders::pricing::{Pricing as _, Trip};
+use crate::orders::quotes::QuoteClaims;
+use crate::orders::{Orders, event, push_event, seconds};
+use crate::store::NewJob;
+
+/// Job kinds the orders service enqueues and handles.
+pub const START_SEARCH_JOB: &str = "order.start_search";
+pub const PAYMENT_TIMEOUT_JOB: &str = "order.payment_timeout";
+
+#[derive(Debug, Clone)]
+pub struct QuoteRequest {
+    pub pickup: LatLng,
+    pub drop: LatLng,
+    pub vehicle: VehicleType,
+    pub coupon_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuoteResponse {
+    pub quote_id: String,
+    pub expires_at: DateTime<Utc>,
+    pub vehicle_type: VehicleType,
+    pub fare: Fare,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coupon_code: Option<String>,
+}
+
+/// A new order as the customer asks for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    pub pickup: Place,
+    pub drop: Place,
+    pub vehicle_type: VehicleType,
+    pub payment_method: PaymentMethod,
+    #[serde(default)]
+    pub scheduled_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub coupon_code: Option<String>,
+    #[serde(default)]
+    pub quote_id: Option<String>,
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+impl CreateOrder {
+    /// What identifies this request under an idempotency key: its parsed content, so
+    /// whitespace and key order do not matter.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        Sha256::digest(serde_json::to_vec(self).expect("orders serialize")).into()
+    }
+}
+
+/// What creating an order did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Creation {
+    Created(Box<Order>),
+    /// The idempotency key was used before with the same request: its stored answer.
+    Replayed {
+        status: u16,
+        body: Value,
+    },
+}
+
+impl Orders {
+    /// Prices a trip now and signs the price for `quote_ttl`.
+    pub async fn quote(&self, caller: &Caller, request: QuoteRequest) -> Result<QuoteResponse> {
+        caller.require(&[Role::Customer])?;
+        self.check_area(request.pickup, request.drop)?;
+        let trip = Trip { pickup: request.pickup, drop: request.drop, vehicle: request.vehicle };
+        let fare = self.price(&trip).await?;
+        let now = self.now();
+        let claims = QuoteClaims {
+            id: uuid::Uuid::now_v7(),
+            user: caller.user_id,
+            vehicle: request.vehicle,
+            pickup: [request.pickup.lat(), request.pickup.lng()],
+            drop: [request.drop.lat(), request.drop.lng()],
+            fare: fare.clone(),
+            exp: (now + self.quote_ttl).timestamp(),
+        };
+        let coupon = self.coupon(request.coupon_code.as_deref()).await?;
+        let fare = self.discounted(fare, coupon.as_ref(), now)?;
+        Ok(QuoteResponse {
+            quote_id: self.quotes.sign(&claims),
+            expires_at: now + self.quote_ttl,
+            vehicle_type: request.vehicle,
+            fare,
+            coupon_code: coupon.map(|coupon| coupon.code),
+        })
+    }
+
+    /// Creates an order: fare (the quote's, or priced now), coupon, payment, first events and
+    /// jobs, all in one transaction. With an idempotency key, a repeat of the same request
+    /// returns the first answer and a different request under the same key is refused.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        request: CreateOrder,
+        idempotency_key: Option<&str>,
+    ) -> Result<Creation> {
+        caller.require(&[Role::Customer])?;
+        let now = self.now();
+        let (pickup, drop) = (request.pickup.point(), request.drop.point());
+        self.check_trip(&request, pickup, drop, now)?;
+        let trip = Trip { pickup, drop, vehicle: request.vehicle_type };
+        let (fare, quote_id) = match &request.quote_id {
+            Some(token) => self.quoted_fare(caller, token, &trip, now).map(|(fare, id)| (fare, Some(id)))?,
+            None => (self.price(&trip).await?, None),
+        };
+        let coupon = self.coupon(request.coupon_code.as_deref()).await?;
+        let fare = self.discounted(fare, coupon.as_ref(), now)?;
+        let (mut order, events) = self.new_order(caller, &request, fare, coupon.as_ref(), now);
+        order.quote_id = quote_id;
+
+        let mut tx = self.store.begin().await?;
+        if let Some(key) = idempotency_key
+            && let Some(replay) = tx.claim_idempotency_key(caller.user_id, key, &request.fingerprint(), now).await?
+        {
+            if replay.request_hash != request.fingerprint() {
+                return Err(Error::Unprocessable {
+                    code: "IDEMPOTENCY_KEY_REUSED",
+                    message: "this Idempotency-Key was used for a different request".into(),
+                });
+            }
+            return Ok(Creation::Replayed { status: replay.status, body: replay.body });
+        }
+        tx.insert_order(&order, self.demand_cell(pickup), coupon.as_ref()).await?;
+        if let Some(coupon) = &coupon {
+            tx.redeem_coupon(coupon, caller.user_id, order.id, now).await?;
+        }
+        if order.payment_method == PaymentMethod::Wallet && order.fare.total_paise > 0 {
+            tx.debit_wallet(caller.user_id, order.fare.total_paise, order.id, now).await?;
+        }
+        tx.append_events(&events).await?;
+        for job in self.jobs_for(&order, now) {
+            tx.enqueue(&job, now).await?;
+        }
+        if let Some(key) = idempotency_key {
+            let body = serde_json::to_value(&order).map_err(anyhow::Error::from)?;
+            tx.save_idempotent_response(caller.user_id, key, 201, &body).await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("orders_created_total", "payment_method" => order.payment_method.as_str()).increment(1);
+        Ok(Creation::Created(Box::new(order)))
+    }
+
+    /// Checks places, times and notes before anything is priced.
+    fn check_trip(&self, request: &CreateOrder, pickup: LatLng, drop: LatLng, now: DateTime<Utc>) -> Result<()> {
+        self.check_area(pickup, drop)?;
+        if pickup == drop {
+            return Err(Error::validation("drop", "must differ from the pickup"));
+        }
+        if let Some(at) = request.scheduled_at {
+            let earliest = now + seconds(self.config.min_schedule_lead_secs);
+            let latest = now + seconds(self.config.max_schedule_ahead_secs);
+            if at < earliest || at > latest {
+                return Err(Error::validation(
+                    "scheduled_at",
+                    format!("must be between {earliest} and {latest} (or absent, for now)"),
+                ));
+            }
+        }
+        if request.notes.as_ref().is_some_and(|notes| notes.chars().count() > 500) {
+            return Err(Error::validation("notes", "must be at most 500 characters"));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_area(&self, pickup: LatLng, drop: LatLng) -> Result<()> {
+        for (field, point) in [("pickup", pickup), ("drop", drop)] {
+            if !self.area.contains(point) {
+                return Err(Error::Unprocessable {
+                    code: "OUTSIDE_SERVICE_AREA",
+                    message: format!("the {field} is outside the area we serve"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The fare now: tariff and current surge around the pickup.
+    async fn price(&self, trip: &Trip) -> Result<Fare> {
+        let demand = self.store.open_demand(self.demand_cell(trip.pickup), trip.vehicle).await?;
+        let supply = self.grid.supply_at(trip.pickup).of(trip.vehicle).available;
+        let surge = self.surge.multiplier_milli(demand, i64::from(supply));
+        Ok(self.pricing.price(trip, surge))
+    }
+
+    fn quoted_fare(&self, caller: &Caller, token: &str, trip: &Trip, now: DateTime<Utc>) -> Result<(Fare, uuid::Uuid)> {
+        let quote = self.quotes.verify(token, now)?;
+        if !quote.covers(caller.user_id, trip.vehicle, trip.pickup, trip.drop) {
+            return Err(Error::Unprocessable {
+                code: "QUOTE_MISMATCH",
+                message: "the quote was for another trip, vehicle or customer".into(),
+            });
+        }
+        Ok((quote.fare, quote.id))
+    }
+
+    /// The coupon for a code the customer typed (codes are case-insensitive).
+    async fn coupon(&self, code: Option<&str>) -> Result<Option<Coupon>> {
+        let Some(code) = code.map(str::trim).filter(|code| !code.is_empty()) else {
+            return Ok(None);
+        };
+        match self.store.coupon_by_code(&code.to_uppercase()).await? {
+            Some(coupon) => Ok(Some(coupon)),
+            None => Err(Error::Unprocessable { code: "COUPON_NOT_FOUND", message: format!("no coupon {code:?}") }),
+        }
+    }
+
+    fn discounted(&self, fare: Fare, coupon: Option<&Coupon>, now: DateTime<Utc>) -> Result<Fare> {
+        let discount = match coupon {
+            Some(coupon) => coupon
+                .discount(fare.fare_paise, now)
+                .map_err(|(code, message)| Error::Unprocessable { code, message })?,
+            None => 0,
+        };
+        Ok(self.pricing.with_discount(fare, discount))
+    }
+
+    /// The order as it will be stored, with its first events.
+    fn new_order(
+        &self,
+        caller: &Caller,
+        request: &CreateOrder,
+        fare: Fare,
+        coupon: Option<&Coupon>,
+        now: DateTime<Utc>,
+    ) -> (Order, Vec<crate::domain::orders::OrderEvent>) {
+        let payment_status = match request.payment_method {
+            PaymentMethod::Wallet => PaymentStatus::Paid,
+            PaymentMethod::Cash => PaymentStatus::Unpaid,
+            PaymentMethod::Card | PaymentMethod::Upi => PaymentStatus::Pending,
+        };
+        let mut order = Order {
+            id: OrderId::new(),
+            customer_id: caller.user_id,
+            pilot_id: None,
+            vehicle_type: request.vehicle_type,
+            status: OrderStatus::Pending,
+            cancel_reason: None,
+            pickup: request.pickup.clone(),
+            drop: request.drop.clone(),
+            payment_method: request.payment_method,
+            payment_status,
+            fare,
+            refunded_paise: 0,
+            coupon_code: coupon.map(|coupon| coupon.code.clone()),
+            quote_id: None,
+            scheduled_at: request.scheduled_at,
+            notes: request.notes.clone().filter(|notes| !notes.trim().is_empty()),
+            last_event_seq: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let created = json!({
+            "total_paise": order.fare.total_paise,
+            "payment_method": order.payment_method,
+            "scheduled_at": order.scheduled_at,
+        });
+        let mut events = vec![push_event(&mut order, event("created", Some(caller), created), now)];
+        if self.ready_to_search(&order, now) {
+            order.status = OrderStatus::SearchingDriver;
+            events.push(push_event(&mut order, event(OrderStatus::SearchingDriver.as_str(), None, json!({})), now));
+        }
+        (order, events)
+    }
+
+    /// Whether a pending order may look for a pilot now: paid (or cash) and due.
+    pub(super) fn ready_to_search(&self, order: &Order, now: DateTime<Utc>) -> bool {
+        let settled = matches!(order.payment_status, PaymentStatus::Paid)
+            || (order.payment_method == PaymentMethod::Cash && order.payment_status == PaymentStatus::Unpaid);
+        let due = order.scheduled_at.is_none_or(|at| at - seconds(self.config.search_lead_secs) <= now);
+        order.status == OrderStatus::Pending && settled && due
+    }
+
+    /// The durable follow-ups a new order needs.
+    fn jobs_for(&self, order: &Order, now: DateTime<Utc>) -> Vec<NewJob> {
+        let mut jobs = Vec::new();
+        let payload = json!({ "order_id": order.id });
+        if let Some(at) = order.scheduled_at {
+            let run_at = (at - seconds(self.config.search_lead_secs)).max(now);
+            jobs.push(
+                NewJob::new(START_SEARCH_JOB, payload.clone(), run_at).dedupe(format!("start_search:{}", order.id)),
+            );
+        }
+        if order.payment_status == PaymentStatus::Pending {
+            let run_at = now + seconds(self.config.payment_timeout_secs);
+            jobs.push(
+                NewJob::new(PAYMENT_TIMEOUT_JOB, payload, run_at).dedupe(format!("payment_timeout:{}", order.id)),
+            );
+        }
+        jobs
+    }
+}
+
+impl Orders {
+    /// The coarse cell open orders are counted in for surge: the grid's supply cell.
+    fn demand_cell(&self, point: LatLng) -> i64 {
+        let cell = h3o::LatLng::new(point.lat(), point.lng()).expect("valid").to_cell(self.grid.supply_resolution());
+        i64::try_from(u64::from(cell)).expect("H3 indexes fit in 63 bits")
+    }
+}

@@ -1,0 +1,154 @@
+//! Changes to existing orders: cancellation with its refund, and the system's own steps
+//! (start searching when a scheduled order is due, give up on unpaid orders).
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::auth::Caller;
+use crate::domain::Role;
+use crate::domain::money::LedgerKind;
+use crate::domain::orders::{CancelReason, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus};
+use crate::error::{Error, Result};
+use crate::ids::OrderId;
+use crate::orders::{Orders, event, not_found, push_event, save, visible};
+use crate::store::{NewJob, StoreTx, WalletCredit};
+
+/// Job kind: refund a gateway payment (the payload names the order and the amount).
+pub const GATEWAY_REFUND_JOB: &str = "payment.refund";
+
+impl Orders {
+    /// Cancels an order for its customer (or staff), refunding what was paid minus the
+    /// cancellation fee once a pilot was assigned.
+    pub async fn cancel(&self, caller: &Caller, id: OrderId) -> Result<Order> {
+        caller.require(&[Role::Customer, Role::Dispatcher, Role::Admin])?;
+        let reason = if caller.role == Role::Customer { CancelReason::Customer } else { CancelReason::Dispatcher };
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
+        visible(caller, &order)?;
+        let fee = if reason == CancelReason::Customer && order.pilot_id.is_some() {
+            self.config.cancellation_fee_paise
+        } else {
+            0
+        };
+        let events = cancel_in(&mut *tx, &mut order, reason, fee, Some(caller), now).await?;
+        tx.commit().await?;
+        metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
+        publish(&order, &events);
+        Ok(order)
+    }
+
+    /// Job: a scheduled order is due; start searching if it is paid (or cash).
+    pub async fn start_search(&self, id: OrderId) -> Result<()> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let Some(mut order) = tx.lock_order(id).await? else { return Ok(()) };
+        if !self.ready_to_search(&order, now) {
+            return Ok(());
+        }
+        let before = (order.status, order.last_event_seq);
+        order.status = OrderStatus::SearchingDriver;
+        let events = vec![push_event(&mut order, event(OrderStatus::SearchingDriver.as_str(), None, json!({})), now)];
+        save(&mut *tx, &order, before, &events).await?;
+        tx.commit().await?;
+        publish(&order, &events);
+        Ok(())
+    }
+
+    /// Job: a card or UPI order still unpaid when its time ran out is cancelled.
+    pub async fn payment_timeout(&self, id: OrderId) -> Result<()> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let Some(mut order) = tx.lock_order(id).await? else { return Ok(()) };
+        if order.status != OrderStatus::Pending || order.payment_status != PaymentStatus::Pending {
+            return Ok(());
+        }
+        let events = cancel_in(&mut *tx, &mut order, CancelReason::PaymentFailed, 0, None, now).await?;
+        tx.commit().await?;
+        metrics::counter!("orders_cancelled_total", "reason" => CancelReason::PaymentFailed.as_str()).increment(1);
+        publish(&order, &events);
+        Ok(())
+    }
+}
+
+/// Cancels `order` inside `tx`: refund (wallet credit, or a gateway refund job), coupon
+/// released, status and event written. Returns the new events.
+pub(super) async fn cancel_in(
+    tx: &mut dyn StoreTx,
+    order: &mut Order,
+    reason: CancelReason,
+    fee_paise: i64,
+    caller: Option<&Caller>,
+    now: DateTime<Utc>,
+) -> Result<Vec<OrderEvent>> {
+    if !order.status.can_become(OrderStatus::Cancelled) {
+        return Err(Error::conflict("INVALID_TRANSITION", format!("a {} order cannot be cancelled", order.status)));
+    }
+    let before = (order.status, order.last_event_seq);
+    let paid = if order.payment_status == PaymentStatus::Paid { order.fare.total_paise } else { 0 };
+    let fee = fee_paise.clamp(0, paid);
+    let refund = paid - fee;
+    if refund > 0 {
+        refund_in(tx, order, refund, now).await?;
+        order.refunded_paise = refund;
+        if fee == 0 {
+            order.payment_status = PaymentStatus::Refunded;
+        }
+    }
+    if order.coupon_code.is_some() {
+        tx.release_coupon(order.id).await?;
+    }
+    order.status = OrderStatus::Cancelled;
+    order.cancel_reason = Some(reason);
+    let data = json!({ "reason": reason, "refund_paise": refund, "fee_paise": fee });
+    let events = vec![push_event(order, event(OrderStatus::Cancelled.as_str(), caller, data), now)];
+    save(tx, order, before, &events).await?;
+    Ok(events)
+}
+
+/// Sends `amount` back the way it came: into the wallet, or through the gateway (a job, so
+/// a slow or failing gateway delays the refund but never loses it).
+pub(super) async fn refund_in(tx: &mut dyn StoreTx, order: &Order, amount: i64, now: DateTime<Utc>) -> Result<()> {
+    match order.payment_method {
+        PaymentMethod::Wallet => {
+            let credit = WalletCredit {
+                user: order.customer_id,
+                kind: LedgerKind::Refund,
+                amount_paise: amount,
+                reference: Some(format!("order-refund:{}", order.id)),
+                order: Some(order.id),
+            };
+            tx.credit_wallet(&credit, now).await?;
+        }
+        PaymentMethod::Card | PaymentMethod::Upi => {
+            let payload = json!({ "order_id": order.id, "amount_paise": amount });
+            let job = NewJob::new(GATEWAY_REFUND_JOB, payload, now).dedupe(format!("refund:{}", order.id));
+            tx.enqueue(&job, now).await?;
+        }
+        PaymentMethod::Cash => {}
+    }
+    Ok(())
+}
+
+/// Logs committed events, one line each, so an order's history can be followed in the logs.
+fn publish(order: &Order, events: &[OrderEvent]) {
+    for event in events {
+        tracing::info!(order_id = %order.id, seq = event.seq, event = %event.kind, "order event");
+    }
+}
+
+/// Runs the orders service's jobs.
+pub struct OrderJobs(pub std::sync::Arc<Orders>);
+
+#[async_trait::async_trait]
+impl crate::jobs::JobHandler for OrderJobs {
+    async fn run(&self, job: &crate::store::Job) -> Result<()> {
+        let id: OrderId = serde_json::from_value(job.payload["order_id"].clone())
+            .map_err(|err| anyhow::anyhow!("job {} has no order_id: {err}", job.id))?;
+        match job.kind.as_str() {
+            crate::orders::create::START_SEARCH_JOB => self.0.start_search(id).await,
+            crate::orders::create::PAYMENT_TIMEOUT_JOB => self.0.payment_timeout(id).await,
+            other => Err(anyhow::anyhow!("the orders service does not run {other} jobs").into()),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Orders: quotes, creation (with coupon, wallet debit and idempotency), reading, and every
+//! change of state afterwards.
+//!
+//! Invariants:
+//! * every change of an order is one transaction with its event (next `seq`), its money
+//!   (wallet debit or refund, coupon use or release) and the jobs it needs;
+//! * status changes go through [`OrderStatus::can_become`] and are written with a
+//!   compare-and-set on the status and seq read, so two concurrent changes cannot both win;
+//! * only the customer, the assigned pilot and staff see an order; anyone else gets 404.
+
+mod create;
+mod lifecycle;
+pub mod pricing;
+pub mod quotes;
+pub mod service_area;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::auth::Caller;
+use crate::clock::Clock;
+use crate::domain::Role;
+use crate::domain::orders::{ActorRole, NewEvent, Order, OrderEvent, OrderStatus};
+use crate::error::{Error, Result};
+use crate::grid::PilotIndex;
+use crate::ids::OrderId;
+use crate::store::{OrderFilter, PageRequest, Store, StoreTx};
+pub use create::{CreateOrder, Creation, PAYMENT_TIMEOUT_JOB, QuoteRequest, QuoteResponse, START_SEARCH_JOB};
+pub use lifecycle::{GATEWAY_REFUND_JOB, OrderJobs};
+use pricing::{PricingConfig, SurgeConfig, TariffPricing};
+use quotes::QuoteSigner;
+use service_area::ServiceArea;
+
+/// `[orders]` configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersConfig {
+    /// A scheduled order must be at least this far ahead.
+    pub min_schedule_lead_secs: u64,
+    /// And at most this far.
+    pub max_schedule_ahead_secs: u64,
+    /// Matching starts this long before a scheduled order's time.
+    pub search_lead_secs: u64,
+    /// Card and UPI orders not paid within this are cancelled.
+    pub payment_timeout_secs: u64,
+    /// Kept when a customer cancels after a pilot was assigned.
+    pub cancellation_fee_paise: i64,
+}
+
+/// The orders service. Share it behind an `Arc`.
+pub struct Orders {
+    store: Arc<dyn Store>,
+    grid: Arc<PilotIndex>,
+    clock: Clock,
+    pricing: TariffPricing,
+    surge: SurgeConfig,
+    area: ServiceArea,
+    quotes: QuoteSigner,
+    quote_ttl: Duration,
+    config: OrdersConfig,
+}
+
+impl Orders {
+    pub fn new(
+        store: Arc<dyn Store>,
+        grid: Arc<PilotIndex>,
+        clock: Clock,
+        pricing: &PricingConfig,
+        area: ServiceArea,
+        config: OrdersConfig,
+        secret: &[u8],
+    ) -> Self {
+        Self {
+            store,
+            grid,
+            clock,
+            pricing: TariffPricing::new(pricing),
+            surge: pricing.surge.clone(),
+            area,
+            quotes: QuoteSigner::new(secret),
+            quote_ttl: seconds(pricing.quote_ttl_secs),
+            config,
+        }
+    }
+
+    /// An order the caller may see.
+    pub async fn get(&self, caller: &Caller, id: OrderId) -> Result<Order> {
+        let order = self.store.order(id).await?.ok_or_else(not_found)?;
+        visible(caller, &order)?;
+        Ok(order)
+    }
+
+    /// The caller's orders (all orders for staff), newest first.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        status: Option<OrderStatus>,
+        page: PageRequest<OrderId>,
+    ) -> Result<Vec<Order>> {
+        let mut filter = OrderFilter { status, ..OrderFilter::default() };
+        match caller.role {
+            Role::Customer => filter.customer = Some(caller.user_id),
+            Role::Pilot => filter.pilot = Some(caller.user_id),
+            Role::Dispatcher | Role::Admin => {}
+        }
+        self.store.list_orders(&filter, page).await
+    }
+
+    /// What happened to an order after `after_seq`, oldest first.
+    pub async fn events(&self, caller: &Caller, id: OrderId, after_seq: i32, limit: u32) -> Result<Vec<OrderEvent>> {
+        self.get(caller, id).await?;
+        self.store.order_events(id, after_seq, limit).await
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+}
+
+fn not_found() -> Error {
+    Error::not_found("ORDER_NOT_FOUND", "no such order")
+}
+
+/// Whether `caller` may see `order`; 404 (not 403) otherwise, so ids cannot be probed.
+fn visible(caller: &Caller, order: &Order) -> Result<()> {
+    let allowed = match caller.role {
+        Role::Customer => order.customer_id == caller.user_id,
+        Role::Pilot => order.pilot_id == Some(caller.user_id),
+        Role::Dispatcher | Role::Admin => true,
+    };
+    if allowed { Ok(()) } else { Err(not_found()) }
+}
+
+fn seconds(secs: u64) -> Duration {
+    Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
+}
+
+/// Appends an event to `order` (advancing its seq) and returns it.
+fn push_event(order: &mut Order, event: NewEvent, now: DateTime<Utc>) -> OrderEvent {
+    order.last_event_seq += 1;
+    order.updated_at = now;
+    OrderEvent {
+        order_id: order.id,
+        seq: order.last_event_seq,
+        kind: event.kind,
+        actor_id: event.actor_id,
+        actor_role: Some(event.actor_role),
+        data: event.data,
+        created_at: now,
+    }
+}
+
+/// An event by `caller`, or by the system when `None`.
+fn event(kind: &str, caller: Option<&Caller>, data: Value) -> NewEvent {
+    NewEvent {
+        kind: kind.to_owned(),
+        actor_id: caller.map(|caller| caller.user_id),
+        actor_role: caller.map_or(ActorRole::System, |caller| caller.role.into()),
+        data,
+    }
+}
+
+/// Writes a changed order and its new events, if nobody changed it since `before`.
+async fn save(tx: &mut dyn StoreTx, order: &Order, before: (OrderStatus, i32), events: &[OrderEvent]) -> Result<()> {
+    if !tx.update_order(order, before.0, before.1).await? {
+        return Err(Error::conflict("ORDER_CHANGED", "the order changed meanwhile; read it again and retry"));
+    }
+    tx.append_events(events).await
+}

@@ -1,0 +1,412 @@
+//! Orders over HTTP against real Postgres: quotes, creation, idempotency, coupons, wallet
+//! races, cancellation and refunds, ownership, scheduled orders and their jobs.
+
+mod common;
+
+use chrono::Duration as Span;
+use common::{Database, Options, Session, TestApp};
+use dispatchd::clock::Clock;
+use dispatchd::domain::Role;
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const PICKUP: (f64, f64) = (12.9716, 77.5946);
+const DROP: (f64, f64) = (13.0100, 77.6200);
+
+fn place(point: (f64, f64), address: &str) -> Value {
+    json!({ "lat": point.0, "lng": point.1, "address": address })
+}
+
+fn order_body(payment: &str) -> Value {
+    json!({
+        "pickup": place(PICKUP, "MG Road metro"),
+        "drop": place(DROP, "Hebbal flyover"),
+        "vehicle_type": "bike",
+        "payment_method": payment,
+    })
+}
+
+async fn create(app: &TestApp, who: &Session, body: Value) -> common::Reply {
+    app.post("/api/v1/orders", body, Some(&who.access)).await
+}
+
+async fn create_with_key(app: &TestApp, who: &Session, body: Value, key: &str) -> common::Reply {
+    let request = app.client.post(app.url("/api/v1/orders")).bearer_auth(&who.access).header("idempotency-key", key);
+    app.send(request.json(&body)).await
+}
+
+async fn quote(app: &TestApp, who: &Session) -> Value {
+    let body = json!({ "pickup": { "lat": PICKUP.0, "lng": PICKUP.1 }, "drop": { "lat": DROP.0, "lng": DROP.1 }, "vehicle_type": "bike" });
+    let reply = app.post("/api/v1/quotes", body, Some(&who.access)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.data().clone()
+}
+
+async fn credit(app: &TestApp, admin: &Session, user: &Session, paise: i64) {
+    let path = format!("/api/v1/admin/wallets/{}/credit", user.user_id);
+    let reply = app.post(&path, json!({ "amount_paise": paise }), Some(&admin.access)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+}
+
+async fn balance(app: &TestApp, who: &Session) -> i64 {
+    app.get("/api/v1/wallet", Some(&who.access)).await.data()["balance_paise"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn a_quoted_order_gets_exactly_the_quoted_fare() {
+    let app = TestApp::spawn().await;
+    let customer = app.register("customer").await;
+    let quoted = quote(&app, &customer).await;
+    let fare = &quoted["fare"];
+    assert_eq!(
+        fare["fare_paise"].as_i64().unwrap() - fare["discount_paise"].as_i64().unwrap()
+            + fare["tax_paise"].as_i64().unwrap(),
+        fare["total_paise"].as_i64().unwrap()
+    );
+    assert!(fare["distance_m"].as_i64().unwrap() > 4_000, "{fare}");
+
+    let mut body = order_body("cash");
+    body["quote_id"] = quoted["quote_id"].clone();
+    let reply = create(&app, &customer, body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let order = reply.data();
+    assert_eq!(&order["fare"], fare);
+    assert_eq!(order["status"], "searching_driver", "cash orders look for a pilot at once");
+    assert_eq!(order["payment_status"], "unpaid");
+    assert_eq!(order["last_event_seq"], 2);
+    let events =
+        app.get(&format!("/api/v1/orders/{}/events", order["id"].as_str().unwrap()), Some(&customer.access)).await;
+    let kinds: Vec<&str> =
+        events.data().as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["created", "searching_driver"]);
+    let later = app
+        .get(&format!("/api/v1/orders/{}/events?after_seq=1", order["id"].as_str().unwrap()), Some(&customer.access))
+        .await;
+    assert_eq!(later.data().as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn order_requests_are_checked() {
+    let bengaluru = r#"{"type": "Polygon", "coordinates": [[[77.45, 12.85], [77.75, 12.85], [77.75, 13.10], [77.45, 13.10], [77.45, 12.85]]]}"#;
+    let app = TestApp::spawn_with(Options::default().set("service_area.geojson", bengaluru)).await;
+    let customer = app.register("customer").await;
+    let pilot = app.register("pilot").await;
+
+    let mut mumbai = order_body("cash");
+    mumbai["drop"] = place((19.07, 72.87), "Mumbai");
+    let outside = create(&app, &customer, mumbai).await;
+    assert_eq!((outside.status, outside.error_code()), (StatusCode::UNPROCESSABLE_ENTITY, "OUTSIDE_SERVICE_AREA"));
+
+    let cases = [
+        (json!({ "vehicle_type": "car" }), "vehicle_type"),
+        (json!({ "payment_method": "cheque" }), "payment_method"),
+        (json!({ "pickup": { "lat": 12.9, "lng": 77.6 } }), "pickup.address"),
+        (json!({ "pickup": { "lat": 95, "lng": 77.6, "address": "x" } }), "pickup"),
+        (json!({ "drop": place(PICKUP, "same place") }), "drop"),
+        (json!({ "scheduled_at": "2020-01-01T00:00:00Z" }), "scheduled_at"),
+        (json!({ "notes": "x".repeat(501) }), "notes"),
+    ];
+    for (change, field) in cases {
+        let mut body = order_body("cash");
+        for (key, value) in change.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        let reply = create(&app, &customer, body.clone()).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {:?}", reply.body);
+        assert_eq!(reply.body["error"]["details"]["field"], field, "{body}");
+    }
+    let by_pilot = create(&app, &pilot, order_body("cash")).await;
+    assert_eq!(by_pilot.status, StatusCode::FORBIDDEN);
+    let mut forged = order_body("cash");
+    forged["quote_id"] = json!("q1.e30.AAAA");
+    assert_eq!(create(&app, &customer, forged).await.error_code(), "QUOTE_INVALID");
+    let bad_key = create_with_key(&app, &customer, order_body("cash"), "has space").await;
+    assert_eq!(bad_key.body["error"]["details"]["field"], "Idempotency-Key");
+}
+
+#[tokio::test]
+async fn quotes_hold_only_for_their_trip_and_their_time() {
+    let clock = Clock::manual(chrono::Utc::now());
+    let app = TestApp::spawn_with(Options { clock: clock.clone(), ..Options::default() }).await;
+    let customer = app.register("customer").await;
+    let quoted = quote(&app, &customer).await;
+    let with_quote = |change: &dyn Fn(&mut Value)| {
+        let mut body = order_body("cash");
+        body["quote_id"] = quoted["quote_id"].clone();
+        change(&mut body);
+        body
+    };
+    let other_vehicle = create(&app, &customer, with_quote(&|body| body["vehicle_type"] = json!("auto"))).await;
+    assert_eq!(other_vehicle.error_code(), "QUOTE_MISMATCH");
+    let someone_else = app.register("customer").await;
+    assert_eq!(create(&app, &someone_else, with_quote(&|_| {})).await.error_code(), "QUOTE_MISMATCH");
+    clock.advance(Span::seconds(301));
+    assert_eq!(create(&app, &customer, with_quote(&|_| {})).await.error_code(), "QUOTE_EXPIRED");
+}
+
+#[tokio::test]
+async fn wallet_orders_debit_atomically_and_never_overdraw() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let customer = app.register("customer").await;
+    let total = quote(&app, &customer).await["fare"]["total_paise"].as_i64().unwrap();
+    credit(&app, &admin, &customer, total * 3 + total / 2).await;
+
+    let attempts = (0..12).map(|_| create(&app, &customer, order_body("wallet")));
+    let replies = join_all(attempts).await;
+    let created = replies.iter().filter(|reply| reply.status == StatusCode::CREATED).count();
+    assert_eq!(created, 3, "{replies:?}");
+    for refused in replies.iter().filter(|reply| reply.status != StatusCode::CREATED) {
+        assert_eq!(refused.error_code(), "INSUFFICIENT_BALANCE");
+    }
+    assert_eq!(balance(&app, &customer).await, total / 2);
+    let ledger = app.get("/api/v1/wallet/ledger?limit=100", Some(&customer.access)).await;
+    let entries = ledger.data()["items"].as_array().unwrap();
+    let derived: i64 = entries
+        .iter()
+        .map(|entry| {
+            let amount = entry["amount_paise"].as_i64().unwrap();
+            match entry["kind"].as_str().unwrap() {
+                "debit" => -amount,
+                _ => amount,
+            }
+        })
+        .sum();
+    assert_eq!(derived, total / 2, "the balance is what the ledger adds up to");
+    assert_eq!(entries.iter().filter(|entry| entry["kind"] == "debit").count(), 3);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_creates_one_order() {
+    let app = TestApp::spawn().await;
+    let customer = app.register("customer").await;
+    let first = create_with_key(&app, &customer, order_body("cash"), "order-123").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = create_with_key(&app, &customer, order_body("cash"), "order-123").await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.data()["id"], first.data()["id"], "the same answer, not a second order");
+    let mut different = order_body("cash");
+    different["vehicle_type"] = json!("auto");
+    let reused = create_with_key(&app, &customer, different, "order-123").await;
+    assert_eq!((reused.status, reused.error_code()), (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"));
+
+    let racing = join_all((0..10).map(|_| create_with_key(&app, &customer, order_body("cash"), "order-456"))).await;
+    let ids: std::collections::HashSet<String> =
+        racing.iter().map(|reply| reply.data()["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 1, "concurrent duplicates create one order");
+    let listed = app.get("/api/v1/orders?limit=100", Some(&customer.access)).await;
+    assert_eq!(listed.data()["items"].as_array().unwrap().len(), 2);
+
+    let other = app.register("customer").await;
+    let theirs = create_with_key(&app, &other, order_body("cash"), "order-123").await;
+    assert_ne!(theirs.data()["id"], first.data()["id"], "keys are per customer");
+}
+
+async fn make_coupon(app: &TestApp, admin: &Session, body: Value) -> common::Reply {
+    app.post("/api/v1/admin/coupons", body, Some(&admin.access)).await
+}
+
+#[tokio::test]
+async fn the_last_use_of_a_coupon_goes_to_exactly_one_customer() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let until = (chrono::Utc::now() + Span::days(1)).to_rfc3339();
+    let coupon = make_coupon(
+        &app,
+        &admin,
+        json!({ "code": "last-one", "kind": "flat", "value": 1000, "valid_until": until, "global_limit": 1 }),
+    )
+    .await;
+    assert_eq!(coupon.status, StatusCode::CREATED, "{:?}", coupon.body);
+    assert_eq!(coupon.data()["code"], "LAST-ONE");
+    let customers = join_all((0..8).map(|_| app.register("customer"))).await;
+    let attempts = customers.iter().map(|customer| {
+        let mut body = order_body("cash");
+        body["coupon_code"] = json!("last-one");
+        create(&app, customer, body)
+    });
+    let replies = join_all(attempts).await;
+    let winners: Vec<&common::Reply> = replies.iter().filter(|reply| reply.status == StatusCode::CREATED).collect();
+    assert_eq!(winners.len(), 1, "{replies:?}");
+    assert_eq!(winners[0].data()["fare"]["discount_paise"], 1000);
+    for loser in replies.iter().filter(|reply| reply.status != StatusCode::CREATED) {
+        assert_eq!(loser.error_code(), "COUPON_EXHAUSTED");
+    }
+
+    // Cancelling the winning order gives the use back.
+    let winner_index = replies.iter().position(|reply| reply.status == StatusCode::CREATED).unwrap();
+    let order_id = winners[0].data()["id"].as_str().unwrap();
+    let cancelled =
+        app.post(&format!("/api/v1/orders/{order_id}/cancel"), json!({}), Some(&customers[winner_index].access)).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+    let mut body = order_body("cash");
+    body["coupon_code"] = json!("LAST-ONE");
+    let other = (winner_index + 1) % customers.len();
+    assert_eq!(create(&app, &customers[other], body).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn coupon_rules_apply() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let customer = app.register("customer").await;
+    let until = (chrono::Utc::now() + Span::days(1)).to_rfc3339();
+    let past = (chrono::Utc::now() - Span::days(1)).to_rfc3339();
+    for body in [
+        json!({ "code": "ONCE", "kind": "percent", "value": 50, "max_discount_paise": 2000, "valid_until": until, "per_user_limit": 1 }),
+        json!({ "code": "BIGSPEND", "kind": "flat", "value": 500, "min_order_paise": 10_000_000, "valid_until": until }),
+        json!({ "code": "OLD", "kind": "flat", "value": 500, "valid_from": "2020-01-01T00:00:00Z", "valid_until": past }),
+    ] {
+        assert_eq!(make_coupon(&app, &admin, body).await.status, StatusCode::CREATED);
+    }
+    let with = |code: &str| {
+        let mut body = order_body("cash");
+        body["coupon_code"] = json!(code);
+        body
+    };
+    let first = create(&app, &customer, with("once")).await;
+    assert_eq!(first.data()["fare"]["discount_paise"], 2000, "50% capped at 2000");
+    assert_eq!(create(&app, &customer, with("once")).await.error_code(), "COUPON_ALREADY_USED");
+    assert_eq!(create(&app, &customer, with("bigspend")).await.error_code(), "COUPON_MIN_ORDER");
+    assert_eq!(create(&app, &customer, with("old")).await.error_code(), "COUPON_EXPIRED");
+    assert_eq!(create(&app, &customer, with("nope")).await.error_code(), "COUPON_NOT_FOUND");
+    app.post("/api/v1/admin/coupons/ONCE/disable", json!({}), Some(&admin.access)).await;
+    let someone = app.register("customer").await;
+    assert_eq!(create(&app, &someone, with("once")).await.error_code(), "COUPON_DISABLED");
+
+    for (bad, field) in [
+        (json!({ "code": "X", "kind": "flat", "value": 100, "valid_until": until }), "code"),
+        (json!({ "code": "PCT", "kind": "percent", "value": 150, "valid_until": until }), "value"),
+        (json!({ "code": "BACKWARDS", "kind": "flat", "value": 100, "valid_until": past }), "valid_until"),
+        (
+            json!({ "code": "ZERO", "kind": "flat", "value": 100, "valid_until": until, "global_limit": 0 }),
+            "global_limit",
+        ),
+    ] {
+        assert_eq!(make_coupon(&app, &admin, bad).await.body["error"]["details"]["field"], field);
+    }
+    let taken =
+        make_coupon(&app, &admin, json!({ "code": "once", "kind": "flat", "value": 1, "valid_until": until })).await;
+    assert_eq!(taken.error_code(), "COUPON_CODE_TAKEN");
+    let by_customer =
+        make_coupon(&app, &customer, json!({ "code": "MINE", "kind": "flat", "value": 1, "valid_until": until })).await;
+    assert_eq!(by_customer.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn cancelling_refunds_to_the_wallet_once() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    credit(&app, &admin, &customer, 100_000).await;
+    let order = create(&app, &customer, order_body("wallet")).await;
+    let total = order.data()["fare"]["total_paise"].as_i64().unwrap();
+    assert_eq!(balance(&app, &customer).await, 100_000 - total);
+    let id = order.data()["id"].as_str().unwrap().to_owned();
+
+    let stranger = app.register("customer").await;
+    let theirs = app.post(&format!("/api/v1/orders/{id}/cancel"), json!({}), Some(&stranger.access)).await;
+    assert_eq!((theirs.status, theirs.error_code()), (StatusCode::NOT_FOUND, "ORDER_NOT_FOUND"));
+
+    let cancelled = app.post(&format!("/api/v1/orders/{id}/cancel"), json!({}), Some(&customer.access)).await;
+    let data = cancelled.data();
+    assert_eq!((data["status"].as_str(), data["cancel_reason"].as_str()), (Some("cancelled"), Some("customer")));
+    assert_eq!((data["payment_status"].as_str(), data["refunded_paise"].as_i64()), (Some("refunded"), Some(total)));
+    assert_eq!(balance(&app, &customer).await, 100_000);
+    let again = app.post(&format!("/api/v1/orders/{id}/cancel"), json!({}), Some(&customer.access)).await;
+    assert_eq!((again.status, again.error_code()), (StatusCode::CONFLICT, "INVALID_TRANSITION"));
+    assert_eq!(balance(&app, &customer).await, 100_000, "no second refund");
+    let events = app.get(&format!("/api/v1/orders/{id}/events"), Some(&customer.access)).await;
+    let last = events.data().as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["type"], "cancelled");
+    assert_eq!(last["data"]["refund_paise"], total);
+
+    let cash = create(&app, &customer, order_body("cash")).await;
+    let cash_id = cash.data()["id"].as_str().unwrap();
+    let by_dispatcher =
+        app.post(&format!("/api/v1/orders/{cash_id}/cancel"), json!({}), Some(&dispatcher.access)).await;
+    assert_eq!(by_dispatcher.data()["cancel_reason"], "dispatcher");
+}
+
+#[tokio::test]
+async fn only_the_customer_and_staff_see_an_order() {
+    let app = TestApp::spawn().await;
+    let customer = app.register("customer").await;
+    let stranger = app.register("customer").await;
+    let pilot = app.register("pilot").await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let order = create(&app, &customer, order_body("cash")).await;
+    let path = format!("/api/v1/orders/{}", order.data()["id"].as_str().unwrap());
+    assert_eq!(app.get(&path, Some(&customer.access)).await.status, StatusCode::OK);
+    assert_eq!(app.get(&path, Some(&dispatcher.access)).await.status, StatusCode::OK);
+    for outsider in [&stranger, &pilot] {
+        let reply = app.get(&path, Some(&outsider.access)).await;
+        assert_eq!((reply.status, reply.error_code()), (StatusCode::NOT_FOUND, "ORDER_NOT_FOUND"));
+        let events = app.get(&format!("{path}/events"), Some(&outsider.access)).await;
+        assert_eq!(events.status, StatusCode::NOT_FOUND);
+    }
+    assert_eq!(app.get("/api/v1/orders", Some(&stranger.access)).await.data()["items"], json!([]));
+    let all = app.get("/api/v1/orders?status=searching_driver", Some(&dispatcher.access)).await;
+    assert_eq!(all.data()["items"].as_array().unwrap().len(), 1);
+    let missing = app.get(&format!("/api/v1/orders/{}", uuid::Uuid::now_v7()), Some(&customer.access)).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_scheduled_order_starts_searching_at_its_lead_time_even_after_a_restart() {
+    let clock = Clock::manual(chrono::Utc::now());
+    let mut first = TestApp::spawn_with(Options { clock: clock.clone(), ..Options::default() }).await;
+    let customer = first.register("customer").await;
+    let mut body = order_body("cash");
+    body["scheduled_at"] = json!((clock.now() + Span::hours(1)).to_rfc3339());
+    let order = create(&first, &customer, body).await;
+    assert_eq!(order.status, StatusCode::CREATED, "{:?}", order.body);
+    assert_eq!(order.data()["status"], "pending", "not yet: it is scheduled");
+    let path = format!("/api/v1/orders/{}", order.data()["id"].as_str().unwrap());
+
+    clock.advance(Span::minutes(49));
+    first.state.jobs.run_due().await.unwrap();
+    assert_eq!(first.get(&path, Some(&customer.access)).await.data()["status"], "pending");
+    first.begin_shutdown().await.unwrap().unwrap();
+
+    // A new node on the same database, a minute later: the job is still there and runs.
+    clock.advance(Span::minutes(1));
+    let database = Database::Postgres(first.database_url.clone().unwrap());
+    let second = TestApp::spawn_with(Options { clock: clock.clone(), database, ..Options::default() }).await;
+    assert_eq!(second.state.jobs.run_due().await.unwrap(), 1);
+    let now = second.get(&path, Some(&customer.access)).await;
+    assert_eq!(now.data()["status"], "searching_driver");
+    assert_eq!(second.state.jobs.run_due().await.unwrap(), 0, "done once");
+}
+
+#[tokio::test]
+async fn surge_rises_with_open_orders_and_stops_at_its_cap() {
+    let app = TestApp::spawn_with(Options::default().set("pricing.surge.cap", 1.5)).await;
+    let customer = app.register("customer").await;
+    let calm = quote(&app, &customer).await["fare"]["surge_milli"].as_i64().unwrap();
+    assert_eq!(calm, 1000);
+    for _ in 0..3 {
+        create(&app, &customer, order_body("cash")).await;
+    }
+    let busy = quote(&app, &customer).await["fare"].clone();
+    assert_eq!(busy["surge_milli"], 1500, "3 open orders, no pilots: capped at 1.5");
+    assert!(busy["surge_paise"].as_i64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn the_embedded_store_runs_orders_too() {
+    let app = TestApp::spawn_with(Options { database: Database::Sqlite, ..Options::default() }).await;
+    let admin = app.staff(Role::Admin).await;
+    let customer = app.register("customer").await;
+    credit(&app, &admin, &customer, 50_000).await;
+    let order = create_with_key(&app, &customer, order_body("wallet"), "k1").await;
+    assert_eq!(order.status, StatusCode::CREATED, "{:?}", order.body);
+    let replay = create_with_key(&app, &customer, order_body("wallet"), "k1").await;
+    assert_eq!(replay.data()["id"], order.data()["id"]);
+    let id = order.data()["id"].as_str().unwrap();
+    let cancelled = app.post(&format!("/api/v1/orders/{id}/cancel"), json!({}), Some(&customer.access)).await;
+    assert_eq!(cancelled.data()["status"], "cancelled");
+    assert_eq!(balance(&app, &customer).await, 50_000);
+}
