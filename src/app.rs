@@ -30,6 +30,7 @@ use crate::jobs::Worker;
 use crate::money::Money;
 use crate::orders::service_area::ServiceArea;
 use crate::orders::{OrderJobs, Orders};
+use crate::payments::{Payments, RefundJobs};
 use crate::store::positions::{self, PositionMirror};
 use crate::store::redis::RedisHandle;
 use crate::store::{self, Store};
@@ -49,6 +50,7 @@ pub struct AppState {
     pub fleet: Arc<Fleet>,
     pub orders: Arc<Orders>,
     pub money: Arc<Money>,
+    pub payments: Arc<Payments>,
     /// Runs durable jobs; tests call `run_due` on it to run what the clock made due.
     pub jobs: Arc<Worker>,
 }
@@ -98,11 +100,14 @@ impl App {
             area,
             config.orders.clone(),
             secret.expose_secret().as_bytes(),
+            !config.payments.gateway.is_empty(),
         ));
+        let payments = Arc::new(Payments::new(&config.payments, store.clone(), clock.clone(), orders.clone())?);
         let mut jobs = Worker::new(store.clone(), clock.clone(), config.jobs.clone());
         let order_jobs = Arc::new(OrderJobs(orders.clone()));
         jobs.register(crate::orders::START_SEARCH_JOB, order_jobs.clone());
         jobs.register(crate::orders::PAYMENT_TIMEOUT_JOB, order_jobs);
+        jobs.register(crate::orders::GATEWAY_REFUND_JOB, Arc::new(RefundJobs(payments.clone())));
         let money = Arc::new(Money::new(store.clone(), clock.clone()));
         let state = AppState {
             money,
@@ -116,6 +121,7 @@ impl App {
             grid,
             fleet: Arc::new(fleet),
             orders,
+            payments,
             jobs: Arc::new(jobs),
         };
         Ok(Self { state, mirror })

@@ -35,6 +35,7 @@ pub struct Config {
     pub pricing: crate::orders::pricing::PricingConfig,
     pub orders: crate::orders::OrdersConfig,
     pub service_area: crate::orders::service_area::ServiceAreaConfig,
+    pub payments: crate::payments::PaymentsConfig,
     pub jobs: crate::jobs::JobsConfig,
 }
 
@@ -277,7 +278,48 @@ impl Config {
         }
         crate::orders::service_area::ServiceArea::from_config(&self.service_area)
             .map(|_| ())
-            .map_err(|message| ConfigError::new("service_area", message))
+            .map_err(|message| ConfigError::new("service_area", message))?;
+        self.validate_payments()
+    }
+
+    fn validate_payments(&self) -> Result<(), ConfigError> {
+        let payments = &self.payments;
+        match payments.gateway.as_str() {
+            "" => {}
+            "razorpay"
+                if payments.razorpay.key_id.is_empty() || payments.razorpay.key_secret.expose_secret().is_empty() =>
+            {
+                return Err(ConfigError::new("payments.razorpay.key_secret", "key_id and key_secret are required"));
+            }
+            "stripe" if payments.stripe.secret_key.expose_secret().is_empty() => {
+                return Err(ConfigError::new(
+                    "payments.stripe.secret_key",
+                    "is required when payments.gateway is stripe",
+                ));
+            }
+            "razorpay" | "stripe" => {}
+            _ => return Err(ConfigError::new("payments.gateway", "must be \"razorpay\", \"stripe\" or \"\"")),
+        }
+        // A gateway whose webhooks cannot be verified must not be half set up: its payments
+        // would never be confirmed, and an empty secret would sign anyone's forgery.
+        let razorpay = &payments.razorpay;
+        if (!razorpay.key_id.is_empty() || !razorpay.key_secret.expose_secret().is_empty())
+            && razorpay.webhook_secret.expose_secret().is_empty()
+        {
+            return Err(ConfigError::new("payments.razorpay.webhook_secret", "is required when Razorpay keys are set"));
+        }
+        if !payments.stripe.secret_key.expose_secret().is_empty()
+            && payments.stripe.webhook_secret.expose_secret().is_empty()
+        {
+            return Err(ConfigError::new("payments.stripe.webhook_secret", "is required when a Stripe key is set"));
+        }
+        if payments.currency.len() != 3 || !payments.currency.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(ConfigError::new("payments.currency", "must be a three-letter ISO 4217 code"));
+        }
+        if payments.timeout_secs == 0 {
+            return Err(ConfigError::new("payments.timeout_secs", "must be greater than 0"));
+        }
+        Ok(())
     }
 
     fn validate_grid(&self) -> Result<(), ConfigError> {
@@ -428,6 +470,14 @@ mod tests {
         assert_eq!(err.key, "auth.jwt_secret");
         let short = with("auth.jwt_secret", "short").unwrap_err();
         assert_eq!(short.key, "auth.jwt_secret");
+    }
+
+    #[test]
+    fn gateway_keys_need_a_webhook_secret() {
+        let err = with("payments.stripe.secret_key", "sk_test_1").unwrap_err();
+        assert_eq!(err.key, "payments.stripe.webhook_secret");
+        let err = with("payments.razorpay.key_id", "rzp_test_1").unwrap_err();
+        assert_eq!(err.key, "payments.razorpay.webhook_secret");
     }
 
     #[test]

@@ -43,5 +43,6 @@ pub mod ids;
 pub mod jobs;
 pub mod money;
 pub mod orders;
+pub mod payments;
 pub mod store;
 pub mod telemetry;

@@ -141,8 +141,14 @@ async fn quotes_hold_only_for_their_trip_and_their_time() {
     assert_eq!(other_vehicle.error_code(), "QUOTE_MISMATCH");
     let someone_else = app.register("customer").await;
     assert_eq!(create(&app, &someone_else, with_quote(&|_| {})).await.error_code(), "QUOTE_MISMATCH");
+    let kept = create_with_key(&app, &customer, with_quote(&|_| {}), "quoted-1").await;
+    assert_eq!(kept.status, StatusCode::CREATED, "{:?}", kept.body);
     clock.advance(Span::seconds(301));
     assert_eq!(create(&app, &customer, with_quote(&|_| {})).await.error_code(), "QUOTE_EXPIRED");
+    // A retry of the order made while the quote held still gets that order, not an error
+    // that would tempt the app into ordering twice.
+    let retried = create_with_key(&app, &customer, with_quote(&|_| {}), "quoted-1").await;
+    assert_eq!((retried.status, retried.data()["id"].clone()), (StatusCode::CREATED, kept.data()["id"].clone()));
 }
 
 #[tokio::test]
@@ -244,6 +250,29 @@ async fn the_last_use_of_a_coupon_goes_to_exactly_one_customer() {
     body["coupon_code"] = json!("LAST-ONE");
     let other = (winner_index + 1) % customers.len();
     assert_eq!(create(&app, &customers[other], body).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_card_order_a_coupon_pays_in_full_needs_no_gateway() {
+    let stripe = Options::default()
+        .set("payments.gateway", "stripe")
+        .set("payments.stripe.secret_key", "sk_test_unused")
+        .set("payments.stripe.webhook_secret", "whsec_unused");
+    let app = TestApp::spawn_with(stripe).await;
+    let admin = app.staff(Role::Admin).await;
+    let customer = app.register("customer").await;
+    let until = (chrono::Utc::now() + Span::days(1)).to_rfc3339();
+    let free = json!({ "code": "FREE", "kind": "percent", "value": 100, "valid_until": until });
+    assert_eq!(make_coupon(&app, &admin, free).await.status, StatusCode::CREATED);
+    let mut body = order_body("card");
+    body["coupon_code"] = json!("FREE");
+    let order = create(&app, &customer, body).await;
+    assert_eq!(order.status, StatusCode::CREATED, "{:?}", order.body);
+    assert_eq!(order.data()["fare"]["total_paise"], 0);
+    assert_eq!(
+        (order.data()["payment_status"].as_str(), order.data()["status"].as_str()),
+        (Some("paid"), Some("searching_driver"))
+    );
 }
 
 #[tokio::test]

@@ -133,6 +133,8 @@ pub struct Payment {
     pub gateway_payment_id: Option<String>,
     pub amount_paise: i64,
     pub status: GatewayPaymentStatus,
+    /// What the app needs to complete the payment with the gateway's SDK.
+    pub checkout: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod middleware;
 pub mod ops;
 pub mod orders;
+pub mod payments;
 pub mod pilots;
 pub mod ratelimit;
 pub mod response;
@@ -49,12 +50,15 @@ pub fn router(state: AppState) -> Router {
     if let Some(limiter) = state.rate_limiter.clone() {
         api = api.layer(from_fn_with_state(limiter, ratelimit::enforce));
     }
+    let webhooks = Router::new()
+        .route("/webhooks/razorpay", post(payments::razorpay))
+        .route("/webhooks/stripe", post(payments::stripe));
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics));
 
-    let mut app = Router::new().nest("/api/v1", api).merge(ops).layer(
+    let mut app = Router::new().nest("/api/v1", api.merge(webhooks)).merge(ops).layer(
         ServiceBuilder::new()
             .layer(from_fn(middleware::record_metrics))
             .layer(from_fn(middleware::ensure_envelope))
@@ -110,6 +114,8 @@ fn api_routes() -> Router<AppState> {
         .route("/orders/{id}", get(orders::get))
         .route("/orders/{id}/cancel", post(orders::cancel))
         .route("/orders/{id}/events", get(orders::events))
+        .route("/orders/{id}/pay", post(payments::pay))
+        .route("/wallet/topups", post(payments::topup))
         .route("/wallet", get(wallet::wallet))
         .route("/wallet/ledger", get(wallet::ledger))
         .route("/admin/wallets/{user_id}/credit", post(wallet::credit))

@@ -84,7 +84,9 @@ impl Worker {
             }
             for job in jobs {
                 let outcome = self.execute(&job).await;
-                self.store.finish_job(job.id, &outcome, self.clock.now()).await?;
+                if !self.store.finish_job(&job, &outcome, self.clock.now()).await? {
+                    tracing::warn!(job = %job.id, kind = %job.kind, "job outlived its lease; another run owns it now");
+                }
                 ran += 1;
             }
         }

@@ -14,7 +14,7 @@ use crate::ids::OrderId;
 use crate::orders::pricing::{Pricing as _, Trip};
 use crate::orders::quotes::QuoteClaims;
 use crate::orders::{Orders, event, push_event, seconds};
-use crate::store::NewJob;
+use crate::store::{NewJob, StoreTx};
 
 /// Job kinds the orders service enqueues and handles.
 pub const START_SEARCH_JOB: &str = "order.start_search";
@@ -114,6 +114,13 @@ impl Orders {
     ) -> Result<Creation> {
         caller.require(&[Role::Customer])?;
         let now = self.now();
+        // A retry of a request that already succeeded gets its answer even if the request
+        // would no longer pass (its quote expired, its coupon ran out): the order exists.
+        if let Some(key) = idempotency_key
+            && let Some(replay) = self.replay(caller, key, &request, now).await?
+        {
+            return Ok(replay);
+        }
         let (pickup, drop) = (request.pickup.point(), request.drop.point());
         self.check_trip(&request, pickup, drop, now)?;
         let trip = Trip { pickup, drop, vehicle: request.vehicle_type };
@@ -128,15 +135,9 @@ impl Orders {
 
         let mut tx = self.store.begin().await?;
         if let Some(key) = idempotency_key
-            && let Some(replay) = tx.claim_idempotency_key(caller.user_id, key, &request.fingerprint(), now).await?
+            && let Some(replay) = claim_key(&mut *tx, caller, key, &request, now).await?
         {
-            if replay.request_hash != request.fingerprint() {
-                return Err(Error::Unprocessable {
-                    code: "IDEMPOTENCY_KEY_REUSED",
-                    message: "this Idempotency-Key was used for a different request".into(),
-                });
-            }
-            return Ok(Creation::Replayed { status: replay.status, body: replay.body });
+            return Ok(replay);
         }
         tx.insert_order(&order, self.demand_cell(pickup), coupon.as_ref()).await?;
         if let Some(coupon) = &coupon {
@@ -163,6 +164,12 @@ impl Orders {
         self.check_area(pickup, drop)?;
         if pickup == drop {
             return Err(Error::validation("drop", "must differ from the pickup"));
+        }
+        if request.payment_method.uses_gateway() && !self.accepts_cards {
+            return Err(Error::Unprocessable {
+                code: "PAYMENT_METHOD_UNAVAILABLE",
+                message: "card and UPI payments are not set up on this server; pay by wallet or cash".into(),
+            });
         }
         if let Some(at) = request.scheduled_at {
             let earliest = now + seconds(self.config.min_schedule_lead_secs);
@@ -232,6 +239,19 @@ impl Orders {
         Ok(self.pricing.with_discount(fare, discount))
     }
 
+    /// The stored answer for `key`, if a request under it already completed. The claim is
+    /// rolled back: the transaction that creates the order claims the key for good.
+    async fn replay(
+        &self,
+        caller: &Caller,
+        key: &str,
+        request: &CreateOrder,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Creation>> {
+        let mut tx = self.store.begin().await?;
+        claim_key(&mut *tx, caller, key, request, now).await
+    }
+
     /// The order as it will be stored, with its first events.
     fn new_order(
         &self,
@@ -244,6 +264,8 @@ impl Orders {
         let payment_status = match request.payment_method {
             PaymentMethod::Wallet => PaymentStatus::Paid,
             PaymentMethod::Cash => PaymentStatus::Unpaid,
+            // Nothing to collect (a coupon covered it all): no gateway is involved.
+            PaymentMethod::Card | PaymentMethod::Upi if fare.total_paise == 0 => PaymentStatus::Paid,
             PaymentMethod::Card | PaymentMethod::Upi => PaymentStatus::Pending,
         };
         let mut order = Order {
@@ -314,4 +336,26 @@ impl Orders {
         let cell = h3o::LatLng::new(point.lat(), point.lng()).expect("valid").to_cell(self.grid.supply_resolution());
         i64::try_from(u64::from(cell)).expect("H3 indexes fit in 63 bits")
     }
+}
+
+/// Claims `key` for `request` inside `tx`: `None` when it is new, the stored answer when the
+/// same request already completed, 422 when the key came with a different request.
+async fn claim_key(
+    tx: &mut dyn StoreTx,
+    caller: &Caller,
+    key: &str,
+    request: &CreateOrder,
+    now: DateTime<Utc>,
+) -> Result<Option<Creation>> {
+    let fingerprint = request.fingerprint();
+    let Some(replay) = tx.claim_idempotency_key(caller.user_id, key, &fingerprint, now).await? else {
+        return Ok(None);
+    };
+    if replay.request_hash != fingerprint {
+        return Err(Error::Unprocessable {
+            code: "IDEMPOTENCY_KEY_REUSED",
+            message: "this Idempotency-Key was used for a different request".into(),
+        });
+    }
+    Ok(Some(Creation::Replayed { status: replay.status, body: replay.body }))
 }

@@ -34,7 +34,7 @@ impl Orders {
         let events = cancel_in(&mut *tx, &mut order, reason, fee, Some(caller), now).await?;
         tx.commit().await?;
         metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
-        publish(&order, &events);
+        log_events(&events);
         Ok(order)
     }
 
@@ -51,7 +51,7 @@ impl Orders {
         let events = vec![push_event(&mut order, event(OrderStatus::SearchingDriver.as_str(), None, json!({})), now)];
         save(&mut *tx, &order, before, &events).await?;
         tx.commit().await?;
-        publish(&order, &events);
+        log_events(&events);
         Ok(())
     }
 
@@ -66,7 +66,7 @@ impl Orders {
         let events = cancel_in(&mut *tx, &mut order, CancelReason::PaymentFailed, 0, None, now).await?;
         tx.commit().await?;
         metrics::counter!("orders_cancelled_total", "reason" => CancelReason::PaymentFailed.as_str()).increment(1);
-        publish(&order, &events);
+        log_events(&events);
         Ok(())
     }
 }
@@ -88,15 +88,16 @@ pub(super) async fn cancel_in(
     let paid = if order.payment_status == PaymentStatus::Paid { order.fare.total_paise } else { 0 };
     let fee = fee_paise.clamp(0, paid);
     let refund = paid - fee;
+    // Coupon before wallet, as order creation does: one lock order, no deadlocks.
+    if order.coupon_code.is_some() {
+        tx.release_coupon(order.id).await?;
+    }
     if refund > 0 {
         refund_in(tx, order, refund, now).await?;
         order.refunded_paise = refund;
         if fee == 0 {
             order.payment_status = PaymentStatus::Refunded;
         }
-    }
-    if order.coupon_code.is_some() {
-        tx.release_coupon(order.id).await?;
     }
     order.status = OrderStatus::Cancelled;
     order.cancel_reason = Some(reason);
@@ -131,9 +132,68 @@ pub(super) async fn refund_in(tx: &mut dyn StoreTx, order: &Order, amount: i64, 
 }
 
 /// Logs committed events, one line each, so an order's history can be followed in the logs.
-fn publish(order: &Order, events: &[OrderEvent]) {
+pub fn log_events(events: &[OrderEvent]) {
     for event in events {
-        tracing::info!(order_id = %order.id, seq = event.seq, event = %event.kind, "order event");
+        tracing::info!(order_id = %event.order_id, seq = event.seq, event = %event.kind, "order event");
+    }
+}
+
+impl Orders {
+    /// Inside a webhook's transaction: the order's gateway payment was captured. A pending
+    /// order is paid (and searches, if due); one cancelled meanwhile is refunded in full.
+    pub(crate) async fn payment_captured(
+        &self,
+        tx: &mut dyn StoreTx,
+        id: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<(&'static str, Vec<OrderEvent>)> {
+        let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
+        let before = (order.status, order.last_event_seq);
+        let mut events = Vec::new();
+        let outcome = if order.status == OrderStatus::Cancelled {
+            let amount = order.fare.total_paise;
+            refund_in(tx, &order, amount, now).await?;
+            order.payment_status = PaymentStatus::Refunded;
+            order.refunded_paise = amount;
+            events.push(push_event(
+                &mut order,
+                event("payment_refunded", None, json!({ "amount_paise": amount })),
+                now,
+            ));
+            "refunded_after_cancel"
+        } else if order.payment_status == PaymentStatus::Paid {
+            "already_paid"
+        } else {
+            order.payment_status = PaymentStatus::Paid;
+            let paid = json!({ "amount_paise": order.fare.total_paise });
+            events.push(push_event(&mut order, event("payment_confirmed", None, paid), now));
+            if self.ready_to_search(&order, now) {
+                order.status = OrderStatus::SearchingDriver;
+                events.push(push_event(&mut order, event(OrderStatus::SearchingDriver.as_str(), None, json!({})), now));
+            }
+            "order_paid"
+        };
+        if !events.is_empty() {
+            save(tx, &order, before, &events).await?;
+        }
+        Ok((outcome, events))
+    }
+
+    /// Inside a webhook's transaction: the order's gateway payment failed; a pending order
+    /// is cancelled (`payment_failed`).
+    pub(crate) async fn payment_failed(
+        &self,
+        tx: &mut dyn StoreTx,
+        id: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<(&'static str, Vec<OrderEvent>)> {
+        let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
+        if order.status != OrderStatus::Pending || order.payment_status != PaymentStatus::Pending {
+            return Ok(("ignored", Vec::new()));
+        }
+        order.payment_status = PaymentStatus::Failed;
+        let events = cancel_in(tx, &mut order, CancelReason::PaymentFailed, 0, None, now).await?;
+        Ok(("order_cancelled", events))
     }
 }
 

@@ -29,7 +29,7 @@ use crate::grid::PilotIndex;
 use crate::ids::OrderId;
 use crate::store::{OrderFilter, PageRequest, Store, StoreTx};
 pub use create::{CreateOrder, Creation, PAYMENT_TIMEOUT_JOB, QuoteRequest, QuoteResponse, START_SEARCH_JOB};
-pub use lifecycle::{GATEWAY_REFUND_JOB, OrderJobs};
+pub use lifecycle::{GATEWAY_REFUND_JOB, OrderJobs, log_events};
 use pricing::{PricingConfig, SurgeConfig, TariffPricing};
 use quotes::QuoteSigner;
 use service_area::ServiceArea;
@@ -61,9 +61,12 @@ pub struct Orders {
     quotes: QuoteSigner,
     quote_ttl: Duration,
     config: OrdersConfig,
+    /// Whether card and UPI orders can be paid (a gateway is configured).
+    accepts_cards: bool,
 }
 
 impl Orders {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn Store>,
         grid: Arc<PilotIndex>,
@@ -72,6 +75,7 @@ impl Orders {
         area: ServiceArea,
         config: OrdersConfig,
         secret: &[u8],
+        accepts_cards: bool,
     ) -> Self {
         Self {
             store,
@@ -83,6 +87,7 @@ impl Orders {
             quotes: QuoteSigner::new(secret),
             quote_ttl: seconds(pricing.quote_ttl_secs),
             config,
+            accepts_cards,
         }
     }
 

@@ -77,7 +77,9 @@ pub trait JobStore: Send + Sync {
     /// the same job.
     async fn claim_jobs(&self, now: DateTime<Utc>, limit: u32, lease: Duration) -> Result<Vec<Job>>;
 
-    async fn finish_job(&self, id: JobId, outcome: &JobOutcome, now: DateTime<Utc>) -> Result<()>;
+    /// Records how `job`'s run ended, unless its lease ran out and another worker claimed it
+    /// since (then that run's result is the one that counts; `false`).
+    async fn finish_job(&self, job: &Job, outcome: &JobOutcome, now: DateTime<Utc>) -> Result<bool>;
 
     async fn job_stats(&self) -> Result<JobStats>;
 

@@ -113,6 +113,7 @@ pub(crate) struct PaymentRow {
     gateway_payment_id: Option<String>,
     amount_paise: i64,
     status: String,
+    checkout: sqlx::types::Json<serde_json::Value>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -131,6 +132,7 @@ impl TryFrom<PaymentRow> for Payment {
             gateway_payment_id: row.gateway_payment_id,
             amount_paise: row.amount_paise,
             status: parse_stored(&row.status, "payment status")?,
+            checkout: row.checkout.0,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -142,7 +144,7 @@ macro_rules! select_payment {
     ($rest:literal) => {
         concat!(
             "SELECT id, user_id, purpose, order_id, gateway, gateway_ref, gateway_payment_id, amount_paise, ",
-            "status, created_at, updated_at FROM payments ",
+            "status, checkout, created_at, updated_at FROM payments ",
             $rest
         )
     };

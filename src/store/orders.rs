@@ -32,7 +32,8 @@ pub trait OrderStore: Send + Sync {
     /// Events with `seq > after_seq`, oldest first, at most `limit`.
     async fn order_events(&self, id: OrderId, after_seq: i32, limit: u32) -> Result<Vec<OrderEvent>>;
 
-    /// Open orders (pending or searching) for `vehicle` whose pickup is in coarse cell `cell`.
+    /// Orders searching for a pilot (paid and due: neither unpaid nor scheduled for later) for
+    /// `vehicle` whose pickup is in coarse cell `cell`: the demand side of surge.
     async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64>;
 }
 

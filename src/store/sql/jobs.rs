@@ -5,7 +5,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::error::Result;
-use crate::ids::JobId;
 use crate::store::jobs::JobRow;
 use crate::store::{Job, JobOutcome, JobStats, JobStore, NewJob};
 
@@ -48,24 +47,26 @@ impl JobStore for StoreImpl {
         Ok(rows.into_iter().map(Job::from).collect())
     }
 
-    async fn finish_job(&self, id: JobId, outcome: &JobOutcome, now: DateTime<Utc>) -> Result<()> {
+    async fn finish_job(&self, job: &Job, outcome: &JobOutcome, now: DateTime<Utc>) -> Result<bool> {
         let (status, run_at, error) = match outcome {
             JobOutcome::Done => ("done", None, None),
             JobOutcome::Retry { at, error } => ("queued", Some(*at), Some(error.as_str())),
             JobOutcome::Failed { error } => ("failed", None, Some(error.as_str())),
         };
-        sqlx::query(
+        // `attempts` grows with every claim, so it names this run's lease.
+        let finished = sqlx::query(
             "UPDATE jobs SET status = $2, run_at = COALESCE($3, run_at), last_error = COALESCE($4, last_error), \
-             locked_until = NULL, updated_at = $5 WHERE id = $1",
+             locked_until = NULL, updated_at = $5 WHERE id = $1 AND status = 'running' AND attempts = $6",
         )
-        .bind(id.0)
+        .bind(job.id.0)
         .bind(status)
         .bind(run_at)
         .bind(error)
         .bind(now)
+        .bind(job.attempts)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(finished.rows_affected() == 1)
     }
 
     async fn job_stats(&self) -> Result<JobStats> {

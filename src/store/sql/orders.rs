@@ -48,7 +48,7 @@ impl OrderStore for StoreImpl {
     async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64> {
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM orders WHERE pickup_cell = $1 AND vehicle_type = $2 \
-             AND status IN ('pending', 'searching_driver')",
+             AND status = 'searching_driver'",
         )
         .bind(cell)
         .bind(vehicle.as_str())

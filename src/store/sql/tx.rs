@@ -294,9 +294,10 @@ impl StoreTx for super::TxImpl {
     }
 
     async fn insert_payment(&mut self, payment: &Payment) -> Result<()> {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO payments (id, user_id, purpose, order_id, gateway, gateway_ref, gateway_payment_id, \
-             amount_paise, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             amount_paise, status, checkout, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(payment.id.0)
         .bind(payment.user_id.0)
@@ -307,11 +308,18 @@ impl StoreTx for super::TxImpl {
         .bind(payment.gateway_payment_id.as_deref())
         .bind(payment.amount_paise)
         .bind(payment.status.as_str())
+        .bind(sqlx::types::Json(&payment.checkout))
         .bind(payment.created_at)
         .bind(payment.updated_at)
         .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        .await;
+        match inserted {
+            // An order already has a live payment (two checkouts raced).
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Err(Error::conflict("PAYMENT_EXISTS", "this order already has a payment in progress"))
+            }
+            other => other.map(|_| ()).map_err(Error::from),
+        }
     }
 
     async fn lock_payment(&mut self, gateway: Gateway, gateway_ref: &str) -> Result<Option<Payment>> {

@@ -1,0 +1,91 @@
+//! Applying a verified webhook: one transaction that records the event (so a redelivery does
+//! nothing), updates the payment, and then the order or the wallet it pays for.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::money::{Gateway, GatewayPaymentStatus, LedgerKind, PaymentPurpose};
+use crate::domain::orders::OrderEvent;
+use crate::error::Result;
+use crate::payments::{PaymentOutcome, Payments, WebhookEvent};
+use crate::store::{StoreTx, WalletCredit};
+
+impl Payments {
+    /// Applies `event`; returns what it did, for metrics and the log.
+    pub(super) async fn settle(&self, gateway: Gateway, event: &WebhookEvent) -> Result<&'static str> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        if !tx.record_webhook(gateway, &event.event_id, &event.event_type, now).await? {
+            return Ok("duplicate");
+        }
+        let (outcome, events) = match &event.outcome {
+            PaymentOutcome::Ignored => ("ignored", Vec::new()),
+            PaymentOutcome::Paid { gateway_ref, payment_id, .. } => {
+                self.captured(&mut *tx, gateway, gateway_ref, payment_id, now).await?
+            }
+            PaymentOutcome::Failed { gateway_ref } => self.failed(&mut *tx, gateway, gateway_ref, now).await?,
+        };
+        tx.commit().await?;
+        crate::orders::log_events(&events);
+        tracing::info!(%gateway, event_id = %event.event_id, event_type = %event.event_type, outcome, "webhook applied");
+        Ok(outcome)
+    }
+
+    async fn captured(
+        &self,
+        tx: &mut dyn StoreTx,
+        gateway: Gateway,
+        gateway_ref: &str,
+        captured_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(&'static str, Vec<OrderEvent>)> {
+        let Some(mut payment) = tx.lock_payment(gateway, gateway_ref).await? else {
+            tracing::warn!(%gateway, gateway_ref, "webhook for a payment we do not know");
+            return Ok(("unknown_payment", Vec::new()));
+        };
+        if payment.status == GatewayPaymentStatus::Paid {
+            return Ok(("already_applied", Vec::new()));
+        }
+        // A capture wins over an earlier failure: the money moved.
+        payment.status = GatewayPaymentStatus::Paid;
+        payment.gateway_payment_id = Some(captured_id.to_owned());
+        payment.updated_at = now;
+        tx.update_payment(&payment).await?;
+        match (payment.purpose, payment.order_id) {
+            (PaymentPurpose::Order, Some(order)) => self.orders.payment_captured(tx, order, now).await,
+            _ => {
+                let credit = WalletCredit {
+                    user: payment.user_id,
+                    kind: LedgerKind::Credit,
+                    amount_paise: payment.amount_paise,
+                    reference: Some(format!("topup:{}", payment.id)),
+                    order: None,
+                };
+                tx.credit_wallet(&credit, now).await?;
+                Ok(("wallet_credited", Vec::new()))
+            }
+        }
+    }
+
+    async fn failed(
+        &self,
+        tx: &mut dyn StoreTx,
+        gateway: Gateway,
+        gateway_ref: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(&'static str, Vec<OrderEvent>)> {
+        let Some(mut payment) = tx.lock_payment(gateway, gateway_ref).await? else {
+            return Ok(("unknown_payment", Vec::new()));
+        };
+        if payment.status != GatewayPaymentStatus::Created {
+            // Already captured (a failure reported late changes nothing) or already failed.
+            return Ok(("stale", Vec::new()));
+        }
+        payment.status = GatewayPaymentStatus::Failed;
+        payment.updated_at = now;
+        tx.update_payment(&payment).await?;
+        match payment.order_id {
+            Some(order) => self.orders.payment_failed(tx, order, now).await,
+            None => Ok(("topup_failed", Vec::new())),
+        }
+    }
+}
