@@ -3,7 +3,8 @@
 //! shutdown future resolves.
 //!
 //! Shutdown: stop accepting, let in-flight requests finish for at most
-//! `server.shutdown_timeout_secs`, stop background tasks, close the database pool, return.
+//! `server.shutdown_timeout_secs`, stop background tasks and close the database pool (at most
+//! 5 s more), return.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -34,6 +35,10 @@ use crate::payments::{Payments, RefundJobs};
 use crate::store::positions::{self, PositionMirror};
 use crate::store::redis::RedisHandle;
 use crate::store::{self, Store};
+
+/// After the grace period for requests, how long stopping background work and closing the
+/// database may take before the server exits anyway.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything handlers share. Clone it freely: every field is a handle.
 #[derive(Clone)]
@@ -157,15 +162,23 @@ impl App {
         tokio::select! {
             result = &mut server => result.context("server task failed")?.context("server failed")?,
             () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over; dropping open requests");
+                // The connections still open end with the process (or the runtime).
+                tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over; abandoning open requests");
                 server.abort();
             }
         }
         stop.cancel();
-        for task in background {
-            let _ = task.await;
+        // Background work stops at its next await; a request abandoned above may still hold a
+        // database connection, so closing the pool is bounded too: the exit is promised.
+        let cleanup = async {
+            for task in background {
+                let _ = task.await;
+            }
+            state.store.close().await;
+        };
+        if tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await.is_err() {
+            tracing::warn!(secs = CLEANUP_TIMEOUT.as_secs(), "background work did not stop in time; exiting anyway");
         }
-        state.store.close().await;
         tracing::info!("dispatchd stopped");
         Ok(())
     }

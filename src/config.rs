@@ -158,7 +158,14 @@ impl ConfigError {
             }
             _ => String::new(),
         });
-        Self { key, message: format!("{}{origin}", err.kind) }
+        // A value of the wrong type is quoted by figment: not for settings that hold secrets.
+        let secret = err.path.last().is_some_and(|last| ["secret", "password", "url"].iter().any(|w| last.contains(w)));
+        let what = if secret {
+            "invalid value (not shown: this setting may hold a secret)".to_owned()
+        } else {
+            err.kind.to_string()
+        };
+        Self { key, message: format!("{what}{origin}") }
     }
 }
 
@@ -421,7 +428,12 @@ fn non_empty(secret: &SecretString) -> Option<&str> {
 
 /// A URL with its password replaced, safe to log.
 pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
+    // Query parameters may carry a password too (`?password=`): never shown.
+    let (url, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?***"),
+        None => (url, ""),
+    };
+    let redacted = match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((credentials, host)) => {
                 let user = credentials.split(':').next().unwrap_or_default();
@@ -429,8 +441,9 @@ pub fn redact_url(url: &str) -> String {
             }
             None => url.to_owned(),
         },
-        None => "***".to_owned(),
-    }
+        None => return "***".to_owned(),
+    };
+    format!("{redacted}{query}")
 }
 
 #[cfg(test)]
@@ -470,6 +483,15 @@ mod tests {
         assert_eq!(err.key, "auth.jwt_secret");
         let short = with("auth.jwt_secret", "short").unwrap_err();
         assert_eq!(short.key, "auth.jwt_secret");
+    }
+
+    #[test]
+    fn errors_never_quote_secret_values() {
+        let err = with("auth.jwt_secret", 123_456_789_012_u64).unwrap_err();
+        assert_eq!(err.key, "auth.jwt_secret");
+        assert!(!err.to_string().contains("123456789012"), "{err}");
+        assert_eq!(redact_url("postgres://db/app?user=u&password=hunter2"), "postgres://db/app?***");
+        assert_eq!(redact_url("redis://:pw@cache:6379"), "redis://:***@cache:6379");
     }
 
     #[test]

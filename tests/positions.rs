@@ -193,3 +193,44 @@ async fn a_restarted_node_warm_starts_from_redis() {
     let nearest = second.get("/api/v1/dispatch/pilots/nearest?lat=12.9716&lng=77.5946", Some(&dispatcher.access)).await;
     assert_eq!(nearest.data()["items"][0]["pilot"]["id"], pilot.user_id.as_str());
 }
+
+#[tokio::test]
+async fn pilots_no_node_remembers_are_pruned_from_the_shared_sets() {
+    let app = TestApp::spawn_with(fast_mirror(Options::default().with_redis())).await;
+    let handle = app.state.redis.clone().unwrap();
+    let prefix = handle.key("");
+    let live = app.register("pilot").await;
+    pilot_reports(&app, &live, 12.9716, 77.5946, 0).await;
+    set_status(&app, &live, "available").await;
+    let url = common::redis_url();
+    eventually(WITHIN, "mirrored", || async { !pilot_hash(&url, &prefix, &live).await.is_empty() }).await;
+
+    // What a node that died leaves behind: a pilot in the geo set and `pilots:seen`, last
+    // seen long ago, whose hash has expired.
+    let mut redis = connection(&url).await;
+    let long_ago = app.clock.now().timestamp_millis() - 10 * 3600 * 1000;
+    let _: () = redis::cmd("GEOADD")
+        .arg(format!("{prefix}pilots:geo:bike"))
+        .arg(77.59)
+        .arg(12.97)
+        .arg("ghost")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis.zadd(format!("{prefix}pilots:seen"), "ghost", long_ago).await.unwrap();
+
+    let config = app.state.config.redis.positions.clone();
+    let ttl = app.state.config.grid.forget_after_secs;
+    let mirror = dispatchd::store::positions::PositionMirror::new(
+        app.state.grid.clone(),
+        handle,
+        app.clock.clone(),
+        config,
+        ttl,
+    );
+    assert_eq!(mirror.prune_forgotten().await.unwrap(), 1);
+    let members: Vec<String> = redis.zrange(format!("{prefix}pilots:geo:bike"), 0, -1).await.unwrap();
+    assert_eq!(members, vec![live.user_id.clone()], "the ghost is gone, the live pilot stays");
+    let seen: Vec<String> = redis.zrange(format!("{prefix}pilots:seen"), 0, -1).await.unwrap();
+    assert_eq!(seen, vec![live.user_id.clone()]);
+}

@@ -51,8 +51,8 @@ impl Caller {
     }
 }
 
-/// What sign-up, login and refresh hand back.
-#[derive(Debug, Clone, Serialize)]
+/// What sign-up, login and refresh hand back. `Debug` leaves the tokens out.
+#[derive(Clone, Serialize)]
 pub struct Grant {
     pub user: User,
     pub access_token: String,
@@ -62,6 +62,18 @@ pub struct Grant {
     pub access_token_expires_at: DateTime<Utc>,
     pub refresh_token: String,
     pub refresh_token_expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("user", &self.user)
+            .field("access_token", &"[REDACTED]")
+            .field("access_token_expires_at", &self.access_token_expires_at)
+            .field("refresh_token", &"[REDACTED]")
+            .field("refresh_token_expires_at", &self.refresh_token_expires_at)
+            .finish()
+    }
 }
 
 /// A self sign-up, already parsed.

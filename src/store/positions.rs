@@ -30,10 +30,12 @@ use crate::store::redis::RedisHandle;
 
 /// Latitudes Redis GEO commands accept.
 const GEO_MAX_LAT: f64 = 85.051_128_78;
+/// How often pilots forgotten by every node are pruned from the shared sets.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Pilots read per pipeline during warm start.
 const WARM_START_CHUNK: usize = 1000;
 
-/// `[grid.mirror]` configuration.
+/// `[redis.positions]` configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
@@ -62,14 +64,22 @@ impl PositionMirror {
         mirror
     }
 
-    /// Flushes every `flush_interval_ms` until `stop`, then makes one last attempt.
+    /// Flushes every `flush_interval_ms` until `stop`, then makes one last attempt. Once a
+    /// minute it also prunes pilots nobody has written for `forget_after_secs`.
     pub async fn run(self, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(Duration::from_millis(self.config.flush_interval_ms));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prunes = tokio::time::interval(PRUNE_EVERY);
+        prunes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = ticks.tick() => { self.flush().await; }
+                _ = prunes.tick() => {
+                    if let Err(err) = self.prune_forgotten().await {
+                        tracing::debug!(error = format!("{err:#}"), "pruning forgotten pilots failed; next time");
+                    }
+                }
             }
         }
         let written = self.flush().await;
@@ -96,6 +106,32 @@ impl PositionMirror {
         }
         self.record_lag();
         written
+    }
+
+    /// Removes from the geo sets and `pilots:seen` the pilots whose hash expired: ones a node
+    /// that died (or lost them) never forgot explicitly. Without this, `GEOSEARCH` readers
+    /// would find them for ever. A pilot that reports again is written again.
+    pub async fn prune_forgotten(&self) -> anyhow::Result<usize> {
+        let cutoff = self.clock.now().timestamp_millis() - i64::try_from(self.ttl_ms).unwrap_or(i64::MAX);
+        let seen = self.redis.key("pilots:seen");
+        let mut pruned = 0;
+        loop {
+            let page =
+                redis::cmd("ZRANGEBYSCORE").arg(&seen).arg("-inf").arg(cutoff).arg("LIMIT").arg(0).arg(500).clone();
+            let ids: Vec<String> = self.redis.query(&page).await?;
+            if ids.is_empty() {
+                return Ok(pruned);
+            }
+            let mut pipeline = redis::pipe();
+            for vehicle in VehicleType::ALL {
+                pipeline.cmd("ZREM").arg(geo_key(&self.redis, *vehicle)).arg(&ids).ignore();
+            }
+            // Only if still old: a pilot that reported since keeps its place.
+            pipeline.cmd("ZREMRANGEBYSCORE").arg(&seen).arg("-inf").arg(cutoff).ignore();
+            self.redis.query_pipeline::<()>(&pipeline).await?;
+            pruned += ids.len();
+            metrics::counter!("grid_mirror_pruned_total").increment(ids.len() as u64);
+        }
     }
 
     fn record_lag(&self) {

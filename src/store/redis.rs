@@ -118,15 +118,19 @@ impl RedisHandle {
     }
 
     /// Checks health every `health_interval_ms` until `shutdown`, running the recovery hooks
-    /// on every transition to up. The first check happens at once.
+    /// on every transition to up. The first check happens at once. While Redis stays down
+    /// the checks back off exponentially, up to 8 intervals apart, so an outage costs a few
+    /// pings rather than a steady stream of failed connects; what the mirror owes Redis is
+    /// written on the first check that finds it back.
     pub async fn run_health_loop(self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.inner.health_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let base = self.inner.health_interval;
+        let mut wait = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => self.check_health().await,
+                _ = tokio::time::sleep(wait) => self.check_health().await,
             }
+            wait = if self.is_up() { base } else { (wait * 2).clamp(base, base * 8) };
         }
     }
 
