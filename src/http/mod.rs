@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod coupons;
 pub mod dispatch;
+pub mod docs;
 pub mod extract;
 pub mod middleware;
 pub mod ops;
@@ -56,7 +57,9 @@ pub fn router(state: AppState) -> Router {
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics));
+        .route("/metrics", get(ops::metrics))
+        .route("/docs", get(docs::page))
+        .route("/docs/openapi.json", get(docs::openapi));
 
     let mut app = Router::new().nest("/api/v1", api.merge(webhooks)).merge(ops).layer(
         ServiceBuilder::new()
