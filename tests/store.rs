@@ -1,5 +1,8 @@
 //! The store conformance suite: every case runs against Postgres and against SQLite, through
 //! the one `Store` interface, plus the schema's own guarantees checked with raw SQL.
+//!
+//! Accounts and the schema's guarantees are here; orders (and idempotency keys), money and
+//! jobs are in `store/`, each declaring its cases with the same `conformance!` macro.
 
 mod common;
 
@@ -8,10 +11,11 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use dispatchd::config::Config;
 use dispatchd::domain::{PersonName, Phone, PilotStatus, Role, VehicleType};
+use dispatchd::error::Result;
 use dispatchd::ids::{SessionId, UserId};
 use dispatchd::store::postgres::PgStore;
 use dispatchd::store::sqlite::SqliteStore;
-use dispatchd::store::{NewRefreshToken, NewUser, PageRequest, RevokeReason, Rotation, Store};
+use dispatchd::store::{NewRefreshToken, NewUser, PageRequest, RevokeReason, Rotation, Store, StoreTx};
 use futures::future::join_all;
 
 /// A store under test, with raw access to its schema.
@@ -60,17 +64,27 @@ fn database_config() -> dispatchd::config::DatabaseConfig {
     Config::defaults().database
 }
 
-/// Declares each case once and runs it on both backends.
+/// Declares each case once and runs it on both backends; attributes before a case (such as
+/// `#[ignore = "why"]`) go on both its tests. Modules under `store/` use it too: `super::Subject`
+/// must name [`Subject`] where it is invoked.
 macro_rules! conformance {
-    ($($case:ident),+ $(,)?) => {
+    ($($(#[$attr:meta])* $case:ident),+ $(,)?) => {
         mod postgres {
-            $(#[tokio::test] async fn $case() { super::$case(super::Subject::postgres().await).await; })+
+            $(#[tokio::test] $(#[$attr])* async fn $case() { super::$case(super::Subject::postgres().await).await; })+
         }
         mod sqlite {
-            $(#[tokio::test] async fn $case() { super::$case(super::Subject::sqlite().await).await; })+
+            $(#[tokio::test] $(#[$attr])* async fn $case() { super::$case(super::Subject::sqlite().await).await; })+
         }
     };
 }
+
+// Declared after the macro, which they use.
+#[path = "store/jobs.rs"]
+mod jobs;
+#[path = "store/money.rs"]
+mod money;
+#[path = "store/orders.rs"]
+mod orders;
 
 conformance!(
     users_round_trip_with_pilot_profiles,
@@ -102,6 +116,29 @@ fn now() -> chrono::DateTime<Utc> {
 
 fn refresh_token(seed: u8, expires_in: Duration) -> NewRefreshToken {
     NewRefreshToken { hash: [seed; 32], expires_at: now() + expires_in }
+}
+
+/// A user stored with `role` (pilots ride a bike), for the rows that name one.
+async fn user(subject: &Subject, role: Role) -> UserId {
+    let vehicle = (role == Role::Pilot).then_some(VehicleType::Bike);
+    subject.store.create_user(new_user(role, vehicle), now()).await.unwrap().id
+}
+
+/// Runs `op` in a transaction and commits, holding the transaction open a moment first so a
+/// concurrent one runs into whatever it took. A failed `op` rolls back.
+async fn commit_after_pause<T>(store: &dyn Store, op: &impl AsyncFn(&mut dyn StoreTx) -> Result<T>) -> Result<T> {
+    let mut tx = store.begin().await?;
+    let outcome = op(&mut *tx).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Runs `op` in two transactions at once: a race on whatever rows it touches.
+async fn twice_at_once<T>(subject: &Subject, op: impl AsyncFn(&mut dyn StoreTx) -> Result<T>) -> [Result<T>; 2] {
+    let store = &*subject.store;
+    let (first, second) = tokio::join!(commit_after_pause(store, &op), commit_after_pause(store, &op));
+    [first, second]
 }
 
 async fn session_for(subject: &Subject, seed: u8) -> (UserId, SessionId) {

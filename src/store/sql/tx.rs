@@ -136,8 +136,14 @@ impl StoreTx for super::TxImpl {
         .bind(order.last_event_seq)
         .bind(order.updated_at)
         .execute(&mut *self.tx)
-        .await?;
-        Ok(updated.rows_affected() == 1)
+        .await;
+        match updated {
+            // orders_one_active_per_pilot: the pilot already has an order in progress.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Err(Error::conflict("PILOT_BUSY", "the pilot already has an order in progress"))
+            }
+            other => Ok(other?.rows_affected() == 1),
+        }
     }
 
     async fn append_events(&mut self, events: &[OrderEvent]) -> Result<()> {
@@ -242,6 +248,13 @@ impl StoreTx for super::TxImpl {
     }
 
     async fn credit_wallet(&mut self, credit: &WalletCredit, now: DateTime<Utc>) -> Result<Option<Wallet>> {
+        // The wallet row is locked before the reference is looked up: a concurrent credit with
+        // the same reference waits here, then sees the first one's ledger row and does nothing.
+        self.open_wallet(credit.user, now).await?;
+        sqlx::query("UPDATE wallet_accounts SET updated_at = updated_at WHERE user_id = $1")
+            .bind(credit.user.0)
+            .execute(&mut *self.tx)
+            .await?;
         if let Some(reference) = &credit.reference {
             let seen: Option<i32> =
                 sqlx::query_scalar("SELECT 1 FROM wallet_ledger WHERE kind = $1 AND reference = $2")
@@ -253,7 +266,6 @@ impl StoreTx for super::TxImpl {
                 return Ok(None);
             }
         }
-        self.open_wallet(credit.user, now).await?;
         let (balance_paise, held_paise): (i64, i64) = sqlx::query_as(
             "UPDATE wallet_accounts SET balance_paise = balance_paise + $2, updated_at = $3 \
              WHERE user_id = $1 RETURNING balance_paise, held_paise",

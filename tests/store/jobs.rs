@@ -1,0 +1,151 @@
+//! Durable jobs: enqueueing (alone or in a transaction), claiming with a lease, finishing.
+
+use chrono::{DateTime, Duration, Utc};
+use dispatchd::ids::JobId;
+use dispatchd::store::{Job, JobOutcome, JobStats, NewJob};
+use serde_json::json;
+
+use super::{Subject, now};
+
+conformance!(
+    dedupe_keys_enqueue_a_job_once,
+    only_due_jobs_are_claimed,
+    expired_leases_are_claimed_again_and_stale_runs_cannot_finish,
+    failed_runs_retry_later_or_fail_for_good,
+);
+
+const LEASE: Duration = Duration::seconds(30);
+
+fn job(kind: &str, run_at: DateTime<Utc>) -> NewJob {
+    NewJob::new(kind, json!({ "order_id": kind, "n": 1 }), run_at)
+}
+
+/// The job `new` as its `attempts`-th claim returns it.
+fn claimed(new: &NewJob, attempts: i32) -> Job {
+    Job {
+        id: new.id,
+        kind: new.kind.clone(),
+        payload: new.payload.clone(),
+        attempts,
+        max_attempts: new.max_attempts,
+        run_at: new.run_at,
+    }
+}
+
+async fn claim(subject: &Subject, at: DateTime<Utc>, limit: u32) -> Vec<Job> {
+    let mut jobs = subject.store.claim_jobs(at, limit, LEASE).await.unwrap();
+    jobs.sort_by_key(|job| (job.run_at, job.id));
+    jobs
+}
+
+fn stats(queued: i64, running: i64, failed: i64) -> JobStats {
+    JobStats { queued, running, failed }
+}
+
+async fn dedupe_keys_enqueue_a_job_once(subject: Subject) {
+    let at = now();
+    let first = job("order.start_search", at).dedupe("start_search:1");
+    subject.store.enqueue(&first, at).await.unwrap();
+    let mut duplicate = job("order.start_search", at - Duration::seconds(5)).dedupe("start_search:1");
+    duplicate.payload = json!({ "other": true });
+    subject.store.enqueue(&duplicate, at).await.unwrap();
+    let mut tx = subject.store.begin().await.unwrap();
+    tx.enqueue(&job("order.start_search", at).dedupe("start_search:1"), at).await.unwrap();
+    tx.enqueue(&job("payment.refund", at).dedupe("refund:1"), at).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(2, 0, 0), "duplicates add nothing");
+    let (plain, again) = (job("plain", at), job("plain", at));
+    subject.store.enqueue(&plain, at).await.unwrap();
+    subject.store.enqueue(&again, at).await.unwrap();
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(4, 0, 0), "without a key, every job counts");
+
+    let claimed_jobs = claim(&subject, at, 10).await;
+    let kinds: Vec<_> = claimed_jobs.iter().map(|job| job.kind.as_str()).collect();
+    assert_eq!(kinds.iter().filter(|kind| **kind == "order.start_search").count(), 1, "{kinds:?}");
+    let search = claimed_jobs.iter().find(|job| job.kind == "order.start_search").unwrap();
+    assert_eq!(*search, claimed(&first, 1), "the first one enqueued is the one kept");
+    assert_eq!(claimed_jobs.len(), 4);
+
+    let mut tx = subject.store.begin().await.unwrap();
+    let rolled_back = job("rolled.back", at).dedupe("gone");
+    tx.enqueue(&rolled_back, at).await.unwrap();
+    drop(tx);
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(0, 4, 0), "a rolled-back enqueue leaves nothing");
+    subject.store.enqueue(&rolled_back, at).await.unwrap();
+    assert_eq!(claim(&subject, at, 10).await, [claimed(&rolled_back, 1)], "nor holds its key");
+}
+
+async fn only_due_jobs_are_claimed(subject: Subject) {
+    let at = now();
+    assert_eq!(subject.store.next_job_due().await.unwrap(), None, "no jobs");
+    assert!(claim(&subject, at, 10).await.is_empty());
+    let overdue = job("overdue", at - Duration::minutes(5));
+    let due = job("due", at);
+    let soon = job("soon", at + Duration::seconds(1));
+    let later = job("later", at + Duration::minutes(10));
+    for new in [&later, &due, &soon, &overdue] {
+        subject.store.enqueue(new, at).await.unwrap();
+    }
+    assert_eq!(subject.store.next_job_due().await.unwrap(), Some(overdue.run_at), "the earliest queued job");
+
+    let first = claim(&subject, at, 1).await;
+    assert_eq!(first, [claimed(&overdue, 1)], "at most limit, earliest first");
+    let second = claim(&subject, at, 10).await;
+    assert_eq!(second, [claimed(&due, 1)], "due ones only; claimed ones are not claimed again");
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(2, 2, 0));
+    assert_eq!(subject.store.next_job_due().await.unwrap(), Some(soon.run_at), "running jobs are not queued");
+    for run in first.iter().chain(&second) {
+        assert!(subject.store.finish_job(run, &JobOutcome::Done, at).await.unwrap());
+    }
+    let next = at + Duration::minutes(10);
+    assert_eq!(claim(&subject, next, 10).await, [claimed(&soon, 1), claimed(&later, 1)]);
+    assert_eq!(subject.store.next_job_due().await.unwrap(), None);
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(0, 2, 0));
+}
+
+async fn expired_leases_are_claimed_again_and_stale_runs_cannot_finish(subject: Subject) {
+    let at = now();
+    let new = job("order.payment_timeout", at);
+    subject.store.enqueue(&new, at).await.unwrap();
+    let first_run = claim(&subject, at, 10).await.pop().unwrap();
+    assert_eq!(first_run, claimed(&new, 1));
+    assert!(claim(&subject, at + LEASE - Duration::seconds(1), 10).await.is_empty(), "leased");
+    let second_run = claim(&subject, at + LEASE, 10).await.pop().expect("the lease ran out: claimed again");
+    assert_eq!(second_run, claimed(&new, 2));
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(0, 1, 0));
+
+    let done = at + LEASE + Duration::seconds(1);
+    assert!(!subject.store.finish_job(&first_run, &JobOutcome::Done, done).await.unwrap(), "its lease was taken over");
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(0, 1, 0), "the stale run changed nothing");
+    let retry = JobOutcome::Retry { at: done, error: "late".to_owned() };
+    assert!(!subject.store.finish_job(&first_run, &retry, done).await.unwrap());
+    assert!(claim(&subject, done, 10).await.is_empty(), "the second run still holds it");
+    assert!(subject.store.finish_job(&second_run, &JobOutcome::Done, done).await.unwrap(), "the lease holder");
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(0, 0, 0));
+    assert!(!subject.store.finish_job(&second_run, &JobOutcome::Done, done).await.unwrap(), "finished once");
+    assert!(claim(&subject, done + Duration::days(1), 10).await.is_empty(), "a done job never runs again");
+    let unknown = Job { id: JobId::new(), ..second_run };
+    assert!(!subject.store.finish_job(&unknown, &JobOutcome::Done, done).await.unwrap());
+}
+
+async fn failed_runs_retry_later_or_fail_for_good(subject: Subject) {
+    let at = now();
+    let new = job("payment.refund", at);
+    subject.store.enqueue(&new, at).await.unwrap();
+    let first_run = claim(&subject, at, 10).await.pop().unwrap();
+    let retry_at = at + Duration::seconds(10);
+    let retry = JobOutcome::Retry { at: retry_at, error: "gateway timed out".to_owned() };
+    assert!(subject.store.finish_job(&first_run, &retry, at).await.unwrap());
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(1, 0, 0));
+    assert_eq!(subject.store.next_job_due().await.unwrap(), Some(retry_at));
+    assert!(claim(&subject, retry_at - Duration::seconds(1), 10).await.is_empty(), "not before its retry time");
+    let second_run = claim(&subject, retry_at, 10).await.pop().unwrap();
+    assert_eq!(second_run, Job { run_at: retry_at, ..claimed(&new, 2) });
+    assert!(!subject.store.finish_job(&first_run, &JobOutcome::Done, retry_at).await.unwrap(), "an earlier run");
+
+    let failed = JobOutcome::Failed { error: "card declined".to_owned() };
+    assert!(subject.store.finish_job(&second_run, &failed, retry_at).await.unwrap());
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(0, 0, 1));
+    assert_eq!(subject.store.next_job_due().await.unwrap(), None);
+    assert!(claim(&subject, retry_at + Duration::days(1), 10).await.is_empty(), "failed for good");
+}

@@ -1,0 +1,359 @@
+//! Orders and their events, written the way the orders service writes them (inside a
+//! `StoreTx`), and idempotency keys.
+
+use chrono::Duration;
+use dispatchd::domain::orders::{
+    ActorRole, CancelReason, Fare, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus, Place,
+};
+use dispatchd::domain::{Role, VehicleType};
+use dispatchd::error::Error;
+use dispatchd::ids::{OrderId, UserId};
+use dispatchd::store::{IdempotentReplay, OrderFilter, PageRequest};
+use serde_json::{Value, json};
+
+use super::{Subject, now, twice_at_once, user};
+
+conformance!(
+    orders_round_trip_with_their_events,
+    uncommitted_orders_are_invisible_and_dropped_ones_vanish,
+    order_events_page_after_a_seq,
+    orders_list_newest_first_by_filter,
+    open_demand_counts_searching_orders_of_one_cell_and_vehicle,
+    stale_order_updates_are_refused,
+    racing_order_updates_have_one_winner,
+    idempotency_keys_replay_the_stored_response,
+    a_concurrent_request_waits_for_the_keys_response,
+);
+
+/// H3 cells as `insert_order` takes them (any number will do for the store).
+const CELL: i64 = 608_533_319_805_468_671;
+const OTHER_CELL: i64 = 608_533_319_805_468_672;
+
+/// An order as `Orders::new_order` builds one (before its first event): `status` as given,
+/// cancelled ones with a reason, so the schema's checks hold.
+pub(super) fn new_order(customer: UserId, vehicle: VehicleType, status: OrderStatus) -> Order {
+    let at = now();
+    let fare = Fare {
+        distance_m: 4_200,
+        duration_s: 900,
+        base_paise: 3_000,
+        distance_paise: 4_200,
+        time_paise: 900,
+        surge_milli: 1_250,
+        surge_paise: 2_025,
+        minimum_fare_adjustment_paise: 0,
+        fare_paise: 10_125,
+        discount_paise: 1_000,
+        tax_paise: 456,
+        total_paise: 9_581,
+    };
+    Order {
+        id: OrderId::new(),
+        customer_id: customer,
+        pilot_id: None,
+        vehicle_type: vehicle,
+        status,
+        cancel_reason: (status == OrderStatus::Cancelled).then_some(CancelReason::Customer),
+        pickup: Place { lat: 12.971_6, lng: 77.594_6, address: "MG Road".to_owned() },
+        drop: Place { lat: 12.935_2, lng: 77.624_5, address: "Koramangala 5th Block".to_owned() },
+        payment_method: PaymentMethod::Cash,
+        payment_status: PaymentStatus::Unpaid,
+        fare,
+        refunded_paise: 0,
+        coupon_code: None,
+        quote_id: None,
+        scheduled_at: None,
+        notes: None,
+        last_event_seq: 0,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// The next event of `order`, as the orders service's `push_event` makes it.
+pub(super) fn push_event(order: &mut Order, kind: &str, actor: Option<UserId>, data: Value) -> OrderEvent {
+    let at = now();
+    order.last_event_seq += 1;
+    order.updated_at = at;
+    OrderEvent {
+        order_id: order.id,
+        seq: order.last_event_seq,
+        kind: kind.to_owned(),
+        actor_id: actor,
+        actor_role: Some(if actor.is_some() { ActorRole::Customer } else { ActorRole::System }),
+        data,
+        created_at: at,
+    }
+}
+
+/// Stores `order` with its `created` event in `cell`, committed; returns the event.
+pub(super) async fn create(subject: &Subject, order: &mut Order, cell: i64) -> OrderEvent {
+    let created = push_event(order, "created", Some(order.customer_id), json!({ "total_paise": 9_581 }));
+    let mut tx = subject.store.begin().await.unwrap();
+    tx.insert_order(order, cell, None).await.unwrap();
+    tx.append_events(std::slice::from_ref(&created)).await.unwrap();
+    tx.commit().await.unwrap();
+    created
+}
+
+/// A committed cash order of a new customer, for rows that must name an order.
+pub(super) async fn placed_order(subject: &Subject, customer: UserId) -> OrderId {
+    let mut order = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    create(subject, &mut order, CELL).await;
+    order.id
+}
+
+/// Moves `order` to `status` with one event, as `orders::save` does; whether the store took it.
+async fn advance(subject: &Subject, order: &mut Order, status: OrderStatus) -> bool {
+    let before = (order.status, order.last_event_seq);
+    order.status = status;
+    let event = push_event(order, status.as_str(), None, json!({}));
+    let mut tx = subject.store.begin().await.unwrap();
+    if !tx.update_order(order, before.0, before.1).await.unwrap() {
+        return false;
+    }
+    tx.append_events(&[event]).await.unwrap();
+    tx.commit().await.unwrap();
+    true
+}
+
+async fn orders_round_trip_with_their_events(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let mut order = new_order(customer, VehicleType::MiniTruck, OrderStatus::Pending);
+    order.payment_method = PaymentMethod::Wallet;
+    order.payment_status = PaymentStatus::Paid;
+    order.quote_id = Some(uuid::Uuid::now_v7());
+    order.scheduled_at = Some(now() + Duration::hours(2));
+    order.notes = Some("Gate 3, ask for Ravi".to_owned());
+    order.coupon_code = Some("WELCOME".to_owned());
+    let created = push_event(&mut order, "created", Some(customer), json!({ "payment_method": "wallet" }));
+    order.status = OrderStatus::SearchingDriver;
+    let searching = push_event(&mut order, "searching_driver", None, json!({}));
+
+    let mut tx = subject.store.begin().await.unwrap();
+    tx.insert_order(&order, CELL, None).await.unwrap();
+    tx.append_events(&[created.clone(), searching.clone()]).await.unwrap();
+    assert_eq!(tx.lock_order(order.id).await.unwrap(), Some(order.clone()), "visible inside its transaction");
+    tx.commit().await.unwrap();
+
+    assert_eq!(subject.store.order(order.id).await.unwrap(), Some(order.clone()), "read back equals written");
+    assert_eq!(subject.store.order_events(order.id, 0, 100).await.unwrap(), vec![created, searching]);
+    let mut tx = subject.store.begin().await.unwrap();
+    assert_eq!(tx.lock_order(order.id).await.unwrap(), Some(order.clone()));
+    assert_eq!(tx.lock_order(OrderId::new()).await.unwrap(), None);
+    drop(tx);
+    assert_eq!(subject.store.order(OrderId::new()).await.unwrap(), None);
+    assert!(subject.store.order_events(OrderId::new(), 0, 100).await.unwrap().is_empty());
+}
+
+async fn uncommitted_orders_are_invisible_and_dropped_ones_vanish(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let mut order = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    let created = push_event(&mut order, "created", Some(customer), json!({}));
+    let mut tx = subject.store.begin().await.unwrap();
+    tx.insert_order(&order, CELL, None).await.unwrap();
+    tx.append_events(&[created]).await.unwrap();
+    assert_eq!(subject.store.order(order.id).await.unwrap(), None, "not before commit");
+    drop(tx);
+    assert_eq!(subject.store.order(order.id).await.unwrap(), None, "rolled back");
+    assert!(subject.store.order_events(order.id, 0, 100).await.unwrap().is_empty(), "events rolled back too");
+    let listed = subject.store.list_orders(&OrderFilter::default(), PageRequest { before: None, limit: 10 }).await;
+    assert!(listed.unwrap().is_empty());
+}
+
+async fn order_events_page_after_a_seq(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let mut order = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    create(&subject, &mut order, CELL).await;
+    let mut other = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    create(&subject, &mut other, CELL).await;
+    assert!(advance(&subject, &mut order, OrderStatus::SearchingDriver).await);
+    order.cancel_reason = Some(CancelReason::Customer);
+    assert!(advance(&subject, &mut order, OrderStatus::Cancelled).await);
+    assert_eq!(order.last_event_seq, 3);
+
+    let seqs = |events: Vec<OrderEvent>| events.iter().map(|event| (event.seq, event.kind.clone())).collect::<Vec<_>>();
+    let events = |after, limit| subject.store.order_events(order.id, after, limit);
+    assert_eq!(
+        seqs(events(0, 2).await.unwrap()),
+        [(1, "created".to_owned()), (2, "searching_driver".to_owned())],
+        "oldest first, at most limit"
+    );
+    assert_eq!(seqs(events(2, 2).await.unwrap()), [(3, "cancelled".to_owned())]);
+    assert_eq!(seqs(events(1, 100).await.unwrap()).len(), 2);
+    assert!(events(3, 100).await.unwrap().is_empty(), "nothing after the last seq");
+    let all = events(0, 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|event| event.order_id == order.id), "own events only");
+    let stored = subject.store.order(order.id).await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.last_event_seq), (OrderStatus::Cancelled, 3));
+}
+
+async fn orders_list_newest_first_by_filter(subject: Subject) {
+    let (alice, bob) = (user(&subject, Role::Customer).await, user(&subject, Role::Customer).await);
+    let pilot = user(&subject, Role::Pilot).await;
+    let mut ids = Vec::new();
+    for (customer, status) in [
+        (alice, OrderStatus::Pending),
+        (bob, OrderStatus::SearchingDriver),
+        (alice, OrderStatus::SearchingDriver),
+        (alice, OrderStatus::Assigned),
+        (bob, OrderStatus::SearchingDriver),
+    ] {
+        let mut order = new_order(customer, VehicleType::Bike, status);
+        if status == OrderStatus::Assigned {
+            order.pilot_id = Some(pilot);
+        }
+        create(&subject, &mut order, CELL).await;
+        ids.push(order.id);
+    }
+    let list = async |filter: OrderFilter, before: Option<OrderId>, limit: u32| {
+        let page = subject.store.list_orders(&filter, PageRequest { before, limit }).await.unwrap();
+        page.iter().map(|order| order.id).collect::<Vec<_>>()
+    };
+    let all = OrderFilter::default();
+    assert_eq!(list(all, None, 2).await, [ids[4], ids[3]], "newest first");
+    assert_eq!(list(all, Some(ids[3]), 2).await, [ids[2], ids[1]], "the next page");
+    assert_eq!(list(all, Some(ids[1]), 2).await, [ids[0]]);
+    let searching = OrderFilter { status: Some(OrderStatus::SearchingDriver), ..all };
+    assert_eq!(list(searching, None, 10).await, [ids[4], ids[2], ids[1]]);
+    assert_eq!(list(searching, Some(ids[4]), 1).await, [ids[2]], "cursor and filter together");
+    assert_eq!(list(OrderFilter { customer: Some(alice), ..all }, None, 10).await, [ids[3], ids[2], ids[0]]);
+    let alice_searching = OrderFilter { customer: Some(alice), status: Some(OrderStatus::SearchingDriver), ..all };
+    assert_eq!(list(alice_searching, None, 10).await, [ids[2]]);
+    assert_eq!(list(OrderFilter { pilot: Some(pilot), ..all }, None, 10).await, [ids[3]]);
+    assert!(list(OrderFilter { status: Some(OrderStatus::Delivered), ..all }, None, 10).await.is_empty());
+}
+
+async fn open_demand_counts_searching_orders_of_one_cell_and_vehicle(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let pilot = user(&subject, Role::Pilot).await;
+    let mut counted = Vec::new();
+    for (vehicle, status, cell) in [
+        (VehicleType::Bike, OrderStatus::SearchingDriver, CELL),
+        (VehicleType::Bike, OrderStatus::SearchingDriver, CELL),
+        (VehicleType::Bike, OrderStatus::Pending, CELL),
+        (VehicleType::Bike, OrderStatus::Assigned, CELL),
+        (VehicleType::Bike, OrderStatus::Cancelled, CELL),
+        (VehicleType::Auto, OrderStatus::SearchingDriver, CELL),
+        (VehicleType::Bike, OrderStatus::SearchingDriver, OTHER_CELL),
+    ] {
+        let mut order = new_order(customer, vehicle, status);
+        if status == OrderStatus::Assigned {
+            order.pilot_id = Some(pilot);
+        }
+        create(&subject, &mut order, cell).await;
+        counted.push(order);
+    }
+    let demand = async |cell, vehicle| subject.store.open_demand(cell, vehicle).await.unwrap();
+    assert_eq!(demand(CELL, VehicleType::Bike).await, 2, "searching bikes in the cell, nothing else");
+    assert_eq!(demand(CELL, VehicleType::Auto).await, 1);
+    assert_eq!(demand(OTHER_CELL, VehicleType::Bike).await, 1);
+    assert_eq!(demand(CELL, VehicleType::MiniTruck).await, 0);
+    assert_eq!(demand(OTHER_CELL + 1, VehicleType::Bike).await, 0);
+    counted[0].pilot_id = Some(user(&subject, Role::Pilot).await);
+    assert!(advance(&subject, &mut counted[0], OrderStatus::Assigned).await);
+    assert_eq!(demand(CELL, VehicleType::Bike).await, 1, "an assigned order is no longer demand");
+    assert!(advance(&subject, &mut counted[2], OrderStatus::SearchingDriver).await);
+    assert_eq!(demand(CELL, VehicleType::Bike).await, 2, "a pending order that starts searching is");
+}
+
+async fn stale_order_updates_are_refused(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let mut order = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    create(&subject, &mut order, CELL).await;
+    let stale = order.clone();
+    assert!(advance(&subject, &mut order, OrderStatus::SearchingDriver).await);
+
+    let mut cancelled = stale.clone();
+    cancelled.status = OrderStatus::Cancelled;
+    cancelled.cancel_reason = Some(CancelReason::Customer);
+    cancelled.last_event_seq = 2;
+    let mut tx = subject.store.begin().await.unwrap();
+    assert!(!tx.update_order(&cancelled, OrderStatus::Pending, 1).await.unwrap(), "stale status and seq");
+    assert!(!tx.update_order(&cancelled, OrderStatus::SearchingDriver, 1).await.unwrap(), "stale seq");
+    assert!(!tx.update_order(&cancelled, OrderStatus::Pending, 2).await.unwrap(), "stale status");
+    tx.commit().await.unwrap();
+    assert_eq!(subject.store.order(order.id).await.unwrap(), Some(order.clone()), "unchanged");
+
+    cancelled.last_event_seq = 3;
+    cancelled.refunded_paise = 500;
+    cancelled.payment_status = PaymentStatus::Refunded;
+    let mut tx = subject.store.begin().await.unwrap();
+    assert!(tx.update_order(&cancelled, OrderStatus::SearchingDriver, 2).await.unwrap(), "current status and seq");
+    tx.commit().await.unwrap();
+    let stored = subject.store.order(order.id).await.unwrap().unwrap();
+    let changed = (stored.status, stored.cancel_reason, stored.last_event_seq, stored.refunded_paise);
+    assert_eq!(changed, (OrderStatus::Cancelled, Some(CancelReason::Customer), 3, 500));
+    assert_eq!(stored.payment_status, PaymentStatus::Refunded);
+}
+
+async fn racing_order_updates_have_one_winner(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let mut order = new_order(customer, VehicleType::Bike, OrderStatus::SearchingDriver);
+    create(&subject, &mut order, CELL).await;
+    let (mut first, mut second) = (order.clone(), order.clone());
+    for (copy, pilot) in
+        [(&mut first, user(&subject, Role::Pilot).await), (&mut second, user(&subject, Role::Pilot).await)]
+    {
+        copy.pilot_id = Some(pilot);
+        copy.status = OrderStatus::Assigned;
+        copy.last_event_seq = 2;
+    }
+    let copies = [first, second];
+    let turn = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes = twice_at_once(&subject, async |tx| {
+        let copy = &copies[turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst)];
+        tx.update_order(copy, OrderStatus::SearchingDriver, 1).await
+    })
+    .await;
+    let won: Vec<bool> = outcomes.into_iter().map(Result::unwrap).collect();
+    assert_eq!(won.iter().filter(|won| **won).count(), 1, "{won:?}");
+    let winner = &copies[won.iter().position(|won| *won).unwrap()];
+    assert_eq!(subject.store.order(order.id).await.unwrap().unwrap().pilot_id, winner.pilot_id);
+}
+
+async fn idempotency_keys_replay_the_stored_response(subject: Subject) {
+    let (alice, bob) = (user(&subject, Role::Customer).await, user(&subject, Role::Customer).await);
+    let at = now();
+    let body = json!({ "id": "order-1", "total_paise": 9_581 });
+    let mut tx = subject.store.begin().await.unwrap();
+    assert_eq!(tx.claim_idempotency_key(alice, "key-1", &[1; 32], at).await.unwrap(), None, "first use");
+    tx.save_idempotent_response(alice, "key-1", 201, &body).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let replay = IdempotentReplay { request_hash: vec![1; 32], status: 201, body };
+    let mut tx = subject.store.begin().await.unwrap();
+    assert_eq!(tx.claim_idempotency_key(alice, "key-1", &[2; 32], at).await.unwrap(), Some(replay.clone()));
+    assert_eq!(tx.claim_idempotency_key(bob, "key-1", &[1; 32], at).await.unwrap(), None, "keys are per user");
+    assert_eq!(tx.claim_idempotency_key(alice, "key-2", &[1; 32], at).await.unwrap(), None);
+    drop(tx);
+
+    let mut tx = subject.store.begin().await.unwrap();
+    assert_eq!(tx.claim_idempotency_key(bob, "key-1", &[3; 32], at).await.unwrap(), None, "a rollback frees it");
+    tx.commit().await.unwrap();
+    let mut tx = subject.store.begin().await.unwrap();
+    let unanswered = tx.claim_idempotency_key(bob, "key-1", &[3; 32], at).await.unwrap_err();
+    assert!(matches!(unanswered, Error::Conflict { code: "IDEMPOTENCY_KEY_IN_USE", .. }), "{unanswered:?}");
+    drop(tx);
+    let mut tx = subject.store.begin().await.unwrap();
+    assert_eq!(tx.claim_idempotency_key(alice, "key-1", &[1; 32], at).await.unwrap(), Some(replay), "still");
+}
+
+async fn a_concurrent_request_waits_for_the_keys_response(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let turn = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes = twice_at_once(&subject, async |tx| {
+        let replay = tx.claim_idempotency_key(customer, "key", &[7; 32], now()).await?;
+        if replay.is_none() {
+            let n = turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tx.save_idempotent_response(customer, "key", 201, &json!({ "run": n })).await?;
+        }
+        Ok(replay)
+    })
+    .await;
+    let outcomes: Vec<_> = outcomes.into_iter().map(Result::unwrap).collect();
+    let replays: Vec<_> = outcomes.iter().flatten().collect();
+    assert_eq!(replays.len(), 1, "one runs, the other replays it: {outcomes:?}");
+    assert_eq!(*replays[0], IdempotentReplay { request_hash: vec![7; 32], status: 201, body: json!({ "run": 0 }) });
+}
