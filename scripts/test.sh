@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests against a real
 # PostgreSQL and a real Redis. Uses the ones answering on 127.0.0.1:5432 / :6379; otherwise
-# installs them from Debian packages and starts them (without systemd). Exits non-zero on
-# any failure.
+# installs them from Debian packages and starts them (without systemd). Then the Socket.io
+# gateway against the official socket.io-client from npm (tests/js; Node.js from Debian
+# packages when missing). Exits non-zero on any failure.
 #
 #   DISPATCHD_TEST_DATABASE_URL  Postgres URL of a user that may create databases
 #                                (default postgres://postgres@127.0.0.1:5432/postgres)
@@ -55,6 +56,13 @@ ensure_redis() {
     wait_for redis_answers || { echo "Redis did not start" >&2; exit 1; }
 }
 
+ensure_node() {
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        say "installing Node.js (for the socket.io-client tests)"
+        apt_install nodejs npm
+    fi
+}
+
 drop_test_databases() {
     psql "$DISPATCHD_TEST_DATABASE_URL" -tAc \
         "SELECT datname FROM pg_database WHERE datname LIKE 'dispatchd\_test\_%'" 2>/dev/null |
@@ -76,6 +84,7 @@ cleanup() {
 command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
 ensure_postgres
 ensure_redis
+ensure_node
 trap cleanup EXIT
 
 say "cargo fmt --check"
@@ -84,3 +93,5 @@ say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 say "cargo test"
 cargo test --workspace --locked
+say "socket.io-client tests (tests/js)"
+(cd tests/js && npm ci --no-audit --no-fund --loglevel=error && DISPATCHD_BIN="$PWD/../../target/debug/dispatchd" npm test)

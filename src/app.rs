@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::{ExposeSecret, SecretString};
+use socketioxide::layer::SocketIoLayer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +33,7 @@ use crate::money::Money;
 use crate::orders::service_area::ServiceArea;
 use crate::orders::{OrderJobs, Orders};
 use crate::payments::{Payments, RefundJobs};
+use crate::realtime::Realtime;
 use crate::store::positions::{self, PositionMirror};
 use crate::store::redis::RedisHandle;
 use crate::store::{self, Store};
@@ -64,6 +66,8 @@ pub struct AppState {
 pub struct App {
     state: AppState,
     mirror: Option<PositionMirror>,
+    sockets: SocketIoLayer,
+    realtime: Option<Realtime>,
 }
 
 impl App {
@@ -129,7 +133,8 @@ impl App {
             payments,
             jobs: Arc::new(jobs),
         };
-        Ok(Self { state, mirror })
+        let (sockets, realtime) = Realtime::attach(&state).await?;
+        Ok(Self { state, mirror, sockets, realtime: Some(realtime) })
     }
 
     pub fn state(&self) -> &AppState {
@@ -145,16 +150,24 @@ impl App {
         let addr = listener.local_addr().context("reading the listener's address")?;
         tracing::info!(%addr, url = %format!("http://{addr}"), "dispatchd listening");
         let stop = CancellationToken::new();
-        let background = self.spawn_background(stop.clone());
-        let Self { state, .. } = self;
+        let realtime = self.realtime.take().expect("served once");
+        let io = realtime.io();
+        let mut background = self.spawn_background(stop.clone());
+        background.push(tokio::spawn(realtime.run(stop.clone())));
+        let Self { state, sockets, .. } = self;
 
         let draining = CancellationToken::new();
         let on_signal = draining.clone();
         tokio::spawn(async move {
             shutdown.await;
             on_signal.cancel();
+            // Open sockets would hold the drain for the whole grace period: close them (the
+            // apps reconnect to another node, or to this one once it is back).
+            io.close().await;
         });
-        let app = crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        // Socket.io sits outside the HTTP layers: long-polling requests outlive the request
+        // timeout by design, and sockets have their own limits and metrics.
+        let app = crate::http::router(state.clone()).layer(sockets).into_make_service_with_connect_info::<SocketAddr>();
         let mut server = tokio::spawn(
             axum::serve(listener, app).with_graceful_shutdown(draining.clone().cancelled_owned()).into_future(),
         );

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -16,16 +17,28 @@ use crate::grid::{GridError, PilotIndex, PilotSnapshot, PresenceChange, ReportOu
 use crate::ids::UserId;
 use crate::store::Store;
 
+/// Told of every pilot whose position changed (live tracking). Called on the reporting
+/// task: keep it short and never block.
+pub trait PositionListener: Send + Sync {
+    fn pilot_moved(&self, pilot: &PilotSnapshot);
+}
+
 pub struct Fleet {
     index: Arc<PilotIndex>,
     store: Arc<dyn Store>,
     clock: Clock,
     max_points: usize,
+    listeners: parking_lot::RwLock<Vec<Arc<dyn PositionListener>>>,
 }
 
 impl Fleet {
     pub fn new(index: Arc<PilotIndex>, store: Arc<dyn Store>, clock: Clock, max_points: usize) -> Self {
-        Self { index, store, clock, max_points }
+        Self { index, store, clock, max_points, listeners: parking_lot::RwLock::default() }
+    }
+
+    /// Adds a listener for accepted moves.
+    pub fn subscribe(&self, listener: Arc<dyn PositionListener>) {
+        self.listeners.write().push(listener);
     }
 
     pub fn index(&self) -> &Arc<PilotIndex> {
@@ -47,6 +60,11 @@ impl Fleet {
         let vehicle = self.vehicle_of(pilot).await?;
         let outcome = self.index.report(pilot, vehicle, points, self.now_ms());
         count_points(&outcome);
+        if let Some(snapshot) = outcome.pilot.as_ref().filter(|_| outcome.moved > 0) {
+            for listener in self.listeners.read().iter() {
+                listener.pilot_moved(snapshot);
+            }
+        }
         Ok(outcome)
     }
 
@@ -110,6 +128,75 @@ fn count_points(outcome: &ReportOutcome) {
         let count = outcome.rejected.iter().filter(|(_, rejected)| *rejected == reason).count();
         if count > 0 {
             metrics::counter!("gps_points_total", "result" => reason.as_str()).increment(count as u64);
+        }
+    }
+}
+
+/// One point as apps send it (REST and Socket.io alike). Coordinates are checked per point
+/// (a bad one is rejected with its reason, the rest still count); a missing field fails the
+/// whole report.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointIn {
+    lat: f64,
+    lng: f64,
+    /// Milliseconds since the Unix epoch, phone time.
+    ts: i64,
+    accuracy: Option<f64>,
+    speed: Option<f64>,
+    heading: Option<f64>,
+}
+
+/// `{points: [...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationReport {
+    points: Vec<PointIn>,
+}
+
+impl LocationReport {
+    pub fn points(&self) -> Vec<GpsPoint> {
+        self.points
+            .iter()
+            .map(|point| GpsPoint {
+                lat: point.lat,
+                lng: point.lng,
+                ts_ms: point.ts,
+                accuracy_m: point.accuracy,
+                speed_mps: point.speed,
+                heading_deg: point.heading,
+            })
+            .collect()
+    }
+}
+
+/// What a pilot is told about a report: how many points counted, and why each refused
+/// point was refused (by its index in the report as sent).
+#[derive(Debug, Serialize)]
+pub struct ReportAnswer {
+    pub accepted: usize,
+    pub moved: usize,
+    pub stationary: usize,
+    pub rejected: Vec<RejectedPoint>,
+    pub pilot: Option<PilotSnapshot>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RejectedPoint {
+    pub index: usize,
+    pub reason: &'static str,
+}
+
+impl From<ReportOutcome> for ReportAnswer {
+    fn from(outcome: ReportOutcome) -> Self {
+        let rejected =
+            outcome.rejected.iter().map(|(index, reason)| RejectedPoint { index: *index, reason: reason.as_str() });
+        Self {
+            accepted: outcome.accepted(),
+            moved: outcome.moved,
+            stationary: outcome.stationary,
+            rejected: rejected.collect(),
+            pilot: outcome.pilot,
         }
     }
 }

@@ -44,5 +44,6 @@ pub mod jobs;
 pub mod money;
 pub mod orders;
 pub mod payments;
+pub mod realtime;
 pub mod store;
 pub mod telemetry;

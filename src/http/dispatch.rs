@@ -1,5 +1,6 @@
 //! `/api/v1/dispatch/*`: the dispatcher's view of the live grid — pilots in a box, the
-//! nearest available pilots to a point, and supply per coarse cell.
+//! nearest available pilots to a point, and supply per coarse cell — and assigning an order
+//! by hand.
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -12,8 +13,9 @@ use crate::domain::{LatLng, PilotStatus, Role, VehicleType};
 use crate::error::{Error, Result};
 use crate::grid::Filter;
 use crate::grid::geometry::BBox;
-use crate::http::extract::Query;
+use crate::http::extract::{Json, Path, Query};
 use crate::http::response::ok;
+use crate::ids::{OrderId, UserId};
 
 const MAX_PILOTS: usize = 5000;
 const MAX_NEAREST: usize = 100;
@@ -21,8 +23,9 @@ const MAX_RADIUS_M: f64 = 50_000.0;
 
 /// `bbox=min_lng,min_lat,max_lng,max_lat`.
 fn parse_bbox(text: &str) -> Result<BBox> {
-    let numbers: Vec<f64> = text.split(',').filter_map(|part| part.trim().parse().ok()).collect();
-    let [min_lng, min_lat, max_lng, max_lat] = numbers[..] else {
+    let numbers: Option<Vec<f64>> = text.split(',').map(|part| part.trim().parse().ok()).collect();
+    let Some([min_lng, min_lat, max_lng, max_lat]) = numbers.as_deref().and_then(|n| <[f64; 4]>::try_from(n).ok())
+    else {
         return Err(Error::validation("bbox", "must be min_lng,min_lat,max_lng,max_lat"));
     };
     BBox::new(min_lng, min_lat, max_lng, max_lat).map_err(|err| Error::validation("bbox", err.0))
@@ -104,4 +107,21 @@ pub async fn supply(
     caller.require(&[Role::Dispatcher, Role::Admin])?;
     let bbox = parse_bbox(&query.bbox)?;
     Ok(ok(json!({ "cells": state.grid.supply_within(&bbox) })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignBody {
+    pilot_id: UserId,
+}
+
+/// `POST /dispatch/orders/{id}/assign {pilot_id}`: the same rules as a pilot's accept; one
+/// assignment wins, whoever asked first.
+pub async fn assign(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<OrderId>,
+    Json(body): Json<AssignBody>,
+) -> Result<impl IntoResponse> {
+    Ok(ok(state.orders.assign(&caller, id, body.pilot_id).await?))
 }

@@ -59,7 +59,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 /// The dotted path of the field an error is about. serde reports a missing field at its
 /// parent's path, naming the field only in the message.
-fn field_name(path: &str, message: &str) -> String {
+pub(crate) fn field_name(path: &str, message: &str) -> String {
     let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
     match (path, missing) {
         (".", Some(field)) => field.to_owned(),
@@ -70,7 +70,7 @@ fn field_name(path: &str, message: &str) -> String {
 }
 
 /// serde_json ends messages with " at line L column C": noise for an API client.
-fn strip_position(message: &str) -> String {
+pub(crate) fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(at) => message[..at].to_owned(),
         None => message.to_owned(),

@@ -112,6 +112,7 @@ fn api_routes() -> Router<AppState> {
         .route("/dispatch/pilots", get(dispatch::pilots))
         .route("/dispatch/pilots/nearest", get(dispatch::nearest))
         .route("/dispatch/supply", get(dispatch::supply))
+        .route("/dispatch/orders/{id}/assign", post(dispatch::assign))
         .route("/quotes", post(orders::quote))
         .route("/orders", post(orders::create).get(orders::list))
         .route("/orders/{id}", get(orders::get))

@@ -156,6 +156,7 @@ impl Orders {
         }
         tx.commit().await?;
         metrics::counter!("orders_created_total", "payment_method" => order.payment_method.as_str()).increment(1);
+        self.publish(&order, &events);
         Ok(Creation::Created(Box::new(order)))
     }
 

@@ -10,7 +10,7 @@ use crate::domain::money::LedgerKind;
 use crate::domain::orders::{CancelReason, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus};
 use crate::error::{Error, Result};
 use crate::ids::OrderId;
-use crate::orders::{Orders, event, not_found, push_event, save, visible};
+use crate::orders::{Committed, Orders, event, not_found, push_event, save, visible};
 use crate::store::{NewJob, StoreTx, WalletCredit};
 
 /// Job kind: refund a gateway payment (the payload names the order and the amount).
@@ -34,7 +34,7 @@ impl Orders {
         let events = cancel_in(&mut *tx, &mut order, reason, fee, Some(caller), now).await?;
         tx.commit().await?;
         metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
-        log_events(&events);
+        self.publish(&order, &events);
         Ok(order)
     }
 
@@ -51,7 +51,7 @@ impl Orders {
         let events = vec![push_event(&mut order, event(OrderStatus::SearchingDriver.as_str(), None, json!({})), now)];
         save(&mut *tx, &order, before, &events).await?;
         tx.commit().await?;
-        log_events(&events);
+        self.publish(&order, &events);
         Ok(())
     }
 
@@ -66,7 +66,7 @@ impl Orders {
         let events = cancel_in(&mut *tx, &mut order, CancelReason::PaymentFailed, 0, None, now).await?;
         tx.commit().await?;
         metrics::counter!("orders_cancelled_total", "reason" => CancelReason::PaymentFailed.as_str()).increment(1);
-        log_events(&events);
+        self.publish(&order, &events);
         Ok(())
     }
 }
@@ -131,13 +131,6 @@ pub(super) async fn refund_in(tx: &mut dyn StoreTx, order: &Order, amount: i64, 
     Ok(())
 }
 
-/// Logs committed events, one line each, so an order's history can be followed in the logs.
-pub fn log_events(events: &[OrderEvent]) {
-    for event in events {
-        tracing::info!(order_id = %event.order_id, seq = event.seq, event = %event.kind, "order event");
-    }
-}
-
 impl Orders {
     /// Inside a webhook's transaction: the order's gateway payment was captured. A pending
     /// order is paid (and searches, if due); one cancelled meanwhile is refunded in full.
@@ -146,7 +139,7 @@ impl Orders {
         tx: &mut dyn StoreTx,
         id: OrderId,
         now: DateTime<Utc>,
-    ) -> Result<(&'static str, Vec<OrderEvent>)> {
+    ) -> Result<(&'static str, Option<Committed>)> {
         let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
         let before = (order.status, order.last_event_seq);
         let mut events = Vec::new();
@@ -173,10 +166,11 @@ impl Orders {
             }
             "order_paid"
         };
-        if !events.is_empty() {
-            save(tx, &order, before, &events).await?;
+        if events.is_empty() {
+            return Ok((outcome, None));
         }
-        Ok((outcome, events))
+        save(tx, &order, before, &events).await?;
+        Ok((outcome, Some(Committed { order, events })))
     }
 
     /// Inside a webhook's transaction: the order's gateway payment failed; a pending order
@@ -186,14 +180,14 @@ impl Orders {
         tx: &mut dyn StoreTx,
         id: OrderId,
         now: DateTime<Utc>,
-    ) -> Result<(&'static str, Vec<OrderEvent>)> {
+    ) -> Result<(&'static str, Option<Committed>)> {
         let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
         if order.status != OrderStatus::Pending || order.payment_status != PaymentStatus::Pending {
-            return Ok(("ignored", Vec::new()));
+            return Ok(("ignored", None));
         }
         order.payment_status = PaymentStatus::Failed;
         let events = cancel_in(tx, &mut order, CancelReason::PaymentFailed, 0, None, now).await?;
-        Ok(("order_cancelled", events))
+        Ok(("order_cancelled", Some(Committed { order, events })))
     }
 }
 

@@ -6,8 +6,12 @@
 //!   (wallet debit or refund, coupon use or release) and the jobs it needs;
 //! * status changes go through [`OrderStatus::can_become`] and are written with a
 //!   compare-and-set on the status and seq read, so two concurrent changes cannot both win;
-//! * only the customer, the assigned pilot and staff see an order; anyone else gets 404.
+//! * only the customer, the assigned pilot and staff see an order; anyone else gets 404;
+//! * every committed change is handed to the [`OrderListener`]s (the realtime gateway) after
+//!   its transaction commits, in commit order for one order; a listener that misses one
+//!   loses nothing a client cannot replay by `seq`.
 
+mod assign;
 mod create;
 mod lifecycle;
 pub mod pricing;
@@ -17,6 +21,7 @@ pub mod service_area;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use parking_lot::RwLock;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -29,7 +34,7 @@ use crate::grid::PilotIndex;
 use crate::ids::OrderId;
 use crate::store::{OrderFilter, PageRequest, Store, StoreTx};
 pub use create::{CreateOrder, Creation, PAYMENT_TIMEOUT_JOB, QuoteRequest, QuoteResponse, START_SEARCH_JOB};
-pub use lifecycle::{GATEWAY_REFUND_JOB, OrderJobs, log_events};
+pub use lifecycle::{GATEWAY_REFUND_JOB, OrderJobs};
 use pricing::{PricingConfig, SurgeConfig, TariffPricing};
 use quotes::QuoteSigner;
 use service_area::ServiceArea;
@@ -50,6 +55,19 @@ pub struct OrdersConfig {
     pub cancellation_fee_paise: i64,
 }
 
+/// A committed change: the order as it now is, and the events it gained.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub order: Order,
+    pub events: Vec<OrderEvent>,
+}
+
+/// Told of every committed change of an order. Called on the committing task: keep it short
+/// and never block (hand work to a task of your own).
+pub trait OrderListener: Send + Sync {
+    fn committed(&self, order: &Order, events: &[OrderEvent]);
+}
+
 /// The orders service. Share it behind an `Arc`.
 pub struct Orders {
     store: Arc<dyn Store>,
@@ -63,6 +81,7 @@ pub struct Orders {
     config: OrdersConfig,
     /// Whether card and UPI orders can be paid (a gateway is configured).
     accepts_cards: bool,
+    listeners: RwLock<Vec<Arc<dyn OrderListener>>>,
 }
 
 impl Orders {
@@ -88,6 +107,33 @@ impl Orders {
             quote_ttl: seconds(pricing.quote_ttl_secs),
             config,
             accepts_cards,
+            listeners: RwLock::default(),
+        }
+    }
+
+    /// Estimated driving time between two points for `vehicle` (the pricing route).
+    pub fn eta_secs(
+        &self,
+        vehicle: crate::domain::VehicleType,
+        from: crate::domain::LatLng,
+        to: crate::domain::LatLng,
+    ) -> i64 {
+        self.pricing.eta_secs(vehicle, from, to)
+    }
+
+    /// Adds a listener for committed changes.
+    pub fn subscribe(&self, listener: Arc<dyn OrderListener>) {
+        self.listeners.write().push(listener);
+    }
+
+    /// Logs a committed change, one line per event, and tells the listeners.
+    pub(crate) fn publish(&self, order: &Order, events: &[OrderEvent]) {
+        for event in events {
+            tracing::info!(order_id = %event.order_id, seq = event.seq, event = %event.kind, "order event");
+        }
+        let listeners = self.listeners.read().clone();
+        for listener in listeners {
+            listener.committed(order, events);
         }
     }
 

@@ -139,6 +139,12 @@ impl TariffPricing {
         }
     }
 
+    /// Driving time from `from` to `to` for `vehicle`, by the same route estimate fares use.
+    pub fn eta_secs(&self, vehicle: VehicleType, from: LatLng, to: LatLng) -> i64 {
+        let trip = Trip { pickup: from, drop: to, vehicle };
+        self.route.estimate(&trip, self.tariffs.of(vehicle).avg_speed_kmh).1
+    }
+
     /// Applies a discount (at most the fare) and the tax on what remains.
     pub fn with_discount(&self, mut fare: Fare, discount_paise: i64) -> Fare {
         fare.discount_paise = discount_paise.clamp(0, fare.fare_paise);

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::money::{Gateway, GatewayPaymentStatus, LedgerKind, PaymentPurpose};
-use crate::domain::orders::OrderEvent;
 use crate::error::Result;
+use crate::orders::Committed;
 use crate::payments::{PaymentOutcome, Payments, WebhookEvent};
 use crate::store::{StoreTx, WalletCredit};
 
@@ -17,15 +17,17 @@ impl Payments {
         if !tx.record_webhook(gateway, &event.event_id, &event.event_type, now).await? {
             return Ok("duplicate");
         }
-        let (outcome, events) = match &event.outcome {
-            PaymentOutcome::Ignored => ("ignored", Vec::new()),
+        let (outcome, committed) = match &event.outcome {
+            PaymentOutcome::Ignored => ("ignored", None),
             PaymentOutcome::Paid { gateway_ref, payment_id, .. } => {
                 self.captured(&mut *tx, gateway, gateway_ref, payment_id, now).await?
             }
             PaymentOutcome::Failed { gateway_ref } => self.failed(&mut *tx, gateway, gateway_ref, now).await?,
         };
         tx.commit().await?;
-        crate::orders::log_events(&events);
+        if let Some(Committed { order, events }) = &committed {
+            self.orders.publish(order, events);
+        }
         tracing::info!(%gateway, event_id = %event.event_id, event_type = %event.event_type, outcome, "webhook applied");
         Ok(outcome)
     }
@@ -37,13 +39,13 @@ impl Payments {
         gateway_ref: &str,
         captured_id: &str,
         now: DateTime<Utc>,
-    ) -> Result<(&'static str, Vec<OrderEvent>)> {
+    ) -> Result<(&'static str, Option<Committed>)> {
         let Some(mut payment) = tx.lock_payment(gateway, gateway_ref).await? else {
             tracing::warn!(%gateway, gateway_ref, "webhook for a payment we do not know");
-            return Ok(("unknown_payment", Vec::new()));
+            return Ok(("unknown_payment", None));
         };
         if payment.status == GatewayPaymentStatus::Paid {
-            return Ok(("already_applied", Vec::new()));
+            return Ok(("already_applied", None));
         }
         // A capture wins over an earlier failure: the money moved.
         payment.status = GatewayPaymentStatus::Paid;
@@ -61,7 +63,7 @@ impl Payments {
                     order: None,
                 };
                 tx.credit_wallet(&credit, now).await?;
-                Ok(("wallet_credited", Vec::new()))
+                Ok(("wallet_credited", None))
             }
         }
     }
@@ -72,20 +74,20 @@ impl Payments {
         gateway: Gateway,
         gateway_ref: &str,
         now: DateTime<Utc>,
-    ) -> Result<(&'static str, Vec<OrderEvent>)> {
+    ) -> Result<(&'static str, Option<Committed>)> {
         let Some(mut payment) = tx.lock_payment(gateway, gateway_ref).await? else {
-            return Ok(("unknown_payment", Vec::new()));
+            return Ok(("unknown_payment", None));
         };
         if payment.status != GatewayPaymentStatus::Created {
             // Already captured (a failure reported late changes nothing) or already failed.
-            return Ok(("stale", Vec::new()));
+            return Ok(("stale", None));
         }
         payment.status = GatewayPaymentStatus::Failed;
         payment.updated_at = now;
         tx.update_payment(&payment).await?;
         match payment.order_id {
             Some(order) => self.orders.payment_failed(tx, order, now).await,
-            None => Ok(("topup_failed", Vec::new())),
+            None => Ok(("topup_failed", None)),
         }
     }
 }

@@ -32,6 +32,14 @@ pub trait OrderStore: Send + Sync {
     /// Events with `seq > after_seq`, oldest first, at most `limit`.
     async fn order_events(&self, id: OrderId, after_seq: i32, limit: u32) -> Result<Vec<OrderEvent>>;
 
+    /// Open orders (not yet delivered or cancelled) whose pickup lies in `bbox`, newest
+    /// first, at most `limit`: what a dispatcher's map shows.
+    async fn open_orders_within(&self, bbox: &crate::grid::geometry::BBox, limit: u32) -> Result<Vec<Order>>;
+
+    /// Every order a pilot is carrying now (assigned, picked up or in transit): what live
+    /// tracking follows after a restart.
+    async fn active_orders(&self) -> Result<Vec<Order>>;
+
     /// Orders searching for a pilot (paid and due: neither unpaid nor scheduled for later) for
     /// `vehicle` whose pickup is in coarse cell `cell`: the demand side of surge.
     async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64>;

@@ -7,6 +7,8 @@
 //! `DISPATCHD_TEST_REDIS_URL` (default redis://127.0.0.1:6379). `scripts/test.sh` sets both.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod sio;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

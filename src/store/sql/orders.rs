@@ -45,6 +45,29 @@ impl OrderStore for StoreImpl {
         rows.into_iter().map(OrderEvent::try_from).collect()
     }
 
+    async fn open_orders_within(&self, bbox: &crate::grid::geometry::BBox, limit: u32) -> Result<Vec<Order>> {
+        let rows: Vec<OrderRow> = sqlx::query_as(select_order!(
+            "WHERE status NOT IN ('delivered', 'cancelled') AND pickup_lat BETWEEN $1 AND $2 \
+             AND pickup_lng BETWEEN $3 AND $4 ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(bbox.min_lat)
+        .bind(bbox.max_lat)
+        .bind(bbox.min_lng)
+        .bind(bbox.max_lng)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Order::try_from).collect()
+    }
+
+    async fn active_orders(&self) -> Result<Vec<Order>> {
+        let rows: Vec<OrderRow> =
+            sqlx::query_as(select_order!("WHERE status IN ('assigned', 'picked_up', 'in_transit') ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(Order::try_from).collect()
+    }
+
     async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64> {
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM orders WHERE pickup_cell = $1 AND vehicle_type = $2 \

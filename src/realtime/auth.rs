@@ -1,0 +1,151 @@
+//! Who may connect where. The access token comes in the CONNECT packet's auth payload
+//! (`{token}`, Socket.io v3+ clients) or, for EIO3 clients that have no auth payload, as
+//! `token` in the query string; it is verified exactly as REST verifies a bearer token
+//! (signature, expiry, revocation). A refusal is a `connect_error` whose message is
+//! `"CODE: human text"` (socketioxide sends `{message}` only, so the code leads the text).
+//! The verified [`Caller`] is kept in the socket's extensions for its handlers.
+
+use std::fmt;
+
+use serde_json::Value;
+use socketioxide::extract::{SocketRef, State, TryData};
+
+use crate::auth::Caller;
+use crate::domain::Role;
+use crate::error::Error;
+use crate::realtime::{CUSTOMER_NS, DISPATCH_NS, Gateway, PILOT_NS};
+
+/// Why a connection was refused, as the client reads it.
+#[derive(Debug)]
+pub struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl From<Error> for Refusal {
+    fn from(err: Error) -> Self {
+        let body = err.body();
+        Self { code: body.code, message: body.message }
+    }
+}
+
+pub async fn pilot(socket: SocketRef, State(gateway): State<Gateway>, auth: TryData<Value>) -> Result<(), Refusal> {
+    admit(&socket, &gateway, auth, PILOT_NS, &[Role::Pilot]).await
+}
+
+pub async fn customer(socket: SocketRef, State(gateway): State<Gateway>, auth: TryData<Value>) -> Result<(), Refusal> {
+    admit(&socket, &gateway, auth, CUSTOMER_NS, &[Role::Customer]).await
+}
+
+pub async fn dispatcher(
+    socket: SocketRef,
+    State(gateway): State<Gateway>,
+    auth: TryData<Value>,
+) -> Result<(), Refusal> {
+    admit(&socket, &gateway, auth, DISPATCH_NS, &[Role::Dispatcher, Role::Admin]).await
+}
+
+/// The main namespace `/` exists for EIO3 clients only (they must be in it to reach the
+/// others); it offers nothing.
+pub async fn only_eio3(socket: SocketRef) -> Result<(), Refusal> {
+    match socket.protocol() {
+        socketioxide::ProtocolVersion::V4 => Ok(()),
+        _ => Err(Refusal { code: "NO_SUCH_NAMESPACE", message: "connect to /pilot, /customer or /dispatch".into() }),
+    }
+}
+
+async fn admit(
+    socket: &SocketRef,
+    gateway: &Gateway,
+    TryData(auth): TryData<Value>,
+    namespace: &'static str,
+    roles: &[Role],
+) -> Result<(), Refusal> {
+    let result = authenticate(socket, gateway, auth.ok(), roles).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(refusal) => refusal.code,
+    };
+    metrics::counter!("socket_connects_total", "namespace" => namespace, "outcome" => outcome).increment(1);
+    socket.extensions.insert(result?);
+    Ok(())
+}
+
+async fn authenticate(
+    socket: &SocketRef,
+    gateway: &Gateway,
+    auth: Option<Value>,
+    roles: &[Role],
+) -> Result<Caller, Refusal> {
+    let token = auth
+        .as_ref()
+        .and_then(|auth| auth.get("token"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| query_token(socket.req_parts().uri.query()))
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| Refusal {
+            code: "MISSING_TOKEN",
+            message: "send the access token as auth {token} (or ?token= for EIO3 clients)".into(),
+        })?;
+    let caller = gateway.app.auth.authenticate(&token).await?;
+    caller.require(roles)?;
+    Ok(caller)
+}
+
+/// `token` from a query string, percent-decoded.
+fn query_token(query: Option<&str>) -> Option<String> {
+    query?.split('&').filter_map(|pair| pair.split_once('=')).find(|(key, _)| *key == "token").map(|(_, v)| decode(v))
+}
+
+/// Percent-decoding (and `+` as space) of one query component.
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes.get(at + 1..at + 3).filter(|pair| pair.iter().all(u8::is_ascii_hexdigit));
+        match (bytes[at], hex) {
+            (b'%', Some(pair)) => {
+                let digits = std::str::from_utf8(pair).unwrap_or("00");
+                out.push(u8::from_str_radix(digits, 16).unwrap_or(0));
+                at += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                at += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_the_query_decoded() {
+        assert_eq!(query_token(Some("EIO=3&transport=polling&token=a.b%2Dc")).as_deref(), Some("a.b-c"));
+        assert_eq!(query_token(Some("EIO=4")), None);
+        assert_eq!(query_token(None), None);
+        assert_eq!(decode("100%"), "100%");
+        assert_eq!(decode("%zz%41"), "%zzA");
+    }
+
+    #[test]
+    fn refusals_lead_with_their_code() {
+        let refusal = Refusal::from(Error::forbidden("FORBIDDEN_ROLE", "pilots only"));
+        assert_eq!(refusal.to_string(), "FORBIDDEN_ROLE: pilots only");
+    }
+}

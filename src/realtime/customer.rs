@@ -1,0 +1,90 @@
+//! `/customer`: a customer watches its orders. `order:watch {order_id, last_seq?}` joins the
+//! order's room (only the order's owner may: anyone else gets `ORDER_NOT_FOUND`, as over
+//! REST) and acks a snapshot: the order, every event after `last_seq` from the database, and
+//! the pilot's last position while the order is on its way. From then on the room receives
+//! `order:event` and, while a pilot carries the order, `pilot:location` with that pilot's
+//! positions only.
+//!
+//! The room is joined before the snapshot is read, so an event committed in between arrives
+//! twice (pushed and replayed) rather than not at all: clients keep the highest `seq` seen
+//! and ignore anything at or below it.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+
+use crate::auth::Caller;
+use crate::error::Result;
+use crate::ids::OrderId;
+use crate::realtime::ack::{self, parse, payload};
+use crate::realtime::relay::{Trip, location_payload};
+use crate::realtime::{CUSTOMER_NS, Gateway, connected, count_in};
+
+/// Most events one `order:watch` replays; an order has a few dozen at most.
+const REPLAY_LIMIT: u32 = 1000;
+
+/// The room of an order's watchers.
+pub fn room(order: OrderId) -> String {
+    format!("order:{order}")
+}
+
+pub async fn on_connect(socket: SocketRef) {
+    connected(CUSTOMER_NS, 1.0);
+    socket.on("order:watch", watch);
+    socket.on("order:unwatch", unwatch);
+    socket.on_disconnect(async || connected(CUSTOMER_NS, -1.0));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchRequest {
+    order_id: OrderId,
+    last_seq: Option<i32>,
+}
+
+async fn watch(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    State(gateway): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+) {
+    count_in(CUSTOMER_NS, "order:watch");
+    let result = snapshot(&socket, &gateway, &caller, data).await;
+    ack::send(ack, CUSTOMER_NS, "order:watch", &result);
+}
+
+async fn snapshot(
+    socket: &SocketRef,
+    gateway: &Gateway,
+    caller: &Caller,
+    data: std::result::Result<Value, impl std::fmt::Display>,
+) -> Result<Value> {
+    let request: WatchRequest = payload(data).and_then(parse)?;
+    let orders = &gateway.app.orders;
+    orders.get(caller, request.order_id).await?;
+    socket.join(room(request.order_id));
+    let order = orders.get(caller, request.order_id).await?;
+    let after = request.last_seq.unwrap_or(0).max(0);
+    let events = orders.events(caller, order.id, after, REPLAY_LIMIT).await?;
+    let pilot = order.pilot_id.and_then(|pilot| gateway.app.grid.get(pilot)).and_then(|pilot| {
+        let trip = gateway.tracking.trip_of(pilot.id).filter(|trip: &Trip| trip.order == order.id)?;
+        Some(location_payload(order.id, &pilot, orders.eta_secs(trip.vehicle, pilot.position, trip.target)))
+    });
+    Ok(json!({ "order": order, "events": events, "pilot_location": pilot }))
+}
+
+async fn unwatch(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
+    count_in(CUSTOMER_NS, "order:unwatch");
+    let result = payload(data).and_then(parse::<UnwatchRequest>).map(|request| {
+        socket.leave(room(request.order_id));
+        json!({ "order_id": request.order_id })
+    });
+    ack::send(ack, CUSTOMER_NS, "order:unwatch", &result);
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnwatchRequest {
+    order_id: OrderId,
+}

@@ -1,0 +1,144 @@
+//! `/dispatch`: the dispatcher's live map. `viewport:set {bbox: [min_lng, min_lat, max_lng,
+//! max_lat]}` acks a snapshot (pilots in service inside the box, open orders whose pickup is
+//! inside it, supply per coarse hex) and replaces the socket's previous viewport. Then, every
+//! `realtime.viewport_interval_ms` (500 ms: at most 2 frames a second, whatever the update
+//! rate), `pilots:delta {upserts, removed}` carries only pilots that changed since the last
+//! frame the socket received, and `supply` is sent when the counts change. Every dispatcher
+//! also receives every `order:event`.
+//!
+//! A delta is computed against what the socket last *received*: a frame dropped on a full
+//! buffer is not recorded as sent, so the next frame carries those changes again.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::socket::Sid;
+
+use crate::error::{Error, Result};
+use crate::grid::geometry::BBox;
+use crate::grid::{Filter, PilotIndex, PilotSnapshot};
+use crate::ids::UserId;
+use crate::realtime::ack::{self, parse, payload};
+use crate::realtime::{DISPATCH_NS, Gateway, connected, count_in, count_out};
+
+/// Every dispatcher's socket joins this room.
+pub const ROOM: &str = "dispatchers";
+/// Most open orders one snapshot lists.
+const MAX_ORDERS: u32 = 1000;
+
+/// What each dispatcher's socket watches, and what it last received.
+#[derive(Default)]
+pub struct Viewports {
+    inner: Mutex<HashMap<Sid, View>>,
+}
+
+struct View {
+    bbox: BBox,
+    /// Pilot → what the socket last received of it.
+    sent: HashMap<UserId, Value>,
+    supply: Value,
+}
+
+impl Viewports {
+    fn set(&self, sid: Sid, bbox: BBox, sent: HashMap<UserId, Value>, supply: Value) {
+        self.inner.lock().insert(sid, View { bbox, sent, supply });
+    }
+
+    fn remove(&self, sid: Sid) {
+        self.inner.lock().remove(&sid);
+    }
+}
+
+pub async fn on_connect(socket: SocketRef, State(gateway): State<Gateway>) {
+    connected(DISPATCH_NS, 1.0);
+    socket.join(ROOM);
+    socket.on("viewport:set", set_viewport);
+    socket.on_disconnect(async move |socket: SocketRef| {
+        gateway.viewports.remove(socket.id);
+        connected(DISPATCH_NS, -1.0);
+    });
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ViewportRequest {
+    bbox: [f64; 4],
+}
+
+async fn set_viewport(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    State(gateway): State<Gateway>,
+) {
+    count_in(DISPATCH_NS, "viewport:set");
+    let result = snapshot(&socket, &gateway, data).await;
+    ack::send(ack, DISPATCH_NS, "viewport:set", &result);
+}
+
+async fn snapshot(
+    socket: &SocketRef,
+    gateway: &Gateway,
+    data: std::result::Result<Value, impl std::fmt::Display>,
+) -> Result<Value> {
+    let request: ViewportRequest = payload(data).and_then(parse)?;
+    let [min_lng, min_lat, max_lng, max_lat] = request.bbox;
+    let bbox = BBox::new(min_lng, min_lat, max_lng, max_lat).map_err(|err| Error::validation("bbox", err.0))?;
+    let limit = gateway.app.config.realtime.viewport_max_pilots;
+    let pilots = visible(&gateway.app.grid, &bbox, limit);
+    let supply = json!(gateway.app.grid.supply_within(&bbox));
+    let orders = gateway.app.store.open_orders_within(&bbox, MAX_ORDERS).await?;
+    let listed: Vec<&Value> = pilots.values().collect();
+    let answer = json!({ "bbox": request.bbox, "pilots": listed, "orders": orders, "supply": supply });
+    gateway.viewports.set(socket.id, bbox, pilots, supply);
+    Ok(answer)
+}
+
+/// The pilots in service inside `bbox`, as frames show them.
+fn visible(grid: &PilotIndex, bbox: &BBox, limit: usize) -> HashMap<UserId, Value> {
+    grid.within(bbox, &Filter::in_service(), limit).iter().map(|pilot| (pilot.id, pilot_frame(pilot))).collect()
+}
+
+fn pilot_frame(pilot: &PilotSnapshot) -> Value {
+    json!({
+        "id": pilot.id,
+        "lat": pilot.position.lat(),
+        "lng": pilot.position.lng(),
+        "vehicle_type": pilot.vehicle,
+        "status": pilot.status,
+        "stale": pilot.stale,
+        "heading": pilot.heading_deg,
+    })
+}
+
+/// One frame for every dispatcher whose view changed.
+pub fn tick(io: &SocketIo, grid: &PilotIndex, viewports: &Viewports, limit: usize) {
+    let Some(namespace) = io.of(DISPATCH_NS) else { return };
+    let mut views = viewports.inner.lock();
+    for (sid, view) in views.iter_mut() {
+        let Some(socket) = namespace.get_socket(*sid) else { continue };
+        let now = visible(grid, &view.bbox, limit);
+        let upserts: Vec<&Value> =
+            now.iter().filter(|(id, frame)| view.sent.get(id) != Some(frame)).map(|(_, f)| f).collect();
+        let removed: Vec<&UserId> = view.sent.keys().filter(|id| !now.contains_key(id)).collect();
+        if !upserts.is_empty() || !removed.is_empty() {
+            let sent = socket.emit("pilots:delta", &json!({ "upserts": upserts, "removed": removed })).is_ok();
+            count_out(DISPATCH_NS, "pilots:delta", sent);
+            if sent {
+                view.sent = now;
+            }
+        }
+        let supply = json!(grid.supply_within(&view.bbox));
+        if supply != view.supply {
+            let sent = socket.emit("supply", &json!({ "cells": supply })).is_ok();
+            count_out(DISPATCH_NS, "supply", sent);
+            if sent {
+                view.supply = supply;
+            }
+        }
+    }
+}

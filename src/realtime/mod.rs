@@ -1,0 +1,172 @@
+//! The realtime gateway: Socket.io (socketioxide) on the same server and port as the REST
+//! API, path `/socket.io/`, protocol v5 (EIO4) and v4 (EIO3), WebSocket and long-polling.
+//!
+//! | namespace | who | file |
+//! |---|---|---|
+//! | `/pilot` | pilots | [`pilot`]: location batches into the grid, status |
+//! | `/customer` | customers | [`customer`]: watch an order (snapshot + replay by `seq`), live pilot position |
+//! | `/dispatch` | dispatchers, admins | [`dispatch`]: a viewport of pilots and open orders, coalesced deltas, supply |
+//!
+//! The event contract is `docs/events.md`. Every ack is `{ok: true, data}` or
+//! `{ok: false, error: {code, message}}` ([`ack`]); a connection refused at connect gets a
+//! `connect_error` whose `message` is `"CODE: human text"` ([`auth`]).
+//!
+//! Invariants:
+//! * a slow client never slows the server: every emit is to one socket's bounded buffer and
+//!   a full buffer drops the packet (counted); positions are volatile, order events can be
+//!   replayed by `seq`, viewport deltas are recomputed from state;
+//! * nothing here holds the server's state in a cycle: the listeners that orders and the
+//!   fleet call hand their work to [`Realtime::run`] through channels, and only that task
+//!   (and the HTTP layer) holds the `SocketIo`.
+
+pub mod ack;
+mod auth;
+mod customer;
+mod dispatch;
+mod pilot;
+mod relay;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use socketioxide::handler::ConnectHandler as _;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::{ParserConfig, SocketIo};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use dispatch::Viewports;
+use relay::{Outbound, Relay, Tracking};
+
+pub const PILOT_NS: &str = "/pilot";
+pub const CUSTOMER_NS: &str = "/customer";
+pub const DISPATCH_NS: &str = "/dispatch";
+
+/// Positions waiting for the relay task; past this they are dropped (and counted).
+const POSITION_QUEUE: usize = 65_536;
+
+/// `[realtime]` configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealtimeConfig {
+    pub ping_interval_ms: u64,
+    pub ping_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub max_payload_bytes: u64,
+    pub max_binary_attachments: usize,
+    pub max_buffer_size: usize,
+    pub location_events_per_sec: u32,
+    pub location_burst: u32,
+    pub flood_disconnect_after: u32,
+    pub viewport_interval_ms: u64,
+    pub viewport_max_pilots: usize,
+}
+
+/// What socket handlers reach through socketioxide's state.
+#[derive(Clone)]
+pub struct Gateway {
+    pub app: AppState,
+    viewports: Arc<Viewports>,
+    tracking: Arc<Tracking>,
+}
+
+/// The running gateway: the `SocketIo` handle and the relay's queues.
+pub struct Realtime {
+    io: SocketIo,
+    grid: Arc<crate::grid::PilotIndex>,
+    viewports: Arc<Viewports>,
+    tracking: Arc<Tracking>,
+    outbound: mpsc::UnboundedReceiver<Outbound>,
+    positions: mpsc::Receiver<Outbound>,
+    interval: Duration,
+    /// Most pilots one viewport frame lists.
+    limit: usize,
+}
+
+impl Realtime {
+    /// Builds the Socket.io layer for `state`, registers the namespaces, and subscribes to
+    /// order changes and pilot moves.
+    pub async fn attach(state: &AppState) -> anyhow::Result<(SocketIoLayer, Self)> {
+        let config = &state.config.realtime;
+        let viewports = Arc::new(Viewports::default());
+        let tracking = Arc::new(Tracking::default());
+        for order in state.store.active_orders().await? {
+            tracking.follow(&order);
+        }
+        let gateway = Gateway { app: state.clone(), viewports: viewports.clone(), tracking: tracking.clone() };
+        let parser = ParserConfig::common().max_incoming_binaries(config.max_binary_attachments);
+        let (layer, io) = SocketIo::builder()
+            .ping_interval(Duration::from_millis(config.ping_interval_ms))
+            .ping_timeout(Duration::from_millis(config.ping_timeout_ms))
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .max_payload(config.max_payload_bytes)
+            .max_buffer_size(config.max_buffer_size)
+            .with_parser(parser)
+            .with_state(gateway)
+            .build_layer();
+        // EIO3 clients join the main namespace implicitly, before any other: without it their
+        // connection is closed at once. Nothing happens there, and v5 clients are refused.
+        io.ns("/", (async || {}).with(auth::only_eio3));
+        io.ns(PILOT_NS, pilot::on_connect.with(auth::pilot));
+        io.ns(CUSTOMER_NS, customer::on_connect.with(auth::customer));
+        io.ns(DISPATCH_NS, dispatch::on_connect.with(auth::dispatcher));
+
+        let (events_tx, outbound) = mpsc::unbounded_channel();
+        let (positions_tx, positions) = mpsc::channel(POSITION_QUEUE);
+        let pricing = crate::orders::pricing::TariffPricing::new(&state.config.pricing);
+        let relay = Arc::new(Relay::new(tracking.clone(), pricing, events_tx, positions_tx));
+        state.orders.subscribe(relay.clone());
+        state.fleet.subscribe(relay);
+        let interval = Duration::from_millis(config.viewport_interval_ms);
+        let grid = state.grid.clone();
+        let limit = config.viewport_max_pilots;
+        Ok((layer, Self { io, grid, viewports, tracking, outbound, positions, interval, limit }))
+    }
+
+    /// The Socket.io handle (to close every socket at shutdown).
+    pub fn io(&self) -> SocketIo {
+        self.io.clone()
+    }
+
+    /// Delivers order events and positions, and ticks the dispatchers' viewports, until
+    /// `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                Some(message) = self.outbound.recv() => relay::deliver(&self.io, &message),
+                Some(message) = self.positions.recv() => relay::deliver(&self.io, &message),
+                _ = ticks.tick() => dispatch::tick(&self.io, &self.grid, &self.viewports, self.limit),
+            }
+        }
+    }
+
+    /// Pilots currently followed by live tracking (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.tracking.len()
+    }
+}
+
+/// Counts an event received on `namespace`.
+fn count_in(namespace: &'static str, event: &'static str) {
+    metrics::counter!("socket_events_in_total", "namespace" => namespace, "event" => event).increment(1);
+}
+
+/// Counts an event sent, or a packet dropped because the socket's buffer was full.
+fn count_out(namespace: &'static str, event: &'static str, sent: bool) {
+    if sent {
+        metrics::counter!("socket_events_out_total", "namespace" => namespace, "event" => event).increment(1);
+    } else {
+        metrics::counter!("socket_dropped_total", "namespace" => namespace, "event" => event).increment(1);
+    }
+}
+
+/// Tracks connected sockets per namespace.
+fn connected(namespace: &'static str, delta: f64) {
+    metrics::gauge!("socket_connected", "namespace" => namespace).increment(delta);
+}

@@ -1,0 +1,135 @@
+//! `/pilot`: a pilot's own socket. `location` batches go through the grid's GPS rules into
+//! the index (the ack says how many points counted and why each refused one was refused);
+//! `status:set` goes on or off duty. A pilot only ever moves itself: the pilot is the
+//! authenticated caller, never a field of the payload.
+//!
+//! Floods: `location` events beyond `realtime.location_events_per_sec` (with a burst of
+//! `location_burst`) are answered `RATE_LIMITED` without touching the grid; after
+//! `flood_disconnect_after` refusals in a row the socket is disconnected. A disconnect does
+//! not take the pilot off duty: phones drop and reconnect, and presence decides.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use governor::{Quota, RateLimiter};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+
+use crate::auth::Caller;
+use crate::domain::PilotStatus;
+use crate::error::{Error, Result};
+use crate::fleet::{LocationReport, ReportAnswer};
+use crate::realtime::ack::{self, parse, payload};
+use crate::realtime::{Gateway, PILOT_NS, RealtimeConfig, connected, count_in};
+
+/// The room a pilot's sockets join, for what is meant for the pilot (offers, order events).
+pub fn room(pilot: crate::ids::UserId) -> String {
+    format!("pilot:{pilot}")
+}
+
+pub async fn on_connect(socket: SocketRef, State(gateway): State<Gateway>, Extension(caller): Extension<Caller>) {
+    connected(PILOT_NS, 1.0);
+    socket.join(room(caller.user_id));
+    socket.extensions.insert(Arc::new(Flood::new(&gateway.app.config.realtime)));
+    socket.on("location", location);
+    socket.on("status:set", status);
+    socket.on_disconnect(async || connected(PILOT_NS, -1.0));
+}
+
+async fn location(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    State(gateway): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+    Extension(flood): Extension<Arc<Flood>>,
+) {
+    count_in(PILOT_NS, "location");
+    if !flood.admit() {
+        ack::send(ack, PILOT_NS, "location", &Err::<(), _>(Error::RateLimited { retry_after_secs: 1 }));
+        if flood.strikes() >= gateway.app.config.realtime.flood_disconnect_after {
+            tracing::warn!(pilot = %caller.user_id, "location flood; disconnecting the socket");
+            metrics::counter!("socket_flood_disconnects_total", "namespace" => PILOT_NS).increment(1);
+            let _ = socket.disconnect();
+        }
+        return;
+    }
+    let result = report(&gateway, &caller, data).await;
+    ack::send(ack, PILOT_NS, "location", &result);
+}
+
+async fn report(
+    gateway: &Gateway,
+    caller: &Caller,
+    data: std::result::Result<Value, impl std::fmt::Display>,
+) -> Result<ReportAnswer> {
+    let report: LocationReport = parse(payload(data)?)?;
+    let outcome = gateway.app.fleet.report(caller.user_id, &report.points()).await?;
+    Ok(ReportAnswer::from(outcome))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusRequest {
+    status: DutyStatus,
+}
+
+/// What a pilot may choose; `online` is the apps' word for available.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum DutyStatus {
+    Online,
+    Available,
+    Break,
+    Offline,
+}
+
+async fn status(
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    State(gateway): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+) {
+    count_in(PILOT_NS, "status:set");
+    let result = parse::<StatusRequest>(payload(data).unwrap_or(Value::Null)).and_then(|request| {
+        let status = match request.status {
+            DutyStatus::Online | DutyStatus::Available => PilotStatus::Available,
+            DutyStatus::Break => PilotStatus::Break,
+            DutyStatus::Offline => PilotStatus::Offline,
+        };
+        let pilot = gateway.app.fleet.set_status(caller.user_id, status)?;
+        Ok(json!({ "status": status, "pilot": pilot }))
+    });
+    ack::send(ack, PILOT_NS, "status:set", &result);
+}
+
+/// A socket's allowance of `location` events, and its refusals in a row.
+pub struct Flood {
+    limiter: governor::DefaultDirectRateLimiter,
+    strikes: AtomicU32,
+}
+
+impl Flood {
+    fn new(config: &RealtimeConfig) -> Self {
+        let rate = NonZeroU32::new(config.location_events_per_sec).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(config.location_burst).unwrap_or(rate);
+        Self { limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)), strikes: AtomicU32::new(0) }
+    }
+
+    /// Whether one more event is allowed now; counts the refusals in a row.
+    fn admit(&self) -> bool {
+        if self.limiter.check().is_ok() {
+            self.strikes.store(0, Ordering::Relaxed);
+            true
+        } else {
+            self.strikes.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    fn strikes(&self) -> u32 {
+        self.strikes.load(Ordering::Relaxed)
+    }
+}

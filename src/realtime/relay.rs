@@ -1,0 +1,166 @@
+//! From the domain to the sockets: committed order events and accepted pilot moves.
+//!
+//! [`Relay`] is what orders and the fleet call (synchronously, on their own tasks); it keeps
+//! [`Tracking`] (which pilot carries which order, towards which point) current and queues
+//! messages; [`deliver`] (on the gateway's task) writes them to the sockets in the right
+//! rooms. Order events are queued without bound (they are rare and must not be lost on our
+//! side); positions go through a bounded queue and are dropped, counted, when it is full.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use tokio::sync::mpsc;
+
+use crate::domain::orders::{Order, OrderEvent, OrderStatus};
+use crate::domain::{LatLng, VehicleType};
+use crate::fleet::PositionListener;
+use crate::grid::PilotSnapshot;
+use crate::ids::{OrderId, UserId};
+use crate::orders::OrderListener;
+use crate::orders::pricing::TariffPricing;
+use crate::realtime::{CUSTOMER_NS, DISPATCH_NS, PILOT_NS, count_out, customer, dispatch, pilot};
+
+/// Something to write to sockets.
+#[derive(Debug)]
+pub enum Outbound {
+    /// An order event: to the order's watchers, its pilot and the dispatchers.
+    OrderEvent { order: OrderId, pilot: Option<UserId>, payload: Value },
+    /// A position of the pilot carrying `order`: to the order's watchers only.
+    PilotLocation { order: OrderId, payload: Value },
+}
+
+/// Where a pilot carrying an order is heading.
+#[derive(Debug, Clone, Copy)]
+pub struct Trip {
+    pub order: OrderId,
+    pub vehicle: VehicleType,
+    /// The pickup until the parcel is on board, then the drop.
+    pub target: LatLng,
+}
+
+/// Which pilot carries which order: `pilot → trip` and `order → pilot`, kept consistent
+/// under one lock.
+#[derive(Debug, Default)]
+pub struct Tracking {
+    inner: RwLock<TrackingMaps>,
+}
+
+#[derive(Debug, Default)]
+struct TrackingMaps {
+    by_pilot: HashMap<UserId, Trip>,
+    by_order: HashMap<OrderId, UserId>,
+}
+
+impl Tracking {
+    /// Brings the maps in line with `order` as it now is.
+    pub fn follow(&self, order: &Order) {
+        let mut maps = self.inner.write();
+        if let Some(previous) = maps.by_order.remove(&order.id) {
+            maps.by_pilot.remove(&previous);
+        }
+        let target = match order.status {
+            OrderStatus::Assigned => order.pickup.point(),
+            OrderStatus::PickedUp | OrderStatus::InTransit => order.drop.point(),
+            _ => return,
+        };
+        if let Some(pilot) = order.pilot_id {
+            maps.by_order.insert(order.id, pilot);
+            maps.by_pilot.insert(pilot, Trip { order: order.id, vehicle: order.vehicle_type, target });
+        }
+    }
+
+    pub fn trip_of(&self, pilot: UserId) -> Option<Trip> {
+        self.inner.read().by_pilot.get(&pilot).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().by_pilot.len()
+    }
+}
+
+/// The listener orders and the fleet call.
+pub struct Relay {
+    tracking: Arc<Tracking>,
+    pricing: TariffPricing,
+    events: mpsc::UnboundedSender<Outbound>,
+    positions: mpsc::Sender<Outbound>,
+}
+
+impl Relay {
+    pub fn new(
+        tracking: Arc<Tracking>,
+        pricing: TariffPricing,
+        events: mpsc::UnboundedSender<Outbound>,
+        positions: mpsc::Sender<Outbound>,
+    ) -> Self {
+        Self { tracking, pricing, events, positions }
+    }
+}
+
+impl OrderListener for Relay {
+    fn committed(&self, order: &Order, events: &[OrderEvent]) {
+        self.tracking.follow(order);
+        for event in events {
+            let payload = event_payload(order, event);
+            let _ = self.events.send(Outbound::OrderEvent { order: order.id, pilot: order.pilot_id, payload });
+        }
+    }
+}
+
+impl PositionListener for Relay {
+    fn pilot_moved(&self, pilot: &PilotSnapshot) {
+        let Some(trip) = self.tracking.trip_of(pilot.id) else { return };
+        let eta_s = self.pricing.eta_secs(trip.vehicle, pilot.position, trip.target);
+        let payload = location_payload(trip.order, pilot, eta_s);
+        if self.positions.try_send(Outbound::PilotLocation { order: trip.order, payload }).is_err() {
+            count_out(CUSTOMER_NS, "pilot:location", false);
+        }
+    }
+}
+
+/// `order:event`: the event as `GET /orders/{id}/events` lists it, plus the order's status
+/// after it.
+pub fn event_payload(order: &Order, event: &OrderEvent) -> Value {
+    let mut payload = serde_json::to_value(event).unwrap_or(Value::Null);
+    payload["status"] = json!(order.status);
+    payload
+}
+
+/// `pilot:location`.
+pub fn location_payload(order: OrderId, pilot: &PilotSnapshot, eta_s: i64) -> Value {
+    json!({
+        "order_id": order,
+        "lat": pilot.position.lat(),
+        "lng": pilot.position.lng(),
+        "heading": pilot.heading_deg,
+        "speed": pilot.speed_mps,
+        "ts": pilot.fix_ms,
+        "eta_s": eta_s,
+    })
+}
+
+/// Writes `message` to every socket it is for; a full socket buffer drops it, counted.
+pub fn deliver(io: &SocketIo, message: &Outbound) {
+    match message {
+        Outbound::OrderEvent { order, pilot, payload } => {
+            emit(io, CUSTOMER_NS, &customer::room(*order), "order:event", payload);
+            if let Some(pilot) = pilot {
+                emit(io, PILOT_NS, &pilot::room(*pilot), "order:event", payload);
+            }
+            emit(io, DISPATCH_NS, dispatch::ROOM, "order:event", payload);
+        }
+        Outbound::PilotLocation { order, payload } => {
+            emit(io, CUSTOMER_NS, &customer::room(*order), "pilot:location", payload);
+        }
+    }
+}
+
+fn emit(io: &SocketIo, namespace: &'static str, room: &str, event: &'static str, payload: &Value) {
+    let Some(operators) = io.of(namespace) else { return };
+    for socket in operators.to(room.to_owned()).sockets() {
+        count_out(namespace, event, socket.emit(event, payload).is_ok());
+    }
+}

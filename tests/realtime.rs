@@ -1,0 +1,318 @@
+//! The Socket.io gateway over real WebSockets against a real server and Postgres: auth at
+//! connect on every namespace, pilot location acks and rejections, floods, malformed
+//! payloads, order watching with replay and live tracking of the right pilot only, the
+//! dispatcher's viewport with coalesced deltas, and assignment that never doubles.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sio::{Refused, SioClient};
+use common::{Options, Session, TestApp};
+use dispatchd::domain::Role;
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const PICKUP: (f64, f64) = (12.9716, 77.5946);
+const DROP: (f64, f64) = (13.0100, 77.6200);
+const SOON: Duration = Duration::from_secs(3);
+
+async fn connect(app: &TestApp, namespace: &str, who: &Session) -> SioClient {
+    SioClient::connect(app.addr, namespace, Some(json!({ "token": who.access })), "")
+        .await
+        .unwrap_or_else(|refused| panic!("{namespace} refused: {refused:?}"))
+}
+
+async fn refusal(app: &TestApp, namespace: &str, auth: Option<Value>, query: &str) -> String {
+    match SioClient::connect(app.addr, namespace, auth, query).await {
+        Err(Refused::ConnectError(message)) => message,
+        Err(other) => panic!("expected a connect_error, got {other:?}"),
+        Ok(_) => panic!("connected to {namespace}"),
+    }
+}
+
+/// A fix at `at`, taken `after_secs` into a pilot's shift that began 400 s ago (so that tests
+/// can space their points at plausible speeds without waiting).
+fn fix(app: &TestApp, at: (f64, f64), after_secs: i64) -> Value {
+    let ts = app.clock.now().timestamp_millis() - 400_000 + after_secs * 1000;
+    json!({ "lat": at.0, "lng": at.1, "ts": ts, "accuracy": 5 })
+}
+
+fn point(app: &TestApp, at: (f64, f64)) -> Value {
+    json!({ "lat": at.0, "lng": at.1, "ts": app.clock.now().timestamp_millis(), "accuracy": 5 })
+}
+
+fn order_body() -> Value {
+    json!({
+        "pickup": { "lat": PICKUP.0, "lng": PICKUP.1, "address": "MG Road metro" },
+        "drop": { "lat": DROP.0, "lng": DROP.1, "address": "Hebbal flyover" },
+        "vehicle_type": "bike",
+        "payment_method": "cash",
+    })
+}
+
+async fn create_order(app: &TestApp, customer: &Session) -> String {
+    let reply = app.post("/api/v1/orders", order_body(), Some(&customer.access)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.data()["id"].as_str().unwrap().to_owned()
+}
+
+async fn assign(app: &TestApp, dispatcher: &Session, order: &str, pilot: &Session) -> common::Reply {
+    let path = format!("/api/v1/dispatch/orders/{order}/assign");
+    app.post(&path, json!({ "pilot_id": pilot.user_id }), Some(&dispatcher.access)).await
+}
+
+/// A pilot connected to `/pilot`, reporting its first position and on duty.
+async fn pilot_on_duty(app: &TestApp, at: (f64, f64)) -> (Session, SioClient) {
+    let pilot = app.register("pilot").await;
+    let mut socket = connect(app, "/pilot", &pilot).await;
+    let ack = socket.call("location", json!({ "points": [fix(app, at, 0)] })).await;
+    assert_eq!(ack["data"]["accepted"], 1, "{ack}");
+    let ack = socket.call("status:set", json!({ "status": "online" })).await;
+    assert_eq!((ack["ok"].as_bool(), ack["data"]["status"].as_str()), (Some(true), Some("available")), "{ack}");
+    (pilot, socket)
+}
+
+#[tokio::test]
+async fn each_namespace_admits_its_roles_with_a_valid_token_only() {
+    let app = TestApp::spawn().await;
+    let pilot = app.register("pilot").await;
+    let customer = app.register("customer").await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    connect(&app, "/pilot", &pilot).await;
+    connect(&app, "/customer", &customer).await;
+    connect(&app, "/dispatch", &dispatcher).await;
+    // EIO3-style: the token in the handshake's query string.
+    let via_query = SioClient::connect(app.addr, "/pilot", None, &format!("&token={}", pilot.access)).await;
+    assert!(via_query.is_ok(), "{:?}", via_query.err());
+
+    assert!(refusal(&app, "/pilot", None, "").await.starts_with("MISSING_TOKEN: "));
+    assert!(refusal(&app, "/pilot", Some(json!({ "token": "nope" })), "").await.starts_with("INVALID_TOKEN: "));
+    let wrong_role = refusal(&app, "/pilot", Some(json!({ "token": customer.access })), "").await;
+    assert!(wrong_role.starts_with("FORBIDDEN_ROLE: "), "{wrong_role}");
+    let not_staff = refusal(&app, "/dispatch", Some(json!({ "token": pilot.access })), "").await;
+    assert!(not_staff.starts_with("FORBIDDEN_ROLE: "), "{not_staff}");
+
+    let logout = app.post("/api/v1/auth/logout", json!({}), Some(&customer.access)).await;
+    assert_eq!(logout.status, StatusCode::OK);
+    let revoked = refusal(&app, "/customer", Some(json!({ "token": customer.access })), "").await;
+    assert!(revoked.starts_with("TOKEN_REVOKED: "), "{revoked}");
+}
+
+#[tokio::test]
+async fn location_batches_are_acked_with_reasons_and_move_only_the_caller() {
+    let app = TestApp::spawn().await;
+    let (pilot, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    let batch = json!({ "points": [
+        fix(&app, (12.9720, 77.5950), 60),
+        { "lat": 12.9721, "lng": 77.5951, "ts": fix(&app, PICKUP, 70)["ts"], "accuracy": 500 },
+        fix(&app, (0.0, 0.0), 80),
+        fix(&app, (95.0, 77.0), 90),
+    ] });
+    let ack = socket.call("location", batch).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(ack["data"]["accepted"], 1);
+    let reasons: Vec<(u64, String)> = ack["data"]["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["reason"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(reasons, vec![(1, "low_accuracy".into()), (2, "null_island".into()), (3, "invalid_coordinates".into())]);
+    let seen = app.state.grid.get(pilot.user_id.parse().unwrap()).unwrap();
+    assert_eq!((seen.position.lat(), seen.position.lng()), (12.9720, 77.5950));
+
+    // Fields that would name another pilot are refused, not ignored.
+    let spoof = socket.call("location", json!({ "pilot_id": "someone", "points": [point(&app, PICKUP)] })).await;
+    assert_eq!((spoof["ok"].as_bool(), spoof["error"]["code"].as_str()), (Some(false), Some("VALIDATION_ERROR")));
+
+    let off = socket.call("status:set", json!({ "status": "offline" })).await;
+    assert_eq!(off["data"]["status"], "offline");
+    let bad = socket.call("status:set", json!({ "status": "busy" })).await;
+    assert_eq!(bad["error"]["code"], "VALIDATION_ERROR", "{bad}");
+}
+
+#[tokio::test]
+async fn malformed_payloads_get_error_acks_and_the_socket_lives_on() {
+    let app = TestApp::spawn().await;
+    let (_, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    let wrong_type = socket.call("location", json!({ "points": "north" })).await;
+    assert_eq!(wrong_type["error"]["code"], "VALIDATION_ERROR");
+    let missing = socket.call("location", json!({})).await;
+    assert_eq!(missing["error"]["code"], "VALIDATION_ERROR");
+    assert!(missing["error"]["message"].as_str().unwrap().contains("points"), "{missing}");
+    let nothing = socket.call_raw(r#"["location"]"#).await.expect("an ack");
+    assert_eq!(nothing["error"]["code"], "BAD_PAYLOAD", "{nothing}");
+    let huge: Vec<Value> = (0..500).map(|_| point(&app, PICKUP)).collect();
+    let too_many = socket.call("location", json!({ "points": huge })).await;
+    assert_eq!(too_many["error"]["code"], "VALIDATION_ERROR", "{too_many}");
+    let not_an_object = socket.call("location", json!([1, 2, 3])).await;
+    assert_eq!(not_an_object["error"]["code"], "VALIDATION_ERROR");
+    let still = socket.call("location", json!({ "points": [point(&app, PICKUP)] })).await;
+    assert_eq!(still["ok"], true, "the socket still works: {still}");
+
+    // A packet that is not Socket.io at all ends that connection (as the reference server
+    // does), and nothing else: the pilot reconnects at once.
+    socket.send_raw("42/pilot,7[not json");
+    common::eventually(SOON, "the broken connection is closed", || async { socket.is_closed() }).await;
+    let (_, mut back) = pilot_on_duty(&app, (12.9800, 77.6000)).await;
+    assert_eq!(back.call("location", json!({ "points": [point(&app, (12.9800, 77.6000))] })).await["ok"], true);
+}
+
+#[tokio::test]
+async fn a_location_flood_is_refused_then_cut_off() {
+    let app = TestApp::spawn_with(
+        Options::default()
+            .set("realtime.location_events_per_sec", 1)
+            .set("realtime.location_burst", 2)
+            .set("realtime.flood_disconnect_after", 3),
+    )
+    .await;
+    let pilot = app.register("pilot").await;
+    let mut socket = connect(&app, "/pilot", &pilot).await;
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let ack = socket.call_raw(&json!(["location", { "points": [point(&app, PICKUP)] }]).to_string()).await;
+        codes.push(ack.map(|ack| ack["error"]["code"].as_str().unwrap_or("ok").to_owned()));
+    }
+    assert_eq!(codes[..2], [Some("ok".to_owned()), Some("ok".to_owned())], "{codes:?}");
+    assert_eq!(
+        codes[2..5],
+        [Some("RATE_LIMITED".to_owned()), Some("RATE_LIMITED".to_owned()), Some("RATE_LIMITED".to_owned())]
+    );
+    common::eventually(SOON, "the flooding socket is disconnected", || async { socket.is_closed() }).await;
+    // The server is fine: another pilot connects and reports.
+    let (_, mut other) = pilot_on_duty(&app, PICKUP).await;
+    assert_eq!(other.call("location", json!({ "points": [point(&app, PICKUP)] })).await["ok"], true);
+}
+
+#[tokio::test]
+async fn a_customer_watches_its_order_and_sees_only_its_pilot() {
+    let app = TestApp::spawn().await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let order = create_order(&app, &customer).await;
+    let (pilot, mut pilot_socket) = pilot_on_duty(&app, (12.9600, 77.5900)).await;
+    let (_, mut stranger) = pilot_on_duty(&app, (12.9650, 77.5920)).await;
+
+    let mut watcher = connect(&app, "/customer", &customer).await;
+    let snapshot = watcher.call("order:watch", json!({ "order_id": order })).await;
+    assert_eq!(snapshot["ok"], true, "{snapshot}");
+    let kinds: Vec<&str> =
+        snapshot["data"]["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["created", "searching_driver"]);
+
+    let assigned = assign(&app, &dispatcher, &order, &pilot).await;
+    assert_eq!(assigned.status, StatusCode::OK, "{:?}", assigned.body);
+    let event = watcher.event("order:event", SOON).await.expect("the assignment is pushed");
+    assert_eq!(
+        (event["type"].as_str(), event["seq"].as_i64(), event["status"].as_str()),
+        (Some("assigned"), Some(3), Some("assigned"))
+    );
+    let told = pilot_socket.event("order:event", SOON).await.expect("the pilot hears of it too");
+    assert_eq!(told["order_id"].as_str(), Some(order.as_str()));
+
+    stranger.call("location", json!({ "points": [fix(&app, (12.9660, 77.5925), 60)] })).await;
+    pilot_socket.call("location", json!({ "points": [fix(&app, (12.9620, 77.5910), 60)] })).await;
+    let seen = watcher.events("pilot:location", Duration::from_millis(700)).await;
+    assert_eq!(seen.len(), 1, "only the order's pilot: {seen:?}");
+    assert_eq!((seen[0]["lat"].as_f64(), seen[0]["order_id"].as_str()), (Some(12.9620), Some(order.as_str())));
+    assert!(seen[0]["eta_s"].as_i64().unwrap() > 0);
+
+    // Someone else's order is not there to watch.
+    let other = app.register("customer").await;
+    let mut nosy = connect(&app, "/customer", &other).await;
+    let refused = nosy.call("order:watch", json!({ "order_id": order })).await;
+    assert_eq!(refused["error"]["code"], "ORDER_NOT_FOUND");
+
+    // A reconnecting app that saw seq 2 gets what it missed, from the database.
+    let mut again = connect(&app, "/customer", &customer).await;
+    let replay = again.call("order:watch", json!({ "order_id": order, "last_seq": 2 })).await;
+    let missed: Vec<i64> =
+        replay["data"]["events"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(missed, [3]);
+    assert_eq!(replay["data"]["pilot_location"]["lat"], 12.9620);
+
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for series in [
+        r#"socket_connected{namespace="/customer"}"#,
+        r#"socket_events_in_total{namespace="/customer",event="order:watch"}"#,
+        r#"socket_events_out_total{namespace="/customer",event="pilot:location"}"#,
+        r#"socket_ack_errors_total{namespace="/customer",event="order:watch",code="ORDER_NOT_FOUND"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
+}
+
+#[tokio::test]
+async fn the_dispatch_viewport_gets_a_snapshot_then_coalesced_deltas() {
+    let app = TestApp::spawn_with(Options::default().set("realtime.location_events_per_sec", 1000)).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let order = create_order(&app, &customer).await;
+    let (pilot, mut pilot_socket) = pilot_on_duty(&app, (12.9600, 77.5900)).await;
+    let (_, _far) = pilot_on_duty(&app, (28.6139, 77.2090)).await;
+    let mut map = connect(&app, "/dispatch", &dispatcher).await;
+    let snapshot = map.call("viewport:set", json!({ "bbox": [77.5, 12.9, 77.7, 13.1] })).await;
+    assert_eq!(snapshot["ok"], true, "{snapshot}");
+    let pilots = snapshot["data"]["pilots"].as_array().unwrap();
+    assert_eq!(pilots.len(), 1, "only the pilot inside the box: {pilots:?}");
+    assert_eq!(pilots[0]["id"].as_str(), Some(pilot.user_id.as_str()));
+    assert_eq!(snapshot["data"]["orders"][0]["id"].as_str(), Some(order.as_str()));
+    assert!(!snapshot["data"]["supply"].as_array().unwrap().is_empty());
+
+    // Twenty moves in about a second: at most a few frames, the last one current.
+    for step in 1..=20 {
+        let location =
+            json!({ "points": [fix(&app, (12.9600 + f64::from(step) * 0.0002, 77.5900), i64::from(step) * 5)] });
+        assert_eq!(pilot_socket.call("location", location).await["data"]["accepted"], 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let frames = map.events("pilots:delta", Duration::from_millis(1200)).await;
+    assert!(!frames.is_empty() && frames.len() <= 5, "coalesced to at most 2 a second: {} frames", frames.len());
+    let last = frames.last().unwrap();
+    assert_eq!(last["upserts"][0]["lat"].as_f64(), Some(12.9640), "{last}");
+
+    // A new viewport replaces the old one: the pilot leaves the view.
+    let moved = map.call("viewport:set", json!({ "bbox": [77.0, 28.5, 77.3, 28.7] })).await;
+    assert_eq!(moved["data"]["pilots"].as_array().unwrap().len(), 1);
+    pilot_socket.call("location", json!({ "points": [fix(&app, (12.9700, 77.5900), 200)] })).await;
+    assert!(map.event("pilots:delta", Duration::from_millis(1200)).await.is_none(), "nothing from the old box");
+
+    // Dispatchers hear every order event.
+    app.post(&format!("/api/v1/orders/{order}/cancel"), json!({}), Some(&customer.access)).await;
+    let event = map.event("order:event", SOON).await.expect("order events reach dispatchers");
+    assert_eq!(event["type"], "cancelled");
+}
+
+#[tokio::test]
+async fn assignment_never_doubles_under_a_hammering() {
+    let app = TestApp::spawn().await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let order = create_order(&app, &customer).await;
+    let pilots = join_all((0..8).map(|_| app.register("pilot"))).await;
+    let replies = join_all(pilots.iter().map(|pilot| assign(&app, &dispatcher, &order, pilot))).await;
+    let won: Vec<&common::Reply> = replies.iter().filter(|r| r.status == StatusCode::OK).collect();
+    assert_eq!(won.len(), 1, "{replies:?}");
+    for lost in replies.iter().filter(|r| r.status != StatusCode::OK) {
+        assert_eq!((lost.status, lost.error_code()), (StatusCode::CONFLICT, "ORDER_TAKEN"), "{:?}", lost.body);
+    }
+
+    // One pilot, many orders at once: one.
+    let orders = join_all((0..8).map(|_| create_order(&app, &customer))).await;
+    let busy = pilots.iter().find(|p| won[0].data()["pilot_id"] != p.user_id.as_str()).unwrap();
+    let replies = join_all(orders.iter().map(|order| assign(&app, &dispatcher, order, busy))).await;
+    assert_eq!(replies.iter().filter(|r| r.status == StatusCode::OK).count(), 1, "{replies:?}");
+    for lost in replies.iter().filter(|r| r.status != StatusCode::OK) {
+        assert_eq!(lost.error_code(), "PILOT_BUSY", "{:?}", lost.body);
+    }
+    let stored = app.get(&format!("/api/v1/orders/{order}"), Some(&customer.access)).await;
+    assert_eq!(
+        (&stored.data()["status"], &stored.data()["pilot_id"]),
+        (&json!("assigned"), &won[0].data()["pilot_id"])
+    );
+    let refused = assign(&app, &customer, &order, &pilots[1]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+}
