@@ -360,6 +360,44 @@ async fn cancelling_refunds_to_the_wallet_once() {
 }
 
 #[tokio::test]
+async fn cancelling_after_a_pilot_is_assigned_keeps_the_fee() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let pilot = app.register("pilot").await;
+    credit(&app, &admin, &customer, 100_000).await;
+    let order = create(&app, &customer, order_body("wallet")).await;
+    let (id, total) =
+        (order.data()["id"].as_str().unwrap().to_owned(), order.data()["fare"]["total_paise"].as_i64().unwrap());
+    let assigned = app
+        .post(
+            &format!("/api/v1/dispatch/orders/{id}/assign"),
+            json!({ "pilot_id": pilot.user_id }),
+            Some(&dispatcher.access),
+        )
+        .await;
+    assert_eq!(assigned.data()["status"], "assigned", "{:?}", assigned.body);
+
+    let cancelled = app.post(&format!("/api/v1/orders/{id}/cancel"), json!({}), Some(&customer.access)).await;
+    let fee = 2000; // orders.cancellation_fee_paise
+    let data = cancelled.data();
+    assert_eq!((data["status"].as_str(), data["refunded_paise"].as_i64()), (Some("cancelled"), Some(total - fee)));
+    assert_eq!(balance(&app, &customer).await, 100_000 - fee);
+    // The pilot is free again: it can be given another order.
+    let next = create(&app, &customer, order_body("cash")).await;
+    let next_id = next.data()["id"].as_str().unwrap();
+    let reassigned = app
+        .post(
+            &format!("/api/v1/dispatch/orders/{next_id}/assign"),
+            json!({ "pilot_id": pilot.user_id }),
+            Some(&dispatcher.access),
+        )
+        .await;
+    assert_eq!(reassigned.status, StatusCode::OK, "{:?}", reassigned.body);
+}
+
+#[tokio::test]
 async fn only_the_customer_and_staff_see_an_order() {
     let app = TestApp::spawn().await;
     let customer = app.register("customer").await;

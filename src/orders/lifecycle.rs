@@ -34,8 +34,18 @@ impl Orders {
         let events = cancel_in(&mut *tx, &mut order, reason, fee, Some(caller), now).await?;
         tx.commit().await?;
         metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
+        self.release_pilot(&order);
         self.publish(&order, &events);
         Ok(order)
+    }
+
+    /// After an order a pilot carried ended, the pilot takes work again (unless it went on a
+    /// break or off duty meanwhile).
+    fn release_pilot(&self, order: &Order) {
+        let Some(pilot) = order.pilot_id else { return };
+        if self.grid.get(pilot).is_some_and(|snapshot| snapshot.status == crate::domain::PilotStatus::Busy) {
+            let _ = self.grid.set_status(pilot, crate::domain::PilotStatus::Available, self.now().timestamp_millis());
+        }
     }
 
     /// Job: a scheduled order is due; start searching if it is paid (or cash).

@@ -3,7 +3,8 @@
 //! `token` in the query string; it is verified exactly as REST verifies a bearer token
 //! (signature, expiry, revocation). A refusal is a `connect_error` whose message is
 //! `"CODE: human text"` (socketioxide sends `{message}` only, so the code leads the text).
-//! The verified [`Caller`] is kept in the socket's extensions for its handlers.
+//! The verified [`Caller`] is kept in the socket's extensions for its handlers, which are
+//! registered here too, before the CONNECT answer goes out (see `realtime::Realtime::attach`).
 
 use std::fmt;
 
@@ -36,11 +37,15 @@ impl From<Error> for Refusal {
 }
 
 pub async fn pilot(socket: SocketRef, State(gateway): State<Gateway>, auth: TryData<Value>) -> Result<(), Refusal> {
-    admit(&socket, &gateway, auth, PILOT_NS, &[Role::Pilot]).await
+    let caller = admit(&socket, &gateway, auth, PILOT_NS, &[Role::Pilot]).await?;
+    super::pilot::setup(&socket, &gateway, &caller);
+    Ok(())
 }
 
 pub async fn customer(socket: SocketRef, State(gateway): State<Gateway>, auth: TryData<Value>) -> Result<(), Refusal> {
-    admit(&socket, &gateway, auth, CUSTOMER_NS, &[Role::Customer]).await
+    admit(&socket, &gateway, auth, CUSTOMER_NS, &[Role::Customer]).await?;
+    super::customer::setup(&socket);
+    Ok(())
 }
 
 pub async fn dispatcher(
@@ -48,7 +53,9 @@ pub async fn dispatcher(
     State(gateway): State<Gateway>,
     auth: TryData<Value>,
 ) -> Result<(), Refusal> {
-    admit(&socket, &gateway, auth, DISPATCH_NS, &[Role::Dispatcher, Role::Admin]).await
+    admit(&socket, &gateway, auth, DISPATCH_NS, &[Role::Dispatcher, Role::Admin]).await?;
+    super::dispatch::setup(&socket, &gateway);
+    Ok(())
 }
 
 /// The main namespace `/` exists for EIO3 clients only (they must be in it to reach the
@@ -66,15 +73,16 @@ async fn admit(
     TryData(auth): TryData<Value>,
     namespace: &'static str,
     roles: &[Role],
-) -> Result<(), Refusal> {
+) -> Result<Caller, Refusal> {
     let result = authenticate(socket, gateway, auth.ok(), roles).await;
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(refusal) => refusal.code,
     };
     metrics::counter!("socket_connects_total", "namespace" => namespace, "outcome" => outcome).increment(1);
-    socket.extensions.insert(result?);
-    Ok(())
+    let caller = result?;
+    socket.extensions.insert(caller);
+    Ok(caller)
 }
 
 async fn authenticate(

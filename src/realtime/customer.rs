@@ -28,7 +28,8 @@ pub fn room(order: OrderId) -> String {
     format!("order:{order}")
 }
 
-pub async fn on_connect(socket: SocketRef) {
+/// Registers an admitted customer socket's handlers.
+pub fn setup(socket: &SocketRef) {
     connected(CUSTOMER_NS, 1.0);
     socket.on("order:watch", watch);
     socket.on("order:unwatch", unwatch);

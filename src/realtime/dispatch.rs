@@ -53,12 +53,14 @@ impl Viewports {
     }
 }
 
-pub async fn on_connect(socket: SocketRef, State(gateway): State<Gateway>) {
+/// Prepares an admitted dispatcher socket: the dispatchers' room and its handlers.
+pub fn setup(socket: &SocketRef, gateway: &Gateway) {
     connected(DISPATCH_NS, 1.0);
     socket.join(ROOM);
     socket.on("viewport:set", set_viewport);
+    let viewports = gateway.viewports.clone();
     socket.on_disconnect(async move |socket: SocketRef| {
-        gateway.viewports.remove(socket.id);
+        viewports.remove(socket.id);
         connected(DISPATCH_NS, -1.0);
     });
 }

@@ -57,6 +57,7 @@ pub struct RealtimeConfig {
     pub max_payload_bytes: u64,
     pub max_binary_attachments: usize,
     pub max_buffer_size: usize,
+    pub ws_read_buffer_bytes: usize,
     pub location_events_per_sec: u32,
     pub location_burst: u32,
     pub flood_disconnect_after: u32,
@@ -102,6 +103,10 @@ impl Realtime {
             .ping_timeout(Duration::from_millis(config.ping_timeout_ms))
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .max_payload(config.max_payload_bytes)
+            // A WebSocket message or frame is held to the same limit as a polling body.
+            .ws_max_message_size(usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX))
+            .ws_max_frame_size(usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX))
+            .ws_read_buffer_size(config.ws_read_buffer_bytes)
             .max_buffer_size(config.max_buffer_size)
             .with_parser(parser)
             .with_state(gateway)
@@ -109,9 +114,12 @@ impl Realtime {
         // EIO3 clients join the main namespace implicitly, before any other: without it their
         // connection is closed at once. Nothing happens there, and v5 clients are refused.
         io.ns("/", (async || {}).with(auth::only_eio3));
-        io.ns(PILOT_NS, pilot::on_connect.with(auth::pilot));
-        io.ns(CUSTOMER_NS, customer::on_connect.with(auth::customer));
-        io.ns(DISPATCH_NS, dispatch::on_connect.with(auth::dispatcher));
+        // Each namespace's "middleware" admits the socket and registers its handlers. That
+        // must happen there, before socketioxide sends the CONNECT answer: a connect handler
+        // runs as a task after it, and an event the client sends at once could find no handler.
+        io.ns(PILOT_NS, (async || {}).with(auth::pilot));
+        io.ns(CUSTOMER_NS, (async || {}).with(auth::customer));
+        io.ns(DISPATCH_NS, (async || {}).with(auth::dispatcher));
 
         let (events_tx, outbound) = mpsc::unbounded_channel();
         let (positions_tx, positions) = mpsc::channel(POSITION_QUEUE);

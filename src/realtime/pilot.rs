@@ -29,7 +29,8 @@ pub fn room(pilot: crate::ids::UserId) -> String {
     format!("pilot:{pilot}")
 }
 
-pub async fn on_connect(socket: SocketRef, State(gateway): State<Gateway>, Extension(caller): Extension<Caller>) {
+/// Prepares an admitted pilot's socket: its room, its flood allowance, its handlers.
+pub fn setup(socket: &SocketRef, gateway: &Gateway, caller: &Caller) {
     connected(PILOT_NS, 1.0);
     socket.join(room(caller.user_id));
     socket.extensions.insert(Arc::new(Flood::new(&gateway.app.config.realtime)));

@@ -4,7 +4,9 @@
 //! [`Tracking`] (which pilot carries which order, towards which point) current and queues
 //! messages; [`deliver`] (on the gateway's task) writes them to the sockets in the right
 //! rooms. Order events are queued without bound (they are rare and must not be lost on our
-//! side); positions go through a bounded queue and are dropped, counted, when it is full.
+//! side); positions go through a bounded queue and are dropped, counted, when it is full. A
+//! socket whose own buffer is too full to take an order event is disconnected (its app
+//! reconnects and replays by `seq`); a position that does not fit is dropped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
+use socketioxide::{SendError, SocketError};
 use tokio::sync::mpsc;
 
 use crate::domain::orders::{Order, OrderEvent, OrderStatus};
@@ -161,6 +164,17 @@ pub fn deliver(io: &SocketIo, message: &Outbound) {
 fn emit(io: &SocketIo, namespace: &'static str, room: &str, event: &'static str, payload: &Value) {
     let Some(operators) = io.of(namespace) else { return };
     for socket in operators.to(room.to_owned()).sockets() {
-        count_out(namespace, event, socket.emit(event, payload).is_ok());
+        let sent = socket.emit(event, payload);
+        count_out(namespace, event, sent.is_ok());
+        // An order event is never silently lost: a client too far behind to take one is
+        // disconnected, and its app replays what it missed by `seq` when it reconnects.
+        // (Positions are simply superseded by the next one.)
+        if event == "order:event"
+            && let Err(SendError::Socket(SocketError::InternalChannelFull)) = sent
+        {
+            tracing::warn!(socket = %socket.id, namespace, "client too slow for order events; disconnecting it");
+            metrics::counter!("socket_slow_disconnects_total", "namespace" => namespace).increment(1);
+            let _ = socket.disconnect();
+        }
     }
 }
