@@ -223,6 +223,7 @@ impl Config {
             ("realtime.connect_timeout_ms", self.realtime.connect_timeout_ms),
             ("realtime.max_payload_bytes", self.realtime.max_payload_bytes),
             ("realtime.max_buffer_size", self.realtime.max_buffer_size as u64),
+            ("realtime.ws_read_buffer_bytes", self.realtime.ws_read_buffer_bytes as u64),
             ("realtime.location_events_per_sec", self.realtime.location_events_per_sec.into()),
             ("realtime.location_burst", self.realtime.location_burst.into()),
             ("realtime.flood_disconnect_after", self.realtime.flood_disconnect_after.into()),

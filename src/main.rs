@@ -8,6 +8,7 @@ use dispatchd::config::Config;
 use dispatchd::telemetry::LogTarget;
 
 fn main() -> ExitCode {
+    dispatchd::telemetry::tune_allocator();
     let cli = Cli::parse();
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,

@@ -1,7 +1,10 @@
 //! Shared pieces of the dispatchd benchmarks: a synthetic city (pilots spread uniformly over
-//! a square around a center, moving in small steps), latency summaries, and the Redis GEO
-//! baseline driven with the same workload.
+//! a square around a center, moving in small steps), latency summaries, the Redis GEO
+//! baseline driven with the same workload, a lean Socket.io client for load generation, and
+//! server CPU and memory from /proc.
 
 pub mod city;
+pub mod proc;
 pub mod redis_geo;
+pub mod sio;
 pub mod stats;
