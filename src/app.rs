@@ -110,6 +110,7 @@ impl App {
             config.orders.clone(),
             secret.expose_secret().as_bytes(),
             !config.payments.gateway.is_empty(),
+            config.webhooks.enabled(),
         ));
         let payments = Arc::new(Payments::new(&config.payments, store.clone(), clock.clone(), orders.clone())?);
         let mut jobs = Worker::new(store.clone(), clock.clone(), config.jobs.clone());
@@ -117,6 +118,10 @@ impl App {
         jobs.register(crate::orders::START_SEARCH_JOB, order_jobs.clone());
         jobs.register(crate::orders::PAYMENT_TIMEOUT_JOB, order_jobs);
         jobs.register(crate::orders::GATEWAY_REFUND_JOB, Arc::new(RefundJobs(payments.clone())));
+        if config.webhooks.enabled() {
+            let deliveries = crate::webhooks::Deliveries::new(config.webhooks.clone(), clock.clone())?;
+            jobs.register(crate::webhooks::ORDER_EVENT_JOB, Arc::new(deliveries));
+        }
         let money = Arc::new(Money::new(store.clone(), clock.clone()));
         let state = AppState {
             money,

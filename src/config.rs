@@ -37,6 +37,7 @@ pub struct Config {
     pub service_area: crate::orders::service_area::ServiceAreaConfig,
     pub payments: crate::payments::PaymentsConfig,
     pub realtime: crate::realtime::RealtimeConfig,
+    pub webhooks: crate::webhooks::WebhooksConfig,
     pub jobs: crate::jobs::JobsConfig,
 }
 
@@ -218,6 +219,7 @@ impl Config {
             ("redis.positions.flush_interval_ms", self.redis.positions.flush_interval_ms),
             ("redis.positions.batch_size", self.redis.positions.batch_size as u64),
             ("grid.sweep_interval_ms", self.grid.sweep_interval_ms),
+            ("webhooks.timeout_secs", self.webhooks.timeout_secs),
             ("realtime.ping_interval_ms", self.realtime.ping_interval_ms),
             ("realtime.ping_timeout_ms", self.realtime.ping_timeout_ms),
             ("realtime.connect_timeout_ms", self.realtime.connect_timeout_ms),
@@ -331,6 +333,9 @@ impl Config {
             && payments.stripe.webhook_secret.expose_secret().is_empty()
         {
             return Err(ConfigError::new("payments.stripe.webhook_secret", "is required when a Stripe key is set"));
+        }
+        if self.webhooks.enabled() && self.webhooks.secret.expose_secret().len() < 16 {
+            return Err(ConfigError::new("webhooks.secret", "must be at least 16 characters when webhooks.url is set"));
         }
         if payments.currency.len() != 3 || !payments.currency.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(ConfigError::new("payments.currency", "must be a three-letter ISO 4217 code"));

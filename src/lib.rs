@@ -47,3 +47,4 @@ pub mod payments;
 pub mod realtime;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

@@ -47,7 +47,7 @@ impl Orders {
         order.status = OrderStatus::Assigned;
         order.pilot_id = Some(pilot);
         let events = vec![push_event(&mut order, event("assigned", actor, json!({ "pilot_id": pilot })), now)];
-        save(&mut *tx, &order, before, &events).await?;
+        save(&mut *tx, &order, before, &events, self.notify).await?;
         tx.commit().await?;
         metrics::counter!("orders_assigned_total", "by" => if actor.is_some() { "dispatcher" } else { "matching" })
             .increment(1);

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ids::OrderId;
 use crate::orders::pricing::{Pricing as _, Trip};
 use crate::orders::quotes::QuoteClaims;
-use crate::orders::{Orders, event, push_event, seconds};
+use crate::orders::{Orders, append, event, push_event, seconds};
 use crate::store::{NewJob, StoreTx};
 
 /// Job kinds the orders service enqueues and handles.
@@ -146,7 +146,7 @@ impl Orders {
         if order.payment_method == PaymentMethod::Wallet && order.fare.total_paise > 0 {
             tx.debit_wallet(caller.user_id, order.fare.total_paise, order.id, now).await?;
         }
-        tx.append_events(&events).await?;
+        append(&mut *tx, &order, &events, self.notify).await?;
         for job in self.jobs_for(&order, now) {
             tx.enqueue(&job, now).await?;
         }

@@ -31,7 +31,7 @@ impl Orders {
         } else {
             0
         };
-        let events = cancel_in(&mut *tx, &mut order, reason, fee, Some(caller), now).await?;
+        let events = cancel_in(&mut *tx, &mut order, reason, fee, Some(caller), now, self.notify).await?;
         tx.commit().await?;
         metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
         self.release_pilot(&order);
@@ -59,7 +59,7 @@ impl Orders {
         let before = (order.status, order.last_event_seq);
         order.status = OrderStatus::SearchingDriver;
         let events = vec![push_event(&mut order, event(OrderStatus::SearchingDriver.as_str(), None, json!({})), now)];
-        save(&mut *tx, &order, before, &events).await?;
+        save(&mut *tx, &order, before, &events, self.notify).await?;
         tx.commit().await?;
         self.publish(&order, &events);
         Ok(())
@@ -73,7 +73,7 @@ impl Orders {
         if order.status != OrderStatus::Pending || order.payment_status != PaymentStatus::Pending {
             return Ok(());
         }
-        let events = cancel_in(&mut *tx, &mut order, CancelReason::PaymentFailed, 0, None, now).await?;
+        let events = cancel_in(&mut *tx, &mut order, CancelReason::PaymentFailed, 0, None, now, self.notify).await?;
         tx.commit().await?;
         metrics::counter!("orders_cancelled_total", "reason" => CancelReason::PaymentFailed.as_str()).increment(1);
         self.publish(&order, &events);
@@ -90,6 +90,7 @@ pub(super) async fn cancel_in(
     fee_paise: i64,
     caller: Option<&Caller>,
     now: DateTime<Utc>,
+    notify: bool,
 ) -> Result<Vec<OrderEvent>> {
     if !order.status.can_become(OrderStatus::Cancelled) {
         return Err(Error::conflict("INVALID_TRANSITION", format!("a {} order cannot be cancelled", order.status)));
@@ -113,7 +114,7 @@ pub(super) async fn cancel_in(
     order.cancel_reason = Some(reason);
     let data = json!({ "reason": reason, "refund_paise": refund, "fee_paise": fee });
     let events = vec![push_event(order, event(OrderStatus::Cancelled.as_str(), caller, data), now)];
-    save(tx, order, before, &events).await?;
+    save(tx, order, before, &events, notify).await?;
     Ok(events)
 }
 
@@ -179,7 +180,7 @@ impl Orders {
         if events.is_empty() {
             return Ok((outcome, None));
         }
-        save(tx, &order, before, &events).await?;
+        save(tx, &order, before, &events, self.notify).await?;
         Ok((outcome, Some(Committed { order, events })))
     }
 
@@ -196,7 +197,7 @@ impl Orders {
             return Ok(("ignored", None));
         }
         order.payment_status = PaymentStatus::Failed;
-        let events = cancel_in(tx, &mut order, CancelReason::PaymentFailed, 0, None, now).await?;
+        let events = cancel_in(tx, &mut order, CancelReason::PaymentFailed, 0, None, now, self.notify).await?;
         Ok(("order_cancelled", Some(Committed { order, events })))
     }
 }

@@ -81,6 +81,8 @@ pub struct Orders {
     config: OrdersConfig,
     /// Whether card and UPI orders can be paid (a gateway is configured).
     accepts_cards: bool,
+    /// Whether order events are sent to the operator's webhook (`[webhooks] url` is set).
+    notify: bool,
     listeners: RwLock<Vec<Arc<dyn OrderListener>>>,
 }
 
@@ -95,6 +97,7 @@ impl Orders {
         config: OrdersConfig,
         secret: &[u8],
         accepts_cards: bool,
+        notify: bool,
     ) -> Self {
         Self {
             store,
@@ -107,6 +110,7 @@ impl Orders {
             quote_ttl: seconds(pricing.quote_ttl_secs),
             config,
             accepts_cards,
+            notify,
             listeners: RwLock::default(),
         }
     }
@@ -215,9 +219,27 @@ fn event(kind: &str, caller: Option<&Caller>, data: Value) -> NewEvent {
 }
 
 /// Writes a changed order and its new events, if nobody changed it since `before`.
-async fn save(tx: &mut dyn StoreTx, order: &Order, before: (OrderStatus, i32), events: &[OrderEvent]) -> Result<()> {
+async fn save(
+    tx: &mut dyn StoreTx,
+    order: &Order,
+    before: (OrderStatus, i32),
+    events: &[OrderEvent],
+    notify: bool,
+) -> Result<()> {
     if !tx.update_order(order, before.0, before.1).await? {
         return Err(Error::conflict("ORDER_CHANGED", "the order changed meanwhile; read it again and retry"));
     }
-    tx.append_events(events).await
+    append(tx, order, events, notify).await
+}
+
+/// Appends events and, when operator webhooks are on (`notify`), one delivery job per event:
+/// the notification is written in the transaction of the change, so a crash loses neither.
+async fn append(tx: &mut dyn StoreTx, order: &Order, events: &[OrderEvent], notify: bool) -> Result<()> {
+    tx.append_events(events).await?;
+    if notify {
+        for event in events {
+            tx.enqueue(&crate::webhooks::delivery(order, event), event.created_at).await?;
+        }
+    }
+    Ok(())
 }

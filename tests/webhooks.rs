@@ -1,0 +1,113 @@
+//! Outbound webhooks: every order event reaches the operator's endpoint, signed, from a job
+//! written with the event, retried with backoff until it is taken.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode as AxumStatus;
+use axum::routing::post;
+use chrono::Duration as Span;
+use common::{Options, TestApp};
+use dispatchd::clock::Clock;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+const SECRET: &str = "operator-webhook-secret";
+
+/// (event id header, signature header, body) of each request; the first `fail_first` get 503.
+type Received = Arc<Mutex<Vec<(String, String, String)>>>;
+
+async fn receiver(fail_first: usize) -> (String, Received) {
+    let received: Received = Arc::default();
+    let log = received.clone();
+    let app = Router::new().route(
+        "/hooks",
+        post(move |request: Request| {
+            let log = log.clone();
+            let (parts, body) = request.into_parts();
+            let header =
+                move |name: &str| parts.headers.get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            let (id, signature) = (header("x-dispatchd-event-id"), header("x-dispatchd-signature"));
+            async move {
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                let count = {
+                    let mut log = log.lock().unwrap();
+                    log.push((id, signature, String::from_utf8(body.to_vec()).unwrap()));
+                    log.len()
+                };
+                if count <= fail_first { AxumStatus::SERVICE_UNAVAILABLE } else { AxumStatus::OK }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+fn signed_correctly(signature: &str, body: &str) -> bool {
+    let Some((t, v1)) = signature.split_once(',') else { return false };
+    let (Some(t), Some(v1)) = (t.strip_prefix("t="), v1.strip_prefix("v1=")) else { return false };
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    expected == v1
+}
+
+#[tokio::test]
+async fn order_events_reach_the_operator_signed_and_retried() {
+    let (url, received) = receiver(1).await;
+    let clock = Clock::manual(chrono::Utc::now());
+    let options =
+        Options { clock: clock.clone(), ..Options::default() }.set("webhooks.url", url).set("webhooks.secret", SECRET);
+    let app = TestApp::spawn_with(options).await;
+    let customer = app.register("customer").await;
+    let body = json!({
+        "pickup": { "lat": 12.9716, "lng": 77.5946, "address": "MG Road metro" },
+        "drop": { "lat": 13.01, "lng": 77.62, "address": "Hebbal flyover" },
+        "vehicle_type": "bike",
+        "payment_method": "cash",
+    });
+    let order = app.post("/api/v1/orders", body, Some(&customer.access)).await;
+    let id = order.data()["id"].as_str().unwrap().to_owned();
+
+    assert_eq!(app.state.jobs.run_due().await.unwrap(), 2, "created and searching_driver");
+    assert_eq!(received.lock().unwrap().len(), 2, "the first delivery failed (503), the second went through");
+    assert_eq!(app.state.jobs.run_due().await.unwrap(), 0, "the failed one waits for its backoff");
+    clock.advance(Span::seconds(6));
+    assert_eq!(app.state.jobs.run_due().await.unwrap(), 1, "retried");
+    assert_eq!(app.state.jobs.run_due().await.unwrap(), 0, "and done");
+
+    let received = received.lock().unwrap().clone();
+    let ids: std::collections::BTreeSet<&str> = received.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, [format!("{id}:1").as_str(), format!("{id}:2").as_str()].into_iter().collect());
+    for (event_id, signature, body) in &received {
+        assert!(signed_correctly(signature, body), "bad signature on {event_id}");
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["id"].as_str(), Some(event_id.as_str()));
+        assert_eq!(body["order"]["id"].as_str(), Some(id.as_str()));
+    }
+    let kinds: std::collections::BTreeSet<String> = received
+        .iter()
+        .map(|(_, _, body)| serde_json::from_str::<Value>(body).unwrap()["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["order.created".to_owned(), "order.searching_driver".to_owned()].into_iter().collect());
+}
+
+#[tokio::test]
+async fn no_webhook_url_means_no_deliveries_queued() {
+    let app = TestApp::spawn().await;
+    let customer = app.register("customer").await;
+    let body = json!({
+        "pickup": { "lat": 12.9716, "lng": 77.5946, "address": "MG Road metro" },
+        "drop": { "lat": 13.01, "lng": 77.62, "address": "Hebbal flyover" },
+        "vehicle_type": "bike",
+        "payment_method": "cash",
+    });
+    assert_eq!(app.post("/api/v1/orders", body, Some(&customer.access)).await.status, reqwest::StatusCode::CREATED);
+    assert_eq!(app.state.jobs.run_due().await.unwrap(), 0);
+}
