@@ -316,3 +316,55 @@ async fn assignment_never_doubles_under_a_hammering() {
     let refused = assign(&app, &customer, &order, &pilots[1]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn the_pilot_drives_the_trip_within_its_geofences() {
+    let app = TestApp::spawn_with(Options::default().set("realtime.location_events_per_sec", 100)).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let order = create_order(&app, &customer).await;
+    let (pilot, mut pilot_socket) = pilot_on_duty(&app, (12.9600, 77.5900)).await;
+    let (_, mut other_pilot) = pilot_on_duty(&app, PICKUP).await;
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+    let mut watcher = connect(&app, "/customer", &customer).await;
+    watcher.call("order:watch", json!({ "order_id": order, "last_seq": 3 })).await;
+    let step = |event: &'static str| (event, json!({ "order_id": order }));
+
+    let (event, body) = step("order:arrived");
+    let far = pilot_socket.call(event, body.clone()).await;
+    assert_eq!(far["error"]["code"], "TOO_FAR_FROM_PICKUP", "{far}");
+    assert_eq!(other_pilot.call(event, body.clone()).await["error"]["code"], "ORDER_NOT_FOUND", "not its order");
+    let (_, delivered_early) = step("order:delivered");
+    assert_eq!(pilot_socket.call("order:delivered", delivered_early).await["error"]["code"], "INVALID_TRANSITION");
+
+    // Drive to the pickup (1.4 km in 150 s), arrive, pick up.
+    assert_eq!(pilot_socket.call("location", json!({ "points": [fix(&app, PICKUP, 150)] })).await["data"]["moved"], 1);
+    let arrived = pilot_socket.call(event, body).await;
+    assert_eq!(
+        (arrived["ok"].as_bool(), arrived["data"]["status"].as_str()),
+        (Some(true), Some("assigned")),
+        "{arrived}"
+    );
+    let (event, body) = step("order:picked_up");
+    assert_eq!(pilot_socket.call(event, body).await["data"]["status"], "in_transit");
+    let (event, body) = step("order:delivered");
+    assert_eq!(pilot_socket.call(event, body.clone()).await["error"]["code"], "TOO_FAR_FROM_DROP");
+    // Drive to the drop (5 km in 240 s) and deliver.
+    assert_eq!(pilot_socket.call("location", json!({ "points": [fix(&app, DROP, 390)] })).await["data"]["moved"], 1);
+    let delivered = pilot_socket.call(event, body).await;
+    assert_eq!(
+        (delivered["data"]["status"].as_str(), delivered["data"]["payment_status"].as_str()),
+        (Some("delivered"), Some("paid")),
+        "{delivered}"
+    );
+
+    let kinds: Vec<String> = watcher
+        .events("order:event", Duration::from_millis(500))
+        .await
+        .iter()
+        .map(|event| event["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["arrived", "picked_up", "in_transit", "delivered"]);
+    let free = app.state.grid.get(pilot.user_id.parse().unwrap()).unwrap();
+    assert_eq!(free.status, dispatchd::domain::PilotStatus::Available, "the pilot takes work again");
+}

@@ -41,7 +41,7 @@ impl Orders {
 
     /// After an order a pilot carried ended, the pilot takes work again (unless it went on a
     /// break or off duty meanwhile).
-    fn release_pilot(&self, order: &Order) {
+    pub(super) fn release_pilot(&self, order: &Order) {
         let Some(pilot) = order.pilot_id else { return };
         if self.grid.get(pilot).is_some_and(|snapshot| snapshot.status == crate::domain::PilotStatus::Busy) {
             let _ = self.grid.set_status(pilot, crate::domain::PilotStatus::Available, self.now().timestamp_millis());

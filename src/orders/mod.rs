@@ -17,6 +17,7 @@ mod lifecycle;
 pub mod pricing;
 pub mod quotes;
 pub mod service_area;
+mod trip;
 
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ pub use lifecycle::{GATEWAY_REFUND_JOB, OrderJobs};
 use pricing::{PricingConfig, SurgeConfig, TariffPricing};
 use quotes::QuoteSigner;
 use service_area::ServiceArea;
+pub use trip::TripStep;
 
 /// `[orders]` configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +55,9 @@ pub struct OrdersConfig {
     pub payment_timeout_secs: u64,
     /// Kept when a customer cancels after a pilot was assigned.
     pub cancellation_fee_paise: i64,
+    /// How close (m) a pilot's last position must be to the pickup to arrive or pick up, and
+    /// to the drop to deliver.
+    pub geofence_m: f64,
 }
 
 /// A committed change: the order as it now is, and the events it gained.

@@ -78,7 +78,6 @@ pub struct Realtime {
     io: SocketIo,
     grid: Arc<crate::grid::PilotIndex>,
     viewports: Arc<Viewports>,
-    tracking: Arc<Tracking>,
     outbound: mpsc::UnboundedReceiver<Outbound>,
     positions: mpsc::Receiver<Outbound>,
     interval: Duration,
@@ -124,13 +123,13 @@ impl Realtime {
         let (events_tx, outbound) = mpsc::unbounded_channel();
         let (positions_tx, positions) = mpsc::channel(POSITION_QUEUE);
         let pricing = crate::orders::pricing::TariffPricing::new(&state.config.pricing);
-        let relay = Arc::new(Relay::new(tracking.clone(), pricing, events_tx, positions_tx));
+        let relay = Arc::new(Relay::new(tracking, pricing, events_tx, positions_tx));
         state.orders.subscribe(relay.clone());
         state.fleet.subscribe(relay);
         let interval = Duration::from_millis(config.viewport_interval_ms);
         let grid = state.grid.clone();
         let limit = config.viewport_max_pilots;
-        Ok((layer, Self { io, grid, viewports, tracking, outbound, positions, interval, limit }))
+        Ok((layer, Self { io, grid, viewports, outbound, positions, interval, limit }))
     }
 
     /// The Socket.io handle (to close every socket at shutdown).
@@ -152,11 +151,6 @@ impl Realtime {
                 _ = ticks.tick() => dispatch::tick(&self.io, &self.grid, &self.viewports, self.limit),
             }
         }
-    }
-
-    /// Pilots currently followed by live tracking (for tests and metrics).
-    pub fn tracked(&self) -> usize {
-        self.tracking.len()
     }
 }
 

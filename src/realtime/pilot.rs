@@ -1,6 +1,7 @@
 //! `/pilot`: a pilot's own socket. `location` batches go through the grid's GPS rules into
 //! the index (the ack says how many points counted and why each refused one was refused);
-//! `status:set` goes on or off duty. A pilot only ever moves itself: the pilot is the
+//! `status:set` goes on or off duty; `order:arrived`, `order:picked_up` and `order:delivered`
+//! move the trip of the order it carries. A pilot only ever moves itself: the pilot is the
 //! authenticated caller, never a field of the payload.
 //!
 //! Floods: `location` events beyond `realtime.location_events_per_sec` (with a burst of
@@ -21,6 +22,8 @@ use crate::auth::Caller;
 use crate::domain::PilotStatus;
 use crate::error::{Error, Result};
 use crate::fleet::{LocationReport, ReportAnswer};
+use crate::ids::OrderId;
+use crate::orders::TripStep;
 use crate::realtime::ack::{self, parse, payload};
 use crate::realtime::{Gateway, PILOT_NS, RealtimeConfig, connected, count_in};
 
@@ -36,6 +39,14 @@ pub fn setup(socket: &SocketRef, gateway: &Gateway, caller: &Caller) {
     socket.extensions.insert(Arc::new(Flood::new(&gateway.app.config.realtime)));
     socket.on("location", location);
     socket.on("status:set", status);
+    socket
+        .on("order:arrived", async |data, ack, state, caller| trip(TripStep::Arrived, data, ack, state, caller).await);
+    socket.on("order:picked_up", async |data, ack, state, caller| {
+        trip(TripStep::PickedUp, data, ack, state, caller).await
+    });
+    socket.on("order:delivered", async |data, ack, state, caller| {
+        trip(TripStep::Delivered, data, ack, state, caller).await
+    });
     socket.on_disconnect(async || connected(PILOT_NS, -1.0));
 }
 
@@ -104,6 +115,34 @@ async fn status(
         Ok(json!({ "status": status, "pilot": pilot }))
     });
     ack::send(ack, PILOT_NS, "status:set", &result);
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TripRequest {
+    order_id: OrderId,
+}
+
+/// `order:arrived`, `order:picked_up`, `order:delivered` `{order_id}`: a step of the trip of
+/// the order this pilot carries, checked against its last position. Acks the order.
+async fn trip(
+    step: TripStep,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    State(gateway): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+) {
+    let event = match step {
+        TripStep::Arrived => "order:arrived",
+        TripStep::PickedUp => "order:picked_up",
+        TripStep::Delivered => "order:delivered",
+    };
+    count_in(PILOT_NS, event);
+    let result = match payload(data).and_then(parse::<TripRequest>) {
+        Ok(request) => gateway.app.orders.trip_step(&caller, request.order_id, step).await,
+        Err(err) => Err(err),
+    };
+    ack::send(ack, PILOT_NS, event, &result);
 }
 
 /// A socket's allowance of `location` events, and its refusals in a row.

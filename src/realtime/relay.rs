@@ -78,10 +78,6 @@ impl Tracking {
     pub fn trip_of(&self, pilot: UserId) -> Option<Trip> {
         self.inner.read().by_pilot.get(&pilot).copied()
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.read().by_pilot.len()
-    }
 }
 
 /// The listener orders and the fleet call.
