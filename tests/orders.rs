@@ -4,28 +4,12 @@
 mod common;
 
 use chrono::Duration as Span;
-use common::{Database, Options, Session, TestApp};
+use common::{DROP, Database, Options, PICKUP, Session, TestApp, order_body, place};
 use dispatchd::clock::Clock;
 use dispatchd::domain::Role;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-const PICKUP: (f64, f64) = (12.9716, 77.5946);
-const DROP: (f64, f64) = (13.0100, 77.6200);
-
-fn place(point: (f64, f64), address: &str) -> Value {
-    json!({ "lat": point.0, "lng": point.1, "address": address })
-}
-
-fn order_body(payment: &str) -> Value {
-    json!({
-        "pickup": place(PICKUP, "MG Road metro"),
-        "drop": place(DROP, "Hebbal flyover"),
-        "vehicle_type": "bike",
-        "payment_method": payment,
-    })
-}
 
 async fn create(app: &TestApp, who: &Session, body: Value) -> common::Reply {
     app.post("/api/v1/orders", body, Some(&who.access)).await

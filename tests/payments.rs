@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{Path as AxumPath, Request};
 use axum::routing::post;
 use chrono::{Duration as Span, TimeZone, Utc};
-use common::{Options, Session, TestApp};
+use common::{Options, Session, TestApp, order_body};
 use dispatchd::clock::Clock;
 use dispatchd::payments::PaymentGateway as _;
 use dispatchd::payments::razorpay::{Razorpay, RazorpayConfig};
@@ -149,11 +149,8 @@ fn failed(razorpay_order: &str) -> String {
 }
 
 async fn card_order(app: &TestApp, customer: &Session) -> Value {
-    let body = json!({
-        "pickup": { "lat": 12.9716, "lng": 77.5946, "address": "MG Road" },
-        "drop": { "lat": 13.01, "lng": 77.62, "address": "Hebbal" },
-        "vehicle_type": "auto", "payment_method": "card",
-    });
+    let mut body = order_body("card");
+    body["vehicle_type"] = json!("auto");
     let reply = app.post("/api/v1/orders", body, Some(&customer.access)).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     reply.data().clone()
@@ -422,11 +419,7 @@ async fn a_top_up_credits_the_wallet_once() {
 async fn without_a_gateway_cards_are_refused_clearly() {
     let app = TestApp::spawn().await;
     let customer = app.register("customer").await;
-    let body = json!({
-        "pickup": { "lat": 12.9716, "lng": 77.5946, "address": "MG Road" },
-        "drop": { "lat": 13.01, "lng": 77.62, "address": "Hebbal" },
-        "vehicle_type": "bike", "payment_method": "upi",
-    });
+    let body = order_body("upi");
     let refused = app.post("/api/v1/orders", body.clone(), Some(&customer.access)).await;
     assert_eq!(
         (refused.status, refused.error_code()),

@@ -8,14 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::sio::{Refused, SioClient};
-use common::{Options, Session, TestApp};
+use common::{DROP, Options, PICKUP, Session, TestApp, order_body};
 use dispatchd::domain::Role;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const PICKUP: (f64, f64) = (12.9716, 77.5946);
-const DROP: (f64, f64) = (13.0100, 77.6200);
 const SOON: Duration = Duration::from_secs(3);
 
 async fn connect(app: &TestApp, namespace: &str, who: &Session) -> SioClient {
@@ -43,17 +41,8 @@ fn point(app: &TestApp, at: (f64, f64)) -> Value {
     json!({ "lat": at.0, "lng": at.1, "ts": app.clock.now().timestamp_millis(), "accuracy": 5 })
 }
 
-fn order_body() -> Value {
-    json!({
-        "pickup": { "lat": PICKUP.0, "lng": PICKUP.1, "address": "MG Road metro" },
-        "drop": { "lat": DROP.0, "lng": DROP.1, "address": "Hebbal flyover" },
-        "vehicle_type": "bike",
-        "payment_method": "cash",
-    })
-}
-
 async fn create_order(app: &TestApp, customer: &Session) -> String {
-    let reply = app.post("/api/v1/orders", order_body(), Some(&customer.access)).await;
+    let reply = app.post("/api/v1/orders", order_body("cash"), Some(&customer.access)).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     reply.data()["id"].as_str().unwrap().to_owned()
 }

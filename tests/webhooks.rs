@@ -10,10 +10,10 @@ use axum::extract::Request;
 use axum::http::StatusCode as AxumStatus;
 use axum::routing::post;
 use chrono::Duration as Span;
-use common::{Options, TestApp};
+use common::{Options, TestApp, order_body};
 use dispatchd::clock::Clock;
 use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Sha256;
 
 const SECRET: &str = "operator-webhook-secret";
@@ -66,13 +66,7 @@ async fn order_events_reach_the_operator_signed_and_retried() {
         Options { clock: clock.clone(), ..Options::default() }.set("webhooks.url", url).set("webhooks.secret", SECRET);
     let app = TestApp::spawn_with(options).await;
     let customer = app.register("customer").await;
-    let body = json!({
-        "pickup": { "lat": 12.9716, "lng": 77.5946, "address": "MG Road metro" },
-        "drop": { "lat": 13.01, "lng": 77.62, "address": "Hebbal flyover" },
-        "vehicle_type": "bike",
-        "payment_method": "cash",
-    });
-    let order = app.post("/api/v1/orders", body, Some(&customer.access)).await;
+    let order = app.post("/api/v1/orders", order_body("cash"), Some(&customer.access)).await;
     let id = order.data()["id"].as_str().unwrap().to_owned();
 
     assert_eq!(app.state.jobs.run_due().await.unwrap(), 2, "created and searching_driver");
@@ -102,12 +96,9 @@ async fn order_events_reach_the_operator_signed_and_retried() {
 async fn no_webhook_url_means_no_deliveries_queued() {
     let app = TestApp::spawn().await;
     let customer = app.register("customer").await;
-    let body = json!({
-        "pickup": { "lat": 12.9716, "lng": 77.5946, "address": "MG Road metro" },
-        "drop": { "lat": 13.01, "lng": 77.62, "address": "Hebbal flyover" },
-        "vehicle_type": "bike",
-        "payment_method": "cash",
-    });
-    assert_eq!(app.post("/api/v1/orders", body, Some(&customer.access)).await.status, reqwest::StatusCode::CREATED);
+    assert_eq!(
+        app.post("/api/v1/orders", order_body("cash"), Some(&customer.access)).await.status,
+        reqwest::StatusCode::CREATED
+    );
     assert_eq!(app.state.jobs.run_due().await.unwrap(), 0);
 }

@@ -160,6 +160,26 @@ impl Session {
     }
 }
 
+/// The pickup and drop test orders use (Bengaluru, about 5 km apart, inside the default
+/// service area).
+pub const PICKUP: (f64, f64) = (12.9716, 77.5946);
+pub const DROP: (f64, f64) = (13.0100, 77.6200);
+
+/// A place as order requests give it.
+pub fn place(point: (f64, f64), address: &str) -> Value {
+    json!({ "lat": point.0, "lng": point.1, "address": address })
+}
+
+/// An order request from [`PICKUP`] to [`DROP`] for a bike, paid by `payment`.
+pub fn order_body(payment: &str) -> Value {
+    json!({
+        "pickup": place(PICKUP, "MG Road metro"),
+        "drop": place(DROP, "Hebbal flyover"),
+        "vehicle_type": "bike",
+        "payment_method": payment,
+    })
+}
+
 /// A phone number no other test uses.
 pub fn unique_phone() -> String {
     let digits: u64 = rand::random::<u64>() % 10_000_000_000;
