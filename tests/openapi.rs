@@ -398,31 +398,17 @@ fn string_end(source: &str, start: usize) -> usize {
 
 /// The offset just past the bracket closing the one at `open`, skipping string literals.
 fn matching_close(source: &str, open: usize) -> usize {
-    let bytes = source.as_bytes();
-    let mut depth = 0usize;
-    let mut at = open;
-    while at < bytes.len() {
-        match bytes[at] {
-            b'"' => {
-                at = string_end(source, at);
-                continue;
-            }
-            b'(' | b'{' | b'[' => depth += 1,
-            b')' | b'}' | b']' => {
-                depth -= 1;
-                if depth == 0 {
-                    return at + 1;
-                }
-            }
-            _ => {}
-        }
-        at += 1;
-    }
-    panic!("unbalanced brackets from {open}");
+    scan_to(source, open, |byte, depth| matches!(byte, b')' | b'}' | b']') && depth == 0)
 }
 
 /// The offset just past the `;` ending the statement that starts at `start`.
 fn statement_end(source: &str, start: usize) -> usize {
+    scan_to(source, start, |byte, depth| byte == b';' && depth <= 0)
+}
+
+/// Walks from `start`, skipping string literals and counting bracket depth, to just past the
+/// first byte for which `ends(byte, depth after it)` holds.
+fn scan_to(source: &str, start: usize, ends: impl Fn(u8, isize) -> bool) -> usize {
     let bytes = source.as_bytes();
     let mut depth = 0isize;
     let mut at = start;
@@ -434,10 +420,12 @@ fn statement_end(source: &str, start: usize) -> usize {
             }
             b'(' | b'{' | b'[' => depth += 1,
             b')' | b'}' | b']' => depth -= 1,
-            b';' if depth <= 0 => return at + 1,
             _ => {}
+        }
+        if ends(bytes[at], depth) {
+            return at + 1;
         }
         at += 1;
     }
-    bytes.len()
+    panic!("no end found from {start}");
 }
