@@ -300,7 +300,11 @@ impl Config {
         crate::orders::service_area::ServiceArea::from_config(&self.service_area)
             .map(|_| ())
             .map_err(|message| ConfigError::new("service_area", message))?;
-        self.validate_payments()
+        self.validate_payments()?;
+        if self.webhooks.enabled() && self.webhooks.secret.expose_secret().len() < 16 {
+            return Err(ConfigError::new("webhooks.secret", "must be at least 16 characters when webhooks.url is set"));
+        }
+        Ok(())
     }
 
     fn validate_payments(&self) -> Result<(), ConfigError> {
@@ -333,9 +337,6 @@ impl Config {
             && payments.stripe.webhook_secret.expose_secret().is_empty()
         {
             return Err(ConfigError::new("payments.stripe.webhook_secret", "is required when a Stripe key is set"));
-        }
-        if self.webhooks.enabled() && self.webhooks.secret.expose_secret().len() < 16 {
-            return Err(ConfigError::new("webhooks.secret", "must be at least 16 characters when webhooks.url is set"));
         }
         if payments.currency.len() != 3 || !payments.currency.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(ConfigError::new("payments.currency", "must be a three-letter ISO 4217 code"));
@@ -517,6 +518,16 @@ mod tests {
         assert_eq!(err.key, "payments.stripe.webhook_secret");
         let err = with("payments.razorpay.key_id", "rzp_test_1").unwrap_err();
         assert_eq!(err.key, "payments.razorpay.webhook_secret");
+    }
+
+    #[test]
+    fn webhooks_need_a_real_secret() {
+        let figment =
+            Config::figment(None).unwrap().merge(Serialized::global("webhooks.url", "http://127.0.0.1:9/hooks"));
+        let err = Config::from_figment(figment.clone()).unwrap_err();
+        assert_eq!(err.key, "webhooks.secret");
+        let ok = figment.merge(Serialized::global("webhooks.secret", "sixteen-chars-ok"));
+        assert!(Config::from_figment(ok).unwrap().webhooks.enabled());
     }
 
     #[test]

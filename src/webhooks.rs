@@ -50,8 +50,9 @@ impl WebhooksConfig {
 
 /// The delivery job for one event (its payload is the body to send).
 pub fn delivery(order: &Order, event: &OrderEvent) -> NewJob {
+    let id = format!("{}:{}", event.order_id, event.seq);
     let body = json!({
-        "id": event_id(event),
+        "id": id,
         "type": format!("order.{}", event.kind),
         "order": {
             "id": order.id,
@@ -63,13 +64,9 @@ pub fn delivery(order: &Order, event: &OrderEvent) -> NewJob {
         },
         "event": event,
     });
-    let mut job = NewJob::new(ORDER_EVENT_JOB, body, event.created_at).dedupe(format!("webhook:{}", event_id(event)));
+    let mut job = NewJob::new(ORDER_EVENT_JOB, body, event.created_at).dedupe(format!("webhook:{id}"));
     job.max_attempts = MAX_ATTEMPTS;
     job
-}
-
-fn event_id(event: &OrderEvent) -> String {
-    format!("{}:{}", event.order_id, event.seq)
 }
 
 /// `t=…,v1=…` for `body` signed at unix time `t`.

@@ -145,27 +145,34 @@ pub fn location_payload(order: OrderId, pilot: &PilotSnapshot, eta_s: i64) -> Va
 pub fn deliver(io: &SocketIo, message: &Outbound) {
     match message {
         Outbound::OrderEvent { order, pilot, payload } => {
-            emit(io, CUSTOMER_NS, &customer::room(*order), "order:event", payload);
+            emit(io, CUSTOMER_NS, &customer::room(*order), "order:event", payload, Loss::Disconnect);
             if let Some(pilot) = pilot {
-                emit(io, PILOT_NS, &pilot::room(*pilot), "order:event", payload);
+                emit(io, PILOT_NS, &pilot::room(*pilot), "order:event", payload, Loss::Disconnect);
             }
-            emit(io, DISPATCH_NS, dispatch::ROOM, "order:event", payload);
+            emit(io, DISPATCH_NS, dispatch::ROOM, "order:event", payload, Loss::Disconnect);
         }
         Outbound::PilotLocation { order, payload } => {
-            emit(io, CUSTOMER_NS, &customer::room(*order), "pilot:location", payload);
+            emit(io, CUSTOMER_NS, &customer::room(*order), "pilot:location", payload, Loss::Drop);
         }
     }
 }
 
-fn emit(io: &SocketIo, namespace: &'static str, room: &str, event: &'static str, payload: &Value) {
+/// What happens when a socket's buffer is too full to take a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// Dropped: the next one supersedes it (positions).
+    Drop,
+    /// Never silently lost: the socket is disconnected, and its app replays what it missed by
+    /// `seq` when it reconnects (order events).
+    Disconnect,
+}
+
+fn emit(io: &SocketIo, namespace: &'static str, room: &str, event: &'static str, payload: &Value, loss: Loss) {
     let Some(operators) = io.of(namespace) else { return };
     for socket in operators.to(room.to_owned()).sockets() {
         let sent = socket.emit(event, payload);
         count_out(namespace, event, sent.is_ok());
-        // An order event is never silently lost: a client too far behind to take one is
-        // disconnected, and its app replays what it missed by `seq` when it reconnects.
-        // (Positions are simply superseded by the next one.)
-        if event == "order:event"
+        if loss == Loss::Disconnect
             && let Err(SendError::Socket(SocketError::InternalChannelFull)) = sent
         {
             tracing::warn!(socket = %socket.id, namespace, "client too slow for order events; disconnecting it");
