@@ -94,4 +94,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 say "cargo test"
 cargo test --workspace --locked
 say "socket.io-client tests (tests/js)"
-(cd tests/js && npm ci --no-audit --no-fund --loglevel=error && DISPATCHD_BIN="$PWD/../../target/debug/dispatchd" npm test)
+bin="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/dispatchd"
+(cd tests/js && npm ci --no-audit --no-fund --loglevel=error && DISPATCHD_BIN="$bin" npm test)

@@ -30,6 +30,7 @@ export async function startServer(settings = {}) {
   const addr = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("the server did not start within 30 s")), 30_000);
     child.once("exit", (code) => reject(new Error(`the server exited with ${code}`)));
+    child.once("error", (err) => reject(new Error(`cannot start ${BIN}: ${err.message}`)));
     lines.on("line", (line) => {
       const log = JSON.parse(line);
       if (log.message === "dispatchd listening") {
