@@ -29,8 +29,11 @@ use crate::fleet::Fleet;
 use crate::grid::PilotIndex;
 use crate::http::ratelimit::RateLimiter;
 use crate::jobs::Worker;
+use crate::matchmaker::Matchmaker;
 use crate::money::Money;
 use crate::orders::service_area::ServiceArea;
+use crate::orders::traces::TraceRecorder;
+use crate::orders::tracking::Tracking;
 use crate::orders::{OrderJobs, Orders};
 use crate::payments::{Payments, RefundJobs};
 use crate::realtime::Realtime;
@@ -60,6 +63,12 @@ pub struct AppState {
     pub payments: Arc<Payments>,
     /// Runs durable jobs; tests call `run_due` on it to run what the clock made due.
     pub jobs: Arc<Worker>,
+    /// Turns searching orders into offers.
+    pub matchmaker: Arc<Matchmaker>,
+    /// Which pilot carries which order.
+    pub tracking: Arc<Tracking>,
+    /// Buffers the trip traces of pilots on orders.
+    pub traces: Arc<TraceRecorder>,
 }
 
 /// A built application, ready to serve.
@@ -112,11 +121,21 @@ impl App {
             !config.payments.gateway.is_empty(),
             config.webhooks.enabled(),
         ));
+        let tracking = Arc::new(Tracking::default());
+        for order in store.active_orders().await? {
+            tracking.follow(&order);
+        }
+        orders.subscribe(tracking.clone());
+        let traces = Arc::new(TraceRecorder::new(tracking.clone(), store.clone()));
+        fleet.subscribe(traces.clone());
+        let matchmaker =
+            Matchmaker::new(orders.clone(), store.clone(), grid.clone(), clock.clone(), config.matching.clone());
         let payments = Arc::new(Payments::new(&config.payments, store.clone(), clock.clone(), orders.clone())?);
         let mut jobs = Worker::new(store.clone(), clock.clone(), config.jobs.clone());
         let order_jobs = Arc::new(OrderJobs(orders.clone()));
         jobs.register(crate::orders::START_SEARCH_JOB, order_jobs.clone());
-        jobs.register(crate::orders::PAYMENT_TIMEOUT_JOB, order_jobs);
+        jobs.register(crate::orders::PAYMENT_TIMEOUT_JOB, order_jobs.clone());
+        jobs.register(crate::orders::NO_PILOT_JOB, order_jobs);
         jobs.register(crate::orders::GATEWAY_REFUND_JOB, Arc::new(RefundJobs(payments.clone())));
         if config.webhooks.enabled() {
             let deliveries = crate::webhooks::Deliveries::new(config.webhooks.clone(), clock.clone())?;
@@ -137,6 +156,9 @@ impl App {
             orders,
             payments,
             jobs: Arc::new(jobs),
+            matchmaker,
+            tracking,
+            traces,
         };
         let (sockets, realtime) = Realtime::attach(&state).await?;
         Ok(Self { state, mirror, sockets, realtime: Some(realtime) })
@@ -214,6 +236,8 @@ impl App {
             tasks.push(tokio::spawn(mirror.run(stop.clone())));
         }
         tasks.push(tokio::spawn(self.state.jobs.clone().run(stop.clone())));
+        tasks.push(tokio::spawn(self.state.matchmaker.clone().run(stop.clone())));
+        tasks.push(tokio::spawn(self.state.traces.clone().run(stop.clone())));
         if let Some(redis) = self.state.redis.clone() {
             tasks.push(tokio::spawn(redis.run_health_loop(stop.clone())));
         }

@@ -39,6 +39,7 @@ pub struct Config {
     pub realtime: crate::realtime::RealtimeConfig,
     pub webhooks: crate::webhooks::WebhooksConfig,
     pub jobs: crate::jobs::JobsConfig,
+    pub matching: crate::matching::MatchingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -244,6 +245,7 @@ impl Config {
             ("pricing.quote_ttl_secs", self.pricing.quote_ttl_secs),
             ("orders.search_lead_secs", self.orders.search_lead_secs),
             ("orders.payment_timeout_secs", self.orders.payment_timeout_secs),
+            ("orders.max_search_secs", self.orders.max_search_secs),
             ("jobs.poll_interval_ms", self.jobs.poll_interval_ms),
             ("jobs.batch_size", self.jobs.batch_size.into()),
             ("jobs.lease_secs", self.jobs.lease_secs),
@@ -260,6 +262,7 @@ impl Config {
         self.validate_auth()?;
         self.validate_grid()?;
         self.validate_orders()?;
+        self.matching.check().map_err(|(key, message)| ConfigError::new(key, message))?;
         self.validate_http()
     }
 

@@ -74,6 +74,13 @@ impl Fleet {
         if matches!(status, PilotStatus::OnOffer | PilotStatus::Busy) {
             return Err(Error::validation("status", "must be available, break or offline"));
         }
+        // "Online" from a pilot holding an offer or carrying an order changes nothing: it
+        // must not make the pilot look free for another order.
+        if let Some(current) = self.index.get(pilot).filter(|current| {
+            status == PilotStatus::Available && matches!(current.status, PilotStatus::OnOffer | PilotStatus::Busy)
+        }) {
+            return Ok(Some(current));
+        }
         self.index.set_status(pilot, status, self.now_ms()).map_err(|GridError::NoPosition| Error::Conflict {
             code: "NO_POSITION",
             message: GridError::NoPosition.to_string(),

@@ -71,6 +71,10 @@ id_type!(
     /// A wallet ledger entry.
     LedgerId
 );
+id_type!(
+    /// An offer of an order to one pilot.
+    OfferId
+);
 
 #[cfg(test)]
 mod tests {

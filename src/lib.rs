@@ -6,21 +6,25 @@
 //! ## Layout
 //!
 //! ```text
-//!   main.rs ── cli ── app (AppState, serve, shutdown)
+//!   main.rs ── cli ── app (AppState, serve, shutdown, background tasks)
 //!                      │
-//!          http (axum: routes, extractors, layers)        realtime (Socket.io; later)
-//!                      │
-//!          auth (accounts, sessions, tokens)      orders, matching (later)      grid (later)
-//!                      │
-//!          store (Store trait: Postgres | SQLite; redis: optional mirror with health)
+//!          http (axum: routes, extractors, layers)      realtime (Socket.io: /pilot, /customer, /dispatch)
+//!                      │                                    │
+//!          auth   orders (lifecycle, money, offers, trips)   matchmaker (searches → offers)   fleet
+//!                      │                                    │                                  │
+//!          payments  webhooks  jobs           matching (pure: scoring, radius steps, batch assignment)
+//!                      │                                    │
+//!          store (Store trait: Postgres | SQLite; redis)    grid (in-memory H3 index of pilots)
 //!
 //!   config  error  domain  ids  clock  telemetry      ← used everywhere, depend on nothing above
 //! ```
 //!
-//! Dependencies point down. `http` turns HTTP into calls on `auth` (and later `orders`,
-//! `matching`) and their results into envelopes; those modules know nothing of HTTP; `store`
-//! knows nothing of either. Every lock lives inside a domain type behind synchronous
-//! methods; nothing holds a lock across `.await`.
+//! Dependencies point down. `http` and `realtime` turn requests and events into calls on the
+//! services (`auth`, `orders`, `matchmaker`, `fleet`) and their results into envelopes and
+//! acks; the services know nothing of HTTP or sockets and tell the gateway what happened
+//! through listener traits. `grid` and `matching` are synchronous and do no I/O. Every lock
+//! lives inside a domain type behind synchronous methods; nothing holds a lock across
+//! `.await`.
 //!
 //! ## Invariants worth knowing before changing anything
 //!
@@ -41,6 +45,8 @@ pub mod grid;
 pub mod http;
 pub mod ids;
 pub mod jobs;
+pub mod matching;
+pub mod matchmaker;
 pub mod money;
 pub mod orders;
 pub mod payments;

@@ -4,6 +4,7 @@
 mod common;
 
 use chrono::Duration as Span;
+use common::field::{balance, credit};
 use common::{DROP, Database, Options, PICKUP, Session, TestApp, order_body, place};
 use dispatchd::clock::Clock;
 use dispatchd::domain::Role;
@@ -25,16 +26,6 @@ async fn quote(app: &TestApp, who: &Session) -> Value {
     let reply = app.post("/api/v1/quotes", body, Some(&who.access)).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     reply.data().clone()
-}
-
-async fn credit(app: &TestApp, admin: &Session, user: &Session, paise: i64) {
-    let path = format!("/api/v1/admin/wallets/{}/credit", user.user_id);
-    let reply = app.post(&path, json!({ "amount_paise": paise }), Some(&admin.access)).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-}
-
-async fn balance(app: &TestApp, who: &Session) -> i64 {
-    app.get("/api/v1/wallet", Some(&who.access)).await.data()["balance_paise"].as_i64().unwrap()
 }
 
 #[tokio::test]

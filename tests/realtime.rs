@@ -7,20 +7,15 @@ mod common;
 
 use std::time::Duration;
 
+use common::field::{assign, connect, create_order, fix, pilot_on_duty};
 use common::sio::{Refused, SioClient};
-use common::{DROP, Options, PICKUP, Session, TestApp, order_body};
+use common::{DROP, Options, PICKUP, TestApp};
 use dispatchd::domain::Role;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const SOON: Duration = Duration::from_secs(3);
-
-async fn connect(app: &TestApp, namespace: &str, who: &Session) -> SioClient {
-    SioClient::connect(app.addr, namespace, Some(json!({ "token": who.access })), "")
-        .await
-        .unwrap_or_else(|refused| panic!("{namespace} refused: {refused:?}"))
-}
 
 async fn refusal(app: &TestApp, namespace: &str, auth: Option<Value>, query: &str) -> String {
     match SioClient::connect(app.addr, namespace, auth, query).await {
@@ -30,37 +25,8 @@ async fn refusal(app: &TestApp, namespace: &str, auth: Option<Value>, query: &st
     }
 }
 
-/// A fix at `at`, taken `after_secs` into a pilot's shift that began 400 s ago (so that tests
-/// can space their points at plausible speeds without waiting).
-fn fix(app: &TestApp, at: (f64, f64), after_secs: i64) -> Value {
-    let ts = app.clock.now().timestamp_millis() - 400_000 + after_secs * 1000;
-    json!({ "lat": at.0, "lng": at.1, "ts": ts, "accuracy": 5 })
-}
-
 fn point(app: &TestApp, at: (f64, f64)) -> Value {
     json!({ "lat": at.0, "lng": at.1, "ts": app.clock.now().timestamp_millis(), "accuracy": 5 })
-}
-
-async fn create_order(app: &TestApp, customer: &Session) -> String {
-    let reply = app.post("/api/v1/orders", order_body("cash"), Some(&customer.access)).await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    reply.data()["id"].as_str().unwrap().to_owned()
-}
-
-async fn assign(app: &TestApp, dispatcher: &Session, order: &str, pilot: &Session) -> common::Reply {
-    let path = format!("/api/v1/dispatch/orders/{order}/assign");
-    app.post(&path, json!({ "pilot_id": pilot.user_id }), Some(&dispatcher.access)).await
-}
-
-/// A pilot connected to `/pilot`, reporting its first position and on duty.
-async fn pilot_on_duty(app: &TestApp, at: (f64, f64)) -> (Session, SioClient) {
-    let pilot = app.register("pilot").await;
-    let mut socket = connect(app, "/pilot", &pilot).await;
-    let ack = socket.call("location", json!({ "points": [fix(app, at, 0)] })).await;
-    assert_eq!(ack["data"]["accepted"], 1, "{ack}");
-    let ack = socket.call("status:set", json!({ "status": "online" })).await;
-    assert_eq!((ack["ok"].as_bool(), ack["data"]["status"].as_str()), (Some(true), Some("available")), "{ack}");
-    (pilot, socket)
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! The store conformance suite: every case runs against Postgres and against SQLite, through
 //! the one `Store` interface, plus the schema's own guarantees checked with raw SQL.
 //!
-//! Accounts and the schema's guarantees are here; orders (and idempotency keys), money and
-//! jobs are in `store/`, each declaring its cases with the same `conformance!` macro.
+//! Accounts and the schema's guarantees are here; orders (and idempotency keys), offers and
+//! traces, money and jobs are in `store/`, each declaring its cases with the same `conformance!` macro.
 
 mod common;
 
@@ -83,6 +83,8 @@ macro_rules! conformance {
 mod jobs;
 #[path = "store/money.rs"]
 mod money;
+#[path = "store/offers.rs"]
+mod offers;
 #[path = "store/orders.rs"]
 mod orders;
 

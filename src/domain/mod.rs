@@ -4,6 +4,7 @@
 //! in a JSON body becomes a 422 naming its field.
 
 pub mod money;
+pub mod offers;
 pub mod orders;
 
 use std::fmt;

@@ -9,7 +9,8 @@ use crate::domain::{Invalid, LatLng, Role, VehicleType, string_enum};
 use crate::ids::{OrderId, UserId};
 
 string_enum! {
-    /// Where an order is. Forward only, plus `cancelled` from anywhere before `delivered`.
+    /// Where an order is. Forward only (but an assigned order can go back to searching before
+    /// pickup), plus `cancelled` from anywhere before `delivered`.
     pub enum OrderStatus {
         Pending => "pending",
         SearchingDriver => "searching_driver",
@@ -28,6 +29,9 @@ impl OrderStatus {
         match (self, to) {
             (Pending, SearchingDriver)
             | (SearchingDriver, Assigned)
+            // Taken back from its pilot before pickup (the pilot dropped it, or a dispatcher
+            // moved it): the order searches again.
+            | (Assigned, SearchingDriver)
             | (Assigned, PickedUp)
             | (PickedUp, InTransit)
             | (InTransit, Delivered) => true,
@@ -226,7 +230,12 @@ mod tests {
     #[test]
     fn the_state_machine_moves_forward_or_cancels() {
         use OrderStatus::*;
-        let forward = [(Pending, SearchingDriver), (SearchingDriver, Assigned), (Assigned, PickedUp)];
+        let forward = [
+            (Pending, SearchingDriver),
+            (SearchingDriver, Assigned),
+            (Assigned, PickedUp),
+            (Assigned, SearchingDriver),
+        ];
         let more = [(PickedUp, InTransit), (InTransit, Delivered)];
         for from in OrderStatus::ALL {
             for to in OrderStatus::ALL {

@@ -1,6 +1,6 @@
 //! `/api/v1/dispatch/*`: the dispatcher's view of the live grid — pilots in a box, the
-//! nearest available pilots to a point, and supply per coarse cell — and assigning an order
-//! by hand.
+//! nearest available pilots to a point, and supply per coarse cell — and assigning or
+//! reassigning an order by hand.
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -124,4 +124,22 @@ pub async fn assign(
     Json(body): Json<AssignBody>,
 ) -> Result<impl IntoResponse> {
     Ok(ok(state.orders.assign(&caller, id, body.pilot_id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReassignBody {
+    #[serde(default)]
+    pilot_id: Option<UserId>,
+}
+
+/// `POST /dispatch/orders/{id}/reassign {pilot_id?}`: an assigned order not yet picked up goes
+/// to another pilot, or (no `pilot_id`) back to searching.
+pub async fn reassign(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<OrderId>,
+    Json(body): Json<ReassignBody>,
+) -> Result<impl IntoResponse> {
+    Ok(ok(state.orders.reassign(&caller, id, body.pilot_id).await?))
 }

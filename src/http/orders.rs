@@ -125,6 +125,17 @@ pub async fn events(
     Ok(ok(state.orders.events(&caller, id, after, limit).await?))
 }
 
+/// The trip trace: the pilot's recorded positions while it carried the order.
+pub async fn trace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<OrderId>,
+) -> Result<impl IntoResponse> {
+    // Points still in the write buffer belong in the answer.
+    state.traces.flush().await;
+    Ok(ok(state.orders.trace(&caller, id).await?))
+}
+
 pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32> {
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if (1..=MAX_LIMIT).contains(&limit) {

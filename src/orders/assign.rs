@@ -5,15 +5,20 @@
 //! wins, the other sees `ORDER_TAKEN`), and a unique index allows a pilot at most one order
 //! that is assigned, picked up or in transit (one pilot, two orders: one wins, the other
 //! sees `PILOT_BUSY`). Whoever asks, a dispatcher by hand or matching, goes through here.
+//!
+//! Before pickup an order can change hands: a dispatcher moves it to another pilot or back to
+//! searching, or its pilot drops it (it searches again). After pickup a pilot who drops it
+//! cancels it (`pilot`).
 
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::domain::orders::{Order, OrderStatus};
-use crate::domain::{PilotStatus, Role};
+use crate::domain::orders::{CancelReason, Order, OrderStatus};
+use crate::domain::{PilotStatus, Role, VehicleType};
 use crate::error::{Error, Result};
 use crate::ids::{OrderId, UserId};
-use crate::orders::{Orders, event, not_found, push_event, save};
+use crate::orders::lifecycle::cancel_in;
+use crate::orders::{Orders, event, not_found, push_event, save, visible};
 
 impl Orders {
     /// A dispatcher (or admin) assigns `pilot` to an order that is searching.
@@ -38,10 +43,7 @@ impl Orders {
             }
         }
         if vehicle != order.vehicle_type {
-            return Err(Error::Unprocessable {
-                code: "VEHICLE_MISMATCH",
-                message: format!("the order needs a {}, the pilot drives a {vehicle}", order.vehicle_type),
-            });
+            return Err(vehicle_mismatch(order.vehicle_type, vehicle));
         }
         let before = (order.status, order.last_event_seq);
         order.status = OrderStatus::Assigned;
@@ -58,10 +60,109 @@ impl Orders {
     }
 
     /// The vehicle of an enabled pilot.
-    async fn pilot_vehicle(&self, pilot: UserId) -> Result<crate::domain::VehicleType> {
+    async fn pilot_vehicle(&self, pilot: UserId) -> Result<VehicleType> {
         let user = self.store.user_by_id(pilot).await?;
         user.filter(|user| user.disabled_at.is_none())
             .and_then(|user| user.pilot.map(|profile| profile.vehicle_type))
             .ok_or_else(|| Error::not_found("PILOT_NOT_FOUND", "no such pilot"))
+    }
+}
+
+impl Orders {
+    /// A dispatcher takes an assigned order (not yet picked up) from its pilot: to pilot `to`,
+    /// or, with `None`, back to searching. The new pilot is held to the same rule as any
+    /// assignment (`PILOT_BUSY`).
+    pub async fn reassign(&self, caller: &Caller, id: OrderId, to: Option<UserId>) -> Result<Order> {
+        caller.require(&[Role::Dispatcher, Role::Admin])?;
+        if let Some(pilot) = to {
+            let vehicle = self.pilot_vehicle(pilot).await?;
+            return self.take_back(caller, id, Some((pilot, vehicle))).await;
+        }
+        self.take_back(caller, id, None).await
+    }
+
+    /// The order's pilot drops it. Before pickup the order searches again (the customer keeps
+    /// it; this pilot is not offered it again); with the goods on board it is cancelled
+    /// (`pilot`) and refunded in full, for the operator to sort out.
+    pub async fn pilot_cancel(&self, caller: &Caller, id: OrderId) -> Result<Order> {
+        caller.require(&[Role::Pilot])?;
+        let order = self.store.order(id).await?.ok_or_else(not_found)?;
+        visible(caller, &order)?;
+        if order.status == OrderStatus::Assigned {
+            return self.take_back(caller, id, None).await;
+        }
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
+        visible(caller, &order)?;
+        if !order.status.has_pilot() {
+            return Err(Error::conflict("INVALID_TRANSITION", format!("a {} order cannot be dropped", order.status)));
+        }
+        let reason = CancelReason::Pilot;
+        let events = cancel_in(&mut *tx, &mut order, reason, 0, Some(caller), now, self.notify).await?;
+        tx.commit().await?;
+        metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
+        self.release_pilot(&order);
+        self.publish(&order, &events);
+        Ok(order)
+    }
+
+    /// Moves an assigned order from its pilot to `to` (with its vehicle), or back to
+    /// searching. One transaction; the previous pilot takes work again.
+    async fn take_back(&self, caller: &Caller, id: OrderId, to: Option<(UserId, VehicleType)>) -> Result<Order> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
+        visible(caller, &order)?;
+        if order.status != OrderStatus::Assigned {
+            return Err(Error::conflict(
+                "INVALID_TRANSITION",
+                format!("only an assigned order not yet picked up can change pilot; this one is {}", order.status),
+            ));
+        }
+        let previous = order.pilot_id;
+        let before = (order.status, order.last_event_seq);
+        let mut events = Vec::new();
+        match to {
+            Some((pilot, vehicle)) => {
+                if vehicle != order.vehicle_type {
+                    return Err(vehicle_mismatch(order.vehicle_type, vehicle));
+                }
+                if Some(pilot) == previous {
+                    return Ok(order);
+                }
+                order.pilot_id = Some(pilot);
+                let data = json!({ "previous_pilot_id": previous, "pilot_id": pilot });
+                events.push(push_event(&mut order, event("reassigned", Some(caller), data), now));
+            }
+            None => {
+                order.pilot_id = None;
+                let data = json!({ "previous_pilot_id": previous, "by": caller.role });
+                events.push(push_event(&mut order, event("unassigned", Some(caller), data), now));
+                events.push(self.begin_search(&mut order, now));
+            }
+        }
+        save(&mut *tx, &order, before, &events, self.notify).await?;
+        if order.status == OrderStatus::SearchingDriver {
+            tx.enqueue(&self.give_up_job(&order), now).await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("orders_reassigned_total", "to" => if to.is_some() { "pilot" } else { "search" })
+            .increment(1);
+        if let Some(previous) = previous {
+            self.release(previous);
+        }
+        if let Some(pilot) = order.pilot_id {
+            let _ = self.grid.set_status(pilot, PilotStatus::Busy, now.timestamp_millis());
+        }
+        self.publish(&order, &events);
+        Ok(order)
+    }
+}
+
+fn vehicle_mismatch(wanted: VehicleType, driven: VehicleType) -> Error {
+    Error::Unprocessable {
+        code: "VEHICLE_MISMATCH",
+        message: format!("the order needs a {wanted}, the pilot drives a {driven}"),
     }
 }

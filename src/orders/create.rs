@@ -297,8 +297,7 @@ impl Orders {
         });
         let mut events = vec![push_event(&mut order, event("created", Some(caller), created), now)];
         if self.ready_to_search(&order, now) {
-            order.status = OrderStatus::SearchingDriver;
-            events.push(push_event(&mut order, event(OrderStatus::SearchingDriver.as_str(), None, json!({})), now));
+            events.push(self.begin_search(&mut order, now));
         }
         (order, events)
     }
@@ -320,6 +319,9 @@ impl Orders {
             jobs.push(
                 NewJob::new(START_SEARCH_JOB, payload.clone(), run_at).dedupe(format!("start_search:{}", order.id)),
             );
+        }
+        if order.status == OrderStatus::SearchingDriver {
+            jobs.push(self.give_up_job(order));
         }
         if order.payment_status == PaymentStatus::Pending {
             let run_at = now + seconds(self.config.payment_timeout_secs);

@@ -16,10 +16,18 @@ use crate::store::{NewJob, StoreTx, WalletCredit};
 /// Job kind: refund a gateway payment (the payload names the order and the amount).
 pub const GATEWAY_REFUND_JOB: &str = "payment.refund";
 
+/// Job kind: an order's search ran out of time (`orders.max_search_secs`); cancel it if it
+/// is still searching.
+pub const NO_PILOT_JOB: &str = "order.no_pilot_found";
+
 impl Orders {
     /// Cancels an order for its customer (or staff), refunding what was paid minus the
-    /// cancellation fee once a pilot was assigned.
+    /// cancellation fee once a pilot was assigned. Its pilot dropping it is
+    /// [`Orders::pilot_cancel`].
     pub async fn cancel(&self, caller: &Caller, id: OrderId) -> Result<Order> {
+        if caller.role == Role::Pilot {
+            return self.pilot_cancel(caller, id).await;
+        }
         caller.require(&[Role::Customer, Role::Dispatcher, Role::Admin])?;
         let reason = if caller.role == Role::Customer { CancelReason::Customer } else { CancelReason::Dispatcher };
         let now = self.now();
@@ -42,7 +50,13 @@ impl Orders {
     /// After an order a pilot carried ended, the pilot takes work again (unless it went on a
     /// break or off duty meanwhile).
     pub(super) fn release_pilot(&self, order: &Order) {
-        let Some(pilot) = order.pilot_id else { return };
+        if let Some(pilot) = order.pilot_id {
+            self.release(pilot);
+        }
+    }
+
+    /// A pilot no longer carrying an order takes work again (if it was busy).
+    pub(super) fn release(&self, pilot: crate::ids::UserId) {
         if self.grid.get(pilot).is_some_and(|snapshot| snapshot.status == crate::domain::PilotStatus::Busy) {
             let _ = self.grid.set_status(pilot, crate::domain::PilotStatus::Available, self.now().timestamp_millis());
         }
@@ -57,10 +71,48 @@ impl Orders {
             return Ok(());
         }
         let before = (order.status, order.last_event_seq);
-        order.status = OrderStatus::SearchingDriver;
-        let events = vec![push_event(&mut order, event(OrderStatus::SearchingDriver.as_str(), None, json!({})), now)];
+        let events = vec![self.begin_search(&mut order, now)];
         save(&mut *tx, &order, before, &events, self.notify).await?;
+        tx.enqueue(&self.give_up_job(&order), now).await?;
         tx.commit().await?;
+        self.publish(&order, &events);
+        Ok(())
+    }
+
+    /// A pending order starts searching for a pilot: its status and event. The caller also
+    /// enqueues [`Self::give_up_job`] in the same transaction.
+    pub(super) fn begin_search(&self, order: &mut Order, now: DateTime<Utc>) -> OrderEvent {
+        order.status = OrderStatus::SearchingDriver;
+        push_event(order, event(OrderStatus::SearchingDriver.as_str(), None, json!({})), now)
+    }
+
+    /// The job that cancels `order` if it is still searching when its time is up.
+    pub(super) fn give_up_job(&self, order: &Order) -> NewJob {
+        let run_at = order.updated_at + crate::orders::seconds(self.config.max_search_secs);
+        // An order can search more than once (a dispatcher unassigns it): one job per search,
+        // named by the seq of the event that started it.
+        let seq = order.last_event_seq;
+        NewJob::new(NO_PILOT_JOB, json!({ "order_id": order.id, "search_seq": seq }), run_at)
+            .dedupe(format!("no_pilot:{}:{seq}", order.id))
+    }
+
+    /// Job: nobody took the order in time; cancel it (`no_pilot_found`) with a full refund.
+    /// Only for the search that began at event `search_seq`: a later search has its own job.
+    pub async fn no_pilot_found(&self, id: OrderId, search_seq: i32) -> Result<()> {
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let Some(mut order) = tx.lock_order(id).await? else { return Ok(()) };
+        if order.status != OrderStatus::SearchingDriver {
+            return Ok(());
+        }
+        let later = self.store.order_events(id, search_seq, u32::MAX).await?;
+        if later.iter().any(|event| event.kind == OrderStatus::SearchingDriver.as_str()) {
+            return Ok(());
+        }
+        let reason = CancelReason::NoPilotFound;
+        let events = cancel_in(&mut *tx, &mut order, reason, 0, None, now, self.notify).await?;
+        tx.commit().await?;
+        metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
         self.publish(&order, &events);
         Ok(())
     }
@@ -172,8 +224,8 @@ impl Orders {
             let paid = json!({ "amount_paise": order.fare.total_paise });
             events.push(push_event(&mut order, event("payment_confirmed", None, paid), now));
             if self.ready_to_search(&order, now) {
-                order.status = OrderStatus::SearchingDriver;
-                events.push(push_event(&mut order, event(OrderStatus::SearchingDriver.as_str(), None, json!({})), now));
+                events.push(self.begin_search(&mut order, now));
+                tx.enqueue(&self.give_up_job(&order), now).await?;
             }
             "order_paid"
         };
@@ -213,6 +265,10 @@ impl crate::jobs::JobHandler for OrderJobs {
         match job.kind.as_str() {
             crate::orders::create::START_SEARCH_JOB => self.0.start_search(id).await,
             crate::orders::create::PAYMENT_TIMEOUT_JOB => self.0.payment_timeout(id).await,
+            NO_PILOT_JOB => {
+                let seq = job.payload["search_seq"].as_i64().and_then(|seq| i32::try_from(seq).ok()).unwrap_or(0);
+                self.0.no_pilot_found(id, seq).await
+            }
             other => Err(anyhow::anyhow!("the orders service does not run {other} jobs").into()),
         }
     }

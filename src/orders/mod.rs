@@ -14,9 +14,12 @@
 mod assign;
 mod create;
 mod lifecycle;
+mod offers;
 pub mod pricing;
 pub mod quotes;
 pub mod service_area;
+pub mod traces;
+pub mod tracking;
 mod trip;
 
 use std::sync::Arc;
@@ -35,7 +38,7 @@ use crate::grid::PilotIndex;
 use crate::ids::OrderId;
 use crate::store::{OrderFilter, PageRequest, Store, StoreTx};
 pub use create::{CreateOrder, Creation, PAYMENT_TIMEOUT_JOB, QuoteRequest, QuoteResponse, START_SEARCH_JOB};
-pub use lifecycle::{GATEWAY_REFUND_JOB, OrderJobs};
+pub use lifecycle::{GATEWAY_REFUND_JOB, NO_PILOT_JOB, OrderJobs};
 use pricing::{PricingConfig, SurgeConfig, TariffPricing};
 use quotes::QuoteSigner;
 use service_area::ServiceArea;
@@ -58,6 +61,9 @@ pub struct OrdersConfig {
     /// How close (m) a pilot's last position must be to the pickup to arrive or pick up, and
     /// to the drop to deliver.
     pub geofence_m: f64,
+    /// An order still searching this long after it started is cancelled (`no_pilot_found`)
+    /// and refunded.
+    pub max_search_secs: u64,
 }
 
 /// A committed change: the order as it now is, and the events it gained.
@@ -233,6 +239,11 @@ async fn save(
 ) -> Result<()> {
     if !tx.update_order(order, before.0, before.1).await? {
         return Err(Error::conflict("ORDER_CHANGED", "the order changed meanwhile; read it again and retry"));
+    }
+    if before.0 == OrderStatus::SearchingDriver && order.status != OrderStatus::SearchingDriver {
+        // Whatever ended the search (an accept, a dispatcher, a cancellation) ends its offer
+        // in the same transaction: no pilot can accept an order that stopped searching.
+        tx.withdraw_offers(order.id, order.updated_at).await?;
     }
     append(tx, order, events, notify).await
 }

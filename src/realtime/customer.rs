@@ -16,8 +16,9 @@ use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use crate::auth::Caller;
 use crate::error::Result;
 use crate::ids::OrderId;
+use crate::orders::tracking::Trip;
 use crate::realtime::ack::{self, parse, payload};
-use crate::realtime::relay::{Trip, location_payload};
+use crate::realtime::relay::location_payload;
 use crate::realtime::{CUSTOMER_NS, Gateway, connected, count_in};
 
 /// Most events one `order:watch` replays; an order has a few dozen at most.

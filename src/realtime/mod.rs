@@ -3,7 +3,7 @@
 //!
 //! | namespace | who | file |
 //! |---|---|---|
-//! | `/pilot` | pilots | [`pilot`]: location batches into the grid, status |
+//! | `/pilot` | pilots | [`pilot`]: location batches into the grid, status, offers, trip steps |
 //! | `/customer` | customers | [`customer`]: watch an order (snapshot + replay by `seq`), live pilot position |
 //! | `/dispatch` | dispatchers, admins | [`dispatch`]: a viewport of pilots and open orders, coalesced deltas, supply |
 //!
@@ -37,8 +37,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
+use crate::orders::tracking::Tracking;
 use dispatch::Viewports;
-use relay::{Outbound, Relay, Tracking};
+use relay::{Outbound, Relay};
 
 pub const PILOT_NS: &str = "/pilot";
 pub const CUSTOMER_NS: &str = "/customer";
@@ -91,10 +92,7 @@ impl Realtime {
     pub async fn attach(state: &AppState) -> anyhow::Result<(SocketIoLayer, Self)> {
         let config = &state.config.realtime;
         let viewports = Arc::new(Viewports::default());
-        let tracking = Arc::new(Tracking::default());
-        for order in state.store.active_orders().await? {
-            tracking.follow(&order);
-        }
+        let tracking = state.tracking.clone();
         let gateway = Gateway { app: state.clone(), viewports: viewports.clone(), tracking: tracking.clone() };
         let parser = ParserConfig::common().max_incoming_binaries(config.max_binary_attachments);
         let (layer, io) = SocketIo::builder()
@@ -125,6 +123,7 @@ impl Realtime {
         let pricing = crate::orders::pricing::TariffPricing::new(&state.config.pricing);
         let relay = Arc::new(Relay::new(tracking, pricing, events_tx, positions_tx));
         state.orders.subscribe(relay.clone());
+        state.matchmaker.subscribe(relay.clone());
         state.fleet.subscribe(relay);
         let interval = Duration::from_millis(config.viewport_interval_ms);
         let grid = state.grid.clone();
@@ -160,7 +159,7 @@ fn count_in(namespace: &'static str, event: &'static str) {
 }
 
 /// Counts an event sent, or a packet dropped because the socket's buffer was full.
-fn count_out(namespace: &'static str, event: &'static str, sent: bool) {
+pub(crate) fn count_out(namespace: &'static str, event: &'static str, sent: bool) {
     if sent {
         metrics::counter!("socket_events_out_total", "namespace" => namespace, "event" => event).increment(1);
     } else {

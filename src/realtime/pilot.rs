@@ -1,7 +1,8 @@
 //! `/pilot`: a pilot's own socket. `location` batches go through the grid's GPS rules into
 //! the index (the ack says how many points counted and why each refused one was refused);
 //! `status:set` goes on or off duty; `order:arrived`, `order:picked_up` and `order:delivered`
-//! move the trip of the order it carries. A pilot only ever moves itself: the pilot is the
+//! move the trip of the order it carries; `offer:accept` and `offer:reject` answer the
+//! `offer`s matching sends (an offer still open when the app reconnects is sent again). A pilot only ever moves itself: the pilot is the
 //! authenticated caller, never a field of the payload.
 //!
 //! Floods: `location` events beyond `realtime.location_events_per_sec` (with a burst of
@@ -22,7 +23,7 @@ use crate::auth::Caller;
 use crate::domain::PilotStatus;
 use crate::error::{Error, Result};
 use crate::fleet::{LocationReport, ReportAnswer};
-use crate::ids::OrderId;
+use crate::ids::{OfferId, OrderId};
 use crate::orders::TripStep;
 use crate::realtime::ack::{self, parse, payload};
 use crate::realtime::{Gateway, PILOT_NS, RealtimeConfig, connected, count_in};
@@ -47,7 +48,21 @@ pub fn setup(socket: &SocketRef, gateway: &Gateway, caller: &Caller) {
     socket.on("order:delivered", async |data, ack, state, caller| {
         trip(TripStep::Delivered, data, ack, state, caller).await
     });
+    socket.on("offer:accept", async |data, ack, state, caller| answer(true, data, ack, state, caller).await);
+    socket.on("offer:reject", async |data, ack, state, caller| answer(false, data, ack, state, caller).await);
     socket.on_disconnect(async || connected(PILOT_NS, -1.0));
+    // An offer made while the app was away, still open: it gets it again.
+    let (socket, matchmaker, pilot) = (socket.clone(), gateway.app.matchmaker.clone(), caller.user_id);
+    tokio::spawn(async move {
+        match matchmaker.live_offer(pilot).await {
+            Ok(Some(payload)) => {
+                let sent = socket.emit("offer", &payload).is_ok();
+                crate::realtime::count_out(PILOT_NS, "offer", sent);
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%pilot, error = %err, "could not look up the pilot's live offer"),
+        }
+    });
 }
 
 async fn location(
@@ -140,6 +155,40 @@ async fn trip(
     count_in(PILOT_NS, event);
     let result = match payload(data).and_then(parse::<TripRequest>) {
         Ok(request) => gateway.app.orders.trip_step(&caller, request.order_id, step).await,
+        Err(err) => Err(err),
+    };
+    ack::send(ack, PILOT_NS, event, &result);
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfferRequest {
+    offer_id: OfferId,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `offer:accept {offer_id}` (ack: the order, now this pilot's; or `OFFER_EXPIRED` /
+/// `ORDER_TAKEN` / `ORDER_CANCELLED` when someone else or the clock decided first) and
+/// `offer:reject {offer_id, reason?}` (ack: the offer; the order moves on to the next pilot at
+/// once and is never offered to this one again).
+async fn answer(
+    accept: bool,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    State(gateway): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+) {
+    let event = if accept { "offer:accept" } else { "offer:reject" };
+    count_in(PILOT_NS, event);
+    let matchmaker = &gateway.app.matchmaker;
+    let result = match payload(data).and_then(parse::<OfferRequest>) {
+        Ok(request) if accept => matchmaker.accept(&caller, request.offer_id).await.map(|order| json!(order)),
+        Ok(request) => {
+            // Kept for the record, not for display: a bounded length, whatever the app sends.
+            let reason: Option<String> = request.reason.map(|reason| reason.chars().take(200).collect());
+            matchmaker.reject(&caller, request.offer_id, reason.as_deref()).await.map(|offer| json!(offer))
+        }
         Err(err) => Err(err),
     };
     ack::send(ack, PILOT_NS, event, &result);

@@ -1,83 +1,41 @@
-//! From the domain to the sockets: committed order events and accepted pilot moves.
+//! From the domain to the sockets: committed order events, offers and accepted pilot moves.
 //!
-//! [`Relay`] is what orders and the fleet call (synchronously, on their own tasks); it keeps
-//! [`Tracking`] (which pilot carries which order, towards which point) current and queues
+//! [`Relay`] is what orders, matching and the fleet call (synchronously, on their own tasks);
+//! it reads [`Tracking`] (which pilot carries which order, towards which point) and queues
 //! messages; [`deliver`] (on the gateway's task) writes them to the sockets in the right
 //! rooms. Order events are queued without bound (they are rare and must not be lost on our
 //! side); positions go through a bounded queue and are dropped, counted, when it is full. A
 //! socket whose own buffer is too full to take an order event is disconnected (its app
 //! reconnects and replays by `seq`); a position that does not fit is dropped.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::{SendError, SocketError};
 use tokio::sync::mpsc;
 
-use crate::domain::orders::{Order, OrderEvent, OrderStatus};
-use crate::domain::{LatLng, VehicleType};
+use crate::domain::offers::Offer;
+use crate::domain::orders::{Order, OrderEvent};
 use crate::fleet::PositionListener;
 use crate::grid::PilotSnapshot;
 use crate::ids::{OrderId, UserId};
+use crate::matchmaker::OfferListener;
 use crate::orders::OrderListener;
 use crate::orders::pricing::TariffPricing;
+use crate::orders::tracking::Tracking;
 use crate::realtime::{CUSTOMER_NS, DISPATCH_NS, PILOT_NS, count_out, customer, dispatch, pilot};
 
 /// Something to write to sockets.
 #[derive(Debug)]
 pub enum Outbound {
-    /// An order event: to the order's watchers, its pilot and the dispatchers.
-    OrderEvent { order: OrderId, pilot: Option<UserId>, payload: Value },
+    /// An order event: to the order's watchers, its pilot (and the pilot it was taken from)
+    /// and the dispatchers.
+    OrderEvent { order: OrderId, pilots: [Option<UserId>; 2], payload: Value },
     /// A position of the pilot carrying `order`: to the order's watchers only.
     PilotLocation { order: OrderId, payload: Value },
-}
-
-/// Where a pilot carrying an order is heading.
-#[derive(Debug, Clone, Copy)]
-pub struct Trip {
-    pub order: OrderId,
-    pub vehicle: VehicleType,
-    /// The pickup until the parcel is on board, then the drop.
-    pub target: LatLng,
-}
-
-/// Which pilot carries which order: `pilot → trip` and `order → pilot`, kept consistent
-/// under one lock.
-#[derive(Debug, Default)]
-pub struct Tracking {
-    inner: RwLock<TrackingMaps>,
-}
-
-#[derive(Debug, Default)]
-struct TrackingMaps {
-    by_pilot: HashMap<UserId, Trip>,
-    by_order: HashMap<OrderId, UserId>,
-}
-
-impl Tracking {
-    /// Brings the maps in line with `order` as it now is.
-    pub fn follow(&self, order: &Order) {
-        let mut maps = self.inner.write();
-        if let Some(previous) = maps.by_order.remove(&order.id) {
-            maps.by_pilot.remove(&previous);
-        }
-        let target = match order.status {
-            OrderStatus::Assigned => order.pickup.point(),
-            OrderStatus::PickedUp | OrderStatus::InTransit => order.drop.point(),
-            _ => return,
-        };
-        if let Some(pilot) = order.pilot_id {
-            maps.by_order.insert(order.id, pilot);
-            maps.by_pilot.insert(pilot, Trip { order: order.id, vehicle: order.vehicle_type, target });
-        }
-    }
-
-    pub fn trip_of(&self, pilot: UserId) -> Option<Trip> {
-        self.inner.read().by_pilot.get(&pilot).copied()
-    }
+    /// For one pilot only (offers).
+    ToPilot { pilot: UserId, event: &'static str, payload: Value },
 }
 
 /// The listener orders and the fleet call.
@@ -101,11 +59,23 @@ impl Relay {
 
 impl OrderListener for Relay {
     fn committed(&self, order: &Order, events: &[OrderEvent]) {
-        self.tracking.follow(order);
         for event in events {
             let payload = event_payload(order, event);
-            let _ = self.events.send(Outbound::OrderEvent { order: order.id, pilot: order.pilot_id, payload });
+            let previous = serde_json::from_value(event.data["previous_pilot_id"].clone()).ok();
+            let pilots = [order.pilot_id, previous.filter(|previous| Some(*previous) != order.pilot_id)];
+            let _ = self.events.send(Outbound::OrderEvent { order: order.id, pilots, payload });
         }
+    }
+}
+
+impl OfferListener for Relay {
+    fn offered(&self, offer: &Offer, payload: &Value) {
+        let _ = self.events.send(Outbound::ToPilot { pilot: offer.pilot_id, event: "offer", payload: payload.clone() });
+    }
+
+    fn withdrawn(&self, offer: &Offer, reason: &'static str) {
+        let payload = json!({ "offer_id": offer.id, "order_id": offer.order_id, "reason": reason });
+        let _ = self.events.send(Outbound::ToPilot { pilot: offer.pilot_id, event: "offer:withdrawn", payload });
     }
 }
 
@@ -144,15 +114,18 @@ pub fn location_payload(order: OrderId, pilot: &PilotSnapshot, eta_s: i64) -> Va
 /// Writes `message` to every socket it is for; a full socket buffer drops it, counted.
 pub fn deliver(io: &SocketIo, message: &Outbound) {
     match message {
-        Outbound::OrderEvent { order, pilot, payload } => {
+        Outbound::OrderEvent { order, pilots, payload } => {
             emit(io, CUSTOMER_NS, &customer::room(*order), "order:event", payload, Loss::Disconnect);
-            if let Some(pilot) = pilot {
+            for pilot in pilots.iter().flatten() {
                 emit(io, PILOT_NS, &pilot::room(*pilot), "order:event", payload, Loss::Disconnect);
             }
             emit(io, DISPATCH_NS, dispatch::ROOM, "order:event", payload, Loss::Disconnect);
         }
         Outbound::PilotLocation { order, payload } => {
             emit(io, CUSTOMER_NS, &customer::room(*order), "pilot:location", payload, Loss::Drop);
+        }
+        Outbound::ToPilot { pilot, event, payload } => {
+            emit(io, PILOT_NS, &pilot::room(*pilot), event, payload, Loss::Disconnect);
         }
     }
 }

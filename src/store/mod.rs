@@ -3,8 +3,8 @@
 //! * [`postgres::PgStore`], the system of record in production (several nodes share it);
 //! * [`sqlite::SqliteStore`], the embedded default, so the server runs with nothing installed.
 //!
-//! [`Store`] gathers one trait per area ([`AccountStore`], [`OrderStore`], [`MoneyStore`],
-//! [`JobStore`]) and opens transactions ([`StoreTx`]) in which orders and money change.
+//! [`Store`] gathers one trait per area ([`AccountStore`], [`OrderStore`], [`OfferStore`],
+//! [`MoneyStore`], [`JobStore`]) and opens transactions ([`StoreTx`]) in which orders and money change.
 //!
 //! Both backends run the same SQL where the dialects agree: the query code lives once under
 //! `sql/` and is compiled into each backend module with its own `Db` type, so it is
@@ -18,6 +18,7 @@
 pub mod accounts;
 pub mod jobs;
 pub mod money;
+pub mod offers;
 pub mod orders;
 pub mod positions;
 pub mod postgres;
@@ -35,6 +36,7 @@ use crate::error::Result;
 pub use accounts::{AccountStore, Credentials, NewRefreshToken, NewUser, PilotProfile, RevokeReason, Rotation, User};
 pub use jobs::{Job, JobOutcome, JobStats, JobStore, NewJob};
 pub use money::MoneyStore;
+pub use offers::{OfferStore, TracePoint};
 pub use orders::{OrderFilter, OrderStore};
 pub use tx::{IdempotentReplay, StoreTx, WalletCredit};
 
@@ -64,7 +66,7 @@ impl std::fmt::Display for Backend {
 
 /// Every durable operation of the server.
 #[async_trait]
-pub trait Store: AccountStore + OrderStore + MoneyStore + JobStore + Send + Sync + 'static {
+pub trait Store: AccountStore + OrderStore + OfferStore + MoneyStore + JobStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// One round trip to the database, for readiness checks.

@@ -40,6 +40,9 @@ pub trait OrderStore: Send + Sync {
     /// tracking follows after a restart.
     async fn active_orders(&self) -> Result<Vec<Order>>;
 
+    /// Every order searching for a pilot: what matching resumes after a restart.
+    async fn searching_orders(&self) -> Result<Vec<Order>>;
+
     /// Orders searching for a pilot (paid and due: neither unpaid nor scheduled for later) for
     /// `vehicle` whose pickup is in coarse cell `cell`: the demand side of surge.
     async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64>;

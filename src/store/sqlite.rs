@@ -82,6 +82,10 @@ mod orders_sql {
     use super::StoreImpl;
     include!("sql/orders.rs");
 }
+mod offers_sql {
+    use super::{Db, StoreImpl};
+    include!("sql/offers.rs");
+}
 mod money_sql {
     use super::StoreImpl;
     include!("sql/money.rs");

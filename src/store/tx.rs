@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::domain::money::{Coupon, Gateway, LedgerKind, Payment, Wallet};
+use crate::domain::offers::{Offer, OfferStatus};
 use crate::domain::orders::{Order, OrderEvent, OrderStatus};
 use crate::error::Result;
-use crate::ids::{OrderId, UserId};
+use crate::ids::{OfferId, OrderId, UserId};
 use crate::store::jobs::NewJob;
 
 /// A response stored under an idempotency key.
@@ -99,4 +100,22 @@ pub trait StoreTx: Send {
     async fn lock_payment(&mut self, gateway: Gateway, gateway_ref: &str) -> Result<Option<Payment>>;
 
     async fn update_payment(&mut self, payment: &Payment) -> Result<()>;
+
+    /// Records a live offer. `OFFER_CONFLICT` when the pilot already holds a live offer or
+    /// the order already has one (another node, or a race, got there first).
+    async fn insert_offer(&mut self, offer: &Offer) -> Result<()>;
+
+    /// Decides a live offer: `Accepted` only before it expires, `Expired` only after,
+    /// `Rejected` and `Withdrawn` any time. `None` when it was not live (someone decided it
+    /// first) or the deadline says no; the decided offer otherwise.
+    async fn decide_offer(
+        &mut self,
+        id: OfferId,
+        status: OfferStatus,
+        now: DateTime<Utc>,
+        reason: Option<&str>,
+    ) -> Result<Option<Offer>>;
+
+    /// Withdraws the order's live offers (it stopped searching); returns them.
+    async fn withdraw_offers(&mut self, order: OrderId, now: DateTime<Utc>) -> Result<Vec<Offer>>;
 }

@@ -7,6 +7,7 @@
 //! `DISPATCHD_TEST_REDIS_URL` (default redis://127.0.0.1:6379). `scripts/test.sh` sets both.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod field;
 pub mod sio;
 
 use std::future::Future;

@@ -92,6 +92,41 @@ describe("connecting", () => {
 });
 
 describe("/pilot", () => {
+  test("an order is offered to the nearest pilot, who accepts it; a v2 pilot is offered the next", async () => {
+    // Far north of the other tests' pilots, so nobody else is in reach.
+    const customer = await register(server, "customer");
+    const near = await pilotOnDuty(server, 13.302, 77.59);
+    track(near.socket);
+    const body = {
+      pickup: { lat: 13.3, lng: 77.59, address: "Devanahalli" },
+      drop: { lat: 13.33, lng: 77.6, address: "Vijayapura road" },
+      vehicle_type: "bike",
+      payment_method: "cash",
+    };
+    const offered = next(near.socket, "offer");
+    const created = await api(server, "POST", "/orders", body, customer.token);
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const offer = await offered;
+    assert.equal(offer.order_id, created.body.data.id);
+    assert.ok(offer.expires_in_ms > 10000 && offer.pickup_distance_m < 300, JSON.stringify(offer));
+    const accepted = await call(near.socket, "offer:accept", { offer_id: offer.offer_id });
+    assert.equal(accepted.data.status, "assigned", JSON.stringify(accepted));
+    assert.equal((await call(near.socket, "offer:reject", { offer_id: offer.offer_id })).error.code, "OFFER_EXPIRED");
+    assert.equal((await call(near.socket, "offer:accept", { offer_id: "nope" })).error.code, "VALIDATION_ERROR");
+
+    // An app on socket.io-client 2 (EIO3) gets offers and answers them the same way.
+    const old = await register(server, "pilot");
+    const v2 = track(await connectV2(server, "/pilot", old.token));
+    assert.equal((await call(v2, "location", { points: [fix(13.304, 77.59, 0)] })).data.accepted, 1);
+    assert.equal((await call(v2, "status:set", { status: "online" })).ok, true);
+    const second = next(v2, "offer");
+    const again = await api(server, "POST", "/orders", body, customer.token);
+    const offerV2 = await second;
+    assert.equal(offerV2.order_id, again.body.data.id);
+    const rejected = await call(v2, "offer:reject", { offer_id: offerV2.offer_id, reason: "lunch" });
+    assert.equal(rejected.data.status, "rejected", JSON.stringify(rejected));
+  });
+
   test("location acks say what counted and why each refused point was refused", async () => {
     const { socket } = await pilotOnDuty(server, 12.96, 77.59);
     track(socket);

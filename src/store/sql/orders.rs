@@ -68,6 +68,13 @@ impl OrderStore for StoreImpl {
         rows.into_iter().map(Order::try_from).collect()
     }
 
+    async fn searching_orders(&self) -> Result<Vec<Order>> {
+        let rows: Vec<OrderRow> = sqlx::query_as(select_order!("WHERE status = 'searching_driver' ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(Order::try_from).collect()
+    }
+
     async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64> {
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM orders WHERE pickup_cell = $1 AND vehicle_type = $2 \

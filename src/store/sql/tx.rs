@@ -8,11 +8,13 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::domain::money::{Coupon, Gateway, LedgerKind, Payment, Wallet};
+use crate::domain::offers::{Offer, OfferStatus};
 use crate::domain::orders::{Order, OrderEvent, OrderStatus};
 use crate::error::{Error, Result};
-use crate::ids::{LedgerId, OrderId, UserId};
+use crate::ids::{LedgerId, OfferId, OrderId, UserId};
 use crate::store::jobs::NewJob;
 use crate::store::money::PaymentRow;
+use crate::store::offers::{OfferRow, offer_columns};
 use crate::store::orders::OrderRow;
 use crate::store::{IdempotentReplay, StoreTx, WalletCredit};
 
@@ -353,7 +355,68 @@ impl StoreTx for super::TxImpl {
             .await?;
         Ok(())
     }
+    async fn insert_offer(&mut self, offer: &Offer) -> Result<()> {
+        let inserted = sqlx::query(
+            "INSERT INTO offers (id, order_id, pilot_id, status, pickup_distance_m, created_at, expires_at, \
+             decided_at, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(offer.id.0)
+        .bind(offer.order_id.0)
+        .bind(offer.pilot_id.0)
+        .bind(offer.status.as_str())
+        .bind(offer.pickup_distance_m)
+        .bind(offer.created_at)
+        .bind(offer.expires_at)
+        .bind(offer.decided_at)
+        .bind(offer.reason.as_deref())
+        .execute(&mut *self.tx)
+        .await;
+        match inserted {
+            // offers_one_live_per_pilot or offers_one_live_per_order.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(Error::conflict(
+                "OFFER_CONFLICT",
+                "the pilot already holds a live offer, or the order already has one",
+            )),
+            other => other.map(|_| ()).map_err(Error::from),
+        }
+    }
+
+    async fn decide_offer(
+        &mut self,
+        id: OfferId,
+        status: OfferStatus,
+        now: DateTime<Utc>,
+        reason: Option<&str>,
+    ) -> Result<Option<Offer>> {
+        let row: Option<OfferRow> = sqlx::query_as(concat!(
+            "UPDATE offers SET status = $2, decided_at = $3, reason = $4 WHERE id = $1 AND status = 'live' \
+             AND (CASE $2 WHEN 'accepted' THEN expires_at > $3 WHEN 'expired' THEN expires_at <= $3 ELSE TRUE END) \
+             RETURNING ",
+            offer_columns!()
+        ))
+        .bind(id.0)
+        .bind(status.as_str())
+        .bind(now)
+        .bind(reason)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(Offer::try_from).transpose()
+    }
+
+    async fn withdraw_offers(&mut self, order: OrderId, now: DateTime<Utc>) -> Result<Vec<Offer>> {
+        let rows: Vec<OfferRow> = sqlx::query_as(concat!(
+            "UPDATE offers SET status = 'withdrawn', decided_at = $2 WHERE order_id = $1 AND status = 'live' \
+             RETURNING ",
+            offer_columns!()
+        ))
+        .bind(order.0)
+        .bind(now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter().map(Offer::try_from).collect()
+    }
 }
+
 
 impl super::TxImpl {
     async fn open_wallet(&mut self, user: UserId, now: DateTime<Utc>) -> Result<()> {

@@ -1,0 +1,158 @@
+//! Batched mode's assignment: given waiting orders, the pilots each could be offered and at
+//! what cost ([`super::score`]), pick at most one pilot per order and one order per pilot so
+//! that as many orders as possible get a pilot and, among those choices, the total cost is
+//! least. Greedy nearest-first cannot do this: it hands a pilot to the first order that
+//! wants it even when a second order has nobody else.
+//!
+//! Solved as a minimum-cost assignment (Kuhn–Munkres, `pathfinding`) on the dense matrix of
+//! orders × candidate pilots, where a pair that is not a candidate costs more than every
+//! real pair together: the solver then fills as many real pairs as it can before it looks at
+//! cost. Only pilots that are some order's candidate become columns, so the matrix is as
+//! small as the batch allows.
+
+use pathfinding::kuhn_munkres::kuhn_munkres;
+use pathfinding::matrix::Matrix;
+
+/// One waiting order's candidates: `(pilot, cost)`, pilots numbered `0..pilots`.
+pub type Edges = Vec<(usize, u32)>;
+
+/// For each order, the pilot it gets (if any). `pilots` is the number of pilots; every edge
+/// names one below it.
+pub fn assign(orders: &[Edges], pilots: usize) -> Vec<Option<usize>> {
+    let mut result = vec![None; orders.len()];
+    if orders.is_empty() || pilots == 0 {
+        return result;
+    }
+    // Columns: only pilots that some order could get.
+    let mut column_of = vec![usize::MAX; pilots];
+    let mut pilot_of = Vec::new();
+    let mut max_cost = 0u32;
+    for edges in orders {
+        for &(pilot, cost) in edges {
+            if column_of[pilot] == usize::MAX {
+                column_of[pilot] = pilot_of.len();
+                pilot_of.push(pilot);
+            }
+            max_cost = max_cost.max(cost);
+        }
+    }
+    if pilot_of.is_empty() {
+        return result;
+    }
+    // More than any set of real pairs costs together.
+    let pairs = orders.len().min(pilot_of.len()) as i64;
+    let missing = (i64::from(max_cost) + 1) * (pairs + 1);
+    // The solver wants rows ≤ columns and maximises; orders are rows unless there are more
+    // orders than pilots.
+    let transpose = orders.len() > pilot_of.len();
+    let (rows, columns) = if transpose { (pilot_of.len(), orders.len()) } else { (orders.len(), pilot_of.len()) };
+    let mut weights = Matrix::new(rows, columns, -missing);
+    for (order, edges) in orders.iter().enumerate() {
+        for &(pilot, cost) in edges {
+            let at = if transpose { (column_of[pilot], order) } else { (order, column_of[pilot]) };
+            // Two edges for one pair: keep the cheaper.
+            weights[at] = weights[at].max(-i64::from(cost));
+        }
+    }
+    let (_, chosen) = kuhn_munkres(&weights);
+    for (row, column) in chosen.into_iter().enumerate() {
+        let (order, pilot_column) = if transpose { (column, row) } else { (row, column) };
+        let at = if transpose { (pilot_column, order) } else { (order, pilot_column) };
+        if weights[at] > -missing {
+            result[order] = Some(pilot_of[pilot_column]);
+        }
+    }
+    result
+}
+
+/// What an assignment achieves: orders served, and their total cost.
+pub fn quality(orders: &[Edges], chosen: &[Option<usize>]) -> (usize, u64) {
+    let mut served = 0;
+    let mut total = 0;
+    for (edges, pilot) in orders.iter().zip(chosen) {
+        if let Some(pilot) = pilot {
+            let cost = edges.iter().filter(|(candidate, _)| candidate == pilot).map(|(_, cost)| *cost).min();
+            served += 1;
+            total += u64::from(cost.expect("assigned pilots are candidates"));
+        }
+    }
+    (served, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Every way to give each order a distinct candidate or nobody: most orders served, then
+    /// least cost.
+    fn brute_force(orders: &[Edges], pilots: usize) -> (usize, u64) {
+        fn walk(orders: &[Edges], at: usize, taken: &mut Vec<bool>, served: usize, cost: u64, best: &mut (usize, u64)) {
+            if at == orders.len() {
+                if served > best.0 || (served == best.0 && cost < best.1) {
+                    *best = (served, cost);
+                }
+                return;
+            }
+            walk(orders, at + 1, taken, served, cost, best);
+            for &(pilot, edge) in &orders[at] {
+                if !taken[pilot] {
+                    taken[pilot] = true;
+                    walk(orders, at + 1, taken, served + 1, cost + u64::from(edge), best);
+                    taken[pilot] = false;
+                }
+            }
+        }
+        let mut best = (0, 0);
+        walk(orders, 0, &mut vec![false; pilots], 0, 0, &mut best);
+        best
+    }
+
+    fn check_valid(orders: &[Edges], chosen: &[Option<usize>]) {
+        let mut seen = std::collections::HashSet::new();
+        for (edges, pilot) in orders.iter().zip(chosen) {
+            if let Some(pilot) = pilot {
+                assert!(edges.iter().any(|(candidate, _)| candidate == pilot), "only candidates are assigned");
+                assert!(seen.insert(*pilot), "a pilot gets one order at most");
+            }
+        }
+    }
+
+    #[test]
+    fn beats_greedy_where_greedy_strands_an_order() {
+        // Order 0 is greedy's first: it takes pilot 0 (cost 1) though pilot 1 (cost 2) would
+        // do; order 1 can only use pilot 0.
+        let orders = vec![vec![(0, 1), (1, 2)], vec![(0, 3)]];
+        let chosen = assign(&orders, 2);
+        assert_eq!(chosen, vec![Some(1), Some(0)]);
+        assert_eq!(quality(&orders, &chosen), (2, 5));
+    }
+
+    #[test]
+    fn more_orders_than_pilots_and_orders_without_candidates() {
+        let orders = vec![vec![(0, 10)], vec![(0, 5)], vec![], vec![(1, 7)]];
+        let chosen = assign(&orders, 3);
+        check_valid(&orders, &chosen);
+        assert_eq!(chosen, vec![None, Some(0), None, Some(1)]);
+        assert_eq!(assign(&[], 3), Vec::<Option<usize>>::new());
+        assert_eq!(assign(&[vec![], vec![]], 0), vec![None, None]);
+    }
+
+    fn instance() -> impl Strategy<Value = (Vec<Edges>, usize)> {
+        (1usize..=6, 1usize..=6).prop_flat_map(|(orders, pilots)| {
+            let edges = proptest::collection::vec((0..pilots, 0u32..5000), 0..=pilots);
+            (proptest::collection::vec(edges, orders), Just(pilots))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn optimal_against_brute_force((orders, pilots) in instance()) {
+            let chosen = assign(&orders, pilots);
+            check_valid(&orders, &chosen);
+            prop_assert_eq!(quality(&orders, &chosen), brute_force(&orders, pilots));
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Matching, the pure part: which pilots an order may be offered to, in which order, and,
+//! in batched mode, which pilot each waiting order gets. Synchronous and free of I/O; the
+//! [`crate::matchmaker`] drives it against the grid, the store and the sockets.
+//!
+//! * Candidates come from [`PilotIndex::nearest_excluding`](crate::grid::PilotIndex): available,
+//!   not stale, of the order's vehicle, within the current search radius, leaving out the
+//!   pilots who already rejected the order or let its offer expire. Busy pilots and pilots
+//!   holding a live offer are not `available` in the grid, so the filter leaves them out.
+//! * [`score`] ranks a candidate (lower is better): the one place other factors would go.
+//! * [`Search`] is one order's progress through the radius steps.
+//! * [`batch::assign`] solves the batched mode's minimum-cost assignment.
+
+pub mod batch;
+
+use serde::Deserialize;
+
+/// `[matching]` configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchingConfig {
+    pub mode: Mode,
+    /// Batched mode: how often waiting orders are assigned together.
+    pub batch_window_ms: u64,
+    /// How long a pilot has to accept an offer.
+    pub offer_timeout_secs: u64,
+    /// Search radii (m), widened in turn while nobody is found or everyone declined.
+    pub radius_steps_m: Vec<f64>,
+    /// Candidates looked at per order and search.
+    pub candidates: usize,
+    /// Nobody found even at the widest radius: look again this often.
+    pub retry_interval_ms: u64,
+    /// How often offers are checked for expiry and waiting searches retried.
+    pub tick_ms: u64,
+}
+
+/// How orders meet pilots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each order is offered to its best candidate as soon as it searches.
+    Immediate,
+    /// Every `batch_window_ms`, waiting orders and idle pilots are assigned together at the
+    /// least total pickup distance, then offered.
+    Batched,
+}
+
+impl MatchingConfig {
+    /// Whether the values make sense; the message names the key.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let radii = &self.radius_steps_m;
+        if radii.is_empty() || radii.iter().any(|radius| !radius.is_finite() || *radius <= 0.0) {
+            return Err(("matching.radius_steps_m", "must list at least one positive radius".into()));
+        }
+        if radii.windows(2).any(|pair| pair[1] <= pair[0]) {
+            return Err(("matching.radius_steps_m", "must grow from step to step".into()));
+        }
+        let positive = [
+            ("matching.batch_window_ms", self.batch_window_ms),
+            ("matching.offer_timeout_secs", self.offer_timeout_secs),
+            ("matching.candidates", self.candidates as u64),
+            ("matching.retry_interval_ms", self.retry_interval_ms),
+            ("matching.tick_ms", self.tick_ms),
+        ];
+        match positive.iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => Err((key, "must be greater than 0".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How good a candidate is for an order; lower is better. Today the distance to the pickup
+/// (the pilot's time to the door and the fleet's empty kilometres both follow it). Other
+/// factors (acceptance rate, heading, time since the last job) belong here, as terms in the
+/// same unit, so immediate and batched modes rank alike.
+pub fn score(pickup_distance_m: f64) -> f64 {
+    pickup_distance_m
+}
+
+/// One order's search: the radius it has reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Search {
+    step: usize,
+}
+
+impl Search {
+    /// The radius to search now.
+    pub fn radius_m(self, config: &MatchingConfig) -> f64 {
+        let steps = &config.radius_steps_m;
+        steps[self.step.min(steps.len() - 1)]
+    }
+
+    /// Nobody (left) at this radius: widen it. `false` once at the widest.
+    pub fn widen(&mut self, config: &MatchingConfig) -> bool {
+        if self.step + 1 < config.radius_steps_m.len() {
+            self.step += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn step(self) -> usize {
+        self.step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn config() -> MatchingConfig {
+        MatchingConfig {
+            mode: Mode::Immediate,
+            batch_window_ms: 2000,
+            offer_timeout_secs: 15,
+            radius_steps_m: vec![1000.0, 3000.0, 5000.0],
+            candidates: 20,
+            retry_interval_ms: 2000,
+            tick_ms: 200,
+        }
+    }
+
+    #[test]
+    fn radius_grows_step_by_step_and_stops_at_the_widest() {
+        let config = config();
+        let mut search = Search::default();
+        assert_eq!(search.radius_m(&config), 1000.0);
+        assert!(search.widen(&config));
+        assert_eq!(search.radius_m(&config), 3000.0);
+        assert!(search.widen(&config));
+        assert_eq!(search.radius_m(&config), 5000.0);
+        assert!(!search.widen(&config));
+        assert_eq!(search.radius_m(&config), 5000.0);
+    }
+
+    #[test]
+    fn config_check_refuses_shrinking_or_empty_radii_and_zeros() {
+        let mut bad = config();
+        bad.radius_steps_m = vec![3000.0, 1000.0];
+        assert_eq!(bad.check().unwrap_err().0, "matching.radius_steps_m");
+        bad.radius_steps_m = vec![];
+        assert_eq!(bad.check().unwrap_err().0, "matching.radius_steps_m");
+        let mut bad = config();
+        bad.offer_timeout_secs = 0;
+        assert_eq!(bad.check().unwrap_err().0, "matching.offer_timeout_secs");
+        assert!(config().check().is_ok());
+    }
+}

@@ -1,0 +1,528 @@
+//! The matchmaker: turns every order that searches for a pilot into offers, one pilot at a
+//! time, until one accepts, the order stops searching, or its time runs out (the
+//! `order.no_pilot_found` job, written when the search began, cancels it).
+//!
+//! One task ([`Matchmaker::run`]) owns the searches of this node. It hears of orders that
+//! start or stop searching from the orders service (it is an [`OrderListener`]) and of
+//! rejections from [`Matchmaker::reject`]; every `tick_ms` it expires offers whose time is up
+//! (by the injected [`Clock`], so tests move time instead of sleeping) and retries searches
+//! that found nobody.
+//!
+//! * *Immediate* mode: an order is offered to its best candidate ([`matching::score`]) at
+//!   once, and to the next one at once after a rejection or an expiry, widening the radius
+//!   step by step when nobody (left) is in reach.
+//! * *Batched* mode: every `batch_window_ms`, the waiting orders and their candidates are
+//!   assigned together ([`matching::batch::assign`]), then offered the same way.
+//!
+//! The database decides every race (see `orders::offers`); this task's memory only says what
+//! to try next. After a restart, [`Matchmaker::run`] first rebuilds it from the store:
+//! searching orders resume, live offers whose time is up expire, the others stay live (and
+//! reach their pilot again when its app reconnects).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use parking_lot::{Mutex, RwLock};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Caller;
+use crate::clock::Clock;
+use crate::domain::PilotStatus;
+use crate::domain::offers::Offer;
+use crate::domain::orders::{Order, OrderEvent, OrderStatus};
+use crate::error::{Error, Result};
+use crate::grid::PilotIndex;
+use crate::grid::geometry::distance_m;
+use crate::ids::{OfferId, OrderId, UserId};
+use crate::matching::{self, MatchingConfig, Mode, Search, batch};
+use crate::orders::{OrderListener, Orders};
+use crate::store::Store;
+
+/// Told of offers to deliver to pilots. Called on the matchmaker's task: hand the work on.
+pub trait OfferListener: Send + Sync {
+    /// A new offer for `offer.pilot_id`: the `offer` event's payload.
+    fn offered(&self, offer: &Offer, payload: &Value);
+
+    /// An offer ended without the order going to its pilot (`expired`, `cancelled`, `taken`):
+    /// the app should stop showing it.
+    fn withdrawn(&self, offer: &Offer, reason: &'static str);
+}
+
+/// What the matchmaker's task hears.
+#[derive(Debug)]
+enum Command {
+    /// An order began searching (again: without the pilot that dropped it, if any).
+    Search(Box<Order>, Option<UserId>),
+    /// An order stopped searching (assigned, cancelled): its search ends.
+    Stopped(Box<Order>),
+    /// A pilot rejected the order's offer.
+    Rejected { order: OrderId, pilot: UserId },
+}
+
+/// The matchmaker. Share it behind an `Arc`.
+pub struct Matchmaker {
+    orders: Arc<Orders>,
+    store: Arc<dyn Store>,
+    grid: Arc<PilotIndex>,
+    clock: Clock,
+    config: MatchingConfig,
+    commands: mpsc::UnboundedSender<Command>,
+    inbox: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    listeners: RwLock<Vec<Arc<dyn OfferListener>>>,
+}
+
+impl Matchmaker {
+    pub fn new(
+        orders: Arc<Orders>,
+        store: Arc<dyn Store>,
+        grid: Arc<PilotIndex>,
+        clock: Clock,
+        config: MatchingConfig,
+    ) -> Arc<Self> {
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let matchmaker = Arc::new(Self {
+            orders: orders.clone(),
+            store,
+            grid,
+            clock,
+            config,
+            commands,
+            inbox: Mutex::new(Some(inbox)),
+            listeners: RwLock::default(),
+        });
+        orders.subscribe(Arc::new(Hears(matchmaker.commands.clone())));
+        matchmaker
+    }
+
+    /// Adds a listener for offers.
+    pub fn subscribe(&self, listener: Arc<dyn OfferListener>) {
+        self.listeners.write().push(listener);
+    }
+
+    /// The pilot accepts its offer (see [`Orders::accept_offer`]).
+    pub async fn accept(&self, caller: &Caller, id: OfferId) -> Result<Order> {
+        self.orders.accept_offer(caller, id).await
+    }
+
+    /// The pilot rejects its offer; the order moves on to the next candidate at once.
+    pub async fn reject(&self, caller: &Caller, id: OfferId, reason: Option<&str>) -> Result<Offer> {
+        let offer = self.orders.reject_offer(caller, id, reason).await?;
+        let _ = self.commands.send(Command::Rejected { order: offer.order_id, pilot: offer.pilot_id });
+        Ok(offer)
+    }
+
+    /// The `offer` payload of the pilot's live offer, if it has one that has not run out:
+    /// what its app gets again when it reconnects.
+    pub async fn live_offer(&self, pilot: UserId) -> Result<Option<Value>> {
+        let Some(offer) = self.store.live_offer_for_pilot(pilot).await? else { return Ok(None) };
+        if offer.expires_at <= self.clock.now() {
+            return Ok(None);
+        }
+        let Some(order) = self.store.order(offer.order_id).await? else { return Ok(None) };
+        Ok(Some(offer_payload(&offer, &order, self.clock.now())))
+    }
+
+    /// Runs the searches until `stop`, after rebuilding them from the store.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let Some(mut inbox) = self.inbox.lock().take() else { return };
+        let mut searches = Searches::default();
+        if let Err(err) = self.recover(&mut searches).await {
+            tracing::error!(error = %err, "could not resume the searches in progress; they resume at the next restart");
+        }
+        let mut ticks = tokio::time::interval(StdDuration::from_millis(self.config.tick_ms));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batches = tokio::time::interval(StdDuration::from_millis(self.config.batch_window_ms));
+        batches.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                Some(command) = inbox.recv() => self.handle(&mut searches, command).await,
+                _ = ticks.tick() => self.tick(&mut searches).await,
+                _ = batches.tick(), if self.config.mode == Mode::Batched => self.batch(&mut searches).await,
+            }
+            metrics::gauge!("matching_searches").set(searches.map.len() as f64);
+        }
+    }
+
+    async fn recover(&self, searches: &mut Searches) -> Result<()> {
+        let now = self.clock.now();
+        let mut live = HashMap::new();
+        for offer in self.store.live_offers().await? {
+            if offer.expires_at <= now {
+                self.orders.expire_offer(offer.id).await?;
+            } else {
+                self.hold(offer.pilot_id);
+                live.insert(offer.order_id, offer);
+            }
+        }
+        // Pilots the mirror remembers on an offer that no longer exists take work again.
+        let holding: HashSet<UserId> = live.values().map(|offer| offer.pilot_id).collect();
+        for pilot in self.grid.all() {
+            if pilot.status == PilotStatus::OnOffer && !holding.contains(&pilot.id) {
+                self.orders.free_from_offer(pilot.id);
+            }
+        }
+        let orders = self.store.searching_orders().await?;
+        let resumed = orders.len();
+        for order in orders {
+            let id = order.id;
+            self.start(searches, order, None).await?;
+            if let Some(search) = searches.map.get_mut(&id) {
+                search.live = live.remove(&id);
+            }
+        }
+        if resumed > 0 {
+            tracing::info!(searches = resumed, "resumed the searches in progress");
+        }
+        if self.config.mode == Mode::Immediate {
+            let waiting: Vec<OrderId> = searches.waiting(now).collect();
+            for id in waiting {
+                self.offer_next(searches, id).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, searches: &mut Searches, command: Command) {
+        match command {
+            Command::Search(order, dropped_by) => {
+                let id = order.id;
+                if let Err(err) = self.start(searches, *order, dropped_by).await {
+                    tracing::warn!(order_id = %id, error = %err, "could not start searching; retrying shortly");
+                    return;
+                }
+                if self.config.mode == Mode::Immediate {
+                    self.offer_next(searches, id).await;
+                }
+            }
+            Command::Stopped(order) => {
+                let Some(search) = searches.map.remove(&order.id) else { return };
+                if let Some(offer) = search.live.filter(|offer| order.pilot_id != Some(offer.pilot_id)) {
+                    // `save` withdrew it in the transaction that ended the search.
+                    self.orders.free_from_offer(offer.pilot_id);
+                    let reason = if order.status == OrderStatus::Cancelled { "cancelled" } else { "taken" };
+                    self.tell(|listener| listener.withdrawn(&offer, reason));
+                }
+            }
+            Command::Rejected { order, pilot } => {
+                let Some(search) = searches.map.get_mut(&order) else { return };
+                search.declined.insert(pilot);
+                if search.live.as_ref().is_some_and(|offer| offer.pilot_id == pilot) {
+                    search.live = None;
+                    search.retry_at = self.clock.now();
+                }
+                if self.config.mode == Mode::Immediate {
+                    self.offer_next(searches, order).await;
+                }
+            }
+        }
+    }
+
+    /// Begins following a searching order (once), with the pilots who already declined it
+    /// (and `dropped_by`, the pilot that gave it back).
+    async fn start(&self, searches: &mut Searches, order: Order, dropped_by: Option<UserId>) -> Result<()> {
+        if searches.map.contains_key(&order.id) {
+            return Ok(());
+        }
+        let declined = self
+            .store
+            .offers_for_order(order.id)
+            .await?
+            .into_iter()
+            .filter(|offer| offer.status.declined())
+            .map(|offer| offer.pilot_id)
+            .chain(dropped_by)
+            .collect();
+        let now = self.clock.now();
+        searches.map.insert(
+            order.id,
+            Searching { order, search: Search::default(), declined, live: None, retry_at: now, started: now },
+        );
+        Ok(())
+    }
+
+    /// Expires offers whose time is up, and retries searches that are due.
+    async fn tick(&self, searches: &mut Searches) {
+        let now = self.clock.now();
+        let due: Vec<OfferId> = searches
+            .map
+            .values()
+            .filter_map(|search| search.live.as_ref().filter(|offer| offer.expires_at <= now).map(|offer| offer.id))
+            .collect();
+        for id in due {
+            match self.orders.expire_offer(id).await {
+                Ok(Some(offer)) => {
+                    if let Some(search) = searches.map.get_mut(&offer.order_id) {
+                        search.declined.insert(offer.pilot_id);
+                        search.live = None;
+                        search.retry_at = now;
+                    }
+                    self.tell(|listener| listener.withdrawn(&offer, "expired"));
+                }
+                // Decided meanwhile: an accept (the order stops searching) or a rejection
+                // (on its way here). Either way the next attempt finds out.
+                Ok(None) => {
+                    if let Some(search) = searches.map.values_mut().find(|search| search.live_id() == Some(id)) {
+                        search.live = None;
+                    }
+                }
+                Err(err) => tracing::warn!(offer_id = %id, error = %err, "could not expire an offer; retrying"),
+            }
+        }
+        if self.config.mode == Mode::Immediate {
+            let waiting: Vec<OrderId> = searches.waiting(now).collect();
+            for id in waiting {
+                self.offer_next(searches, id).await;
+            }
+        }
+    }
+
+    /// Immediate mode: offers the order to its best candidate, widening the radius while
+    /// nobody is in reach; nobody even at the widest radius: try again later.
+    async fn offer_next(&self, searches: &mut Searches, id: OrderId) {
+        loop {
+            let Some(search) = searches.map.get(&id) else { return };
+            if search.live.is_some() {
+                return;
+            }
+            for candidate in self.candidates(search) {
+                match self.offer(searches, id, candidate).await {
+                    Attempt::Made | Attempt::Gone | Attempt::Failed => return,
+                    Attempt::Busy => continue,
+                }
+            }
+            let now = self.clock.now();
+            let Some(search) = searches.map.get_mut(&id) else { return };
+            if !search.search.widen(&self.config) {
+                search.retry_at = now + millis(self.config.retry_interval_ms);
+                return;
+            }
+        }
+    }
+
+    /// Batched mode: assigns every waiting order a pilot at the least total cost, then
+    /// offers. Orders left without a pilot widen their radius for the next window.
+    async fn batch(&self, searches: &mut Searches) {
+        let now = self.clock.now();
+        let waiting: Vec<OrderId> = searches.waiting(now).collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let mut pilots: Vec<Candidate> = Vec::new();
+        let mut index: HashMap<UserId, usize> = HashMap::new();
+        let mut edges = Vec::with_capacity(waiting.len());
+        for id in &waiting {
+            let search = &searches.map[id];
+            let mut order_edges = Vec::new();
+            for candidate in self.candidates(search) {
+                let column = *index.entry(candidate.pilot).or_insert_with(|| {
+                    pilots.push(candidate);
+                    pilots.len() - 1
+                });
+                order_edges.push((column, matching::score(candidate.distance_m).round() as u32));
+            }
+            edges.push(order_edges);
+        }
+        let chosen = batch::assign(&edges, pilots.len());
+        metrics::histogram!("matching_batch_seconds").record(started.elapsed().as_secs_f64());
+        for (id, pilot) in waiting.into_iter().zip(chosen) {
+            let attempt = match pilot {
+                Some(column) => {
+                    // The distance from this order's pickup, not the first order's.
+                    let pickup = searches.map[&id].order.pickup.point();
+                    let position = pilots[column].position;
+                    let candidate = Candidate { distance_m: distance_m(position, pickup), ..pilots[column] };
+                    self.offer(searches, id, candidate).await
+                }
+                None => Attempt::Busy,
+            };
+            if attempt == Attempt::Busy
+                && let Some(search) = searches.map.get_mut(&id)
+                && !search.search.widen(&self.config)
+            {
+                search.retry_at = now + millis(self.config.retry_interval_ms);
+            }
+        }
+    }
+
+    /// The order's candidates at its current radius, best first.
+    fn candidates(&self, search: &Searching) -> Vec<Candidate> {
+        let now_ms = self.clock.now().timestamp_millis();
+        let filter = self.grid.available_filter(Some(search.order.vehicle_type), now_ms);
+        let declined: Vec<UserId> = search.declined.iter().copied().collect();
+        let pickup = search.order.pickup.point();
+        let radius = search.search.radius_m(&self.config);
+        let mut candidates: Vec<Candidate> = self
+            .grid
+            .nearest_excluding(self.config.candidates, pickup, radius, &filter, &declined)
+            .into_iter()
+            .map(|found| Candidate {
+                pilot: found.pilot.id,
+                position: found.pilot.position,
+                distance_m: found.distance_m,
+            })
+            .collect();
+        candidates.sort_by(|a, b| matching::score(a.distance_m).total_cmp(&matching::score(b.distance_m)));
+        candidates
+    }
+
+    /// Offers order `id` to `candidate`.
+    async fn offer(&self, searches: &mut Searches, id: OrderId, candidate: Candidate) -> Attempt {
+        let expires_at = self.clock.now() + Duration::seconds(self.config.offer_timeout_secs as i64);
+        match self.orders.make_offer(id, candidate.pilot, candidate.distance_m, expires_at).await {
+            Ok(Some((offer, order))) => {
+                self.hold(candidate.pilot);
+                let payload = offer_payload(&offer, &order, self.clock.now());
+                if let Some(search) = searches.map.get_mut(&id) {
+                    metrics::histogram!("matching_order_to_offer_seconds")
+                        .record((offer.created_at - search.started).as_seconds_f64());
+                    search.live = Some(offer.clone());
+                }
+                tracing::info!(order_id = %id, pilot = %candidate.pilot, offer_id = %offer.id,
+                    pickup_distance_m = offer.pickup_distance_m, "offer made");
+                self.tell(|listener| listener.offered(&offer, &payload));
+                Attempt::Made
+            }
+            Ok(None) => {
+                searches.map.remove(&id);
+                Attempt::Gone
+            }
+            Err(Error::Conflict { code: "OFFER_CONFLICT", .. }) => {
+                // The pilot holds an offer made elsewhere (another node), or this order has
+                // one: the pilot is not free, try the next.
+                Attempt::Busy
+            }
+            Err(err) => {
+                tracing::warn!(order_id = %id, error = %err, "could not make an offer; retrying shortly");
+                if let Some(search) = searches.map.get_mut(&id) {
+                    search.retry_at = self.clock.now() + millis(self.config.retry_interval_ms);
+                }
+                Attempt::Failed
+            }
+        }
+    }
+
+    /// Marks a pilot as holding an offer, so no other search picks it.
+    fn hold(&self, pilot: UserId) {
+        if self.grid.get(pilot).is_some_and(|snapshot| snapshot.status == PilotStatus::Available) {
+            let _ = self.grid.set_status(pilot, PilotStatus::OnOffer, self.clock.now().timestamp_millis());
+        }
+    }
+
+    fn tell(&self, call: impl Fn(&dyn OfferListener)) {
+        let listeners = self.listeners.read().clone();
+        for listener in listeners {
+            call(listener.as_ref());
+        }
+    }
+}
+
+/// What an attempt to offer came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    Made,
+    /// The order no longer searches.
+    Gone,
+    /// This pilot cannot take it: try another.
+    Busy,
+    /// The store failed: try later.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    pilot: UserId,
+    position: crate::domain::LatLng,
+    distance_m: f64,
+}
+
+/// One searching order as the matchmaker follows it.
+#[derive(Debug)]
+struct Searching {
+    order: Order,
+    search: Search,
+    /// Pilots who rejected it or let its offer expire.
+    declined: HashSet<UserId>,
+    live: Option<Offer>,
+    /// Not before this (nobody was found).
+    retry_at: DateTime<Utc>,
+    /// When this node began following it.
+    started: DateTime<Utc>,
+}
+
+impl Searching {
+    fn live_id(&self) -> Option<OfferId> {
+        self.live.as_ref().map(|offer| offer.id)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Searches {
+    map: HashMap<OrderId, Searching>,
+}
+
+impl Searches {
+    /// Orders without a live offer whose next attempt is due, oldest first.
+    fn waiting(&self, now: DateTime<Utc>) -> impl Iterator<Item = OrderId> + use<> {
+        let mut ids: Vec<OrderId> = self
+            .map
+            .iter()
+            .filter(|(_, search)| search.live.is_none() && search.retry_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids.into_iter()
+    }
+}
+
+/// Hears orders start and stop searching.
+struct Hears(mpsc::UnboundedSender<Command>);
+
+impl OrderListener for Hears {
+    fn committed(&self, order: &Order, events: &[OrderEvent]) {
+        let began = events.iter().any(|event| event.kind == OrderStatus::SearchingDriver.as_str());
+        let command = if order.status == OrderStatus::SearchingDriver && began {
+            let dropped_by = events
+                .iter()
+                .filter(|event| event.kind == "unassigned")
+                .find_map(|event| serde_json::from_value(event.data["previous_pilot_id"].clone()).ok());
+            Command::Search(Box::new(order.clone()), dropped_by)
+        } else if order.status != OrderStatus::SearchingDriver && order.status != OrderStatus::Pending {
+            Command::Stopped(Box::new(order.clone()))
+        } else {
+            return;
+        };
+        let _ = self.0.send(command);
+    }
+}
+
+/// The `offer` event's payload.
+pub fn offer_payload(offer: &Offer, order: &Order, now: DateTime<Utc>) -> Value {
+    json!({
+        "offer_id": offer.id,
+        "order_id": order.id,
+        "expires_at": offer.expires_at,
+        "expires_in_ms": (offer.expires_at - now).num_milliseconds().max(0),
+        "pickup_distance_m": offer.pickup_distance_m,
+        "order": {
+            "id": order.id,
+            "vehicle_type": order.vehicle_type,
+            "pickup": order.pickup,
+            "drop": order.drop,
+            "fare_paise": order.fare.total_paise,
+            "payment_method": order.payment_method,
+            "trip_distance_m": distance_m(order.pickup.point(), order.drop.point()).round(),
+            "notes": order.notes,
+        },
+    })
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX / 2))
+}

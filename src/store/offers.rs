@@ -1,0 +1,81 @@
+//! Reading offers, and the trip traces pilots leave while they carry orders. Offers change
+//! only inside a [`StoreTx`](crate::store::StoreTx), with the order they belong to locked.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::domain::offers::Offer;
+use crate::error::Result;
+use crate::ids::{OfferId, OrderId, UserId};
+use crate::store::orders::parse_stored;
+
+/// One accepted position of the pilot carrying an order.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TracePoint {
+    pub order_id: OrderId,
+    /// The fix's time (ms since the epoch).
+    pub ts_ms: i64,
+    pub lat: f64,
+    pub lng: f64,
+}
+
+#[async_trait]
+pub trait OfferStore: Send + Sync {
+    async fn offer(&self, id: OfferId) -> Result<Option<Offer>>;
+
+    /// Every live offer: what matching picks up again after a restart.
+    async fn live_offers(&self) -> Result<Vec<Offer>>;
+
+    /// The pilot's live offer, if any (sent again when its app reconnects).
+    async fn live_offer_for_pilot(&self, pilot: UserId) -> Result<Option<Offer>>;
+
+    /// Every offer of an order, oldest first.
+    async fn offers_for_order(&self, order: OrderId) -> Result<Vec<Offer>>;
+
+    /// Appends trace points; a point already stored (same order and time) is skipped.
+    async fn append_trace(&self, points: &[TracePoint]) -> Result<()>;
+
+    /// An order's trace, oldest first.
+    async fn trace(&self, order: OrderId) -> Result<Vec<TracePoint>>;
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OfferRow {
+    id: Uuid,
+    order_id: Uuid,
+    pilot_id: Uuid,
+    status: String,
+    pickup_distance_m: i32,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    decided_at: Option<DateTime<Utc>>,
+    reason: Option<String>,
+}
+
+impl TryFrom<OfferRow> for Offer {
+    type Error = crate::error::Error;
+
+    fn try_from(row: OfferRow) -> Result<Self> {
+        Ok(Offer {
+            id: OfferId(row.id),
+            order_id: OrderId(row.order_id),
+            pilot_id: UserId(row.pilot_id),
+            status: parse_stored(&row.status, "offer status")?,
+            pickup_distance_m: row.pickup_distance_m,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            decided_at: row.decided_at,
+            reason: row.reason,
+        })
+    }
+}
+
+/// The columns of an [`OfferRow`], as one literal.
+macro_rules! offer_columns {
+    () => {
+        "id, order_id, pilot_id, status, pickup_distance_m, created_at, expires_at, decided_at, reason"
+    };
+}
+pub(crate) use offer_columns;

@@ -1,0 +1,71 @@
+// Reading offers and trip traces, shared by both backends (see base.rs).
+
+use async_trait::async_trait;
+
+use crate::domain::offers::Offer;
+use crate::error::Result;
+use crate::ids::{OfferId, OrderId, UserId};
+use crate::store::offers::{OfferRow, OfferStore, TracePoint, offer_columns};
+
+#[async_trait]
+impl OfferStore for StoreImpl {
+    async fn offer(&self, id: OfferId) -> Result<Option<Offer>> {
+        let row: Option<OfferRow> = sqlx::query_as(concat!("SELECT ", offer_columns!(), " FROM offers WHERE id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Offer::try_from).transpose()
+    }
+
+    async fn live_offers(&self) -> Result<Vec<Offer>> {
+        let rows: Vec<OfferRow> =
+            sqlx::query_as(concat!("SELECT ", offer_columns!(), " FROM offers WHERE status = 'live' ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(Offer::try_from).collect()
+    }
+
+    async fn live_offer_for_pilot(&self, pilot: UserId) -> Result<Option<Offer>> {
+        let row: Option<OfferRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            offer_columns!(),
+            " FROM offers WHERE pilot_id = $1 AND status = 'live'"
+        ))
+        .bind(pilot.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Offer::try_from).transpose()
+    }
+
+    async fn offers_for_order(&self, order: OrderId) -> Result<Vec<Offer>> {
+        let rows: Vec<OfferRow> =
+            sqlx::query_as(concat!("SELECT ", offer_columns!(), " FROM offers WHERE order_id = $1 ORDER BY id"))
+                .bind(order.0)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(Offer::try_from).collect()
+    }
+
+    async fn append_trace(&self, points: &[TracePoint]) -> Result<()> {
+        // One statement per chunk: a batch is one round trip, not one per point.
+        for chunk in points.chunks(200) {
+            let mut query =
+                sqlx::QueryBuilder::<Db>::new("INSERT INTO trip_points (order_id, ts_ms, lat, lng) ");
+            query.push_values(chunk, |mut row, point| {
+                row.push_bind(point.order_id.0).push_bind(point.ts_ms).push_bind(point.lat).push_bind(point.lng);
+            });
+            query.push(" ON CONFLICT (order_id, ts_ms) DO NOTHING");
+            query.build().execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    async fn trace(&self, order: OrderId) -> Result<Vec<TracePoint>> {
+        let rows: Vec<(i64, f64, f64)> =
+            sqlx::query_as("SELECT ts_ms, lat, lng FROM trip_points WHERE order_id = $1 ORDER BY ts_ms")
+                .bind(order.0)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(ts_ms, lat, lng)| TracePoint { order_id: order, ts_ms, lat, lng }).collect())
+    }
+}

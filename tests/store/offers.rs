@@ -1,0 +1,166 @@
+//! Offers and trip traces: one live offer per pilot and per order, each decided once, the
+//! deadline honoured both ways; traces appended in batches without duplicates.
+
+use chrono::Duration;
+use dispatchd::domain::Role;
+use dispatchd::domain::offers::{Offer, OfferStatus};
+use dispatchd::error::Error;
+use dispatchd::ids::{OfferId, OrderId, UserId};
+use dispatchd::store::TracePoint;
+
+use super::orders::placed_order;
+use super::{Subject, now, twice_at_once, user};
+
+conformance!(
+    offers_round_trip_and_list_by_pilot_order_and_liveness,
+    one_live_offer_per_pilot_and_per_order,
+    an_offer_is_decided_once_and_the_deadline_holds_both_ways,
+    racing_decisions_have_one_winner,
+    withdrawing_ends_only_the_orders_live_offers,
+    traces_append_in_batches_without_duplicates,
+);
+
+fn live_offer(order: OrderId, pilot: UserId, expires_in: Duration) -> Offer {
+    let at = now();
+    Offer {
+        id: OfferId::new(),
+        order_id: order,
+        pilot_id: pilot,
+        status: OfferStatus::Live,
+        pickup_distance_m: 420,
+        created_at: at,
+        expires_at: at + expires_in,
+        decided_at: None,
+        reason: None,
+    }
+}
+
+async fn insert(subject: &Subject, offer: &Offer) -> Result<(), Error> {
+    let mut tx = subject.store.begin().await.unwrap();
+    tx.insert_offer(offer).await?;
+    tx.commit().await
+}
+
+async fn decide(subject: &Subject, id: OfferId, status: OfferStatus) -> Option<Offer> {
+    let mut tx = subject.store.begin().await.unwrap();
+    let decided = tx.decide_offer(id, status, now(), Some("why")).await.unwrap();
+    tx.commit().await.unwrap();
+    decided
+}
+
+/// An order of a new customer and a new pilot.
+async fn order_and_pilot(subject: &Subject) -> (OrderId, UserId) {
+    let customer = user(subject, Role::Customer).await;
+    (placed_order(subject, customer).await, user(subject, Role::Pilot).await)
+}
+
+async fn offers_round_trip_and_list_by_pilot_order_and_liveness(subject: Subject) {
+    let (order, pilot) = order_and_pilot(&subject).await;
+    let offer = live_offer(order, pilot, Duration::seconds(15));
+    insert(&subject, &offer).await.unwrap();
+    let store = &subject.store;
+    assert_eq!(store.offer(offer.id).await.unwrap(), Some(offer.clone()), "read back equals written");
+    assert_eq!(store.live_offer_for_pilot(pilot).await.unwrap(), Some(offer.clone()));
+    assert_eq!(store.live_offers().await.unwrap(), vec![offer.clone()]);
+    assert_eq!(store.offers_for_order(order).await.unwrap(), vec![offer.clone()]);
+
+    let rejected = decide(&subject, offer.id, OfferStatus::Rejected).await.expect("a live offer is decided");
+    assert_eq!((rejected.status, rejected.reason.as_deref()), (OfferStatus::Rejected, Some("why")));
+    assert!(rejected.decided_at.is_some());
+    assert_eq!(store.live_offer_for_pilot(pilot).await.unwrap(), None);
+    assert!(store.live_offers().await.unwrap().is_empty());
+    assert_eq!(store.offers_for_order(order).await.unwrap(), vec![rejected]);
+    assert_eq!(store.offer(OfferId::new()).await.unwrap(), None);
+}
+
+async fn one_live_offer_per_pilot_and_per_order(subject: Subject) {
+    let (order, pilot) = order_and_pilot(&subject).await;
+    let (other_order, other_pilot) = order_and_pilot(&subject).await;
+    let first = live_offer(order, pilot, Duration::seconds(15));
+    insert(&subject, &first).await.unwrap();
+    for clash in
+        [live_offer(other_order, pilot, Duration::seconds(15)), live_offer(order, other_pilot, Duration::seconds(15))]
+    {
+        let refused = insert(&subject, &clash).await.unwrap_err();
+        assert!(matches!(refused, Error::Conflict { code: "OFFER_CONFLICT", .. }), "{refused:?}");
+    }
+    // Once decided, both are free again.
+    decide(&subject, first.id, OfferStatus::Rejected).await.unwrap();
+    insert(&subject, &live_offer(other_order, pilot, Duration::seconds(15))).await.unwrap();
+    insert(&subject, &live_offer(order, other_pilot, Duration::seconds(15))).await.unwrap();
+}
+
+async fn an_offer_is_decided_once_and_the_deadline_holds_both_ways(subject: Subject) {
+    let (order, pilot) = order_and_pilot(&subject).await;
+    let open = live_offer(order, pilot, Duration::seconds(15));
+    insert(&subject, &open).await.unwrap();
+    assert_eq!(decide(&subject, open.id, OfferStatus::Expired).await, None, "not expired before its time");
+    let accepted = decide(&subject, open.id, OfferStatus::Accepted).await.expect("accepted in time");
+    assert_eq!(accepted.status, OfferStatus::Accepted);
+    for again in [OfferStatus::Rejected, OfferStatus::Expired, OfferStatus::Withdrawn, OfferStatus::Accepted] {
+        assert_eq!(decide(&subject, open.id, again).await, None, "decided once: {again}");
+    }
+
+    let (order, pilot) = order_and_pilot(&subject).await;
+    let late = live_offer(order, pilot, Duration::milliseconds(-1));
+    insert(&subject, &late).await.unwrap();
+    assert_eq!(decide(&subject, late.id, OfferStatus::Accepted).await, None, "too late to accept");
+    assert_eq!(
+        decide(&subject, late.id, OfferStatus::Expired).await.map(|offer| offer.status),
+        Some(OfferStatus::Expired)
+    );
+}
+
+async fn racing_decisions_have_one_winner(subject: Subject) {
+    let (order, pilot) = order_and_pilot(&subject).await;
+    let offer = live_offer(order, pilot, Duration::seconds(15));
+    insert(&subject, &offer).await.unwrap();
+    let outcomes =
+        twice_at_once(&subject, async |tx| tx.decide_offer(offer.id, OfferStatus::Accepted, now(), None).await).await;
+    let won = outcomes.iter().filter(|outcome| matches!(outcome, Ok(Some(_)))).count();
+    assert_eq!(won, 1, "{outcomes:?}");
+    assert_eq!(subject.store.offer(offer.id).await.unwrap().unwrap().status, OfferStatus::Accepted);
+}
+
+async fn withdrawing_ends_only_the_orders_live_offers(subject: Subject) {
+    let (order, pilot) = order_and_pilot(&subject).await;
+    let (other_order, other_pilot) = order_and_pilot(&subject).await;
+    let declined = live_offer(order, other_pilot, Duration::seconds(15));
+    insert(&subject, &declined).await.unwrap();
+    decide(&subject, declined.id, OfferStatus::Rejected).await.unwrap();
+    let live = live_offer(order, pilot, Duration::seconds(15));
+    insert(&subject, &live).await.unwrap();
+    let elsewhere = live_offer(other_order, other_pilot, Duration::seconds(15));
+    insert(&subject, &elsewhere).await.unwrap();
+
+    let mut tx = subject.store.begin().await.unwrap();
+    let withdrawn = tx.withdraw_offers(order, now()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        withdrawn.iter().map(|offer| (offer.id, offer.status)).collect::<Vec<_>>(),
+        [(live.id, OfferStatus::Withdrawn)]
+    );
+    let statuses: Vec<OfferStatus> =
+        subject.store.offers_for_order(order).await.unwrap().into_iter().map(|offer| offer.status).collect();
+    assert_eq!(statuses, [OfferStatus::Rejected, OfferStatus::Withdrawn]);
+    assert_eq!(subject.store.live_offers().await.unwrap(), vec![elsewhere]);
+}
+
+async fn traces_append_in_batches_without_duplicates(subject: Subject) {
+    let (order, _) = order_and_pilot(&subject).await;
+    let (other, _) = order_and_pilot(&subject).await;
+    let point = |order: OrderId, ts_ms: i64| TracePoint {
+        order_id: order,
+        ts_ms,
+        lat: 12.97 + ts_ms as f64 * 1e-6,
+        lng: 77.59,
+    };
+    let batch: Vec<TracePoint> = (0..450).map(|i| point(order, 1_000 + i * 10)).chain([point(other, 5)]).collect();
+    subject.store.append_trace(&batch).await.unwrap();
+    // A retried batch (the first write's answer was lost) adds nothing twice.
+    subject.store.append_trace(&batch[440..]).await.unwrap();
+    let trace = subject.store.trace(order).await.unwrap();
+    assert_eq!(trace.len(), 450);
+    assert_eq!(trace, batch[..450].to_vec(), "oldest first, as written");
+    assert_eq!(subject.store.trace(other).await.unwrap(), vec![point(other, 5)]);
+}
