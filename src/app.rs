@@ -238,6 +238,7 @@ impl App {
         tasks.push(tokio::spawn(self.state.jobs.clone().run(stop.clone())));
         tasks.push(tokio::spawn(self.state.matchmaker.clone().run(stop.clone())));
         tasks.push(tokio::spawn(self.state.traces.clone().run(stop.clone())));
+        tasks.push(tokio::spawn(self.state.orders.clone().run_key_purge(stop.clone())));
         if let Some(redis) = self.state.redis.clone() {
             tasks.push(tokio::spawn(redis.run_health_loop(stop.clone())));
         }

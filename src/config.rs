@@ -246,6 +246,7 @@ impl Config {
             ("orders.search_lead_secs", self.orders.search_lead_secs),
             ("orders.payment_timeout_secs", self.orders.payment_timeout_secs),
             ("orders.max_search_secs", self.orders.max_search_secs),
+            ("orders.idempotency_key_ttl_secs", self.orders.idempotency_key_ttl_secs),
             ("jobs.poll_interval_ms", self.jobs.poll_interval_ms),
             ("jobs.batch_size", self.jobs.batch_size.into()),
             ("jobs.lease_secs", self.jobs.lease_secs),

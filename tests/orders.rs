@@ -228,6 +228,32 @@ async fn the_last_use_of_a_coupon_goes_to_exactly_one_customer() {
 }
 
 #[tokio::test]
+async fn one_customer_racing_for_a_once_per_customer_coupon_gets_it_once() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let until = (chrono::Utc::now() + Span::days(1)).to_rfc3339();
+    let coupon =
+        json!({ "code": "ONCE-EACH", "kind": "percent", "value": 10, "valid_until": until, "per_user_limit": 1 });
+    assert_eq!(make_coupon(&app, &admin, coupon).await.status, StatusCode::CREATED);
+    let customer = app.register("customer").await;
+    let attempts = (0..8).map(|_| {
+        let mut body = order_body("cash");
+        body["coupon_code"] = json!("ONCE-EACH");
+        create(&app, &customer, body)
+    });
+    let replies = join_all(attempts).await;
+    assert_eq!(replies.iter().filter(|reply| reply.status == StatusCode::CREATED).count(), 1, "{replies:?}");
+    for loser in replies.iter().filter(|reply| reply.status != StatusCode::CREATED) {
+        assert_eq!(loser.error_code(), "COUPON_ALREADY_USED", "{:?}", loser.body);
+    }
+    // Another customer still has their use.
+    let other = app.register("customer").await;
+    let mut body = order_body("cash");
+    body["coupon_code"] = json!("ONCE-EACH");
+    assert_eq!(create(&app, &other, body).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
 async fn a_card_order_a_coupon_pays_in_full_needs_no_gateway() {
     let stripe = Options::default()
         .set("payments.gateway", "stripe")
@@ -451,4 +477,49 @@ async fn the_embedded_store_runs_orders_too() {
     let cancelled = app.post(&format!("/api/v1/orders/{id}/cancel"), json!({}), Some(&customer.access)).await;
     assert_eq!(cancelled.data()["status"], "cancelled");
     assert_eq!(balance(&app, &customer).await, 50_000);
+}
+
+#[tokio::test]
+async fn a_scheduled_wallet_order_holds_its_fare_until_it_searches_or_is_cancelled() {
+    let clock = Clock::manual(chrono::Utc::now());
+    let app = TestApp::spawn_with(Options { clock: clock.clone(), ..Options::default() }).await;
+    let admin = app.staff(Role::Admin).await;
+    let customer = app.register("customer").await;
+    credit(&app, &admin, &customer, 100_000).await;
+    let scheduled = |hours| {
+        let mut body = order_body("wallet");
+        body["scheduled_at"] = json!((clock.now() + Span::hours(hours)).to_rfc3339());
+        body
+    };
+    let soon = create(&app, &customer, scheduled(1)).await;
+    let later = create(&app, &customer, scheduled(2)).await;
+    let total = soon.data()["fare"]["total_paise"].as_i64().unwrap();
+    assert_eq!(
+        (soon.data()["status"].as_str(), soon.data()["payment_status"].as_str()),
+        (Some("pending"), Some("unpaid"))
+    );
+    let wallet = async |app: &TestApp| app.get("/api/v1/wallet", Some(&customer.access)).await.data().clone();
+    assert_eq!(wallet(&app).await, json!({ "balance_paise": 100_000, "held_paise": 2 * total }), "held, not taken");
+
+    // Cancelled before its time: the hold goes back, nothing is refunded (nothing was paid).
+    let path = format!("/api/v1/orders/{}/cancel", later.data()["id"].as_str().unwrap());
+    let cancelled = app.post(&path, json!({}), Some(&customer.access)).await;
+    assert_eq!(cancelled.data()["payment_status"], "unpaid", "{:?}", cancelled.body);
+    assert_eq!(wallet(&app).await, json!({ "balance_paise": 100_000, "held_paise": total }));
+
+    // When its search starts, the hold is captured.
+    clock.advance(Span::minutes(51));
+    app.state.jobs.run_due().await.unwrap();
+    let order =
+        app.get(&format!("/api/v1/orders/{}", soon.data()["id"].as_str().unwrap()), Some(&customer.access)).await;
+    assert_eq!(
+        (order.data()["status"].as_str(), order.data()["payment_status"].as_str()),
+        (Some("searching_driver"), Some("paid"))
+    );
+    assert_eq!(wallet(&app).await, json!({ "balance_paise": 100_000 - total, "held_paise": 0 }));
+    let ledger = app.get("/api/v1/wallet/ledger?limit=10", Some(&customer.access)).await;
+    let kinds: Vec<&str> =
+        ledger.data()["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["debit", "release", "release", "hold", "hold", "credit"]);
+    assert_eq!(balance(&app, &customer).await, 100_000 - total);
 }

@@ -132,6 +132,14 @@ impl Orders {
         let fare = self.discounted(fare, coupon.as_ref(), now)?;
         let (mut order, events) = self.new_order(caller, &request, fare, coupon.as_ref(), now);
         order.quote_id = quote_id;
+        // A wallet order scheduled for later holds its fare; the hold is captured when its
+        // search starts, released if it is cancelled first.
+        let hold = order.payment_method == PaymentMethod::Wallet
+            && order.status == OrderStatus::Pending
+            && order.fare.total_paise > 0;
+        if hold {
+            order.payment_status = PaymentStatus::Unpaid;
+        }
 
         let mut tx = self.store.begin().await?;
         if let Some(key) = idempotency_key
@@ -143,7 +151,9 @@ impl Orders {
         if let Some(coupon) = &coupon {
             tx.redeem_coupon(coupon, caller.user_id, order.id, now).await?;
         }
-        if order.payment_method == PaymentMethod::Wallet && order.fare.total_paise > 0 {
+        if hold {
+            tx.hold_wallet(caller.user_id, order.fare.total_paise, order.id, now).await?;
+        } else if order.payment_method == PaymentMethod::Wallet && order.fare.total_paise > 0 {
             tx.debit_wallet(caller.user_id, order.fare.total_paise, order.id, now).await?;
         }
         append(&mut *tx, &order, &events, self.notify).await?;
@@ -338,6 +348,26 @@ impl Orders {
     fn demand_cell(&self, point: LatLng) -> i64 {
         let cell = h3o::LatLng::new(point.lat(), point.lng()).expect("valid").to_cell(self.grid.supply_resolution());
         i64::try_from(u64::from(cell)).expect("H3 indexes fit in 63 bits")
+    }
+}
+
+impl Orders {
+    /// Forgets idempotency keys older than `orders.idempotency_key_ttl_secs`, every hour
+    /// until `stop` (and once at the start).
+    pub async fn run_key_purge(self: std::sync::Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {
+                    let before = self.now() - seconds(self.config.idempotency_key_ttl_secs);
+                    match self.store.purge_idempotency_keys(before).await {
+                        Ok(purged) => metrics::counter!("idempotency_keys_purged_total").increment(purged),
+                        Err(err) => tracing::warn!(error = %err, "could not purge old idempotency keys"),
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -62,16 +62,37 @@ impl Orders {
         }
     }
 
-    /// Job: a scheduled order is due; start searching if it is paid (or cash).
+    /// Job: a scheduled order is due; start searching if it is paid (or cash). A wallet
+    /// order's hold is captured first.
     pub async fn start_search(&self, id: OrderId) -> Result<()> {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let Some(mut order) = tx.lock_order(id).await? else { return Ok(()) };
+        let before = (order.status, order.last_event_seq);
+        let mut events = Vec::new();
+        let held_wallet_order = order.status == OrderStatus::Pending
+            && order.payment_method == PaymentMethod::Wallet
+            && order.payment_status == PaymentStatus::Unpaid;
+        if held_wallet_order {
+            let captured = tx.settle_hold(order.customer_id, id, true, now).await?;
+            if captured == 0 {
+                // No hold to take it from (it cannot happen through the API): a plain debit,
+                // and an order that cannot be paid is cancelled rather than left pending.
+                let total = order.fare.total_paise;
+                if let Err(err) = tx.debit_wallet(order.customer_id, total, id, now).await {
+                    drop(tx);
+                    tracing::warn!(order_id = %id, error = %err, "a scheduled wallet order could not be paid");
+                    return self.cancel_unpaid(id, |_| true).await;
+                }
+            }
+            order.payment_status = PaymentStatus::Paid;
+            let paid = json!({ "amount_paise": order.fare.total_paise, "from": "wallet_hold" });
+            events.push(push_event(&mut order, event("payment_confirmed", None, paid), now));
+        }
         if !self.ready_to_search(&order, now) {
             return Ok(());
         }
-        let before = (order.status, order.last_event_seq);
-        let events = vec![self.begin_search(&mut order, now)];
+        events.push(self.begin_search(&mut order, now));
         save(&mut *tx, &order, before, &events, self.notify).await?;
         tx.enqueue(&self.give_up_job(&order), now).await?;
         tx.commit().await?;
@@ -117,12 +138,12 @@ impl Orders {
         Ok(())
     }
 
-    /// Job: a card or UPI order still unpaid when its time ran out is cancelled.
-    pub async fn payment_timeout(&self, id: OrderId) -> Result<()> {
+    /// Cancels a pending order that could not be paid (`payment_failed`), if `applies` to it.
+    async fn cancel_unpaid(&self, id: OrderId, applies: impl Fn(&Order) -> bool) -> Result<()> {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let Some(mut order) = tx.lock_order(id).await? else { return Ok(()) };
-        if order.status != OrderStatus::Pending || order.payment_status != PaymentStatus::Pending {
+        if order.status != OrderStatus::Pending || !applies(&order) {
             return Ok(());
         }
         let events = cancel_in(&mut *tx, &mut order, CancelReason::PaymentFailed, 0, None, now, self.notify).await?;
@@ -130,6 +151,11 @@ impl Orders {
         metrics::counter!("orders_cancelled_total", "reason" => CancelReason::PaymentFailed.as_str()).increment(1);
         self.publish(&order, &events);
         Ok(())
+    }
+
+    /// Job: a card or UPI order still unpaid when its time ran out is cancelled.
+    pub async fn payment_timeout(&self, id: OrderId) -> Result<()> {
+        self.cancel_unpaid(id, |order| order.payment_status == PaymentStatus::Pending).await
     }
 }
 
@@ -154,6 +180,10 @@ pub(super) async fn cancel_in(
     // Coupon before wallet, as order creation does: one lock order, no deadlocks.
     if order.coupon_code.is_some() {
         tx.release_coupon(order.id).await?;
+    }
+    if order.payment_method == PaymentMethod::Wallet && order.payment_status == PaymentStatus::Unpaid {
+        // A scheduled order's hold goes back to what the customer can spend.
+        tx.settle_hold(order.customer_id, order.id, false, now).await?;
     }
     if refund > 0 {
         refund_in(tx, order, refund, now).await?;

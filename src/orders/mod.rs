@@ -64,6 +64,8 @@ pub struct OrdersConfig {
     /// An order still searching this long after it started is cancelled (`no_pilot_found`)
     /// and refunded.
     pub max_search_secs: u64,
+    /// How long an `Idempotency-Key` is remembered; a retry after that creates a new order.
+    pub idempotency_key_ttl_secs: u64,
 }
 
 /// A committed change: the order as it now is, and the events it gained.

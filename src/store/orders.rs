@@ -43,6 +43,9 @@ pub trait OrderStore: Send + Sync {
     /// Every order searching for a pilot: what matching resumes after a restart.
     async fn searching_orders(&self) -> Result<Vec<Order>>;
 
+    /// Forgets idempotency keys first used before `before`; returns how many.
+    async fn purge_idempotency_keys(&self, before: DateTime<Utc>) -> Result<u64>;
+
     /// Orders searching for a pilot (paid and due: neither unpaid nor scheduled for later) for
     /// `vehicle` whose pickup is in coarse cell `cell`: the demand side of surge.
     async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64>;

@@ -80,6 +80,21 @@ pub trait StoreTx: Send {
         now: DateTime<Utc>,
     ) -> Result<Wallet>;
 
+    /// Sets `amount_paise` aside for `order` (a `hold` ledger entry) if the wallet has that
+    /// much that is neither spent nor held (`INSUFFICIENT_BALANCE` otherwise). The balance is
+    /// unchanged; what can be spent shrinks.
+    async fn hold_wallet(
+        &mut self,
+        user: UserId,
+        amount_paise: i64,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<Wallet>;
+
+    /// Ends `order`'s hold, if it has one: released (`release`), or, with `capture`, released
+    /// and debited (`release` + `debit`) in one step. Returns the amount it held (0: none).
+    async fn settle_hold(&mut self, user: UserId, order: OrderId, capture: bool, now: DateTime<Utc>) -> Result<i64>;
+
     /// Adds money; `None` when `credit.reference` was already credited.
     async fn credit_wallet(&mut self, credit: &WalletCredit, now: DateTime<Utc>) -> Result<Option<Wallet>>;
 

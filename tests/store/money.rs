@@ -20,6 +20,8 @@ conformance!(
     the_last_coupon_use_has_one_winner,
     wallet_debits_never_overdraw,
     racing_debits_never_overdraw,
+    holds_set_money_aside_and_are_released_or_captured_once,
+    racing_captures_of_one_hold_take_it_once,
     credits_with_a_reference_apply_once,
     racing_credits_with_one_reference_apply_once,
     ledger_pages_newest_first,
@@ -229,6 +231,71 @@ async fn racing_debits_never_overdraw(subject: Subject) {
     assert!(codes.contains(&Ok(400)) && codes.contains(&Err("INSUFFICIENT_BALANCE")), "{codes:?}");
     assert_eq!(subject.store.wallet(customer).await.unwrap().balance_paise, 400);
     assert_eq!(subject.store.ledger(customer, PageRequest { before: None, limit: 10 }).await.unwrap().len(), 2);
+}
+
+/// The wallet as its ledger says it is: balance from every entry's sign, held from holds
+/// less releases.
+async fn wallet_from_ledger(subject: &Subject, user: UserId) -> Wallet {
+    let ledger = subject.store.ledger(user, PageRequest { before: None, limit: 100 }).await.unwrap();
+    let balance_paise = ledger.iter().map(|entry| entry.kind.sign() * entry.amount_paise).sum();
+    let held_paise = ledger
+        .iter()
+        .map(|entry| match entry.kind {
+            LedgerKind::Hold => entry.amount_paise,
+            LedgerKind::Release => -entry.amount_paise,
+            _ => 0,
+        })
+        .sum();
+    Wallet { balance_paise, held_paise }
+}
+
+async fn holds_set_money_aside_and_are_released_or_captured_once(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let (first, second) = (placed_order(&subject, customer).await, placed_order(&subject, customer).await);
+    top_up(&subject, customer, 1_000).await;
+    let mut tx = subject.store.begin().await.unwrap();
+    assert_eq!(
+        tx.hold_wallet(customer, 600, first, now()).await.unwrap(),
+        Wallet { balance_paise: 1_000, held_paise: 600 }
+    );
+    let refused = tx.hold_wallet(customer, 401, second, now()).await.unwrap_err();
+    assert_eq!(refused.code(), "INSUFFICIENT_BALANCE", "only 400 is neither spent nor held");
+    let refused = tx.debit_wallet(customer, 401, second, now()).await.unwrap_err();
+    assert_eq!(refused.code(), "INSUFFICIENT_BALANCE", "a debit cannot take held money either");
+    tx.hold_wallet(customer, 300, second, now()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(subject.store.wallet(customer).await.unwrap(), Wallet { balance_paise: 1_000, held_paise: 900 });
+
+    let mut tx = subject.store.begin().await.unwrap();
+    assert_eq!(tx.settle_hold(customer, first, false, now()).await.unwrap(), 600, "released");
+    assert_eq!(tx.settle_hold(customer, first, true, now()).await.unwrap(), 0, "nothing left to capture");
+    assert_eq!(tx.settle_hold(customer, second, true, now()).await.unwrap(), 300, "captured");
+    assert_eq!(tx.settle_hold(customer, second, false, now()).await.unwrap(), 0, "settled once");
+    tx.commit().await.unwrap();
+    let wallet = subject.store.wallet(customer).await.unwrap();
+    assert_eq!(wallet, Wallet { balance_paise: 700, held_paise: 0 });
+    assert_eq!(wallet_from_ledger(&subject, customer).await, wallet, "the ledger accounts for every paisa");
+    let ledger = subject.store.ledger(customer, PageRequest { before: None, limit: 3 }).await.unwrap();
+    let newest: Vec<_> =
+        ledger.iter().map(|entry| (entry.kind, entry.amount_paise, entry.balance_after_paise)).collect();
+    assert_eq!(
+        newest,
+        [(LedgerKind::Debit, 300, 700), (LedgerKind::Release, 300, 1_000), (LedgerKind::Release, 600, 1_000)]
+    );
+}
+
+async fn racing_captures_of_one_hold_take_it_once(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let order = placed_order(&subject, customer).await;
+    top_up(&subject, customer, 1_000).await;
+    let mut tx = subject.store.begin().await.unwrap();
+    tx.hold_wallet(customer, 600, order, now()).await.unwrap();
+    tx.commit().await.unwrap();
+    let outcomes = twice_at_once(&subject, async |tx| tx.settle_hold(customer, order, true, now()).await).await;
+    let taken: Vec<i64> = outcomes.into_iter().map(Result::unwrap).collect();
+    assert!(taken.contains(&600) && taken.contains(&0), "{taken:?}");
+    assert_eq!(subject.store.wallet(customer).await.unwrap(), Wallet { balance_paise: 400, held_paise: 0 });
+    assert_eq!(wallet_from_ledger(&subject, customer).await, Wallet { balance_paise: 400, held_paise: 0 });
 }
 
 async fn credits_with_a_reference_apply_once(subject: Subject) {

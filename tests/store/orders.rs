@@ -23,6 +23,7 @@ conformance!(
     racing_order_updates_have_one_winner,
     idempotency_keys_replay_the_stored_response,
     a_concurrent_request_waits_for_the_keys_response,
+    old_idempotency_keys_are_purged,
 );
 
 /// H3 cells as `insert_order` takes them (any number will do for the store).
@@ -356,4 +357,19 @@ async fn a_concurrent_request_waits_for_the_keys_response(subject: Subject) {
     let replays: Vec<_> = outcomes.iter().flatten().collect();
     assert_eq!(replays.len(), 1, "one runs, the other replays it: {outcomes:?}");
     assert_eq!(*replays[0], IdempotentReplay { request_hash: vec![7; 32], status: 201, body: json!({ "run": 0 }) });
+}
+
+async fn old_idempotency_keys_are_purged(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let at = now();
+    let mut tx = subject.store.begin().await.unwrap();
+    for (key, age) in [("old", Duration::hours(25)), ("fresh", Duration::hours(1))] {
+        assert_eq!(tx.claim_idempotency_key(customer, key, &[1; 32], at - age).await.unwrap(), None);
+        tx.save_idempotent_response(customer, key, 201, &json!({})).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(subject.store.purge_idempotency_keys(at - Duration::hours(24)).await.unwrap(), 1);
+    let mut tx = subject.store.begin().await.unwrap();
+    assert_eq!(tx.claim_idempotency_key(customer, "old", &[2; 32], at).await.unwrap(), None, "forgotten: usable again");
+    assert!(tx.claim_idempotency_key(customer, "fresh", &[1; 32], at).await.unwrap().is_some(), "still remembered");
 }

@@ -75,6 +75,11 @@ impl OrderStore for StoreImpl {
         rows.into_iter().map(Order::try_from).collect()
     }
 
+    async fn purge_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64> {
+        let purged = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&self.pool).await?;
+        Ok(purged.rows_affected())
+    }
+
     async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64> {
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM orders WHERE pickup_cell = $1 AND vehicle_type = $2 \

@@ -249,6 +249,69 @@ impl StoreTx for super::TxImpl {
         Ok(Wallet { balance_paise, held_paise })
     }
 
+    async fn hold_wallet(
+        &mut self,
+        user: UserId,
+        amount_paise: i64,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<Wallet> {
+        self.open_wallet(user, now).await?;
+        let wallet: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE wallet_accounts SET held_paise = held_paise + $2, updated_at = $3 \
+             WHERE user_id = $1 AND balance_paise - held_paise >= $2 RETURNING balance_paise, held_paise",
+        )
+        .bind(user.0)
+        .bind(amount_paise)
+        .bind(now)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some((balance_paise, held_paise)) = wallet else {
+            return Err(Error::Unprocessable {
+                code: "INSUFFICIENT_BALANCE",
+                message: format!("the wallet does not hold the {amount_paise} paise this order costs"),
+            });
+        };
+        self.ledger_entry(user, LedgerKind::Hold, amount_paise, balance_paise, Some(order), None, now).await?;
+        Ok(Wallet { balance_paise, held_paise })
+    }
+
+    async fn settle_hold(&mut self, user: UserId, order: OrderId, capture: bool, now: DateTime<Utc>) -> Result<i64> {
+        // The wallet row first: settling twice at once queues here, and the second finds the
+        // hold already released.
+        sqlx::query("UPDATE wallet_accounts SET updated_at = updated_at WHERE user_id = $1")
+            .bind(user.0)
+            .execute(&mut *self.tx)
+            .await?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(CASE kind WHEN 'hold' THEN amount_paise ELSE -amount_paise END), 0) AS BIGINT) \
+             FROM wallet_ledger WHERE user_id = $1 AND order_id = $2 AND kind IN ('hold', 'release')",
+        )
+        .bind(user.0)
+        .bind(order.0)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        if held <= 0 {
+            return Ok(0);
+        }
+        let spent = if capture { held } else { 0 };
+        let (balance_paise, _): (i64, i64) = sqlx::query_as(
+            "UPDATE wallet_accounts SET held_paise = held_paise - $2, balance_paise = balance_paise - $3, \
+             updated_at = $4 WHERE user_id = $1 RETURNING balance_paise, held_paise",
+        )
+        .bind(user.0)
+        .bind(held)
+        .bind(spent)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        self.ledger_entry(user, LedgerKind::Release, held, balance_paise + spent, Some(order), None, now).await?;
+        if capture {
+            self.ledger_entry(user, LedgerKind::Debit, held, balance_paise, Some(order), None, now).await?;
+        }
+        Ok(held)
+    }
+
     async fn credit_wallet(&mut self, credit: &WalletCredit, now: DateTime<Utc>) -> Result<Option<Wallet>> {
         // The wallet row is locked before the reference is looked up: a concurrent credit with
         // the same reference waits here, then sees the first one's ledger row and does nothing.
