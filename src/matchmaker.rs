@@ -171,7 +171,7 @@ impl Matchmaker {
         let resumed = orders.len();
         for order in orders {
             let id = order.id;
-            self.start(searches, order, None).await?;
+            self.start(searches, order, None).await;
             if let Some(search) = searches.map.get_mut(&id) {
                 search.live = live.remove(&id);
             }
@@ -192,10 +192,7 @@ impl Matchmaker {
         match command {
             Command::Search(order, dropped_by) => {
                 let id = order.id;
-                if let Err(err) = self.start(searches, *order, dropped_by).await {
-                    tracing::warn!(order_id = %id, error = %err, "could not start searching; retrying shortly");
-                    return;
-                }
+                self.start(searches, *order, dropped_by).await;
                 if self.config.mode == Mode::Immediate {
                     self.offer_next(searches, id).await;
                 }
@@ -224,26 +221,25 @@ impl Matchmaker {
     }
 
     /// Begins following a searching order (once), with the pilots who already declined it
-    /// (and `dropped_by`, the pilot that gave it back).
-    async fn start(&self, searches: &mut Searches, order: Order, dropped_by: Option<UserId>) -> Result<()> {
+    /// (and `dropped_by`, the pilot that gave it back). If the store cannot say who declined,
+    /// the search goes on without that (a pilot may see the order again) rather than not at
+    /// all.
+    async fn start(&self, searches: &mut Searches, order: Order, dropped_by: Option<UserId>) {
         if searches.map.contains_key(&order.id) {
-            return Ok(());
+            return;
         }
-        let declined = self
-            .store
-            .offers_for_order(order.id)
-            .await?
-            .into_iter()
-            .filter(|offer| offer.status.declined())
-            .map(|offer| offer.pilot_id)
-            .chain(dropped_by)
-            .collect();
+        let mut declined: HashSet<UserId> = dropped_by.into_iter().collect();
+        match self.store.offers_for_order(order.id).await {
+            Ok(offers) => {
+                declined.extend(offers.iter().filter(|offer| offer.status.declined()).map(|offer| offer.pilot_id));
+            }
+            Err(err) => tracing::warn!(order_id = %order.id, error = %err, "could not read who declined the order"),
+        }
         let now = self.clock.now();
         searches.map.insert(
             order.id,
             Searching { order, search: Search::default(), declined, live: None, retry_at: now, started: now },
         );
-        Ok(())
     }
 
     /// Expires offers whose time is up, and retries searches that are due.

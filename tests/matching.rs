@@ -274,6 +274,12 @@ async fn accepts_and_manual_assignments_racing_never_double_an_order_or_a_pilot(
         }
         let accepted_by_pilot = accepts.iter().any(|ack| ack["ok"] == true);
         assert_eq!(accepted_by_pilot, holder == pilot.user_id, "round {round}: the acks tell the truth");
+        if holder == pilot.user_id {
+            assert!(
+                accepts.iter().all(|ack| ack["ok"] == true),
+                "round {round}: repeats answer the order: {accepts:?}"
+            );
+        }
     }
 }
 

@@ -82,3 +82,16 @@ fn random_point(rng: &mut StdRng, side_m: f64) -> (f64, f64) {
     let lng = CENTER.1 + east / (METERS_PER_DEGREE * CENTER.0.to_radians().cos());
     (lat, lng)
 }
+
+/// A uniformly random point in a `side_m` square around [`CENTER`].
+pub fn random_latlng(rng: &mut StdRng, side_m: f64) -> LatLng {
+    let (lat, lng) = random_point(rng, side_m);
+    LatLng::new(lat, lng).expect("inside the city")
+}
+
+/// `point` moved `north_m` metres north and `east_m` east (negative: south, west).
+pub fn offset(point: LatLng, north_m: f64, east_m: f64) -> LatLng {
+    let lat = point.lat() + north_m / METERS_PER_DEGREE;
+    let lng = point.lng() + east_m / (METERS_PER_DEGREE * point.lat().to_radians().cos());
+    LatLng::new(lat.clamp(-89.0, 89.0), lng).unwrap_or(point)
+}

@@ -1,9 +1,12 @@
 //! Shared pieces of the dispatchd benchmarks: a synthetic city (pilots spread uniformly over
 //! a square around a center, moving in small steps), latency summaries, the Redis GEO
 //! baseline driven with the same workload, a lean Socket.io client for load generation, and
-//! server CPU and memory from /proc.
+//! server CPU and memory from /proc, and the matching simulation (greedy against batched on
+//! the same simulated city).
 
 pub mod city;
+pub mod dispatch_load;
+pub mod matching_sim;
 pub mod proc;
 pub mod redis_geo;
 pub mod sio;

@@ -54,7 +54,8 @@ impl Orders {
 
     /// The pilot accepts its offer: the order is assigned to it, if the offer is still live
     /// and the order still searching. Losers get `OFFER_EXPIRED` (too late, or the offer was
-    /// withdrawn) or `ORDER_TAKEN`; accepting an offer already accepted answers the order.
+    /// withdrawn) or `ORDER_TAKEN`; accepting an order that is already this pilot's answers
+    /// the order.
     pub async fn accept_offer(&self, caller: &Caller, id: OfferId) -> Result<Order> {
         caller.require(&[Role::Pilot])?;
         let offer = self.own_offer(caller, id).await?;
@@ -63,7 +64,8 @@ impl Orders {
         let mut order = tx.lock_order(offer.order_id).await?.ok_or_else(not_found)?;
         if order.status != OrderStatus::SearchingDriver {
             return match order.pilot_id {
-                Some(pilot) if pilot == caller.user_id && offer.status == OfferStatus::Accepted => Ok(order),
+                // Already this pilot's (an accept repeated, or racing itself): the order.
+                Some(pilot) if pilot == caller.user_id && order.status.has_pilot() => Ok(order),
                 _ if order.status == OrderStatus::Cancelled => {
                     Err(Error::conflict("ORDER_CANCELLED", "the order was cancelled"))
                 }

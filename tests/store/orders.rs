@@ -303,14 +303,16 @@ async fn racing_order_updates_have_one_winner(subject: Subject) {
     }
     let copies = [first, second];
     let turn = std::sync::atomic::AtomicUsize::new(0);
+    // Each transaction says which copy it wrote: whichever opens first takes the first copy,
+    // not necessarily the first one started.
     let outcomes = twice_at_once(&subject, async |tx| {
-        let copy = &copies[turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst)];
-        tx.update_order(copy, OrderStatus::SearchingDriver, 1).await
+        let index = turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok((index, tx.update_order(&copies[index], OrderStatus::SearchingDriver, 1).await?))
     })
     .await;
-    let won: Vec<bool> = outcomes.into_iter().map(Result::unwrap).collect();
-    assert_eq!(won.iter().filter(|won| **won).count(), 1, "{won:?}");
-    let winner = &copies[won.iter().position(|won| *won).unwrap()];
+    let won: Vec<(usize, bool)> = outcomes.into_iter().map(Result::unwrap).collect();
+    assert_eq!(won.iter().filter(|(_, won)| *won).count(), 1, "{won:?}");
+    let winner = &copies[won.iter().find(|(_, won)| *won).unwrap().0];
     assert_eq!(subject.store.order(order.id).await.unwrap().unwrap().pilot_id, winner.pilot_id);
 }
 

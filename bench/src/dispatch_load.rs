@@ -1,0 +1,331 @@
+//! The dispatch scenario: order created → offer on the pilot's socket, while a large fleet
+//! streams positions.
+//!
+//! The server is the real one (`App`: HTTP, Socket.io, matchmaker, store) running inside
+//! this process on a loopback port, because a fleet of 50,000 streaming pilots does not fit
+//! through this machine's 20,000 file descriptors as sockets. So:
+//!
+//! * the streaming fleet (`streaming` pilots, autos) is created in the store directly and
+//!   reports through `Fleet::report` (what the `/pilot` `location` handler calls: GPS rules,
+//!   the index, the listeners), each pilot every 5 s;
+//! * `socket_pilots` bikes connect over real Socket.io, go online, report every 5 s and answer
+//!   offers (accept after a random delay);
+//! * a customer creates cash bike orders over real HTTP at `orders_per_sec`, each near a
+//!   random bike, and cancels each once a pilot accepted it (so the bikes stay free).
+//!
+//! Order → offer is timed in the generator, from just before the `POST /orders` to the
+//! `offer` event's arrival on the pilot's socket. The autos never match a bike order, but
+//! every search walks the cells they fill.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use dispatchd::app::App;
+use dispatchd::clock::Clock;
+use dispatchd::config::Config;
+use dispatchd::domain::{LatLng, PersonName, Phone, PilotStatus, Role, VehicleType};
+use dispatchd::grid::gps::GpsPoint;
+use dispatchd::ids::UserId;
+use dispatchd::store::NewUser;
+use figment::providers::Serialized;
+use futures::StreamExt as _;
+use parking_lot::Mutex;
+use rand::Rng as _;
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::city::{offset, random_latlng};
+use crate::sio::Socket;
+use crate::stats::Summary;
+
+#[derive(Debug, Clone)]
+pub struct DispatchArgs {
+    pub streaming: usize,
+    pub socket_pilots: usize,
+    pub orders_per_sec: f64,
+    pub seconds: u64,
+    pub database_url: Option<String>,
+    pub seed: u64,
+}
+
+#[derive(Debug)]
+pub struct DispatchReport {
+    pub orders: usize,
+    pub offered: usize,
+    pub assigned: usize,
+    pub order_to_offer: Option<Summary>,
+    pub order_to_assigned: Option<Summary>,
+    pub streamed_per_sec: f64,
+    pub store: &'static str,
+}
+
+/// Times of one order's milestones, from just before its request.
+#[derive(Debug, Default, Clone, Copy)]
+struct Milestones {
+    sent: Option<Instant>,
+    offered: Option<Instant>,
+    assigned: Option<Instant>,
+}
+
+type Timeline = Arc<Mutex<HashMap<String, Milestones>>>;
+
+const SIDE_M: f64 = 30_000.0;
+const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0$YmVuY2hoYXNoYmVuY2hoYXNo";
+
+pub async fn run(args: &DispatchArgs) -> anyhow::Result<DispatchReport> {
+    let scratch = std::env::temp_dir().join(format!("dispatchd-bench-{}", uuid::Uuid::now_v7()));
+    let mut figment = Config::figment(None)?
+        .merge(Serialized::global("auth.jwt_secret", "bench-secret-bench-secret-bench-secret-0123"))
+        .merge(Serialized::global("rate_limit.enabled", false))
+        .merge(Serialized::global("log.level", "warn"))
+        .merge(Serialized::global("database.sqlite_path", scratch.join("dispatchd.db")))
+        .merge(Serialized::global("database.max_connections", 16));
+    if let Some(url) = &args.database_url {
+        figment = figment.merge(Serialized::global("database.url", url));
+    }
+    let config = Config::from_figment(figment).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let store = if args.database_url.is_some() { "postgres" } else { "sqlite" };
+    let app = App::build(config, Clock::system()).await?;
+    let state = app.state().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop_server, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+
+    eprintln!("creating {} streaming pilots in the store…", args.streaming);
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let fleet: Vec<(UserId, LatLng)> =
+        (0..args.streaming).map(|_| (UserId::new(), random_latlng(&mut rng, SIDE_M))).collect();
+    let now = Clock::system().now();
+    let created = futures::stream::iter(fleet.iter().enumerate())
+        .map(|(n, (id, _))| {
+            let store = state.store.clone();
+            let user = NewUser {
+                id: *id,
+                phone: Phone::parse(&format!("+9170{n:08}")).expect("a valid phone"),
+                name: PersonName::parse("Fleet").expect("a valid name"),
+                role: Role::Pilot,
+                password_hash: PASSWORD_HASH.to_owned(),
+                vehicle_type: Some(VehicleType::Auto),
+            };
+            async move { store.create_user(user, now).await }
+        })
+        .buffer_unordered(16)
+        .filter(|created| std::future::ready(created.is_err()))
+        .count()
+        .await;
+    anyhow::ensure!(created == 0, "{created} fleet pilots could not be stored");
+    let now_ms = Clock::system().now().timestamp_millis();
+    for (id, position) in &fleet {
+        state.grid.upsert(*id, VehicleType::Auto, *position, PilotStatus::Available, now_ms);
+    }
+
+    eprintln!("connecting {} bike pilots over Socket.io…", args.socket_pilots);
+    let client = reqwest::Client::new();
+    let timeline: Timeline = Arc::default();
+    let mut bikes = Vec::new();
+    for _ in 0..args.socket_pilots {
+        bikes.push(bike(&client, &addr, &timeline, random_latlng(&mut rng, SIDE_M)).await?);
+    }
+    let customer = register(&client, &addr, "customer").await?.0;
+
+    let streaming = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stream_stop = tokio_util::sync::CancellationToken::new();
+    let streamer = tokio::spawn(stream_fleet(state.fleet.clone(), fleet, streaming.clone(), stream_stop.clone()));
+
+    eprintln!("placing {} orders a second for {} s…", args.orders_per_sec, args.seconds);
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / args.orders_per_sec);
+    let mut ticks = tokio::time::interval(interval);
+    let mut orders = Vec::new();
+    let deadline = started + Duration::from_secs(args.seconds);
+    while Instant::now() < deadline {
+        ticks.tick().await;
+        let near = bikes[rng.random_range(0..bikes.len())];
+        let pickup = offset(near, rng.random_range(-150.0..150.0), rng.random_range(-150.0..150.0));
+        let drop = offset(pickup, 2000.0, 1500.0);
+        orders.push(tokio::spawn(place(
+            client.clone(),
+            addr.clone(),
+            customer.clone(),
+            pickup,
+            drop,
+            timeline.clone(),
+        )));
+    }
+    for order in orders {
+        order.await.context("an order task failed")??;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let streamed_per_sec =
+        streaming.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    stream_stop.cancel();
+    let _ = streamer.await;
+    let _ = stop_server.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let timeline = timeline.lock().clone();
+    let span = |to: fn(&Milestones) -> Option<Instant>| {
+        let mut samples: Vec<Duration> =
+            timeline.values().filter_map(|m| Some(to(m)?.saturating_duration_since(m.sent?))).collect();
+        (!samples.is_empty()).then(|| Summary::of(&mut samples))
+    };
+    Ok(DispatchReport {
+        orders: timeline.values().filter(|m| m.sent.is_some()).count(),
+        offered: timeline.values().filter(|m| m.sent.is_some() && m.offered.is_some()).count(),
+        assigned: timeline.values().filter(|m| m.sent.is_some() && m.assigned.is_some()).count(),
+        order_to_offer: span(|m| m.offered),
+        order_to_assigned: span(|m| m.assigned),
+        streamed_per_sec,
+        store,
+    })
+}
+
+/// Every fleet pilot reports every 5 s, 30 m from its last point: a tenth of the fleet each
+/// 500 ms.
+async fn stream_fleet(
+    fleet: Arc<dispatchd::fleet::Fleet>,
+    mut pilots: Vec<(UserId, LatLng)>,
+    done: Arc<std::sync::atomic::AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let slice = pilots.len().div_ceil(10).max(1);
+    let mut ticks = tokio::time::interval(Duration::from_millis(500));
+    let mut at = 0;
+    let mut rng = StdRng::seed_from_u64(7);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let ts_ms = Clock::system().now().timestamp_millis();
+        let count = pilots.len();
+        for _ in 0..slice {
+            let (id, position) = &mut pilots[at];
+            at = (at + 1) % count;
+            let bearing: f64 = rng.random_range(0.0..std::f64::consts::TAU);
+            *position = offset(*position, 30.0 * bearing.cos(), 30.0 * bearing.sin());
+            let point = GpsPoint {
+                lat: position.lat(),
+                lng: position.lng(),
+                ts_ms,
+                accuracy_m: Some(8.0),
+                speed_mps: None,
+                heading_deg: None,
+            };
+            if fleet.report(*id, &[point]).await.is_ok() {
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Puts a bike pilot on duty at `position` over Socket.io; it accepts every offer after
+/// 0.2–1.5 s.
+async fn bike(client: &reqwest::Client, addr: &str, timeline: &Timeline, position: LatLng) -> anyhow::Result<LatLng> {
+    let (token, _) = register(client, addr, "pilot").await?;
+    let (offers_tx, mut offers) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let seen = timeline.clone();
+    let on_event: crate::sio::OnEvent = Arc::new(move |event, payload| {
+        if event == "offer" {
+            let at = Instant::now();
+            if let Some(order) = payload["order_id"].as_str() {
+                seen.lock().entry(order.to_owned()).or_default().offered.get_or_insert(at);
+            }
+            let _ = offers_tx.send(payload);
+        }
+    });
+    let socket = Arc::new(Socket::connect(addr, "/pilot", &token, on_event).await.map_err(anyhow::Error::msg)?);
+    let ts = Clock::system().now().timestamp_millis();
+    let fix = json!({ "points": [{ "lat": position.lat(), "lng": position.lng(), "ts": ts, "accuracy": 5 }] });
+    socket.ask("location", &fix).await.map_err(anyhow::Error::msg)?;
+    let online = socket.ask("status:set", &json!({ "status": "online" })).await.map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(online["ok"] == true, "going online: {online}");
+    // Reports every 5 s like an app does (the same spot: parked, it only refreshes last-seen),
+    // or it would go stale after 30 s and stop getting offers.
+    let reporter = socket.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(5));
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let ts = Clock::system().now().timestamp_millis();
+            let fix = json!({ "points": [{ "lat": position.lat(), "lng": position.lng(), "ts": ts, "accuracy": 5 }] });
+            if reporter.ask("location", &fix).await.is_err() {
+                return;
+            }
+        }
+    });
+    let timeline = timeline.clone();
+    tokio::spawn(async move {
+        while let Some(offer) = offers.recv().await {
+            let delay = rand::rng().random_range(200..1500);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let answer = socket.ask("offer:accept", &json!({ "offer_id": offer["offer_id"] })).await;
+            if let (Ok(answer), Some(order)) = (answer, offer["order_id"].as_str())
+                && answer["ok"] == true
+            {
+                timeline.lock().entry(order.to_owned()).or_default().assigned = Some(Instant::now());
+            }
+        }
+    });
+    Ok(position)
+}
+
+/// Places one order, records when it was sent, and cancels it once a pilot has it.
+async fn place(
+    client: reqwest::Client,
+    addr: String,
+    token: String,
+    pickup: LatLng,
+    drop: LatLng,
+    timeline: Timeline,
+) -> anyhow::Result<()> {
+    let body = json!({
+        "pickup": { "lat": pickup.lat(), "lng": pickup.lng(), "address": "bench pickup" },
+        "drop": { "lat": drop.lat(), "lng": drop.lng(), "address": "bench drop" },
+        "vehicle_type": "bike",
+        "payment_method": "cash",
+    });
+    let sent = Instant::now();
+    let reply: Value = client
+        .post(format!("http://{addr}/api/v1/orders"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = reply["data"]["id"].as_str().with_context(|| format!("order refused: {reply}"))?.to_owned();
+    timeline.lock().entry(id.clone()).or_default().sent = Some(sent);
+    // Free the pilot for the next order once it has this one (or give up after 10 s).
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if timeline.lock().get(&id).is_some_and(|m| m.assigned.is_some()) {
+            break;
+        }
+    }
+    client.post(format!("http://{addr}/api/v1/orders/{id}/cancel")).bearer_auth(&token).send().await?;
+    Ok(())
+}
+
+/// Registers a customer or a bike pilot; (access token, user id).
+pub async fn register(client: &reqwest::Client, addr: &str, role: &str) -> anyhow::Result<(String, String)> {
+    let phone = format!("+91{:010}", rand::random::<u64>() % 10_000_000_000);
+    let mut body = json!({ "name": "Bench", "phone": phone, "password": "bench password 1", "role": role });
+    if role == "pilot" {
+        body["vehicle_type"] = json!("bike");
+    }
+    let reply: Value =
+        client.post(format!("http://{addr}/api/v1/auth/register")).json(&body).send().await?.json().await?;
+    let data = &reply["data"];
+    let token = data["access_token"].as_str().with_context(|| format!("register: {reply}"))?;
+    Ok((token.to_owned(), data["user"]["id"].as_str().unwrap_or_default().to_owned()))
+}

@@ -1,0 +1,379 @@
+//! The matching simulation: a city of pilots and a stream of orders, in simulated seconds,
+//! matched either greedily (each order, oldest first, takes the nearest free pilot: what
+//! immediate mode does when every pilot accepts its first offer) or in batches (every window,
+//! the least-total-distance assignment of `dispatchd::matching::batch`). Both use the real
+//! grid for candidates and the server's radius steps, on the same seed: the same pilots at
+//! the start, the same orders at the same times and places.
+//!
+//! Pilots drive at a fixed speed: to the pickup, then the trip (great-circle distance × the
+//! road factor), and are free again at the drop. Free pilots wander towards random nearby
+//! points and report every 5 s. An order nobody takes within `max_wait_s` is lost.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use dispatchd::domain::{LatLng, PilotStatus, VehicleType};
+use dispatchd::grid::PilotIndex;
+use dispatchd::grid::geometry::distance_m;
+use dispatchd::ids::UserId;
+use dispatchd::matching::{MatchingConfig, Search, batch, score};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::city::{T0_MS, offset, random_latlng};
+
+/// A city and its demand.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub seed: u64,
+    pub pilots: usize,
+    pub orders_per_min: f64,
+    /// How long orders keep arriving.
+    pub minutes: u32,
+    pub side_km: f64,
+    pub speed_kmh: f64,
+    /// Trip lengths, drawn uniformly.
+    pub trip_km: (f64, f64),
+    pub road_factor: f64,
+    pub max_wait_s: u32,
+}
+
+/// How waiting orders meet free pilots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Greedy,
+    Batched { window_s: u32 },
+}
+
+/// What a run achieved.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub orders: usize,
+    pub matched: usize,
+    /// Pickup distance of each matched order (m).
+    pub pickup_m: Vec<f64>,
+    /// Seconds from arrival to assignment of each matched order.
+    pub wait_s: Vec<f64>,
+    /// Waiting orders per free pilot, averaged over the moments a decision was taken.
+    pub tightness: f64,
+    /// Time to solve each batch (µs).
+    pub solve_us: Vec<f64>,
+}
+
+impl Outcome {
+    pub fn matched_share(&self) -> f64 {
+        self.matched as f64 / self.orders.max(1) as f64
+    }
+}
+
+/// The mean and the nearest-rank percentile `q` of `values`.
+pub fn mean_and_percentile(values: &[f64], q: f64) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    (sorted.iter().sum::<f64>() / sorted.len() as f64, sorted[rank - 1])
+}
+
+struct Order {
+    arrives_s: u32,
+    pickup: LatLng,
+    drop: LatLng,
+}
+
+struct Waiting {
+    order: usize,
+    search: Search,
+}
+
+struct Pilot {
+    id: UserId,
+    position: LatLng,
+    /// Busy until this second, then free at `position` (the drop).
+    busy_until: Option<u32>,
+    waypoint: LatLng,
+    /// Each pilot's own wandering, so that both policies draw the same numbers for it.
+    rng: StdRng,
+}
+
+/// The orders of a scenario: Poisson arrivals; pickups 70% around five hot spots, the rest
+/// anywhere; drops a trip length away in a random direction.
+fn orders(scenario: &Scenario) -> Vec<Order> {
+    let mut rng = StdRng::seed_from_u64(scenario.seed ^ 0x0dde);
+    let side_m = scenario.side_km * 1000.0;
+    let hotspots: Vec<LatLng> = (0..5).map(|_| random_latlng(&mut rng, side_m * 0.6)).collect();
+    let rate_per_s = scenario.orders_per_min / 60.0;
+    let mut at = 0.0;
+    let mut orders = Vec::new();
+    loop {
+        at += -(1.0 - rng.random::<f64>()).ln() / rate_per_s;
+        if at >= f64::from(scenario.minutes) * 60.0 {
+            return orders;
+        }
+        let pickup = if rng.random_bool(0.7) {
+            let spot = hotspots[rng.random_range(0..hotspots.len())];
+            offset(spot, gaussian(&mut rng) * 2000.0, gaussian(&mut rng) * 2000.0)
+        } else {
+            random_latlng(&mut rng, side_m)
+        };
+        let length = rng.random_range(scenario.trip_km.0..scenario.trip_km.1) * 1000.0;
+        let bearing: f64 = rng.random_range(0.0..std::f64::consts::TAU);
+        let drop = offset(pickup, length * bearing.cos(), length * bearing.sin());
+        orders.push(Order { arrives_s: at as u32, pickup, drop });
+    }
+}
+
+fn gaussian(rng: &mut StdRng) -> f64 {
+    // Box–Muller.
+    let (u, v): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// Runs `scenario` under `policy` with the server's matching settings.
+pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outcome {
+    let orders = orders(scenario);
+    let side_m = scenario.side_km * 1000.0;
+    let mut rng = StdRng::seed_from_u64(scenario.seed ^ 0x9170);
+    let grid = PilotIndex::new(&dispatchd::config::Config::defaults().grid);
+    let mut pilots: Vec<Pilot> = (0..scenario.pilots)
+        .map(|n| {
+            let position = random_latlng(&mut rng, side_m);
+            let id = UserId(uuid::Uuid::from_u128(n as u128 + 1));
+            let rng = StdRng::seed_from_u64(scenario.seed.wrapping_mul(1_000_003).wrapping_add(n as u64));
+            Pilot { id, position, busy_until: None, waypoint: position, rng }
+        })
+        .collect();
+    let by_id: std::collections::HashMap<UserId, usize> = pilots.iter().enumerate().map(|(n, p)| (p.id, n)).collect();
+    for pilot in &pilots {
+        grid.upsert(pilot.id, VehicleType::Bike, pilot.position, PilotStatus::Available, T0_MS);
+    }
+    let speed_mps = scenario.speed_kmh / 3.6;
+    let mut outcome = Outcome { orders: orders.len(), ..Outcome::default() };
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    let mut next_order = 0;
+    let mut tightness = (0.0, 0usize);
+    let end_s = scenario.minutes * 60 + scenario.max_wait_s;
+    for now_s in 0..end_s {
+        let now_ms = T0_MS + i64::from(now_s) * 1000;
+        // Pilots finishing a trip are free at the drop; free pilots wander and report.
+        for pilot in &mut pilots {
+            if pilot.busy_until.is_some_and(|until| until <= now_s) {
+                pilot.busy_until = None;
+                grid.upsert(pilot.id, VehicleType::Bike, pilot.position, PilotStatus::Available, now_ms);
+            } else if pilot.busy_until.is_none() && now_s % 5 == 0 {
+                wander(pilot, speed_mps * 5.0);
+                grid.upsert(pilot.id, VehicleType::Bike, pilot.position, PilotStatus::Available, now_ms);
+            }
+        }
+        while next_order < orders.len() && orders[next_order].arrives_s <= now_s {
+            waiting.push_back(Waiting { order: next_order, search: Search::default() });
+            next_order += 1;
+        }
+        waiting.retain(|entry| now_s - orders[entry.order].arrives_s < scenario.max_wait_s);
+        let decide = match policy {
+            Policy::Greedy => true,
+            Policy::Batched { window_s } => now_s % window_s == 0,
+        };
+        if !decide || waiting.is_empty() {
+            continue;
+        }
+        let filter = grid.available_filter(Some(VehicleType::Bike), now_ms);
+        let free = pilots.iter().filter(|pilot| pilot.busy_until.is_none()).count();
+        tightness.0 += waiting.len() as f64 / free.max(1) as f64;
+        tightness.1 += 1;
+        let chosen: Vec<Option<(UserId, f64)>> = match policy {
+            Policy::Greedy => greedy(&grid, &filter, &orders, &mut waiting, config),
+            Policy::Batched { .. } => {
+                let mut edges = Vec::with_capacity(waiting.len());
+                let mut columns: Vec<(UserId, LatLng)> = Vec::new();
+                let mut column_of = std::collections::HashMap::new();
+                for entry in &waiting {
+                    let pickup = orders[entry.order].pickup;
+                    let radius = entry.search.radius_m(config);
+                    let found = grid.nearest(config.candidates, pickup, radius, &filter);
+                    edges.push(
+                        found
+                            .into_iter()
+                            .map(|candidate| {
+                                let column = *column_of.entry(candidate.pilot.id).or_insert_with(|| {
+                                    columns.push((candidate.pilot.id, candidate.pilot.position));
+                                    columns.len() - 1
+                                });
+                                (column, score(candidate.distance_m).round() as u32)
+                            })
+                            .collect(),
+                    );
+                }
+                let started = Instant::now();
+                let assignment = batch::assign(&edges, columns.len());
+                outcome.solve_us.push(started.elapsed().as_secs_f64() * 1e6);
+                waiting
+                    .iter_mut()
+                    .zip(assignment)
+                    .map(|(entry, column)| match column {
+                        Some(column) => {
+                            let (pilot, position) = columns[column];
+                            Some((pilot, distance_m(position, orders[entry.order].pickup)))
+                        }
+                        None => {
+                            entry.search.widen(config);
+                            None
+                        }
+                    })
+                    .collect()
+            }
+        };
+        let mut kept = VecDeque::with_capacity(waiting.len());
+        for (entry, choice) in waiting.drain(..).zip(chosen) {
+            let Some((pilot, pickup_m)) = choice else {
+                kept.push_back(entry);
+                continue;
+            };
+            let order = &orders[entry.order];
+            let pilot = &mut pilots[by_id[&pilot]];
+            let trip_m = distance_m(order.pickup, order.drop);
+            let drive_s = (pickup_m + trip_m) * scenario.road_factor / speed_mps;
+            pilot.busy_until = Some(now_s + drive_s.ceil() as u32);
+            pilot.position = order.drop;
+            pilot.waypoint = order.drop;
+            let _ = grid.set_status(pilot.id, PilotStatus::Busy, now_ms);
+            outcome.matched += 1;
+            outcome.pickup_m.push(pickup_m);
+            outcome.wait_s.push(f64::from(now_s - order.arrives_s));
+        }
+        waiting = kept;
+    }
+    outcome.tightness = tightness.0 / tightness.1.max(1) as f64;
+    outcome
+}
+
+/// Oldest first, each waiting order takes the nearest free pilot within the widest radius it
+/// reaches (the radius steps tried in turn, as immediate mode does).
+fn greedy(
+    grid: &PilotIndex,
+    filter: &dispatchd::grid::Filter,
+    orders: &[Order],
+    waiting: &mut VecDeque<Waiting>,
+    config: &MatchingConfig,
+) -> Vec<Option<(UserId, f64)>> {
+    let mut taken: Vec<UserId> = Vec::new();
+    waiting
+        .iter_mut()
+        .map(|entry| {
+            let pickup = orders[entry.order].pickup;
+            loop {
+                let radius = entry.search.radius_m(config);
+                if let Some(found) = grid.nearest_excluding(1, pickup, radius, filter, &taken).into_iter().next() {
+                    taken.push(found.pilot.id);
+                    return Some((found.pilot.id, found.distance_m));
+                }
+                if !entry.search.widen(config) {
+                    return None;
+                }
+            }
+        })
+        .collect()
+}
+
+/// Moves a free pilot up to `step_m` towards its waypoint, picking a new one nearby when it
+/// gets there.
+fn wander(pilot: &mut Pilot, step_m: f64) {
+    let left = distance_m(pilot.position, pilot.waypoint);
+    if left <= step_m {
+        pilot.position = pilot.waypoint;
+        let (north, east) = (pilot.rng.random_range(-2000.0..2000.0), pilot.rng.random_range(-2000.0..2000.0));
+        pilot.waypoint = offset(pilot.position, north, east);
+        return;
+    }
+    let f = step_m / left;
+    let lat = pilot.position.lat() + (pilot.waypoint.lat() - pilot.position.lat()) * f;
+    let lng = pilot.position.lng() + (pilot.waypoint.lng() - pilot.position.lng()) * f;
+    pilot.position = LatLng::new(lat, lng).unwrap_or(pilot.position);
+}
+
+/// Time to solve one batch of `orders` waiting orders among `pilots` free pilots spread over a
+/// `side_km` city, each order with its `candidates` nearest within 5 km (µs, per repetition).
+pub fn solve_times(orders: usize, pilots: usize, candidates: usize, side_km: f64, reps: usize, seed: u64) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let side_m = side_km * 1000.0;
+    let grid = PilotIndex::new(&dispatchd::config::Config::defaults().grid);
+    for n in 0..pilots {
+        let id = UserId(uuid::Uuid::from_u128(n as u128 + 1));
+        grid.upsert(id, VehicleType::Bike, random_latlng(&mut rng, side_m), PilotStatus::Available, T0_MS);
+    }
+    let filter = grid.available_filter(Some(VehicleType::Bike), T0_MS);
+    (0..reps)
+        .map(|_| {
+            let mut column_of = std::collections::HashMap::new();
+            let edges: Vec<batch::Edges> = (0..orders)
+                .map(|_| {
+                    let pickup = random_latlng(&mut rng, side_m);
+                    grid.nearest(candidates, pickup, 5000.0, &filter)
+                        .into_iter()
+                        .map(|found| {
+                            let next = column_of.len();
+                            (*column_of.entry(found.pilot.id).or_insert(next), found.distance_m.round() as u32)
+                        })
+                        .collect()
+                })
+                .collect();
+            let started = Instant::now();
+            std::hint::black_box(batch::assign(&edges, column_of.len()));
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> MatchingConfig {
+        dispatchd::config::Config::defaults().matching
+    }
+
+    fn small() -> Scenario {
+        Scenario {
+            name: "small",
+            seed: 7,
+            pilots: 60,
+            orders_per_min: 20.0,
+            minutes: 5,
+            side_km: 10.0,
+            speed_kmh: 20.0,
+            trip_km: (1.0, 4.0),
+            road_factor: 1.3,
+            max_wait_s: 120,
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_orders_and_the_same_outcome() {
+        let a = run(&small(), Policy::Greedy, &config());
+        let b = run(&small(), Policy::Greedy, &config());
+        assert_eq!((a.orders, a.matched, a.pickup_m.clone()), (b.orders, b.matched, b.pickup_m.clone()));
+        assert!(a.orders > 50, "about 100 orders in 5 minutes: {}", a.orders);
+        assert!(a.matched > 0 && a.matched <= a.orders);
+    }
+
+    #[test]
+    fn every_match_is_within_the_widest_radius_and_waits_are_bounded() {
+        let scenario = small();
+        for policy in [Policy::Greedy, Policy::Batched { window_s: 2 }] {
+            let outcome = run(&scenario, policy, &config());
+            assert_eq!(outcome.pickup_m.len(), outcome.matched);
+            assert!(outcome.pickup_m.iter().all(|m| *m <= 5000.0 + 1e-6), "{policy:?}");
+            assert!(outcome.wait_s.iter().all(|s| *s < f64::from(scenario.max_wait_s)), "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(mean_and_percentile(&values, 0.95), (50.5, 95.0));
+        assert!(mean_and_percentile(&[], 0.5).0.is_nan());
+    }
+}
