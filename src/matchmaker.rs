@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Caller;
 use crate::clock::Clock;
 use crate::domain::PilotStatus;
-use crate::domain::offers::Offer;
+use crate::domain::offers::{Offer, OfferStatus};
 use crate::domain::orders::{Order, OrderEvent, OrderStatus};
 use crate::error::{Error, Result};
 use crate::grid::PilotIndex;
@@ -59,8 +59,8 @@ enum Command {
     Search(Box<Order>, Option<UserId>),
     /// An order stopped searching (assigned, cancelled): its search ends.
     Stopped(Box<Order>),
-    /// A pilot rejected the order's offer.
-    Rejected { order: OrderId, pilot: UserId },
+    /// A pilot rejected an offer.
+    Rejected(Box<Offer>),
 }
 
 /// The matchmaker. Share it behind an `Arc`.
@@ -111,7 +111,7 @@ impl Matchmaker {
     /// The pilot rejects its offer; the order moves on to the next candidate at once.
     pub async fn reject(&self, caller: &Caller, id: OfferId, reason: Option<&str>) -> Result<Offer> {
         let offer = self.orders.reject_offer(caller, id, reason).await?;
-        let _ = self.commands.send(Command::Rejected { order: offer.order_id, pilot: offer.pilot_id });
+        let _ = self.commands.send(Command::Rejected(Box::new(offer.clone())));
         Ok(offer)
     }
 
@@ -130,8 +130,16 @@ impl Matchmaker {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let Some(mut inbox) = self.inbox.lock().take() else { return };
         let mut searches = Searches::default();
-        if let Err(err) = self.recover(&mut searches).await {
-            tracing::error!(error = %err, "could not resume the searches in progress; they resume at the next restart");
+        let mut pause = StdDuration::from_millis(self.config.retry_interval_ms);
+        while let Err(err) = self.recover(&mut searches).await {
+            // Without it the searches in progress would be followed by nobody: keep trying.
+            tracing::error!(error = %err, retry_in_ms = pause.as_millis() as u64, "could not resume the searches in progress");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(StdDuration::from_secs(60));
+            searches = Searches::default();
         }
         let mut ticks = tokio::time::interval(StdDuration::from_millis(self.config.tick_ms));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,26 +205,82 @@ impl Matchmaker {
                     self.offer_next(searches, id).await;
                 }
             }
-            Command::Stopped(order) => {
-                let Some(search) = searches.map.remove(&order.id) else { return };
-                if let Some(offer) = search.live.filter(|offer| order.pilot_id != Some(offer.pilot_id)) {
-                    // `save` withdrew it in the transaction that ended the search.
-                    self.orders.free_from_offer(offer.pilot_id);
-                    let reason = if order.status == OrderStatus::Cancelled { "cancelled" } else { "taken" };
-                    self.tell(|listener| listener.withdrawn(&offer, reason));
-                }
-            }
-            Command::Rejected { order, pilot } => {
-                let Some(search) = searches.map.get_mut(&order) else { return };
-                search.declined.insert(pilot);
-                if search.live.as_ref().is_some_and(|offer| offer.pilot_id == pilot) {
+            Command::Stopped(order) => self.stopped(searches, &order).await,
+            Command::Rejected(offer) => {
+                let Some(search) = searches.map.get_mut(&offer.order_id) else { return };
+                search.declined.insert(offer.pilot_id);
+                // Only that offer: a later one to the same pilot (it cannot happen: declined
+                // pilots are never asked again) would stay.
+                if search.live_id() == Some(offer.id) {
                     search.live = None;
                     search.retry_at = self.clock.now();
                 }
                 if self.config.mode == Mode::Immediate {
-                    self.offer_next(searches, order).await;
+                    self.offer_next(searches, offer.order_id).await;
                 }
             }
+        }
+    }
+
+    /// An order stopped searching: its search ends, and the offers the same transaction
+    /// withdrew end too. That is the order's own live offer (unless its pilot took it), and,
+    /// when a pilot was given the order by hand, the offer that pilot held for another order,
+    /// whose search moves on at once.
+    async fn stopped(&self, searches: &mut Searches, order: &Order) {
+        if let Some(search) = searches.map.remove(&order.id)
+            && let Some(offer) = search.live.filter(|offer| order.pilot_id != Some(offer.pilot_id))
+        {
+            self.orders.free_from_offer(offer.pilot_id);
+            let reason = if order.status == OrderStatus::Cancelled { "cancelled" } else { "taken" };
+            self.tell(|listener| listener.withdrawn(&offer, reason));
+        }
+        let Some(pilot) = order.pilot_id.filter(|_| order.status.has_pilot()) else { return };
+        let now = self.clock.now();
+        let mut moved_on = Vec::new();
+        for (id, search) in &mut searches.map {
+            if let Some(offer) = search.live.take_if(|offer| offer.pilot_id == pilot) {
+                search.retry_at = now;
+                self.tell(|listener| listener.withdrawn(&offer, "assigned_elsewhere"));
+                moved_on.push(*id);
+            }
+        }
+        if self.config.mode == Mode::Immediate {
+            for id in moved_on {
+                self.offer_next(searches, id).await;
+            }
+        }
+    }
+
+    /// An offer this node meant to expire was decided first: accepted, rejected, or withdrawn
+    /// by the change that ended its order's search. Reads how, so that the search neither
+    /// asks a pilot who declined again nor leaves a pilot held for an offer that is over.
+    async fn decided_elsewhere(&self, searches: &mut Searches, id: OfferId) {
+        let Some(search) = searches.map.values_mut().find(|search| search.live_id() == Some(id)) else { return };
+        let Some(offer) = search.live.take() else { return };
+        search.retry_at = self.clock.now();
+        let decided = match self.store.offer(id).await {
+            Ok(Some(decided)) => decided,
+            other => {
+                // Unknown: do not ask that pilot again rather than risk asking twice.
+                if let Err(err) = other {
+                    tracing::warn!(offer_id = %id, error = %err, "could not read how an offer was decided");
+                }
+                search.declined.insert(offer.pilot_id);
+                return;
+            }
+        };
+        match decided.status {
+            OfferStatus::Rejected | OfferStatus::Expired => {
+                search.declined.insert(decided.pilot_id);
+                self.orders.free_from_offer(decided.pilot_id);
+            }
+            OfferStatus::Withdrawn => {
+                self.orders.free_from_offer(decided.pilot_id);
+                let order = self.store.order(decided.order_id).await.ok().flatten();
+                let cancelled = order.is_some_and(|order| order.status == OrderStatus::Cancelled);
+                self.tell(|listener| listener.withdrawn(&decided, if cancelled { "cancelled" } else { "taken" }));
+            }
+            OfferStatus::Accepted | OfferStatus::Live => {}
         }
     }
 
@@ -260,13 +324,7 @@ impl Matchmaker {
                     }
                     self.tell(|listener| listener.withdrawn(&offer, "expired"));
                 }
-                // Decided meanwhile: an accept (the order stops searching) or a rejection
-                // (on its way here). Either way the next attempt finds out.
-                Ok(None) => {
-                    if let Some(search) = searches.map.values_mut().find(|search| search.live_id() == Some(id)) {
-                        search.live = None;
-                    }
-                }
+                Ok(None) => self.decided_elsewhere(searches, id).await,
                 Err(err) => tracing::warn!(offer_id = %id, error = %err, "could not expire an offer; retrying"),
             }
         }

@@ -81,6 +81,25 @@ async fn metrics_count_requests_by_route_and_status() {
 }
 
 #[tokio::test]
+async fn metrics_show_the_job_queue_by_kind() {
+    let app = TestApp::spawn().await;
+    let customer = app.register("customer").await;
+    // A searching order has its no_pilot_found job queued for later.
+    let order = app.post("/api/v1/orders", common::order_body("cash"), Some(&customer.access)).await;
+    assert_eq!(order.status, StatusCode::CREATED, "{:?}", order.body);
+    app.state.jobs.run_due().await.unwrap();
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for expected in [
+        r#"jobs{kind="order.no_pilot_found",status="queued"} 1"#,
+        r#"jobs{kind="payment.refund",status="failed"} 0"#,
+        "jobs_queued 1",
+        "jobs_oldest_due_seconds 0",
+    ] {
+        assert!(text.lines().any(|line| line == expected), "missing {expected} in\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn request_ids_are_made_or_echoed() {
     let app = TestApp::spawn().await;
     let made = app.get("/healthz", None).await;

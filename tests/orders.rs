@@ -72,6 +72,24 @@ async fn order_requests_are_checked() {
     mumbai["drop"] = place((19.07, 72.87), "Mumbai");
     let outside = create(&app, &customer, mumbai).await;
     assert_eq!((outside.status, outside.error_code()), (StatusCode::UNPROCESSABLE_ENTITY, "OUTSIDE_SERVICE_AREA"));
+    let mut pickup_outside = order_body("cash");
+    pickup_outside["pickup"] = place((13.20, 77.60), "north of the area");
+    assert_eq!(create(&app, &customer, pickup_outside).await.error_code(), "OUTSIDE_SERVICE_AREA");
+    let body = json!({ "pickup": { "lat": 13.20, "lng": 77.60 }, "drop": { "lat": DROP.0, "lng": DROP.1 }, "vehicle_type": "bike" });
+    let quoted = app.post("/api/v1/quotes", body, Some(&customer.access)).await;
+    assert_eq!((quoted.status, quoted.error_code()), (StatusCode::UNPROCESSABLE_ENTITY, "OUTSIDE_SERVICE_AREA"));
+    let now = app.clock.now();
+    for (when, why) in
+        [(now + Span::minutes(10), "under the 15 minute lead"), (now + Span::days(8), "past the 7 day horizon")]
+    {
+        let mut body = order_body("cash");
+        body["scheduled_at"] = json!(when.to_rfc3339());
+        let reply = create(&app, &customer, body).await;
+        assert_eq!(reply.body["error"]["details"]["field"], "scheduled_at", "{why}: {:?}", reply.body);
+    }
+    let mut in_range = order_body("cash");
+    in_range["scheduled_at"] = json!((now + Span::days(6)).to_rfc3339());
+    assert_eq!(create(&app, &customer, in_range).await.data()["status"], "pending");
 
     let cases = [
         (json!({ "vehicle_type": "car" }), "vehicle_type"),
@@ -420,6 +438,40 @@ async fn only_the_customer_and_staff_see_an_order() {
     assert_eq!(all.data()["items"].as_array().unwrap().len(), 1);
     let missing = app.get(&format!("/api/v1/orders/{}", uuid::Uuid::now_v7()), Some(&customer.access)).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    // Its pilot, once assigned, sees it too (and lists it).
+    let id = order.data()["id"].as_str().unwrap();
+    let assigned = common::field::assign(&app, &dispatcher, id, &pilot).await;
+    assert_eq!(assigned.status, StatusCode::OK, "{:?}", assigned.body);
+    assert_eq!(app.get(&path, Some(&pilot.access)).await.data()["pilot_id"], pilot.user_id.as_str());
+    assert_eq!(app.get("/api/v1/orders", Some(&pilot.access)).await.data()["items"][0]["id"], id);
+}
+
+#[tokio::test]
+async fn order_lists_page_by_cursor() {
+    let app = TestApp::spawn().await;
+    let customer = app.register("customer").await;
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        made.push(create(&app, &customer, order_body("cash")).await.data()["id"].as_str().unwrap().to_owned());
+    }
+    made.reverse(); // newest first
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/orders?limit=2".to_owned();
+    loop {
+        let page = app.get(&path, Some(&customer.access)).await;
+        let items = page.data()["items"].as_array().unwrap().clone();
+        assert!(items.len() <= 2, "{items:?}");
+        seen.extend(items.iter().map(|order| order["id"].as_str().unwrap().to_owned()));
+        match page.data()["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/orders?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, made, "every order once, newest first");
+    let filtered = app.get("/api/v1/orders?status=delivered", Some(&customer.access)).await;
+    assert_eq!(filtered.data()["items"], json!([]));
+    let bad = app.get("/api/v1/orders?cursor=not-an-id", Some(&customer.access)).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{:?}", bad.body);
 }
 
 #[tokio::test]

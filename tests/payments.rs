@@ -4,171 +4,17 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
-use axum::Router;
-use axum::extract::{Path as AxumPath, Request};
-use axum::routing::post;
 use chrono::{Duration as Span, TimeZone, Utc};
+use common::gateway::{
+    RAZORPAY_WEBHOOK_SECRET, captured, card_order, event_kinds, failed, fake_gateway, hex_hmac, order_now, pay,
+    razorpay_webhook, stripe_header, stripe_webhook, with_gateways,
+};
 use common::{Options, Session, TestApp, order_body};
 use dispatchd::clock::Clock;
 use dispatchd::payments::PaymentGateway as _;
 use dispatchd::payments::razorpay::{Razorpay, RazorpayConfig};
-use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::Sha256;
-
-const RAZORPAY_WEBHOOK_SECRET: &str = "rzp-webhook-secret";
-const STRIPE_WEBHOOK_SECRET: &str = "whsec_test_secret";
-
-/// What the stand-in gateway was asked: (path, idempotency key, body).
-type Calls = Arc<Mutex<Vec<(String, Option<String>, String)>>>;
-
-/// A local server answering like the Razorpay and Stripe APIs.
-async fn fake_gateway() -> (String, Calls) {
-    let calls: Calls = Arc::default();
-    let record = |calls: Calls| {
-        move |request: Request| {
-            let calls = calls.clone();
-            async move {
-                let path = request.uri().path().to_owned();
-                let key = request.headers().get("idempotency-key").map(|v| v.to_str().unwrap().to_owned());
-                let body = axum::body::to_bytes(request.into_body(), 1 << 20).await.unwrap();
-                let mut calls = calls.lock().unwrap();
-                calls.push((path.clone(), key, String::from_utf8_lossy(&body).into_owned()));
-                let n = calls.len();
-                axum::Json(match path.as_str() {
-                    "/v1/orders" => json!({ "id": format!("order_{n}"), "entity": "order", "status": "created" }),
-                    "/v1/payment_intents" => {
-                        json!({ "id": format!("pi_{n}"), "client_secret": format!("pi_{n}_secret_abc") })
-                    }
-                    _ => json!({ "id": format!("rfnd_{n}") }),
-                })
-            }
-        }
-    };
-    let app = Router::new()
-        .route("/v1/orders", post(record(calls.clone())))
-        .route("/v1/payment_intents", post(record(calls.clone())))
-        .route("/v1/refunds", post(record(calls.clone())))
-        .route(
-            "/v1/payments/{id}/refund",
-            post({
-                let handler = record(calls.clone());
-                move |_: AxumPath<String>, request: Request| handler(request)
-            }),
-        );
-    // Razorpay's refund list for a payment: the refunds made through the route above.
-    let made = calls.clone();
-    let app = app.route(
-        "/v1/payments/{id}/refunds",
-        axum::routing::get(move |AxumPath(id): AxumPath<String>| async move {
-            let path = format!("/v1/payments/{id}/refund");
-            let calls = made.lock().unwrap();
-            let items: Vec<Value> = (calls.iter().enumerate())
-                .filter(|(_, (called, _, _))| *called == path)
-                .map(|(n, (_, _, body))| {
-                    let body: Value = serde_json::from_str(body).unwrap();
-                    json!({ "id": format!("rfnd_{}", n + 1), "receipt": body["receipt"] })
-                })
-                .collect();
-            axum::Json(json!({ "entity": "collection", "count": items.len(), "items": items }))
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, calls)
-}
-
-fn with_gateways(options: Options, base_url: &str, gateway: &str) -> Options {
-    options
-        .set("payments.gateway", gateway)
-        .set("payments.razorpay.key_id", "rzp_test_key")
-        .set("payments.razorpay.key_secret", "rzp-key-secret")
-        .set("payments.razorpay.webhook_secret", RAZORPAY_WEBHOOK_SECRET)
-        .set("payments.razorpay.base_url", base_url)
-        .set("payments.stripe.secret_key", "sk_test_123")
-        .set("payments.stripe.webhook_secret", STRIPE_WEBHOOK_SECRET)
-        .set("payments.stripe.base_url", base_url)
-}
-
-fn hex_hmac(secret: &str, parts: &[&[u8]]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    for part in parts {
-        mac.update(part);
-    }
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn razorpay_webhook(app: &TestApp, body: &str, event_id: &str, signature: Option<String>) -> common::Reply {
-    let signature = signature.unwrap_or_else(|| hex_hmac(RAZORPAY_WEBHOOK_SECRET, &[body.as_bytes()]));
-    let request = app
-        .client
-        .post(app.url("/api/v1/webhooks/razorpay"))
-        .header("content-type", "application/json")
-        .header("x-razorpay-signature", signature)
-        .header("x-razorpay-event-id", event_id)
-        .body(body.to_owned());
-    app.send(request).await
-}
-
-async fn stripe_webhook(app: &TestApp, body: &str, header: String) -> common::Reply {
-    let request = app
-        .client
-        .post(app.url("/api/v1/webhooks/stripe"))
-        .header("content-type", "application/json")
-        .header("stripe-signature", header)
-        .body(body.to_owned());
-    app.send(request).await
-}
-
-fn stripe_header(body: &str, at: i64) -> String {
-    format!("t={at},v1={}", hex_hmac(STRIPE_WEBHOOK_SECRET, &[format!("{at}.").as_bytes(), body.as_bytes()]))
-}
-
-fn captured(razorpay_order: &str, payment: &str, amount: i64) -> String {
-    json!({
-        "entity": "event", "event": "payment.captured", "contains": ["payment"],
-        "payload": { "payment": { "entity": {
-            "id": payment, "entity": "payment", "amount": amount, "currency": "INR",
-            "status": "captured", "order_id": razorpay_order, "captured": true
-        } } },
-        "created_at": 1795500000
-    })
-    .to_string()
-}
-
-fn failed(razorpay_order: &str) -> String {
-    json!({
-        "entity": "event", "event": "payment.failed",
-        "payload": { "payment": { "entity": { "id": "pay_failed", "order_id": razorpay_order, "status": "failed" } } }
-    })
-    .to_string()
-}
-
-async fn card_order(app: &TestApp, customer: &Session) -> Value {
-    let mut body = order_body("card");
-    body["vehicle_type"] = json!("auto");
-    let reply = app.post("/api/v1/orders", body, Some(&customer.access)).await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    reply.data().clone()
-}
-
-async fn pay(app: &TestApp, customer: &Session, order: &Value) -> common::Reply {
-    app.post(&format!("/api/v1/orders/{}/pay", order["id"].as_str().unwrap()), json!({}), Some(&customer.access)).await
-}
-
-async fn order_now(app: &TestApp, customer: &Session, order: &Value) -> Value {
-    app.get(&format!("/api/v1/orders/{}", order["id"].as_str().unwrap()), Some(&customer.access)).await.data().clone()
-}
-
-async fn event_kinds(app: &TestApp, customer: &Session, order: &Value) -> Vec<String> {
-    let events =
-        app.get(&format!("/api/v1/orders/{}/events", order["id"].as_str().unwrap()), Some(&customer.access)).await;
-    events.data().as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap().to_owned()).collect()
-}
 
 #[tokio::test]
 async fn a_razorpay_capture_pays_the_order_once() {
@@ -279,9 +125,67 @@ async fn stripe_signatures_follow_the_documented_scheme_and_tolerance() {
     let tampered = body.replace("12345", "1");
     assert_eq!(stripe_webhook(&app, &tampered, vector.clone()).await.error_code(), "INVALID_SIGNATURE");
     assert_eq!(stripe_webhook(&app, &body, "t=1795500000".into()).await.error_code(), "INVALID_SIGNATURE");
+    // Signed too far in the future (a skewed or forged clock) is refused like too far back.
+    let ahead = (signed_at + Span::seconds(200 + 301)).timestamp();
+    let early = stripe_webhook(&app, &body, stripe_header(&body, ahead)).await;
+    assert_eq!(early.error_code(), "WEBHOOK_TIMESTAMP_OUT_OF_TOLERANCE");
+    let near = stripe_webhook(&app, &body, stripe_header(&body, ahead - 2)).await;
+    assert_eq!(near.status, StatusCode::OK, "within 300 s ahead: {:?}", near.body);
     clock.advance(Span::seconds(101));
     let stale = stripe_webhook(&app, &body, vector).await;
     assert_eq!((stale.status, stale.error_code()), (StatusCode::BAD_REQUEST, "WEBHOOK_TIMESTAMP_OUT_OF_TOLERANCE"));
+}
+
+#[tokio::test]
+async fn a_capture_that_does_not_match_its_payment_pays_nothing() {
+    let (gateway, _) = fake_gateway().await;
+    let app = TestApp::spawn_with(with_gateways(Options::default(), &gateway, "razorpay")).await;
+    let customer = app.register("customer").await;
+    let order = card_order(&app, &customer).await;
+    let razorpay_order = pay(&app, &customer, &order).await.data()["checkout"]["order_id"].as_str().unwrap().to_owned();
+    let total = order["fare"]["total_paise"].as_i64().unwrap();
+
+    let short = razorpay_webhook(&app, &captured(&razorpay_order, "pay_short", total - 1), "evt_s", None).await;
+    assert_eq!(short.data()["outcome"], "amount_mismatch", "{:?}", short.body);
+    let dollars = captured(&razorpay_order, "pay_usd", total).replace("\"INR\"", "\"USD\"");
+    assert_eq!(razorpay_webhook(&app, &dollars, "evt_u", None).await.data()["outcome"], "amount_mismatch");
+    let still = order_now(&app, &customer, &order).await;
+    assert_eq!((still["status"].as_str(), still["payment_status"].as_str()), (Some("pending"), Some("pending")));
+
+    // A gateway event larger than the API's 64 KiB body limit still gets through, signed.
+    let mut big: Value = serde_json::from_str(&captured(&razorpay_order, "pay_ok", total)).unwrap();
+    big["payload"]["payment"]["entity"]["notes"] = json!({ "padding": "x".repeat(100_000) });
+    let big = big.to_string();
+    let paid = razorpay_webhook(&app, &big, "evt_ok", None).await;
+    assert_eq!(paid.data()["outcome"], "order_paid", "{:?}", paid.body);
+    assert_eq!(order_now(&app, &customer, &order).await["payment_status"], "paid");
+}
+
+#[tokio::test]
+async fn cancelling_a_card_order_after_assignment_refunds_all_but_the_fee() {
+    let (gateway, calls) = fake_gateway().await;
+    let app = TestApp::spawn_with(with_gateways(Options::default(), &gateway, "razorpay")).await;
+    let customer = app.register("customer").await;
+    let dispatcher = app.staff(dispatchd::domain::Role::Dispatcher).await;
+    let order = card_order(&app, &customer).await;
+    let razorpay_order = pay(&app, &customer, &order).await.data()["checkout"]["order_id"].as_str().unwrap().to_owned();
+    let total = order["fare"]["total_paise"].as_i64().unwrap();
+    razorpay_webhook(&app, &captured(&razorpay_order, "pay_fee", total), "evt_p", None).await;
+    // card_order is for an auto.
+    let signup = json!({ "name": "Auto Pilot", "phone": common::unique_phone(), "password": common::PASSWORD,
+        "role": "pilot", "vehicle_type": "auto" });
+    let pilot = Session::from_grant(app.post("/api/v1/auth/register", signup, None).await.data());
+    let id = order["id"].as_str().unwrap();
+    let assigned = common::field::assign(&app, &dispatcher, id, &pilot).await;
+    assert_eq!(assigned.status, StatusCode::OK, "{:?}", assigned.body);
+
+    let cancelled = app.post(&format!("/api/v1/orders/{id}/cancel"), json!({}), Some(&customer.access)).await;
+    let fee = 2000;
+    assert_eq!(cancelled.data()["refunded_paise"], total - fee, "{:?}", cancelled.body);
+    assert_eq!(app.state.jobs.run_due().await.unwrap(), 1);
+    let (path, _, body) = calls.lock().unwrap().last().unwrap().clone();
+    assert_eq!(path, "/v1/payments/pay_fee/refund");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["amount"], total - fee);
 }
 
 #[tokio::test]
@@ -357,7 +261,8 @@ async fn cancelling_a_paid_card_order_refunds_through_the_gateway() {
     let order = card_order(&app, &customer).await;
     let intent =
         pay(&app, &customer, &order).await.data()["checkout"]["payment_intent_id"].as_str().unwrap().to_owned();
-    let event = json!({ "id": "evt_ok", "type": "payment_intent.succeeded", "data": { "object": { "id": intent, "amount": 1 } } }).to_string();
+    let total = order["fare"]["total_paise"].clone();
+    let event = json!({ "id": "evt_ok", "type": "payment_intent.succeeded", "data": { "object": { "id": intent, "amount": total, "currency": "inr" } } }).to_string();
     stripe_webhook(&app, &event, stripe_header(&event, Utc::now().timestamp())).await;
 
     let cancelled = app

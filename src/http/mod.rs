@@ -40,6 +40,9 @@ use tracing::Level;
 use crate::app::AppState;
 use extract::BodyLimit;
 
+/// Largest gateway webhook body (Stripe's events are typically a few KiB, rarely over 100).
+const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
+
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole HTTP application for `state`.
@@ -51,9 +54,13 @@ pub fn router(state: AppState) -> Router {
     if let Some(limiter) = state.rate_limiter.clone() {
         api = api.layer(from_fn_with_state(limiter, ratelimit::enforce));
     }
+    // Gateways' events can exceed the API's body limit (a Stripe event embeds the whole
+    // object); they are signed, so a larger limit invites no abuse the signature check does not
+    // stop first.
     let webhooks = Router::new()
         .route("/webhooks/razorpay", post(payments::razorpay))
-        .route("/webhooks/stripe", post(payments::stripe));
+        .route("/webhooks/stripe", post(payments::stripe))
+        .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT));
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

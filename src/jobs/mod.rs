@@ -132,11 +132,29 @@ impl Worker {
         seconds(self.config.backoff_secs.saturating_mul(factor).min(self.config.max_backoff_secs))
     }
 
+    /// Gauges of the queue, refreshed whenever the worker finds nothing more due: jobs by
+    /// kind and state (`jobs{kind, status}`; every registered kind, zeros included), the
+    /// totals, and how late the oldest due job is (`jobs_oldest_due_seconds`: 0 when the
+    /// workers keep up; growing means they do not).
     async fn record_stats(&self) {
-        if let Ok(stats) = self.store.job_stats().await {
-            metrics::gauge!("jobs_queued").set(stats.queued as f64);
-            metrics::gauge!("jobs_running").set(stats.running as f64);
-            metrics::gauge!("jobs_failed").set(stats.failed as f64);
+        let Ok(counts) = self.store.job_counts().await else { return };
+        let mut kinds: Vec<&str> = self.handlers.keys().copied().collect();
+        kinds.extend(counts.iter().map(|c| c.kind.as_str()));
+        kinds.sort_unstable();
+        kinds.dedup();
+        for status in ["queued", "running", "failed"] {
+            let count = |kind: &str| {
+                counts.iter().filter(|c| c.status == status && c.kind == kind).map(|c| c.count).sum::<i64>()
+            };
+            for kind in &kinds {
+                metrics::gauge!("jobs", "kind" => kind.to_string(), "status" => status).set(count(kind) as f64);
+            }
+            let total: i64 = counts.iter().filter(|c| c.status == status).map(|c| c.count).sum();
+            metrics::gauge!(format!("jobs_{status}")).set(total as f64);
+        }
+        if let Ok(next) = self.store.next_job_due().await {
+            let late = next.map_or(0.0, |due| (self.clock.now() - due).num_milliseconds().max(0) as f64 / 1000.0);
+            metrics::gauge!("jobs_oldest_due_seconds").set(late);
         }
     }
 }

@@ -18,7 +18,8 @@ use crate::domain::{PilotStatus, Role, VehicleType};
 use crate::error::{Error, Result};
 use crate::ids::{OrderId, UserId};
 use crate::orders::lifecycle::cancel_in;
-use crate::orders::{Orders, event, not_found, push_event, save, visible};
+use crate::orders::{Orders, event, not_found, push_event, save, transition, visible};
+use crate::store::OffersOf;
 
 impl Orders {
     /// A dispatcher (or admin) assigns `pilot` to an order that is searching.
@@ -33,22 +34,20 @@ impl Orders {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
-        match order.status {
-            OrderStatus::SearchingDriver => {}
-            OrderStatus::Assigned | OrderStatus::PickedUp | OrderStatus::InTransit | OrderStatus::Delivered => {
-                return Err(Error::conflict("ORDER_TAKEN", "another pilot has this order"));
-            }
-            other => {
-                return Err(Error::conflict("INVALID_TRANSITION", format!("a {other} order cannot be assigned")));
-            }
+        if order.status.has_pilot() {
+            return Err(Error::conflict("ORDER_TAKEN", "another pilot has this order"));
         }
         if vehicle != order.vehicle_type {
             return Err(vehicle_mismatch(order.vehicle_type, vehicle));
         }
         let before = (order.status, order.last_event_seq);
-        order.status = OrderStatus::Assigned;
         order.pilot_id = Some(pilot);
-        let events = vec![push_event(&mut order, event("assigned", actor, json!({ "pilot_id": pilot })), now)];
+        let events = vec![transition(&mut order, OrderStatus::Assigned, actor, json!({ "pilot_id": pilot }), now)?];
+        // A pilot given an order by hand drops the offer it was weighing (the matchmaker hears
+        // of it when this order's assignment is published, and moves that order on). Before
+        // the order is written: an accept of that offer racing this waits on the offer, not
+        // this transaction on it (which would deadlock on the pilot's one-order index).
+        tx.withdraw_offers(OffersOf::Pilot(pilot), now).await?;
         save(&mut *tx, &order, before, &events, self.notify).await?;
         tx.commit().await?;
         metrics::counter!("orders_assigned_total", "by" => if actor.is_some() { "dispatcher" } else { "matching" })
@@ -139,8 +138,12 @@ impl Orders {
                 order.pilot_id = None;
                 let data = json!({ "previous_pilot_id": previous, "by": caller.role });
                 events.push(push_event(&mut order, event("unassigned", Some(caller), data), now));
-                events.push(self.begin_search(&mut order, now));
+                events.push(self.begin_search(&mut order, now)?);
             }
+        }
+        if let Some((pilot, _)) = to {
+            // As in an assignment: the offer first, then the order.
+            tx.withdraw_offers(OffersOf::Pilot(pilot), now).await?;
         }
         save(&mut *tx, &order, before, &events, self.notify).await?;
         if order.status == OrderStatus::SearchingDriver {

@@ -130,7 +130,7 @@ impl Orders {
         };
         let coupon = self.coupon(request.coupon_code.as_deref()).await?;
         let fare = self.discounted(fare, coupon.as_ref(), now)?;
-        let (mut order, events) = self.new_order(caller, &request, fare, coupon.as_ref(), now);
+        let (mut order, events) = self.new_order(caller, &request, fare, coupon.as_ref(), now)?;
         order.quote_id = quote_id;
         // A wallet order scheduled for later holds its fare; the hold is captured when its
         // search starts, released if it is cancelled first.
@@ -271,7 +271,7 @@ impl Orders {
         fare: Fare,
         coupon: Option<&Coupon>,
         now: DateTime<Utc>,
-    ) -> (Order, Vec<crate::domain::orders::OrderEvent>) {
+    ) -> Result<(Order, Vec<crate::domain::orders::OrderEvent>)> {
         let payment_status = match request.payment_method {
             PaymentMethod::Wallet => PaymentStatus::Paid,
             PaymentMethod::Cash => PaymentStatus::Unpaid,
@@ -307,9 +307,9 @@ impl Orders {
         });
         let mut events = vec![push_event(&mut order, event("created", Some(caller), created), now)];
         if self.ready_to_search(&order, now) {
-            events.push(self.begin_search(&mut order, now));
+            events.push(self.begin_search(&mut order, now)?);
         }
-        (order, events)
+        Ok((order, events))
     }
 
     /// Whether a pending order may look for a pilot now: paid (or cash) and due.

@@ -8,9 +8,9 @@ use crate::auth::Caller;
 use crate::domain::Role;
 use crate::domain::money::LedgerKind;
 use crate::domain::orders::{CancelReason, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ids::OrderId;
-use crate::orders::{Committed, Orders, event, not_found, push_event, save, visible};
+use crate::orders::{Committed, Orders, event, invalid_transition, not_found, push_event, save, transition, visible};
 use crate::store::{NewJob, StoreTx, WalletCredit};
 
 /// Job kind: refund a gateway payment (the payload names the order and the amount).
@@ -92,7 +92,7 @@ impl Orders {
         if !self.ready_to_search(&order, now) {
             return Ok(());
         }
-        events.push(self.begin_search(&mut order, now));
+        events.push(self.begin_search(&mut order, now)?);
         save(&mut *tx, &order, before, &events, self.notify).await?;
         tx.enqueue(&self.give_up_job(&order), now).await?;
         tx.commit().await?;
@@ -100,11 +100,11 @@ impl Orders {
         Ok(())
     }
 
-    /// A pending order starts searching for a pilot: its status and event. The caller also
-    /// enqueues [`Self::give_up_job`] in the same transaction.
-    pub(super) fn begin_search(&self, order: &mut Order, now: DateTime<Utc>) -> OrderEvent {
-        order.status = OrderStatus::SearchingDriver;
-        push_event(order, event(OrderStatus::SearchingDriver.as_str(), None, json!({})), now)
+    /// A pending order (or one taken back from its pilot) starts searching for a pilot: its
+    /// status and event. The caller also enqueues [`Self::give_up_job`] in the same
+    /// transaction.
+    pub(super) fn begin_search(&self, order: &mut Order, now: DateTime<Utc>) -> Result<OrderEvent> {
+        transition(order, OrderStatus::SearchingDriver, None, json!({}), now)
     }
 
     /// The job that cancels `order` if it is still searching when its time is up.
@@ -171,7 +171,7 @@ pub(super) async fn cancel_in(
     notify: bool,
 ) -> Result<Vec<OrderEvent>> {
     if !order.status.can_become(OrderStatus::Cancelled) {
-        return Err(Error::conflict("INVALID_TRANSITION", format!("a {} order cannot be cancelled", order.status)));
+        return Err(invalid_transition(order.status, OrderStatus::Cancelled));
     }
     let before = (order.status, order.last_event_seq);
     let paid = if order.payment_status == PaymentStatus::Paid { order.fare.total_paise } else { 0 };
@@ -192,10 +192,9 @@ pub(super) async fn cancel_in(
             order.payment_status = PaymentStatus::Refunded;
         }
     }
-    order.status = OrderStatus::Cancelled;
     order.cancel_reason = Some(reason);
     let data = json!({ "reason": reason, "refund_paise": refund, "fee_paise": fee });
-    let events = vec![push_event(order, event(OrderStatus::Cancelled.as_str(), caller, data), now)];
+    let events = vec![transition(order, OrderStatus::Cancelled, caller, data, now)?];
     save(tx, order, before, &events, notify).await?;
     Ok(events)
 }
@@ -254,7 +253,7 @@ impl Orders {
             let paid = json!({ "amount_paise": order.fare.total_paise });
             events.push(push_event(&mut order, event("payment_confirmed", None, paid), now));
             if self.ready_to_search(&order, now) {
-                events.push(self.begin_search(&mut order, now));
+                events.push(self.begin_search(&mut order, now)?);
                 tx.enqueue(&self.give_up_job(&order), now).await?;
             }
             "order_paid"

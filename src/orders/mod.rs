@@ -4,8 +4,10 @@
 //! Invariants:
 //! * every change of an order is one transaction with its event (next `seq`), its money
 //!   (wallet debit or refund, coupon use or release) and the jobs it needs;
-//! * status changes go through [`OrderStatus::can_become`] and are written with a
-//!   compare-and-set on the status and seq read, so two concurrent changes cannot both win;
+//! * every status change goes through [`transition`], the one place that asks
+//!   [`OrderStatus::can_become`] (an illegal one is 409 `INVALID_TRANSITION`) and appends the
+//!   status's event; it is written with a compare-and-set on the status and seq read, so two
+//!   concurrent changes cannot both win;
 //! * only the customer, the assigned pilot and staff see an order; anyone else gets 404;
 //! * every committed change is handed to the [`OrderListener`]s (the realtime gateway) after
 //!   its transaction commits, in commit order for one order; a listener that misses one
@@ -221,6 +223,32 @@ fn push_event(order: &mut Order, event: NewEvent, now: DateTime<Utc>) -> OrderEv
     }
 }
 
+/// Moves `order` to `to`, if the state machine allows it (409 `INVALID_TRANSITION`
+/// otherwise), and returns the status's event (kind: the new status) by `caller`, or by the
+/// system when `None`. Every change of an order's status goes through here.
+fn transition(
+    order: &mut Order,
+    to: OrderStatus,
+    caller: Option<&Caller>,
+    data: Value,
+    now: DateTime<Utc>,
+) -> Result<OrderEvent> {
+    if !order.status.can_become(to) {
+        return Err(invalid_transition(order.status, to));
+    }
+    order.status = to;
+    Ok(push_event(order, event(to.as_str(), caller, data), now))
+}
+
+/// 409 `INVALID_TRANSITION`: `from` cannot become `to`.
+fn invalid_transition(from: OrderStatus, to: OrderStatus) -> Error {
+    let message = match to {
+        OrderStatus::Cancelled => format!("a {from} order cannot be cancelled"),
+        to => format!("a {from} order cannot become {to}"),
+    };
+    Error::conflict("INVALID_TRANSITION", message)
+}
+
 /// An event by `caller`, or by the system when `None`.
 fn event(kind: &str, caller: Option<&Caller>, data: Value) -> NewEvent {
     NewEvent {
@@ -245,7 +273,7 @@ async fn save(
     if before.0 == OrderStatus::SearchingDriver && order.status != OrderStatus::SearchingDriver {
         // Whatever ended the search (an accept, a dispatcher, a cancellation) ends its offer
         // in the same transaction: no pilot can accept an order that stopped searching.
-        tx.withdraw_offers(order.id, order.updated_at).await?;
+        tx.withdraw_offers(crate::store::OffersOf::Order(order.id), order.updated_at).await?;
     }
     append(tx, order, events, notify).await
 }

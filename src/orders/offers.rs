@@ -16,7 +16,7 @@ use crate::domain::orders::{Order, OrderStatus};
 use crate::domain::{PilotStatus, Role};
 use crate::error::{Error, Result};
 use crate::ids::{OfferId, OrderId, UserId};
-use crate::orders::{Orders, event, not_found, push_event, save};
+use crate::orders::{Orders, not_found, save, transition};
 
 impl Orders {
     /// Offers order `id` to `pilot`, `pickup_distance_m` away, until `expires_at`. `None` when
@@ -76,10 +76,9 @@ impl Orders {
             return Err(offer_expired());
         }
         let before = (order.status, order.last_event_seq);
-        order.status = OrderStatus::Assigned;
         order.pilot_id = Some(caller.user_id);
         let data = json!({ "pilot_id": caller.user_id, "offer_id": id });
-        let events = vec![push_event(&mut order, event("assigned", Some(caller), data), now)];
+        let events = vec![transition(&mut order, OrderStatus::Assigned, Some(caller), data, now)?];
         save(&mut *tx, &order, before, &events, self.notify).await?;
         tx.commit().await?;
         metrics::counter!("offers_total", "outcome" => "accepted").increment(1);

@@ -14,7 +14,7 @@ use crate::domain::orders::{Order, OrderStatus, PaymentMethod, PaymentStatus};
 use crate::error::{Error, Result};
 use crate::grid::geometry::distance_m;
 use crate::ids::OrderId;
-use crate::orders::{Orders, event, not_found, push_event, save, visible};
+use crate::orders::{Orders, event, not_found, push_event, save, transition, visible};
 
 /// A step of the trip, as the pilot reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -76,8 +76,7 @@ impl Orders {
             events.push(push_event(&mut order, event("arrived", Some(caller), data), now));
         }
         for status in through {
-            order.status = *status;
-            events.push(push_event(&mut order, event(status.as_str(), Some(caller), json!({})), now));
+            events.push(transition(&mut order, *status, Some(caller), json!({}), now)?);
         }
         if step == TripStep::Delivered && order.payment_method == PaymentMethod::Cash {
             order.payment_status = PaymentStatus::Paid;

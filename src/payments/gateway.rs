@@ -42,7 +42,10 @@ pub enum PaymentOutcome {
     Paid {
         gateway_ref: String,
         payment_id: String,
+        /// What the gateway says it captured, in minor units of `currency`.
         amount_paise: i64,
+        /// ISO 4217, as the gateway wrote it (any case); `None` when the event has none.
+        currency: Option<String>,
     },
     Failed {
         gateway_ref: String,

@@ -125,9 +125,7 @@ impl Payments {
                 format!("this order is paid by {}", order.payment_method),
             ));
         }
-        if order.status == OrderStatus::Cancelled || order.payment_status != PaymentStatus::Pending {
-            return Err(Error::conflict("PAYMENT_NOT_DUE", format!("payment is {}", order.payment_status)));
-        }
+        payment_due(&order)?;
         if let Some(live) = self.store.live_payment_for_order(id).await? {
             return Ok(PaymentView::from(&live));
         }
@@ -176,7 +174,17 @@ impl Payments {
         };
         let mut tx = self.store.begin().await?;
         match tx.insert_payment(&payment).await {
-            Ok(()) => tx.commit().await?,
+            Ok(()) => {
+                // The order is checked again in the payment's transaction (payment, then order:
+                // the lock order webhooks take): one cancelled while the gateway was asked
+                // gets no payment.
+                if let Some(id) = order {
+                    let current =
+                        tx.lock_order(id).await?.ok_or_else(|| Error::not_found("ORDER_NOT_FOUND", "no such order"))?;
+                    payment_due(&current)?;
+                }
+                tx.commit().await?
+            }
             // Two checkouts for one order raced: the one stored first wins.
             Err(Error::Conflict { .. }) if order.is_some() => {
                 drop(tx);
@@ -210,6 +218,19 @@ impl Payments {
     fn gateway(&self, gateway: Gateway) -> Result<&Arc<dyn PaymentGateway>> {
         self.gateways.get(&gateway).ok_or_else(|| Error::Unavailable { what: "payment gateway" })
     }
+}
+
+/// An order can take a gateway payment only while it waits for one.
+fn payment_due(order: &crate::domain::orders::Order) -> Result<()> {
+    if order.status == OrderStatus::Cancelled || order.payment_status != PaymentStatus::Pending {
+        let state = if order.status == OrderStatus::Cancelled {
+            "the order is cancelled".to_owned()
+        } else {
+            format!("payment is {}", order.payment_status)
+        };
+        return Err(Error::conflict("PAYMENT_NOT_DUE", state));
+    }
+    Ok(())
 }
 
 fn payment_method_unavailable() -> Error {

@@ -131,6 +131,7 @@ fn outcome(event_type: &str, event: &Value) -> PaymentOutcome {
                     gateway_ref,
                     payment_id,
                     amount_paise: payment["amount"].as_i64().unwrap_or_default(),
+                    currency: text(&payment["currency"]),
                 },
                 _ => PaymentOutcome::Ignored,
             }

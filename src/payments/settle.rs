@@ -19,8 +19,10 @@ impl Payments {
         }
         let (outcome, committed) = match &event.outcome {
             PaymentOutcome::Ignored => ("ignored", None),
-            PaymentOutcome::Paid { gateway_ref, payment_id, .. } => {
-                self.captured(&mut *tx, gateway, gateway_ref, payment_id, now).await?
+            PaymentOutcome::Paid { gateway_ref, payment_id, amount_paise, currency } => {
+                let captured =
+                    Captured { gateway_ref, payment_id, amount_paise: *amount_paise, currency: currency.as_deref() };
+                self.captured(&mut *tx, gateway, &captured, now).await?
             }
             PaymentOutcome::Failed { gateway_ref } => self.failed(&mut *tx, gateway, gateway_ref, now).await?,
         };
@@ -36,10 +38,10 @@ impl Payments {
         &self,
         tx: &mut dyn StoreTx,
         gateway: Gateway,
-        gateway_ref: &str,
-        captured_id: &str,
+        captured: &Captured<'_>,
         now: DateTime<Utc>,
     ) -> Result<(&'static str, Option<Committed>)> {
+        let gateway_ref = captured.gateway_ref;
         let Some(mut payment) = tx.lock_payment(gateway, gateway_ref).await? else {
             tracing::warn!(%gateway, gateway_ref, "webhook for a payment we do not know");
             return Ok(("unknown_payment", None));
@@ -47,9 +49,20 @@ impl Payments {
         if payment.status == GatewayPaymentStatus::Paid {
             return Ok(("already_applied", None));
         }
+        let currency_matches = captured.currency.is_none_or(|currency| currency.eq_ignore_ascii_case(&self.currency));
+        if captured.amount_paise != payment.amount_paise || !currency_matches {
+            // Never pay an order (or credit a wallet) with money that is not what was asked
+            // for. The payment stays open for the operator to look at; the event is recorded.
+            tracing::error!(
+                %gateway, gateway_ref, expected_paise = payment.amount_paise, captured_paise = captured.amount_paise,
+                currency = captured.currency, "a capture does not match its payment; not applied"
+            );
+            metrics::counter!("payment_capture_mismatches_total").increment(1);
+            return Ok(("amount_mismatch", None));
+        }
         // A capture wins over an earlier failure: the money moved.
         payment.status = GatewayPaymentStatus::Paid;
-        payment.gateway_payment_id = Some(captured_id.to_owned());
+        payment.gateway_payment_id = Some(captured.payment_id.to_owned());
         payment.updated_at = now;
         tx.update_payment(&payment).await?;
         match (payment.purpose, payment.order_id) {
@@ -90,4 +103,12 @@ impl Payments {
             None => Ok(("topup_failed", None)),
         }
     }
+}
+
+/// A capture as the gateway reported it.
+struct Captured<'a> {
+    gateway_ref: &'a str,
+    payment_id: &'a str,
+    amount_paise: i64,
+    currency: Option<&'a str>,
 }

@@ -130,6 +130,7 @@ fn outcome(event_type: &str, intent: &Value) -> PaymentOutcome {
             gateway_ref: id.clone(),
             payment_id: id,
             amount_paise: intent["amount_received"].as_i64().or(intent["amount"].as_i64()).unwrap_or_default(),
+            currency: intent["currency"].as_str().map(str::to_owned),
         },
         "payment_intent.payment_failed" | "payment_intent.canceled" => PaymentOutcome::Failed { gateway_ref: id },
         _ => PaymentOutcome::Ignored,

@@ -67,6 +67,14 @@ pub struct JobStats {
     pub failed: i64,
 }
 
+/// How many jobs of one kind are in one state (`queued`, `running` or `failed`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct JobCount {
+    pub kind: String,
+    pub status: String,
+    pub count: i64,
+}
+
 #[async_trait]
 pub trait JobStore: Send + Sync {
     /// Enqueues a job on its own (most jobs are enqueued inside a transaction instead).
@@ -81,7 +89,14 @@ pub trait JobStore: Send + Sync {
     /// since (then that run's result is the one that counts; `false`).
     async fn finish_job(&self, job: &Job, outcome: &JobOutcome, now: DateTime<Utc>) -> Result<bool>;
 
-    async fn job_stats(&self) -> Result<JobStats>;
+    /// Jobs not done, by kind and state.
+    async fn job_counts(&self) -> Result<Vec<JobCount>>;
+
+    async fn job_stats(&self) -> Result<JobStats> {
+        let counts = self.job_counts().await?;
+        let total = |status: &str| counts.iter().filter(|c| c.status == status).map(|c| c.count).sum();
+        Ok(JobStats { queued: total("queued"), running: total("running"), failed: total("failed") })
+    }
 
     /// When the next queued job is due, if any.
     async fn next_job_due(&self) -> Result<Option<DateTime<Utc>>>;

@@ -34,11 +34,11 @@ use serde::Serialize;
 use crate::config::DatabaseConfig;
 use crate::error::Result;
 pub use accounts::{AccountStore, Credentials, NewRefreshToken, NewUser, PilotProfile, RevokeReason, Rotation, User};
-pub use jobs::{Job, JobOutcome, JobStats, JobStore, NewJob};
+pub use jobs::{Job, JobCount, JobOutcome, JobStats, JobStore, NewJob};
 pub use money::MoneyStore;
 pub use offers::{OfferStore, TracePoint};
 pub use orders::{OrderFilter, OrderStore};
-pub use tx::{IdempotentReplay, StoreTx, WalletCredit};
+pub use tx::{IdempotentReplay, OffersOf, StoreTx, WalletCredit};
 
 /// One page of a newest-first listing: at most `limit` items older than `before`.
 #[derive(Debug, Clone, Copy)]

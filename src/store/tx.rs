@@ -117,7 +117,8 @@ pub trait StoreTx: Send {
     async fn update_payment(&mut self, payment: &Payment) -> Result<()>;
 
     /// Records a live offer. `OFFER_CONFLICT` when the pilot already holds a live offer or
-    /// the order already has one (another node, or a race, got there first).
+    /// the order already has one (another node, or a race, got there first), when the pilot
+    /// carries an order, or when it already rejected this order or let its offer expire.
     async fn insert_offer(&mut self, offer: &Offer) -> Result<()>;
 
     /// Decides a live offer: `Accepted` only before it expires, `Expired` only after,
@@ -131,6 +132,14 @@ pub trait StoreTx: Send {
         reason: Option<&str>,
     ) -> Result<Option<Offer>>;
 
-    /// Withdraws the order's live offers (it stopped searching); returns them.
-    async fn withdraw_offers(&mut self, order: OrderId, now: DateTime<Utc>) -> Result<Vec<Offer>>;
+    /// Withdraws live offers: an order's (it stopped searching) or a pilot's (it was given an
+    /// order); returns them.
+    async fn withdraw_offers(&mut self, of: OffersOf, now: DateTime<Utc>) -> Result<Vec<Offer>>;
+}
+
+/// Whose live offers to withdraw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffersOf {
+    Order(OrderId),
+    Pilot(UserId),
 }

@@ -12,6 +12,8 @@ conformance!(
     only_due_jobs_are_claimed,
     expired_leases_are_claimed_again_and_stale_runs_cannot_finish,
     failed_runs_retry_later_or_fail_for_good,
+    concurrent_workers_claim_disjoint_jobs,
+    counts_are_kept_per_kind,
 );
 
 const LEASE: Duration = Duration::seconds(30);
@@ -148,4 +150,52 @@ async fn failed_runs_retry_later_or_fail_for_good(subject: Subject) {
     assert_eq!(subject.store.job_stats().await.unwrap(), stats(0, 0, 1));
     assert_eq!(subject.store.next_job_due().await.unwrap(), None);
     assert!(claim(&subject, retry_at + Duration::days(1), 10).await.is_empty(), "failed for good");
+}
+
+async fn concurrent_workers_claim_disjoint_jobs(subject: Subject) {
+    let at = now();
+    let mut ids: Vec<JobId> = Vec::new();
+    for _ in 0..40 {
+        let new = job("order.start_search", at);
+        ids.push(new.id);
+        subject.store.enqueue(&new, at).await.unwrap();
+    }
+    // Four workers at once, each taking batches of 7 until nothing is left.
+    let workers = (0..4).map(|_| async {
+        let mut mine = Vec::new();
+        loop {
+            let batch = subject.store.claim_jobs(at, 7, LEASE).await.unwrap();
+            if batch.is_empty() {
+                return mine;
+            }
+            mine.extend(batch.into_iter().map(|job| job.id));
+        }
+    });
+    let claimed: Vec<Vec<JobId>> = futures::future::join_all(workers).await;
+    let mut all: Vec<JobId> = claimed.concat();
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "no job was claimed twice: {claimed:?}");
+    ids.sort();
+    assert_eq!(all, ids, "every job was claimed");
+}
+
+async fn counts_are_kept_per_kind(subject: Subject) {
+    let at = now();
+    for kind in ["a.kind", "a.kind", "b.kind"] {
+        subject.store.enqueue(&job(kind, at), at).await.unwrap();
+    }
+    subject.store.enqueue(&job("b.kind", at + Duration::hours(1)), at).await.unwrap();
+    let running = claim(&subject, at, 1).await;
+    assert_eq!(running.len(), 1);
+    let counts: Vec<(String, String, i64)> =
+        subject.store.job_counts().await.unwrap().into_iter().map(|c| (c.kind, c.status, c.count)).collect();
+    let expect = |kind: &str, status: &str| counts.iter().find(|c| c.0 == kind && c.1 == status).map_or(0, |c| c.2);
+    let first = &running[0].kind;
+    let other = if first == "a.kind" { "b.kind" } else { "a.kind" };
+    assert_eq!(expect(first, "running"), 1, "{counts:?}");
+    assert_eq!(expect("a.kind", "queued") + expect("b.kind", "queued"), 3, "{counts:?}");
+    assert_eq!(expect(other, "running"), 0, "{counts:?}");
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(3, 1, 0));
 }

@@ -6,7 +6,7 @@ use dispatchd::domain::Role;
 use dispatchd::domain::offers::{Offer, OfferStatus};
 use dispatchd::error::Error;
 use dispatchd::ids::{OfferId, OrderId, UserId};
-use dispatchd::store::TracePoint;
+use dispatchd::store::{OffersOf, TracePoint};
 
 use super::orders::placed_order;
 use super::{Subject, now, twice_at_once, user};
@@ -17,6 +17,8 @@ conformance!(
     an_offer_is_decided_once_and_the_deadline_holds_both_ways,
     racing_decisions_have_one_winner,
     withdrawing_ends_only_the_orders_live_offers,
+    pilots_on_an_order_or_who_declined_it_are_never_offered_it,
+    withdrawing_a_pilots_offers_leaves_the_others,
     traces_append_in_batches_without_duplicates,
 );
 
@@ -134,7 +136,7 @@ async fn withdrawing_ends_only_the_orders_live_offers(subject: Subject) {
     insert(&subject, &elsewhere).await.unwrap();
 
     let mut tx = subject.store.begin().await.unwrap();
-    let withdrawn = tx.withdraw_offers(order, now()).await.unwrap();
+    let withdrawn = tx.withdraw_offers(OffersOf::Order(order), now()).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
         withdrawn.iter().map(|offer| (offer.id, offer.status)).collect::<Vec<_>>(),
@@ -163,4 +165,58 @@ async fn traces_append_in_batches_without_duplicates(subject: Subject) {
     assert_eq!(trace.len(), 450);
     assert_eq!(trace, batch[..450].to_vec(), "oldest first, as written");
     assert_eq!(subject.store.trace(other).await.unwrap(), vec![point(other, 5)]);
+}
+
+async fn conflict(subject: &Subject, offer: &Offer) -> &'static str {
+    match insert(subject, offer).await {
+        Err(Error::Conflict { code, .. }) => code,
+        other => panic!("{offer:?} was let through: {other:?}"),
+    }
+}
+
+async fn pilots_on_an_order_or_who_declined_it_are_never_offered_it(subject: Subject) {
+    let (order, rejecter) = order_and_pilot(&subject).await;
+    let rejected = live_offer(order, rejecter, Duration::seconds(15));
+    insert(&subject, &rejected).await.unwrap();
+    decide(&subject, rejected.id, OfferStatus::Rejected).await.unwrap();
+    assert_eq!(conflict(&subject, &live_offer(order, rejecter, Duration::seconds(15))).await, "OFFER_CONFLICT");
+
+    let late = user(&subject, Role::Pilot).await;
+    let lapsed = live_offer(order, late, Duration::seconds(-1));
+    insert(&subject, &lapsed).await.unwrap();
+    decide(&subject, lapsed.id, OfferStatus::Expired).await.unwrap();
+    assert_eq!(conflict(&subject, &live_offer(order, late, Duration::seconds(15))).await, "OFFER_CONFLICT");
+
+    // A pilot carrying another order is not free to be asked.
+    let (carried, carrier) = order_and_pilot(&subject).await;
+    let mut on_board = subject.store.order(carried).await.unwrap().unwrap();
+    let before = (on_board.status, on_board.last_event_seq);
+    (on_board.status, on_board.pilot_id, on_board.last_event_seq) =
+        (dispatchd::domain::orders::OrderStatus::Assigned, Some(carrier), before.1 + 1);
+    let mut tx = subject.store.begin().await.unwrap();
+    assert!(tx.update_order(&on_board, before.0, before.1).await.unwrap());
+    tx.commit().await.unwrap();
+    assert_eq!(conflict(&subject, &live_offer(order, carrier, Duration::seconds(15))).await, "OFFER_CONFLICT");
+
+    // Declining one order says nothing about the next.
+    let (next, _) = order_and_pilot(&subject).await;
+    insert(&subject, &live_offer(next, rejecter, Duration::seconds(15))).await.unwrap();
+    insert(&subject, &live_offer(order, user(&subject, Role::Pilot).await, Duration::seconds(15))).await.unwrap();
+}
+
+async fn withdrawing_a_pilots_offers_leaves_the_others(subject: Subject) {
+    let (order, pilot) = order_and_pilot(&subject).await;
+    let (other_order, other_pilot) = order_and_pilot(&subject).await;
+    let mine = live_offer(order, pilot, Duration::seconds(15));
+    let theirs = live_offer(other_order, other_pilot, Duration::seconds(15));
+    insert(&subject, &mine).await.unwrap();
+    insert(&subject, &theirs).await.unwrap();
+    let mut tx = subject.store.begin().await.unwrap();
+    let withdrawn = tx.withdraw_offers(OffersOf::Pilot(pilot), now()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        withdrawn.iter().map(|offer| (offer.id, offer.status)).collect::<Vec<_>>(),
+        [(mine.id, OfferStatus::Withdrawn)]
+    );
+    assert_eq!(subject.store.live_offers().await.unwrap(), vec![theirs]);
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::error::Result;
 use crate::store::jobs::JobRow;
-use crate::store::{Job, JobOutcome, JobStats, JobStore, NewJob};
+use crate::store::{Job, JobCount, JobOutcome, JobStore, NewJob};
 
 /// Inserts a job (nothing if its dedupe key exists), on the pool or inside a transaction.
 pub(crate) async fn insert_job<'e, E>(executor: E, job: &NewJob, now: DateTime<Utc>) -> Result<()>
@@ -69,14 +69,13 @@ impl JobStore for StoreImpl {
         Ok(finished.rows_affected() == 1)
     }
 
-    async fn job_stats(&self) -> Result<JobStats> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, COUNT(*) FROM jobs WHERE status IN ('queued', 'running', 'failed') GROUP BY status",
+    async fn job_counts(&self) -> Result<Vec<JobCount>> {
+        Ok(sqlx::query_as(
+            "SELECT kind, status, COUNT(*) AS count FROM jobs WHERE status IN ('queued', 'running', 'failed') \
+             GROUP BY kind, status ORDER BY kind, status",
         )
         .fetch_all(&self.pool)
-        .await?;
-        let count = |status: &str| rows.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
-        Ok(JobStats { queued: count("queued"), running: count("running"), failed: count("failed") })
+        .await?)
     }
 
     async fn next_job_due(&self) -> Result<Option<DateTime<Utc>>> {

@@ -16,7 +16,7 @@ use crate::store::jobs::NewJob;
 use crate::store::money::PaymentRow;
 use crate::store::offers::{OfferRow, offer_columns};
 use crate::store::orders::OrderRow;
-use crate::store::{IdempotentReplay, StoreTx, WalletCredit};
+use crate::store::{IdempotentReplay, OffersOf, StoreTx, WalletCredit};
 
 #[async_trait]
 impl StoreTx for super::TxImpl {
@@ -419,9 +419,15 @@ impl StoreTx for super::TxImpl {
         Ok(())
     }
     async fn insert_offer(&mut self, offer: &Offer) -> Result<()> {
+        // The database, not this node's memory, says whether the pilot is free to be asked:
+        // no order on board, and it has not turned this order down.
         let inserted = sqlx::query(
             "INSERT INTO offers (id, order_id, pilot_id, status, pickup_distance_m, created_at, expires_at, \
-             decided_at, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             decided_at, reason) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
+             WHERE NOT EXISTS (SELECT 1 FROM orders WHERE pilot_id = $3 \
+                 AND status IN ('assigned', 'picked_up', 'in_transit')) \
+             AND NOT EXISTS (SELECT 1 FROM offers WHERE order_id = $2 AND pilot_id = $3 \
+                 AND status IN ('rejected', 'expired'))",
         )
         .bind(offer.id.0)
         .bind(offer.order_id.0)
@@ -434,12 +440,15 @@ impl StoreTx for super::TxImpl {
         .bind(offer.reason.as_deref())
         .execute(&mut *self.tx)
         .await;
+        let conflict = |why: &str| Err(Error::conflict("OFFER_CONFLICT", why.to_owned()));
         match inserted {
+            Ok(done) if done.rows_affected() == 0 => {
+                conflict("the pilot carries an order, or declined this one")
+            }
             // offers_one_live_per_pilot or offers_one_live_per_order.
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(Error::conflict(
-                "OFFER_CONFLICT",
-                "the pilot already holds a live offer, or the order already has one",
-            )),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                conflict("the pilot already holds a live offer, or the order already has one")
+            }
             other => other.map(|_| ()).map_err(Error::from),
         }
     }
@@ -466,20 +475,24 @@ impl StoreTx for super::TxImpl {
         row.map(Offer::try_from).transpose()
     }
 
-    async fn withdraw_offers(&mut self, order: OrderId, now: DateTime<Utc>) -> Result<Vec<Offer>> {
-        let rows: Vec<OfferRow> = sqlx::query_as(concat!(
-            "UPDATE offers SET status = 'withdrawn', decided_at = $2 WHERE order_id = $1 AND status = 'live' \
-             RETURNING ",
-            offer_columns!()
-        ))
-        .bind(order.0)
-        .bind(now)
-        .fetch_all(&mut *self.tx)
-        .await?;
+    async fn withdraw_offers(&mut self, of: OffersOf, now: DateTime<Utc>) -> Result<Vec<Offer>> {
+        let (sql, id) = match of {
+            OffersOf::Order(order) => (WITHDRAW_ORDER_OFFERS, order.0),
+            OffersOf::Pilot(pilot) => (WITHDRAW_PILOT_OFFERS, pilot.0),
+        };
+        let rows: Vec<OfferRow> = sqlx::query_as(sql).bind(id).bind(now).fetch_all(&mut *self.tx).await?;
         rows.into_iter().map(Offer::try_from).collect()
     }
 }
 
+const WITHDRAW_ORDER_OFFERS: &str = concat!(
+    "UPDATE offers SET status = 'withdrawn', decided_at = $2 WHERE order_id = $1 AND status = 'live' RETURNING ",
+    offer_columns!()
+);
+const WITHDRAW_PILOT_OFFERS: &str = concat!(
+    "UPDATE offers SET status = 'withdrawn', decided_at = $2 WHERE pilot_id = $1 AND status = 'live' RETURNING ",
+    offer_columns!()
+);
 
 impl super::TxImpl {
     async fn open_wallet(&mut self, user: UserId, now: DateTime<Utc>) -> Result<()> {
