@@ -97,6 +97,4 @@ say "socket.io-client tests (tests/js)"
 bin="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/dispatchd"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error && DISPATCHD_BIN="$bin" npm test)
 say "benchmark scenarios at tiny scale (so they cannot rot)"
-cargo run -q --locked -p dispatchd-bench --bin dispatchd-bench -- matching --minutes 2 --small
-cargo run -q --locked -p dispatchd-bench --bin dispatchd-bench -- dispatch --streaming 300 --socket-pilots 5 \
-    --orders-per-sec 2 --duration 3
+bench/smoke.sh

@@ -302,7 +302,14 @@ impl Matchmaker {
         let now = self.clock.now();
         searches.map.insert(
             order.id,
-            Searching { order, search: Search::default(), declined, live: None, retry_at: now, started: now },
+            Searching {
+                order,
+                search: Search::starting(now.timestamp_millis()),
+                declined,
+                live: None,
+                retry_at: now,
+                started: now,
+            },
         );
     }
 
@@ -360,7 +367,8 @@ impl Matchmaker {
     }
 
     /// Batched mode: assigns every waiting order a pilot at the least total cost, then
-    /// offers. Orders left without a pilot widen their radius for the next window.
+    /// offers. An order left without one widens its radius for the next window if nobody was
+    /// in reach, or once it has waited long enough at this radius.
     async fn batch(&self, searches: &mut Searches) {
         let now = self.clock.now();
         let waiting: Vec<OrderId> = searches.waiting(now).collect();
@@ -368,38 +376,29 @@ impl Matchmaker {
             return;
         }
         let started = std::time::Instant::now();
-        let mut pilots: Vec<Candidate> = Vec::new();
-        let mut index: HashMap<UserId, usize> = HashMap::new();
-        let mut edges = Vec::with_capacity(waiting.len());
+        let mut batch = batch::Batch::new();
+        let mut positions = HashMap::new();
         for id in &waiting {
-            let search = &searches.map[id];
-            let mut order_edges = Vec::new();
-            for candidate in self.candidates(search) {
-                let column = *index.entry(candidate.pilot).or_insert_with(|| {
-                    pilots.push(candidate);
-                    pilots.len() - 1
-                });
-                order_edges.push((column, matching::score(candidate.distance_m).round() as u32));
-            }
-            edges.push(order_edges);
+            let candidates = self.candidates(&searches.map[id]);
+            positions.extend(candidates.iter().map(|candidate| (candidate.pilot, candidate.position)));
+            batch.add_order(candidates.iter().map(|candidate| (candidate.pilot, candidate.distance_m)));
         }
-        let chosen = batch::assign(&edges, pilots.len());
+        let chosen = batch.solve();
         metrics::histogram!("matching_batch_seconds").record(started.elapsed().as_secs_f64());
-        for (id, pilot) in waiting.into_iter().zip(chosen) {
+        for (index, (id, pilot)) in waiting.into_iter().zip(chosen).enumerate() {
             let attempt = match pilot {
-                Some(column) => {
-                    // The distance from this order's pickup, not the first order's.
-                    let pickup = searches.map[&id].order.pickup.point();
-                    let position = pilots[column].position;
-                    let candidate = Candidate { distance_m: distance_m(position, pickup), ..pilots[column] };
+                Some((pilot, distance_m)) => {
+                    let candidate = Candidate { pilot, position: positions[&pilot], distance_m };
                     self.offer(searches, id, candidate).await
                 }
                 None => Attempt::Busy,
             };
             if attempt == Attempt::Busy
                 && let Some(search) = searches.map.get_mut(&id)
-                && !search.search.widen(&self.config)
+                && !search.search.after_window(&self.config, batch.had_candidates(index), now.timestamp_millis())
+                && !batch.had_candidates(index)
             {
+                // Nobody even at the widest radius.
                 search.retry_at = now + millis(self.config.retry_interval_ms);
             }
         }

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 
 /// Bengaluru, where the benchmark cities are centred.
 pub const CENTER: (f64, f64) = (12.9716, 77.5946);
-const METERS_PER_DEGREE: f64 = 111_320.0;
+pub const METERS_PER_DEGREE: f64 = 111_320.0;
 /// Server time at the start of a run, ms (any fixed value works: the index is given time).
 pub const T0_MS: i64 = 1_800_000_000_000;
 

@@ -5,9 +5,14 @@
 //! the same simulated city).
 
 pub mod city;
-pub mod dispatch_load;
+pub mod fleet;
 pub mod matching_sim;
+pub mod path;
 pub mod proc;
+pub mod progress;
 pub mod redis_geo;
+pub mod report;
+pub mod scenarios;
 pub mod sio;
 pub mod stats;
+pub mod target;

@@ -16,7 +16,7 @@ use dispatchd::domain::{LatLng, PilotStatus, VehicleType};
 use dispatchd::grid::PilotIndex;
 use dispatchd::grid::geometry::distance_m;
 use dispatchd::ids::UserId;
-use dispatchd::matching::{MatchingConfig, Search, batch, score};
+use dispatchd::matching::{MatchingConfig, Search, batch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -37,6 +37,11 @@ pub struct Scenario {
     pub trip_km: (f64, f64),
     pub road_factor: f64,
     pub max_wait_s: u32,
+    /// Orders arriving in the first minutes (while every pilot is still free) are matched but
+    /// not counted.
+    pub warmup_min: u32,
+    /// Share of a free pilot's moves that head for a demand hot spot (the rest wander nearby).
+    pub seek_demand: f64,
 }
 
 /// How waiting orders meet free pilots.
@@ -46,11 +51,19 @@ pub enum Policy {
     Batched { window_s: u32 },
 }
 
-/// What a run achieved.
+/// What a run achieved, over the orders counted (those after the warm-up).
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub orders: usize,
     pub matched: usize,
+    /// Every order of the scenario: its pickup distance, or `None` if nobody took it (for
+    /// comparing two policies order by order).
+    pub by_order: Vec<Option<f64>>,
+    /// The first counted order's index in `by_order`.
+    pub first_counted: usize,
+    /// For every order, how far the nearest free pilot was when it arrived (`None`: nobody
+    /// within the widest radius): what no assignment can beat without waiting.
+    pub nearest_at_arrival: Vec<Option<f64>>,
     /// Pickup distance of each matched order (m).
     pub pickup_m: Vec<f64>,
     /// Seconds from arrival to assignment of each matched order.
@@ -64,6 +77,24 @@ pub struct Outcome {
 impl Outcome {
     pub fn matched_share(&self) -> f64 {
         self.matched as f64 / self.orders.max(1) as f64
+    }
+
+    /// Of the counted orders matched with a pickup at or above this run's p95, the share whose
+    /// nearest free pilot at arrival was already at least 90% that far (or out of reach).
+    pub fn tail_set_on_arrival(&self) -> f64 {
+        let (_, p95) = mean_and_percentile(&self.pickup_m, 0.95);
+        let tail: Vec<(f64, Option<f64>)> = (self.first_counted..self.by_order.len())
+            .filter_map(|n| Some((self.by_order[n]?, self.nearest_at_arrival[n])))
+            .filter(|(pickup, _)| *pickup >= p95)
+            .collect();
+        let set = tail.iter().filter(|(pickup, nearest)| nearest.is_none_or(|m| m >= 0.9 * pickup)).count();
+        set as f64 / tail.len().max(1) as f64
+    }
+
+    /// Pickup distances of the counted orders that both this and `other` matched, in order.
+    pub fn paired_with(&self, other: &Outcome) -> (Vec<f64>, Vec<f64>) {
+        let counted = self.by_order.iter().zip(&other.by_order).skip(self.first_counted);
+        counted.filter_map(|(mine, theirs)| Some(((*mine)?, (*theirs)?))).unzip()
     }
 }
 
@@ -101,10 +132,9 @@ struct Pilot {
 
 /// The orders of a scenario: Poisson arrivals; pickups 70% around five hot spots, the rest
 /// anywhere; drops a trip length away in a random direction.
-fn orders(scenario: &Scenario) -> Vec<Order> {
+fn orders(scenario: &Scenario, hotspots: &[LatLng]) -> Vec<Order> {
     let mut rng = StdRng::seed_from_u64(scenario.seed ^ 0x0dde);
     let side_m = scenario.side_km * 1000.0;
-    let hotspots: Vec<LatLng> = (0..5).map(|_| random_latlng(&mut rng, side_m * 0.6)).collect();
     let rate_per_s = scenario.orders_per_min / 60.0;
     let mut at = 0.0;
     let mut orders = Vec::new();
@@ -126,6 +156,12 @@ fn orders(scenario: &Scenario) -> Vec<Order> {
     }
 }
 
+/// Where demand concentrates: five spots in the middle 60% of the city.
+fn hotspots(scenario: &Scenario) -> Vec<LatLng> {
+    let mut rng = StdRng::seed_from_u64(scenario.seed ^ 0x0dde);
+    (0..5).map(|_| random_latlng(&mut rng, scenario.side_km * 600.0)).collect()
+}
+
 fn gaussian(rng: &mut StdRng) -> f64 {
     // Box–Muller.
     let (u, v): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
@@ -134,7 +170,8 @@ fn gaussian(rng: &mut StdRng) -> f64 {
 
 /// Runs `scenario` under `policy` with the server's matching settings.
 pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outcome {
-    let orders = orders(scenario);
+    let hotspots = hotspots(scenario);
+    let orders = orders(scenario, &hotspots);
     let side_m = scenario.side_km * 1000.0;
     let mut rng = StdRng::seed_from_u64(scenario.seed ^ 0x9170);
     let grid = PilotIndex::new(&dispatchd::config::Config::defaults().grid);
@@ -151,7 +188,14 @@ pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outc
         grid.upsert(pilot.id, VehicleType::Bike, pilot.position, PilotStatus::Available, T0_MS);
     }
     let speed_mps = scenario.speed_kmh / 3.6;
-    let mut outcome = Outcome { orders: orders.len(), ..Outcome::default() };
+    let first_counted = orders.iter().take_while(|order| order.arrives_s < scenario.warmup_min * 60).count();
+    let mut outcome = Outcome {
+        orders: orders.len() - first_counted,
+        by_order: vec![None; orders.len()],
+        nearest_at_arrival: vec![None; orders.len()],
+        first_counted,
+        ..Outcome::default()
+    };
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let mut next_order = 0;
     let mut tightness = (0.0, 0usize);
@@ -164,12 +208,16 @@ pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outc
                 pilot.busy_until = None;
                 grid.upsert(pilot.id, VehicleType::Bike, pilot.position, PilotStatus::Available, now_ms);
             } else if pilot.busy_until.is_none() && now_s % 5 == 0 {
-                wander(pilot, speed_mps * 5.0);
+                wander(pilot, speed_mps * 5.0, &hotspots, scenario.seek_demand);
                 grid.upsert(pilot.id, VehicleType::Bike, pilot.position, PilotStatus::Available, now_ms);
             }
         }
         while next_order < orders.len() && orders[next_order].arrives_s <= now_s {
-            waiting.push_back(Waiting { order: next_order, search: Search::default() });
+            let filter = grid.available_filter(Some(VehicleType::Bike), now_ms);
+            let widest = config.radius_steps_m.last().copied().unwrap_or(5000.0);
+            let nearest = grid.nearest(1, orders[next_order].pickup, widest, &filter);
+            outcome.nearest_at_arrival[next_order] = nearest.first().map(|found| found.distance_m);
+            waiting.push_back(Waiting { order: next_order, search: Search::starting(now_ms) });
             next_order += 1;
         }
         waiting.retain(|entry| now_s - orders[entry.order].arrives_s < scenario.max_wait_s);
@@ -181,50 +229,14 @@ pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outc
             continue;
         }
         let filter = grid.available_filter(Some(VehicleType::Bike), now_ms);
-        let free = pilots.iter().filter(|pilot| pilot.busy_until.is_none()).count();
-        tightness.0 += waiting.len() as f64 / free.max(1) as f64;
-        tightness.1 += 1;
+        if now_s >= scenario.warmup_min * 60 {
+            let free = pilots.iter().filter(|pilot| pilot.busy_until.is_none()).count();
+            tightness.0 += waiting.len() as f64 / free.max(1) as f64;
+            tightness.1 += 1;
+        }
         let chosen: Vec<Option<(UserId, f64)>> = match policy {
             Policy::Greedy => greedy(&grid, &filter, &orders, &mut waiting, config),
-            Policy::Batched { .. } => {
-                let mut edges = Vec::with_capacity(waiting.len());
-                let mut columns: Vec<(UserId, LatLng)> = Vec::new();
-                let mut column_of = std::collections::HashMap::new();
-                for entry in &waiting {
-                    let pickup = orders[entry.order].pickup;
-                    let radius = entry.search.radius_m(config);
-                    let found = grid.nearest(config.candidates, pickup, radius, &filter);
-                    edges.push(
-                        found
-                            .into_iter()
-                            .map(|candidate| {
-                                let column = *column_of.entry(candidate.pilot.id).or_insert_with(|| {
-                                    columns.push((candidate.pilot.id, candidate.pilot.position));
-                                    columns.len() - 1
-                                });
-                                (column, score(candidate.distance_m).round() as u32)
-                            })
-                            .collect(),
-                    );
-                }
-                let started = Instant::now();
-                let assignment = batch::assign(&edges, columns.len());
-                outcome.solve_us.push(started.elapsed().as_secs_f64() * 1e6);
-                waiting
-                    .iter_mut()
-                    .zip(assignment)
-                    .map(|(entry, column)| match column {
-                        Some(column) => {
-                            let (pilot, position) = columns[column];
-                            Some((pilot, distance_m(position, orders[entry.order].pickup)))
-                        }
-                        None => {
-                            entry.search.widen(config);
-                            None
-                        }
-                    })
-                    .collect()
-            }
+            Policy::Batched { .. } => batched(&grid, &filter, &orders, &mut waiting, config, now_ms, &mut outcome),
         };
         let mut kept = VecDeque::with_capacity(waiting.len());
         for (entry, choice) in waiting.drain(..).zip(chosen) {
@@ -240,14 +252,45 @@ pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outc
             pilot.position = order.drop;
             pilot.waypoint = order.drop;
             let _ = grid.set_status(pilot.id, PilotStatus::Busy, now_ms);
-            outcome.matched += 1;
-            outcome.pickup_m.push(pickup_m);
-            outcome.wait_s.push(f64::from(now_s - order.arrives_s));
+            outcome.by_order[entry.order] = Some(pickup_m);
+            if entry.order >= first_counted {
+                outcome.matched += 1;
+                outcome.pickup_m.push(pickup_m);
+                outcome.wait_s.push(f64::from(now_s - order.arrives_s));
+            }
         }
         waiting = kept;
     }
     outcome.tightness = tightness.0 / tightness.1.max(1) as f64;
     outcome
+}
+
+/// Every waiting order and its candidates at its radius, assigned together as the server's
+/// batched mode does ([`batch::Batch`], the same widening rule).
+fn batched(
+    grid: &PilotIndex,
+    filter: &dispatchd::grid::Filter,
+    orders: &[Order],
+    waiting: &mut VecDeque<Waiting>,
+    config: &MatchingConfig,
+    now_ms: i64,
+    outcome: &mut Outcome,
+) -> Vec<Option<(UserId, f64)>> {
+    let mut batch = batch::Batch::new();
+    for entry in waiting.iter() {
+        let pickup = orders[entry.order].pickup;
+        let found = grid.nearest(config.candidates, pickup, entry.search.radius_m(config), filter);
+        batch.add_order(found.into_iter().map(|candidate| (candidate.pilot.id, candidate.distance_m)));
+    }
+    let started = Instant::now();
+    let chosen = batch.solve();
+    outcome.solve_us.push(started.elapsed().as_secs_f64() * 1e6);
+    for (index, (entry, choice)) in waiting.iter_mut().zip(&chosen).enumerate() {
+        if choice.is_none() {
+            entry.search.after_window(config, batch.had_candidates(index), now_ms);
+        }
+    }
+    chosen
 }
 
 /// Oldest first, each waiting order takes the nearest free pilot within the widest radius it
@@ -280,12 +323,18 @@ fn greedy(
 
 /// Moves a free pilot up to `step_m` towards its waypoint, picking a new one nearby when it
 /// gets there.
-fn wander(pilot: &mut Pilot, step_m: f64) {
+fn wander(pilot: &mut Pilot, step_m: f64, hotspots: &[LatLng], seek_demand: f64) {
     let left = distance_m(pilot.position, pilot.waypoint);
     if left <= step_m {
         pilot.position = pilot.waypoint;
-        let (north, east) = (pilot.rng.random_range(-2000.0..2000.0), pilot.rng.random_range(-2000.0..2000.0));
-        pilot.waypoint = offset(pilot.position, north, east);
+        pilot.waypoint = if pilot.rng.random_bool(seek_demand) {
+            // Towards demand, as drivers do who watch a heat map.
+            let spot = hotspots[pilot.rng.random_range(0..hotspots.len())];
+            offset(spot, gaussian(&mut pilot.rng) * 2000.0, gaussian(&mut pilot.rng) * 2000.0)
+        } else {
+            let (north, east) = (pilot.rng.random_range(-2000.0..2000.0), pilot.rng.random_range(-2000.0..2000.0));
+            offset(pilot.position, north, east)
+        };
         return;
     }
     let f = step_m / left;
@@ -295,8 +344,16 @@ fn wander(pilot: &mut Pilot, step_m: f64) {
 }
 
 /// Time to solve one batch of `orders` waiting orders among `pilots` free pilots spread over a
-/// `side_km` city, each order with its `candidates` nearest within 5 km (µs, per repetition).
-pub fn solve_times(orders: usize, pilots: usize, candidates: usize, side_km: f64, reps: usize, seed: u64) -> Vec<f64> {
+/// `side_km` city, each order with its `config.candidates` nearest within 5 km (µs, per
+/// repetition).
+pub fn solve_times(
+    orders: usize,
+    pilots: usize,
+    config: &MatchingConfig,
+    side_km: f64,
+    reps: usize,
+    seed: u64,
+) -> Vec<f64> {
     let mut rng = StdRng::seed_from_u64(seed);
     let side_m = side_km * 1000.0;
     let grid = PilotIndex::new(&dispatchd::config::Config::defaults().grid);
@@ -307,21 +364,14 @@ pub fn solve_times(orders: usize, pilots: usize, candidates: usize, side_km: f64
     let filter = grid.available_filter(Some(VehicleType::Bike), T0_MS);
     (0..reps)
         .map(|_| {
-            let mut column_of = std::collections::HashMap::new();
-            let edges: Vec<batch::Edges> = (0..orders)
-                .map(|_| {
-                    let pickup = random_latlng(&mut rng, side_m);
-                    grid.nearest(candidates, pickup, 5000.0, &filter)
-                        .into_iter()
-                        .map(|found| {
-                            let next = column_of.len();
-                            (*column_of.entry(found.pilot.id).or_insert(next), found.distance_m.round() as u32)
-                        })
-                        .collect()
-                })
-                .collect();
+            let mut batch = batch::Batch::new();
+            for _ in 0..orders {
+                let pickup = random_latlng(&mut rng, side_m);
+                let found = grid.nearest(config.candidates, pickup, 5000.0, &filter);
+                batch.add_order(found.into_iter().map(|found| (found.pilot.id, found.distance_m)));
+            }
             let started = Instant::now();
-            std::hint::black_box(batch::assign(&edges, column_of.len()));
+            std::hint::black_box(batch.solve());
             started.elapsed().as_secs_f64() * 1e6
         })
         .collect()
@@ -347,6 +397,8 @@ mod tests {
             trip_km: (1.0, 4.0),
             road_factor: 1.3,
             max_wait_s: 120,
+            warmup_min: 1,
+            seek_demand: 0.3,
         }
     }
 

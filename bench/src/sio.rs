@@ -26,14 +26,33 @@ pub struct Socket {
 impl Socket {
     /// Connects to `namespace` at `host:port` with `{token}` as auth.
     pub async fn connect(addr: &str, namespace: &str, token: &str, on_event: OnEvent) -> Result<Self, String> {
-        tokio::time::timeout(Duration::from_secs(10), Self::open(addr, namespace, token, on_event))
+        Self::connect_from(None, addr, namespace, token, on_event).await
+    }
+
+    /// As [`Socket::connect`], from the local address `source` (say 127.0.0.3) when given, so
+    /// that many connections do not exhaust one address's ephemeral ports.
+    pub async fn connect_from(
+        source: Option<std::net::IpAddr>,
+        addr: &str,
+        namespace: &str,
+        token: &str,
+        on_event: OnEvent,
+    ) -> Result<Self, String> {
+        tokio::time::timeout(Duration::from_secs(10), Self::open(source, addr, namespace, token, on_event))
             .await
             .map_err(|_| format!("no CONNECT answer from {namespace} within 10 s"))?
     }
 
-    async fn open(addr: &str, namespace: &str, token: &str, on_event: OnEvent) -> Result<Self, String> {
+    async fn open(
+        source: Option<std::net::IpAddr>,
+        addr: &str,
+        namespace: &str,
+        token: &str,
+        on_event: OnEvent,
+    ) -> Result<Self, String> {
         let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|err| err.to_string())?;
+        let stream = tcp(source, addr).await.map_err(|err| format!("connect {addr}: {err}"))?;
+        let (ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(|err| err.to_string())?;
         let (mut sink, mut stream) = ws.split();
         let open = read_text(&mut stream).await.ok_or("no open packet")?;
         if !open.starts_with('0') {
@@ -52,7 +71,9 @@ impl Socket {
         let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {
             while let Some(message) = outgoing.recv().await {
-                if sink.send(message).await.is_err() {
+                let closing = matches!(message, Message::Close(_));
+                if sink.send(message).await.is_err() || closing {
+                    let _ = sink.close().await;
                     return;
                 }
             }
@@ -65,6 +86,11 @@ impl Socket {
             }
         });
         Ok(Self { namespace: namespace.to_owned(), out, waiters, next_id: 0.into() })
+    }
+
+    /// Closes the connection (the server sees the client leave).
+    pub fn close(&self) {
+        let _ = self.out.send(Message::Close(None));
     }
 
     /// Emits `event` and waits at most 10 s for its ack.
@@ -84,6 +110,21 @@ impl Socket {
         let _ = self.out.send(Message::text(format!("42{},{id}{arguments}", self.namespace)));
         rx
     }
+}
+
+/// A TCP connection to `addr`, from `source` when given, without Nagle's delay.
+async fn tcp(source: Option<std::net::IpAddr>, addr: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let remote = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    let socket = if remote.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    if let Some(source) = source {
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+    }
+    let stream = socket.connect(remote).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 fn dispatch(text: &str, pong: &mpsc::UnboundedSender<Message>, waiters: &Waiters, on_event: &OnEvent) {

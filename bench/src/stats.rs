@@ -13,6 +13,13 @@ pub struct Summary {
 }
 
 impl Summary {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "count": self.count, "mean_us": self.mean_us, "p50_us": self.p50_us, "p99_us": self.p99_us,
+            "p999_us": self.p999_us,
+        })
+    }
+
     pub fn of(samples: &mut [Duration]) -> Self {
         assert!(!samples.is_empty(), "no samples");
         samples.sort_unstable();

@@ -10,6 +10,9 @@
 //! cost. Only pilots that are some order's candidate become columns, so the matrix is as
 //! small as the batch allows.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+
 use pathfinding::kuhn_munkres::kuhn_munkres;
 use pathfinding::matrix::Matrix;
 
@@ -63,6 +66,62 @@ pub fn assign(orders: &[Edges], pilots: usize) -> Vec<Option<usize>> {
         }
     }
     result
+}
+
+/// A batch being put together: each waiting order with its candidates, then solved at once.
+/// `P` names a pilot.
+#[derive(Debug, Clone)]
+pub struct Batch<P> {
+    pilots: Vec<P>,
+    column: HashMap<P, usize>,
+    orders: Vec<Edges>,
+    distances: Vec<Vec<f64>>,
+}
+
+impl<P: Copy + Eq + Hash> Default for Batch<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: Copy + Eq + Hash> Batch<P> {
+    pub fn new() -> Self {
+        Self { pilots: Vec::new(), column: HashMap::new(), orders: Vec::new(), distances: Vec::new() }
+    }
+
+    /// Adds the next waiting order and its candidates: `(pilot, pickup distance in m)`.
+    pub fn add_order(&mut self, candidates: impl IntoIterator<Item = (P, f64)>) {
+        let (mut edges, mut distances) = (Vec::new(), Vec::new());
+        for (pilot, distance_m) in candidates {
+            let column = *self.column.entry(pilot).or_insert_with(|| {
+                self.pilots.push(pilot);
+                self.pilots.len() - 1
+            });
+            edges.push((column, super::score(distance_m).max(0.0).round().min(f64::from(u32::MAX / 4)) as u32));
+            distances.push(distance_m);
+        }
+        self.orders.push(edges);
+        self.distances.push(distances);
+    }
+
+    /// Whether order `index` (in the order added) had anyone in reach.
+    pub fn had_candidates(&self, index: usize) -> bool {
+        self.orders.get(index).is_some_and(|edges| !edges.is_empty())
+    }
+
+    /// Each order's pilot and its pickup distance, in the order the orders were added.
+    pub fn solve(&self) -> Vec<Option<(P, f64)>> {
+        let chosen = assign(&self.orders, self.pilots.len());
+        chosen
+            .into_iter()
+            .enumerate()
+            .map(|(order, column)| {
+                let column = column?;
+                let at = self.orders[order].iter().position(|(candidate, _)| *candidate == column)?;
+                Some((self.pilots[column], self.distances[order][at]))
+            })
+            .collect()
+    }
 }
 
 /// What an assignment achieves: orders served, and their total cost.
@@ -127,6 +186,17 @@ mod tests {
         let chosen = assign(&orders, 2);
         assert_eq!(chosen, vec![Some(1), Some(0)]);
         assert_eq!(quality(&orders, &chosen), (2, 5));
+    }
+
+    #[test]
+    fn a_batch_names_pilots_and_distances_of_each_order() {
+        let mut batch = Batch::new();
+        batch.add_order([("a", 500.0), ("b", 2100.0)]);
+        batch.add_order([("a", 600.0)]);
+        batch.add_order(std::iter::empty());
+        // Order 1 has only a: order 0 takes b.
+        assert_eq!(batch.solve(), vec![Some(("b", 2100.0)), Some(("a", 600.0)), None]);
+        assert!(batch.had_candidates(1) && !batch.had_candidates(2) && !batch.had_candidates(9));
     }
 
     #[test]

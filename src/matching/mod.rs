@@ -21,6 +21,10 @@ pub struct MatchingConfig {
     pub mode: Mode,
     /// Batched mode: how often waiting orders are assigned together.
     pub batch_window_ms: u64,
+    /// Batched mode: an order that lost every candidate to other orders in a window keeps its
+    /// radius this long before it widens anyway (a pilot may come free near it); one with
+    /// nobody in reach widens at once.
+    pub batch_widen_after_ms: u64,
     /// How long a pilot has to accept an offer.
     pub offer_timeout_secs: u64,
     /// Search radii (m), widened in turn while nobody is found or everyone declined.
@@ -76,13 +80,36 @@ pub fn score(pickup_distance_m: f64) -> f64 {
     pickup_distance_m
 }
 
-/// One order's search: the radius it has reached.
+/// One order's search: the radius it has reached, and since when (ms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Search {
     step: usize,
+    since_ms: i64,
 }
 
 impl Search {
+    /// A search beginning at `now_ms`.
+    pub fn starting(now_ms: i64) -> Self {
+        Self { step: 0, since_ms: now_ms }
+    }
+
+    /// Batched mode, after a window that left the order without a pilot: widens when nobody
+    /// was in reach (`had_candidates` false), as in immediate mode; an order that only lost
+    /// its candidates to other orders keeps its radius until it has waited
+    /// `batch_widen_after_ms` at it. `false` when the radius stays.
+    pub fn after_window(&mut self, config: &MatchingConfig, had_candidates: bool, now_ms: i64) -> bool {
+        let waited = now_ms.saturating_sub(self.since_ms);
+        let patience = i64::try_from(config.batch_widen_after_ms).unwrap_or(i64::MAX);
+        if had_candidates && waited < patience {
+            return false;
+        }
+        let widened = self.widen(config);
+        if widened {
+            self.since_ms = now_ms;
+        }
+        widened
+    }
+
     /// The radius to search now.
     pub fn radius_m(self, config: &MatchingConfig) -> f64 {
         let steps = &config.radius_steps_m;
@@ -112,6 +139,7 @@ mod tests {
         MatchingConfig {
             mode: Mode::Immediate,
             batch_window_ms: 2000,
+            batch_widen_after_ms: 10_000,
             offer_timeout_secs: 15,
             radius_steps_m: vec![1000.0, 3000.0, 5000.0],
             candidates: 20,
@@ -131,6 +159,18 @@ mod tests {
         assert_eq!(search.radius_m(&config), 5000.0);
         assert!(!search.widen(&config));
         assert_eq!(search.radius_m(&config), 5000.0);
+    }
+
+    #[test]
+    fn a_batched_search_widens_when_nobody_is_in_reach_or_after_waiting() {
+        let config = config();
+        let mut search = Search::starting(1_000);
+        assert!(search.after_window(&config, false, 3_000), "nobody in reach: wider at once");
+        assert_eq!(search.radius_m(&config), 3000.0);
+        assert!(!search.after_window(&config, true, 12_000), "lost to others: waits 10 s from the widening");
+        assert!(search.after_window(&config, true, 13_000));
+        assert_eq!(search.radius_m(&config), 5000.0);
+        assert!(!search.after_window(&config, false, 30_000), "the widest stays the widest");
     }
 
     #[test]

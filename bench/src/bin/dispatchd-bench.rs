@@ -1,208 +1,397 @@
-//! `dispatchd-bench`: benchmark scenarios by subcommand.
+//! `dispatchd-bench`: the load generator, the city simulator and the side-by-side
+//! comparisons. Each scenario drives a running server over real sockets and HTTP (loopback
+//! addresses only), prints a progress line while it runs and a summary table at the end, and
+//! with `--json FILE` writes its figures for machines.
 //!
-//! * `matching`: greedy against batched matching on the same simulated city (tight and
-//!   plentiful supply), and the time to solve a 200 × 3,000 batch. In-process, simulated
-//!   time: reproducible from `--seed`.
-//! * `dispatch`: order created → offer on the pilot's socket while a large fleet streams.
+//! ```text
+//! dispatchd-bench ingest      --url http://127.0.0.1:8080 --pilots 1000 --interval 5 --batch 5
+//! dispatchd-bench track       --url … --pairs 1000 --rate 2
+//! dispatchd-bench connections --url … --connections 15000 --sources 4
+//! dispatchd-bench dispatch    --url … --pilots 200 --orders-per-sec 10     (or --in-process --streaming 50000)
+//! dispatchd-bench simulate    --url … --pilots 2000 --orders-per-min 60
+//! dispatchd-bench matching    --seeds 5                                     (in-process, simulated time)
+//! dispatchd-bench compare     ingest track connections                      (starts dispatchd and the Node baseline)
+//! ```
 
-use std::io::Write as _;
+use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
-use dispatchd_bench::dispatch_load::DispatchArgs;
-use dispatchd_bench::matching_sim::{Outcome, Policy, Scenario, mean_and_percentile, run, solve_times};
-use dispatchd_bench::stats::Summary;
-use serde_json::json;
+use clap::{Args, Parser, Subcommand};
+use dispatchd_bench::scenarios::{compare, connections, dispatch, ingest, matching, simulate, track};
+use dispatchd_bench::target::{Kind, STAFF_PASSWORD, STAFF_PHONE, Target};
+use serde_json::Value;
 
 #[derive(Parser)]
-#[command(name = "dispatchd-bench", about = "Benchmarks for dispatchd")]
+#[command(name = "dispatchd-bench", about = "Load generator, city simulator and benchmarks for dispatchd")]
 struct Cli {
     #[command(subcommand)]
-    scenario: Command,
+    scenario: Scenario,
+}
+
+/// Flags every scenario against a running server takes.
+#[derive(Args, Clone)]
+struct Common {
+    /// The server: http://host:port on a loopback address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// What runs there: dispatchd, or the Node baseline (bench/baselines/node-relay).
+    #[arg(long, value_enum, default_value = "dispatchd")]
+    target: Kind,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// The server's pid, for its CPU time and memory (from /proc).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// A dispatcher's login (`dispatchd admin create-user --role dispatcher`).
+#[derive(Args, Clone)]
+struct Staff {
+    #[arg(long, default_value = STAFF_PHONE)]
+    staff_phone: String,
+    #[arg(long, default_value = STAFF_PASSWORD)]
+    staff_password: String,
+}
+
+#[derive(Args, Clone)]
+struct IngestSizes {
+    /// Pilots connected, each streaming.
+    #[arg(long, default_value_t = 1000)]
+    pilots: usize,
+    /// Seconds between one pilot's reports.
+    #[arg(long, default_value_t = 5.0)]
+    interval: f64,
+    /// Fixes per report.
+    #[arg(long, default_value_t = 5)]
+    batch: usize,
+}
+
+#[derive(Args, Clone)]
+struct TrackSizes {
+    /// Pilot–customer pairs.
+    #[arg(long, default_value_t = 1000)]
+    pairs: usize,
+    /// Fixes per second per pilot (at most 2).
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+}
+
+#[derive(Args, Clone)]
+struct ConnectionSizes {
+    /// Idle sockets to open.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Source addresses 127.0.0.1..=127.0.0.N to spread them over.
+    #[arg(long, default_value_t = 4)]
+    sources: u8,
+    /// Seconds the reconnect storm's sockets have to come back.
+    #[arg(long, default_value_t = 60)]
+    storm_deadline: u64,
 }
 
 #[derive(Subcommand)]
-enum Command {
-    /// Greedy vs batched matching on the same simulated city, and the batch solve time.
-    Matching {
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Minutes of orders per scenario.
-        #[arg(long, default_value_t = 60)]
-        minutes: u32,
-        /// Batched mode's window (s).
-        #[arg(long, default_value_t = 2)]
-        window: u32,
-        /// A tenth of the pilots and orders, and a small batch to time: a smoke run.
-        #[arg(long)]
-        small: bool,
-        /// Write the results as JSON here too.
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
+enum Scenario {
+    /// Pilots streaming batches of fixes: accepted fixes/s, ack latency, server CPU and memory.
+    Ingest {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        sizes: IngestSizes,
     },
-    /// Order created → offer on the pilot's socket while a large fleet streams positions
-    /// (the server runs in this process; see bench/src/dispatch_load.rs).
+    /// Pilots on orders streaming while their customers watch: delivery latency, losses.
+    Track {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        sizes: TrackSizes,
+        #[command(flatten)]
+        staff: Staff,
+    },
+    /// Many idle sockets: memory per connection, connect rate, then a reconnect storm.
+    Connections {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        sizes: ConnectionSizes,
+    },
+    /// Orders against streaming pilots that accept: order → offer and → assigned latency.
     Dispatch {
-        /// Pilots streaming a position every 5 s (autos; they fill the index, never match).
-        #[arg(long, default_value_t = 50_000)]
-        streaming: usize,
-        /// Bike pilots on real Socket.io connections that receive and accept the offers.
+        #[command(flatten)]
+        common: Common,
+        /// Pilots on sockets (with --in-process: the bikes that answer offers).
         #[arg(long, default_value_t = 200)]
-        socket_pilots: usize,
+        pilots: usize,
         #[arg(long, default_value_t = 10.0)]
         orders_per_sec: f64,
-        #[arg(long, default_value_t = 30)]
-        duration: u64,
-        /// Postgres URL (a database of its own: the run fills it); SQLite in a temporary
-        /// directory without it.
+        /// Share of offers accepted.
+        #[arg(long, default_value_t = 1.0)]
+        accept_share: f64,
+        /// Run the server in this process with `--streaming` more pilots reporting through
+        /// the server's own fleet API (50,000 sockets exceed this machine's file limit).
+        #[arg(long)]
+        in_process: bool,
+        #[arg(long, default_value_t = 50_000)]
+        streaming: usize,
+        /// With --in-process: a Postgres URL of a database of its own (SQLite without it).
         #[arg(long)]
         database_url: Option<String>,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+    /// A living city against a running server: pilots driving trips, orders arriving.
+    Simulate {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 2000)]
+        pilots: usize,
+        #[arg(long, default_value_t = 60.0)]
+        orders_per_min: f64,
+        #[arg(long, default_value_t = 15.0)]
+        side_km: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[command(flatten)]
+        staff: Staff,
+    },
+    /// Greedy against batched matching on the same simulated city (in-process, simulated
+    /// time, reproducible), and the batch solve time. The server's `[matching]` settings
+    /// apply, with their DISPATCHD__MATCHING__* overrides.
+    Matching {
+        /// First seed; seeds seed..seed+N are run.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// Minutes of orders per scenario; the first `--warmup` are not counted.
+        #[arg(long, default_value_t = 60)]
+        minutes: u32,
+        #[arg(long, default_value_t = 15)]
+        warmup: u32,
+        /// Batched mode's window (s).
+        #[arg(long, default_value_t = 2)]
+        window: u32,
+        #[arg(long, default_value_t = 1200)]
+        tight_pilots: usize,
+        #[arg(long, default_value_t = 60.0)]
+        tight_orders_per_min: f64,
+        #[arg(long, default_value_t = 3000)]
+        plenty_pilots: usize,
+        #[arg(long, default_value_t = 30.0)]
+        plenty_orders_per_min: f64,
+        /// Share of a free pilot's moves that head for a busy spot.
+        #[arg(long, default_value_t = 0.3)]
+        seek_demand: f64,
+        /// A tenth of the pilots and orders and a small batch to time: a smoke run.
         #[arg(long)]
-        json: Option<std::path::PathBuf>,
+        small: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// dispatchd against the Node baseline, back to back, same scenario, same sizes; prints
+    /// the ratios.
+    Compare {
+        /// Scenarios to compare: ingest, track, connections.
+        #[arg(default_values_t = ["ingest".to_owned(), "track".to_owned(), "connections".to_owned()])]
+        scenarios: Vec<String>,
+        #[arg(long, default_value = "target/release/dispatchd")]
+        server_bin: PathBuf,
+        #[arg(long, default_value = "bench/baselines/node-relay")]
+        node_dir: PathBuf,
+        /// Redis for the baseline's GEO writes in `ingest` (none: it keeps nothing).
+        #[arg(long)]
+        redis_url: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+        #[command(flatten)]
+        ingest: IngestSizes,
+        #[command(flatten)]
+        track: TrackSizes,
+        #[command(flatten)]
+        connections: ConnectionSizes,
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().scenario {
-        Command::Matching { seed, minutes, window, small, json } => matching(seed, minutes, window, small, json),
-        Command::Dispatch { streaming, socket_pilots, orders_per_sec, duration, database_url, seed, json } => {
-            let args = DispatchArgs { streaming, socket_pilots, orders_per_sec, seconds: duration, database_url, seed };
-            dispatch(&args, json)
-        }
-    }
-}
-
-fn dispatch(args: &DispatchArgs, json_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = runtime.block_on(dispatchd_bench::dispatch_load::run(args))?;
-    let ms = |summary: &Option<Summary>| match summary {
-        Some(s) => {
-            format!("p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms", s.p50_us / 1e3, s.p99_us / 1e3, s.p999_us / 1e3)
+    runtime.block_on(run(Cli::parse().scenario))
+}
+
+async fn run(scenario: Scenario) -> anyhow::Result<()> {
+    let (json_path, results) = match scenario {
+        Scenario::Ingest { common, sizes } => {
+            let report = ingest::run(&target(&common)?, &ingest_args(&sizes, &common)).await?;
+            report.table().print();
+            (common.json, report.json())
         }
-        None => "-".to_owned(),
+        Scenario::Track { common, sizes, staff } => {
+            let report = track::run(&target(&common)?, &track_args(&sizes, &common, &staff)).await?;
+            report.table().print();
+            (common.json, report.json())
+        }
+        Scenario::Connections { common, sizes } => {
+            let report = connections::run(&target(&common)?, &connection_args(&sizes, common.pid)).await?;
+            report.table().print();
+            (common.json, report.json())
+        }
+        Scenario::Dispatch {
+            common,
+            pilots,
+            orders_per_sec,
+            accept_share,
+            in_process,
+            streaming,
+            database_url,
+            seed,
+        } => {
+            if in_process {
+                let args = dispatchd_bench::scenarios::dispatch_in_process::DispatchArgs {
+                    streaming,
+                    socket_pilots: pilots,
+                    orders_per_sec,
+                    seconds: common.duration,
+                    database_url,
+                    seed,
+                };
+                let report = dispatchd_bench::scenarios::dispatch_in_process::run(&args).await?;
+                report.table().print();
+                anyhow::ensure!(report.offered > 0, "no order reached a pilot");
+                (common.json, report.json(&args))
+            } else {
+                let args = dispatch::DispatchArgs {
+                    pilots,
+                    orders_per_sec,
+                    duration_s: common.duration,
+                    accept_share,
+                    think_ms: (200, 1500),
+                    seed,
+                };
+                let report = dispatch::run(&target(&common)?, &args).await?;
+                report.table().print();
+                anyhow::ensure!(report.offered > 0, "no order reached a pilot");
+                (common.json, report.json())
+            }
+        }
+        Scenario::Simulate { common, pilots, orders_per_min, side_km, seed, staff } => {
+            let args = simulate::SimulateArgs {
+                pilots,
+                orders_per_min,
+                duration_s: common.duration,
+                side_km,
+                seed,
+                staff: (staff.staff_phone, staff.staff_password),
+            };
+            let summary = simulate::run(&target(&common)?, &args).await?;
+            (common.json, summary)
+        }
+        Scenario::Matching {
+            seed,
+            seeds,
+            minutes,
+            warmup,
+            window,
+            tight_pilots,
+            tight_orders_per_min,
+            plenty_pilots,
+            plenty_orders_per_min,
+            seek_demand,
+            small,
+            json,
+        } => {
+            let args = matching::MatchingArgs {
+                seed,
+                seeds,
+                minutes,
+                warmup,
+                window_s: window,
+                tight: (tight_pilots, tight_orders_per_min),
+                plenty: (plenty_pilots, plenty_orders_per_min),
+                small,
+                seek_demand,
+            };
+            let config = dispatchd::config::Config::load(None).map_err(|err| anyhow::anyhow!("{err}"))?.matching;
+            (json, matching::run_all(&args, &config))
+        }
+        Scenario::Compare {
+            scenarios,
+            server_bin,
+            node_dir,
+            redis_url,
+            duration,
+            ingest,
+            track,
+            connections,
+            json,
+        } => {
+            let common = Common { url: String::new(), target: Kind::Dispatchd, duration, pid: None, json: None };
+            let staff = Staff { staff_phone: STAFF_PHONE.into(), staff_password: STAFF_PASSWORD.into() };
+            let args = compare::CompareArgs {
+                scenarios,
+                server_bin,
+                node_dir,
+                redis_url,
+                ingest: ingest_args(&ingest, &common),
+                track: track_args(&track, &common, &staff),
+                connections: connection_args(&connections, None),
+            };
+            (json, compare::run(&args).await?)
+        }
     };
-    println!(
-        "store {} · {} pilots streaming ({:.0} reports/s achieved) · {} bike pilots on sockets · {} orders/s for {} s",
-        report.store, args.streaming, report.streamed_per_sec, args.socket_pilots, args.orders_per_sec, args.seconds
-    );
-    println!("orders {} · offered {} · assigned {}", report.orders, report.offered, report.assigned);
-    println!("order → offer on the pilot's socket: {}", ms(&report.order_to_offer));
-    println!("order → assigned (incl. the pilot's 0.2–1.5 s to accept): {}", ms(&report.order_to_assigned));
-    anyhow::ensure!(report.offered > 0, "no order reached a pilot");
     if let Some(path) = json_path {
-        let summary = |s: &Option<Summary>| {
-            s.map(|s| json!({ "p50_us": s.p50_us, "p99_us": s.p99_us, "p999_us": s.p999_us, "mean_us": s.mean_us }))
-        };
-        let value = json!({
-            "store": report.store, "streaming": args.streaming, "streamed_per_sec": report.streamed_per_sec,
-            "socket_pilots": args.socket_pilots, "orders_per_sec": args.orders_per_sec, "seconds": args.seconds,
-            "orders": report.orders, "offered": report.offered, "assigned": report.assigned,
-            "order_to_offer": summary(&report.order_to_offer), "order_to_assigned": summary(&report.order_to_assigned),
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&value)?)?;
+        write_json(&path, &results)?;
     }
     Ok(())
 }
 
-fn matching(
-    seed: u64,
-    minutes: u32,
-    window: u32,
-    small: bool,
-    json_path: Option<std::path::PathBuf>,
-) -> anyhow::Result<()> {
-    let config = dispatchd::config::Config::defaults().matching;
-    let scale = if small { 10 } else { 1 };
-    let city = |name, pilots: usize, orders_per_min: f64| Scenario {
-        name,
-        seed,
-        pilots: pilots / scale,
-        orders_per_min: orders_per_min / scale as f64,
-        minutes,
-        side_km: 30.0,
-        speed_kmh: 20.0,
-        trip_km: (2.0, 8.0),
-        road_factor: 1.3,
-        max_wait_s: 300,
-    };
-    let scenarios = [city("tight", 1200, 60.0), city("plenty", 3000, 30.0)];
-    let mut results = Vec::new();
-    println!(
-        "{:<8} {:<8} {:>7} {:>8} {:>10} {:>10} {:>9} {:>9} {:>10} {:>12}",
-        "supply",
-        "policy",
-        "orders",
-        "matched",
-        "mean pick",
-        "p95 pick",
-        "mean wait",
-        "p95 wait",
-        "orders/idle",
-        "solve p50/max"
-    );
-    for scenario in &scenarios {
-        let row = |policy: Policy, outcome: &Outcome| {
-            let (mean_pick, p95_pick) = mean_and_percentile(&outcome.pickup_m, 0.95);
-            let (mean_wait, p95_wait) = mean_and_percentile(&outcome.wait_s, 0.95);
-            let (_, solve_p50) = mean_and_percentile(&outcome.solve_us, 0.5);
-            let solve_max = outcome.solve_us.iter().copied().fold(0.0, f64::max);
-            let name = if policy == Policy::Greedy { "greedy" } else { "batched" };
-            let solve =
-                if outcome.solve_us.is_empty() { "-".to_owned() } else { format!("{solve_p50:.0}/{solve_max:.0} µs") };
-            println!(
-                "{:<8} {:<8} {:>7} {:>7.1}% {:>8.0} m {:>8.0} m {:>7.1} s {:>7.0} s {:>10.2} {:>14}",
-                scenario.name,
-                name,
-                outcome.orders,
-                outcome.matched_share() * 100.0,
-                mean_pick,
-                p95_pick,
-                mean_wait,
-                p95_wait,
-                outcome.tightness,
-                solve
-            );
-            let _ = std::io::stdout().flush();
-            json!({
-                "supply": scenario.name, "policy": name, "pilots": scenario.pilots,
-                "orders_per_min": scenario.orders_per_min, "orders": outcome.orders,
-                "matched_share": outcome.matched_share(), "pickup_mean_m": mean_pick, "pickup_p95_m": p95_pick,
-                "wait_mean_s": mean_wait, "wait_p95_s": p95_wait, "orders_per_idle_pilot": outcome.tightness,
-                "solve_p50_us": solve_p50, "solve_max_us": solve_max,
-            })
-        };
-        let greedy = run(scenario, Policy::Greedy, &config);
-        results.push(row(Policy::Greedy, &greedy));
-        let batched = run(scenario, Policy::Batched { window_s: window }, &config);
-        results.push(row(Policy::Batched { window_s: window }, &batched));
-        let ratio = |a: &[f64], b: &[f64], q| mean_and_percentile(b, q).1 / mean_and_percentile(a, q).1;
-        let mean_ratio = mean_and_percentile(&batched.pickup_m, 0.5).0 / mean_and_percentile(&greedy.pickup_m, 0.5).0;
-        println!(
-            "{:<8} batched / greedy: mean pickup {:.3}, p95 pickup {:.3}, matched {:+.1} points",
-            scenario.name,
-            mean_ratio,
-            ratio(&greedy.pickup_m, &batched.pickup_m, 0.95),
-            (batched.matched_share() - greedy.matched_share()) * 100.0
-        );
+fn target(common: &Common) -> anyhow::Result<Target> {
+    Target::new(common.target, &common.url)
+}
+
+fn ingest_args(sizes: &IngestSizes, common: &Common) -> ingest::IngestArgs {
+    ingest::IngestArgs {
+        pilots: sizes.pilots,
+        interval_s: sizes.interval,
+        batch: sizes.batch.clamp(1, 100),
+        duration_s: common.duration,
+        pid: common.pid,
+        seed: 42,
     }
-    let (batch_orders, batch_pilots, reps) = if small { (20, 300, 3) } else { (200, 3000, 30) };
-    let solves = solve_times(batch_orders, batch_pilots, config.candidates, 30.0, reps, seed);
-    let (mean, p50) = mean_and_percentile(&solves, 0.5);
-    let (_, p99) = mean_and_percentile(&solves, 0.99);
-    println!(
-        "solve {batch_orders} orders x {batch_pilots} pilots ({} candidates each, 30 km city): mean {:.2} ms, p50 {:.2} ms, max {:.2} ms",
-        config.candidates,
-        mean / 1000.0,
-        p50 / 1000.0,
-        p99 / 1000.0
-    );
-    results.push(json!({
-        "solve_orders": batch_orders, "solve_pilots": batch_pilots,
-        "solve_mean_us": mean, "solve_p50_us": p50, "solve_max_us": p99,
-    }));
-    if let Some(path) = json_path {
-        std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+}
+
+fn track_args(sizes: &TrackSizes, common: &Common, staff: &Staff) -> track::TrackArgs {
+    track::TrackArgs {
+        pairs: sizes.pairs,
+        rate: sizes.rate.clamp(0.01, 2.0),
+        duration_s: common.duration,
+        pid: common.pid,
+        staff: (staff.staff_phone.clone(), staff.staff_password.clone()),
     }
+}
+
+fn connection_args(sizes: &ConnectionSizes, pid: Option<u32>) -> connections::ConnectionsArgs {
+    connections::ConnectionsArgs {
+        connections: sizes.connections,
+        sources: sizes.sources,
+        storm_deadline_s: sizes.storm_deadline,
+        pid,
+    }
+}
+
+fn write_json(path: &std::path::Path, value: &Value) -> anyhow::Result<()> {
+    let stamped = serde_json::json!({
+        "date": chrono_like_now(),
+        "machine_cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "results": value,
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&stamped)?)?;
     Ok(())
+}
+
+/// Seconds since the epoch (the JSON is for machines).
+fn chrono_like_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

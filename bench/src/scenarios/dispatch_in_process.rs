@@ -1,4 +1,4 @@
-//! The dispatch scenario: order created → offer on the pilot's socket, while a large fleet
+//! `dispatch --in-process`: order created → offer on the pilot's socket, while a large fleet
 //! streams positions.
 //!
 //! The server is the real one (`App`: HTTP, Socket.io, matchmaker, store) running inside
@@ -53,7 +53,7 @@ pub struct DispatchArgs {
 }
 
 #[derive(Debug)]
-pub struct DispatchReport {
+pub struct InProcessReport {
     pub orders: usize,
     pub offered: usize,
     pub assigned: usize,
@@ -76,7 +76,49 @@ type Timeline = Arc<Mutex<HashMap<String, Milestones>>>;
 const SIDE_M: f64 = 30_000.0;
 const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0$YmVuY2hoYXNoYmVuY2hoYXNo";
 
-pub async fn run(args: &DispatchArgs) -> anyhow::Result<DispatchReport> {
+impl InProcessReport {
+    pub fn table(&self) -> crate::report::Table {
+        let mut table = crate::report::Table::new(&[
+            "store",
+            "streaming reports/s",
+            "orders",
+            "offered",
+            "assigned",
+            "order → offer p50",
+            "p99",
+            "p99.9",
+            "order → assigned p50",
+            "p99",
+        ]);
+        let ms = |s: &Option<Summary>, f: fn(&Summary) -> f64| crate::scenarios::ms(s.as_ref().map(f));
+        table.row(vec![
+            self.store.into(),
+            format!("{:.0}", self.streamed_per_sec),
+            self.orders.to_string(),
+            self.offered.to_string(),
+            self.assigned.to_string(),
+            ms(&self.order_to_offer, |s| s.p50_us),
+            ms(&self.order_to_offer, |s| s.p99_us),
+            ms(&self.order_to_offer, |s| s.p999_us),
+            ms(&self.order_to_assigned, |s| s.p50_us),
+            ms(&self.order_to_assigned, |s| s.p99_us),
+        ]);
+        table
+    }
+
+    pub fn json(&self, args: &DispatchArgs) -> Value {
+        json!({
+            "scenario": "dispatch_in_process", "store": self.store, "streaming": args.streaming,
+            "streamed_per_sec": self.streamed_per_sec, "socket_pilots": args.socket_pilots,
+            "orders_per_sec": args.orders_per_sec, "seconds": args.seconds, "orders": self.orders,
+            "offered": self.offered, "assigned": self.assigned,
+            "order_to_offer": self.order_to_offer.map(|s| s.json()),
+            "order_to_assigned": self.order_to_assigned.map(|s| s.json()),
+        })
+    }
+}
+
+pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
     let scratch = std::env::temp_dir().join(format!("dispatchd-bench-{}", uuid::Uuid::now_v7()));
     let mut figment = Config::figment(None)?
         .merge(Serialized::global("auth.jwt_secret", "bench-secret-bench-secret-bench-secret-0123"))
@@ -177,7 +219,7 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<DispatchReport> {
             timeline.values().filter_map(|m| Some(to(m)?.saturating_duration_since(m.sent?))).collect();
         (!samples.is_empty()).then(|| Summary::of(&mut samples))
     };
-    Ok(DispatchReport {
+    Ok(InProcessReport {
         orders: timeline.values().filter(|m| m.sent.is_some()).count(),
         offered: timeline.values().filter(|m| m.sent.is_some() && m.offered.is_some()).count(),
         assigned: timeline.values().filter(|m| m.sent.is_some() && m.assigned.is_some()).count(),

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every dispatchd-bench scenario at tiny scale (a few clients, a few seconds), so that none
+# of them rots: scripts/test.sh runs this after the tests, with the debug binaries. Needs
+# Node.js (for the baseline) and Redis on 127.0.0.1:6379 (for the baseline's GEO writes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin="$(realpath "${CARGO_TARGET_DIR:-target}")/debug"
+bench="$bin/dispatchd-bench"
+work="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+(cd bench/baselines/node-relay && npm ci --no-audit --no-fund --loglevel=error)
+
+"$bench" matching --small --minutes 4 --warmup 1
+"$bench" compare ingest track connections --server-bin "$bin/dispatchd" --duration 3 --pilots 10 \
+    --pairs 5 --connections 40 --sources 2 --storm-deadline 10 --redis-url "${DISPATCHD_TEST_REDIS_URL:-redis://127.0.0.1:6379}" \
+    --json "$work/compare.json"
+grep -q '"storm_back": 40' "$work/compare.json" || { echo "compare: not every socket came back" >&2; exit 1; }
+
+# One server for the scenarios that drive a running one.
+export DISPATCHD__SERVER__ADDR=127.0.0.1:0 DISPATCHD__DATABASE__SQLITE_PATH="$work/dispatchd.db" \
+    DISPATCHD__RATE_LIMIT__ENABLED=false DISPATCHD__AUTH__ARGON2_MEMORY_KIB=64 DISPATCHD__AUTH__ARGON2_ITERATIONS=1 \
+    DISPATCHD__LOG__LEVEL=warn,dispatchd::app=info
+DISPATCHD_ADMIN_PASSWORD="bench password 1" "$bin/dispatchd" admin create-user --role dispatcher \
+    --phone +919999900001 --name Bench >/dev/null 2>&1
+"$bin/dispatchd" >"$work/server.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q '"addr"' "$work/server.log" && break; sleep 0.1; done
+url="http://$(grep -o '"addr":"[^"]*"' "$work/server.log" | head -n 1 | cut -d'"' -f4)"
+"$bench" ingest --url "$url" --pid "$pid" --pilots 10 --interval 1 --batch 3 --duration 3
+"$bench" track --url "$url" --pid "$pid" --pairs 5 --rate 2 --duration 3
+"$bench" connections --url "$url" --pid "$pid" --connections 30 --sources 2 --storm-deadline 10
+"$bench" dispatch --url "$url" --pilots 10 --orders-per-sec 2 --duration 3
+"$bench" simulate --url "$url" --pilots 10 --orders-per-min 60 --side-km 3 --duration 5
+"$bench" dispatch --in-process --streaming 300 --pilots 5 --orders-per-sec 2 --duration 3
+echo "every scenario ran"

@@ -1,0 +1,208 @@
+//! `dispatch`: orders arriving at a rate against M pilots on real sockets that report every
+//! 5 s and accept offers after a human delay. Times order created → offer on the pilot's
+//! socket and → assigned, in this process, from just before `POST /orders`. Each order is
+//! placed a few hundred metres from a pilot and cancelled by its customer once taken, so the
+//! fleet stays free and every order measures the dispatch path, not the supply.
+//!
+//! `--in-process` runs the 50,000-pilot variant instead (see `dispatch_load`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet::{Behaviour, FLEET_COUNTERS, Observer, Trip};
+use crate::path::{Walker, to_latlng};
+use crate::progress::{Counters, Progress};
+use crate::report::Table;
+use crate::scenarios::ms;
+use crate::stats::Summary;
+use crate::target::Target;
+
+#[derive(Debug, Clone)]
+pub struct DispatchArgs {
+    pub pilots: usize,
+    pub orders_per_sec: f64,
+    pub duration_s: u64,
+    pub accept_share: f64,
+    pub think_ms: (u64, u64),
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DispatchReport {
+    pub pilots: usize,
+    pub orders: usize,
+    pub offered: usize,
+    pub assigned: usize,
+    pub refused_orders: u64,
+    pub order_to_offer: Option<Summary>,
+    pub order_to_assigned: Option<Summary>,
+}
+
+impl DispatchReport {
+    pub fn table(&self) -> Table {
+        let share = |n: usize| format!("{:.1}%", n as f64 * 100.0 / self.orders.max(1) as f64);
+        let mut table = Table::new(&[
+            "pilots",
+            "orders",
+            "offered",
+            "assigned",
+            "order → offer p50",
+            "p99",
+            "p99.9",
+            "order → assigned p50",
+            "p99",
+        ]);
+        table.row(vec![
+            self.pilots.to_string(),
+            self.orders.to_string(),
+            share(self.offered),
+            share(self.assigned),
+            ms(self.order_to_offer.map(|s| s.p50_us)),
+            ms(self.order_to_offer.map(|s| s.p99_us)),
+            ms(self.order_to_offer.map(|s| s.p999_us)),
+            ms(self.order_to_assigned.map(|s| s.p50_us)),
+            ms(self.order_to_assigned.map(|s| s.p99_us)),
+        ]);
+        table
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "scenario": "dispatch", "pilots": self.pilots, "orders": self.orders, "offered": self.offered,
+            "assigned": self.assigned, "refused_orders": self.refused_orders,
+            "order_to_offer": self.order_to_offer.map(|s| s.json()),
+            "order_to_assigned": self.order_to_assigned.map(|s| s.json()),
+        })
+    }
+}
+
+/// When each order was placed, first offered and assigned.
+#[derive(Debug, Default, Clone, Copy)]
+struct Milestones {
+    sent: Option<Instant>,
+    offered: Option<Instant>,
+    assigned: Option<Instant>,
+}
+
+type Timeline = Arc<Mutex<HashMap<String, Milestones>>>;
+
+/// A 10 km square: dense enough that every order has a pilot near.
+const SIDE_M: f64 = 10_000.0;
+
+pub async fn run(target: &Target, args: &DispatchArgs) -> anyhow::Result<DispatchReport> {
+    eprintln!("dispatch: {} pilots, {} orders/s for {} s", args.pilots, args.orders_per_sec, args.duration_s);
+    let pilots = target.accounts("pilot", "bike", args.pilots).await?;
+    let customers = target.accounts("customer", "", 8).await?;
+    let tokens: Vec<String> = pilots.into_iter().map(|pilot| pilot.token).collect();
+    let walkers = (0..tokens.len()).map(|n| Walker::new(args.seed.wrapping_add(n as u64), SIDE_M, 8.0)).collect();
+    let timeline: Timeline = Arc::default();
+    let counters = Counters::new(&[&["orders", "refused"][..], &FLEET_COUNTERS[..]].concat());
+    let stop = CancellationToken::new();
+    let behaviour = Behaviour {
+        report_every: Duration::from_secs(5),
+        speed_mps: 8.0,
+        accept_share: args.accept_share,
+        think_ms: args.think_ms,
+        trip: Trip::Release,
+    };
+    let (positions, fleet) =
+        crate::fleet::start(target, &tokens, walkers, behaviour, counters.clone(), observer(&timeline), stop.clone())
+            .await?;
+    let progress = Progress::start(counters.clone(), &[]);
+    let mut rng = rand::rng();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.orders_per_sec));
+    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let mut placed = Vec::new();
+    while Instant::now() < deadline {
+        ticks.tick().await;
+        let near = {
+            let positions = positions.lock().unwrap();
+            positions[rng.random_range(0..positions.len())]
+        };
+        let customer = customers[rng.random_range(0..customers.len())].token.clone();
+        let pickup = (near.0 + rng.random_range(-0.002..0.002), near.1 + rng.random_range(-0.002..0.002));
+        let (target, timeline, counters) = (target.clone(), timeline.clone(), counters.clone());
+        placed.push(tokio::spawn(async move { place(&target, &customer, pickup, &timeline, &counters).await }));
+    }
+    for order in placed {
+        let _ = order.await;
+    }
+    drop(progress);
+    stop.cancel();
+    for task in fleet {
+        let _ = task.await;
+    }
+    let timeline = timeline.lock().unwrap().clone();
+    let span = |to: fn(&Milestones) -> Option<Instant>| {
+        let mut samples: Vec<Duration> =
+            timeline.values().filter_map(|m| Some(to(m)?.saturating_duration_since(m.sent?))).collect();
+        (!samples.is_empty()).then(|| Summary::of(&mut samples))
+    };
+    let placed = || timeline.values().filter(|m| m.sent.is_some());
+    Ok(DispatchReport {
+        pilots: tokens.len(),
+        orders: placed().count(),
+        offered: placed().filter(|m| m.offered.is_some()).count(),
+        assigned: placed().filter(|m| m.assigned.is_some()).count(),
+        refused_orders: counters.get("refused"),
+        order_to_offer: span(|m| m.offered),
+        order_to_assigned: span(|m| m.assigned),
+    })
+}
+
+/// Records offers and assignments as the pilots hear of them.
+fn observer(timeline: &Timeline) -> Observer {
+    let timeline = timeline.clone();
+    Arc::new(move |_, event, payload| {
+        let at = Instant::now();
+        let order = match event {
+            "offer" => payload["order_id"].as_str(),
+            "assigned" => payload["id"].as_str(),
+            _ => return,
+        };
+        let Some(order) = order else { return };
+        let mut timeline = timeline.lock().unwrap();
+        let milestones = timeline.entry(order.to_owned()).or_default();
+        match event {
+            "offer" => milestones.offered = milestones.offered.or(Some(at)),
+            _ => milestones.assigned = milestones.assigned.or(Some(at)),
+        }
+    })
+}
+
+/// Places one cash order at `pickup` and cancels it once a pilot has it (or after 20 s).
+async fn place(target: &Target, customer: &str, pickup: (f64, f64), timeline: &Timeline, counters: &Counters) {
+    let drop = (pickup.0 + 0.015, pickup.1 + 0.01);
+    let body = json!({
+        "pickup": { "lat": pickup.0, "lng": pickup.1, "address": "bench pickup" },
+        "drop": { "lat": drop.0, "lng": drop.1, "address": "bench drop" },
+        "vehicle_type": "bike",
+        "payment_method": "cash",
+    });
+    let sent = Instant::now();
+    counters.add("orders", 1);
+    let Ok(order) = target.post("/api/v1/orders", Some(customer), &body).await else {
+        counters.add("refused", 1);
+        return;
+    };
+    let id = order["id"].as_str().unwrap_or_default().to_owned();
+    timeline.lock().unwrap().entry(id.clone()).or_default().sent = Some(sent);
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if timeline.lock().unwrap().get(&id).is_some_and(|m| m.assigned.is_some()) {
+            break;
+        }
+    }
+    let _ = target.post(&format!("/api/v1/orders/{id}/cancel"), Some(customer), &json!({})).await;
+}
+
+/// A random point in the dispatch square.
+pub fn random_point(rng: &mut impl rand::Rng) -> (f64, f64) {
+    let half = SIDE_M / 2.0;
+    to_latlng(rng.random_range(-half..half), rng.random_range(-half..half))
+}

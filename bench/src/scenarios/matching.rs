@@ -1,0 +1,165 @@
+//! `matching`: greedy against batched matching on the same simulated city, at tight and at
+//! plentiful supply, over one or more seeds; and the time to solve one large batch.
+
+use serde_json::{Value, json};
+
+use crate::matching_sim::{Outcome, Policy, Scenario, mean_and_percentile, run, solve_times};
+use crate::report::Table;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct MatchingArgs {
+    pub seed: u64,
+    pub seeds: u64,
+    pub minutes: u32,
+    pub warmup: u32,
+    pub window_s: u32,
+    pub tight: (usize, f64),
+    pub plenty: (usize, f64),
+    pub small: bool,
+    pub seek_demand: f64,
+}
+
+/// One policy's figures on one scenario and seed.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    matched: f64,
+    mean_m: f64,
+    p95_m: f64,
+    mean_wait_s: f64,
+    p95_wait_s: f64,
+    tightness: f64,
+}
+
+impl Figures {
+    fn of(outcome: &Outcome) -> Self {
+        let (mean_m, p95_m) = mean_and_percentile(&outcome.pickup_m, 0.95);
+        let (mean_wait_s, p95_wait_s) = mean_and_percentile(&outcome.wait_s, 0.95);
+        Self { matched: outcome.matched_share(), mean_m, p95_m, mean_wait_s, p95_wait_s, tightness: outcome.tightness }
+    }
+}
+
+/// Runs every scenario and seed; prints the tables and returns the JSON summary.
+pub fn run_all(args: &MatchingArgs, config: &dispatchd::matching::MatchingConfig) -> Value {
+    let scale = if args.small { 10 } else { 1 };
+    let city = |name, (pilots, per_min): (usize, f64), seed| Scenario {
+        name,
+        seed,
+        pilots: pilots / scale,
+        orders_per_min: per_min / scale as f64,
+        minutes: args.minutes,
+        side_km: 30.0,
+        speed_kmh: 20.0,
+        trip_km: (2.0, 8.0),
+        road_factor: 1.3,
+        max_wait_s: 300,
+        warmup_min: args.warmup.min(args.minutes.saturating_sub(1)),
+        seek_demand: args.seek_demand,
+    };
+    let mut table = Table::new(&[
+        "supply",
+        "seed",
+        "policy",
+        "orders",
+        "matched",
+        "mean pickup",
+        "p95 pickup",
+        "mean wait",
+        "p95 wait",
+        "orders/idle",
+        "tail set on arrival",
+        "solve p50/max",
+    ]);
+    let mut ratios = Table::new(&["supply", "seed", "mean pickup", "p95 pickup", "p95 paired", "matched"]);
+    let mut results = Vec::new();
+    for (name, supply) in [("tight", args.tight), ("plenty", args.plenty)] {
+        let mut sums = [0.0; 3];
+        for seed in args.seed..args.seed + args.seeds {
+            let scenario = city(name, supply, seed);
+            let greedy = run(&scenario, Policy::Greedy, config);
+            let batched = run(&scenario, Policy::Batched { window_s: args.window_s }, config);
+            let (g, b) = (Figures::of(&greedy), Figures::of(&batched));
+            for (policy, figures, outcome) in [("greedy", g, &greedy), ("batched", b, &batched)] {
+                table.row(row(&scenario, seed, policy, &figures, outcome));
+            }
+            let (paired_g, paired_b) = greedy.paired_with(&batched);
+            let paired = mean_and_percentile(&paired_b, 0.95).1 / mean_and_percentile(&paired_g, 0.95).1;
+            let ratio = [b.mean_m / g.mean_m, b.p95_m / g.p95_m, paired];
+            ratios.row(vec![
+                name.into(),
+                seed.to_string(),
+                format!("{:.3}", ratio[0]),
+                format!("{:.3}", ratio[1]),
+                format!("{:.3}", ratio[2]),
+                format!("{:+.1} points", (b.matched - g.matched) * 100.0),
+            ]);
+            for (sum, value) in sums.iter_mut().zip(ratio) {
+                *sum += value;
+            }
+            results.push(json!({
+                "supply": name, "seed": seed, "pilots": scenario.pilots, "orders_per_min": scenario.orders_per_min,
+                "greedy": figures_json(&g, &greedy), "batched": figures_json(&b, &batched),
+                "batched_over_greedy": { "mean_pickup": ratio[0], "p95_pickup": ratio[1], "p95_pickup_paired": ratio[2] },
+            }));
+        }
+        let n = args.seeds.max(1) as f64;
+        ratios.row(vec![
+            name.into(),
+            "mean".into(),
+            format!("{:.3}", sums[0] / n),
+            format!("{:.3}", sums[1] / n),
+            format!("{:.3}", sums[2] / n),
+            String::new(),
+        ]);
+    }
+    table.print();
+    println!("\nbatched / greedy (pickup distance; paired: orders both matched)");
+    ratios.print();
+    results.push(solve_summary(args, config));
+    Value::Array(results)
+}
+
+fn row(scenario: &Scenario, seed: u64, policy: &str, figures: &Figures, outcome: &Outcome) -> Vec<String> {
+    let (_, solve_p50) = mean_and_percentile(&outcome.solve_us, 0.5);
+    let solve_max = outcome.solve_us.iter().copied().fold(0.0, f64::max);
+    let solve = if outcome.solve_us.is_empty() { "-".to_owned() } else { format!("{solve_p50:.0}/{solve_max:.0} µs") };
+    vec![
+        scenario.name.into(),
+        seed.to_string(),
+        policy.into(),
+        outcome.orders.to_string(),
+        format!("{:.1}%", figures.matched * 100.0),
+        format!("{:.0} m", figures.mean_m),
+        format!("{:.0} m", figures.p95_m),
+        format!("{:.1} s", figures.mean_wait_s),
+        format!("{:.0} s", figures.p95_wait_s),
+        format!("{:.2}", figures.tightness),
+        format!("{:.0}%", outcome.tail_set_on_arrival() * 100.0),
+        solve,
+    ]
+}
+
+fn figures_json(figures: &Figures, outcome: &Outcome) -> Value {
+    json!({
+        "orders": outcome.orders, "matched_share": figures.matched, "pickup_mean_m": figures.mean_m,
+        "pickup_p95_m": figures.p95_m, "wait_mean_s": figures.mean_wait_s, "wait_p95_s": figures.p95_wait_s,
+        "orders_per_idle_pilot": figures.tightness, "tail_set_on_arrival": outcome.tail_set_on_arrival(),
+    })
+}
+
+/// Times one batch of many waiting orders among many free pilots.
+fn solve_summary(args: &MatchingArgs, config: &dispatchd::matching::MatchingConfig) -> Value {
+    let (orders, pilots, reps) = if args.small { (20, 300, 3) } else { (200, 3000, 30) };
+    let solves = solve_times(orders, pilots, config, 30.0, reps, args.seed);
+    let (mean, p50) = mean_and_percentile(&solves, 0.5);
+    let max = solves.iter().copied().fold(0.0, f64::max);
+    println!(
+        "\nsolve {orders} orders x {pilots} pilots ({} candidates each within 5 km, 30 km city), {reps} times: \
+         mean {:.2} ms, p50 {:.2} ms, max {:.2} ms",
+        config.candidates,
+        mean / 1000.0,
+        p50 / 1000.0,
+        max / 1000.0
+    );
+    json!({ "solve_orders": orders, "solve_pilots": pilots, "solve_mean_us": mean, "solve_p50_us": p50, "solve_max_us": max })
+}

@@ -1,0 +1,136 @@
+//! The server a scenario drives: dispatchd, or the Node baseline that speaks the same
+//! Socket.io relay. Loopback addresses only. Accounts are made over the real REST API
+//! (dispatchd) or are just names (the baseline takes any token as the user).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+/// Which server is on the other end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Dispatchd,
+    Node,
+}
+
+/// A server under test.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub kind: Kind,
+    /// `host:port`.
+    pub addr: String,
+    pub http: reqwest::Client,
+}
+
+/// A pilot or customer account: its token and id (the same name on the baseline).
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub token: String,
+    pub id: String,
+}
+
+/// The staff account `compare` creates on the servers it starts.
+pub const STAFF_PHONE: &str = "+919999900001";
+pub const STAFF_PASSWORD: &str = "bench password 1";
+
+impl Target {
+    /// `url` is `http://host:port` (or just `host:port`); the host must be a loopback address.
+    pub fn new(kind: Kind, url: &str) -> anyhow::Result<Self> {
+        let addr = loopback_addr(url)?;
+        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+        Ok(Self { kind, addr, http })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `n` accounts of `role` ("pilot" with a `vehicle`, or "customer"), made 32 at a time.
+    pub async fn accounts(&self, role: &str, vehicle: &str, n: usize) -> anyhow::Result<Vec<Account>> {
+        if self.kind == Kind::Node {
+            return Ok((0..n).map(|i| Account { token: format!("{role}{i}"), id: format!("{role}{i}") }).collect());
+        }
+        let made: Vec<anyhow::Result<Account>> =
+            futures::stream::iter(0..n).map(|_| self.register(role, vehicle)).buffer_unordered(32).collect().await;
+        made.into_iter().collect()
+    }
+
+    /// Signs one account up, waiting out rate limits (`429` with `Retry-After`).
+    async fn register(&self, role: &str, vehicle: &str) -> anyhow::Result<Account> {
+        let phone = format!("+91{:010}", rand::random::<u64>() % 10_000_000_000);
+        let mut body = json!({ "name": "Bench", "phone": phone, "password": STAFF_PASSWORD, "role": role });
+        if role == "pilot" {
+            body["vehicle_type"] = json!(vehicle);
+        }
+        let reply = self.post("/api/v1/auth/register", None, &body).await?;
+        account(&reply)
+    }
+
+    /// Logs a staff member in (`dispatchd admin create-user` made it).
+    pub async fn login(&self, phone: &str, password: &str) -> anyhow::Result<Account> {
+        let reply = self.post("/api/v1/auth/login", None, &json!({ "phone": phone, "password": password })).await?;
+        account(&reply).context("log in with --staff-phone / --staff-password of a dispatcher")
+    }
+
+    /// POSTs `body` and returns the `data` of a successful answer; waits out `429`s.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<Value> {
+        for _ in 0..20 {
+            let mut request = self.http.post(self.url(path)).json(body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.with_context(|| format!("POST {path}"))?;
+            if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                let wait = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
+                tokio::time::sleep(Duration::from_secs(wait.unwrap_or(1).min(60))).await;
+                continue;
+            }
+            let reply: Value = response.json().await.with_context(|| format!("POST {path}: not JSON"))?;
+            if reply["success"] != true {
+                bail!("POST {path}: {reply}");
+            }
+            return Ok(reply["data"].clone());
+        }
+        bail!("POST {path}: still rate limited; start the server with DISPATCHD__RATE_LIMIT__ENABLED=false")
+    }
+}
+
+fn account(data: &Value) -> anyhow::Result<Account> {
+    let token = data["access_token"].as_str().context("no access token")?.to_owned();
+    let id = data["user"]["id"].as_str().context("no user id")?.to_owned();
+    Ok(Account { token, id })
+}
+
+/// `host:port` of `url`, refused unless the host is a loopback address: the benchmarks
+/// open thousands of connections and must never aim them at someone else's server.
+pub fn loopback_addr(url: &str) -> anyhow::Result<String> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("ws://")).unwrap_or(url);
+    let addr = rest.split('/').next().unwrap_or_default();
+    let host = match addr.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host.trim_start_matches('[').trim_end_matches(']'),
+        _ => bail!("{url}: give host:port, e.g. http://127.0.0.1:8080"),
+    };
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!("{url}: the benchmarks target loopback addresses only (127.0.0.0/8, ::1, localhost)");
+    }
+    Ok(addr.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        assert_eq!(loopback_addr("http://127.0.0.1:8080").unwrap(), "127.0.0.1:8080");
+        assert_eq!(loopback_addr("127.0.0.7:9/x").unwrap(), "127.0.0.7:9");
+        assert_eq!(loopback_addr("http://localhost:1").unwrap(), "localhost:1");
+        assert_eq!(loopback_addr("http://[::1]:8080").unwrap(), "[::1]:8080");
+        for bad in ["http://10.0.0.1:8080", "http://example.com:80", "http://127.0.0.1", "192.168.1.1:80"] {
+            assert!(loopback_addr(bad).is_err(), "{bad}");
+        }
+    }
+}
