@@ -171,3 +171,27 @@ pub(crate) fn count_out(namespace: &'static str, event: &'static str, sent: bool
 fn connected(namespace: &'static str, delta: f64) {
     metrics::gauge!("socket_connected", "namespace" => namespace).increment(delta);
 }
+
+/// A Socket.io request with its URI and headers copied into allocations of their own. The
+/// engine keeps a connection's request for the connection's whole life, and hyper's parsed
+/// headers are slices of the connection's 8 KiB read buffer: kept, they pin that buffer to
+/// every idle socket. Other requests pass untouched.
+pub async fn compact_request(request: axum::extract::Request) -> axum::extract::Request {
+    if !request.uri().path().starts_with("/socket.io/") {
+        return request;
+    }
+    let (mut parts, body) = request.into_parts();
+    if let Ok(uri) = parts.uri.to_string().parse() {
+        parts.uri = uri;
+    }
+    let mut headers = axum::http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let name = axum::http::HeaderName::from_bytes(name.as_str().as_bytes());
+        let value = axum::http::HeaderValue::from_bytes(value.as_bytes());
+        if let (Ok(name), Ok(value)) = (name, value) {
+            headers.append(name, value);
+        }
+    }
+    parts.headers = headers;
+    axum::extract::Request::from_parts(parts, body)
+}

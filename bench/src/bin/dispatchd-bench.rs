@@ -90,6 +90,9 @@ struct ConnectionSizes {
     /// Seconds the reconnect storm's sockets have to come back.
     #[arg(long, default_value_t = 60)]
     storm_deadline: u64,
+    /// Seconds the sockets stay idle (pinged) before the server's memory is read.
+    #[arg(long, default_value_t = 3)]
+    settle: u64,
 }
 
 #[derive(Subcommand)]
@@ -377,6 +380,7 @@ fn connection_args(sizes: &ConnectionSizes, pid: Option<u32>) -> connections::Co
         connections: sizes.connections,
         sources: sizes.sources,
         storm_deadline_s: sizes.storm_deadline,
+        settle_s: sizes.settle,
         pid,
     }
 }

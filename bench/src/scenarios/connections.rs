@@ -26,6 +26,9 @@ pub struct ConnectionsArgs {
     pub sources: u8,
     /// Seconds the storm's sockets have to come back.
     pub storm_deadline_s: u64,
+    /// Seconds the sockets stay idle before the server's memory is read (pings go on: a
+    /// socket's buffers may grow after its first minutes).
+    pub settle_s: u64,
     pub pid: Option<u32>,
 }
 
@@ -125,7 +128,7 @@ pub async fn run(target: &Target, args: &ConnectionsArgs) -> anyhow::Result<Conn
     drop(progress);
     let connect_s = started.elapsed().as_secs_f64();
     let sockets: Vec<Socket> = results.into_iter().flatten().collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(args.settle_s)).await;
     let after = args.pid.map(ProcSample::read);
     let opened = sockets.len();
     let (storm_back, storm_times) = storm(target, &token, sockets, &sources, args.storm_deadline_s).await;
