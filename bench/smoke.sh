@@ -4,6 +4,7 @@
 # Node.js (for the baseline) and Redis on 127.0.0.1:6379 (for the baseline's GEO writes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cargo build --locked -q -p dispatchd --bin dispatchd -p dispatchd-bench --bin dispatchd-bench
 bin="$(realpath "${CARGO_TARGET_DIR:-target}")/debug"
 bench="$bin/dispatchd-bench"
 work="$(mktemp -d)"
@@ -14,7 +15,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 "$bench" compare ingest track connections --server-bin "$bin/dispatchd" --duration 3 --pilots 10 \
     --pairs 5 --connections 40 --sources 2 --storm-deadline 10 --redis-url "${DISPATCHD_TEST_REDIS_URL:-redis://127.0.0.1:6379}" \
     --json "$work/compare.json"
-grep -q '"storm_back": 40' "$work/compare.json" || { echo "compare: not every socket came back" >&2; exit 1; }
+[ "$(grep -c '"storm_back": 40' "$work/compare.json")" -eq 2 ] || { echo "compare: not every socket came back" >&2; exit 1; }
 
 # One server for the scenarios that drive a running one.
 export DISPATCHD__SERVER__ADDR=127.0.0.1:0 DISPATCHD__DATABASE__SQLITE_PATH="$work/dispatchd.db" \
@@ -25,7 +26,9 @@ DISPATCHD_ADMIN_PASSWORD="bench password 1" "$bin/dispatchd" admin create-user -
 "$bin/dispatchd" >"$work/server.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do grep -q '"addr"' "$work/server.log" && break; sleep 0.1; done
-url="http://$(grep -o '"addr":"[^"]*"' "$work/server.log" | head -n 1 | cut -d'"' -f4)"
+addr="$(grep -o '"addr":"[^"]*"' "$work/server.log" | head -n 1 | cut -d'"' -f4)"
+[ -n "$addr" ] || { echo "the server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
+url="http://$addr"
 "$bench" ingest --url "$url" --pid "$pid" --pilots 10 --interval 1 --batch 3 --duration 3
 "$bench" track --url "$url" --pid "$pid" --pairs 5 --rate 2 --duration 3
 "$bench" connections --url "$url" --pid "$pid" --connections 30 --sources 2 --storm-deadline 10

@@ -47,8 +47,8 @@ pub trait OfferListener: Send + Sync {
     /// A new offer for `offer.pilot_id`: the `offer` event's payload.
     fn offered(&self, offer: &Offer, payload: &Value);
 
-    /// An offer ended without the order going to its pilot (`expired`, `cancelled`, `taken`):
-    /// the app should stop showing it.
+    /// An offer ended without the order going to its pilot (`expired`, `cancelled`, `taken`,
+    /// `assigned_elsewhere`): the app should stop showing it.
     fn withdrawn(&self, offer: &Offer, reason: &'static str);
 }
 
@@ -240,12 +240,17 @@ impl Matchmaker {
         for (id, search) in &mut searches.map {
             if let Some(offer) = search.live.take_if(|offer| offer.pilot_id == pilot) {
                 search.retry_at = now;
-                self.tell(|listener| listener.withdrawn(&offer, "assigned_elsewhere"));
-                moved_on.push(*id);
+                moved_on.push((*id, offer));
             }
         }
-        if self.config.mode == Mode::Immediate {
-            for id in moved_on {
+        for (id, offer) in moved_on {
+            // Usually withdrawn already, by the assignment's transaction; one made while that
+            // transaction was open is ended here (it would block its order's next offer).
+            if let Err(err) = self.orders.withdraw_offer(offer.id).await {
+                tracing::warn!(offer_id = %offer.id, error = %err, "could not withdraw an offer; it expires instead");
+            }
+            self.tell(|listener| listener.withdrawn(&offer, "assigned_elsewhere"));
+            if self.config.mode == Mode::Immediate {
                 self.offer_next(searches, id).await;
             }
         }
@@ -276,11 +281,22 @@ impl Matchmaker {
             }
             OfferStatus::Withdrawn => {
                 self.orders.free_from_offer(decided.pilot_id);
-                let order = self.store.order(decided.order_id).await.ok().flatten();
-                let cancelled = order.is_some_and(|order| order.status == OrderStatus::Cancelled);
-                self.tell(|listener| listener.withdrawn(&decided, if cancelled { "cancelled" } else { "taken" }));
+                let status = self.store.order(decided.order_id).await.ok().flatten().map(|order| order.status);
+                let reason = match status {
+                    Some(OrderStatus::Cancelled) => "cancelled",
+                    // Still searching: the offer ended because its pilot was given another order.
+                    Some(OrderStatus::SearchingDriver) => "assigned_elsewhere",
+                    _ => "taken",
+                };
+                self.tell(|listener| listener.withdrawn(&decided, reason));
             }
-            OfferStatus::Accepted | OfferStatus::Live => {}
+            // Its deadline has not passed by the database's clock: still this search's offer.
+            OfferStatus::Live => {
+                if let Some(search) = searches.map.get_mut(&decided.order_id) {
+                    search.live = Some(decided);
+                }
+            }
+            OfferStatus::Accepted => {}
         }
     }
 

@@ -59,7 +59,7 @@ pub fn metrics() -> PrometheusHandle {
 /// back when freed. glibc otherwise raises its mmap threshold after the first such free and
 /// serves the next ones from per-thread arenas that never shrink: a burst of a few hundred
 /// logins left the server at 1.4 GiB resident instead of 40 MiB (measured with
-/// bench/realtime.sh's setup). Call before any thread starts.
+/// a load generator's sign-ups). Call before any thread starts.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called once, before other threads exist.

@@ -203,7 +203,13 @@ async fn pilots_no_node_remembers_are_pruned_from_the_shared_sets() {
     pilot_reports(&app, &live, 12.9716, 77.5946, 0).await;
     set_status(&app, &live, "available").await;
     let url = common::redis_url();
-    eventually(WITHIN, "mirrored", || async { !pilot_hash(&url, &prefix, &live).await.is_empty() }).await;
+    // In the shared set (the hash alone is written before the pilot goes on duty).
+    let geo = format!("{prefix}pilots:geo:bike");
+    eventually(WITHIN, "mirrored", || async {
+        let members: Vec<String> = connection(&url).await.zrange(&geo, 0, -1).await.unwrap_or_default();
+        members.contains(&live.user_id)
+    })
+    .await;
 
     // What a node that died leaves behind: a pilot in the geo set and `pilots:seen`, last
     // seen long ago, whose hash has expired.

@@ -30,7 +30,6 @@ pub enum Trip {
 #[derive(Debug, Clone, Copy)]
 pub struct Behaviour {
     pub report_every: Duration,
-    pub speed_mps: f64,
     /// Share of offers accepted (the rest are rejected).
     pub accept_share: f64,
     /// How long it thinks before answering (uniform).
@@ -113,6 +112,8 @@ impl Pilot {
         // Spread the reports over the period.
         let offset = self.behaviour.report_every.mul_f64(rand::rng().random_range(0.0..1.0));
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, self.behaviour.report_every);
+        // An answer to an offer takes a while: reports resume after it, not in a burst.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,

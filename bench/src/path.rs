@@ -36,8 +36,8 @@ impl Walker {
         walker
     }
 
-    /// Heads for `to` instead of a random waypoint (a pilot driving to a pickup); `true`
-    /// once there.
+    /// Heads for `to` instead of a random waypoint (a pilot driving to a pickup); see
+    /// [`Walker::arrived`].
     pub fn head_for(&mut self, to: (f64, f64)) {
         self.waypoint = to;
     }

@@ -119,12 +119,20 @@ async fn tcp(source: Option<std::net::IpAddr>, addr: &str) -> std::io::Result<to
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
     let socket = if remote.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    if let Some(source) = source {
+    if let Some(source) = source.filter(|source| source.is_ipv4() == remote.is_ipv4()) {
         socket.bind(std::net::SocketAddr::new(source, 0))?;
     }
     let stream = socket.connect(remote).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+impl Drop for Socket {
+    /// The reader task keeps a sender for its pongs, so the connection would outlive the
+    /// socket: close it.
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 fn dispatch(text: &str, pong: &mpsc::UnboundedSender<Message>, waiters: &Waiters, on_event: &OnEvent) {

@@ -74,12 +74,13 @@ impl Worker {
 
     /// Claims and runs every job due now; returns how many ran.
     pub async fn run_due(&self) -> Result<usize> {
+        // Before claiming: a backlog shows as the oldest due job's lateness.
+        self.record_stats().await;
         let mut ran = 0;
         loop {
             let lease = seconds(self.config.lease_secs);
             let jobs = self.store.claim_jobs(self.clock.now(), self.config.batch_size, lease).await?;
             if jobs.is_empty() {
-                self.record_stats().await;
                 return Ok(ran);
             }
             for job in jobs {
@@ -132,10 +133,10 @@ impl Worker {
         seconds(self.config.backoff_secs.saturating_mul(factor).min(self.config.max_backoff_secs))
     }
 
-    /// Gauges of the queue, refreshed whenever the worker finds nothing more due: jobs by
-    /// kind and state (`jobs{kind, status}`; every registered kind, zeros included), the
-    /// totals, and how late the oldest due job is (`jobs_oldest_due_seconds`: 0 when the
-    /// workers keep up; growing means they do not).
+    /// Gauges of the queue, refreshed at every poll before claiming: jobs by kind and state
+    /// (`jobs{kind, status}`; every registered kind, zeros included), the totals, and how
+    /// late the oldest due job is (`jobs_oldest_due_seconds`: 0 when the workers keep up;
+    /// growing means they do not).
     async fn record_stats(&self) {
         let Ok(counts) = self.store.job_counts().await else { return };
         let mut kinds: Vec<&str> = self.handlers.keys().copied().collect();

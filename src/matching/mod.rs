@@ -81,7 +81,7 @@ pub fn score(pickup_distance_m: f64) -> f64 {
 }
 
 /// One order's search: the radius it has reached, and since when (ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Search {
     step: usize,
     since_ms: i64,
@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn radius_grows_step_by_step_and_stops_at_the_widest() {
         let config = config();
-        let mut search = Search::default();
+        let mut search = Search::starting(0);
         assert_eq!(search.radius_m(&config), 1000.0);
         assert!(search.widen(&config));
         assert_eq!(search.radius_m(&config), 3000.0);

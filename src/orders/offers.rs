@@ -97,6 +97,12 @@ impl Orders {
         Ok(decided)
     }
 
+    /// Ends a live offer that can no longer be taken (its pilot was given another order).
+    /// `None` when it was decided already.
+    pub async fn withdraw_offer(&self, id: OfferId) -> Result<Option<Offer>> {
+        self.decide(id, OfferStatus::Withdrawn, None).await
+    }
+
     /// The offer's time ran out (matching calls this at `expires_at`). `None` when it was
     /// decided meanwhile, an accept that came in time included.
     pub async fn expire_offer(&self, id: OfferId) -> Result<Option<Offer>> {

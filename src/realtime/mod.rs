@@ -177,7 +177,7 @@ fn connected(namespace: &'static str, delta: f64) {
 /// headers are slices of the connection's 8 KiB read buffer: kept, they pin that buffer to
 /// every idle socket. Other requests pass untouched.
 pub async fn compact_request(request: axum::extract::Request) -> axum::extract::Request {
-    if !request.uri().path().starts_with("/socket.io/") {
+    if !request.uri().path().starts_with("/socket.io") {
         return request;
     }
     let (mut parts, body) = request.into_parts();

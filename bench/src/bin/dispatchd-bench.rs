@@ -59,10 +59,10 @@ struct Staff {
 #[derive(Args, Clone)]
 struct IngestSizes {
     /// Pilots connected, each streaming.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 1000)]
     pilots: usize,
     /// Seconds between one pilot's reports.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, value_parser = positive, default_value_t = 5.0)]
     interval: f64,
     /// Fixes per report.
     #[arg(long, default_value_t = 5)]
@@ -72,17 +72,17 @@ struct IngestSizes {
 #[derive(Args, Clone)]
 struct TrackSizes {
     /// Pilot–customer pairs.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 1000)]
     pairs: usize,
     /// Fixes per second per pilot (at most 2).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = positive, default_value_t = 1.0)]
     rate: f64,
 }
 
 #[derive(Args, Clone)]
 struct ConnectionSizes {
     /// Idle sockets to open.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 10_000)]
     connections: usize,
     /// Source addresses 127.0.0.1..=127.0.0.N to spread them over.
     #[arg(long, default_value_t = 4)]
@@ -125,9 +125,9 @@ enum Scenario {
         #[command(flatten)]
         common: Common,
         /// Pilots on sockets (with --in-process: the bikes that answer offers).
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, value_parser = at_least_one, default_value_t = 200)]
         pilots: usize,
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, value_parser = positive, default_value_t = 10.0)]
         orders_per_sec: f64,
         /// Share of offers accepted.
         #[arg(long, default_value_t = 1.0)]
@@ -148,11 +148,11 @@ enum Scenario {
     Simulate {
         #[command(flatten)]
         common: Common,
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, value_parser = at_least_one, default_value_t = 2000)]
         pilots: usize,
-        #[arg(long, default_value_t = 60.0)]
+        #[arg(long, value_parser = positive, default_value_t = 60.0)]
         orders_per_min: f64,
-        #[arg(long, default_value_t = 15.0)]
+        #[arg(long, value_parser = positive, default_value_t = 15.0)]
         side_km: f64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -174,15 +174,15 @@ enum Scenario {
         #[arg(long, default_value_t = 15)]
         warmup: u32,
         /// Batched mode's window (s).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..), default_value_t = 2)]
         window: u32,
-        #[arg(long, default_value_t = 1200)]
+        #[arg(long, value_parser = at_least_one, default_value_t = 1200)]
         tight_pilots: usize,
-        #[arg(long, default_value_t = 60.0)]
+        #[arg(long, value_parser = positive, default_value_t = 60.0)]
         tight_orders_per_min: f64,
-        #[arg(long, default_value_t = 3000)]
+        #[arg(long, value_parser = at_least_one, default_value_t = 3000)]
         plenty_pilots: usize,
-        #[arg(long, default_value_t = 30.0)]
+        #[arg(long, value_parser = positive, default_value_t = 30.0)]
         plenty_orders_per_min: f64,
         /// Share of a free pilot's moves that head for a busy spot.
         #[arg(long, default_value_t = 0.3)]
@@ -348,6 +348,22 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         write_json(&path, &results)?;
     }
     Ok(())
+}
+
+/// A count of at least one.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(value) if value >= 1 => Ok(value),
+        _ => Err(format!("{text}: give a whole number of at least 1")),
+    }
+}
+
+/// A finite number above zero.
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        _ => Err(format!("{text}: give a number above 0")),
+    }
 }
 
 fn target(common: &Common) -> anyhow::Result<Target> {

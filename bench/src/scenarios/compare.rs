@@ -30,11 +30,13 @@ pub struct CompareArgs {
     pub connections: connections::ConnectionsArgs,
 }
 
-/// A server started for a comparison; stopped when dropped.
+/// A server started for a comparison; stopped (and its scratch state removed) when dropped.
 struct Server {
     child: Child,
     addr: String,
     scratch: Option<PathBuf>,
+    /// The baseline's Redis GEO key, with the Redis URL.
+    geo: Option<(String, String)>,
 }
 
 impl Server {
@@ -58,16 +60,18 @@ impl Server {
         if !admin.status.success() {
             bail!("creating the dispatcher: {}", String::from_utf8_lossy(&admin.stderr));
         }
-        let mut child = Command::new(bin)
+        let child = Command::new(bin)
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        let addr = read_until(&mut child, |line| {
+        // Owned before it is waited for: an early exit or a timeout still stops and cleans up.
+        let mut server = Self { child, addr: String::new(), scratch: Some(scratch), geo: None };
+        server.addr = read_until(&mut server.child, |line| {
             let value: Value = serde_json::from_str(line).ok()?;
             value["fields"]["addr"].as_str().or(value["addr"].as_str()).map(str::to_owned)
         })?;
-        Ok(Self { child, addr, scratch: Some(scratch) })
+        Ok(server)
     }
 
     fn node(dir: &Path, redis_url: Option<&str>) -> anyhow::Result<Self> {
@@ -81,15 +85,18 @@ impl Server {
         }
         let mut command = Command::new("node");
         command.arg("server.js").current_dir(dir).env("PORT", "0").stdout(Stdio::piped()).stderr(Stdio::piped());
-        if let Some(url) = redis_url {
-            command.env("REDIS_URL", url).env("GEO_KEY", format!("bench:compare:{}", uuid::Uuid::now_v7()));
+        let geo = redis_url.map(|url| (format!("bench:compare:{}", uuid::Uuid::now_v7()), url.to_owned()));
+        if let Some((key, url)) = &geo {
+            command.env("REDIS_URL", url).env("GEO_KEY", key);
         }
-        let mut child = command.spawn().context("node (install Node.js: apt-get install nodejs npm)")?;
-        let port = read_until(&mut child, |line| {
+        let child = command.spawn().context("node (install Node.js: apt-get install nodejs npm)")?;
+        let mut server = Self { child, addr: String::new(), scratch: None, geo };
+        let port = read_until(&mut server.child, |line| {
             let value: Value = serde_json::from_str(line).ok()?;
             value["listening"].as_u64()
         })?;
-        Ok(Self { child, addr: format!("127.0.0.1:{port}"), scratch: None })
+        server.addr = format!("127.0.0.1:{port}");
+        Ok(server)
     }
 
     fn pid(&self) -> u32 {
@@ -115,6 +122,11 @@ impl Drop for Server {
         let _ = self.child.wait();
         if let Some(scratch) = &self.scratch {
             let _ = std::fs::remove_dir_all(scratch);
+        }
+        if let Some((key, url)) = &self.geo
+            && let Ok(mut redis) = redis::Client::open(url.as_str()).and_then(|client| client.get_connection())
+        {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).arg(format!("{key}:seen")).query(&mut redis);
         }
     }
 }

@@ -4,10 +4,9 @@
 //! placed a few hundred metres from a pilot and cancelled by its customer once taken, so the
 //! fleet stays free and every order measures the dispatch path, not the supply.
 //!
-//! `--in-process` runs the 50,000-pilot variant instead (see `dispatch_load`).
+//! `--in-process` runs the 50,000-pilot variant instead (see `dispatch_in_process`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
@@ -15,10 +14,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{Behaviour, FLEET_COUNTERS, Observer, Trip};
-use crate::path::{Walker, to_latlng};
+use crate::path::Walker;
 use crate::progress::{Counters, Progress};
 use crate::report::Table;
-use crate::scenarios::ms;
+use crate::scenarios::{Timeline, ms};
 use crate::stats::Summary;
 use crate::target::Target;
 
@@ -81,16 +80,6 @@ impl DispatchReport {
     }
 }
 
-/// When each order was placed, first offered and assigned.
-#[derive(Debug, Default, Clone, Copy)]
-struct Milestones {
-    sent: Option<Instant>,
-    offered: Option<Instant>,
-    assigned: Option<Instant>,
-}
-
-type Timeline = Arc<Mutex<HashMap<String, Milestones>>>;
-
 /// A 10 km square: dense enough that every order has a pilot near.
 const SIDE_M: f64 = 10_000.0;
 
@@ -105,7 +94,6 @@ pub async fn run(target: &Target, args: &DispatchArgs) -> anyhow::Result<Dispatc
     let stop = CancellationToken::new();
     let behaviour = Behaviour {
         report_every: Duration::from_secs(5),
-        speed_mps: 8.0,
         accept_share: args.accept_share,
         think_ms: args.think_ms,
         trip: Trip::Release,
@@ -137,21 +125,15 @@ pub async fn run(target: &Target, args: &DispatchArgs) -> anyhow::Result<Dispatc
     for task in fleet {
         let _ = task.await;
     }
-    let timeline = timeline.lock().unwrap().clone();
-    let span = |to: fn(&Milestones) -> Option<Instant>| {
-        let mut samples: Vec<Duration> =
-            timeline.values().filter_map(|m| Some(to(m)?.saturating_duration_since(m.sent?))).collect();
-        (!samples.is_empty()).then(|| Summary::of(&mut samples))
-    };
-    let placed = || timeline.values().filter(|m| m.sent.is_some());
+    let outcomes = crate::scenarios::outcomes(&timeline);
     Ok(DispatchReport {
         pilots: tokens.len(),
-        orders: placed().count(),
-        offered: placed().filter(|m| m.offered.is_some()).count(),
-        assigned: placed().filter(|m| m.assigned.is_some()).count(),
+        orders: outcomes.orders,
+        offered: outcomes.offered,
+        assigned: outcomes.assigned,
         refused_orders: counters.get("refused"),
-        order_to_offer: span(|m| m.offered),
-        order_to_assigned: span(|m| m.assigned),
+        order_to_offer: outcomes.order_to_offer,
+        order_to_assigned: outcomes.order_to_assigned,
     })
 }
 
@@ -199,10 +181,4 @@ async fn place(target: &Target, customer: &str, pickup: (f64, f64), timeline: &T
         }
     }
     let _ = target.post(&format!("/api/v1/orders/{id}/cancel"), Some(customer), &json!({})).await;
-}
-
-/// A random point in the dispatch square.
-pub fn random_point(rng: &mut impl rand::Rng) -> (f64, f64) {
-    let half = SIDE_M / 2.0;
-    to_latlng(rng.random_range(-half..half), rng.random_range(-half..half))
 }

@@ -17,7 +17,6 @@
 //! `offer` event's arrival on the pilot's socket. The autos never match a bike order, but
 //! every search walks the cells they fill.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,6 @@ use dispatchd::ids::UserId;
 use dispatchd::store::NewUser;
 use figment::providers::Serialized;
 use futures::StreamExt as _;
-use parking_lot::Mutex;
 use rand::Rng as _;
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
@@ -39,6 +37,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::city::{offset, random_latlng};
+use crate::scenarios::Timeline;
 use crate::sio::Socket;
 use crate::stats::Summary;
 
@@ -62,16 +61,6 @@ pub struct InProcessReport {
     pub streamed_per_sec: f64,
     pub store: &'static str,
 }
-
-/// Times of one order's milestones, from just before its request.
-#[derive(Debug, Default, Clone, Copy)]
-struct Milestones {
-    sent: Option<Instant>,
-    offered: Option<Instant>,
-    assigned: Option<Instant>,
-}
-
-type Timeline = Arc<Mutex<HashMap<String, Milestones>>>;
 
 const SIDE_M: f64 = 30_000.0;
 const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0$YmVuY2hoYXNoYmVuY2hoYXNo";
@@ -213,18 +202,13 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&scratch);
 
-    let timeline = timeline.lock().clone();
-    let span = |to: fn(&Milestones) -> Option<Instant>| {
-        let mut samples: Vec<Duration> =
-            timeline.values().filter_map(|m| Some(to(m)?.saturating_duration_since(m.sent?))).collect();
-        (!samples.is_empty()).then(|| Summary::of(&mut samples))
-    };
+    let outcomes = crate::scenarios::outcomes(&timeline);
     Ok(InProcessReport {
-        orders: timeline.values().filter(|m| m.sent.is_some()).count(),
-        offered: timeline.values().filter(|m| m.sent.is_some() && m.offered.is_some()).count(),
-        assigned: timeline.values().filter(|m| m.sent.is_some() && m.assigned.is_some()).count(),
-        order_to_offer: span(|m| m.offered),
-        order_to_assigned: span(|m| m.assigned),
+        orders: outcomes.orders,
+        offered: outcomes.offered,
+        assigned: outcomes.assigned,
+        order_to_offer: outcomes.order_to_offer,
+        order_to_assigned: outcomes.order_to_assigned,
         streamed_per_sec,
         store,
     })
@@ -279,7 +263,7 @@ async fn bike(client: &reqwest::Client, addr: &str, timeline: &Timeline, positio
         if event == "offer" {
             let at = Instant::now();
             if let Some(order) = payload["order_id"].as_str() {
-                seen.lock().entry(order.to_owned()).or_default().offered.get_or_insert(at);
+                seen.lock().unwrap().entry(order.to_owned()).or_default().offered.get_or_insert(at);
             }
             let _ = offers_tx.send(payload);
         }
@@ -314,7 +298,7 @@ async fn bike(client: &reqwest::Client, addr: &str, timeline: &Timeline, positio
             if let (Ok(answer), Some(order)) = (answer, offer["order_id"].as_str())
                 && answer["ok"] == true
             {
-                timeline.lock().entry(order.to_owned()).or_default().assigned = Some(Instant::now());
+                timeline.lock().unwrap().entry(order.to_owned()).or_default().assigned = Some(Instant::now());
             }
         }
     });
@@ -346,11 +330,11 @@ async fn place(
         .json()
         .await?;
     let id = reply["data"]["id"].as_str().with_context(|| format!("order refused: {reply}"))?.to_owned();
-    timeline.lock().entry(id.clone()).or_default().sent = Some(sent);
+    timeline.lock().unwrap().entry(id.clone()).or_default().sent = Some(sent);
     // Free the pilot for the next order once it has this one (or give up after 10 s).
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if timeline.lock().get(&id).is_some_and(|m| m.assigned.is_some()) {
+        if timeline.lock().unwrap().get(&id).is_some_and(|m| m.assigned.is_some()) {
             break;
         }
     }

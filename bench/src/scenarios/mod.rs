@@ -9,7 +9,9 @@ pub mod matching;
 pub mod simulate;
 pub mod track;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
@@ -42,5 +44,43 @@ pub fn ms(us: Option<f64>) -> String {
         Some(us) if us < 1000.0 => format!("{us:.0} µs"),
         Some(us) if us < 1e6 => format!("{:.2} ms", us / 1000.0),
         Some(us) => format!("{:.2} s", us / 1e6),
+    }
+}
+
+/// When an order was placed (just before its request), first offered, and assigned.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Milestones {
+    pub sent: Option<Instant>,
+    pub offered: Option<Instant>,
+    pub assigned: Option<Instant>,
+}
+
+/// Every order's milestones, by order id.
+pub type Timeline = Arc<Mutex<HashMap<String, Milestones>>>;
+
+/// What a timeline adds up to, over the orders whose request was timed.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcomes {
+    pub orders: usize,
+    pub offered: usize,
+    pub assigned: usize,
+    pub order_to_offer: Option<crate::stats::Summary>,
+    pub order_to_assigned: Option<crate::stats::Summary>,
+}
+
+pub fn outcomes(timeline: &Timeline) -> Outcomes {
+    let timeline = timeline.lock().unwrap().clone();
+    let placed = || timeline.values().filter(|m| m.sent.is_some());
+    let span = |to: fn(&Milestones) -> Option<Instant>| {
+        let mut samples: Vec<Duration> =
+            placed().filter_map(|m| Some(to(m)?.saturating_duration_since(m.sent?))).collect();
+        (!samples.is_empty()).then(|| crate::stats::Summary::of(&mut samples))
+    };
+    Outcomes {
+        orders: placed().count(),
+        offered: placed().filter(|m| m.offered.is_some()).count(),
+        assigned: placed().filter(|m| m.assigned.is_some()).count(),
+        order_to_offer: span(|m| m.offered),
+        order_to_assigned: span(|m| m.assigned),
     }
 }

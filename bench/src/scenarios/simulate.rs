@@ -50,7 +50,6 @@ pub async fn run(target: &Target, args: &SimulateArgs) -> anyhow::Result<Value> 
     let counters = Counters::new(&[&["orders", "refused"][..], &FLEET_COUNTERS[..]].concat());
     let behaviour = Behaviour {
         report_every: Duration::from_secs(5),
-        speed_mps: 8.0,
         accept_share: 0.9,
         think_ms: (1_000, 4_000),
         trip: Trip::Drive,
