@@ -234,7 +234,9 @@ impl Matchmaker {
             let reason = if order.status == OrderStatus::Cancelled { "cancelled" } else { "taken" };
             self.tell(|listener| listener.withdrawn(&offer, reason));
         }
-        let Some(pilot) = order.pilot_id.filter(|_| order.status.has_pilot()) else { return };
+        // Only an assignment (or a reassignment) can leave its pilot an offer for another
+        // order; the trip's later steps cannot.
+        let Some(pilot) = order.pilot_id.filter(|_| order.status == OrderStatus::Assigned) else { return };
         let now = self.clock.now();
         let mut moved_on = Vec::new();
         for (id, search) in &mut searches.map {

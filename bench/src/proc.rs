@@ -36,6 +36,48 @@ impl ProcSample {
     }
 }
 
+/// A server's CPU and memory over a run: samples at its start and at its end.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// CPU used, as a percentage of one core.
+    pub cpu_percent: f64,
+    /// Resident memory before and after (KiB).
+    pub rss_kib: (u64, u64),
+}
+
+impl Usage {
+    /// Samples the server `pid` (when given) now; [`Usage::until_now`] completes it.
+    pub fn start(pid: Option<u32>) -> Option<(u32, ProcSample)> {
+        pid.map(|pid| (pid, ProcSample::read(pid)))
+    }
+
+    /// What the server used since `start`.
+    pub fn until_now(start: Option<(u32, ProcSample)>) -> Option<Self> {
+        let (pid, before) = start?;
+        let after = ProcSample::read(pid);
+        Some(Self { cpu_percent: after.cpu_percent_since(&before), rss_kib: (before.rss_kib, after.rss_kib) })
+    }
+
+    /// CPU time (µs) per item, `items` done in `seconds`.
+    pub fn cpu_us_per(&self, items: u64, seconds: f64) -> f64 {
+        self.cpu_percent / 100.0 * seconds * 1e6 / items.max(1) as f64
+    }
+
+    /// Table cells: CPU, and RSS before → after.
+    pub fn cells(usage: Option<Self>) -> [String; 2] {
+        match usage {
+            None => ["-".into(), "-".into()],
+            Some(usage) => {
+                let mib = |kib: u64| kib as f64 / 1024.0;
+                [
+                    format!("{:.0}%", usage.cpu_percent),
+                    format!("{:.0}→{:.0} MiB", mib(usage.rss_kib.0), mib(usage.rss_kib.1)),
+                ]
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +94,16 @@ mod tests {
         let later = ProcSample::read(std::process::id());
         assert!(later.cpu_ticks >= sample.cpu_ticks);
         assert!(later.cpu_percent_since(&sample) >= 0.0);
+    }
+
+    #[test]
+    fn usage_spans_a_run_and_divides_cpu_per_item() {
+        assert!(Usage::until_now(Usage::start(None)).is_none());
+        assert_eq!(Usage::cells(None), ["-", "-"]);
+        let usage = Usage::until_now(Usage::start(Some(std::process::id()))).unwrap();
+        assert!(usage.rss_kib.0 > 0 && usage.rss_kib.1 > 0);
+        let half_a_core = Usage { cpu_percent: 50.0, rss_kib: (2048, 3072) };
+        assert!((half_a_core.cpu_us_per(1000, 2.0) - 1000.0).abs() < 1e-9, "1 s of CPU over 1000 items");
+        assert_eq!(Usage::cells(Some(half_a_core)), ["50%", "2→3 MiB"]);
     }
 }

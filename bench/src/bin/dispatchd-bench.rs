@@ -262,7 +262,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 };
                 let report = dispatchd_bench::scenarios::dispatch_in_process::run(&args).await?;
                 report.table().print();
-                anyhow::ensure!(report.offered > 0, "no order reached a pilot");
+                anyhow::ensure!(report.outcomes.offered > 0, "no order reached a pilot");
                 (common.json, report.json(&args))
             } else {
                 let args = dispatch::DispatchArgs {
@@ -275,7 +275,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 };
                 let report = dispatch::run(&target(&common)?, &args).await?;
                 report.table().print();
-                anyhow::ensure!(report.offered > 0, "no order reached a pilot");
+                anyhow::ensure!(report.outcomes.offered > 0, "no order reached a pilot");
                 (common.json, report.json())
             }
         }

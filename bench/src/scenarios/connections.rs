@@ -15,7 +15,7 @@ use futures::StreamExt as _;
 use rand::Rng as _;
 use serde_json::{Value, json};
 
-use crate::proc::ProcSample;
+use crate::proc::Usage;
 use crate::progress::{Counters, Progress};
 use crate::report::Table;
 use crate::sio::Socket;
@@ -110,7 +110,7 @@ pub async fn run(target: &Target, args: &ConnectionsArgs) -> anyhow::Result<Conn
     let sources: Vec<IpAddr> = (1..=args.sources.max(1)).map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))).collect();
     eprintln!("connections: {} idle sockets on /pilot from {} source addresses", args.connections, sources.len());
     let counters = Counters::new(&["open", "failed"]);
-    let before = args.pid.map(ProcSample::read);
+    let start = Usage::start(args.pid);
     let started = Instant::now();
     let progress = Progress::start(counters.clone(), &["open"]);
     let results: Vec<Option<Socket>> = futures::stream::iter(0..args.connections)
@@ -131,7 +131,7 @@ pub async fn run(target: &Target, args: &ConnectionsArgs) -> anyhow::Result<Conn
     let connect_s = started.elapsed().as_secs_f64();
     let sockets: Vec<Socket> = results.into_iter().flatten().collect();
     tokio::time::sleep(Duration::from_secs(args.settle_s)).await;
-    let after = args.pid.map(ProcSample::read);
+    let usage = Usage::until_now(start);
     let opened = sockets.len();
     let (storm_back, storm_times) = storm(target, &token, sockets, &sources, args.storm_deadline_s).await;
     Ok(ConnectionsReport {
@@ -140,7 +140,7 @@ pub async fn run(target: &Target, args: &ConnectionsArgs) -> anyhow::Result<Conn
         opened,
         failed: args.connections - opened,
         connect_per_sec: opened as f64 / connect_s.max(1e-9),
-        rss_kib: before.zip(after).map(|(before, after)| (before.rss_kib, after.rss_kib)),
+        rss_kib: usage.map(|usage| usage.rss_kib),
         storm_back,
         storm_times,
         fd_limit,

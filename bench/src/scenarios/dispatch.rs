@@ -17,8 +17,7 @@ use crate::fleet::{Behaviour, FLEET_COUNTERS, Observer, Trip};
 use crate::path::Walker;
 use crate::progress::{Counters, Progress};
 use crate::report::Table;
-use crate::scenarios::{Timeline, ms};
-use crate::stats::Summary;
+use crate::scenarios::{Outcomes, Timeline};
 use crate::target::Target;
 
 #[derive(Debug, Clone)]
@@ -34,49 +33,25 @@ pub struct DispatchArgs {
 #[derive(Debug, Clone)]
 pub struct DispatchReport {
     pub pilots: usize,
-    pub orders: usize,
-    pub offered: usize,
-    pub assigned: usize,
     pub refused_orders: u64,
-    pub order_to_offer: Option<Summary>,
-    pub order_to_assigned: Option<Summary>,
+    pub outcomes: Outcomes,
 }
 
 impl DispatchReport {
     pub fn table(&self) -> Table {
-        let share = |n: usize| format!("{:.1}%", n as f64 * 100.0 / self.orders.max(1) as f64);
-        let mut table = Table::new(&[
-            "pilots",
-            "orders",
-            "offered",
-            "assigned",
-            "order → offer p50",
-            "p99",
-            "p99.9",
-            "order → assigned p50",
-            "p99",
-        ]);
-        table.row(vec![
-            self.pilots.to_string(),
-            self.orders.to_string(),
-            share(self.offered),
-            share(self.assigned),
-            ms(self.order_to_offer.map(|s| s.p50_us)),
-            ms(self.order_to_offer.map(|s| s.p99_us)),
-            ms(self.order_to_offer.map(|s| s.p999_us)),
-            ms(self.order_to_assigned.map(|s| s.p50_us)),
-            ms(self.order_to_assigned.map(|s| s.p99_us)),
-        ]);
+        let outcomes = &self.outcomes;
+        let share = |n: usize| format!("{:.1}%", n as f64 * 100.0 / outcomes.orders.max(1) as f64);
+        let mut table =
+            Table::new(&[&["pilots", "orders", "offered", "assigned"][..], &Outcomes::LATENCY_COLUMNS].concat());
+        let counts =
+            [self.pilots.to_string(), outcomes.orders.to_string(), share(outcomes.offered), share(outcomes.assigned)];
+        table.row([counts.to_vec(), outcomes.latency_cells()].concat());
         table
     }
 
     pub fn json(&self) -> Value {
-        json!({
-            "scenario": "dispatch", "pilots": self.pilots, "orders": self.orders, "offered": self.offered,
-            "assigned": self.assigned, "refused_orders": self.refused_orders,
-            "order_to_offer": self.order_to_offer.map(|s| s.json()),
-            "order_to_assigned": self.order_to_assigned.map(|s| s.json()),
-        })
+        let value = json!({ "scenario": "dispatch", "pilots": self.pilots, "refused_orders": self.refused_orders });
+        self.outcomes.extend_json(value)
     }
 }
 
@@ -115,7 +90,13 @@ pub async fn run(target: &Target, args: &DispatchArgs) -> anyhow::Result<Dispatc
         let customer = customers[rng.random_range(0..customers.len())].token.clone();
         let pickup = (near.0 + rng.random_range(-0.002..0.002), near.1 + rng.random_range(-0.002..0.002));
         let (target, timeline, counters) = (target.clone(), timeline.clone(), counters.clone());
-        placed.push(tokio::spawn(async move { place(&target, &customer, pickup, &timeline, &counters).await }));
+        let drop = (pickup.0 + 0.015, pickup.1 + 0.01);
+        placed.push(tokio::spawn(async move {
+            counters.add("orders", 1);
+            if place(&target, &customer, (pickup, drop), &timeline, Duration::from_secs(20)).await.is_err() {
+                counters.add("refused", 1);
+            }
+        }));
     }
     for order in placed {
         let _ = order.await;
@@ -126,15 +107,7 @@ pub async fn run(target: &Target, args: &DispatchArgs) -> anyhow::Result<Dispatc
         let _ = task.await;
     }
     let outcomes = crate::scenarios::outcomes(&timeline);
-    Ok(DispatchReport {
-        pilots: tokens.len(),
-        orders: outcomes.orders,
-        offered: outcomes.offered,
-        assigned: outcomes.assigned,
-        refused_orders: counters.get("refused"),
-        order_to_offer: outcomes.order_to_offer,
-        order_to_assigned: outcomes.order_to_assigned,
-    })
+    Ok(DispatchReport { pilots: tokens.len(), refused_orders: counters.get("refused"), outcomes })
 }
 
 /// Records offers and assignments as the pilots hear of them.
@@ -157,9 +130,15 @@ fn observer(timeline: &Timeline) -> Observer {
     })
 }
 
-/// Places one cash order at `pickup` and cancels it once a pilot has it (or after 20 s).
-async fn place(target: &Target, customer: &str, pickup: (f64, f64), timeline: &Timeline, counters: &Counters) {
-    let drop = (pickup.0 + 0.015, pickup.1 + 0.01);
+/// Places one cash order from `pickup` to `drop` (its send time in `timeline`) and cancels it
+/// once a pilot has it, or after `give_up`. An error only when the order was refused.
+pub(crate) async fn place(
+    target: &Target,
+    customer: &str,
+    (pickup, drop): ((f64, f64), (f64, f64)),
+    timeline: &Timeline,
+    give_up: Duration,
+) -> anyhow::Result<()> {
     let body = json!({
         "pickup": { "lat": pickup.0, "lng": pickup.1, "address": "bench pickup" },
         "drop": { "lat": drop.0, "lng": drop.1, "address": "bench drop" },
@@ -167,18 +146,16 @@ async fn place(target: &Target, customer: &str, pickup: (f64, f64), timeline: &T
         "payment_method": "cash",
     });
     let sent = Instant::now();
-    counters.add("orders", 1);
-    let Ok(order) = target.post("/api/v1/orders", Some(customer), &body).await else {
-        counters.add("refused", 1);
-        return;
-    };
+    let order = target.post("/api/v1/orders", Some(customer), &body).await?;
     let id = order["id"].as_str().unwrap_or_default().to_owned();
     timeline.lock().unwrap().entry(id.clone()).or_default().sent = Some(sent);
-    for _ in 0..200 {
+    let polls = give_up.as_millis() / 100;
+    for _ in 0..polls {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if timeline.lock().unwrap().get(&id).is_some_and(|m| m.assigned.is_some()) {
             break;
         }
     }
     let _ = target.post(&format!("/api/v1/orders/{id}/cancel"), Some(customer), &json!({})).await;
+    Ok(())
 }

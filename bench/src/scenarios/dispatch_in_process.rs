@@ -37,9 +37,10 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::city::{offset, random_latlng};
-use crate::scenarios::Timeline;
+use crate::scenarios::{Outcomes, Timeline};
 use crate::sio::Socket;
-use crate::stats::Summary;
+
+use crate::target::{Kind, Target};
 
 #[derive(Debug, Clone)]
 pub struct DispatchArgs {
@@ -53,11 +54,7 @@ pub struct DispatchArgs {
 
 #[derive(Debug)]
 pub struct InProcessReport {
-    pub orders: usize,
-    pub offered: usize,
-    pub assigned: usize,
-    pub order_to_offer: Option<Summary>,
-    pub order_to_assigned: Option<Summary>,
+    pub outcomes: Outcomes,
     pub streamed_per_sec: f64,
     pub store: &'static str,
 }
@@ -67,43 +64,27 @@ const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0$YmVuY2h
 
 impl InProcessReport {
     pub fn table(&self) -> crate::report::Table {
-        let mut table = crate::report::Table::new(&[
-            "store",
-            "streaming reports/s",
-            "orders",
-            "offered",
-            "assigned",
-            "order → offer p50",
-            "p99",
-            "p99.9",
-            "order → assigned p50",
-            "p99",
-        ]);
-        let ms = |s: &Option<Summary>, f: fn(&Summary) -> f64| crate::scenarios::ms(s.as_ref().map(f));
-        table.row(vec![
+        let outcomes = &self.outcomes;
+        let columns = ["store", "streaming reports/s", "orders", "offered", "assigned"];
+        let mut table = crate::report::Table::new(&[&columns[..], &Outcomes::LATENCY_COLUMNS].concat());
+        let counts = [
             self.store.into(),
             format!("{:.0}", self.streamed_per_sec),
-            self.orders.to_string(),
-            self.offered.to_string(),
-            self.assigned.to_string(),
-            ms(&self.order_to_offer, |s| s.p50_us),
-            ms(&self.order_to_offer, |s| s.p99_us),
-            ms(&self.order_to_offer, |s| s.p999_us),
-            ms(&self.order_to_assigned, |s| s.p50_us),
-            ms(&self.order_to_assigned, |s| s.p99_us),
-        ]);
+            outcomes.orders.to_string(),
+            outcomes.offered.to_string(),
+            outcomes.assigned.to_string(),
+        ];
+        table.row([counts.to_vec(), outcomes.latency_cells()].concat());
         table
     }
 
     pub fn json(&self, args: &DispatchArgs) -> Value {
-        json!({
+        let value = json!({
             "scenario": "dispatch_in_process", "store": self.store, "streaming": args.streaming,
             "streamed_per_sec": self.streamed_per_sec, "socket_pilots": args.socket_pilots,
-            "orders_per_sec": args.orders_per_sec, "seconds": args.seconds, "orders": self.orders,
-            "offered": self.offered, "assigned": self.assigned,
-            "order_to_offer": self.order_to_offer.map(|s| s.json()),
-            "order_to_assigned": self.order_to_assigned.map(|s| s.json()),
-        })
+            "orders_per_sec": args.orders_per_sec, "seconds": args.seconds,
+        });
+        self.outcomes.extend_json(value)
     }
 }
 
@@ -158,13 +139,13 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
     }
 
     eprintln!("connecting {} bike pilots over Socket.io…", args.socket_pilots);
-    let client = reqwest::Client::new();
+    let target = Target::new(Kind::Dispatchd, &addr)?;
     let timeline: Timeline = Arc::default();
     let mut bikes = Vec::new();
     for _ in 0..args.socket_pilots {
-        bikes.push(bike(&client, &addr, &timeline, random_latlng(&mut rng, SIDE_M)).await?);
+        bikes.push(bike(&target, &timeline, random_latlng(&mut rng, SIDE_M)).await?);
     }
-    let customer = register(&client, &addr, "customer").await?.0;
+    let customer = target.accounts("customer", "", 1).await?.remove(0).token;
 
     let streaming = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stream_stop = tokio_util::sync::CancellationToken::new();
@@ -181,14 +162,11 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
         let near = bikes[rng.random_range(0..bikes.len())];
         let pickup = offset(near, rng.random_range(-150.0..150.0), rng.random_range(-150.0..150.0));
         let drop = offset(pickup, 2000.0, 1500.0);
-        orders.push(tokio::spawn(place(
-            client.clone(),
-            addr.clone(),
-            customer.clone(),
-            pickup,
-            drop,
-            timeline.clone(),
-        )));
+        let trip = ((pickup.lat(), pickup.lng()), (drop.lat(), drop.lng()));
+        let (target, customer, timeline) = (target.clone(), customer.clone(), timeline.clone());
+        orders.push(tokio::spawn(async move {
+            crate::scenarios::dispatch::place(&target, &customer, trip, &timeline, Duration::from_secs(10)).await
+        }));
     }
     for order in orders {
         order.await.context("an order task failed")??;
@@ -202,16 +180,7 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&scratch);
 
-    let outcomes = crate::scenarios::outcomes(&timeline);
-    Ok(InProcessReport {
-        orders: outcomes.orders,
-        offered: outcomes.offered,
-        assigned: outcomes.assigned,
-        order_to_offer: outcomes.order_to_offer,
-        order_to_assigned: outcomes.order_to_assigned,
-        streamed_per_sec,
-        store,
-    })
+    Ok(InProcessReport { outcomes: crate::scenarios::outcomes(&timeline), streamed_per_sec, store })
 }
 
 /// Every fleet pilot reports every 5 s, 30 m from its last point: a tenth of the fleet each
@@ -255,8 +224,8 @@ async fn stream_fleet(
 
 /// Puts a bike pilot on duty at `position` over Socket.io; it accepts every offer after
 /// 0.2–1.5 s.
-async fn bike(client: &reqwest::Client, addr: &str, timeline: &Timeline, position: LatLng) -> anyhow::Result<LatLng> {
-    let (token, _) = register(client, addr, "pilot").await?;
+async fn bike(target: &Target, timeline: &Timeline, position: LatLng) -> anyhow::Result<LatLng> {
+    let token = target.accounts("pilot", "bike", 1).await?.remove(0).token;
     let (offers_tx, mut offers) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let seen = timeline.clone();
     let on_event: crate::sio::OnEvent = Arc::new(move |event, payload| {
@@ -268,7 +237,7 @@ async fn bike(client: &reqwest::Client, addr: &str, timeline: &Timeline, positio
             let _ = offers_tx.send(payload);
         }
     });
-    let socket = Arc::new(Socket::connect(addr, "/pilot", &token, on_event).await.map_err(anyhow::Error::msg)?);
+    let socket = Arc::new(Socket::connect(&target.addr, "/pilot", &token, on_event).await.map_err(anyhow::Error::msg)?);
     let ts = Clock::system().now().timestamp_millis();
     let fix = json!({ "points": [{ "lat": position.lat(), "lng": position.lng(), "ts": ts, "accuracy": 5 }] });
     socket.ask("location", &fix).await.map_err(anyhow::Error::msg)?;
@@ -303,55 +272,4 @@ async fn bike(client: &reqwest::Client, addr: &str, timeline: &Timeline, positio
         }
     });
     Ok(position)
-}
-
-/// Places one order, records when it was sent, and cancels it once a pilot has it.
-async fn place(
-    client: reqwest::Client,
-    addr: String,
-    token: String,
-    pickup: LatLng,
-    drop: LatLng,
-    timeline: Timeline,
-) -> anyhow::Result<()> {
-    let body = json!({
-        "pickup": { "lat": pickup.lat(), "lng": pickup.lng(), "address": "bench pickup" },
-        "drop": { "lat": drop.lat(), "lng": drop.lng(), "address": "bench drop" },
-        "vehicle_type": "bike",
-        "payment_method": "cash",
-    });
-    let sent = Instant::now();
-    let reply: Value = client
-        .post(format!("http://{addr}/api/v1/orders"))
-        .bearer_auth(&token)
-        .json(&body)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let id = reply["data"]["id"].as_str().with_context(|| format!("order refused: {reply}"))?.to_owned();
-    timeline.lock().unwrap().entry(id.clone()).or_default().sent = Some(sent);
-    // Free the pilot for the next order once it has this one (or give up after 10 s).
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if timeline.lock().unwrap().get(&id).is_some_and(|m| m.assigned.is_some()) {
-            break;
-        }
-    }
-    client.post(format!("http://{addr}/api/v1/orders/{id}/cancel")).bearer_auth(&token).send().await?;
-    Ok(())
-}
-
-/// Registers a customer or a bike pilot; (access token, user id).
-pub async fn register(client: &reqwest::Client, addr: &str, role: &str) -> anyhow::Result<(String, String)> {
-    let phone = format!("+91{:010}", rand::random::<u64>() % 10_000_000_000);
-    let mut body = json!({ "name": "Bench", "phone": phone, "password": "bench password 1", "role": role });
-    if role == "pilot" {
-        body["vehicle_type"] = json!("bike");
-    }
-    let reply: Value =
-        client.post(format!("http://{addr}/api/v1/auth/register")).json(&body).send().await?.json().await?;
-    let data = &reply["data"];
-    let token = data["access_token"].as_str().with_context(|| format!("register: {reply}"))?;
-    Ok((token.to_owned(), data["user"]["id"].as_str().unwrap_or_default().to_owned()))
 }

@@ -10,7 +10,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 
 use crate::path::Walker;
-use crate::proc::ProcSample;
+use crate::proc::Usage;
 use crate::progress::{Counters, Progress};
 use crate::report::Table;
 use crate::scenarios::{connect_all, ms, wall_ms};
@@ -42,8 +42,7 @@ pub struct IngestReport {
     pub failed_acks: u64,
     pub refused: BTreeMap<String, u64>,
     pub ack: Option<Summary>,
-    pub cpu_percent: Option<f64>,
-    pub rss_kib: Option<(u64, u64)>,
+    pub usage: Option<Usage>,
 }
 
 impl IngestReport {
@@ -53,11 +52,11 @@ impl IngestReport {
 
     /// Server CPU (µs) per accepted fix, when the pid was given.
     pub fn cpu_us_per_fix(&self) -> Option<f64> {
-        let cpu = self.cpu_percent?;
-        Some(cpu / 100.0 * self.seconds * 1e6 / self.fixes_accepted.max(1) as f64)
+        Some(self.usage?.cpu_us_per(self.fixes_accepted, self.seconds))
     }
 
     pub fn table(&self) -> Table {
+        let [cpu, rss] = Usage::cells(self.usage);
         let mut table = Table::new(&[
             "target",
             "pilots",
@@ -86,9 +85,9 @@ impl IngestReport {
             ms(self.ack.map(|s| s.p50_us)),
             ms(self.ack.map(|s| s.p99_us)),
             ms(self.ack.map(|s| s.p999_us)),
-            self.cpu_percent.map_or("-".into(), |cpu| format!("{cpu:.0}%")),
+            cpu,
             self.cpu_us_per_fix().map_or("-".into(), |us| format!("{us:.1}")),
-            self.rss_kib.map_or("-".into(), |(a, b)| format!("{:.0}→{:.0} MiB", a as f64 / 1024.0, b as f64 / 1024.0)),
+            rss,
         ]);
         table
     }
@@ -99,8 +98,8 @@ impl IngestReport {
             "seconds": self.seconds, "reports": self.reports, "fixes_sent": self.fixes_sent,
             "fixes_accepted": self.fixes_accepted, "accepted_per_sec": self.accepted_per_sec(),
             "failed_acks": self.failed_acks, "refused": self.refused, "ack": self.ack.map(|s| s.json()),
-            "server_cpu_percent": self.cpu_percent, "server_cpu_us_per_fix": self.cpu_us_per_fix(),
-            "server_rss_kib": self.rss_kib,
+            "server_cpu_percent": self.usage.map(|u| u.cpu_percent), "server_cpu_us_per_fix": self.cpu_us_per_fix(),
+            "server_rss_kib": self.usage.map(|u| u.rss_kib),
         })
     }
 }
@@ -121,7 +120,7 @@ pub async fn run(target: &Target, args: &IngestArgs) -> anyhow::Result<IngestRep
     let counters = Counters::new(&["reports", "fixes", "accepted", "failed"]);
     let acks = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
-    let before = args.pid.map(ProcSample::read);
+    let start = Usage::start(args.pid);
     let started = Instant::now();
     let run_for = Duration::from_secs(args.duration_s);
     let progress = Progress::start(counters.clone(), &["accepted"]);
@@ -136,7 +135,7 @@ pub async fn run(target: &Target, args: &IngestArgs) -> anyhow::Result<IngestRep
     join_all(tasks).await;
     drop(progress);
     let seconds = started.elapsed().as_secs_f64();
-    let after = args.pid.map(ProcSample::read);
+    let usage = Usage::until_now(start);
     let mut samples = acks.lock().unwrap();
     Ok(IngestReport {
         target: target.kind,
@@ -148,8 +147,7 @@ pub async fn run(target: &Target, args: &IngestArgs) -> anyhow::Result<IngestRep
         failed_acks: counters.get("failed"),
         refused: refused.lock().unwrap().clone(),
         ack: (!samples.is_empty()).then(|| Summary::of(&mut samples)),
-        cpu_percent: before.zip(after).map(|(before, after)| after.cpu_percent_since(&before)),
-        rss_kib: before.zip(after).map(|(before, after)| (before.rss_kib, after.rss_kib)),
+        usage,
     })
 }
 

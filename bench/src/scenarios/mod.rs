@@ -68,6 +68,32 @@ pub struct Outcomes {
     pub order_to_assigned: Option<crate::stats::Summary>,
 }
 
+impl Outcomes {
+    /// The latency columns both dispatch tables end with.
+    pub const LATENCY_COLUMNS: [&str; 5] = ["order → offer p50", "p99", "p99.9", "order → assigned p50", "p99"];
+
+    pub fn latency_cells(&self) -> Vec<String> {
+        let (offer, assigned) = (self.order_to_offer, self.order_to_assigned);
+        vec![
+            ms(offer.map(|s| s.p50_us)),
+            ms(offer.map(|s| s.p99_us)),
+            ms(offer.map(|s| s.p999_us)),
+            ms(assigned.map(|s| s.p50_us)),
+            ms(assigned.map(|s| s.p99_us)),
+        ]
+    }
+
+    /// Adds the outcomes' fields to a scenario's JSON object.
+    pub fn extend_json(&self, mut value: serde_json::Value) -> serde_json::Value {
+        value["orders"] = self.orders.into();
+        value["offered"] = self.offered.into();
+        value["assigned"] = self.assigned.into();
+        value["order_to_offer"] = self.order_to_offer.map(|s| s.json()).into();
+        value["order_to_assigned"] = self.order_to_assigned.map(|s| s.json()).into();
+        value
+    }
+}
+
 pub fn outcomes(timeline: &Timeline) -> Outcomes {
     let timeline = timeline.lock().unwrap().clone();
     let placed = || timeline.values().filter(|m| m.sent.is_some());

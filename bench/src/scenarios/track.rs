@@ -16,7 +16,7 @@ use futures::StreamExt as _;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use crate::proc::ProcSample;
+use crate::proc::Usage;
 use crate::progress::{Counters, Progress};
 use crate::report::Table;
 use crate::scenarios::{ms, wall_ms};
@@ -46,8 +46,7 @@ pub struct TrackReport {
     pub out_of_order: u64,
     pub delivery: Option<Summary>,
     pub ack: Option<Summary>,
-    pub cpu_percent: Option<f64>,
-    pub rss_kib: Option<(u64, u64)>,
+    pub usage: Option<Usage>,
 }
 
 impl TrackReport {
@@ -60,10 +59,11 @@ impl TrackReport {
     }
 
     pub fn cpu_us_per_delivery(&self) -> Option<f64> {
-        Some(self.cpu_percent? / 100.0 * self.seconds * 1e6 / self.delivered.max(1) as f64)
+        Some(self.usage?.cpu_us_per(self.delivered, self.seconds))
     }
 
     pub fn table(&self) -> Table {
+        let [cpu, rss] = Usage::cells(self.usage);
         let mut table = Table::new(&[
             "target",
             "pairs",
@@ -98,9 +98,9 @@ impl TrackReport {
             ms(self.delivery.map(|s| s.p999_us)),
             ms(self.ack.map(|s| s.p50_us)),
             ms(self.ack.map(|s| s.p99_us)),
-            self.cpu_percent.map_or("-".into(), |cpu| format!("{cpu:.0}%")),
+            cpu,
             self.cpu_us_per_delivery().map_or("-".into(), |us| format!("{us:.0}")),
-            self.rss_kib.map_or("-".into(), |(a, b)| format!("{:.0}→{:.0} MiB", a as f64 / 1024.0, b as f64 / 1024.0)),
+            rss,
         ]);
         table
     }
@@ -111,8 +111,8 @@ impl TrackReport {
             "seconds": self.seconds, "sent": self.sent, "acked": self.acked, "delivered": self.delivered,
             "lost": self.lost(), "out_of_order": self.out_of_order, "delivered_per_sec": self.delivered_per_sec(),
             "delivery": self.delivery.map(|s| s.json()), "ack": self.ack.map(|s| s.json()),
-            "server_cpu_percent": self.cpu_percent, "server_cpu_us_per_delivery": self.cpu_us_per_delivery(),
-            "server_rss_kib": self.rss_kib,
+            "server_cpu_percent": self.usage.map(|u| u.cpu_percent), "server_cpu_us_per_delivery": self.cpu_us_per_delivery(),
+            "server_rss_kib": self.usage.map(|u| u.rss_kib),
         })
     }
 }
@@ -163,7 +163,7 @@ pub async fn run(target: &Target, args: &TrackArgs) -> anyhow::Result<TrackRepor
     }
     let counters = Counters::new(&["sent", "acked"]);
     let progress = Progress::start(counters.clone(), &["sent"]);
-    let before = args.pid.map(ProcSample::read);
+    let start = Usage::start(args.pid);
     let run_for = Duration::from_secs(args.duration_s);
     let period = Duration::from_secs_f64(1.0 / args.rate);
     let started = Instant::now();
@@ -178,7 +178,7 @@ pub async fn run(target: &Target, args: &TrackArgs) -> anyhow::Result<TrackRepor
     tokio::time::sleep(Duration::from_millis(500)).await; // the last deliveries
     drop(progress);
     let seconds = started.elapsed().as_secs_f64();
-    let after = args.pid.map(ProcSample::read);
+    let usage = Usage::until_now(start);
     let mut deliveries = tally.deliveries.lock().unwrap();
     let mut acks = tally.acks.lock().unwrap();
     Ok(TrackReport {
@@ -191,8 +191,7 @@ pub async fn run(target: &Target, args: &TrackArgs) -> anyhow::Result<TrackRepor
         out_of_order: tally.out_of_order.load(Ordering::Relaxed),
         delivery: (!deliveries.is_empty()).then(|| Summary::of(&mut deliveries)),
         ack: (!acks.is_empty()).then(|| Summary::of(&mut acks)),
-        cpu_percent: before.zip(after).map(|(before, after)| after.cpu_percent_since(&before)),
-        rss_kib: before.zip(after).map(|(before, after)| (before.rss_kib, after.rss_kib)),
+        usage,
     })
 }
 
