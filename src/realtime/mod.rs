@@ -15,9 +15,10 @@
 //! * a slow client never slows the server: every emit is to one socket's bounded buffer and
 //!   a full buffer drops the packet (counted); positions are volatile, order events can be
 //!   replayed by `seq`, viewport deltas are recomputed from state;
-//! * nothing here holds the server's state in a cycle: the listeners that orders and the
-//!   fleet call hand their work to [`Realtime::run`] through channels, and only that task
-//!   (and the HTTP layer) holds the `SocketIo`.
+//! * an event reaches its sockets on the task that made it (the `location` handler, the
+//!   order's request, the matchmaker): the relay emits there, with no queue or task between;
+//! * the relay's hold on the `SocketIo` (whose handlers hold the app's state) ends when
+//!   [`Realtime::run`] stops or the gateway is dropped, so no cycle outlives the server.
 
 pub mod ack;
 mod auth;
@@ -33,20 +34,16 @@ use serde::Deserialize;
 use socketioxide::handler::ConnectHandler as _;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ParserConfig, SocketIo};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::orders::tracking::Tracking;
 use dispatch::Viewports;
-use relay::{Outbound, Relay};
+use relay::Relay;
 
 pub const PILOT_NS: &str = "/pilot";
 pub const CUSTOMER_NS: &str = "/customer";
 pub const DISPATCH_NS: &str = "/dispatch";
-
-/// Positions waiting for the relay task; past this they are dropped (and counted).
-const POSITION_QUEUE: usize = 65_536;
 
 /// `[realtime]` configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,13 +71,12 @@ pub struct Gateway {
     tracking: Arc<Tracking>,
 }
 
-/// The running gateway: the `SocketIo` handle and the relay's queues.
+/// The running gateway: the `SocketIo` handle, the relay and the dispatchers' viewports.
 pub struct Realtime {
     io: SocketIo,
     grid: Arc<crate::grid::PilotIndex>,
     viewports: Arc<Viewports>,
-    outbound: mpsc::UnboundedReceiver<Outbound>,
-    positions: mpsc::Receiver<Outbound>,
+    relay: Arc<Relay>,
     interval: Duration,
     /// Most pilots one viewport frame lists.
     limit: usize,
@@ -118,17 +114,15 @@ impl Realtime {
         io.ns(CUSTOMER_NS, (async || {}).with(auth::customer));
         io.ns(DISPATCH_NS, (async || {}).with(auth::dispatcher));
 
-        let (events_tx, outbound) = mpsc::unbounded_channel();
-        let (positions_tx, positions) = mpsc::channel(POSITION_QUEUE);
         let pricing = crate::orders::pricing::TariffPricing::new(&state.config.pricing);
-        let relay = Arc::new(Relay::new(tracking, pricing, events_tx, positions_tx));
+        let relay = Arc::new(Relay::new(tracking, pricing, io.clone()));
         state.orders.subscribe(relay.clone());
         state.matchmaker.subscribe(relay.clone());
-        state.fleet.subscribe(relay);
+        state.fleet.subscribe(relay.clone());
         let interval = Duration::from_millis(config.viewport_interval_ms);
         let grid = state.grid.clone();
         let limit = config.viewport_max_pilots;
-        Ok((layer, Self { io, grid, viewports, outbound, positions, interval, limit }))
+        Ok((layer, Self { io, grid, viewports, relay, interval, limit }))
     }
 
     /// The Socket.io handle (to close every socket at shutdown).
@@ -136,20 +130,23 @@ impl Realtime {
         self.io.clone()
     }
 
-    /// Delivers order events and positions, and ticks the dispatchers' viewports, until
-    /// `stop`.
-    pub async fn run(mut self, stop: CancellationToken) {
+    /// Ticks the dispatchers' viewports until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                Some(message) = self.outbound.recv() => relay::deliver(&self.io, &message),
-                Some(message) = self.positions.recv() => relay::deliver(&self.io, &message),
                 _ = ticks.tick() => dispatch::tick(&self.io, &self.grid, &self.viewports, self.limit),
             }
         }
+    }
+}
+
+impl Drop for Realtime {
+    fn drop(&mut self) {
+        self.relay.detach();
     }
 }
 

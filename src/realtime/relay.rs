@@ -1,19 +1,20 @@
 //! From the domain to the sockets: committed order events, offers and accepted pilot moves.
 //!
-//! [`Relay`] is what orders, matching and the fleet call (synchronously, on their own tasks);
-//! it reads [`Tracking`] (which pilot carries which order, towards which point) and queues
-//! messages; [`deliver`] (on the gateway's task) writes them to the sockets in the right
-//! rooms. Order events are queued without bound (they are rare and must not be lost on our
-//! side); positions go through a bounded queue and are dropped, counted, when it is full. A
-//! socket whose own buffer is too full to take an order event is disconnected (its app
-//! reconnects and replays by `seq`); a position that does not fit is dropped.
+//! [`Relay`] is what orders, matching and the fleet call, synchronously, on their own tasks
+//! (for a position: the pilot socket's `location` handler). It reads [`Tracking`] (which pilot
+//! carries which order, towards which point) and writes each message straight to the
+//! sockets of the rooms it is for: an emit only queues the packet on one socket's bounded
+//! buffer, so it never waits, and no task sits between the event and the sockets. A position
+//! that does not fit a socket's buffer is dropped (counted; the next one supersedes it); a
+//! socket too full to take an order event is disconnected (its app reconnects and replays by
+//! `seq`).
 
 use std::sync::Arc;
 
+use parking_lot::RwLock;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::{SendError, SocketError};
-use tokio::sync::mpsc;
 
 use crate::domain::offers::Offer;
 use crate::domain::orders::{Order, OrderEvent};
@@ -28,32 +29,39 @@ use crate::realtime::{CUSTOMER_NS, DISPATCH_NS, PILOT_NS, count_out, customer, d
 
 /// Something to write to sockets.
 #[derive(Debug)]
-pub enum Outbound {
+enum Outbound<'a> {
     /// An order event: to the order's watchers, its pilot (and the pilot it was taken from)
     /// and the dispatchers.
-    OrderEvent { order: OrderId, pilots: [Option<UserId>; 2], payload: Value },
+    OrderEvent { order: OrderId, pilots: [Option<UserId>; 2], payload: &'a Value },
     /// A position of the pilot carrying `order`: to the order's watchers only.
-    PilotLocation { order: OrderId, payload: Value },
+    PilotLocation { order: OrderId, payload: &'a Value },
     /// For one pilot only (offers).
-    ToPilot { pilot: UserId, event: &'static str, payload: Value },
+    ToPilot { pilot: UserId, event: &'static str, payload: &'a Value },
 }
 
-/// The listener orders and the fleet call.
+/// The listener orders, matching and the fleet call.
 pub struct Relay {
     tracking: Arc<Tracking>,
     pricing: TariffPricing,
-    events: mpsc::UnboundedSender<Outbound>,
-    positions: mpsc::Sender<Outbound>,
+    /// The sockets, until the gateway stops: the `SocketIo` holds the app's state (its
+    /// handlers' state), and the app holds this relay, so [`Relay::detach`] ends the cycle.
+    io: RwLock<Option<SocketIo>>,
 }
 
 impl Relay {
-    pub fn new(
-        tracking: Arc<Tracking>,
-        pricing: TariffPricing,
-        events: mpsc::UnboundedSender<Outbound>,
-        positions: mpsc::Sender<Outbound>,
-    ) -> Self {
-        Self { tracking, pricing, events, positions }
+    pub fn new(tracking: Arc<Tracking>, pricing: TariffPricing, io: SocketIo) -> Self {
+        Self { tracking, pricing, io: RwLock::new(Some(io)) }
+    }
+
+    /// Stops writing to sockets (at shutdown) and lets go of them.
+    pub fn detach(&self) {
+        self.io.write().take();
+    }
+
+    fn send(&self, message: Outbound<'_>) {
+        if let Some(io) = self.io.read().as_ref() {
+            deliver(io, &message);
+        }
     }
 }
 
@@ -63,19 +71,19 @@ impl OrderListener for Relay {
             let payload = event_payload(order, event);
             let previous = serde_json::from_value(event.data["previous_pilot_id"].clone()).ok();
             let pilots = [order.pilot_id, previous.filter(|previous| Some(*previous) != order.pilot_id)];
-            let _ = self.events.send(Outbound::OrderEvent { order: order.id, pilots, payload });
+            self.send(Outbound::OrderEvent { order: order.id, pilots, payload: &payload });
         }
     }
 }
 
 impl OfferListener for Relay {
     fn offered(&self, offer: &Offer, payload: &Value) {
-        let _ = self.events.send(Outbound::ToPilot { pilot: offer.pilot_id, event: "offer", payload: payload.clone() });
+        self.send(Outbound::ToPilot { pilot: offer.pilot_id, event: "offer", payload });
     }
 
     fn withdrawn(&self, offer: &Offer, reason: &'static str) {
         let payload = json!({ "offer_id": offer.id, "order_id": offer.order_id, "reason": reason });
-        let _ = self.events.send(Outbound::ToPilot { pilot: offer.pilot_id, event: "offer:withdrawn", payload });
+        self.send(Outbound::ToPilot { pilot: offer.pilot_id, event: "offer:withdrawn", payload: &payload });
     }
 }
 
@@ -84,9 +92,7 @@ impl PositionListener for Relay {
         let Some(trip) = self.tracking.trip_of(pilot.id) else { return };
         let eta_s = self.pricing.eta_secs(trip.vehicle, pilot.position, trip.target);
         let payload = location_payload(trip.order, pilot, eta_s);
-        if self.positions.try_send(Outbound::PilotLocation { order: trip.order, payload }).is_err() {
-            count_out(CUSTOMER_NS, "pilot:location", false);
-        }
+        self.send(Outbound::PilotLocation { order: trip.order, payload: &payload });
     }
 }
 
@@ -112,7 +118,7 @@ pub fn location_payload(order: OrderId, pilot: &PilotSnapshot, eta_s: i64) -> Va
 }
 
 /// Writes `message` to every socket it is for; a full socket buffer drops it, counted.
-pub fn deliver(io: &SocketIo, message: &Outbound) {
+fn deliver(io: &SocketIo, message: &Outbound<'_>) {
     match message {
         Outbound::OrderEvent { order, pilots, payload } => {
             emit(io, CUSTOMER_NS, &customer::room(*order), "order:event", payload, Loss::Disconnect);

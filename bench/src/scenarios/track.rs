@@ -171,11 +171,13 @@ pub async fn run(target: &Target, args: &TrackArgs) -> anyhow::Result<TrackRepor
         let (counters, tally) = (counters.clone(), tally.clone());
         async move {
             stream_pilot(index, &pilot, &sent, run_for, period, &counters, &tally).await;
-            drop(customer);
+            // Still watching: the last fix's delivery may come after its ack.
+            customer
         }
     });
-    join_all(tasks).await;
+    let customers = join_all(tasks).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // the last deliveries
+    drop(customers);
     drop(progress);
     let seconds = started.elapsed().as_secs_f64();
     let usage = Usage::until_now(start);
