@@ -33,6 +33,9 @@ url="http://$addr"
 "$bench" track --url "$url" --pid "$pid" --pairs 5 --rate 2 --duration 3
 "$bench" connections --url "$url" --pid "$pid" --connections 30 --sources 2 --storm-deadline 10
 "$bench" dispatch --url "$url" --pilots 10 --orders-per-sec 2 --duration 3
+"$bench" orders --url "$url" --pid "$pid" --customers 3 --concurrency 2 --duration 2
+"$bench" orders --url "$url" --customers 3 --concurrency 2 --rate 20 --duration 2 --json "$work/orders.json"
+grep -q '"failed": {}' "$work/orders.json" || { echo "orders: some orders were refused" >&2; cat "$work/orders.json" >&2; exit 1; }
 "$bench" simulate --url "$url" --pilots 10 --orders-per-min 60 --side-km 3 --duration 5
 "$bench" dispatch --in-process --streaming 300 --pilots 5 --orders-per-sec 2 --duration 3
 echo "every scenario ran"

@@ -56,11 +56,22 @@ pub trait OfferListener: Send + Sync {
 #[derive(Debug)]
 enum Command {
     /// An order began searching (again: without the pilot that dropped it, if any).
-    Search(Box<Order>, Option<UserId>),
+    Search(Box<Order>, Before),
     /// An order stopped searching (assigned, cancelled): its search ends.
     Stopped(Box<Order>),
     /// A pilot rejected an offer.
     Rejected(Box<Offer>),
+}
+
+/// What a search that begins knows of the order's past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Before {
+    /// It was created in the same commit: it has never been offered.
+    Nothing,
+    /// This pilot had it and gave it back (others may have declined it too).
+    DroppedBy(UserId),
+    /// Its offers, if any, are in the store.
+    Unknown,
 }
 
 /// The matchmaker. Share it behind an `Arc`.
@@ -179,7 +190,7 @@ impl Matchmaker {
         let resumed = orders.len();
         for order in orders {
             let id = order.id;
-            self.start(searches, order, None).await;
+            self.start(searches, order, Before::Unknown).await;
             if let Some(search) = searches.map.get_mut(&id) {
                 search.live = live.remove(&id);
             }
@@ -198,9 +209,9 @@ impl Matchmaker {
 
     async fn handle(&self, searches: &mut Searches, command: Command) {
         match command {
-            Command::Search(order, dropped_by) => {
+            Command::Search(order, before) => {
                 let id = order.id;
-                self.start(searches, *order, dropped_by).await;
+                self.start(searches, *order, before).await;
                 if self.config.mode == Mode::Immediate {
                     self.offer_next(searches, id).await;
                 }
@@ -303,19 +314,25 @@ impl Matchmaker {
     }
 
     /// Begins following a searching order (once), with the pilots who already declined it
-    /// (and `dropped_by`, the pilot that gave it back). If the store cannot say who declined,
-    /// the search goes on without that (a pilot may see the order again) rather than not at
-    /// all.
-    async fn start(&self, searches: &mut Searches, order: Order, dropped_by: Option<UserId>) {
+    /// (and the pilot that gave it back). A new order has no offers, so nobody to read; for
+    /// another, if the store cannot say who declined, the search goes on without that (a
+    /// pilot may see the order again) rather than not at all.
+    async fn start(&self, searches: &mut Searches, order: Order, before: Before) {
         if searches.map.contains_key(&order.id) {
             return;
         }
-        let mut declined: HashSet<UserId> = dropped_by.into_iter().collect();
-        match self.store.offers_for_order(order.id).await {
-            Ok(offers) => {
-                declined.extend(offers.iter().filter(|offer| offer.status.declined()).map(|offer| offer.pilot_id));
+        let mut declined = HashSet::new();
+        if let Before::DroppedBy(pilot) = before {
+            declined.insert(pilot);
+        }
+        if before != Before::Nothing {
+            match self.store.offers_for_order(order.id).await {
+                Ok(offers) => {
+                    let refused = offers.iter().filter(|offer| offer.status.declined());
+                    declined.extend(refused.map(|offer| offer.pilot_id));
+                }
+                Err(err) => tracing::warn!(order_id = %order.id, error = %err, "could not read who declined the order"),
             }
-            Err(err) => tracing::warn!(order_id = %order.id, error = %err, "could not read who declined the order"),
         }
         let now = self.clock.now();
         searches.map.insert(
@@ -563,7 +580,12 @@ impl OrderListener for Hears {
                 .iter()
                 .filter(|event| event.kind == "unassigned")
                 .find_map(|event| serde_json::from_value(event.data["previous_pilot_id"].clone()).ok());
-            Command::Search(Box::new(order.clone()), dropped_by)
+            let before = match dropped_by {
+                Some(pilot) => Before::DroppedBy(pilot),
+                None if events.iter().any(|event| event.kind == "created") => Before::Nothing,
+                None => Before::Unknown,
+            };
+            Command::Search(Box::new(order.clone()), before)
         } else if order.status != OrderStatus::SearchingDriver && order.status != OrderStatus::Pending {
             Command::Stopped(Box::new(order.clone()))
         } else {

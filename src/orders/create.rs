@@ -14,7 +14,7 @@ use crate::ids::OrderId;
 use crate::orders::pricing::{Pricing as _, Trip};
 use crate::orders::quotes::QuoteClaims;
 use crate::orders::{Orders, append, event, push_event, seconds};
-use crate::store::{NewJob, StoreTx};
+use crate::store::{IdempotentReplay, NewJob, StoreTx};
 
 /// Job kinds the orders service enqueues and handles.
 pub const START_SEARCH_JOB: &str = "order.start_search";
@@ -117,7 +117,7 @@ impl Orders {
         // A retry of a request that already succeeded gets its answer even if the request
         // would no longer pass (its quote expired, its coupon ran out): the order exists.
         if let Some(key) = idempotency_key
-            && let Some(replay) = self.replay(caller, key, &request, now).await?
+            && let Some(replay) = self.replay(caller, key, &request).await?
         {
             return Ok(replay);
         }
@@ -250,17 +250,12 @@ impl Orders {
         Ok(self.pricing.with_discount(fare, discount))
     }
 
-    /// The stored answer for `key`, if a request under it already completed. The claim is
-    /// rolled back: the transaction that creates the order claims the key for good.
-    async fn replay(
-        &self,
-        caller: &Caller,
-        key: &str,
-        request: &CreateOrder,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Creation>> {
-        let mut tx = self.store.begin().await?;
-        claim_key(&mut *tx, caller, key, request, now).await
+    /// The stored answer for `key`, if a request under it already completed: one read. A
+    /// duplicate still in flight is not seen here; the transaction that creates the order
+    /// claims the key, waiting for that duplicate, and answers what it answered.
+    async fn replay(&self, caller: &Caller, key: &str, request: &CreateOrder) -> Result<Option<Creation>> {
+        let Some(replay) = self.store.idempotent_response(caller.user_id, key).await? else { return Ok(None) };
+        same_request(replay, request).map(Some)
     }
 
     /// The order as it will be stored, with its first events.
@@ -380,15 +375,19 @@ async fn claim_key(
     request: &CreateOrder,
     now: DateTime<Utc>,
 ) -> Result<Option<Creation>> {
-    let fingerprint = request.fingerprint();
-    let Some(replay) = tx.claim_idempotency_key(caller.user_id, key, &fingerprint, now).await? else {
+    let Some(replay) = tx.claim_idempotency_key(caller.user_id, key, &request.fingerprint(), now).await? else {
         return Ok(None);
     };
-    if replay.request_hash != fingerprint {
+    same_request(replay, request).map(Some)
+}
+
+/// The stored answer, if it was for this very request.
+fn same_request(replay: IdempotentReplay, request: &CreateOrder) -> Result<Creation> {
+    if replay.request_hash != request.fingerprint() {
         return Err(Error::Unprocessable {
             code: "IDEMPOTENCY_KEY_REUSED",
             message: "this Idempotency-Key was used for a different request".into(),
         });
     }
-    Ok(Some(Creation::Replayed { status: replay.status, body: replay.body }))
+    Ok(Creation::Replayed { status: replay.status, body: replay.body })
 }

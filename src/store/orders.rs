@@ -12,7 +12,7 @@ use crate::domain::VehicleType;
 use crate::domain::orders::{Fare, Order, OrderEvent, OrderStatus, Place};
 use crate::error::{Error, Result};
 use crate::ids::{OrderId, UserId};
-use crate::store::PageRequest;
+use crate::store::{IdempotentReplay, PageRequest};
 
 /// Which orders a listing wants; unset fields do not filter.
 #[derive(Debug, Clone, Copy, Default)]
@@ -42,6 +42,10 @@ pub trait OrderStore: Send + Sync {
 
     /// Every order searching for a pilot: what matching resumes after a restart.
     async fn searching_orders(&self) -> Result<Vec<Order>>;
+
+    /// What a committed request under `user`'s `key` answered (a read: it claims nothing and
+    /// waits for nothing; [`StoreTx::claim_idempotency_key`](crate::store::StoreTx) decides).
+    async fn idempotent_response(&self, user: UserId, key: &str) -> Result<Option<IdempotentReplay>>;
 
     /// Forgets idempotency keys first used before `before`; returns how many.
     async fn purge_idempotency_keys(&self, before: DateTime<Utc>) -> Result<u64>;

@@ -34,6 +34,8 @@ const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempt
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Write transactions take their connections from the same pool (row locks decide).
+    writer: PgPool,
 }
 
 impl PgStore {
@@ -47,7 +49,7 @@ impl PgStore {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(config.connect_timeout_secs);
         loop {
             match pool_options.clone().connect_with(options.clone()).await {
-                Ok(pool) => return Ok(Self { pool }),
+                Ok(pool) => return Ok(Self { writer: pool.clone(), pool }),
                 Err(err) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %err, database = %redact_url(url), "database not reachable yet, retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -38,6 +38,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One connection for write transactions. SQLite has one write lock; writers that each
+    /// took a connection of the pool and raced for it would wait in its busy handler, which
+    /// sleeps and retries (up to 100 ms a try), so a queue of writers would be served out of
+    /// order, some very late. Here they queue for this connection, first come, first served.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -56,10 +61,16 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_secs(config.acquire_timeout_secs))
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("opening SQLite database {}", path.display()))?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(config.acquire_timeout_secs))
             .connect_with(options)
             .await
             .with_context(|| format!("opening SQLite database {}", path.display()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {

@@ -326,6 +326,8 @@ async fn idempotency_keys_replay_the_stored_response(subject: Subject) {
     tx.commit().await.unwrap();
 
     let replay = IdempotentReplay { request_hash: vec![1; 32], status: 201, body };
+    assert_eq!(subject.store.idempotent_response(alice, "key-1").await.unwrap(), Some(replay.clone()), "a read");
+    assert_eq!(subject.store.idempotent_response(bob, "key-1").await.unwrap(), None);
     let mut tx = subject.store.begin().await.unwrap();
     assert_eq!(tx.claim_idempotency_key(alice, "key-1", &[2; 32], at).await.unwrap(), Some(replay.clone()));
     assert_eq!(tx.claim_idempotency_key(bob, "key-1", &[1; 32], at).await.unwrap(), None, "keys are per user");
@@ -335,6 +337,7 @@ async fn idempotency_keys_replay_the_stored_response(subject: Subject) {
     let mut tx = subject.store.begin().await.unwrap();
     assert_eq!(tx.claim_idempotency_key(bob, "key-1", &[3; 32], at).await.unwrap(), None, "a rollback frees it");
     tx.commit().await.unwrap();
+    assert_eq!(subject.store.idempotent_response(bob, "key-1").await.unwrap(), None, "claimed, never answered");
     let mut tx = subject.store.begin().await.unwrap();
     let unanswered = tx.claim_idempotency_key(bob, "key-1", &[3; 32], at).await.unwrap_err();
     assert!(matches!(unanswered, Error::Conflict { code: "IDEMPOTENCY_KEY_IN_USE", .. }), "{unanswered:?}");

@@ -8,6 +8,7 @@
 //! dispatchd-bench track       --url … --pairs 1000 --rate 2
 //! dispatchd-bench connections --url … --connections 15000 --sources 4
 //! dispatchd-bench dispatch    --url … --pilots 200 --orders-per-sec 10     (or --in-process --streaming 50000)
+//! dispatchd-bench orders      --url … --concurrency 32 [--rate 1000]         (REST order create)
 //! dispatchd-bench simulate    --url … --pilots 2000 --orders-per-min 60
 //! dispatchd-bench matching    --seeds 5                                     (in-process, simulated time)
 //! dispatchd-bench compare     ingest track connections                      (starts dispatchd and the Node baseline)
@@ -16,7 +17,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use dispatchd_bench::scenarios::{compare, connections, dispatch, ingest, matching, simulate, track};
+use dispatchd_bench::scenarios::{compare, connections, dispatch, ingest, matching, orders, simulate, track};
 use dispatchd_bench::target::{Kind, STAFF_PASSWORD, STAFF_PHONE, Target};
 use serde_json::Value;
 
@@ -141,6 +142,22 @@ enum Scenario {
         /// With --in-process: a Postgres URL of a database of its own (SQLite without it).
         #[arg(long)]
         database_url: Option<String>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Customers creating orders over REST: orders/s, latency percentiles, refusals.
+    Orders {
+        #[command(flatten)]
+        common: Common,
+        /// Customers placing the orders, in turn.
+        #[arg(long, value_parser = at_least_one, default_value_t = 100)]
+        customers: usize,
+        /// Requests in flight at most.
+        #[arg(long, value_parser = at_least_one, default_value_t = 32)]
+        concurrency: usize,
+        /// Orders a second to ask for (default: as fast as they are answered).
+        #[arg(long, value_parser = positive)]
+        rate: Option<f64>,
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
@@ -278,6 +295,14 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 anyhow::ensure!(report.outcomes.offered > 0, "no order reached a pilot");
                 (common.json, report.json())
             }
+        }
+        Scenario::Orders { common, customers, concurrency, rate, seed } => {
+            let args =
+                orders::OrdersArgs { customers, concurrency, rate, duration_s: common.duration, pid: common.pid, seed };
+            let report = orders::run(&target(&common)?, &args).await?;
+            report.table().print();
+            anyhow::ensure!(report.created > 0, "no order was created");
+            (common.json, report.json())
         }
         Scenario::Simulate { common, pilots, orders_per_min, side_km, seed, staff } => {
             let args = simulate::SimulateArgs {

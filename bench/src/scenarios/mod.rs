@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod dispatch_in_process;
 pub mod ingest;
 pub mod matching;
+pub mod orders;
 pub mod simulate;
 pub mod track;
 

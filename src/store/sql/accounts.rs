@@ -37,7 +37,7 @@ struct CredentialsRow {
 #[async_trait]
 impl AccountStore for StoreImpl {
     async fn create_user(&self, user: NewUser, now: DateTime<Utc>) -> Result<User> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let inserted = sqlx::query(
             "INSERT INTO users (id, phone, name, password_hash, role, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $6)",
@@ -108,7 +108,7 @@ impl AccountStore for StoreImpl {
     }
 
     async fn disable_user(&self, id: UserId, now: DateTime<Utc>) -> Result<Option<Vec<SessionId>>> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let found = sqlx::query("UPDATE users SET disabled_at = COALESCE(disabled_at, $2), updated_at = $2 WHERE id = $1")
             .bind(id.0)
             .bind(now)
@@ -137,7 +137,7 @@ impl AccountStore for StoreImpl {
         refresh: &NewRefreshToken,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         sqlx::query("INSERT INTO auth_sessions (id, user_id, created_at) VALUES ($1, $2, $3)")
             .bind(session.0)
             .bind(user.0)
@@ -155,7 +155,7 @@ impl AccountStore for StoreImpl {
         next: &NewRefreshToken,
         now: DateTime<Utc>,
     ) -> Result<Rotation> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let row: Option<RefreshRow> =
             sqlx::query_as(SELECT_REFRESH_FOR_ROTATION).bind(&presented[..]).fetch_optional(&mut *tx).await?;
         let Some(row) = row else {
@@ -192,7 +192,7 @@ impl AccountStore for StoreImpl {
     }
 
     async fn revoke_session(&self, session: SessionId, reason: RevokeReason, now: DateTime<Utc>) -> Result<()> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         revoke(&mut tx, session, reason, now).await?;
         tx.commit().await?;
         Ok(())

@@ -1,6 +1,7 @@
 // Included at the root of each backend module (postgres.rs, sqlite.rs), which defines `Db`,
-// `StoreImpl` (with a `pool`), `BACKEND` and `BEGIN_WRITE`. The other files under sql/ are each
-// included into a submodule of the backend and implement one store trait.
+// `StoreImpl` (with a `pool`, and a `writer` pool that write transactions begin on),
+// `BACKEND` and `BEGIN_WRITE`. The other files under sql/ are each included into a submodule
+// of the backend and implement one store trait.
 
 use async_trait::async_trait;
 
@@ -21,11 +22,13 @@ impl crate::store::Store for StoreImpl {
     }
 
     async fn close(&self) {
+        // The same pool twice on Postgres: closing it again returns at once.
+        self.writer.close().await;
         self.pool.close().await;
     }
 
     async fn begin(&self) -> crate::error::Result<Box<dyn crate::store::StoreTx>> {
-        let tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let tx = self.writer.begin_with(BEGIN_WRITE).await?;
         Ok(Box::new(TxImpl { tx }))
     }
 }

@@ -36,7 +36,7 @@ impl JobStore for StoreImpl {
     }
 
     async fn claim_jobs(&self, now: DateTime<Utc>, limit: u32, lease: Duration) -> Result<Vec<Job>> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let rows: Vec<JobRow> = sqlx::query_as(CLAIM_JOBS)
             .bind(now)
             .bind(now + lease)

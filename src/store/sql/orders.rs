@@ -5,9 +5,9 @@ use async_trait::async_trait;
 use crate::domain::VehicleType;
 use crate::domain::orders::{Order, OrderEvent, OrderStatus};
 use crate::error::Result;
-use crate::ids::OrderId;
+use crate::ids::{OrderId, UserId};
 use crate::store::orders::{EventRow, OrderRow, select_order};
-use crate::store::{OrderFilter, OrderStore, PageRequest};
+use crate::store::{IdempotentReplay, OrderFilter, OrderStore, PageRequest};
 
 #[async_trait]
 impl OrderStore for StoreImpl {
@@ -73,6 +73,22 @@ impl OrderStore for StoreImpl {
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(Order::try_from).collect()
+    }
+
+    async fn idempotent_response(&self, user: UserId, key: &str) -> Result<Option<IdempotentReplay>> {
+        let row: Option<(Vec<u8>, i16, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
+            "SELECT request_hash, response_status, response_body FROM idempotency_keys \
+             WHERE user_id = $1 AND key = $2 AND response_status IS NOT NULL AND response_body IS NOT NULL",
+        )
+        .bind(user.0)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(request_hash, status, body)| IdempotentReplay {
+            request_hash,
+            status: u16::try_from(status).unwrap_or(500),
+            body: body.0,
+        }))
     }
 
     async fn purge_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64> {

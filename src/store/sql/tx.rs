@@ -149,21 +149,23 @@ impl StoreTx for super::TxImpl {
     }
 
     async fn append_events(&mut self, events: &[OrderEvent]) -> Result<()> {
-        for event in events {
-            sqlx::query(
-                "INSERT INTO order_events (order_id, seq, type, actor_id, actor_role, data, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(event.order_id.0)
-            .bind(event.seq)
-            .bind(&event.kind)
-            .bind(event.actor_id.map(|id| id.0))
-            .bind(event.actor_role.map(|role| role.as_str()))
-            .bind(sqlx::types::Json(&event.data))
-            .bind(event.created_at)
-            .execute(&mut *self.tx)
-            .await?;
+        if events.is_empty() {
+            return Ok(());
         }
+        // One statement for all of them: an order's change usually writes two or three.
+        let mut insert = sqlx::QueryBuilder::<super::Db>::new(
+            "INSERT INTO order_events (order_id, seq, type, actor_id, actor_role, data, created_at) ",
+        );
+        insert.push_values(events, |mut row, event| {
+            row.push_bind(event.order_id.0)
+                .push_bind(event.seq)
+                .push_bind(&event.kind)
+                .push_bind(event.actor_id.map(|id| id.0))
+                .push_bind(event.actor_role.map(|role| role.as_str()))
+                .push_bind(sqlx::types::Json(&event.data))
+                .push_bind(event.created_at);
+        });
+        insert.build().execute(&mut *self.tx).await?;
         Ok(())
     }
 
