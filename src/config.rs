@@ -232,6 +232,7 @@ impl Config {
             ("realtime.flood_disconnect_after", self.realtime.flood_disconnect_after.into()),
             ("realtime.viewport_interval_ms", self.realtime.viewport_interval_ms),
             ("realtime.viewport_max_pilots", self.realtime.viewport_max_pilots as u64),
+            ("realtime.session_check_ms", self.realtime.session_check_ms),
             ("auth.access_ttl_secs", self.auth.access_ttl_secs),
             ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs),
             ("auth.argon2_iterations", self.auth.argon2_iterations.into()),

@@ -1,5 +1,5 @@
 //! The Socket.io gateway over real WebSockets against a real server and Postgres: auth at
-//! connect on every namespace, pilot location acks and rejections, floods, malformed
+//! connect on every namespace, sockets ended with their sessions, pilot location acks and rejections, floods, malformed
 //! payloads, order watching with replay and live tracking of the right pilot only, the
 //! dispatcher's viewport with coalesced deltas, and assignment that never doubles.
 
@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::field::{assign, connect, create_order, fix, pilot_on_duty};
 use common::sio::{Refused, SioClient};
 use common::{DROP, Options, PICKUP, TestApp};
+use dispatchd::clock::Clock;
 use dispatchd::domain::Role;
+use dispatchd::store::RevokeReason;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -53,6 +55,77 @@ async fn each_namespace_admits_its_roles_with_a_valid_token_only() {
     assert_eq!(logout.status, StatusCode::OK);
     let revoked = refusal(&app, "/customer", Some(json!({ "token": customer.access })), "").await;
     assert!(revoked.starts_with("TOKEN_REVOKED: "), "{revoked}");
+}
+
+#[tokio::test]
+async fn a_session_revoked_here_ends_its_open_sockets_at_once() {
+    // The periodic check is 10 s away: only the revocation itself can end the socket.
+    let app = TestApp::spawn().await;
+    let (pilot, other) = (app.register("pilot").await, app.register("customer").await);
+    let mut pilot_socket = connect(&app, "/pilot", &pilot).await;
+    let bystander = connect(&app, "/customer", &other).await;
+
+    let logout = app.post("/api/v1/auth/logout", json!({}), Some(&pilot.access)).await;
+    assert_eq!(logout.status, StatusCode::OK);
+    let ended = pilot_socket.event("session:ended", Duration::from_secs(1)).await.expect("session:ended");
+    assert_eq!(ended["code"], "TOKEN_REVOKED", "{ended}");
+    assert!(ended["message"].as_str().is_some_and(|message| !message.is_empty()));
+    closes(&pilot_socket).await;
+    assert!(!bystander.is_closed(), "another user's socket stays");
+}
+
+#[tokio::test]
+async fn sessions_revoked_elsewhere_or_expired_end_their_sockets_unless_refreshed() {
+    let clock = Clock::manual(chrono::Utc::now());
+    let options = Options { clock: clock.clone(), ..Options::default() }.set("realtime.session_check_ms", 100);
+    let app = TestApp::spawn_with(options).await;
+    let (kept, lapsed) = (app.register("pilot").await, app.register("pilot").await);
+    let (customer, disabled) = (app.register("customer").await, app.register("customer").await);
+    let mut kept_socket = connect(&app, "/pilot", &kept).await;
+    let mut lapsed_socket = connect(&app, "/pilot", &lapsed).await;
+    let mut disabled_socket = connect(&app, "/customer", &disabled).await;
+
+    // Revoked by another node: only the database knows; the next check finds it.
+    let session = app.state.auth.authenticate(&disabled.access).await.unwrap().session;
+    app.state.store.revoke_session(session, RevokeReason::UserDisabled, clock.now()).await.unwrap();
+    let ended = disabled_socket.event("session:ended", SOON).await.expect("session:ended");
+    assert_eq!(ended["code"], "TOKEN_REVOKED", "{ended}");
+    closes(&disabled_socket).await;
+
+    clock.advance(chrono::Duration::hours(1));
+    let refreshed = app.post("/api/v1/auth/refresh", json!({ "refresh_token": kept.refresh }), None).await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{:?}", refreshed.body);
+    let fresh = refreshed.body["data"]["access_token"].as_str().unwrap().to_owned();
+    let answer = kept_socket.call("auth:refresh", json!({ "token": fresh })).await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    let expires_at: chrono::DateTime<chrono::Utc> = answer["data"]["expires_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(expires_at.timestamp(), (clock.now() + chrono::Duration::seconds(86_400)).timestamp());
+    for (token, code) in [(customer.access.as_str(), "TOKEN_MISMATCH"), ("nope", "INVALID_TOKEN")] {
+        let refused = kept_socket.call("auth:refresh", json!({ "token": token })).await;
+        assert_eq!(refused["error"]["code"], code, "{refused}");
+    }
+    let refused = kept_socket.call("auth:refresh", json!({ "token": 7 })).await;
+    assert_eq!(refused["error"]["code"], "VALIDATION_ERROR", "{refused}");
+
+    // Past the first tokens' day, before the refreshed one's.
+    clock.advance(chrono::Duration::hours(23) + chrono::Duration::minutes(30));
+    let ended = lapsed_socket.event("session:ended", SOON).await.expect("session:ended");
+    assert_eq!(ended["code"], "TOKEN_EXPIRED", "{ended}");
+    closes(&lapsed_socket).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!kept_socket.is_closed(), "the refreshed socket stays");
+    assert_eq!(kept_socket.call("status:set", json!({ "status": "break" })).await["error"]["code"], "NO_POSITION");
+}
+
+/// Waits (a little) for the server to close `socket`.
+async fn closes(socket: &SioClient) {
+    for _ in 0..50 {
+        if socket.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the socket is still open");
 }
 
 #[tokio::test]

@@ -38,6 +38,9 @@ pub struct Caller {
     pub user_id: UserId,
     pub role: Role,
     pub session: SessionId,
+    /// When the access token it came with expires (Unix seconds). A socket lives on past
+    /// connect, so the gateway ends it then unless the app sends a fresher token.
+    pub expires_at: i64,
 }
 
 impl Caller {
@@ -103,6 +106,11 @@ impl Auth {
         clock: Clock,
     ) -> Self {
         Self { store, tokens, passwords, revocations, clock }
+    }
+
+    /// Which sessions are revoked.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Signs up a customer or a pilot and logs them in.
@@ -219,7 +227,7 @@ impl Auth {
         if self.revocations.is_revoked(claims.sid).await? {
             return Err(Error::unauthorized("TOKEN_REVOKED", "the session has ended; log in again"));
         }
-        Ok(Caller { user_id: claims.sub, role: claims.role, session: claims.sid })
+        Ok(Caller { user_id: claims.sub, role: claims.role, session: claims.sid, expires_at: claims.exp })
     }
 
     async fn start_session(&self, user: User) -> Result<Grant> {

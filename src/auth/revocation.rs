@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use chrono::Duration;
+use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::error::Result;
@@ -23,11 +24,13 @@ pub struct Revocations {
     /// How long a revocation matters: the lifetime of an access token.
     ttl: Duration,
     clock: Clock,
+    /// Woken when this node revokes a session, so open sockets of it end at once.
+    revoked_here: Arc<Notify>,
 }
 
 impl Revocations {
     pub fn new(store: Arc<dyn Store>, redis: Option<RedisHandle>, ttl: Duration, clock: Clock) -> Self {
-        let revocations = Self { store, redis, ttl, clock };
+        let revocations = Self { store, redis, ttl, clock, revoked_here: Arc::default() };
         if let Some(redis) = &revocations.redis {
             let this = revocations.clone();
             redis.on_recovery(move |redis| {
@@ -48,9 +51,22 @@ impl Revocations {
         self.store.is_session_revoked(session).await
     }
 
-    /// Tells Redis about sessions the database has just revoked. A failure only marks Redis
-    /// down: the copy on recovery brings these along.
+    /// Sessions revoked at or after `since`, by any node (from the database, the record).
+    pub async fn since(&self, since: chrono::DateTime<chrono::Utc>) -> Result<Vec<SessionId>> {
+        Ok(self.store.revoked_sessions_since(since).await?.into_iter().map(|(session, _)| session).collect())
+    }
+
+    /// Resolves when this node has revoked a session since the last time it resolved.
+    pub async fn revoked_here(&self) {
+        self.revoked_here.notified().await;
+    }
+
+    /// Tells Redis, and this node's open sockets, about sessions the database has just
+    /// revoked. A failure only marks Redis down: the copy on recovery brings these along.
     pub async fn publish(&self, sessions: &[SessionId]) {
+        if !sessions.is_empty() {
+            self.revoked_here.notify_one();
+        }
         let Some(redis) = self.redis.as_ref().filter(|_| !sessions.is_empty()) else {
             return;
         };

@@ -82,6 +82,7 @@ async fn admit(
     metrics::counter!("socket_connects_total", "namespace" => namespace, "outcome" => outcome).increment(1);
     let caller = result?;
     socket.extensions.insert(caller);
+    super::sessions::setup(socket, namespace);
     Ok(caller)
 }
 

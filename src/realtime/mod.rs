@@ -7,6 +7,9 @@
 //! | `/customer` | customers | [`customer`]: watch an order (snapshot + replay by `seq`), live pilot position |
 //! | `/dispatch` | dispatchers, admins | [`dispatch`]: a viewport of pilots and open orders, coalesced deltas, supply |
 //!
+//! On every namespace, [`sessions`] ends a socket when its session does (revoked, or its
+//! token expired without `auth:refresh`), telling it why with `session:ended`.
+//!
 //! The event contract is `docs/events.md`. Every ack is `{ok: true, data}` or
 //! `{ok: false, error: {code, message}}` ([`ack`]); a connection refused at connect gets a
 //! `connect_error` whose `message` is `"CODE: human text"` ([`auth`]).
@@ -26,6 +29,7 @@ mod customer;
 mod dispatch;
 mod pilot;
 mod relay;
+mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +65,7 @@ pub struct RealtimeConfig {
     pub flood_disconnect_after: u32,
     pub viewport_interval_ms: u64,
     pub viewport_max_pilots: usize,
+    pub session_check_ms: u64,
 }
 
 /// What socket handlers reach through socketioxide's state.
@@ -74,6 +79,7 @@ pub struct Gateway {
 /// The running gateway: the `SocketIo` handle, the relay and the dispatchers' viewports.
 pub struct Realtime {
     io: SocketIo,
+    gateway: Gateway,
     grid: Arc<crate::grid::PilotIndex>,
     viewports: Arc<Viewports>,
     relay: Arc<Relay>,
@@ -102,7 +108,7 @@ impl Realtime {
             .ws_read_buffer_size(config.ws_read_buffer_bytes)
             .max_buffer_size(config.max_buffer_size)
             .with_parser(parser)
-            .with_state(gateway)
+            .with_state(gateway.clone())
             .build_layer();
         // EIO3 clients join the main namespace implicitly, before any other: without it their
         // connection is closed at once. Nothing happens there, and v5 clients are refused.
@@ -122,7 +128,7 @@ impl Realtime {
         let interval = Duration::from_millis(config.viewport_interval_ms);
         let grid = state.grid.clone();
         let limit = config.viewport_max_pilots;
-        Ok((layer, Self { io, grid, viewports, relay, interval, limit }))
+        Ok((layer, Self { io, gateway, grid, viewports, relay, interval, limit }))
     }
 
     /// The Socket.io handle (to close every socket at shutdown).
@@ -130,8 +136,12 @@ impl Realtime {
         self.io.clone()
     }
 
-    /// Ticks the dispatchers' viewports until `stop`.
+    /// Ticks the dispatchers' viewports, and ends the sockets of ended sessions, until `stop`.
     pub async fn run(self, stop: CancellationToken) {
+        tokio::join!(self.viewports(&stop), self.sessions(&stop));
+    }
+
+    async fn viewports(&self, stop: &CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -140,6 +150,23 @@ impl Realtime {
                 _ = stop.cancelled() => return,
                 _ = ticks.tick() => dispatch::tick(&self.io, &self.grid, &self.viewports, self.limit),
             }
+        }
+    }
+
+    async fn sessions(&self, stop: &CancellationToken) {
+        let app = &self.gateway.app;
+        let mut checks = tokio::time::interval(Duration::from_millis(app.config.realtime.session_check_ms));
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        checks.tick().await; // the first tick is now: no socket is open yet
+        let mut since = app.clock.now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = app.auth.revocations().revoked_here() => {}
+                _ = checks.tick() => {}
+            }
+            sessions::check(&self.io, &self.gateway, &mut since, app.clock.now()).await;
         }
     }
 }

@@ -67,6 +67,21 @@ describe("connecting", () => {
     assert.match(await refusal("/customer", { token: customer.token }), /^TOKEN_REVOKED: /);
   });
 
+  test("a socket whose session ends is told why, then disconnected; auth:refresh answers", async () => {
+    const pilot = await register(server, "pilot");
+    const socket = await connect(server, "/pilot", { token: pilot.token });
+    const refreshed = await call(socket, "auth:refresh", { token: pilot.token });
+    assert.equal(refreshed.ok, true, JSON.stringify(refreshed));
+    assert.ok(Date.parse(refreshed.data.expires_at) > Date.now());
+    assert.equal((await call(socket, "auth:refresh", {})).error.code, "VALIDATION_ERROR");
+    const ended = next(socket, "session:ended");
+    const disconnected = new Promise((resolve) => socket.once("disconnect", resolve));
+    const out = await api(server, "POST", "/auth/logout", {}, pilot.token);
+    assert.equal(out.status, 200);
+    assert.equal((await ended)?.code, "TOKEN_REVOKED");
+    assert.equal(await disconnected, "io server disconnect");
+  });
+
   test("WebSocket only, and long-polling that upgrades", async () => {
     const pilot = await register(server, "pilot");
     const ws = track(await connect(server, "/pilot", { token: pilot.token }, { transports: ["websocket"] }));
