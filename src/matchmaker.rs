@@ -63,6 +63,9 @@ enum Command {
     Rejected(Box<Offer>),
 }
 
+/// Most events read to learn who dropped a resumed order (an order has a few dozen).
+const MAX_EVENTS_READ: u32 = 1_000;
+
 /// What a search that begins knows of the order's past.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Before {
@@ -314,16 +317,25 @@ impl Matchmaker {
     }
 
     /// Begins following a searching order (once), with the pilots who already declined it
-    /// (and the pilot that gave it back). A new order has no offers, so nobody to read; for
-    /// another, if the store cannot say who declined, the search goes on without that (a
+    /// and those who had it and gave it back. A new order has no past, so nothing to read;
+    /// for another, if the store cannot say who declined, the search goes on without that (a
     /// pilot may see the order again) rather than not at all.
     async fn start(&self, searches: &mut Searches, order: Order, before: Before) {
         if searches.map.contains_key(&order.id) {
             return;
         }
         let mut declined = HashSet::new();
-        if let Before::DroppedBy(pilot) = before {
-            declined.insert(pilot);
+        match before {
+            Before::Nothing => {}
+            Before::DroppedBy(pilot) => {
+                declined.insert(pilot);
+            }
+            // Resumed (after a restart, or a scheduled order's time): who dropped it is in
+            // its events.
+            Before::Unknown => match self.store.order_events(order.id, 0, MAX_EVENTS_READ).await {
+                Ok(events) => declined.extend(events.iter().filter_map(dropped_by)),
+                Err(err) => tracing::warn!(order_id = %order.id, error = %err, "could not read who dropped the order"),
+            },
         }
         if before != Before::Nothing {
             match self.store.offers_for_order(order.id).await {
@@ -576,10 +588,7 @@ impl OrderListener for Hears {
     fn committed(&self, order: &Order, events: &[OrderEvent]) {
         let began = events.iter().any(|event| event.kind == OrderStatus::SearchingDriver.as_str());
         let command = if order.status == OrderStatus::SearchingDriver && began {
-            let dropped_by = events
-                .iter()
-                .filter(|event| event.kind == "unassigned")
-                .find_map(|event| serde_json::from_value(event.data["previous_pilot_id"].clone()).ok());
+            let dropped_by = events.iter().find_map(dropped_by);
             let before = match dropped_by {
                 Some(pilot) => Before::DroppedBy(pilot),
                 None if events.iter().any(|event| event.kind == "created") => Before::Nothing,
@@ -593,6 +602,11 @@ impl OrderListener for Hears {
         };
         let _ = self.0.send(command);
     }
+}
+
+/// The pilot an `unassigned` event took the order from (one who dropped it).
+fn dropped_by(event: &OrderEvent) -> Option<UserId> {
+    (event.kind == "unassigned").then(|| serde_json::from_value(event.data["previous_pilot_id"].clone()).ok())?
 }
 
 /// The `offer` event's payload.

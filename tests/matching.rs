@@ -324,6 +324,32 @@ async fn searches_and_live_offers_survive_a_restart() {
     assert_eq!(order_of(&third, &customer, &order).await["status"], "assigned");
 }
 
+#[tokio::test]
+async fn a_pilot_that_dropped_an_order_is_not_offered_it_again_after_a_restart() {
+    let clock = Clock::manual(Utc::now());
+    let mut first = TestApp::spawn_with(Options { clock: clock.clone(), ..Options::default() }).await;
+    let options =
+        Options { database: Database::Postgres(first_url(&first)), clock: clock.clone(), ..Options::default() };
+    let customer = first.register("customer").await;
+    let (pilot, mut socket) = pilot_on_duty(&first, north(PICKUP, 0.3)).await;
+    let order = create_order(&first, &customer).await;
+    let offer = offered(&mut socket, &order).await;
+    socket.call("offer:accept", json!({ "offer_id": offer["offer_id"] })).await;
+    let dropped = first.post(&format!("/api/v1/orders/{order}/cancel"), json!({}), Some(&pilot.access)).await;
+    assert_eq!(dropped.data()["status"], "searching_driver", "{:?}", dropped.body);
+    first.begin_shutdown().await.unwrap().unwrap();
+
+    // The nearest pilot on the next node is the one that dropped it: the order passes it by.
+    let second = TestApp::spawn_with(options).await;
+    let mut socket = connect(&second, "/pilot", &pilot).await;
+    assert_eq!(socket.call("location", json!({ "points": [fix(&second, north(PICKUP, 0.3), 30)] })).await["ok"], true);
+    assert_eq!(socket.call("status:set", json!({ "status": "online" })).await["ok"], true);
+    let (_, mut newcomer) = pilot_on_duty(&second, north(PICKUP, 0.6)).await;
+    clock.advance(Span::seconds(3));
+    offered(&mut newcomer, &order).await;
+    assert!(socket.events("offer", QUIET).await.is_empty(), "offered again to the pilot that dropped it");
+}
+
 fn first_url(app: &TestApp) -> String {
     app.database_url.clone().expect("a Postgres test app")
 }
