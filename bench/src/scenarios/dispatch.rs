@@ -147,8 +147,13 @@ pub(crate) async fn place(
     });
     let sent = Instant::now();
     let order = target.post("/api/v1/orders", Some(customer), &body).await?;
+    let created = Instant::now();
     let id = order["id"].as_str().unwrap_or_default().to_owned();
-    timeline.lock().unwrap().entry(id.clone()).or_default().sent = Some(sent);
+    {
+        let mut timeline = timeline.lock().unwrap();
+        let milestones = timeline.entry(id.clone()).or_default();
+        (milestones.sent, milestones.created) = (Some(sent), Some(created));
+    }
     let polls = give_up.as_millis() / 100;
     for _ in 0..polls {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -48,10 +48,12 @@ pub fn ms(us: Option<f64>) -> String {
     }
 }
 
-/// When an order was placed (just before its request), first offered, and assigned.
+/// When an order was placed (just before its request), created (its request answered), first
+/// offered, and assigned.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Milestones {
     pub sent: Option<Instant>,
+    pub created: Option<Instant>,
     pub offered: Option<Instant>,
     pub assigned: Option<Instant>,
 }
@@ -65,17 +67,21 @@ pub struct Outcomes {
     pub orders: usize,
     pub offered: usize,
     pub assigned: usize,
+    pub order_to_created: Option<crate::stats::Summary>,
     pub order_to_offer: Option<crate::stats::Summary>,
     pub order_to_assigned: Option<crate::stats::Summary>,
 }
 
 impl Outcomes {
     /// The latency columns both dispatch tables end with.
-    pub const LATENCY_COLUMNS: [&str; 5] = ["order → offer p50", "p99", "p99.9", "order → assigned p50", "p99"];
+    pub const LATENCY_COLUMNS: [&str; 7] =
+        ["POST answered p50", "p99", "order → offer p50", "p99", "p99.9", "order → assigned p50", "p99"];
 
     pub fn latency_cells(&self) -> Vec<String> {
-        let (offer, assigned) = (self.order_to_offer, self.order_to_assigned);
+        let (created, offer, assigned) = (self.order_to_created, self.order_to_offer, self.order_to_assigned);
         vec![
+            ms(created.map(|s| s.p50_us)),
+            ms(created.map(|s| s.p99_us)),
             ms(offer.map(|s| s.p50_us)),
             ms(offer.map(|s| s.p99_us)),
             ms(offer.map(|s| s.p999_us)),
@@ -89,6 +95,7 @@ impl Outcomes {
         value["orders"] = self.orders.into();
         value["offered"] = self.offered.into();
         value["assigned"] = self.assigned.into();
+        value["order_to_created"] = self.order_to_created.map(|s| s.json()).into();
         value["order_to_offer"] = self.order_to_offer.map(|s| s.json()).into();
         value["order_to_assigned"] = self.order_to_assigned.map(|s| s.json()).into();
         value
@@ -107,6 +114,7 @@ pub fn outcomes(timeline: &Timeline) -> Outcomes {
         orders: placed().count(),
         offered: placed().filter(|m| m.offered.is_some()).count(),
         assigned: placed().filter(|m| m.assigned.is_some()).count(),
+        order_to_created: span(|m| m.created),
         order_to_offer: span(|m| m.offered),
         order_to_assigned: span(|m| m.assigned),
     }
