@@ -212,17 +212,66 @@ async fn a_stripe_payment_intent_pays_the_order() {
 }
 
 #[tokio::test]
-async fn a_failed_payment_cancels_and_a_late_capture_is_refunded() {
-    let (gateway, calls) = fake_gateway().await;
+async fn a_failed_attempt_leaves_the_order_waiting_for_the_customer_to_try_again() {
+    let (gateway, _) = fake_gateway().await;
     let app = TestApp::spawn_with(with_gateways(Options::default(), &gateway, "razorpay")).await;
     let customer = app.register("customer").await;
+
+    // A declined first attempt, then the customer pays in the same checkout: the order goes on.
+    let retried = card_order(&app, &customer).await;
+    let checkout = pay(&app, &customer, &retried).await.data()["checkout"]["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(razorpay_webhook(&app, &failed(&checkout), "evt_f1", None).await.data()["outcome"], "attempt_failed");
+    let waiting = order_now(&app, &customer, &retried).await;
+    assert_eq!((waiting["status"].as_str(), waiting["payment_status"].as_str()), (Some("pending"), Some("pending")));
+    let total = retried["fare"]["total_paise"].as_i64().unwrap();
+    let paid = razorpay_webhook(&app, &captured(&checkout, "pay_retry", total), "evt_c1", None).await;
+    assert_eq!(paid.data()["outcome"], "order_paid");
+    let going = order_now(&app, &customer, &retried).await;
+    assert_eq!((going["status"].as_str(), going["payment_status"].as_str()), (Some("searching_driver"), Some("paid")));
+    let events =
+        app.get(&format!("/api/v1/orders/{}/events", retried["id"].as_str().unwrap()), Some(&customer.access)).await;
+    let kinds: Vec<&str> = events.data().as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["created", "payment_attempt_failed", "payment_confirmed", "searching_driver"]);
+}
+
+#[tokio::test]
+async fn a_stripe_intent_that_fails_can_be_retried_one_cancelled_cancels_the_order() {
+    let (gateway, _) = fake_gateway().await;
+    let app = TestApp::spawn_with(with_gateways(Options::default(), &gateway, "stripe")).await;
+    let customer = app.register("customer").await;
+    let order = card_order(&app, &customer).await;
+    let intent =
+        pay(&app, &customer, &order).await.data()["checkout"]["payment_intent_id"].as_str().unwrap().to_owned();
+    let app = &app;
+    let send = |id: &'static str, kind: &'static str| {
+        let event = json!({ "id": id, "type": kind, "data": { "object": { "id": intent } } }).to_string();
+        let header = stripe_header(&event, Utc::now().timestamp());
+        async move { stripe_webhook(app, &event, header).await.data()["outcome"].clone() }
+    };
+    assert_eq!(send("evt_1", "payment_intent.payment_failed").await, "attempt_failed");
+    assert_eq!(order_now(app, &customer, &order).await["status"], "pending");
+    assert_eq!(send("evt_2", "payment_intent.canceled").await, "order_cancelled");
+    let now = order_now(app, &customer, &order).await;
+    assert_eq!((now["status"].as_str(), now["cancel_reason"].as_str()), (Some("cancelled"), Some("payment_failed")));
+}
+
+#[tokio::test]
+async fn an_order_never_paid_is_cancelled_in_time_and_a_late_capture_is_refunded() {
+    let clock = Clock::manual(Utc::now());
+    let (gateway, calls) = fake_gateway().await;
+    let options = with_gateways(Options { clock: clock.clone(), ..Options::default() }, &gateway, "razorpay");
+    let app = TestApp::spawn_with(options).await;
+    let customer = app.register("customer").await;
+    // An attempt failed and none followed: cancelled when its payment time runs out; money
+    // that comes after that is refunded.
     let order = card_order(&app, &customer).await;
     let razorpay_order = pay(&app, &customer, &order).await.data()["checkout"]["order_id"].as_str().unwrap().to_owned();
-
     assert_eq!(
         razorpay_webhook(&app, &failed(&razorpay_order), "evt_f", None).await.data()["outcome"],
-        "order_cancelled"
+        "attempt_failed"
     );
+    clock.advance(Span::minutes(16));
+    app.state.jobs.run_due().await.unwrap();
     let cancelled = order_now(&app, &customer, &order).await;
     assert_eq!(
         (cancelled["status"].as_str(), cancelled["cancel_reason"].as_str()),

@@ -265,8 +265,26 @@ impl Orders {
         Ok((outcome, Some(Committed { order, events })))
     }
 
-    /// Inside a webhook's transaction: the order's gateway payment failed; a pending order
-    /// is cancelled (`payment_failed`).
+    /// Inside a webhook's transaction: an attempt to pay the order failed, and another may
+    /// follow. The order stays pending; the event tells its customer.
+    pub(crate) async fn payment_attempt_failed(
+        &self,
+        tx: &mut dyn StoreTx,
+        id: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<(&'static str, Option<Committed>)> {
+        let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
+        if order.status != OrderStatus::Pending || order.payment_status != PaymentStatus::Pending {
+            return Ok(("ignored", None));
+        }
+        let before = (order.status, order.last_event_seq);
+        let events = vec![push_event(&mut order, event("payment_attempt_failed", None, json!({})), now)];
+        save(tx, &order, before, &events, self.notify).await?;
+        Ok(("attempt_failed", Some(Committed { order, events })))
+    }
+
+    /// Inside a webhook's transaction: the order's gateway payment can no longer succeed; a
+    /// pending order is cancelled (`payment_failed`).
     pub(crate) async fn payment_failed(
         &self,
         tx: &mut dyn StoreTx,

@@ -47,9 +47,11 @@ pub enum PaymentOutcome {
         /// ISO 4217, as the gateway wrote it (any case); `None` when the event has none.
         currency: Option<String>,
     },
-    Failed {
-        gateway_ref: String,
-    },
+    /// One attempt failed (a declined card, a wrong OTP). The checkout stays open: the
+    /// customer may try again in it until the order's payment time runs out.
+    AttemptFailed { gateway_ref: String },
+    /// The payment can no longer succeed (a Stripe PaymentIntent cancelled).
+    Failed { gateway_ref: String },
     /// An event dispatchd does not act on.
     Ignored,
 }

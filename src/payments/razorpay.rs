@@ -136,8 +136,9 @@ fn outcome(event_type: &str, event: &Value) -> PaymentOutcome {
                 _ => PaymentOutcome::Ignored,
             }
         }
+        // One attempt; the Razorpay order takes another (Checkout offers a retry).
         "payment.failed" => match text(&payment["order_id"]) {
-            Some(gateway_ref) => PaymentOutcome::Failed { gateway_ref },
+            Some(gateway_ref) => PaymentOutcome::AttemptFailed { gateway_ref },
             None => PaymentOutcome::Ignored,
         },
         _ => PaymentOutcome::Ignored,

@@ -24,6 +24,9 @@ impl Payments {
                     Captured { gateway_ref, payment_id, amount_paise: *amount_paise, currency: currency.as_deref() };
                 self.captured(&mut *tx, gateway, &captured, now).await?
             }
+            PaymentOutcome::AttemptFailed { gateway_ref } => {
+                self.attempt_failed(&mut *tx, gateway, gateway_ref, now).await?
+            }
             PaymentOutcome::Failed { gateway_ref } => self.failed(&mut *tx, gateway, gateway_ref, now).await?,
         };
         tx.commit().await?;
@@ -78,6 +81,29 @@ impl Payments {
                 tx.credit_wallet(&credit, now).await?;
                 Ok(("wallet_credited", None))
             }
+        }
+    }
+
+    /// An attempt failed; the payment stays open for the next one. An order's customer is
+    /// told (an order event); the order waits, pending, until it is paid or its payment time
+    /// runs out (then it is cancelled, `payment_failed`).
+    async fn attempt_failed(
+        &self,
+        tx: &mut dyn StoreTx,
+        gateway: Gateway,
+        gateway_ref: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(&'static str, Option<Committed>)> {
+        let Some(payment) = tx.lock_payment(gateway, gateway_ref).await? else {
+            return Ok(("unknown_payment", None));
+        };
+        if payment.status != GatewayPaymentStatus::Created {
+            return Ok(("stale", None));
+        }
+        metrics::counter!("payment_attempts_failed_total", "gateway" => gateway.as_str()).increment(1);
+        match payment.order_id {
+            Some(order) => self.orders.payment_attempt_failed(tx, order, now).await,
+            None => Ok(("topup_attempt_failed", None)),
         }
     }
 

@@ -132,7 +132,9 @@ fn outcome(event_type: &str, intent: &Value) -> PaymentOutcome {
             amount_paise: intent["amount_received"].as_i64().or(intent["amount"].as_i64()).unwrap_or_default(),
             currency: intent["currency"].as_str().map(str::to_owned),
         },
-        "payment_intent.payment_failed" | "payment_intent.canceled" => PaymentOutcome::Failed { gateway_ref: id },
+        // The intent goes back to `requires_payment_method`: the customer can try again.
+        "payment_intent.payment_failed" => PaymentOutcome::AttemptFailed { gateway_ref: id },
+        "payment_intent.canceled" => PaymentOutcome::Failed { gateway_ref: id },
         _ => PaymentOutcome::Ignored,
     }
 }
