@@ -475,8 +475,11 @@ impl Matchmaker {
     /// Offers order `id` to `candidate`.
     async fn offer(&self, searches: &mut Searches, id: OrderId, candidate: Candidate) -> Attempt {
         let expires_at = self.clock.now() + Duration::seconds(self.config.offer_timeout_secs as i64);
-        match self.orders.make_offer(id, candidate.pilot, candidate.distance_m, expires_at).await {
-            Ok(Some((offer, order))) => {
+        // What the offer shows of the order (places, fare, notes) does not change while it
+        // searches: the copy the search holds will do.
+        let Some(order) = searches.map.get(&id).map(|search| search.order.clone()) else { return Attempt::Gone };
+        match self.orders.make_offer(&order, candidate.pilot, candidate.distance_m, expires_at).await {
+            Ok(Some(offer)) => {
                 self.hold(candidate.pilot);
                 let payload = offer_payload(&offer, &order, self.clock.now());
                 if let Some(search) = searches.map.get_mut(&id) {

@@ -15,41 +15,38 @@ use crate::domain::offers::{Offer, OfferStatus};
 use crate::domain::orders::{Order, OrderStatus};
 use crate::domain::{PilotStatus, Role};
 use crate::error::{Error, Result};
-use crate::ids::{OfferId, OrderId, UserId};
+use crate::ids::{OfferId, UserId};
 use crate::orders::{Orders, not_found, save, transition};
 
 impl Orders {
-    /// Offers order `id` to `pilot`, `pickup_distance_m` away, until `expires_at`. `None` when
-    /// the order no longer searches; `OFFER_CONFLICT` when the pilot or the order already
-    /// has a live offer.
+    /// Offers `order` to `pilot`, `pickup_distance_m` away, until `expires_at`: one statement
+    /// on the database, which checks that the order still searches (waiting out a change in
+    /// flight) and the pilot is free. `None` when the order no longer searches;
+    /// `OFFER_CONFLICT` when the pilot or the order already has a live offer, the pilot
+    /// carries an order or declined this one.
     pub async fn make_offer(
         &self,
-        id: OrderId,
+        order: &Order,
         pilot: UserId,
         pickup_distance_m: f64,
         expires_at: DateTime<Utc>,
-    ) -> Result<Option<(Offer, Order)>> {
-        let now = self.now();
-        let mut tx = self.store.begin().await?;
-        let Some(order) = tx.lock_order(id).await? else { return Ok(None) };
-        if order.status != OrderStatus::SearchingDriver {
-            return Ok(None);
-        }
+    ) -> Result<Option<Offer>> {
         let offer = Offer {
             id: OfferId::new(),
-            order_id: id,
+            order_id: order.id,
             pilot_id: pilot,
             status: OfferStatus::Live,
             pickup_distance_m: pickup_distance_m.round().clamp(0.0, f64::from(i32::MAX)) as i32,
-            created_at: now,
+            created_at: self.now(),
             expires_at,
             decided_at: None,
             reason: None,
         };
-        tx.insert_offer(&offer).await?;
-        tx.commit().await?;
+        if !self.store.insert_offer(&offer).await? {
+            return Ok(None);
+        }
         metrics::counter!("offers_total", "outcome" => "made").increment(1);
-        Ok(Some((offer, order)))
+        Ok(Some(offer))
     }
 
     /// The pilot accepts its offer: the order is assigned to it, if the offer is still live

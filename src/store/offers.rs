@@ -34,6 +34,14 @@ pub trait OfferStore: Send + Sync {
     /// Every offer of an order, oldest first.
     async fn offers_for_order(&self, order: OrderId) -> Result<Vec<Offer>>;
 
+    /// Records a live offer if its order is searching, in one statement (which, on Postgres,
+    /// locks the order row: a cancel or an assignment in flight is waited for, then seen).
+    /// `false` when the order is not searching (or does not exist). `OFFER_CONFLICT` when the
+    /// pilot already holds a live offer or the order already has one (another node, or a
+    /// race, got there first), when the pilot carries an order, or when it already rejected
+    /// this order or let its offer expire.
+    async fn insert_offer(&self, offer: &Offer) -> Result<bool>;
+
     /// Appends trace points; a point already stored (same order and time) is skipped.
     async fn append_trace(&self, points: &[TracePoint]) -> Result<()>;
 

@@ -32,6 +32,14 @@ const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempt
      OR (status = 'running' AND locked_until <= $1) ORDER BY run_at LIMIT $3) \
      RETURNING id, kind, payload, attempts, max_attempts, run_at";
 
+/// A live offer, if its order is searching. One statement is atomic under SQLite's one
+/// write lock: no row lock is needed.
+const INSERT_OFFER: &str = "INSERT INTO offers (id, order_id, pilot_id, status, pickup_distance_m, created_at, expires_at, \
+     decided_at, reason) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
+     WHERE EXISTS (SELECT 1 FROM orders WHERE id = $2 AND status = 'searching_driver') \
+     AND NOT EXISTS (SELECT 1 FROM orders WHERE pilot_id = $3 AND status IN ('assigned', 'picked_up', 'in_transit')) \
+     AND NOT EXISTS (SELECT 1 FROM offers WHERE order_id = $2 AND pilot_id = $3 AND status IN ('rejected', 'expired'))";
+
 /// How long a writer waits for the write lock before the request fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -94,7 +102,7 @@ mod orders_sql {
     include!("sql/orders.rs");
 }
 mod offers_sql {
-    use super::{Db, StoreImpl};
+    use super::{Db, INSERT_OFFER, StoreImpl};
     include!("sql/offers.rs");
 }
 mod money_sql {

@@ -116,11 +116,6 @@ pub trait StoreTx: Send {
 
     async fn update_payment(&mut self, payment: &Payment) -> Result<()>;
 
-    /// Records a live offer. `OFFER_CONFLICT` when the pilot already holds a live offer or
-    /// the order already has one (another node, or a race, got there first), when the pilot
-    /// carries an order, or when it already rejected this order or let its offer expire.
-    async fn insert_offer(&mut self, offer: &Offer) -> Result<()>;
-
     /// Decides a live offer: `Accepted` only before it expires, `Expired` only after,
     /// `Rejected` and `Withdrawn` any time. `None` when it was not live (someone decided it
     /// first) or the deadline says no; the decided offer otherwise.

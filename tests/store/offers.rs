@@ -2,13 +2,14 @@
 //! deadline honoured both ways; traces appended in batches without duplicates.
 
 use chrono::Duration;
-use dispatchd::domain::Role;
 use dispatchd::domain::offers::{Offer, OfferStatus};
+use dispatchd::domain::orders::{CancelReason, OrderStatus};
+use dispatchd::domain::{Role, VehicleType};
 use dispatchd::error::Error;
 use dispatchd::ids::{OfferId, OrderId, UserId};
 use dispatchd::store::{OffersOf, TracePoint};
 
-use super::orders::placed_order;
+use super::orders::{CELL, create, new_order, placed_order};
 use super::{Subject, now, twice_at_once, user};
 
 conformance!(
@@ -18,6 +19,7 @@ conformance!(
     racing_decisions_have_one_winner,
     withdrawing_ends_only_the_orders_live_offers,
     pilots_on_an_order_or_who_declined_it_are_never_offered_it,
+    only_a_searching_order_is_offered_and_a_change_in_flight_is_waited_for,
     withdrawing_a_pilots_offers_leaves_the_others,
     traces_append_in_batches_without_duplicates,
 );
@@ -38,9 +40,8 @@ fn live_offer(order: OrderId, pilot: UserId, expires_in: Duration) -> Offer {
 }
 
 async fn insert(subject: &Subject, offer: &Offer) -> Result<(), Error> {
-    let mut tx = subject.store.begin().await.unwrap();
-    tx.insert_offer(offer).await?;
-    tx.commit().await
+    assert!(subject.store.insert_offer(offer).await?, "the order is not searching");
+    Ok(())
 }
 
 async fn decide(subject: &Subject, id: OfferId, status: OfferStatus) -> Option<Offer> {
@@ -50,10 +51,12 @@ async fn decide(subject: &Subject, id: OfferId, status: OfferStatus) -> Option<O
     decided
 }
 
-/// An order of a new customer and a new pilot.
+/// A searching order of a new customer, and a new pilot.
 async fn order_and_pilot(subject: &Subject) -> (OrderId, UserId) {
     let customer = user(subject, Role::Customer).await;
-    (placed_order(subject, customer).await, user(subject, Role::Pilot).await)
+    let mut order = new_order(customer, VehicleType::Bike, OrderStatus::SearchingDriver);
+    create(subject, &mut order, CELL).await;
+    (order.id, user(subject, Role::Pilot).await)
 }
 
 async fn offers_round_trip_and_list_by_pilot_order_and_liveness(subject: Subject) {
@@ -219,4 +222,29 @@ async fn withdrawing_a_pilots_offers_leaves_the_others(subject: Subject) {
         [(mine.id, OfferStatus::Withdrawn)]
     );
     assert_eq!(subject.store.live_offers().await.unwrap(), vec![theirs]);
+}
+
+async fn only_a_searching_order_is_offered_and_a_change_in_flight_is_waited_for(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let pending = placed_order(&subject, customer).await;
+    let pilot = user(&subject, Role::Pilot).await;
+    assert!(!subject.store.insert_offer(&live_offer(pending, pilot, Duration::seconds(15))).await.unwrap());
+    assert!(!subject.store.insert_offer(&live_offer(OrderId::new(), pilot, Duration::seconds(15))).await.unwrap());
+
+    // A cancel holds the order when the offer comes: the offer waits, then sees it cancelled.
+    let (order, pilot) = order_and_pilot(&subject).await;
+    let mut tx = subject.store.begin().await.unwrap();
+    let mut cancelled = tx.lock_order(order).await.unwrap().unwrap();
+    let before = (cancelled.status, cancelled.last_event_seq);
+    (cancelled.status, cancelled.cancel_reason, cancelled.last_event_seq) =
+        (OrderStatus::Cancelled, Some(CancelReason::Customer), before.1 + 1);
+    assert!(tx.update_order(&cancelled, before.0, before.1).await.unwrap());
+    let offer = live_offer(order, pilot, Duration::seconds(15));
+    let store = subject.store.clone();
+    let offering = tokio::spawn(async move { store.insert_offer(&offer).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!offering.is_finished(), "the offer did not wait for the change in flight");
+    tx.commit().await.unwrap();
+    assert!(!offering.await.unwrap().unwrap(), "offered a cancelled order");
+    assert!(subject.store.offers_for_order(order).await.unwrap().is_empty());
 }

@@ -27,7 +27,7 @@ conformance!(
 );
 
 /// H3 cells as `insert_order` takes them (any number will do for the store).
-const CELL: i64 = 608_533_319_805_468_671;
+pub(super) const CELL: i64 = 608_533_319_805_468_671;
 const OTHER_CELL: i64 = 608_533_319_805_468_672;
 
 /// An order as `Orders::new_order` builds one (before its first event): `status` as given,

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use crate::domain::offers::Offer;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::{OfferId, OrderId, UserId};
 use crate::store::offers::{OfferRow, OfferStore, TracePoint, offer_columns};
 
@@ -44,6 +44,45 @@ impl OfferStore for StoreImpl {
                 .fetch_all(&self.pool)
                 .await?;
         rows.into_iter().map(Offer::try_from).collect()
+    }
+
+    async fn insert_offer(&self, offer: &Offer) -> Result<bool> {
+        // The database, not this node's memory, says whether the order still searches and
+        // whether the pilot is free to be asked: no order on board, and it has not turned
+        // this order down.
+        let inserted = sqlx::query(INSERT_OFFER)
+            .bind(offer.id.0)
+            .bind(offer.order_id.0)
+            .bind(offer.pilot_id.0)
+            .bind(offer.status.as_str())
+            .bind(offer.pickup_distance_m)
+            .bind(offer.created_at)
+            .bind(offer.expires_at)
+            .bind(offer.decided_at)
+            .bind(offer.reason.as_deref())
+            // A write: on SQLite it queues with the write transactions.
+            .execute(&self.writer)
+            .await;
+        let conflict = |why: &str| Err(Error::conflict("OFFER_CONFLICT", why.to_owned()));
+        match inserted {
+            Ok(done) if done.rows_affected() == 1 => Ok(true),
+            // Which guard held: only on this (rare) path is it worth a second look.
+            Ok(_) => {
+                let status: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+                    .bind(offer.order_id.0)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match status.as_deref() {
+                    Some("searching_driver") => conflict("the pilot carries an order, or declined this one"),
+                    _ => Ok(false),
+                }
+            }
+            // offers_one_live_per_pilot or offers_one_live_per_order.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                conflict("the pilot already holds a live offer, or the order already has one")
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     async fn append_trace(&self, points: &[TracePoint]) -> Result<()> {

@@ -420,41 +420,6 @@ impl StoreTx for super::TxImpl {
             .await?;
         Ok(())
     }
-    async fn insert_offer(&mut self, offer: &Offer) -> Result<()> {
-        // The database, not this node's memory, says whether the pilot is free to be asked:
-        // no order on board, and it has not turned this order down.
-        let inserted = sqlx::query(
-            "INSERT INTO offers (id, order_id, pilot_id, status, pickup_distance_m, created_at, expires_at, \
-             decided_at, reason) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
-             WHERE NOT EXISTS (SELECT 1 FROM orders WHERE pilot_id = $3 \
-                 AND status IN ('assigned', 'picked_up', 'in_transit')) \
-             AND NOT EXISTS (SELECT 1 FROM offers WHERE order_id = $2 AND pilot_id = $3 \
-                 AND status IN ('rejected', 'expired'))",
-        )
-        .bind(offer.id.0)
-        .bind(offer.order_id.0)
-        .bind(offer.pilot_id.0)
-        .bind(offer.status.as_str())
-        .bind(offer.pickup_distance_m)
-        .bind(offer.created_at)
-        .bind(offer.expires_at)
-        .bind(offer.decided_at)
-        .bind(offer.reason.as_deref())
-        .execute(&mut *self.tx)
-        .await;
-        let conflict = |why: &str| Err(Error::conflict("OFFER_CONFLICT", why.to_owned()));
-        match inserted {
-            Ok(done) if done.rows_affected() == 0 => {
-                conflict("the pilot carries an order, or declined this one")
-            }
-            // offers_one_live_per_pilot or offers_one_live_per_order.
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                conflict("the pilot already holds a live offer, or the order already has one")
-            }
-            other => other.map(|_| ()).map_err(Error::from),
-        }
-    }
-
     async fn decide_offer(
         &mut self,
         id: OfferId,
