@@ -273,10 +273,7 @@ impl Orders {
         id: OrderId,
         now: DateTime<Utc>,
     ) -> Result<(&'static str, Option<Committed>)> {
-        let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
-        if order.status != OrderStatus::Pending || order.payment_status != PaymentStatus::Pending {
-            return Ok(("ignored", None));
-        }
+        let Some(mut order) = awaiting_payment(tx, id).await? else { return Ok(("ignored", None)) };
         let before = (order.status, order.last_event_seq);
         let events = vec![push_event(&mut order, event("payment_attempt_failed", None, json!({})), now)];
         save(tx, &order, before, &events, self.notify).await?;
@@ -291,14 +288,17 @@ impl Orders {
         id: OrderId,
         now: DateTime<Utc>,
     ) -> Result<(&'static str, Option<Committed>)> {
-        let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
-        if order.status != OrderStatus::Pending || order.payment_status != PaymentStatus::Pending {
-            return Ok(("ignored", None));
-        }
+        let Some(mut order) = awaiting_payment(tx, id).await? else { return Ok(("ignored", None)) };
         order.payment_status = PaymentStatus::Failed;
         let events = cancel_in(tx, &mut order, CancelReason::PaymentFailed, 0, None, now, self.notify).await?;
         Ok(("order_cancelled", Some(Committed { order, events })))
     }
+}
+
+/// Order `id`, locked, if it is pending on its gateway payment.
+async fn awaiting_payment(tx: &mut dyn StoreTx, id: OrderId) -> Result<Option<Order>> {
+    let order = tx.lock_order(id).await?.ok_or_else(not_found)?;
+    Ok((order.status == OrderStatus::Pending && order.payment_status == PaymentStatus::Pending).then_some(order))
 }
 
 /// Runs the orders service's jobs.

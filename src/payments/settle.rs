@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::money::{Gateway, GatewayPaymentStatus, LedgerKind, PaymentPurpose};
+use crate::domain::money::{Gateway, GatewayPaymentStatus, LedgerKind, Payment, PaymentPurpose};
 use crate::error::Result;
 use crate::orders::Committed;
 use crate::payments::{PaymentOutcome, Payments, WebhookEvent};
@@ -94,12 +94,10 @@ impl Payments {
         gateway_ref: &str,
         now: DateTime<Utc>,
     ) -> Result<(&'static str, Option<Committed>)> {
-        let Some(payment) = tx.lock_payment(gateway, gateway_ref).await? else {
-            return Ok(("unknown_payment", None));
+        let payment = match open_payment(tx, gateway, gateway_ref).await? {
+            Ok(payment) => payment,
+            Err(outcome) => return Ok((outcome, None)),
         };
-        if payment.status != GatewayPaymentStatus::Created {
-            return Ok(("stale", None));
-        }
         metrics::counter!("payment_attempts_failed_total", "gateway" => gateway.as_str()).increment(1);
         match payment.order_id {
             Some(order) => self.orders.payment_attempt_failed(tx, order, now).await,
@@ -114,13 +112,10 @@ impl Payments {
         gateway_ref: &str,
         now: DateTime<Utc>,
     ) -> Result<(&'static str, Option<Committed>)> {
-        let Some(mut payment) = tx.lock_payment(gateway, gateway_ref).await? else {
-            return Ok(("unknown_payment", None));
+        let mut payment = match open_payment(tx, gateway, gateway_ref).await? {
+            Ok(payment) => payment,
+            Err(outcome) => return Ok((outcome, None)),
         };
-        if payment.status != GatewayPaymentStatus::Created {
-            // Already captured (a failure reported late changes nothing) or already failed.
-            return Ok(("stale", None));
-        }
         payment.status = GatewayPaymentStatus::Failed;
         payment.updated_at = now;
         tx.update_payment(&payment).await?;
@@ -129,6 +124,21 @@ impl Payments {
             None => Ok(("topup_failed", None)),
         }
     }
+}
+
+/// The payment a failure is about, locked, if it is still open; else the webhook's outcome:
+/// `unknown_payment`, or `stale` (already captured, so a failure reported late changes
+/// nothing, or already failed).
+async fn open_payment(
+    tx: &mut dyn StoreTx,
+    gateway: Gateway,
+    gateway_ref: &str,
+) -> Result<std::result::Result<Payment, &'static str>> {
+    Ok(match tx.lock_payment(gateway, gateway_ref).await? {
+        None => Err("unknown_payment"),
+        Some(payment) if payment.status != GatewayPaymentStatus::Created => Err("stale"),
+        Some(payment) => Ok(payment),
+    })
 }
 
 /// A capture as the gateway reported it.

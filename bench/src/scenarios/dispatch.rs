@@ -132,6 +132,16 @@ fn observer(timeline: &Timeline) -> Observer {
 
 /// Places one cash order from `pickup` to `drop` (its send time in `timeline`) and cancels it
 /// once a pilot has it, or after `give_up`. An error only when the order was refused.
+/// A cash bike order from `pickup` to `drop` (lat, lng), as `POST /orders` takes it.
+pub(crate) fn order_body(pickup: (f64, f64), drop: (f64, f64)) -> Value {
+    json!({
+        "pickup": { "lat": pickup.0, "lng": pickup.1, "address": "bench pickup" },
+        "drop": { "lat": drop.0, "lng": drop.1, "address": "bench drop" },
+        "vehicle_type": "bike",
+        "payment_method": "cash",
+    })
+}
+
 pub(crate) async fn place(
     target: &Target,
     customer: &str,
@@ -139,12 +149,7 @@ pub(crate) async fn place(
     timeline: &Timeline,
     give_up: Duration,
 ) -> anyhow::Result<()> {
-    let body = json!({
-        "pickup": { "lat": pickup.0, "lng": pickup.1, "address": "bench pickup" },
-        "drop": { "lat": drop.0, "lng": drop.1, "address": "bench drop" },
-        "vehicle_type": "bike",
-        "payment_method": "cash",
-    });
+    let body = order_body(pickup, drop);
     let sent = Instant::now();
     let order = target.post("/api/v1/orders", Some(customer), &body).await?;
     let created = Instant::now();

@@ -185,13 +185,7 @@ pub async fn run(target: &Target, args: &OrdersArgs) -> anyhow::Result<OrdersRep
 /// One `POST /orders`: timed when it creates the order, counted by code when it does not.
 async fn place(target: &Target, customer: &str, rng: &mut rand::rngs::StdRng, tally: &Tally) {
     let mut point = || (12.88 + rng.random::<f64>() * 0.18, 77.50 + rng.random::<f64>() * 0.18);
-    let (pickup, drop) = (point(), point());
-    let body = json!({
-        "pickup": { "lat": pickup.0, "lng": pickup.1, "address": "bench pickup" },
-        "drop": { "lat": drop.0, "lng": drop.1, "address": "bench drop" },
-        "vehicle_type": "bike",
-        "payment_method": "cash",
-    });
+    let body = crate::scenarios::dispatch::order_body(point(), point());
     let sent = Instant::now();
     let request = target
         .http
