@@ -325,19 +325,16 @@ impl Matchmaker {
             return;
         }
         let mut declined = HashSet::new();
-        match before {
-            Before::Nothing => {}
-            Before::DroppedBy(pilot) => {
-                declined.insert(pilot);
-            }
-            // Resumed (after a restart, or a scheduled order's time): who dropped it is in
-            // its events.
-            Before::Unknown => match self.store.order_events(order.id, 0, MAX_EVENTS_READ).await {
-                Ok(events) => declined.extend(events.iter().filter_map(dropped_by)),
-                Err(err) => tracing::warn!(order_id = %order.id, error = %err, "could not read who dropped the order"),
-            },
+        if let Before::DroppedBy(pilot) = before {
+            declined.insert(pilot);
         }
         if before != Before::Nothing {
+            // Every pilot that ever gave it back (this search may follow several), from its
+            // events, and every one that turned it down, from its offers.
+            match self.store.order_events(order.id, 0, MAX_EVENTS_READ).await {
+                Ok(events) => declined.extend(events.iter().filter_map(dropped_by)),
+                Err(err) => tracing::warn!(order_id = %order.id, error = %err, "could not read who dropped the order"),
+            }
             match self.store.offers_for_order(order.id).await {
                 Ok(offers) => {
                     let refused = offers.iter().filter(|offer| offer.status.declined());

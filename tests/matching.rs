@@ -350,6 +350,25 @@ async fn a_pilot_that_dropped_an_order_is_not_offered_it_again_after_a_restart()
     assert!(socket.events("offer", QUIET).await.is_empty(), "offered again to the pilot that dropped it");
 }
 
+#[tokio::test]
+async fn an_order_dropped_twice_goes_to_neither_pilot_that_dropped_it() {
+    let app = TestApp::spawn().await;
+    let customer = app.register("customer").await;
+    let (first, mut first_socket) = pilot_on_duty(&app, north(PICKUP, 0.3)).await;
+    let (second, mut second_socket) = pilot_on_duty(&app, north(PICKUP, 0.6)).await;
+    let order = create_order(&app, &customer).await;
+    let cancel = format!("/api/v1/orders/{order}/cancel");
+    for (pilot, socket) in [(&first, &mut first_socket), (&second, &mut second_socket)] {
+        let offer = offered(socket, &order).await;
+        socket.call("offer:accept", json!({ "offer_id": offer["offer_id"] })).await;
+        let dropped = app.post(&cancel, json!({}), Some(&pilot.access)).await;
+        assert_eq!(dropped.data()["status"], "searching_driver", "{:?}", dropped.body);
+    }
+    let (_, mut third_socket) = pilot_on_duty(&app, north(PICKUP, 0.9)).await;
+    offered(&mut third_socket, &order).await;
+    assert!(first_socket.events("offer", QUIET).await.is_empty(), "offered again to the first pilot that dropped it");
+}
+
 fn first_url(app: &TestApp) -> String {
     app.database_url.clone().expect("a Postgres test app")
 }
