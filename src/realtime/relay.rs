@@ -20,24 +20,12 @@ use crate::domain::offers::Offer;
 use crate::domain::orders::{Order, OrderEvent};
 use crate::fleet::PositionListener;
 use crate::grid::PilotSnapshot;
-use crate::ids::{OrderId, UserId};
+use crate::ids::OrderId;
 use crate::matchmaker::OfferListener;
 use crate::orders::OrderListener;
 use crate::orders::pricing::TariffPricing;
 use crate::orders::tracking::Tracking;
 use crate::realtime::{CUSTOMER_NS, DISPATCH_NS, PILOT_NS, count_out, customer, dispatch, pilot};
-
-/// Something to write to sockets.
-#[derive(Debug)]
-enum Outbound<'a> {
-    /// An order event: to the order's watchers, its pilot (and the pilot it was taken from)
-    /// and the dispatchers.
-    OrderEvent { order: OrderId, pilots: [Option<UserId>; 2], payload: &'a Value },
-    /// A position of the pilot carrying `order`: to the order's watchers only.
-    PilotLocation { order: OrderId, payload: &'a Value },
-    /// For one pilot only (offers).
-    ToPilot { pilot: UserId, event: &'static str, payload: &'a Value },
-}
 
 /// The listener orders, matching and the fleet call.
 pub struct Relay {
@@ -58,9 +46,10 @@ impl Relay {
         self.io.write().take();
     }
 
-    fn send(&self, message: Outbound<'_>) {
+    /// Runs `write` with the sockets, unless the gateway has stopped.
+    fn with_sockets(&self, write: impl FnOnce(&SocketIo)) {
         if let Some(io) = self.io.read().as_ref() {
-            deliver(io, &message);
+            write(io);
         }
     }
 }
@@ -71,19 +60,28 @@ impl OrderListener for Relay {
             let payload = event_payload(order, event);
             let previous = serde_json::from_value(event.data["previous_pilot_id"].clone()).ok();
             let pilots = [order.pilot_id, previous.filter(|previous| Some(*previous) != order.pilot_id)];
-            self.send(Outbound::OrderEvent { order: order.id, pilots, payload: &payload });
+            // To the order's watchers, its pilot (and the pilot it was taken from) and the
+            // dispatchers.
+            self.with_sockets(|io| {
+                emit(io, CUSTOMER_NS, &customer::room(order.id), "order:event", &payload, Loss::Disconnect);
+                for pilot in pilots.iter().flatten() {
+                    emit(io, PILOT_NS, &pilot::room(*pilot), "order:event", &payload, Loss::Disconnect);
+                }
+                emit(io, DISPATCH_NS, dispatch::ROOM, "order:event", &payload, Loss::Disconnect);
+            });
         }
     }
 }
 
 impl OfferListener for Relay {
     fn offered(&self, offer: &Offer, payload: &Value) {
-        self.send(Outbound::ToPilot { pilot: offer.pilot_id, event: "offer", payload });
+        self.with_sockets(|io| emit(io, PILOT_NS, &pilot::room(offer.pilot_id), "offer", payload, Loss::Disconnect));
     }
 
     fn withdrawn(&self, offer: &Offer, reason: &'static str) {
         let payload = json!({ "offer_id": offer.id, "order_id": offer.order_id, "reason": reason });
-        self.send(Outbound::ToPilot { pilot: offer.pilot_id, event: "offer:withdrawn", payload: &payload });
+        let room = pilot::room(offer.pilot_id);
+        self.with_sockets(|io| emit(io, PILOT_NS, &room, "offer:withdrawn", &payload, Loss::Disconnect));
     }
 }
 
@@ -92,7 +90,9 @@ impl PositionListener for Relay {
         let Some(trip) = self.tracking.trip_of(pilot.id) else { return };
         let eta_s = self.pricing.eta_secs(trip.vehicle, pilot.position, trip.target);
         let payload = location_payload(trip.order, pilot, eta_s);
-        self.send(Outbound::PilotLocation { order: trip.order, payload: &payload });
+        // To the order's watchers only.
+        let room = customer::room(trip.order);
+        self.with_sockets(|io| emit(io, CUSTOMER_NS, &room, "pilot:location", &payload, Loss::Drop));
     }
 }
 
@@ -117,25 +117,6 @@ pub fn location_payload(order: OrderId, pilot: &PilotSnapshot, eta_s: i64) -> Va
     })
 }
 
-/// Writes `message` to every socket it is for; a full socket buffer drops it, counted.
-fn deliver(io: &SocketIo, message: &Outbound<'_>) {
-    match message {
-        Outbound::OrderEvent { order, pilots, payload } => {
-            emit(io, CUSTOMER_NS, &customer::room(*order), "order:event", payload, Loss::Disconnect);
-            for pilot in pilots.iter().flatten() {
-                emit(io, PILOT_NS, &pilot::room(*pilot), "order:event", payload, Loss::Disconnect);
-            }
-            emit(io, DISPATCH_NS, dispatch::ROOM, "order:event", payload, Loss::Disconnect);
-        }
-        Outbound::PilotLocation { order, payload } => {
-            emit(io, CUSTOMER_NS, &customer::room(*order), "pilot:location", payload, Loss::Drop);
-        }
-        Outbound::ToPilot { pilot, event, payload } => {
-            emit(io, PILOT_NS, &pilot::room(*pilot), event, payload, Loss::Disconnect);
-        }
-    }
-}
-
 /// What happens when a socket's buffer is too full to take a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Loss {
@@ -146,6 +127,7 @@ enum Loss {
     Disconnect,
 }
 
+/// Writes to every socket in `room`; what a full socket buffer does is `loss`, counted.
 fn emit(io: &SocketIo, namespace: &'static str, room: &str, event: &'static str, payload: &Value, loss: Loss) {
     let Some(operators) = io.of(namespace) else { return };
     for socket in operators.to(room.to_owned()).sockets() {
