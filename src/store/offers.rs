@@ -87,3 +87,24 @@ macro_rules! offer_columns {
     };
 }
 pub(crate) use offer_columns;
+
+/// Inserts a live offer ($1..$9: the [`OfferRow`] columns in order) if its order is searching,
+/// the pilot carries no order and has not declined this one. `$lock` is the row lock the
+/// backend takes on the order (`" FOR UPDATE"` on Postgres; nothing on SQLite, whose one
+/// statement already holds the write lock).
+macro_rules! insert_offer {
+    ($lock:literal) => {
+        concat!(
+            "INSERT INTO offers (",
+            crate::store::offers::offer_columns!(),
+            ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 ",
+            "WHERE EXISTS (SELECT 1 FROM orders WHERE id = $2 AND status = 'searching_driver'",
+            $lock,
+            ") AND NOT EXISTS (SELECT 1 FROM orders WHERE pilot_id = $3 ",
+            "AND status IN ('assigned', 'picked_up', 'in_transit')) ",
+            "AND NOT EXISTS (SELECT 1 FROM offers WHERE order_id = $2 AND pilot_id = $3 ",
+            "AND status IN ('rejected', 'expired'))"
+        )
+    };
+}
+pub(crate) use insert_offer;

@@ -34,11 +34,7 @@ const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempt
 
 /// A live offer, if its order is searching. One statement is atomic under SQLite's one
 /// write lock: no row lock is needed.
-const INSERT_OFFER: &str = "INSERT INTO offers (id, order_id, pilot_id, status, pickup_distance_m, created_at, expires_at, \
-     decided_at, reason) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
-     WHERE EXISTS (SELECT 1 FROM orders WHERE id = $2 AND status = 'searching_driver') \
-     AND NOT EXISTS (SELECT 1 FROM orders WHERE pilot_id = $3 AND status IN ('assigned', 'picked_up', 'in_transit')) \
-     AND NOT EXISTS (SELECT 1 FROM offers WHERE order_id = $2 AND pilot_id = $3 AND status IN ('rejected', 'expired'))";
+const INSERT_OFFER: &str = crate::store::offers::insert_offer!("");
 
 /// How long a writer waits for the write lock before the request fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
