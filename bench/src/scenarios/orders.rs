@@ -146,15 +146,15 @@ pub async fn run(target: &Target, args: &OrdersArgs) -> anyhow::Result<OrdersRep
                 ticks
             });
             let mut sent = 0usize;
-            let mut due = tokio::time::Instant::now();
+            let mut last_tick: Option<tokio::time::Instant> = None;
             while Instant::now() < until {
-                if let (Some(ticks), Some(period)) = (ticks.as_mut(), period) {
+                if let Some(ticks) = ticks.as_mut() {
                     let tick = ticks.tick().await;
-                    if sent > 0 {
-                        let missed = (tick - due).as_secs_f64() / period.as_secs_f64() - 1.0;
+                    if let Some(last) = last_tick {
+                        let missed = (tick - last).as_secs_f64() / ticks.period().as_secs_f64() - 1.0;
                         tally.counters.add("skipped", missed.round().max(0.0) as u64);
                     }
-                    due = tick;
+                    last_tick = Some(tick);
                     if Instant::now() >= until {
                         break;
                     }
