@@ -143,7 +143,7 @@ impl Orders {
 
         let mut tx = self.store.begin().await?;
         if let Some(key) = idempotency_key
-            && let Some(replay) = claim_key(&mut *tx, caller, key, &request, now).await?
+            && let Some(replay) = claim_key(&mut *tx, caller, key, &request, &order, now).await?
         {
             return Ok(replay);
         }
@@ -159,10 +159,6 @@ impl Orders {
         append(&mut *tx, &order, &events, self.notify).await?;
         for job in self.jobs_for(&order, now) {
             tx.enqueue(&job, now).await?;
-        }
-        if let Some(key) = idempotency_key {
-            let body = serde_json::to_value(&order).map_err(anyhow::Error::from)?;
-            tx.save_idempotent_response(caller.user_id, key, 201, &body).await?;
         }
         tx.commit().await?;
         metrics::counter!("orders_created_total", "payment_method" => order.payment_method.as_str()).increment(1);
@@ -366,16 +362,20 @@ impl Orders {
     }
 }
 
-/// Claims `key` for `request` inside `tx`: `None` when it is new, the stored answer when the
-/// same request already completed, 422 when the key came with a different request.
+/// Claims `key` for `request` inside `tx`, with `order` as its answer once `tx` commits:
+/// `None` when it is new, the stored answer when the same request already completed, 422
+/// when the key came with a different request.
 async fn claim_key(
     tx: &mut dyn StoreTx,
     caller: &Caller,
     key: &str,
     request: &CreateOrder,
+    order: &Order,
     now: DateTime<Utc>,
 ) -> Result<Option<Creation>> {
-    let Some(replay) = tx.claim_idempotency_key(caller.user_id, key, &request.fingerprint(), now).await? else {
+    let body = serde_json::to_value(order).map_err(anyhow::Error::from)?;
+    let answer = (201, &body);
+    let Some(replay) = tx.claim_idempotency_key(caller.user_id, key, &request.fingerprint(), answer, now).await? else {
         return Ok(None);
     };
     same_request(replay, request).map(Some)

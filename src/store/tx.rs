@@ -39,18 +39,18 @@ pub struct WalletCredit {
 pub trait StoreTx: Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 
-    /// Claims `key` for `user`'s request. `None`: claimed, go ahead (and save the response
-    /// before committing). `Some`: the key was used before; here is what it answered. A
-    /// concurrent request with the same key waits here until the first one commits.
+    /// Claims `key` for `user`'s request, with the answer it gets if this transaction commits
+    /// (one insert). `None`: claimed, go ahead. `Some`: the key was used before; here is what
+    /// it answered. A concurrent request with the same key waits here until the first one
+    /// commits (then it gets that answer) or rolls back (then it claims the key itself).
     async fn claim_idempotency_key(
         &mut self,
         user: UserId,
         key: &str,
         request_hash: &[u8; 32],
+        answer: (u16, &Value),
         now: DateTime<Utc>,
     ) -> Result<Option<IdempotentReplay>>;
-
-    async fn save_idempotent_response(&mut self, user: UserId, key: &str, status: u16, body: &Value) -> Result<()>;
 
     async fn insert_order(&mut self, order: &Order, pickup_cell: i64, coupon: Option<&Coupon>) -> Result<()>;
 

@@ -6,7 +6,6 @@ use dispatchd::domain::orders::{
     ActorRole, CancelReason, Fare, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus, Place,
 };
 use dispatchd::domain::{Role, VehicleType};
-use dispatchd::error::Error;
 use dispatchd::ids::{OrderId, UserId};
 use dispatchd::store::{IdempotentReplay, OrderFilter, PageRequest};
 use serde_json::{Value, json};
@@ -321,47 +320,48 @@ async fn idempotency_keys_replay_the_stored_response(subject: Subject) {
     let at = now();
     let body = json!({ "id": "order-1", "total_paise": 9_581 });
     let mut tx = subject.store.begin().await.unwrap();
-    assert_eq!(tx.claim_idempotency_key(alice, "key-1", &[1; 32], at).await.unwrap(), None, "first use");
-    tx.save_idempotent_response(alice, "key-1", 201, &body).await.unwrap();
+    assert_eq!(tx.claim_idempotency_key(alice, "key-1", &[1; 32], (201, &body), at).await.unwrap(), None, "first use");
     tx.commit().await.unwrap();
 
     let replay = IdempotentReplay { request_hash: vec![1; 32], status: 201, body };
     assert_eq!(subject.store.idempotent_response(alice, "key-1").await.unwrap(), Some(replay.clone()), "a read");
     assert_eq!(subject.store.idempotent_response(bob, "key-1").await.unwrap(), None);
+    let other = json!({ "id": "order-2" });
     let mut tx = subject.store.begin().await.unwrap();
-    assert_eq!(tx.claim_idempotency_key(alice, "key-1", &[2; 32], at).await.unwrap(), Some(replay.clone()));
-    assert_eq!(tx.claim_idempotency_key(bob, "key-1", &[1; 32], at).await.unwrap(), None, "keys are per user");
-    assert_eq!(tx.claim_idempotency_key(alice, "key-2", &[1; 32], at).await.unwrap(), None);
+    assert_eq!(
+        tx.claim_idempotency_key(alice, "key-1", &[2; 32], (201, &other), at).await.unwrap(),
+        Some(replay.clone())
+    );
+    assert_eq!(
+        tx.claim_idempotency_key(bob, "key-1", &[1; 32], (201, &other), at).await.unwrap(),
+        None,
+        "keys are per user"
+    );
+    assert_eq!(tx.claim_idempotency_key(alice, "key-2", &[1; 32], (201, &other), at).await.unwrap(), None);
     drop(tx);
+    assert_eq!(subject.store.idempotent_response(bob, "key-1").await.unwrap(), None, "a rollback frees it");
 
     let mut tx = subject.store.begin().await.unwrap();
-    assert_eq!(tx.claim_idempotency_key(bob, "key-1", &[3; 32], at).await.unwrap(), None, "a rollback frees it");
-    tx.commit().await.unwrap();
-    assert_eq!(subject.store.idempotent_response(bob, "key-1").await.unwrap(), None, "claimed, never answered");
-    let mut tx = subject.store.begin().await.unwrap();
-    let unanswered = tx.claim_idempotency_key(bob, "key-1", &[3; 32], at).await.unwrap_err();
-    assert!(matches!(unanswered, Error::Conflict { code: "IDEMPOTENCY_KEY_IN_USE", .. }), "{unanswered:?}");
-    drop(tx);
-    let mut tx = subject.store.begin().await.unwrap();
-    assert_eq!(tx.claim_idempotency_key(alice, "key-1", &[1; 32], at).await.unwrap(), Some(replay), "still");
+    assert_eq!(
+        tx.claim_idempotency_key(alice, "key-1", &[1; 32], (201, &other), at).await.unwrap(),
+        Some(replay),
+        "still"
+    );
 }
 
 async fn a_concurrent_request_waits_for_the_keys_response(subject: Subject) {
     let customer = user(&subject, Role::Customer).await;
     let turn = std::sync::atomic::AtomicUsize::new(0);
     let outcomes = twice_at_once(&subject, async |tx| {
-        let replay = tx.claim_idempotency_key(customer, "key", &[7; 32], now()).await?;
-        if replay.is_none() {
-            let n = turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tx.save_idempotent_response(customer, "key", 201, &json!({ "run": n })).await?;
-        }
-        Ok(replay)
+        let run = json!({ "run": turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst) });
+        Ok((tx.claim_idempotency_key(customer, "key", &[7; 32], (201, &run), now()).await?, run))
     })
     .await;
     let outcomes: Vec<_> = outcomes.into_iter().map(Result::unwrap).collect();
-    let replays: Vec<_> = outcomes.iter().flatten().collect();
-    assert_eq!(replays.len(), 1, "one runs, the other replays it: {outcomes:?}");
-    assert_eq!(*replays[0], IdempotentReplay { request_hash: vec![7; 32], status: 201, body: json!({ "run": 0 }) });
+    let (replays, runs): (Vec<_>, Vec<_>) = outcomes.iter().partition(|(replay, _)| replay.is_some());
+    assert_eq!((replays.len(), runs.len()), (1, 1), "one runs, the other replays it: {outcomes:?}");
+    let replay = replays[0].0.clone().unwrap();
+    assert_eq!(replay, IdempotentReplay { request_hash: vec![7; 32], status: 201, body: runs[0].1.clone() });
 }
 
 async fn old_idempotency_keys_are_purged(subject: Subject) {
@@ -369,12 +369,19 @@ async fn old_idempotency_keys_are_purged(subject: Subject) {
     let at = now();
     let mut tx = subject.store.begin().await.unwrap();
     for (key, age) in [("old", Duration::hours(25)), ("fresh", Duration::hours(1))] {
-        assert_eq!(tx.claim_idempotency_key(customer, key, &[1; 32], at - age).await.unwrap(), None);
-        tx.save_idempotent_response(customer, key, 201, &json!({})).await.unwrap();
+        assert_eq!(tx.claim_idempotency_key(customer, key, &[1; 32], (201, &json!({})), at - age).await.unwrap(), None);
     }
     tx.commit().await.unwrap();
     assert_eq!(subject.store.purge_idempotency_keys(at - Duration::hours(24)).await.unwrap(), 1);
     let mut tx = subject.store.begin().await.unwrap();
-    assert_eq!(tx.claim_idempotency_key(customer, "old", &[2; 32], at).await.unwrap(), None, "forgotten: usable again");
-    assert!(tx.claim_idempotency_key(customer, "fresh", &[1; 32], at).await.unwrap().is_some(), "still remembered");
+    let answer = (201, &json!({}));
+    assert_eq!(
+        tx.claim_idempotency_key(customer, "old", &[2; 32], answer, at).await.unwrap(),
+        None,
+        "forgotten: usable again"
+    );
+    assert!(
+        tx.claim_idempotency_key(customer, "fresh", &[1; 32], answer, at).await.unwrap().is_some(),
+        "still remembered"
+    );
 }

@@ -30,16 +30,19 @@ impl StoreTx for super::TxImpl {
         user: UserId,
         key: &str,
         request_hash: &[u8; 32],
+        (status, body): (u16, &Value),
         now: DateTime<Utc>,
     ) -> Result<Option<IdempotentReplay>> {
         let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (user_id, key) DO NOTHING",
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, response_status, response_body) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, key) DO NOTHING",
         )
         .bind(user.0)
         .bind(key)
         .bind(&request_hash[..])
         .bind(now)
+        .bind(i16::try_from(status).unwrap_or(i16::MAX))
+        .bind(sqlx::types::Json(body))
         .execute(&mut *self.tx)
         .await?;
         if claimed.rows_affected() == 1 {
@@ -58,19 +61,6 @@ impl StoreTx for super::TxImpl {
             }
             _ => Err(Error::conflict("IDEMPOTENCY_KEY_IN_USE", "a request with this key is still being processed")),
         }
-    }
-
-    async fn save_idempotent_response(&mut self, user: UserId, key: &str, status: u16, body: &Value) -> Result<()> {
-        sqlx::query(
-            "UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE user_id = $1 AND key = $2",
-        )
-        .bind(user.0)
-        .bind(key)
-        .bind(i16::try_from(status).unwrap_or(i16::MAX))
-        .bind(sqlx::types::Json(body))
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
     }
 
     async fn insert_order(&mut self, order: &Order, pickup_cell: i64, coupon: Option<&Coupon>) -> Result<()> {
