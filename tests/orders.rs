@@ -136,6 +136,10 @@ async fn quotes_hold_only_for_their_trip_and_their_time() {
     assert_eq!(create(&app, &someone_else, with_quote(&|_| {})).await.error_code(), "QUOTE_MISMATCH");
     let kept = create_with_key(&app, &customer, with_quote(&|_| {}), "quoted-1").await;
     assert_eq!(kept.status, StatusCode::CREATED, "{:?}", kept.body);
+    // One quote, one order: a second order under it, even by the same customer, is refused.
+    assert_eq!(create(&app, &customer, with_quote(&|_| {})).await.error_code(), "QUOTE_ALREADY_USED");
+    let other_key = create_with_key(&app, &customer, with_quote(&|_| {}), "quoted-2").await;
+    assert_eq!((other_key.status, other_key.error_code()), (StatusCode::UNPROCESSABLE_ENTITY, "QUOTE_ALREADY_USED"));
     clock.advance(Span::seconds(301));
     assert_eq!(create(&app, &customer, with_quote(&|_| {})).await.error_code(), "QUOTE_EXPIRED");
     // A retry of the order made while the quote held still gets that order, not an error

@@ -6,6 +6,7 @@ use dispatchd::domain::orders::{
     ActorRole, CancelReason, Fare, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus, Place,
 };
 use dispatchd::domain::{Role, VehicleType};
+use dispatchd::error::Error;
 use dispatchd::ids::{OrderId, UserId};
 use dispatchd::store::{IdempotentReplay, OrderFilter, PageRequest};
 use serde_json::{Value, json};
@@ -15,6 +16,7 @@ use super::{Subject, now, twice_at_once, user};
 conformance!(
     orders_round_trip_with_their_events,
     uncommitted_orders_are_invisible_and_dropped_ones_vanish,
+    a_quote_buys_one_order,
     order_events_page_after_a_seq,
     orders_list_newest_first_by_filter,
     open_demand_counts_searching_orders_of_one_cell_and_vehicle,
@@ -159,6 +161,27 @@ async fn uncommitted_orders_are_invisible_and_dropped_ones_vanish(subject: Subje
     assert!(subject.store.order_events(order.id, 0, 100).await.unwrap().is_empty(), "events rolled back too");
     let listed = subject.store.list_orders(&OrderFilter::default(), PageRequest { before: None, limit: 10 }).await;
     assert!(listed.unwrap().is_empty());
+}
+
+async fn a_quote_buys_one_order(subject: Subject) {
+    let customer = user(&subject, Role::Customer).await;
+    let quote = Some(uuid::Uuid::now_v7());
+    let mut first = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    first.quote_id = quote;
+    create(&subject, &mut first, CELL).await;
+    let mut second = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    second.quote_id = quote;
+    let mut tx = subject.store.begin().await.unwrap();
+    let refused = tx.insert_order(&second, CELL, None).await.unwrap_err();
+    assert!(matches!(refused, Error::Unprocessable { code: "QUOTE_ALREADY_USED", .. }), "{refused:?}");
+    drop(tx);
+    let mut unquoted = [
+        new_order(customer, VehicleType::Bike, OrderStatus::Pending),
+        new_order(customer, VehicleType::Bike, OrderStatus::Pending),
+    ];
+    for order in &mut unquoted {
+        create(&subject, order, CELL).await;
+    }
 }
 
 async fn order_events_page_after_a_seq(subject: Subject) {

@@ -64,7 +64,7 @@ impl StoreTx for super::TxImpl {
     }
 
     async fn insert_order(&mut self, order: &Order, pickup_cell: i64, coupon: Option<&Coupon>) -> Result<()> {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO orders (id, customer_id, pilot_id, vehicle_type, status, cancel_reason, pickup_lat, \
              pickup_lng, pickup_address, drop_lat, drop_lng, drop_address, payment_method, payment_status, \
              fare_paise, discount_paise, tax_paise, total_paise, coupon_id, quote_id, scheduled_at, last_event_seq, \
@@ -102,8 +102,17 @@ impl StoreTx for super::TxImpl {
         .bind(order.notes.as_deref())
         .bind(order.refunded_paise)
         .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        .await;
+        match inserted {
+            // orders_quote_once_idx (the id is a fresh UUID): the quote has an order already.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() && order.quote_id.is_some() => {
+                Err(Error::Unprocessable {
+                    code: "QUOTE_ALREADY_USED",
+                    message: "this quote was used for another order; ask for a new quote".into(),
+                })
+            }
+            other => other.map(|_| ()).map_err(Error::from),
+        }
     }
 
     async fn lock_order(&mut self, id: OrderId) -> Result<Option<Order>> {
