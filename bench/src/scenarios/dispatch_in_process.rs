@@ -183,16 +183,18 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
     Ok(InProcessReport { outcomes: crate::scenarios::outcomes(&timeline), streamed_per_sec, store })
 }
 
-/// Every fleet pilot reports every 5 s, 30 m from its last point: a tenth of the fleet each
-/// 500 ms.
+/// Every fleet pilot reports every 5 s, 30 m from its last point: a 500th of the fleet each
+/// 10 ms. Through sockets, each report would be an event of its own, spread over the 5 s;
+/// coarser slices would hold a runtime thread for a whole slice at a time (5,000 reports
+/// every 500 ms held one of this machine's two for about 20 ms), which no real fleet does.
 async fn stream_fleet(
     fleet: Arc<dispatchd::fleet::Fleet>,
     mut pilots: Vec<(UserId, LatLng)>,
     done: Arc<std::sync::atomic::AtomicU64>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let slice = pilots.len().div_ceil(10).max(1);
-    let mut ticks = tokio::time::interval(Duration::from_millis(500));
+    let slice = pilots.len().div_ceil(500).max(1);
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
     let mut at = 0;
     let mut rng = StdRng::seed_from_u64(7);
     loop {
