@@ -57,15 +57,22 @@ impl Target {
         made.into_iter().collect()
     }
 
-    /// Signs one account up, waiting out rate limits (`429` with `Retry-After`).
+    /// Signs one account up with a random phone number, waiting out rate limits (`429` with
+    /// `Retry-After`) and drawing another number when one is taken (thousands of draws do
+    /// collide now and then).
     async fn register(&self, role: &str, vehicle: &str) -> anyhow::Result<Account> {
-        let phone = format!("+91{:010}", rand::random::<u64>() % 10_000_000_000);
-        let mut body = json!({ "name": "Bench", "phone": phone, "password": STAFF_PASSWORD, "role": role });
-        if role == "pilot" {
-            body["vehicle_type"] = json!(vehicle);
+        let mut tries = 0;
+        loop {
+            let phone = format!("+91{:010}", rand::random::<u64>() % 10_000_000_000);
+            let mut body = json!({ "name": "Bench", "phone": phone, "password": STAFF_PASSWORD, "role": role });
+            if role == "pilot" {
+                body["vehicle_type"] = json!(vehicle);
+            }
+            match self.post("/api/v1/auth/register", None, &body).await {
+                Err(err) if tries < 5 && err.to_string().contains("PHONE_TAKEN") => tries += 1,
+                reply => return account(&reply?),
+            }
         }
-        let reply = self.post("/api/v1/auth/register", None, &body).await?;
-        account(&reply)
     }
 
     /// Logs a staff member in (`dispatchd admin create-user` made it).

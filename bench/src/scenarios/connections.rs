@@ -106,7 +106,10 @@ pub async fn run(target: &Target, args: &ConnectionsArgs) -> anyhow::Result<Conn
             "connections: this process may open {fd_limit} files; {wanted} are needed, so some connects will fail"
         );
     }
-    let token = target.accounts("pilot", "bike", 1).await?.remove(0).token;
+    // One pilot per socket, as in a fleet: each socket has a room of its own on the server.
+    eprintln!("connections: signing up {} pilots…", args.connections);
+    let tokens: Vec<String> =
+        target.accounts("pilot", "bike", args.connections).await?.into_iter().map(|account| account.token).collect();
     let sources: Vec<IpAddr> = (1..=args.sources.max(1)).map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))).collect();
     eprintln!("connections: {} idle sockets on /pilot from {} source addresses", args.connections, sources.len());
     let counters = Counters::new(&["open", "failed"]);
@@ -115,11 +118,11 @@ pub async fn run(target: &Target, args: &ConnectionsArgs) -> anyhow::Result<Conn
     let progress = Progress::start(counters.clone(), &["open"]);
     let results: Vec<Option<Socket>> = futures::stream::iter(0..args.connections)
         .map(|n| {
-            let (target, token, counters) = (target, token.clone(), counters.clone());
+            let (token, counters) = (&tokens[n], counters.clone());
             let source = sources[n % sources.len()];
             async move {
                 let opened =
-                    Socket::connect_from(Some(source), &target.addr, "/pilot", &token, Arc::new(|_, _| {})).await;
+                    Socket::connect_from(Some(source), &target.addr, "/pilot", token, Arc::new(|_, _| {})).await;
                 counters.add(if opened.is_ok() { "open" } else { "failed" }, 1);
                 opened.ok()
             }
@@ -133,7 +136,7 @@ pub async fn run(target: &Target, args: &ConnectionsArgs) -> anyhow::Result<Conn
     tokio::time::sleep(Duration::from_secs(args.settle_s)).await;
     let usage = Usage::until_now(start);
     let opened = sockets.len();
-    let (storm_back, storm_times) = storm(target, &token, sockets, &sources, args.storm_deadline_s).await;
+    let (storm_back, storm_times) = storm(target, &tokens, sockets, &sources, args.storm_deadline_s).await;
     Ok(ConnectionsReport {
         target: target.kind,
         asked: args.connections,
@@ -150,7 +153,7 @@ pub async fn run(target: &Target, args: &ConnectionsArgs) -> anyhow::Result<Conn
 /// Drops every socket at once, then brings each back with socket.io-client's backoff.
 async fn storm(
     target: &Target,
-    token: &str,
+    tokens: &[String],
     sockets: Vec<Socket>,
     sources: &[IpAddr],
     deadline_s: u64,
@@ -167,7 +170,7 @@ async fn storm(
     let started = Instant::now();
     let deadline = started + Duration::from_secs(deadline_s);
     let tasks = (0..count).map(|n| {
-        let (counters, source) = (counters.clone(), sources[n % sources.len()]);
+        let (counters, source, token) = (counters.clone(), sources[n % sources.len()], &tokens[n]);
         async move {
             let mut delay = Duration::from_secs(1);
             while Instant::now() < deadline {
