@@ -59,7 +59,8 @@ impl StoreTx for super::TxImpl {
             (Some(status), Some(body)) => {
                 Ok(Some(IdempotentReplay { request_hash, status: u16::try_from(status).unwrap_or(500), body: body.0 }))
             }
-            _ => Err(Error::conflict("IDEMPOTENCY_KEY_IN_USE", "a request with this key is still being processed")),
+            // A key is claimed with its answer, so a committed row always has one.
+            _ => Err(anyhow::anyhow!("idempotency key {key:?} is stored without its answer").into()),
         }
     }
 
