@@ -186,7 +186,7 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
 /// Every fleet pilot reports every 5 s, 30 m from its last point: a 500th of the fleet each
 /// 10 ms. Through sockets, each report would be an event of its own, spread over the 5 s;
 /// coarser slices would hold a runtime thread for a whole slice at a time (5,000 reports
-/// every 500 ms held one of this machine's two for about 20 ms), which no real fleet does.
+/// every 500 ms held one of this machine's two for 16–36 ms), which no real fleet does.
 async fn stream_fleet(
     fleet: Arc<dispatchd::fleet::Fleet>,
     mut pilots: Vec<(UserId, LatLng)>,
