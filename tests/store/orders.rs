@@ -362,9 +362,14 @@ async fn idempotency_keys_replay_the_stored_response(subject: Subject) {
     );
     assert_eq!(tx.claim_idempotency_key(alice, "key-2", &[1; 32], (201, &other), at).await.unwrap(), None);
     drop(tx);
-    assert_eq!(subject.store.idempotent_response(bob, "key-1").await.unwrap(), None, "a rollback frees it");
+    assert_eq!(subject.store.idempotent_response(bob, "key-1").await.unwrap(), None, "rolled back");
 
     let mut tx = subject.store.begin().await.unwrap();
+    assert_eq!(
+        tx.claim_idempotency_key(bob, "key-1", &[3; 32], (201, &other), at).await.unwrap(),
+        None,
+        "a rollback frees it"
+    );
     assert_eq!(
         tx.claim_idempotency_key(alice, "key-1", &[1; 32], (201, &other), at).await.unwrap(),
         Some(replay),
