@@ -145,6 +145,20 @@ impl TryFrom<EventRow> for OrderEvent {
     }
 }
 
+/// The answer stored under a user's idempotency key (`$1` the user, `$2` the key). A key is
+/// always stored with its answer.
+pub(crate) const SELECT_IDEMPOTENT_RESPONSE: &str =
+    "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2";
+
+/// A row of [`SELECT_IDEMPOTENT_RESPONSE`].
+pub(crate) type IdempotentRow = (Vec<u8>, i16, sqlx::types::Json<Value>);
+
+impl From<IdempotentRow> for IdempotentReplay {
+    fn from((request_hash, status, body): IdempotentRow) -> Self {
+        IdempotentReplay { request_hash, status: u16::try_from(status).unwrap_or(500), body: body.0 }
+    }
+}
+
 /// `SELECT` of an [`OrderRow`] followed by `$rest`, as one literal.
 macro_rules! select_order {
     ($rest:literal) => {

@@ -6,7 +6,7 @@ use crate::domain::VehicleType;
 use crate::domain::orders::{Order, OrderEvent, OrderStatus};
 use crate::error::Result;
 use crate::ids::{OrderId, UserId};
-use crate::store::orders::{EventRow, OrderRow, select_order};
+use crate::store::orders::{EventRow, IdempotentRow, OrderRow, SELECT_IDEMPOTENT_RESPONSE, select_order};
 use crate::store::{IdempotentReplay, OrderFilter, OrderStore, PageRequest};
 
 #[async_trait]
@@ -76,19 +76,9 @@ impl OrderStore for StoreImpl {
     }
 
     async fn idempotent_response(&self, user: UserId, key: &str) -> Result<Option<IdempotentReplay>> {
-        let row: Option<(Vec<u8>, i16, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
-            "SELECT request_hash, response_status, response_body FROM idempotency_keys \
-             WHERE user_id = $1 AND key = $2 AND response_status IS NOT NULL AND response_body IS NOT NULL",
-        )
-        .bind(user.0)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|(request_hash, status, body)| IdempotentReplay {
-            request_hash,
-            status: u16::try_from(status).unwrap_or(500),
-            body: body.0,
-        }))
+        let row: Option<IdempotentRow> =
+            sqlx::query_as(SELECT_IDEMPOTENT_RESPONSE).bind(user.0).bind(key).fetch_optional(&self.pool).await?;
+        Ok(row.map(IdempotentReplay::from))
     }
 
     async fn purge_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64> {

@@ -15,7 +15,7 @@ use crate::ids::{LedgerId, OfferId, OrderId, UserId};
 use crate::store::jobs::NewJob;
 use crate::store::money::PaymentRow;
 use crate::store::offers::{OfferRow, offer_columns};
-use crate::store::orders::OrderRow;
+use crate::store::orders::{IdempotentRow, OrderRow, SELECT_IDEMPOTENT_RESPONSE};
 use crate::store::{IdempotentReplay, OffersOf, StoreTx, WalletCredit};
 
 #[async_trait]
@@ -48,20 +48,9 @@ impl StoreTx for super::TxImpl {
         if claimed.rows_affected() == 1 {
             return Ok(None);
         }
-        let (request_hash, status, body): (Vec<u8>, Option<i16>, Option<sqlx::types::Json<Value>>) = sqlx::query_as(
-            "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2",
-        )
-        .bind(user.0)
-        .bind(key)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        match (status, body) {
-            (Some(status), Some(body)) => {
-                Ok(Some(IdempotentReplay { request_hash, status: u16::try_from(status).unwrap_or(500), body: body.0 }))
-            }
-            // A key is claimed with its answer, so a committed row always has one.
-            _ => Err(anyhow::anyhow!("idempotency key {key:?} is stored without its answer").into()),
-        }
+        let row: IdempotentRow =
+            sqlx::query_as(SELECT_IDEMPOTENT_RESPONSE).bind(user.0).bind(key).fetch_one(&mut *self.tx).await?;
+        Ok(Some(row.into()))
     }
 
     async fn insert_order(&mut self, order: &Order, pickup_cell: i64, coupon: Option<&Coupon>) -> Result<()> {
