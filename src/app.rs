@@ -24,6 +24,7 @@ use crate::auth::password::PasswordHasher;
 use crate::auth::revocation::Revocations;
 use crate::auth::token::Tokens;
 use crate::clock::Clock;
+use crate::cluster::{Cluster, Feed};
 use crate::config::{Config, redact_url};
 use crate::fleet::Fleet;
 use crate::grid::PilotIndex;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub tracking: Arc<Tracking>,
     /// Buffers the trip traces of pilots on orders.
     pub traces: Arc<TraceRecorder>,
+    /// This node's part in a cluster (`[cluster] enabled`).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// A built application, ready to serve.
@@ -97,13 +100,23 @@ impl App {
         let passwords = PasswordHasher::new(&config.auth)?;
         let auth = Auth::new(store.clone(), tokens, passwords, revocations, clock.clone());
         let grid = Arc::new(PilotIndex::new(&config.grid));
+        let feed = match &redis {
+            Some(redis) if config.cluster.enabled => {
+                let node = match config.cluster.node_id.as_str() {
+                    "" => uuid::Uuid::new_v4().simple().to_string(),
+                    node => node.to_owned(),
+                };
+                Some(Feed::new(redis, &node))
+            }
+            _ => None,
+        };
         let mirror = match &redis {
             Some(redis) => {
                 let now = clock.now().timestamp_millis();
                 positions::warm_start(&grid, redis, now, config.grid.forget_after_secs).await;
                 let mirror_config = config.redis.positions.clone();
                 let ttl = config.grid.forget_after_secs;
-                Some(PositionMirror::new(grid.clone(), redis.clone(), clock.clone(), mirror_config, ttl))
+                Some(PositionMirror::new(grid.clone(), redis.clone(), clock.clone(), mirror_config, ttl, feed.clone()))
             }
             None => None,
         };
@@ -142,6 +155,18 @@ impl App {
             jobs.register(crate::webhooks::ORDER_EVENT_JOB, Arc::new(deliveries));
         }
         let money = Arc::new(Money::new(store.clone(), clock.clone()));
+        let cluster = match (feed, &redis) {
+            (Some(feed), Some(redis)) => Some(Cluster::join(
+                feed,
+                redis.clone(),
+                config.cluster.clone(),
+                orders.clone(),
+                matchmaker.clone(),
+                &fleet,
+                tracking.clone(),
+            )),
+            _ => None,
+        };
         let state = AppState {
             money,
             rate_limiter: RateLimiter::new(&config.rate_limit),
@@ -159,6 +184,7 @@ impl App {
             matchmaker,
             tracking,
             traces,
+            cluster,
         };
         let (sockets, realtime) = Realtime::attach(&state).await?;
         Ok(Self { state, mirror, sockets, realtime: Some(realtime) })
@@ -244,6 +270,9 @@ impl App {
         tasks.push(tokio::spawn(self.state.orders.clone().run_key_purge(stop.clone())));
         if let Some(redis) = self.state.redis.clone() {
             tasks.push(tokio::spawn(redis.run_health_loop(stop.clone())));
+        }
+        if let Some(cluster) = self.state.cluster.clone() {
+            tasks.push(tokio::spawn(cluster.run(stop.clone())));
         }
         if let Some(limiter) = self.state.rate_limiter.clone() {
             tasks.push(tokio::spawn(every(Duration::from_secs(60), stop.clone(), move || {

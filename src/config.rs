@@ -40,6 +40,7 @@ pub struct Config {
     pub webhooks: crate::webhooks::WebhooksConfig,
     pub jobs: crate::jobs::JobsConfig,
     pub matching: crate::matching::MatchingConfig,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +253,9 @@ impl Config {
             ("jobs.batch_size", self.jobs.batch_size.into()),
             ("jobs.lease_secs", self.jobs.lease_secs),
             ("jobs.backoff_secs", self.jobs.backoff_secs),
+            ("cluster.retention_secs", self.cluster.retention_secs),
+            ("cluster.read_block_ms", self.cluster.read_block_ms),
+            ("cluster.read_count", self.cluster.read_count as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::new(key, "must be greater than 0"));
@@ -393,10 +397,20 @@ impl Config {
     fn validate_redis(&self) -> Result<(), ConfigError> {
         match self.redis_url() {
             Some(url) if ::redis::Client::open(url).is_err() => {
-                Err(ConfigError::new("redis.url", "is not a valid redis:// URL"))
+                return Err(ConfigError::new("redis.url", "is not a valid redis:// URL"));
             }
-            _ => Ok(()),
+            None if self.cluster.enabled => {
+                return Err(ConfigError::new("cluster.enabled", "needs redis.url: the nodes share news through Redis"));
+            }
+            _ => {}
         }
+        if self.cluster.enabled && self.database_url().is_none() {
+            return Err(ConfigError::new(
+                "cluster.enabled",
+                "needs database.url: nodes share one Postgres database (SQLite is one node's file)",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {
@@ -533,6 +547,23 @@ mod tests {
         assert_eq!(err.key, "webhooks.secret");
         let ok = figment.merge(Serialized::global("webhooks.secret", "sixteen-chars-ok"));
         assert!(Config::from_figment(ok).unwrap().webhooks.enabled());
+    }
+
+    #[test]
+    fn a_cluster_needs_redis_and_postgres() {
+        let err = with("cluster.enabled", true).unwrap_err();
+        assert_eq!(err.key, "cluster.enabled");
+        assert!(err.message.contains("redis.url"), "{err}");
+        let figment = Config::figment(None)
+            .unwrap()
+            .merge(Serialized::global("cluster.enabled", true))
+            .merge(Serialized::global("redis.url", "redis://127.0.0.1:6379"));
+        let err = Config::from_figment(figment.clone()).unwrap_err();
+        assert!(err.message.contains("database.url"), "{err}");
+        let postgres = figment
+            .merge(Serialized::global("database.url", "postgres://u:p@localhost/db"))
+            .merge(Serialized::global("auth.jwt_secret", "a-secret-of-at-least-thirty-two-bytes"));
+        assert!(Config::from_figment(postgres).unwrap().cluster.enabled);
     }
 
     #[test]

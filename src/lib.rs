@@ -16,6 +16,9 @@
 //!                      │                                    │
 //!          store (Store trait: Postgres | SQLite; redis)    grid (in-memory H3 index of pilots)
 //!
+//!   cluster (several nodes: pilots, order changes and offers shared through Redis streams;
+//!            hears the services like the gateway does, and feeds other nodes' news to them)
+//!
 //!   config  error  domain  ids  clock  telemetry      ← used everywhere, depend on nothing above
 //! ```
 //!
@@ -37,6 +40,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -50,6 +50,9 @@ pub trait OfferListener: Send + Sync {
     /// An offer ended without the order going to its pilot (`expired`, `cancelled`, `taken`,
     /// `assigned_elsewhere`): the app should stop showing it.
     fn withdrawn(&self, offer: &Offer, reason: &'static str);
+
+    /// The pilot turned `offer` down (on this node).
+    fn rejected(&self, _offer: &Offer) {}
 }
 
 /// What the matchmaker's task hears.
@@ -126,7 +129,14 @@ impl Matchmaker {
     pub async fn reject(&self, caller: &Caller, id: OfferId, reason: Option<&str>) -> Result<Offer> {
         let offer = self.orders.reject_offer(caller, id, reason).await?;
         let _ = self.commands.send(Command::Rejected(Box::new(offer.clone())));
+        self.tell(|listener| listener.rejected(&offer));
         Ok(offer)
+    }
+
+    /// A pilot rejected, on another node, an offer a search here may have made: it moves on
+    /// at once instead of waiting for the offer to run out.
+    pub fn rejected_elsewhere(&self, offer: Offer) {
+        let _ = self.commands.send(Command::Rejected(Box::new(offer)));
     }
 
     /// The `offer` payload of the pilot's live offer, if it has one that has not run out:
@@ -493,11 +503,7 @@ impl Matchmaker {
                 searches.map.remove(&id);
                 Attempt::Gone
             }
-            Err(Error::Conflict { code: "OFFER_CONFLICT", .. }) => {
-                // The pilot holds an offer made elsewhere (another node), or this order has
-                // one: the pilot is not free, try the next.
-                Attempt::Busy
-            }
+            Err(Error::Conflict { code: "OFFER_CONFLICT", .. }) => self.offered_elsewhere(searches, id).await,
             Err(err) => {
                 tracing::warn!(order_id = %id, error = %err, "could not make an offer; retrying shortly");
                 if let Some(search) = searches.map.get_mut(&id) {
@@ -505,6 +511,30 @@ impl Matchmaker {
                 }
                 Attempt::Failed
             }
+        }
+    }
+
+    /// An offer for order `id` could not be made: the pilot holds one made elsewhere, or the
+    /// order has one. The latter happens when another node follows the same search too
+    /// (after a restart, every node resumes every searching order): its offer is then this
+    /// search's live offer as well, waited for (and expired, or moved on from after a
+    /// rejection) like one made here, instead of trying every other candidate in vain.
+    async fn offered_elsewhere(&self, searches: &mut Searches, id: OrderId) -> Attempt {
+        let live = match self.store.offers_for_order(id).await {
+            Ok(offers) => offers.into_iter().find(|offer| offer.status == OfferStatus::Live),
+            Err(err) => {
+                tracing::warn!(order_id = %id, error = %err, "could not read the order's offers");
+                None
+            }
+        };
+        match (live, searches.map.get_mut(&id)) {
+            (Some(live), Some(search)) => {
+                tracing::debug!(order_id = %id, offer_id = %live.id, "the order's offer was made elsewhere");
+                search.live = Some(live);
+                Attempt::Made
+            }
+            // The pilot is not free: try the next.
+            _ => Attempt::Busy,
         }
     }
 
@@ -585,6 +615,14 @@ impl Searches {
 struct Hears(mpsc::UnboundedSender<Command>);
 
 impl OrderListener for Hears {
+    /// A search that began on another node is that node's to follow; one that ended there
+    /// ends here too (this node may have made its offer).
+    fn committed_elsewhere(&self, order: &Order, _events: &[OrderEvent]) {
+        if order.status != OrderStatus::SearchingDriver && order.status != OrderStatus::Pending {
+            let _ = self.0.send(Command::Stopped(Box::new(order.clone())));
+        }
+    }
+
     fn committed(&self, order: &Order, events: &[OrderEvent]) {
         let began = events.iter().any(|event| event.kind == OrderStatus::SearchingDriver.as_str());
         let command = if order.status == OrderStatus::SearchingDriver && began {

@@ -320,6 +320,45 @@ fn the_mirror_sees_each_change_once() {
 }
 
 #[test]
+fn pilots_from_other_nodes_are_searchable_never_written_back_and_never_moved_back() {
+    let index = PilotIndex::new(&config());
+    let here = LatLng::new(12.97, 77.59).unwrap();
+    let snapshot = |lat: f64, status: PilotStatus, seen_ms: i64| PilotSnapshot {
+        id: pilot(5),
+        position: LatLng::new(lat, 77.59).unwrap(),
+        vehicle: VehicleType::Bike,
+        status,
+        stale: false,
+        heading_deg: Some(45.0),
+        speed_mps: None,
+        accuracy_m: 4.0,
+        fix_ms: seen_ms - 500,
+        seen_ms,
+    };
+    index.apply_remote(&snapshot(12.9701, PilotStatus::Available, NOW));
+    let available = index.available_filter(Some(VehicleType::Bike), NOW);
+    assert_eq!(index.nearest(5, here, 1_000.0, &available).len(), 1, "matched like a pilot of this node");
+    assert_eq!(index.get(pilot(5)), Some(snapshot(12.9701, PilotStatus::Available, NOW)));
+    assert_eq!(index.pending_mirror(), (0, None), "its own node writes it, not this one");
+
+    // The pilot's node moved it; another node, from an older view, put it on an offer.
+    index.apply_remote(&snapshot(12.9750, PilotStatus::Available, NOW + 5_000));
+    index.apply_remote(&snapshot(12.9701, PilotStatus::OnOffer, NOW));
+    let now = index.get(pilot(5)).unwrap();
+    assert_eq!((now.position.lat(), now.seen_ms, now.status), (12.9750, NOW + 5_000, PilotStatus::OnOffer));
+    assert!(index.nearest(5, here, 1_000.0, &available).is_empty(), "held by the offer");
+
+    // A change made here is written (and told) by this node; a pilot forgotten elsewhere is
+    // dropped without a departure of this node's own.
+    index.set_status(pilot(5), PilotStatus::Available, NOW + 6_000).unwrap();
+    assert_eq!(index.take_dirty(10).len(), 1);
+    index.forget_remote(pilot(5));
+    assert!(index.get(pilot(5)).is_none());
+    assert!(index.take_dirty(10).is_empty());
+    index.check_invariants();
+}
+
+#[test]
 fn cell_edges_and_pentagons_do_not_hide_pilots() {
     let index = PilotIndex::new(&config());
     let pentagon: CellIndex = Resolution::Nine.pentagons().next().unwrap();

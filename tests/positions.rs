@@ -233,6 +233,7 @@ async fn pilots_no_node_remembers_are_pruned_from_the_shared_sets() {
         app.clock.clone(),
         config,
         ttl,
+        None,
     );
     assert_eq!(mirror.prune_forgotten().await.unwrap(), 1);
     let members: Vec<String> = redis.zrange(format!("{prefix}pilots:geo:bike"), 0, -1).await.unwrap();

@@ -2,7 +2,7 @@
 //! rejects it, it expires, or it is withdrawn (the order was cancelled or taken).
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::string_enum;
 use crate::ids::{OfferId, OrderId, UserId};
@@ -25,7 +25,7 @@ impl OfferStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Offer {
     pub id: OfferId,
     pub order_id: OrderId,

@@ -177,7 +177,7 @@ pub struct Fare {
 }
 
 /// An order as stored and shown.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Order {
     pub id: OrderId,
     pub customer_id: UserId,
@@ -202,7 +202,7 @@ pub struct Order {
 }
 
 /// One entry of an order's append-only history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderEvent {
     pub order_id: OrderId,
     pub seq: i32,

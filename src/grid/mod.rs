@@ -174,6 +174,50 @@ impl PilotIndex {
         grid.set_stale(slot, pilot.stale);
     }
 
+    /// Takes in a pilot as another node wrote it (the cluster feed), without marking it for
+    /// the mirror: that node wrote it already. Its status is taken as it comes (the feed is
+    /// in order); its position only if reported no earlier than the one held here, so a
+    /// node that changed the pilot's status from an older view never moves it back.
+    pub fn apply_remote(&self, pilot: &PilotSnapshot) {
+        let mut grid = self.write();
+        let mut slot = grid.slot(pilot.id);
+        if let Some(known) = slot.filter(|slot| grid.entry(*slot).vehicle != pilot.vehicle) {
+            // Listed again under another vehicle type: start afresh.
+            grid.remove_quietly(known);
+            slot = None;
+        }
+        let slot = match slot {
+            Some(slot) => slot,
+            None => grid.insert(pilot.id, pilot.vehicle, pilot.position, pilot.fix_ms, pilot.seen_ms),
+        };
+        if pilot.seen_ms >= grid.entry(slot).seen_ms {
+            let cell = grid.cell_for_slot(slot, pilot.position);
+            let fix = state::Fix {
+                moved_to: Some((pilot.position, cell)),
+                accuracy_m: pilot.accuracy_m,
+                speed_mps: pilot.speed_mps,
+                heading_deg: pilot.heading_deg,
+                fix_ms: pilot.fix_ms,
+                seen_ms: pilot.seen_ms,
+            };
+            grid.apply_fix(slot, &fix);
+            if pilot.stale {
+                grid.set_stale(slot, true);
+            }
+        }
+        if grid.entry(slot).status != pilot.status {
+            grid.set_status(slot, pilot.status);
+        }
+    }
+
+    /// Drops a pilot another node forgot, without marking it for the mirror.
+    pub fn forget_remote(&self, pilot: PilotId) {
+        let mut grid = self.write();
+        if let Some(slot) = grid.slot(pilot) {
+            grid.remove_quietly(slot);
+        }
+    }
+
     pub fn get(&self, pilot: PilotId) -> Option<PilotSnapshot> {
         let grid = self.grid.read();
         grid.slot(pilot).map(|slot| grid.entry(slot).snapshot())

@@ -248,6 +248,16 @@ impl Grid {
 
     /// Removes a pilot entirely; the mirror will delete it from Redis.
     pub fn remove(&mut self, slot: u32, now_ms: i64) {
+        let (id, vehicle) = self.unlist(slot);
+        self.outbox.forget(id, vehicle, now_ms);
+    }
+
+    /// Removes a pilot without telling the mirror: another node forgot it, and wrote that.
+    pub fn remove_quietly(&mut self, slot: u32) {
+        self.unlist(slot);
+    }
+
+    fn unlist(&mut self, slot: u32) -> (PilotId, VehicleType) {
         self.change(slot, |grid, slot| {
             let entry = &mut grid.slots[slot];
             entry.live = false;
@@ -257,7 +267,7 @@ impl Grid {
         let (id, vehicle) = (entry.id, entry.vehicle);
         self.ids.remove(&id);
         self.free.push(slot);
-        self.outbox.forget(id, vehicle, now_ms);
+        (id, vehicle)
     }
 
     /// Applies `mutate` to an entry and brings its member and supply count in line.

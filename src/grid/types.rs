@@ -1,6 +1,6 @@
 //! The index's public value types: what callers get back and how they filter.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{LatLng, PilotStatus, VehicleType};
 use crate::grid::PilotId;
@@ -9,7 +9,7 @@ use crate::grid::state::{self, cell_center, status_bit};
 use crate::grid::supply::vehicle_index;
 
 /// What a reader may know of one pilot.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PilotSnapshot {
     pub id: PilotId,
     pub position: LatLng,

@@ -81,6 +81,13 @@ pub struct Committed {
 /// and never block (hand work to a task of your own).
 pub trait OrderListener: Send + Sync {
     fn committed(&self, order: &Order, events: &[OrderEvent]);
+
+    /// A change another node committed, heard from the cluster feed. By default the same as
+    /// one committed here; a listener whose work belongs to the node that made the change
+    /// (following a search, publishing it) overrides this.
+    fn committed_elsewhere(&self, order: &Order, events: &[OrderEvent]) {
+        self.committed(order, events);
+    }
 }
 
 /// The orders service. Share it behind an `Arc`.
@@ -153,6 +160,15 @@ impl Orders {
         let listeners = self.listeners.read().clone();
         for listener in listeners {
             listener.committed(order, events);
+        }
+    }
+
+    /// Tells the listeners of a change another node committed (see
+    /// [`OrderListener::committed_elsewhere`]).
+    pub fn committed_elsewhere(&self, order: &Order, events: &[OrderEvent]) {
+        let listeners = self.listeners.read().clone();
+        for listener in listeners {
+            listener.committed_elsewhere(order, events);
         }
     }
 

@@ -125,6 +125,10 @@ impl Realtime {
         state.orders.subscribe(relay.clone());
         state.matchmaker.subscribe(relay.clone());
         state.fleet.subscribe(relay.clone());
+        if let Some(cluster) = &state.cluster {
+            cluster.subscribe_offers(relay.clone());
+            cluster.subscribe_moves(relay.clone());
+        }
         let interval = Duration::from_millis(config.viewport_interval_ms);
         let grid = state.grid.clone();
         let limit = config.viewport_max_pilots;

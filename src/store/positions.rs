@@ -23,6 +23,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::cluster::Feed;
 use crate::domain::{LatLng, PilotStatus, VehicleType};
 use crate::grid::{MirrorRecord, PilotIndex, PilotSnapshot};
 use crate::ids::UserId;
@@ -51,11 +52,21 @@ pub struct PositionMirror {
     config: MirrorConfig,
     /// How long a pilot's hash outlives its last write, ms.
     ttl_ms: u64,
+    /// In a cluster, each write is also told to the other nodes, in the same pipeline.
+    feed: Option<Feed>,
 }
 
 impl PositionMirror {
-    pub fn new(index: Arc<PilotIndex>, redis: RedisHandle, clock: Clock, config: MirrorConfig, ttl_secs: u64) -> Self {
-        let mirror = Self { index, redis, clock, config, ttl_ms: ttl_secs.saturating_mul(1000).max(1000) };
+    pub fn new(
+        index: Arc<PilotIndex>,
+        redis: RedisHandle,
+        clock: Clock,
+        config: MirrorConfig,
+        ttl_secs: u64,
+        feed: Option<Feed>,
+    ) -> Self {
+        let ttl_ms = ttl_secs.saturating_mul(1000).max(1000);
+        let mirror = Self { index, redis, clock, config, ttl_ms, feed };
         let (index, clock) = (mirror.index.clone(), mirror.clock.clone());
         mirror.redis.on_recovery(move |_| {
             index.mark_all_dirty(clock.now().timestamp_millis());
@@ -153,6 +164,9 @@ impl PositionMirror {
                     pipeline.cmd("ZREM").arg(&seen).arg(id.to_string()).ignore();
                 }
             }
+        }
+        if let Some(feed) = &self.feed {
+            feed.add_pilots(&mut pipeline, records);
         }
         pipeline
     }

@@ -30,6 +30,7 @@ pub struct RedisHandle {
 }
 
 struct Inner {
+    client: redis::Client,
     connection: ConnectionManager,
     prefix: String,
     timeout: Duration,
@@ -55,9 +56,10 @@ impl RedisHandle {
             .set_max_delay(timeout)
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                client,
                 connection,
                 prefix: config.key_prefix.clone(),
                 timeout,
@@ -71,6 +73,20 @@ impl RedisHandle {
     /// `suffix` under this deployment's key prefix.
     pub fn key(&self, suffix: impl std::fmt::Display) -> String {
         format!("{}{suffix}", self.inner.prefix)
+    }
+
+    /// A connection of its own, for commands that wait on the server (a blocking stream
+    /// read): on the shared connection they would hold up every other command. Each reply
+    /// may take up to `wait` plus the command timeout.
+    pub async fn dedicated(&self, wait: Duration) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.timeout))
+            .set_response_timeout(Some(wait + self.inner.timeout));
+        let connecting = self.inner.client.get_multiplexed_async_connection_with_config(&config);
+        match tokio::time::timeout(self.inner.timeout, connecting).await {
+            Ok(connection) => connection.context("connecting to redis"),
+            Err(_) => Err(anyhow!("connecting to redis timed out after {:?}", self.inner.timeout)),
+        }
     }
 
     /// Whether Redis answered the last health check and nothing has failed since.

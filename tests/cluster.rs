@@ -1,0 +1,233 @@
+//! Two nodes, one fleet: two servers sharing one Postgres database and one Redis, with
+//! `[cluster] enabled`. A pilot connected to one node is matched, offered, tracked and traced
+//! for orders placed, assigned or cancelled on the other, as if there were one server; two
+//! nodes following one search offer it once at a time; a node cut off from Redis hears what
+//! it missed when Redis is back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::field::{assign, connect, create_order, fix, pilot_on_duty};
+use common::sio::SioClient;
+use common::{
+    DROP, Database, Options, PICKUP, Proxy, Session, TestApp, eventually, fresh_postgres_database, host_port, via,
+};
+use dispatchd::domain::{PilotStatus, Role};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const SOON: Duration = Duration::from_secs(3);
+/// Long enough for an event that is coming to arrive; used to show one is not.
+const QUIET: Duration = Duration::from_millis(600);
+
+/// `km` north of `from` (negative: south).
+fn north(from: (f64, f64), km: f64) -> (f64, f64) {
+    (from.0 + km / 111.2, from.1)
+}
+
+/// How nodes of one cluster start: a fresh database and a fresh Redis prefix, shared.
+async fn cluster() -> Options {
+    let database = Database::Postgres(fresh_postgres_database().await);
+    Options { database, ..Options::default() }
+        .with_redis()
+        .set("cluster.enabled", true)
+        .set("redis.positions.flush_interval_ms", 50)
+        .set("realtime.location_events_per_sec", 100)
+}
+
+async fn two_nodes() -> (TestApp, TestApp) {
+    let shared = cluster().await;
+    let first = TestApp::spawn_with(shared.clone()).await;
+    let second = TestApp::spawn_with(shared).await;
+    (first, second)
+}
+
+fn status_on(node: &TestApp, pilot: &Session) -> Option<PilotStatus> {
+    node.state.grid.get(pilot.user_id.parse().unwrap()).map(|snapshot| snapshot.status)
+}
+
+/// Waits until `node` knows `pilot` with `status` (from the other node's mirror).
+async fn known_as(node: &TestApp, pilot: &Session, status: PilotStatus) {
+    eventually(SOON, "the other node knows the pilot", async || status_on(node, pilot) == Some(status)).await;
+}
+
+/// The next offer on `socket`, checked to be for `order`.
+async fn offered(socket: &mut SioClient, order: &str) -> Value {
+    let offer = socket.event("offer", SOON).await.expect("an offer arrives");
+    assert_eq!(offer["order_id"].as_str(), Some(order), "{offer}");
+    offer
+}
+
+#[tokio::test]
+async fn an_order_placed_on_one_node_is_driven_by_a_pilot_connected_to_the_other() {
+    let (a, b) = two_nodes().await;
+    let customer = a.register("customer").await;
+    let (pilot, mut socket) = pilot_on_duty(&b, north(PICKUP, 0.5)).await;
+    known_as(&a, &pilot, PilotStatus::Available).await;
+
+    // Placed on A, offered to the pilot on B.
+    let order = create_order(&a, &customer).await;
+    let offer = offered(&mut socket, &order).await;
+    assert_eq!(offer["pickup_distance_m"].as_i64().map(|m| (m - 500).abs() < 10), Some(true), "{offer}");
+    known_as(&b, &pilot, PilotStatus::OnOffer).await;
+    let mut watcher = connect(&a, "/customer", &customer).await;
+    let watched = watcher.call("order:watch", json!({ "order_id": order, "last_seq": 2 })).await;
+    assert_eq!(watched["ok"], true, "{watched}");
+
+    // Accepted on B: A's customer hears of it, and A's search is over.
+    let accepted = socket.call("offer:accept", json!({ "offer_id": offer["offer_id"] })).await;
+    assert_eq!(accepted["data"]["status"], "assigned", "{accepted}");
+    let event = watcher.event("order:event", SOON).await.expect("the customer on A hears of the assignment");
+    assert_eq!((event["type"].as_str(), event["seq"].as_i64()), (Some("assigned"), Some(3)), "{event}");
+    known_as(&a, &pilot, PilotStatus::Busy).await;
+
+    // The pilot drives (reporting to B); the customer watches on A.
+    socket.call("location", json!({ "points": [fix(&b, PICKUP, 60)] })).await;
+    let seen = watcher.event("pilot:location", SOON).await.expect("the customer on A sees its pilot move");
+    assert_eq!((seen["lat"].as_f64(), seen["order_id"].as_str()), (Some(PICKUP.0), Some(order.as_str())));
+    for step in ["order:arrived", "order:picked_up"] {
+        let ack = socket.call(step, json!({ "order_id": order })).await;
+        assert_eq!(ack["ok"], true, "{step}: {ack}");
+    }
+    socket.call("location", json!({ "points": [fix(&b, DROP, 390)] })).await;
+    let delivered = socket.call("order:delivered", json!({ "order_id": order })).await;
+    assert_eq!(delivered["data"]["status"], "delivered", "{delivered}");
+    let kinds: Vec<String> = watcher
+        .events("order:event", QUIET)
+        .await
+        .iter()
+        .map(|event| event["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["arrived", "picked_up", "in_transit", "delivered"], "each once, in order");
+    known_as(&a, &pilot, PilotStatus::Available).await;
+}
+
+#[tokio::test]
+async fn a_rejection_on_one_node_moves_the_other_nodes_search_on_at_once() {
+    let (a, b) = two_nodes().await;
+    let customer = a.register("customer").await;
+    let (near, mut near_socket) = pilot_on_duty(&b, north(PICKUP, 0.3)).await;
+    let (_far, mut far_socket) = pilot_on_duty(&a, north(PICKUP, 0.8)).await;
+    known_as(&a, &near, PilotStatus::Available).await;
+
+    let order = create_order(&a, &customer).await;
+    let offer = offered(&mut near_socket, &order).await;
+    let rejected = near_socket.call("offer:reject", json!({ "offer_id": offer["offer_id"] })).await;
+    assert_eq!(rejected["data"]["status"], "rejected", "{rejected}");
+    // Not after the 15 s the offer had left: now.
+    offered(&mut far_socket, &order).await;
+    assert!(near_socket.events("offer", QUIET).await.is_empty(), "never offered to the pilot who declined");
+
+    // Cancelled on A: the pilot holding its offer is told, on whichever node it is.
+    let ack = near_socket.call("status:set", json!({ "status": "break" })).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    known_as(&a, &near, PilotStatus::Break).await;
+    let other = create_order(&a, &customer).await;
+    let (late, mut late_socket) = pilot_on_duty(&b, north(PICKUP, -0.4)).await;
+    known_as(&a, &late, PilotStatus::Available).await;
+    offered(&mut late_socket, &other).await;
+    let path = format!("/api/v1/orders/{other}/cancel");
+    let cancelled = a.post(&path, json!({ "reason": "changed_mind" }), Some(&customer.access)).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+    let withdrawn = late_socket.event("offer:withdrawn", SOON).await.expect("the pilot on B is told");
+    assert_eq!(
+        (withdrawn["order_id"].as_str(), withdrawn["reason"].as_str()),
+        (Some(other.as_str()), Some("cancelled"))
+    );
+}
+
+#[tokio::test]
+async fn a_pilot_given_an_order_on_the_other_node_is_tracked_and_traced_where_it_is_connected() {
+    let (a, b) = two_nodes().await;
+    let dispatcher = a.staff(Role::Dispatcher).await;
+    let customer = a.register("customer").await;
+    // Too far for matching (beyond the widest radius): only a dispatcher gives it the order.
+    let order = create_order(&a, &customer).await;
+    let (pilot, mut socket) = pilot_on_duty(&b, north(PICKUP, 8.0)).await;
+    known_as(&a, &pilot, PilotStatus::Available).await;
+    let mut watcher = connect(&a, "/customer", &customer).await;
+    watcher.call("order:watch", json!({ "order_id": order, "last_seq": 2 })).await;
+
+    let assigned = assign(&a, &dispatcher, &order, &pilot).await;
+    assert_eq!(assigned.status, StatusCode::OK, "{:?}", assigned.body);
+    let told = socket.event("order:event", SOON).await.expect("the pilot on B hears of its order");
+    assert_eq!((told["order_id"].as_str(), told["type"].as_str()), (Some(order.as_str()), Some("assigned")));
+    known_as(&b, &pilot, PilotStatus::Busy).await;
+    watcher.event("order:event", SOON).await.expect("the customer on A hears of it too");
+
+    // B knows the trip: the pilot's moves reach A's customer, and B records the trace.
+    for (at, secs) in [(north(PICKUP, 4.0), 200), (PICKUP, 400)] {
+        socket.call("location", json!({ "points": [fix(&b, at, secs)] })).await;
+        let seen = watcher.event("pilot:location", SOON).await.expect("the customer on A sees the pilot move");
+        assert_eq!(seen["lat"].as_f64(), Some(at.0), "{seen}");
+    }
+    b.state.traces.flush().await;
+    let trace = a.get(&format!("/api/v1/orders/{order}/trace"), Some(&customer.access)).await;
+    let points: Vec<f64> =
+        trace.data()["points"].as_array().unwrap().iter().map(|p| p["lat"].as_f64().unwrap()).collect();
+    assert_eq!(points, [north(PICKUP, 4.0).0, PICKUP.0], "{:?}", trace.body);
+    // And the geofence on B checks the pilot's position B holds.
+    let arrived = socket.call("order:arrived", json!({ "order_id": order })).await;
+    assert_eq!(arrived["ok"], true, "{arrived}");
+}
+
+#[tokio::test]
+async fn two_nodes_following_one_search_offer_it_to_one_pilot_at_a_time() {
+    let shared = cluster().await;
+    let a = TestApp::spawn_with(shared.clone()).await;
+    let customer = a.register("customer").await;
+    let order = create_order(&a, &customer).await;
+    // B starts while the order searches, and resumes that search too.
+    let b = TestApp::spawn_with(shared).await;
+    let (near, mut near_socket) = pilot_on_duty(&b, north(PICKUP, 0.3)).await;
+    eventually(SOON, "A knows the near pilot", async || {
+        matches!(status_on(&a, &near), Some(PilotStatus::Available | PilotStatus::OnOffer))
+    })
+    .await;
+    let (_far, mut far_socket) = pilot_on_duty(&a, north(PICKUP, 0.8)).await;
+
+    let offer = offered(&mut near_socket, &order).await;
+    assert!(near_socket.events("offer", QUIET).await.is_empty(), "offered once, by one node");
+    // Past both nodes' next retry (every 2 s): the node that did not make the offer waits on
+    // it too, rather than offering the order to the far pilot.
+    let retry = Duration::from_millis(2_500);
+    assert!(far_socket.events("offer", retry).await.is_empty(), "and to nobody else meanwhile");
+    near_socket.call("offer:reject", json!({ "offer_id": offer["offer_id"] })).await;
+    offered(&mut far_socket, &order).await;
+    assert!(far_socket.events("offer", QUIET).await.is_empty());
+    let id: dispatchd::ids::OrderId = order.parse().unwrap();
+    let offers = a.state.store.offers_for_order(id).await.unwrap();
+    let statuses: Vec<&str> = offers.iter().map(|offer| offer.status.as_str()).collect();
+    assert_eq!(statuses, ["rejected", "live"]);
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_redis_hears_what_it_missed_once_redis_is_back() {
+    let shared = cluster().await;
+    let a = TestApp::spawn_with(shared.clone()).await;
+    let mut through_proxy = shared.clone();
+    let redis = through_proxy.redis.as_mut().unwrap();
+    let proxy = Proxy::start(&host_port(&redis.url)).await;
+    redis.url = via(&redis.url, proxy.addr);
+    let b = TestApp::spawn_with(through_proxy).await;
+
+    let customer = b.register("customer").await;
+    let (pilot, mut socket) = pilot_on_duty(&a, north(PICKUP, 0.5)).await;
+    known_as(&b, &pilot, PilotStatus::Available).await;
+    let order = create_order(&b, &customer).await;
+    let offer = offered(&mut socket, &order).await;
+    let mut watcher = connect(&b, "/customer", &customer).await;
+    watcher.call("order:watch", json!({ "order_id": order, "last_seq": 2 })).await;
+
+    // B loses Redis; the pilot accepts on A meanwhile.
+    proxy.cut();
+    let accepted = socket.call("offer:accept", json!({ "offer_id": offer["offer_id"] })).await;
+    assert_eq!(accepted["data"]["status"], "assigned", "{accepted}");
+    assert!(watcher.events("order:event", QUIET).await.is_empty(), "B cannot hear it yet");
+
+    // Back: B reads on from where it stopped.
+    proxy.restore().await;
+    let event = watcher.event("order:event", SOON).await.expect("B hears of the assignment it missed");
+    assert_eq!((event["type"].as_str(), event["seq"].as_i64()), (Some("assigned"), Some(3)), "{event}");
+}
