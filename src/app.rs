@@ -30,7 +30,7 @@ use crate::fleet::Fleet;
 use crate::grid::PilotIndex;
 use crate::http::ratelimit::RateLimiter;
 use crate::jobs::Worker;
-use crate::matchmaker::Matchmaker;
+use crate::matchmaker::{Matchmaker, SearchLease};
 use crate::money::Money;
 use crate::orders::service_area::ServiceArea;
 use crate::orders::traces::TraceRecorder;
@@ -141,8 +141,12 @@ impl App {
         orders.subscribe(tracking.clone());
         let traces = Arc::new(TraceRecorder::new(tracking.clone(), store.clone()));
         fleet.subscribe(traces.clone());
+        let lease = feed.as_ref().map(|feed| SearchLease {
+            node: feed.node().into(),
+            duration: Duration::from_secs(config.cluster.search_lease_secs),
+        });
         let matchmaker =
-            Matchmaker::new(orders.clone(), store.clone(), grid.clone(), clock.clone(), config.matching.clone());
+            Matchmaker::new(orders.clone(), store.clone(), grid.clone(), clock.clone(), config.matching.clone(), lease);
         let payments = Arc::new(Payments::new(&config.payments, store.clone(), clock.clone(), orders.clone())?);
         let mut jobs = Worker::new(store.clone(), clock.clone(), config.jobs.clone());
         let order_jobs = Arc::new(OrderJobs(orders.clone()));

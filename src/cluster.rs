@@ -63,6 +63,7 @@ pub struct ClusterConfig {
     /// This node's name in the feed; empty: a random one at every start.
     pub node_id: String,
     pub retention_secs: u64,
+    pub search_lease_secs: u64,
     pub read_block_ms: u64,
     pub read_count: usize,
 }

@@ -254,6 +254,7 @@ impl Config {
             ("jobs.lease_secs", self.jobs.lease_secs),
             ("jobs.backoff_secs", self.jobs.backoff_secs),
             ("cluster.retention_secs", self.cluster.retention_secs),
+            ("cluster.search_lease_secs", self.cluster.search_lease_secs),
             ("cluster.read_block_ms", self.cluster.read_block_ms),
             ("cluster.read_count", self.cluster.read_count as u64),
         ];

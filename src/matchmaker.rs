@@ -18,6 +18,10 @@
 //! to try next. After a restart, [`Matchmaker::run`] first rebuilds it from the store:
 //! searching orders resume, live offers whose time is up expire, the others stay live (and
 //! reach their pilot again when its app reconnects).
+//!
+//! In a cluster ([`SearchLease`]) each search is followed by one node: the one that began it
+//! leases it in the database at its next tick and renews the lease; a node resumes only the
+//! searches it holds, and takes over those whose node stopped renewing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -80,6 +84,16 @@ enum Before {
     Unknown,
 }
 
+/// In a cluster, a node follows only the searches it holds a lease on (in the database):
+/// those it began, and those whose node stopped renewing theirs.
+#[derive(Debug, Clone)]
+pub struct SearchLease {
+    /// This node's name.
+    pub node: Arc<str>,
+    /// How long a lease lasts; it is renewed every third of that.
+    pub duration: StdDuration,
+}
+
 /// The matchmaker. Share it behind an `Arc`.
 pub struct Matchmaker {
     orders: Arc<Orders>,
@@ -87,6 +101,7 @@ pub struct Matchmaker {
     grid: Arc<PilotIndex>,
     clock: Clock,
     config: MatchingConfig,
+    lease: Option<SearchLease>,
     commands: mpsc::UnboundedSender<Command>,
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
     listeners: RwLock<Vec<Arc<dyn OfferListener>>>,
@@ -99,6 +114,7 @@ impl Matchmaker {
         grid: Arc<PilotIndex>,
         clock: Clock,
         config: MatchingConfig,
+        lease: Option<SearchLease>,
     ) -> Arc<Self> {
         let (commands, inbox) = mpsc::unbounded_channel();
         let matchmaker = Arc::new(Self {
@@ -107,6 +123,7 @@ impl Matchmaker {
             grid,
             clock,
             config,
+            lease,
             commands,
             inbox: Mutex::new(Some(inbox)),
             listeners: RwLock::default(),
@@ -169,15 +186,91 @@ impl Matchmaker {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batches = tokio::time::interval(StdDuration::from_millis(self.config.batch_window_ms));
         batches.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let renew_every = self.lease.as_ref().map_or(StdDuration::from_secs(3600), |lease| lease.duration / 3);
+        let mut renewals = tokio::time::interval(renew_every);
+        renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
                 Some(command) = inbox.recv() => self.handle(&mut searches, command).await,
                 _ = ticks.tick() => self.tick(&mut searches).await,
                 _ = batches.tick(), if self.config.mode == Mode::Batched => self.batch(&mut searches).await,
+                _ = renewals.tick(), if self.lease.is_some() => self.renew(&mut searches).await,
             }
             metrics::gauge!("matching_searches").set(searches.map.len() as f64);
+        }
+        if let Some(lease) = &self.lease {
+            // Stopping: the other nodes take these searches at their next renewal rather
+            // than once the leases lapse.
+            match self.store.release_search_leases(&lease.node, self.clock.now()).await {
+                Ok(released) => tracing::info!(released, "search leases released"),
+                Err(err) => tracing::warn!(error = %err, "could not release the search leases; they lapse instead"),
+            }
+        }
+    }
+
+    /// The leases' dates from now: until when a lease taken now holds, and before when a
+    /// search nobody leased counts as nobody's.
+    fn lease_dates(&self, lease: &SearchLease) -> (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>) {
+        let now = self.clock.now();
+        let duration = Duration::from_std(lease.duration).unwrap_or(Duration::seconds(15));
+        (now, now + duration, now - duration)
+    }
+
+    /// Renews this node's leases and takes the searches nobody follows any more (their node
+    /// stopped or crashed); drops those another node took (this one was too slow to renew).
+    async fn renew(&self, searches: &mut Searches) {
+        let Some(lease) = &self.lease else { return };
+        let (now, until, unleased_before) = self.lease_dates(lease);
+        let held = match self.store.renew_search_leases(&lease.node, until, now, unleased_before).await {
+            Ok(held) => held.into_iter().collect::<HashSet<OrderId>>(),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not renew the search leases; retrying");
+                return;
+            }
+        };
+        searches.map.retain(|id, search| !search.leased || held.contains(id));
+        for id in held {
+            if searches.map.contains_key(&id) {
+                continue;
+            }
+            match self.store.order(id).await {
+                Ok(Some(order)) => {
+                    tracing::info!(order_id = %id, "took over a search whose node stopped following it");
+                    self.start(searches, order, Before::Unknown).await;
+                    if let Some(search) = searches.map.get_mut(&id) {
+                        search.leased = true;
+                    }
+                    if self.config.mode == Mode::Immediate {
+                        self.offer_next(searches, id).await;
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!(order_id = %id, error = %err, "could not read a search taken over"),
+            }
+        }
+    }
+
+    /// Leases the searches begun here since the last tick; one another node holds is its to
+    /// follow.
+    async fn lease_new(&self, searches: &mut Searches) {
+        let Some(lease) = &self.lease else { return };
+        let (now, until, _) = self.lease_dates(lease);
+        let unleased: Vec<OrderId> =
+            searches.map.iter().filter(|(_, search)| !search.leased).map(|(id, _)| *id).collect();
+        for id in unleased {
+            match self.store.lease_search(id, &lease.node, until, now).await {
+                Ok(true) => {
+                    if let Some(search) = searches.map.get_mut(&id) {
+                        search.leased = true;
+                    }
+                }
+                Ok(false) => {
+                    searches.map.remove(&id);
+                }
+                Err(err) => tracing::warn!(order_id = %id, error = %err, "could not lease a search; next tick"),
+            }
         }
     }
 
@@ -199,13 +292,22 @@ impl Matchmaker {
                 self.orders.free_from_offer(pilot.id);
             }
         }
-        let orders = self.store.searching_orders().await?;
+        let mut orders = self.store.searching_orders().await?;
+        if let Some(lease) = &self.lease {
+            // In a cluster, only the searches this node holds (its own, by a stable node id,
+            // and those nobody follows); the others are other nodes' to follow.
+            let (now, until, unleased_before) = self.lease_dates(lease);
+            let held: HashSet<OrderId> =
+                self.store.renew_search_leases(&lease.node, until, now, unleased_before).await?.into_iter().collect();
+            orders.retain(|order| held.contains(&order.id));
+        }
         let resumed = orders.len();
         for order in orders {
             let id = order.id;
             self.start(searches, order, Before::Unknown).await;
             if let Some(search) = searches.map.get_mut(&id) {
                 search.live = live.remove(&id);
+                search.leased = true;
             }
         }
         if resumed > 0 {
@@ -363,12 +465,15 @@ impl Matchmaker {
                 live: None,
                 retry_at: now,
                 started: now,
+                leased: false,
             },
         );
     }
 
-    /// Expires offers whose time is up, and retries searches that are due.
+    /// Leases new searches, expires offers whose time is up, and retries searches that are
+    /// due.
     async fn tick(&self, searches: &mut Searches) {
+        self.lease_new(searches).await;
         let now = self.clock.now();
         let due: Vec<OfferId> = searches
             .map
@@ -584,6 +689,8 @@ struct Searching {
     retry_at: DateTime<Utc>,
     /// When this node began following it.
     started: DateTime<Utc>,
+    /// In a cluster: this node holds its lease.
+    leased: bool,
 }
 
 impl Searching {

@@ -1,8 +1,8 @@
 //! Two nodes, one fleet: two servers sharing one Postgres database and one Redis, with
 //! `[cluster] enabled`. A pilot connected to one node is matched, offered, tracked and traced
-//! for orders placed, assigned or cancelled on the other, as if there were one server; two
-//! nodes following one search offer it once at a time; a node cut off from Redis hears what
-//! it missed when Redis is back.
+//! for orders placed, assigned or cancelled on the other, as if there were one server; each
+//! search is followed by one node, and taken over when that node stops; a node cut off from
+//! Redis hears what it missed when Redis is back.
 
 mod common;
 
@@ -172,34 +172,46 @@ async fn a_pilot_given_an_order_on_the_other_node_is_tracked_and_traced_where_it
     assert_eq!(arrived["ok"], true, "{arrived}");
 }
 
+/// The node whose lease an order's search is under.
+async fn search_node(node: &TestApp, order: &str) -> Option<String> {
+    let pool = sqlx::PgPool::connect(node.database_url.as_deref().unwrap()).await.unwrap();
+    let id: uuid::Uuid = order.parse().unwrap();
+    sqlx::query_scalar("SELECT search_node FROM orders WHERE id = $1").bind(id).fetch_one(&pool).await.unwrap()
+}
+
+fn node_id(node: &TestApp) -> String {
+    node.state.cluster.as_ref().unwrap().node().to_owned()
+}
+
 #[tokio::test]
-async fn two_nodes_following_one_search_offer_it_to_one_pilot_at_a_time() {
-    let shared = cluster().await;
-    let a = TestApp::spawn_with(shared.clone()).await;
+async fn each_search_is_followed_by_one_node_and_taken_over_when_its_node_stops() {
+    let shared = cluster().await.set("cluster.search_lease_secs", 3);
+    let mut a = TestApp::spawn_with(shared.clone()).await;
     let customer = a.register("customer").await;
     let order = create_order(&a, &customer).await;
-    // B starts while the order searches, and resumes that search too.
+    let a_node = node_id(&a);
+    eventually(SOON, "A leases the search it began", async || search_node(&a, &order).await == Some(a_node.clone()))
+        .await;
+    // B starts while the order searches: the search stays A's.
     let b = TestApp::spawn_with(shared).await;
     let (near, mut near_socket) = pilot_on_duty(&b, north(PICKUP, 0.3)).await;
     eventually(SOON, "A knows the near pilot", async || {
         matches!(status_on(&a, &near), Some(PilotStatus::Available | PilotStatus::OnOffer))
     })
     .await;
-    let (_far, mut far_socket) = pilot_on_duty(&a, north(PICKUP, 0.8)).await;
-
     let offer = offered(&mut near_socket, &order).await;
-    assert!(near_socket.events("offer", QUIET).await.is_empty(), "offered once, by one node");
-    // Past both nodes' next retry (every 2 s): the node that did not make the offer waits on
-    // it too, rather than offering the order to the far pilot.
-    let retry = Duration::from_millis(2_500);
-    assert!(far_socket.events("offer", retry).await.is_empty(), "and to nobody else meanwhile");
+    // Past both nodes' next retry (every 2 s): offered once, by one node.
+    assert!(near_socket.events("offer", Duration::from_millis(2_500)).await.is_empty());
+    assert_eq!(search_node(&b, &order).await, Some(a_node));
+
+    // A stops (letting go of its leases); B takes the search over and moves on from the
+    // pilot who declines.
     near_socket.call("offer:reject", json!({ "offer_id": offer["offer_id"] })).await;
+    a.begin_shutdown().await.unwrap().unwrap();
+    let (_far, mut far_socket) = pilot_on_duty(&b, north(PICKUP, 0.8)).await;
     offered(&mut far_socket, &order).await;
-    assert!(far_socket.events("offer", QUIET).await.is_empty());
-    let id: dispatchd::ids::OrderId = order.parse().unwrap();
-    let offers = a.state.store.offers_for_order(id).await.unwrap();
-    let statuses: Vec<&str> = offers.iter().map(|offer| offer.status.as_str()).collect();
-    assert_eq!(statuses, ["rejected", "live"]);
+    assert_eq!(search_node(&b, &order).await, Some(node_id(&b)));
+    assert!(near_socket.events("offer", QUIET).await.is_empty(), "never again to the pilot who declined");
 }
 
 #[tokio::test]

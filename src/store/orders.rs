@@ -43,6 +43,27 @@ pub trait OrderStore: Send + Sync {
     /// Every order searching for a pilot: what matching resumes after a restart.
     async fn searching_orders(&self) -> Result<Vec<Order>>;
 
+    /// Takes the lease on order `id`'s search for `node` until `until` (a cluster's nodes
+    /// follow each search once), unless another node holds one that has not lapsed by `now`.
+    /// False then, and when the order no longer searches.
+    async fn lease_search(&self, id: OrderId, node: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool>;
+
+    /// Renews `node`'s leases until `until`, and takes those of the searches nobody follows:
+    /// leases lapsed by `now`, and searches without one unchanged since `unleased_before`
+    /// (so that the node that began a search leases it first). The ids of every search
+    /// `node` now holds.
+    async fn renew_search_leases(
+        &self,
+        node: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+        unleased_before: DateTime<Utc>,
+    ) -> Result<Vec<OrderId>>;
+
+    /// Ends `node`'s leases at `now` (it is stopping): the other nodes take its searches at
+    /// their next renewal. Returns how many.
+    async fn release_search_leases(&self, node: &str, now: DateTime<Utc>) -> Result<u64>;
+
     /// What a committed request under `user`'s `key` answered (a read: it claims nothing and
     /// waits for nothing; [`StoreTx::claim_idempotency_key`](crate::store::StoreTx) decides).
     async fn idempotent_response(&self, user: UserId, key: &str) -> Result<Option<IdempotentReplay>>;

@@ -25,6 +25,7 @@ conformance!(
     idempotency_keys_replay_the_stored_response,
     a_concurrent_request_waits_for_the_keys_response,
     old_idempotency_keys_are_purged,
+    a_search_is_leased_by_one_node_until_its_lease_lapses,
 );
 
 /// H3 cells as `insert_order` takes them (any number will do for the store).
@@ -412,4 +413,34 @@ async fn old_idempotency_keys_are_purged(subject: Subject) {
         tx.claim_idempotency_key(customer, "fresh", &[1; 32], answer, at).await.unwrap().is_some(),
         "still remembered"
     );
+}
+
+async fn a_search_is_leased_by_one_node_until_its_lease_lapses(subject: Subject) {
+    let store = &subject.store;
+    let customer = user(&subject, Role::Customer).await;
+    let mut order = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    create(&subject, &mut order, CELL).await;
+    let (t, secs) = (now(), chrono::Duration::seconds);
+    assert!(!store.lease_search(order.id, "a", t + secs(15), t).await.unwrap(), "only a searching order");
+    assert!(advance(&subject, &mut order, OrderStatus::SearchingDriver).await);
+    // Nobody has leased it, but it only just began: not yet anybody's to take.
+    assert!(store.renew_search_leases("b", t + secs(15), t, t - secs(15)).await.unwrap().is_empty());
+    assert!(store.lease_search(order.id, "a", t + secs(15), t).await.unwrap());
+    assert!(!store.lease_search(order.id, "b", t + secs(15), t).await.unwrap(), "a holds it");
+    assert_eq!(store.renew_search_leases("a", t + secs(20), t + secs(5), t).await.unwrap(), [order.id]);
+    assert!(store.renew_search_leases("b", t + secs(25), t + secs(10), t).await.unwrap().is_empty());
+    // a stops renewing: once its lease lapses, b takes the search, and a no longer holds it.
+    assert_eq!(store.renew_search_leases("b", t + secs(36), t + secs(21), t).await.unwrap(), [order.id]);
+    assert!(store.renew_search_leases("a", t + secs(37), t + secs(22), t).await.unwrap().is_empty());
+    // b stops and lets go: a takes it at once.
+    assert_eq!(store.release_search_leases("b", t + secs(23)).await.unwrap(), 1);
+    assert_eq!(store.renew_search_leases("a", t + secs(39), t + secs(24), t).await.unwrap(), [order.id]);
+    // Once it stops searching, the lease goes with the search: a search begun again (its
+    // pilot gave it back) is leased afresh by whichever node begins it.
+    order.pilot_id = Some(user(&subject, Role::Pilot).await);
+    assert!(advance(&subject, &mut order, OrderStatus::Assigned).await);
+    assert!(store.renew_search_leases("a", t + secs(40), t + secs(25), t).await.unwrap().is_empty());
+    order.pilot_id = None;
+    assert!(advance(&subject, &mut order, OrderStatus::SearchingDriver).await);
+    assert!(store.lease_search(order.id, "b", t + secs(41), t + secs(26)).await.unwrap());
 }

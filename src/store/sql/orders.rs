@@ -1,6 +1,7 @@
 // Reading orders, shared by both backends (see base.rs).
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::domain::VehicleType;
 use crate::domain::orders::{Order, OrderEvent, OrderStatus};
@@ -73,6 +74,49 @@ impl OrderStore for StoreImpl {
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(Order::try_from).collect()
+    }
+
+    async fn lease_search(&self, id: OrderId, node: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool> {
+        let leased = sqlx::query(
+            "UPDATE orders SET search_node = $2, search_lease_until = $3              WHERE id = $1 AND status = 'searching_driver'              AND (search_node IS NULL OR search_node = $2 OR search_lease_until < $4)",
+        )
+        .bind(id.0)
+        .bind(node)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(leased.rows_affected() == 1)
+    }
+
+    async fn renew_search_leases(
+        &self,
+        node: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+        unleased_before: DateTime<Utc>,
+    ) -> Result<Vec<OrderId>> {
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "UPDATE orders SET search_node = $1, search_lease_until = $2              WHERE status = 'searching_driver' AND (search_node = $1 OR search_lease_until < $3              OR (search_node IS NULL AND updated_at < $4)) RETURNING id",
+        )
+        .bind(node)
+        .bind(until)
+        .bind(now)
+        .bind(unleased_before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(OrderId).collect())
+    }
+
+    async fn release_search_leases(&self, node: &str, now: DateTime<Utc>) -> Result<u64> {
+        let released = sqlx::query(
+            "UPDATE orders SET search_lease_until = $2 WHERE search_node = $1 AND status = 'searching_driver'",
+        )
+        .bind(node)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(released.rows_affected())
     }
 
     async fn idempotent_response(&self, user: UserId, key: &str) -> Result<Option<IdempotentReplay>> {

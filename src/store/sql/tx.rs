@@ -113,7 +113,9 @@ impl StoreTx for super::TxImpl {
     async fn update_order(&mut self, order: &Order, expected: OrderStatus, expected_seq: i32) -> Result<bool> {
         let updated = sqlx::query(
             "UPDATE orders SET pilot_id = $4, status = $5, cancel_reason = $6, payment_status = $7, \
-             refunded_paise = $8, last_event_seq = $9, updated_at = $10 \
+             refunded_paise = $8, last_event_seq = $9, updated_at = $10, \
+             search_node = CASE WHEN $5 = 'searching_driver' THEN search_node END, \
+             search_lease_until = CASE WHEN $5 = 'searching_driver' THEN search_lease_until END \
              WHERE id = $1 AND status = $2 AND last_event_seq = $3",
         )
         .bind(order.id.0)
