@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! dispatchd-bench ingest      --url http://127.0.0.1:8080 --pilots 1000 --interval 5 --batch 5
-//! dispatchd-bench track       --url … --pairs 1000 --rate 2
+//! dispatchd-bench track       --url … --pairs 1000 --rate 2 [--watch-url …]     (watched through another node)
 //! dispatchd-bench connections --url … --connections 15000 --sources 4
 //! dispatchd-bench dispatch    --url … --pilots 200 --orders-per-sec 10     (or --in-process --streaming 50000)
 //! dispatchd-bench orders      --url … --concurrency 32 [--rate 1000]         (REST order create)
@@ -78,6 +78,10 @@ struct TrackSizes {
     /// Fixes per second per pilot (at most 2).
     #[arg(long, value_parser = positive, default_value_t = 1.0)]
     rate: f64,
+    /// Customers watch through this server (another node of the same cluster) while pilots
+    /// report to `--url`: the relay across nodes.
+    #[arg(long)]
+    watch_url: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -408,6 +412,7 @@ fn ingest_args(sizes: &IngestSizes, common: &Common) -> ingest::IngestArgs {
 
 fn track_args(sizes: &TrackSizes, common: &Common, staff: &Staff) -> track::TrackArgs {
     track::TrackArgs {
+        watch_url: sizes.watch_url.clone(),
         pairs: sizes.pairs,
         rate: sizes.rate.clamp(0.01, 2.0),
         duration_s: common.duration,

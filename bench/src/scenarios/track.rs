@@ -5,7 +5,8 @@
 //!
 //! On dispatchd each pair is real: a cash order by the customer, assigned to the pilot by a
 //! dispatcher (`--staff-phone`), watched with `order:watch`. The baseline relays a pilot's
-//! fixes to the room named after it.
+//! fixes to the room named after it. With `--watch-url` the customers watch through another
+//! node of the same cluster: each fix crosses the cluster feed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,8 @@ use crate::target::{Account, Kind, Target};
 
 #[derive(Debug, Clone)]
 pub struct TrackArgs {
+    /// Where the customers watch, when not where the pilots report (another node).
+    pub watch_url: Option<String>,
     pub pairs: usize,
     /// Fixes per second per pilot (at most 2: faster, 12 m steps exceed a bike's plausible
     /// speed; smaller ones are parked jitter).
@@ -142,13 +145,17 @@ pub async fn run(target: &Target, args: &TrackArgs) -> anyhow::Result<TrackRepor
         args.pairs, args.rate, args.duration_s
     );
     let pairs = pairs(target, args).await?;
+    let watch = match &args.watch_url {
+        Some(url) => Target::new(target.kind, url)?.addr,
+        None => target.addr.clone(),
+    };
     let tally = Arc::new(Tally::default());
     let mut streams = Vec::new();
     for (index, pair) in pairs.iter().enumerate() {
         let sent: Sent = Arc::default();
         let on_event = receiver(sent.clone(), tally.clone());
         let customer =
-            Socket::connect(&target.addr, "/customer", &pair.customer, on_event).await.map_err(anyhow::Error::msg)?;
+            Socket::connect(&watch, "/customer", &pair.customer, on_event).await.map_err(anyhow::Error::msg)?;
         let watched =
             customer.ask("order:watch", &json!({ "order_id": pair.order })).await.map_err(anyhow::Error::msg)?;
         anyhow::ensure!(watched["ok"] == true, "order:watch: {watched}");
