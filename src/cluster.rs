@@ -64,6 +64,7 @@ pub struct ClusterConfig {
     pub node_id: String,
     pub retention_secs: u64,
     pub search_lease_secs: u64,
+    pub linger_ms: u64,
     pub read_block_ms: u64,
     pub read_count: usize,
 }
@@ -197,7 +198,11 @@ impl Cluster {
 
     /// Writes this node's news and reads the other nodes' until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        tokio::join!(self.write_news(&stop), self.read(&stop));
+        tokio::join!(self.write_news(&stop), self.read(Stream::Pilots, &stop), self.read(Stream::News, &stop));
+    }
+
+    fn linger(&self) -> Duration {
+        Duration::from_millis(self.config.linger_ms)
     }
 
     fn tell(&self, news: News) {
@@ -206,9 +211,12 @@ impl Cluster {
         }
     }
 
+    /// Writes the news in batches, on a connection of its own: behind the mirror's large
+    /// pipelines on the shared one, it would wait for each of them.
     async fn write_news(&self, stop: &CancellationToken) {
         let Some(mut unsent) = self.unsent.lock().take() else { return };
         let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let mut connection = None;
         loop {
             tokio::select! {
                 biased;
@@ -217,38 +225,55 @@ impl Cluster {
                     if count == 0 {
                         return;
                     }
-                    self.write_batch(&batch).await;
+                    // What comes in the next moment goes in the same round trip: a write per
+                    // move would cost every node a wake-up per move.
+                    tokio::time::sleep(self.linger()).await;
+                    while batch.len() < WRITE_BATCH && let Ok(news) = unsent.try_recv() {
+                        batch.push(news);
+                    }
+                    if let Err(err) = self.write_batch(&mut connection, &batch).await {
+                        // Dropped: see the module docs for what that costs and how it heals.
+                        tracing::debug!(error = format!("{err:#}"), dropped = batch.len(), "cluster news not written");
+                        metrics::counter!("cluster_dropped_total").increment(batch.len() as u64);
+                        connection = None;
+                    }
                     batch.clear();
                 }
             }
         }
     }
 
-    async fn write_batch(&self, batch: &[News]) {
+    async fn write_batch(
+        &self,
+        connection: &mut Option<redis::aio::MultiplexedConnection>,
+        batch: &[News],
+    ) -> anyhow::Result<()> {
+        // While the health check counts Redis down, fail at once rather than wait on it.
+        anyhow::ensure!(self.redis.is_up(), "redis is down");
+        let connection = match connection {
+            Some(connection) => connection,
+            None => connection.insert(self.redis.dedicated(Duration::ZERO).await?),
+        };
         let mut pipeline = redis::pipe();
         for news in batch {
             self.feed.add(&mut pipeline, &self.feed.news_key, news);
         }
-        match self.redis.query_pipeline::<()>(&pipeline).await {
-            Ok(()) => metrics::counter!("cluster_news_written_total").increment(batch.len() as u64),
-            Err(err) => {
-                tracing::debug!(error = format!("{err:#}"), dropped = batch.len(), "cluster news not written");
-                metrics::counter!("cluster_dropped_total").increment(batch.len() as u64);
-            }
-        }
+        pipeline.query_async::<()>(connection).await?;
+        metrics::counter!("cluster_news_written_total").increment(batch.len() as u64);
+        Ok(())
     }
 
-    /// Reads both streams from where it stopped, on a connection of its own (a blocking
-    /// read would hold up the shared one), reconnecting after a failure.
-    async fn read(&self, stop: &CancellationToken) {
-        // Unset until the first connection pins it to the streams' ends: what came before
-        // is in the mirror, which this node read at start.
+    /// Reads `stream` from where it stopped, on a connection of its own (a blocking read
+    /// would hold up the shared one), reconnecting after a failure. Each stream has its
+    /// reader, so that a large mirror write never holds up the news behind it.
+    async fn read(&self, stream: Stream, stop: &CancellationToken) {
+        // Unset until the first connection pins it to the stream's end: what came before is
+        // in the mirror, which this node read at start.
         let mut cursor = None;
-        let mut trimmed = tokio::time::Instant::now();
         loop {
             let failed = tokio::select! {
                 _ = stop.cancelled() => return,
-                read = self.read_until_failure(&mut cursor, &mut trimmed) => read,
+                read = self.read_until_failure(stream, &mut cursor) => read,
             };
             if let Err(err) = failed {
                 tracing::warn!(error = format!("{err:#}"), "cluster feed read failed; reconnecting");
@@ -261,16 +286,28 @@ impl Cluster {
         }
     }
 
-    async fn read_until_failure(
-        &self,
-        cursor: &mut Option<Cursor>,
-        trimmed: &mut tokio::time::Instant,
-    ) -> anyhow::Result<()> {
+    async fn read_until_failure(&self, stream: Stream, cursor: &mut Option<String>) -> anyhow::Result<()> {
+        let key = match stream {
+            Stream::Pilots => &self.feed.pilots_key,
+            Stream::News => &self.feed.news_key,
+        };
         let mut connection = self.redis.dedicated(Duration::from_millis(self.config.read_block_ms)).await?;
         let cursor = match cursor {
             Some(cursor) => cursor,
-            None => cursor.insert(self.last_ids(&mut connection).await?),
+            None => {
+                // The id of the stream's latest entry ("0-0" before the first).
+                let last: Vec<StreamEntry> = redis::cmd("XREVRANGE")
+                    .arg(key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut connection)
+                    .await?;
+                cursor.insert(last.into_iter().next().map_or_else(|| "0-0".into(), |entry| entry.0))
+            }
         };
+        let mut trimmed = tokio::time::Instant::now();
         loop {
             let read = redis::cmd("XREAD")
                 .arg("COUNT")
@@ -278,62 +315,45 @@ impl Cluster {
                 .arg("BLOCK")
                 .arg(self.config.read_block_ms)
                 .arg("STREAMS")
-                .arg(&self.feed.pilots_key)
-                .arg(&self.feed.news_key)
-                .arg(&cursor.pilots)
-                .arg(&cursor.news)
+                .arg(key)
+                .arg(&*cursor)
                 .clone();
             let streams: Option<Vec<StreamReply>> = read.query_async(&mut connection).await?;
-            for (key, entries) in streams.unwrap_or_default() {
-                let pilots = key == self.feed.pilots_key;
+            for (_, entries) in streams.unwrap_or_default() {
                 for (id, fields) in entries {
-                    self.apply_entry(pilots, &fields);
-                    if pilots { cursor.pilots = id } else { cursor.news = id }
+                    self.apply_entry(stream, &fields);
+                    *cursor = id;
                 }
             }
             if trimmed.elapsed() >= TRIM_EVERY {
-                *trimmed = tokio::time::Instant::now();
-                self.trim(cursor).await;
+                trimmed = tokio::time::Instant::now();
+                self.trim(key, cursor).await;
             }
         }
-    }
-
-    /// The ids of both streams' latest entries ("0-0" for a stream not written yet).
-    async fn last_ids(&self, connection: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<Cursor> {
-        let mut pipeline = redis::pipe();
-        for key in [&self.feed.pilots_key, &self.feed.news_key] {
-            pipeline.cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1);
-        }
-        let (pilots, news): (Vec<StreamEntry>, Vec<StreamEntry>) = pipeline.query_async(connection).await?;
-        let last = |entries: Vec<StreamEntry>| entries.into_iter().next().map_or_else(|| "0-0".into(), |entry| entry.0);
-        Ok(Cursor { pilots: last(pilots), news: last(news) })
     }
 
     /// Drops what is older than `retention_secs` before the newest entry read.
-    async fn trim(&self, cursor: &Cursor) {
+    async fn trim(&self, key: &str, cursor: &str) {
         let retention_ms = self.config.retention_secs.saturating_mul(1000);
-        let mut pipeline = redis::pipe();
-        for (key, id) in [(&self.feed.pilots_key, &cursor.pilots), (&self.feed.news_key, &cursor.news)] {
-            let Some(ms) = id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()) else { continue };
-            if ms > retention_ms {
-                pipeline.cmd("XTRIM").arg(key).arg("MINID").arg("~").arg(ms - retention_ms).ignore();
-            }
+        let Some(ms) = cursor.split('-').next().and_then(|ms| ms.parse::<u64>().ok()) else { return };
+        if ms <= retention_ms {
+            return;
         }
-        if let Err(err) = self.redis.query_pipeline::<()>(&pipeline).await {
+        let trim = redis::cmd("XTRIM").arg(key).arg("MINID").arg("~").arg(ms - retention_ms).clone();
+        if let Err(err) = self.redis.query::<()>(&trim).await {
             tracing::debug!(error = format!("{err:#}"), "cluster feed trim failed; next time");
         }
     }
 
-    fn apply_entry(&self, pilots: bool, fields: &HashMap<String, Vec<u8>>) {
+    fn apply_entry(&self, stream: Stream, fields: &HashMap<String, Vec<u8>>) {
         let node = fields.get("node").map(Vec::as_slice);
         if node == Some(self.node().as_bytes()) {
             return;
         }
         let Some(data) = fields.get("data") else { return };
-        let applied = if pilots {
-            serde_json::from_slice(data).map(|entry| self.apply_pilots(entry)).map(|()| "pilots")
-        } else {
-            serde_json::from_slice(data).map(|news| self.apply_news(news))
+        let applied = match stream {
+            Stream::Pilots => serde_json::from_slice(data).map(|entry| self.apply_pilots(entry)).map(|()| "pilots"),
+            Stream::News => serde_json::from_slice(data).map(|news| self.apply_news(news)),
         };
         match applied {
             Ok(kind) => metrics::counter!("cluster_applied_total", "kind" => kind).increment(1),
@@ -380,10 +400,11 @@ impl Cluster {
     }
 }
 
-/// Where a reader is in each stream.
-struct Cursor {
-    pilots: String,
-    news: String,
+/// The two streams.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Pilots,
+    News,
 }
 
 /// One stream of an `XREAD` answer: its key, and its entries' ids and fields.
