@@ -5,10 +5,11 @@
 //! | stream | entries | written by |
 //! |---|---|---|
 //! | `cluster:pilots` | the pilots a node's position mirror wrote, in the same pipeline: `{upserts: [snapshot], forgotten: [id]}` | [`Feed::add_pilots`], each mirror flush |
-//! | `cluster:news` | one change each: an order change committed, an offer made, withdrawn or rejected, a move of a pilot on a trip | [`Cluster::run`], as they happen |
+//! | `cluster:news` | one change each: an order change committed, an offer made, withdrawn or rejected, a move of a pilot on a trip | [`Cluster::run`], in batches gathered for `linger_ms`, on a connection of its own |
 //!
-//! Each entry carries its node's id; a node reads both streams from where it last read,
-//! skips its own entries and applies the others':
+//! Each entry carries its node's id; a node reads each stream (a reader and a connection for
+//! each, so a large mirror write never holds up the news) from where it last read, skips its
+//! own entries and applies the others':
 //! * pilots go into its grid without being written back ([`PilotIndex::apply_remote`]), so
 //!   every node matches, prices and draws the whole fleet;
 //! * order changes reach its listeners as [`OrderListener::committed_elsewhere`]: its
@@ -19,8 +20,10 @@
 //!   another node moves this node's search on at once;
 //! * a trip pilot's moves reach its customer wherever the customer watches.
 //!
-//! Order: both streams are in the order Redis appended them, so each node sees one
+//! Order: each stream is in the order Redis appended it, so every node sees the same
 //! sequence; a late order change is ignored by version ([`crate::orders::tracking`]).
+//! Searches are not shared: each is followed by the one node that leases it
+//! ([`crate::matchmaker::SearchLease`]).
 //! Loss: a node that cannot reach Redis drops what it would have told (counted in
 //! `cluster_dropped_total`); offers then time out and move on, order events are replayed by
 //! `seq` when apps reconnect, and pilots are written again by the mirror when Redis is back.

@@ -8,23 +8,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::field::{assign, connect, create_order, fix, pilot_on_duty};
-use common::sio::SioClient;
+use common::field::{assign, connect, create_order, fix, north, offered, pilot_on_duty};
 use common::{
     DROP, Database, Options, PICKUP, Proxy, Session, TestApp, eventually, fresh_postgres_database, host_port, via,
 };
 use dispatchd::domain::{PilotStatus, Role};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const SOON: Duration = Duration::from_secs(3);
 /// Long enough for an event that is coming to arrive; used to show one is not.
 const QUIET: Duration = Duration::from_millis(600);
-
-/// `km` north of `from` (negative: south).
-fn north(from: (f64, f64), km: f64) -> (f64, f64) {
-    (from.0 + km / 111.2, from.1)
-}
 
 /// How nodes of one cluster start: a fresh database and a fresh Redis prefix, shared.
 async fn cluster() -> Options {
@@ -50,13 +44,6 @@ fn status_on(node: &TestApp, pilot: &Session) -> Option<PilotStatus> {
 /// Waits until `node` knows `pilot` with `status` (from the other node's mirror).
 async fn known_as(node: &TestApp, pilot: &Session, status: PilotStatus) {
     eventually(SOON, "the other node knows the pilot", async || status_on(node, pilot) == Some(status)).await;
-}
-
-/// The next offer on `socket`, checked to be for `order`.
-async fn offered(socket: &mut SioClient, order: &str) -> Value {
-    let offer = socket.event("offer", SOON).await.expect("an offer arrives");
-    assert_eq!(offer["order_id"].as_str(), Some(order), "{offer}");
-    offer
 }
 
 #[tokio::test]

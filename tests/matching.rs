@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::{Duration as Span, Utc};
-use common::field::{assign, balance, connect, create_order, credit, fix, pilot_on_duty, place_order};
+use common::field::{assign, balance, connect, create_order, credit, fix, north, offered, pilot_on_duty, place_order};
 use common::sio::SioClient;
 use common::{DROP, Database, Options, PICKUP, Session, TestApp, order_body, place};
 use dispatchd::clock::Clock;
@@ -23,11 +23,6 @@ use serde_json::{Value, json};
 const SOON: Duration = Duration::from_secs(3);
 /// Long enough for an event that is coming to arrive; used to show one is not.
 const QUIET: Duration = Duration::from_millis(600);
-
-/// `km` north of `from` (negative: south).
-fn north(from: (f64, f64), km: f64) -> (f64, f64) {
-    (from.0 + km / 111.2, from.1)
-}
 
 fn manual_clock() -> Options {
     Options { clock: Clock::manual(Utc::now()), ..Options::default() }
@@ -44,13 +39,6 @@ async fn order_of(app: &TestApp, who: &Session, order: &str) -> Value {
 
 fn pilot_status(app: &TestApp, pilot: &Session) -> PilotStatus {
     app.state.grid.get(pilot.user_id.parse().unwrap()).unwrap().status
-}
-
-/// The next offer on `socket`, checked to be for `order`.
-async fn offered(socket: &mut SioClient, order: &str) -> Value {
-    let offer = socket.event("offer", SOON).await.expect("an offer arrives");
-    assert_eq!(offer["order_id"].as_str(), Some(order), "{offer}");
-    offer
 }
 
 #[tokio::test]

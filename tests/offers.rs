@@ -6,27 +6,16 @@ mod common;
 use std::time::Duration;
 
 use chrono::{Duration as Span, Utc};
-use common::field::{assign, create_order, fix, pilot_on_duty};
-use common::sio::SioClient;
+use common::field::{assign, create_order, fix, north, offered, pilot_on_duty};
 use common::{Options, PICKUP, TestApp};
 use dispatchd::clock::Clock;
 use dispatchd::domain::Role;
 use dispatchd::domain::offers::OfferStatus;
 use dispatchd::ids::OrderId;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const SOON: Duration = Duration::from_secs(3);
-
-fn north(from: (f64, f64), km: f64) -> (f64, f64) {
-    (from.0 + km / 111.2, from.1)
-}
-
-async fn offered(socket: &mut SioClient, order: &str) -> Value {
-    let offer = socket.event("offer", SOON).await.expect("an offer arrives");
-    assert_eq!(offer["order_id"].as_str(), Some(order), "{offer}");
-    offer
-}
 
 async fn offer_statuses(app: &TestApp, order: &str) -> Vec<OfferStatus> {
     let id: OrderId = order.parse().unwrap();

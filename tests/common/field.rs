@@ -7,6 +7,18 @@ use serde_json::{Value, json};
 use super::sio::SioClient;
 use super::{Reply, Session, TestApp, order_body};
 
+/// `km` north of `from` (negative: south).
+pub fn north(from: (f64, f64), km: f64) -> (f64, f64) {
+    (from.0 + km / 111.2, from.1)
+}
+
+/// The next offer on `socket` (within 3 s), checked to be for `order`.
+pub async fn offered(socket: &mut SioClient, order: &str) -> Value {
+    let offer = socket.event("offer", std::time::Duration::from_secs(3)).await.expect("an offer arrives");
+    assert_eq!(offer["order_id"].as_str(), Some(order), "{offer}");
+    offer
+}
+
 /// A socket on `namespace` for `who`; panics when refused.
 pub async fn connect(app: &TestApp, namespace: &str, who: &Session) -> SioClient {
     SioClient::connect(app.addr, namespace, Some(json!({ "token": who.access })), "")
