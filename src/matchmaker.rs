@@ -620,8 +620,9 @@ impl Matchmaker {
     }
 
     /// An offer for order `id` could not be made: the pilot holds one made elsewhere, or the
-    /// order has one. The latter happens when another node follows the same search too
-    /// (after a restart, every node resumes every searching order): its offer is then this
+    /// order has one. The latter happens when another node follows the same search too (in
+    /// a cluster, for the moment a lease changes hands: a node too slow to renew its lease
+    /// follows on until its next renewal tells it otherwise): that offer is then this
     /// search's live offer as well, waited for (and expired, or moved on from after a
     /// rejection) like one made here, instead of trying every other candidate in vain.
     async fn offered_elsewhere(&self, searches: &mut Searches, id: OrderId) -> Attempt {

@@ -348,6 +348,10 @@ fn pilots_from_other_nodes_are_searchable_never_written_back_and_never_moved_bac
     assert_eq!((now.position.lat(), now.seen_ms, now.status), (12.9750, NOW + 5_000, PilotStatus::OnOffer));
     assert!(index.nearest(5, here, 1_000.0, &available).is_empty(), "held by the offer");
 
+    // Rewriting everything (Redis came back empty) is for the pilots reported here only: this
+    // node's view of another node's pilot may be older than what that node writes.
+    index.mark_all_dirty(NOW + 5_500);
+    assert!(index.take_dirty(10).is_empty());
     // A change made here is written (and told) by this node; a pilot forgotten elsewhere is
     // dropped without a departure of this node's own.
     index.set_status(pilot(5), PilotStatus::Available, NOW + 6_000).unwrap();
@@ -355,6 +359,12 @@ fn pilots_from_other_nodes_are_searchable_never_written_back_and_never_moved_bac
     index.forget_remote(pilot(5));
     assert!(index.get(pilot(5)).is_none());
     assert!(index.take_dirty(10).is_empty());
+    // A pilot that reports here again (its app moved to this node) is this node's to write.
+    index.apply_remote(&snapshot(12.9750, PilotStatus::Available, NOW + 7_000));
+    index.report(pilot(5), VehicleType::Bike, &[gps(12.9752, 77.59, NOW + 8_000)], NOW + 8_000);
+    assert_eq!(index.take_dirty(10).len(), 1);
+    index.mark_all_dirty(NOW + 9_000);
+    assert_eq!(index.take_dirty(10).len(), 1);
     index.check_invariants();
 }
 

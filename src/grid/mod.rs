@@ -140,6 +140,7 @@ impl PilotIndex {
             seen_ms: now_ms,
         };
         grid.apply_fix(slot, &fix);
+        grid.set_remote(slot, false);
         grid.mark_dirty(slot, now_ms);
     }
 
@@ -208,6 +209,7 @@ impl PilotIndex {
         if grid.entry(slot).status != pilot.status {
             grid.set_status(slot, pilot.status);
         }
+        grid.set_remote(slot, true);
     }
 
     /// Drops a pilot another node forgot, without marking it for the mirror.
@@ -332,7 +334,7 @@ impl PilotIndex {
         self.write().requeue(records, now_ms);
     }
 
-    /// Marks every pilot for the mirror (after Redis lost its data).
+    /// Marks every pilot reported here for the mirror (after Redis lost its data).
     pub fn mark_all_dirty(&self, now_ms: i64) {
         self.write().mark_all_dirty(now_ms);
     }

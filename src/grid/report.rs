@@ -69,6 +69,7 @@ impl PilotIndex {
             grid.set_vehicle(slot, vehicle, now_ms);
         }
         grid.apply_fix(slot, &fix);
+        grid.set_remote(slot, false);
         grid.mark_dirty(slot, now_ms);
         outcome.pilot = Some(grid.entry(slot).snapshot());
         outcome

@@ -43,6 +43,9 @@ pub(crate) struct Entry {
     pub stale: bool,
     pub dirty: bool,
     pub live: bool,
+    /// Last reported through another node (the cluster feed): that node writes it to the
+    /// mirror, and this one rewrites it only when it changes it itself.
+    pub remote: bool,
 }
 
 impl Entry {
@@ -196,6 +199,7 @@ impl Grid {
             stale: false,
             dirty: false,
             live: true,
+            remote: false,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -363,10 +367,19 @@ impl Grid {
         }
     }
 
+    /// Marks every pilot reported here (after Redis lost its data); those reported through
+    /// other nodes are theirs to write.
     pub fn mark_all_dirty(&mut self, now_ms: i64) {
         for slot in 0..self.slots.len() as u32 {
-            self.mark_dirty(slot, now_ms);
+            if !self.slots[slot].remote {
+                self.mark_dirty(slot, now_ms);
+            }
         }
+    }
+
+    /// Whether the pilot last reported through another node.
+    pub fn set_remote(&mut self, slot: u32, remote: bool) {
+        self.slots[slot].remote = remote;
     }
 
     /// Takes up to `max` pending changes: the departures as records, the changed pilots as
