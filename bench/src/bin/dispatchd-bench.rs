@@ -148,6 +148,10 @@ enum Scenario {
         database_url: Option<String>,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Place the orders on this server (another node of the same cluster) while the
+        /// pilots are connected to `--url`.
+        #[arg(long)]
+        orders_url: Option<String>,
     },
     /// Customers creating orders over REST: orders/s, latency percentiles, refusals.
     Orders {
@@ -271,6 +275,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             streaming,
             database_url,
             seed,
+            orders_url,
         } => {
             if in_process {
                 let args = dispatchd_bench::scenarios::dispatch_in_process::DispatchArgs {
@@ -287,6 +292,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 (common.json, report.json(&args))
             } else {
                 let args = dispatch::DispatchArgs {
+                    orders_url,
                     pilots,
                     orders_per_sec,
                     duration_s: common.duration,

@@ -4,7 +4,9 @@
 //! placed a few hundred metres from a pilot and cancelled by its customer once taken, so the
 //! fleet stays free and every order measures the dispatch path, not the supply.
 //!
-//! `--in-process` runs the 50,000-pilot variant instead (see `dispatch_in_process`).
+//! `--in-process` runs the 50,000-pilot variant instead (see `dispatch_in_process`). With
+//! `--orders-url` the orders are placed on another node of the same cluster than the one
+//! the pilots are connected to: every offer crosses the cluster feed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +24,9 @@ use crate::target::Target;
 
 #[derive(Debug, Clone)]
 pub struct DispatchArgs {
+    /// Where the customers place their orders, when not where the pilots are connected
+    /// (another node of the same cluster).
+    pub orders_url: Option<String>,
     pub pilots: usize,
     pub orders_per_sec: f64,
     pub duration_s: u64,
@@ -61,7 +66,11 @@ const SIDE_M: f64 = 10_000.0;
 pub async fn run(target: &Target, args: &DispatchArgs) -> anyhow::Result<DispatchReport> {
     eprintln!("dispatch: {} pilots, {} orders/s for {} s", args.pilots, args.orders_per_sec, args.duration_s);
     let pilots = target.accounts("pilot", "bike", args.pilots).await?;
-    let customers = target.accounts("customer", "", 8).await?;
+    let shop = match &args.orders_url {
+        Some(url) => Target::new(target.kind, url)?,
+        None => target.clone(),
+    };
+    let customers = shop.accounts("customer", "", 8).await?;
     let tokens: Vec<String> = pilots.into_iter().map(|pilot| pilot.token).collect();
     let walkers = (0..tokens.len()).map(|n| Walker::new(args.seed.wrapping_add(n as u64), SIDE_M, 8.0)).collect();
     let timeline: Timeline = Arc::default();
@@ -89,11 +98,11 @@ pub async fn run(target: &Target, args: &DispatchArgs) -> anyhow::Result<Dispatc
         };
         let customer = customers[rng.random_range(0..customers.len())].token.clone();
         let pickup = (near.0 + rng.random_range(-0.002..0.002), near.1 + rng.random_range(-0.002..0.002));
-        let (target, timeline, counters) = (target.clone(), timeline.clone(), counters.clone());
+        let (shop, timeline, counters) = (shop.clone(), timeline.clone(), counters.clone());
         let drop = (pickup.0 + 0.015, pickup.1 + 0.01);
         placed.push(tokio::spawn(async move {
             counters.add("orders", 1);
-            if place(&target, &customer, (pickup, drop), &timeline, Duration::from_secs(20)).await.is_err() {
+            if place(&shop, &customer, (pickup, drop), &timeline, Duration::from_secs(20)).await.is_err() {
                 counters.add("refused", 1);
             }
         }));
