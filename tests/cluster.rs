@@ -8,10 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::field::{assign, connect, create_order, fix, north, offered, pilot_on_duty};
-use common::{
-    DROP, Database, Options, PICKUP, Proxy, Session, TestApp, eventually, fresh_postgres_database, host_port, via,
-};
+use common::field::{assign, connect, create_order, drive_to_door, fix, north, offered, pilot_on_duty};
+use common::{Database, Options, PICKUP, Proxy, Session, TestApp, eventually, fresh_postgres_database, host_port, via};
 use dispatchd::domain::{PilotStatus, Role};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -73,13 +71,7 @@ async fn an_order_placed_on_one_node_is_driven_by_a_pilot_connected_to_the_other
     socket.call("location", json!({ "points": [fix(&b, PICKUP, 60)] })).await;
     let seen = watcher.event("pilot:location", SOON).await.expect("the customer on A sees its pilot move");
     assert_eq!((seen["lat"].as_f64(), seen["order_id"].as_str()), (Some(PICKUP.0), Some(order.as_str())));
-    for step in ["order:arrived", "order:picked_up"] {
-        let ack = socket.call(step, json!({ "order_id": order })).await;
-        assert_eq!(ack["ok"], true, "{step}: {ack}");
-    }
-    socket.call("location", json!({ "points": [fix(&b, DROP, 390)] })).await;
-    let delivered = socket.call("order:delivered", json!({ "order_id": order })).await;
-    assert_eq!(delivered["data"]["status"], "delivered", "{delivered}");
+    drive_to_door(&b, &mut socket, &order).await;
     let kinds: Vec<String> = watcher
         .events("order:event", QUIET)
         .await

@@ -9,7 +9,9 @@ mod common;
 use std::time::Duration;
 
 use chrono::{Duration as Span, Utc};
-use common::field::{assign, balance, connect, create_order, credit, fix, north, offered, pilot_on_duty, place_order};
+use common::field::{
+    assign, balance, connect, create_order, credit, drive_to_door, fix, north, offered, pilot_on_duty, place_order,
+};
 use common::sio::SioClient;
 use common::{DROP, Database, Options, PICKUP, Session, TestApp, order_body, place};
 use dispatchd::clock::Clock;
@@ -76,13 +78,7 @@ async fn an_order_is_offered_accepted_driven_and_delivered_with_the_wallet_settl
     socket.call("location", json!({ "points": [fix(&app, PICKUP, 60)] })).await;
     let seen = watcher.event("pilot:location", SOON).await.expect("the customer sees its pilot move");
     assert_eq!(seen["lat"].as_f64(), Some(PICKUP.0));
-    for step in ["order:arrived", "order:picked_up"] {
-        let ack = socket.call(step, json!({ "order_id": order })).await;
-        assert_eq!(ack["ok"], true, "{step}: {ack}");
-    }
-    socket.call("location", json!({ "points": [fix(&app, DROP, 390)] })).await;
-    let delivered = socket.call("order:delivered", json!({ "order_id": order })).await;
-    assert_eq!(delivered["data"]["status"], "delivered", "{delivered}");
+    drive_to_door(&app, &mut socket, &order).await;
 
     assert_eq!(balance(&app, &customer).await, 100_000 - total, "paid once from the wallet, nothing refunded");
     assert_eq!(offer_statuses(&app, &order).await, [OfferStatus::Accepted]);

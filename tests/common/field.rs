@@ -19,6 +19,18 @@ pub async fn offered(socket: &mut SioClient, order: &str) -> Value {
     offer
 }
 
+/// A pilot that reported itself at the pickup of `order` (at most 60 s into its shift)
+/// takes it to the door: arrived, picked up, a fix at the drop, delivered.
+pub async fn drive_to_door(app: &TestApp, socket: &mut SioClient, order: &str) {
+    for step in ["order:arrived", "order:picked_up"] {
+        let ack = socket.call(step, json!({ "order_id": order })).await;
+        assert_eq!(ack["ok"], true, "{step}: {ack}");
+    }
+    socket.call("location", json!({ "points": [fix(app, super::DROP, 390)] })).await;
+    let delivered = socket.call("order:delivered", json!({ "order_id": order })).await;
+    assert_eq!(delivered["data"]["status"], "delivered", "{delivered}");
+}
+
 /// A socket on `namespace` for `who`; panics when refused.
 pub async fn connect(app: &TestApp, namespace: &str, who: &Session) -> SioClient {
     SioClient::connect(app.addr, namespace, Some(json!({ "token": who.access })), "")
