@@ -222,3 +222,24 @@ async fn a_node_cut_off_from_redis_hears_what_it_missed_once_redis_is_back() {
     let event = watcher.event("order:event", SOON).await.expect("B hears of the assignment it missed");
     assert_eq!((event["type"].as_str(), event["seq"].as_i64()), (Some("assigned"), Some(3)), "{event}");
 }
+
+#[tokio::test]
+async fn a_pilot_whose_order_is_cancelled_on_the_other_node_takes_work_again() {
+    let (a, b) = two_nodes().await;
+    let customer = a.register("customer").await;
+    let (pilot, mut socket) = pilot_on_duty(&b, north(PICKUP, 0.5)).await;
+    known_as(&a, &pilot, PilotStatus::Available).await;
+    let order = create_order(&a, &customer).await;
+    let offer = offered(&mut socket, &order).await;
+    let accepted = socket.call("offer:accept", json!({ "offer_id": offer["offer_id"] })).await;
+    assert_eq!(accepted["data"]["status"], "assigned", "{accepted}");
+    // Cancelled on A at once, before A has heard that the pilot is busy.
+    let path = format!("/api/v1/orders/{order}/cancel");
+    let cancelled = a.post(&path, json!({}), Some(&customer.access)).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+    known_as(&b, &pilot, PilotStatus::Available).await;
+    known_as(&a, &pilot, PilotStatus::Available).await;
+    // And it is offered the next order.
+    let next = create_order(&a, &customer).await;
+    offered(&mut socket, &next).await;
+}

@@ -334,6 +334,7 @@ fn pilots_from_other_nodes_are_searchable_never_written_back_and_never_moved_bac
         accuracy_m: 4.0,
         fix_ms: seen_ms - 500,
         seen_ms,
+        status_ms: seen_ms,
     };
     index.apply_remote(&snapshot(12.9701, PilotStatus::Available, NOW));
     let available = index.available_filter(Some(VehicleType::Bike), NOW);
@@ -343,10 +344,13 @@ fn pilots_from_other_nodes_are_searchable_never_written_back_and_never_moved_bac
 
     // The pilot's node moved it; another node, from an older view, put it on an offer.
     index.apply_remote(&snapshot(12.9750, PilotStatus::Available, NOW + 5_000));
-    index.apply_remote(&snapshot(12.9701, PilotStatus::OnOffer, NOW));
+    index.apply_remote(&PilotSnapshot { status_ms: NOW + 5_200, ..snapshot(12.9701, PilotStatus::OnOffer, NOW) });
     let now = index.get(pilot(5)).unwrap();
     assert_eq!((now.position.lat(), now.seen_ms, now.status), (12.9750, NOW + 5_000, PilotStatus::OnOffer));
     assert!(index.nearest(5, here, 1_000.0, &available).is_empty(), "held by the offer");
+    // A status older than the one held changes nothing (the offer was made after it).
+    index.apply_remote(&PilotSnapshot { status_ms: NOW + 5_100, ..snapshot(12.9750, PilotStatus::Available, NOW) });
+    assert_eq!(index.get(pilot(5)).unwrap().status, PilotStatus::OnOffer);
 
     // Rewriting everything (Redis came back empty) is for the pilots reported here only: this
     // node's view of another node's pilot may be older than what that node writes.

@@ -128,7 +128,7 @@ impl PilotIndex {
             grid.set_vehicle(slot, vehicle, now_ms);
         }
         if grid.entry(slot).status != status {
-            grid.set_status(slot, status);
+            grid.set_status(slot, status, now_ms);
         }
         let cell = grid.cell_for_slot(slot, position);
         let fix = state::Fix {
@@ -157,7 +157,7 @@ impl PilotIndex {
             return if status == PilotStatus::Offline { Ok(None) } else { Err(GridError::NoPosition) };
         };
         if grid.entry(slot).status != status {
-            grid.set_status(slot, status);
+            grid.set_status(slot, status, now_ms);
             grid.mark_dirty(slot, now_ms);
         }
         Ok(Some(grid.entry(slot).snapshot()))
@@ -171,14 +171,15 @@ impl PilotIndex {
         }
         let slot = grid.insert(pilot.id, pilot.vehicle, pilot.position, pilot.fix_ms, pilot.seen_ms);
         grid.set_motion(slot, pilot.accuracy_m, pilot.speed_mps, pilot.heading_deg);
-        grid.set_status(slot, pilot.status);
+        grid.set_status(slot, pilot.status, pilot.status_ms);
         grid.set_stale(slot, pilot.stale);
     }
 
     /// Takes in a pilot as another node wrote it (the cluster feed), without marking it for
-    /// the mirror: that node wrote it already. Its status is taken as it comes (the feed is
-    /// in order); its position only if reported no earlier than the one held here, so a
-    /// node that changed the pilot's status from an older view never moves it back.
+    /// the mirror: that node wrote it already. Its position is taken only if reported no
+    /// earlier than the one held here, and its status only if changed no earlier, so a node
+    /// that wrote the pilot from an older view never moves it back nor undoes a later
+    /// change (a pilot held for an offer by one node, busy by its accept on another).
     pub fn apply_remote(&self, pilot: &PilotSnapshot) {
         let mut grid = self.write();
         let mut slot = grid.slot(pilot.id);
@@ -187,9 +188,9 @@ impl PilotIndex {
             grid.remove_quietly(known);
             slot = None;
         }
-        let slot = match slot {
-            Some(slot) => slot,
-            None => grid.insert(pilot.id, pilot.vehicle, pilot.position, pilot.fix_ms, pilot.seen_ms),
+        let (slot, new) = match slot {
+            Some(slot) => (slot, false),
+            None => (grid.insert(pilot.id, pilot.vehicle, pilot.position, pilot.fix_ms, pilot.seen_ms), true),
         };
         if pilot.seen_ms >= grid.entry(slot).seen_ms {
             let cell = grid.cell_for_slot(slot, pilot.position);
@@ -206,8 +207,8 @@ impl PilotIndex {
                 grid.set_stale(slot, true);
             }
         }
-        if grid.entry(slot).status != pilot.status {
-            grid.set_status(slot, pilot.status);
+        if new || pilot.status_ms >= grid.entry(slot).status_ms {
+            grid.set_status(slot, pilot.status, pilot.status_ms);
         }
         grid.set_remote(slot, true);
     }
@@ -299,7 +300,7 @@ impl PilotIndex {
         }
         let (id, silent_ms) = (entry.id, now_ms - entry.seen_ms);
         if entry.in_service() && silent_ms >= self.offline_after_ms {
-            grid.set_status(slot, PilotStatus::Offline);
+            grid.set_status(slot, PilotStatus::Offline, now_ms);
             grid.mark_dirty(slot, now_ms);
             Some(PresenceChange::Offline(id))
         } else if entry.in_service() && !entry.stale && silent_ms >= self.stale_after_ms {

@@ -32,6 +32,8 @@ pub(crate) struct Entry {
     pub fix_ms: i64,
     /// Server time the pilot last proved to be there, ms.
     pub seen_ms: i64,
+    /// Server time of the last status change, ms: of two nodes' changes, the later wins.
+    pub status_ms: i64,
     pub accuracy_m: f32,
     /// NaN when unknown.
     pub speed_mps: f32,
@@ -66,6 +68,7 @@ impl Entry {
             accuracy_m: f64::from(self.accuracy_m),
             fix_ms: self.fix_ms,
             seen_ms: self.seen_ms,
+            status_ms: self.status_ms,
         }
     }
 
@@ -190,6 +193,7 @@ impl Grid {
             cell: cell_for(position, None, self.geometry.resolution),
             fix_ms,
             seen_ms,
+            status_ms: seen_ms,
             accuracy_m: 0.0,
             speed_mps: f32::NAN,
             heading_deg: f32::NAN,
@@ -228,9 +232,11 @@ impl Grid {
         });
     }
 
-    /// Changes status; crossing "offline" takes the pilot out of or into the buckets.
-    pub fn set_status(&mut self, slot: u32, status: PilotStatus) {
+    /// Changes status (at server time `at_ms`); crossing "offline" takes the pilot out of
+    /// or into the buckets.
+    pub fn set_status(&mut self, slot: u32, status: PilotStatus, at_ms: i64) {
         self.change(slot, |grid, slot| grid.slots[slot].status = status);
+        self.slots[slot].status_ms = at_ms;
     }
 
     /// Changes the vehicle type (the pilot switched vehicles). The mirror first forgets the

@@ -24,6 +24,9 @@ pub struct PilotSnapshot {
     pub fix_ms: i64,
     /// Server time the pilot last reported, ms since the epoch.
     pub seen_ms: i64,
+    /// Server time its status last changed, ms since the epoch.
+    #[serde(default)]
+    pub status_ms: i64,
 }
 
 /// One result of [`PilotIndex::nearest`].

@@ -164,8 +164,18 @@ impl Orders {
     }
 
     /// Tells the listeners of a change another node committed (see
-    /// [`OrderListener::committed_elsewhere`]).
+    /// [`OrderListener::committed_elsewhere`]), after freeing here the pilot it freed: the
+    /// node that made the change frees the pilot only if it already knew it busy, and the
+    /// pilot's own node (which does) hears of the change only here.
     pub fn committed_elsewhere(&self, order: &Order, events: &[OrderEvent]) {
+        if matches!(order.status, OrderStatus::Cancelled | OrderStatus::Delivered) {
+            self.release_pilot(order);
+        }
+        let previous =
+            events.iter().filter_map(|event| serde_json::from_value(event.data["previous_pilot_id"].clone()).ok());
+        for pilot in previous.filter(|pilot| Some(*pilot) != order.pilot_id) {
+            self.release(pilot);
+        }
         let listeners = self.listeners.read().clone();
         for listener in listeners {
             listener.committed_elsewhere(order, events);

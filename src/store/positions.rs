@@ -5,7 +5,7 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `pilot:{id}` | hash | `lat`, `lng`, `vehicle_type`, `status`, `stale` (0/1), `heading`, `speed` (m/s), `accuracy` (m), `fix_ms` (phone time of the fix), `seen_ms` (server time of the last report); `heading`/`speed` empty when unknown. Expires `grid.forget_after_secs` after its last write. |
+//! | `pilot:{id}` | hash | `lat`, `lng`, `vehicle_type`, `status`, `stale` (0/1), `heading`, `speed` (m/s), `accuracy` (m), `fix_ms` (phone time of the fix), `seen_ms` (server time of the last report), `status_ms` (server time of the last status change); `heading`/`speed` empty when unknown. Expires `grid.forget_after_secs` after its last write. |
 //! | `pilots:geo:{vehicle_type}` | geo set | ids of the in-service pilots of that vehicle type at their last position, for `GEOSEARCH` (latitudes beyond ±85.05° are not representable and left out) |
 //! | `pilots:seen` | sorted set | every pilot id, scored by `seen_ms` |
 //!
@@ -197,6 +197,8 @@ impl PositionMirror {
             .arg(pilot.fix_ms)
             .arg("seen_ms")
             .arg(pilot.seen_ms)
+            .arg("status_ms")
+            .arg(pilot.status_ms)
             .ignore();
         pipeline.cmd("PEXPIRE").arg(&key).arg(self.ttl_ms).ignore();
         let id = pilot.id.to_string();
@@ -272,6 +274,7 @@ fn parse_pilot(id: &str, fields: &HashMap<String, String>) -> Option<PilotSnapsh
         accuracy_m: number("accuracy").unwrap_or(0.0),
         fix_ms: integer("fix_ms")?,
         seen_ms: integer("seen_ms")?,
+        status_ms: integer("status_ms").or(integer("seen_ms"))?,
     })
 }
 
@@ -293,14 +296,15 @@ mod tests {
             ("accuracy", "4"),
             ("fix_ms", "1700000000000"),
             ("seen_ms", "1700000000500"),
+            ("status_ms", "1700000000200"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let pilot = parse_pilot(&id.to_string(), &fields).unwrap();
         assert_eq!(
-            (pilot.vehicle, pilot.status, pilot.heading_deg, pilot.speed_mps),
-            (VehicleType::MiniTruck, PilotStatus::Busy, None, Some(7.5))
+            (pilot.vehicle, pilot.status, pilot.heading_deg, pilot.speed_mps, pilot.status_ms),
+            (VehicleType::MiniTruck, PilotStatus::Busy, None, Some(7.5), 1_700_000_000_200)
         );
         assert!(parse_pilot(&id.to_string(), &HashMap::new()).is_none(), "expired hash");
         assert!(parse_pilot("not-a-uuid", &fields).is_none());
