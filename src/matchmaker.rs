@@ -752,7 +752,7 @@ impl OrderListener for Hears {
 
 /// The pilot an `unassigned` event took the order from (one who dropped it).
 fn dropped_by(event: &OrderEvent) -> Option<UserId> {
-    (event.kind == "unassigned").then(|| serde_json::from_value(event.data["previous_pilot_id"].clone()).ok())?
+    (event.kind == "unassigned").then(|| event.previous_pilot())?
 }
 
 /// The `offer` event's payload.

@@ -214,6 +214,14 @@ pub struct OrderEvent {
     pub created_at: DateTime<Utc>,
 }
 
+impl OrderEvent {
+    /// The pilot the order was taken from (`data.previous_pilot_id` of an `unassigned` or
+    /// `reassigned` event), if any.
+    pub fn previous_pilot(&self) -> Option<UserId> {
+        serde_json::from_value(self.data["previous_pilot_id"].clone()).ok()
+    }
+}
+
 /// An event to append: `kind` (the new status for status changes), who, and details.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {

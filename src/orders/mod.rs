@@ -171,8 +171,7 @@ impl Orders {
         if matches!(order.status, OrderStatus::Cancelled | OrderStatus::Delivered) {
             self.release_pilot(order);
         }
-        let previous =
-            events.iter().filter_map(|event| serde_json::from_value(event.data["previous_pilot_id"].clone()).ok());
+        let previous = events.iter().filter_map(OrderEvent::previous_pilot);
         for pilot in previous.filter(|pilot| Some(*pilot) != order.pilot_id) {
             self.release(pilot);
         }

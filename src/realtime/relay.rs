@@ -58,7 +58,7 @@ impl OrderListener for Relay {
     fn committed(&self, order: &Order, events: &[OrderEvent]) {
         for event in events {
             let payload = event_payload(order, event);
-            let previous = serde_json::from_value(event.data["previous_pilot_id"].clone()).ok();
+            let previous = event.previous_pilot();
             let pilots = [order.pilot_id, previous.filter(|previous| Some(*previous) != order.pilot_id)];
             // To the order's watchers, its pilot (and the pilot it was taken from) and the
             // dispatchers.
