@@ -187,7 +187,8 @@ impl Matchmaker {
         let mut batches = tokio::time::interval(StdDuration::from_millis(self.config.batch_window_ms));
         batches.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let renew_every = self.lease.as_ref().map_or(StdDuration::from_secs(3600), |lease| lease.duration / 3);
-        let mut renewals = tokio::time::interval(renew_every);
+        // The first renewal is one period on: recovering renewed already.
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
         renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

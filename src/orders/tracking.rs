@@ -27,8 +27,8 @@ pub struct Tracking {
     inner: RwLock<TrackingMaps>,
 }
 
-/// Orders whose latest version is remembered, beyond those on a trip; past it, only those
-/// are kept.
+/// Orders whose latest version is remembered beyond those on a trip; past that many more,
+/// only those on a trip are kept.
 const VERSIONS_KEPT: usize = 50_000;
 
 #[derive(Debug, Default)]
@@ -49,7 +49,8 @@ impl Tracking {
         if maps.versions.get(&order.id).is_some_and(|seen| *seen > order.last_event_seq) {
             return;
         }
-        if maps.versions.len() >= VERSIONS_KEPT {
+        // Beyond the orders on a trip (always kept), so that a pruning frees room for as many.
+        if maps.versions.len() >= VERSIONS_KEPT + maps.by_order.len() {
             let TrackingMaps { by_order, versions, .. } = &mut *maps;
             versions.retain(|id, _| by_order.contains_key(id));
         }
