@@ -9,10 +9,11 @@ mod common;
 use std::time::Duration;
 
 use common::field::{assign, connect, create_order, drive_to_door, fix, north, offered, pilot_on_duty};
+use common::sio::SioClient;
 use common::{Database, Options, PICKUP, Proxy, Session, TestApp, eventually, fresh_postgres_database, host_port, via};
 use dispatchd::domain::{PilotStatus, Role};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const SOON: Duration = Duration::from_secs(3);
 /// Long enough for an event that is coming to arrive; used to show one is not.
@@ -44,16 +45,35 @@ async fn known_as(node: &TestApp, pilot: &Session, status: PilotStatus) {
     eventually(SOON, "the other node knows the pilot", async || status_on(node, pilot) == Some(status)).await;
 }
 
+/// A customer's order placed on `shop`, offered to a pilot on duty 500 m away on `fleet`.
+struct Offered {
+    customer: Session,
+    pilot: Session,
+    socket: SioClient,
+    order: String,
+    offer: Value,
+}
+
+async fn offered_across(shop: &TestApp, fleet: &TestApp) -> Offered {
+    let customer = shop.register("customer").await;
+    let (pilot, mut socket) = pilot_on_duty(fleet, north(PICKUP, 0.5)).await;
+    known_as(shop, &pilot, PilotStatus::Available).await;
+    let order = create_order(shop, &customer).await;
+    let offer = offered(&mut socket, &order).await;
+    Offered { customer, pilot, socket, order, offer }
+}
+
+/// The pilot accepts `offer` and gets the order.
+async fn accept(socket: &mut SioClient, offer: &Value) {
+    let accepted = socket.call("offer:accept", json!({ "offer_id": offer["offer_id"] })).await;
+    assert_eq!(accepted["data"]["status"], "assigned", "{accepted}");
+}
+
 #[tokio::test]
 async fn an_order_placed_on_one_node_is_driven_by_a_pilot_connected_to_the_other() {
     let (a, b) = two_nodes().await;
-    let customer = a.register("customer").await;
-    let (pilot, mut socket) = pilot_on_duty(&b, north(PICKUP, 0.5)).await;
-    known_as(&a, &pilot, PilotStatus::Available).await;
-
     // Placed on A, offered to the pilot on B.
-    let order = create_order(&a, &customer).await;
-    let offer = offered(&mut socket, &order).await;
+    let Offered { customer, pilot, mut socket, order, offer } = offered_across(&a, &b).await;
     assert_eq!(offer["pickup_distance_m"].as_i64().map(|m| (m - 500).abs() < 10), Some(true), "{offer}");
     known_as(&b, &pilot, PilotStatus::OnOffer).await;
     let mut watcher = connect(&a, "/customer", &customer).await;
@@ -61,8 +81,7 @@ async fn an_order_placed_on_one_node_is_driven_by_a_pilot_connected_to_the_other
     assert_eq!(watched["ok"], true, "{watched}");
 
     // Accepted on B: A's customer hears of it, and A's search is over.
-    let accepted = socket.call("offer:accept", json!({ "offer_id": offer["offer_id"] })).await;
-    assert_eq!(accepted["data"]["status"], "assigned", "{accepted}");
+    accept(&mut socket, &offer).await;
     let event = watcher.event("order:event", SOON).await.expect("the customer on A hears of the assignment");
     assert_eq!((event["type"].as_str(), event["seq"].as_i64()), (Some("assigned"), Some(3)), "{event}");
     known_as(&a, &pilot, PilotStatus::Busy).await;
@@ -203,18 +222,13 @@ async fn a_node_cut_off_from_redis_hears_what_it_missed_once_redis_is_back() {
     redis.url = via(&redis.url, proxy.addr);
     let b = TestApp::spawn_with(through_proxy).await;
 
-    let customer = b.register("customer").await;
-    let (pilot, mut socket) = pilot_on_duty(&a, north(PICKUP, 0.5)).await;
-    known_as(&b, &pilot, PilotStatus::Available).await;
-    let order = create_order(&b, &customer).await;
-    let offer = offered(&mut socket, &order).await;
+    let Offered { customer, mut socket, order, offer, .. } = offered_across(&b, &a).await;
     let mut watcher = connect(&b, "/customer", &customer).await;
     watcher.call("order:watch", json!({ "order_id": order, "last_seq": 2 })).await;
 
     // B loses Redis; the pilot accepts on A meanwhile.
     proxy.cut();
-    let accepted = socket.call("offer:accept", json!({ "offer_id": offer["offer_id"] })).await;
-    assert_eq!(accepted["data"]["status"], "assigned", "{accepted}");
+    accept(&mut socket, &offer).await;
     assert!(watcher.events("order:event", QUIET).await.is_empty(), "B cannot hear it yet");
 
     // Back: B reads on from where it stopped.
@@ -226,13 +240,8 @@ async fn a_node_cut_off_from_redis_hears_what_it_missed_once_redis_is_back() {
 #[tokio::test]
 async fn a_pilot_whose_order_is_cancelled_on_the_other_node_takes_work_again() {
     let (a, b) = two_nodes().await;
-    let customer = a.register("customer").await;
-    let (pilot, mut socket) = pilot_on_duty(&b, north(PICKUP, 0.5)).await;
-    known_as(&a, &pilot, PilotStatus::Available).await;
-    let order = create_order(&a, &customer).await;
-    let offer = offered(&mut socket, &order).await;
-    let accepted = socket.call("offer:accept", json!({ "offer_id": offer["offer_id"] })).await;
-    assert_eq!(accepted["data"]["status"], "assigned", "{accepted}");
+    let Offered { customer, pilot, mut socket, order, offer } = offered_across(&a, &b).await;
+    accept(&mut socket, &offer).await;
     // Cancelled on A at once, before A has heard that the pilot is busy.
     let path = format!("/api/v1/orders/{order}/cancel");
     let cancelled = a.post(&path, json!({}), Some(&customer.access)).await;
