@@ -379,7 +379,7 @@ impl Cluster {
     fn apply_news(&self, news: News) -> &'static str {
         let kind = news.kind();
         match news {
-            News::Committed { order, events } => self.orders.committed_elsewhere(&order, &events),
+            News::Committed { order, events } => self.orders.committed_elsewhere(&order, &events, &self.tracking),
             News::Offered { offer, payload } => {
                 for listener in self.offer_listeners.read().iter() {
                     listener.offered(&offer, &payload);

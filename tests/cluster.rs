@@ -250,5 +250,17 @@ async fn a_pilot_whose_order_is_cancelled_on_the_other_node_takes_work_again() {
     known_as(&a, &pilot, PilotStatus::Available).await;
     // And it is offered the next order.
     let next = create_order(&a, &customer).await;
-    offered(&mut socket, &next).await;
+    let offer = offered(&mut socket, &next).await;
+    accept(&mut socket, &offer).await;
+    known_as(&a, &pilot, PilotStatus::Busy).await;
+
+    // News of the cancel heard again, late (after the next order's, as news written by two
+    // nodes can arrive): the pilot stays on its trip.
+    let id = order.parse().unwrap();
+    let stale = b.state.store.order(id).await.unwrap().unwrap();
+    let events = b.state.store.order_events(id, 0, 100).await.unwrap();
+    b.state.orders.committed_elsewhere(&stale, &events, &b.state.tracking);
+    assert_eq!(status_on(&b, &pilot), Some(PilotStatus::Busy));
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(status_on(&a, &pilot), Some(PilotStatus::Busy), "nor told the other node it is free");
 }

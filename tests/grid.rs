@@ -373,6 +373,32 @@ fn pilots_from_other_nodes_are_searchable_never_written_back_and_never_moved_bac
 }
 
 #[test]
+fn a_pilot_freed_by_news_is_written_by_its_own_node_only() {
+    let index = PilotIndex::new(&config());
+    index.report(pilot(6), VehicleType::Bike, &[gps(12.9701, 77.59, NOW)], NOW);
+    index.set_status(pilot(6), PilotStatus::Busy, NOW + 1_000).unwrap();
+    let _ = index.take_dirty(10);
+
+    // Reports here: freed, and written by this node.
+    assert!(index.release_heard(pilot(6), NOW + 2_000));
+    let now = index.get(pilot(6)).unwrap();
+    assert_eq!((now.status, now.status_ms), (PilotStatus::Available, NOW + 2_000));
+    assert_eq!(index.take_dirty(10).len(), 1);
+    // Not busy, or unknown here: nothing to free.
+    assert!(!index.release_heard(pilot(6), NOW + 3_000));
+    assert!(!index.release_heard(pilot(7), NOW + 3_000));
+    assert_eq!(index.get(pilot(6)).unwrap().status_ms, NOW + 2_000);
+
+    // Another node's pilot is freed here too, but that node writes it.
+    let remote = PilotSnapshot { id: pilot(8), status: PilotStatus::Busy, status_ms: NOW + 1_000, ..now };
+    index.apply_remote(&remote);
+    assert!(index.release_heard(pilot(8), NOW + 2_000));
+    assert_eq!(index.get(pilot(8)).unwrap().status, PilotStatus::Available);
+    assert!(index.take_dirty(10).is_empty());
+    index.check_invariants();
+}
+
+#[test]
 fn cell_edges_and_pentagons_do_not_hide_pilots() {
     let index = PilotIndex::new(&config());
     let pentagon: CellIndex = Resolution::Nine.pentagons().next().unwrap();

@@ -37,13 +37,14 @@ use crate::domain::Role;
 use crate::domain::orders::{ActorRole, NewEvent, Order, OrderEvent, OrderStatus};
 use crate::error::{Error, Result};
 use crate::grid::PilotIndex;
-use crate::ids::OrderId;
+use crate::ids::{OrderId, UserId};
 use crate::store::{OrderFilter, PageRequest, Store, StoreTx};
 pub use create::{CreateOrder, Creation, PAYMENT_TIMEOUT_JOB, QuoteRequest, QuoteResponse, START_SEARCH_JOB};
 pub use lifecycle::{GATEWAY_REFUND_JOB, NO_PILOT_JOB, OrderJobs};
 use pricing::{PricingConfig, SurgeConfig, TariffPricing};
 use quotes::QuoteSigner;
 use service_area::ServiceArea;
+use tracking::Tracking;
 pub use trip::TripStep;
 
 /// `[orders]` configuration.
@@ -166,15 +167,21 @@ impl Orders {
     /// Tells the listeners of a change another node committed (see
     /// [`OrderListener::committed_elsewhere`]), after freeing here the pilot it freed: the
     /// node that made the change frees the pilot only if it already knew it busy, and the
-    /// pilot's own node (which does) hears of the change only here.
-    pub fn committed_elsewhere(&self, order: &Order, events: &[OrderEvent]) {
+    /// pilot's own node (which does) hears of the change only here. A pilot `tracking` has on
+    /// another order stays busy: the news is older than that order's (news from two nodes
+    /// can arrive in the other order than their commits).
+    pub fn committed_elsewhere(&self, order: &Order, events: &[OrderEvent], tracking: &Tracking) {
+        let now_ms = self.now().timestamp_millis();
+        let release = |pilot: UserId| {
+            if tracking.trip_of(pilot).is_none_or(|trip| trip.order == order.id) {
+                self.grid.release_heard(pilot, now_ms);
+            }
+        };
         if matches!(order.status, OrderStatus::Cancelled | OrderStatus::Delivered) {
-            self.release_pilot(order);
+            order.pilot_id.into_iter().for_each(release);
         }
         let previous = events.iter().filter_map(OrderEvent::previous_pilot);
-        for pilot in previous.filter(|pilot| Some(*pilot) != order.pilot_id) {
-            self.release(pilot);
-        }
+        previous.filter(|pilot| Some(*pilot) != order.pilot_id).for_each(release);
         let listeners = self.listeners.read().clone();
         for listener in listeners {
             listener.committed_elsewhere(order, events);
