@@ -1,7 +1,8 @@
 //! Simulated pilots on real sockets: each drives a [`Walker`] and reports every few seconds,
 //! goes on duty, answers offers after a human delay (accepting most), and, in `Drive` mode,
 //! drives the trip: to the pickup, `order:arrived`, `order:picked_up`, to the drop,
-//! `order:delivered`, then free again. Shared by `dispatch` and `simulate`.
+//! `order:delivered`, then free again; off duty when the run ends. Shared by `dispatch` and
+//! `simulate`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,6 +103,13 @@ impl Pilot {
         Ok(())
     }
 
+    /// At the end of a run: a pilot left on duty would be offered the next run's orders
+    /// until its presence timers ran out, and never answer.
+    async fn go_off_duty(&self) {
+        let offline = self.socket.call("status:set", &json!({ "status": "offline" }));
+        let _ = tokio::time::timeout(Duration::from_secs(2), offline).await;
+    }
+
     async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<(String, Value)>,
@@ -116,7 +124,7 @@ impl Pilot {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return self.go_off_duty().await,
                 _ = ticks.tick() => self.report(&counters).await,
                 Some((event, payload)) = events.recv() => self.heard(&event, &payload, &counters, &observer).await,
             }
