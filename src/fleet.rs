@@ -97,6 +97,15 @@ impl Fleet {
             .ok_or_else(|| Error::forbidden("NOT_A_PILOT", "only pilots report locations"))
     }
 
+    /// A socket of the pilot opened (`true`), or its last one here closed (`false`); see
+    /// [`PilotIndex::set_reachable`].
+    pub fn set_reachable(&self, pilot: UserId, reachable: bool) {
+        if self.index.set_reachable(pilot, reachable, self.now_ms()) {
+            metrics::counter!("grid_presence_transitions_total", "to" => if reachable { "reachable" } else { "unreachable" })
+                .increment(1);
+        }
+    }
+
     /// Applies presence every `interval` until `stop`.
     pub async fn run_presence(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(interval);

@@ -245,6 +245,42 @@ fn going_online_needs_a_position_and_offline_pilots_are_not_searchable() {
 }
 
 #[test]
+fn a_pilot_with_no_socket_open_is_not_offered_work_but_keeps_its_status() {
+    let index = PilotIndex::new(&config());
+    let here = LatLng::new(12.97, 77.59).unwrap();
+    index.report(pilot(9), VehicleType::Bike, &[gps(12.97, 77.59, NOW)], NOW);
+    index.set_status(pilot(9), PilotStatus::Available, NOW).unwrap();
+    let offerable = |now_ms: i64| index.nearest(1, here, 500.0, &index.available_filter(None, now_ms)).len();
+    let _ = index.take_dirty(10);
+
+    assert!(index.set_reachable(pilot(9), false, NOW + 1_000));
+    let snapshot = index.get(pilot(9)).unwrap();
+    assert_eq!((snapshot.status, snapshot.stale), (PilotStatus::Available, true));
+    assert_eq!(offerable(NOW + 1_000), 0);
+    assert_eq!(index.nearest(1, here, 500.0, &Filter::in_service()).len(), 1, "still on the map");
+    assert_eq!(index.supply_at(here).of(VehicleType::Bike).available, 0);
+    assert_eq!(index.take_dirty(10).len(), 1, "the other nodes and the mirror are told");
+    assert!(!index.set_reachable(pilot(9), false, NOW + 1_500), "once");
+
+    // Back within stale_after of its last report: offered work again.
+    assert!(index.set_reachable(pilot(9), true, NOW + 2_000));
+    assert_eq!(offerable(NOW + 2_000), 1);
+    // Or by reporting.
+    index.set_reachable(pilot(9), false, NOW + 3_000);
+    index.report(pilot(9), VehicleType::Bike, &[gps(12.9701, 77.59, NOW + 4_000)], NOW + 4_000);
+    assert_eq!(offerable(NOW + 4_000), 1);
+    // A socket opening does not undo silence.
+    index.set_reachable(pilot(9), false, NOW + 5_000);
+    assert!(!index.set_reachable(pilot(9), true, NOW + 40_000));
+    assert!(index.get(pilot(9)).unwrap().stale);
+    // Off duty, nothing to mark.
+    index.set_status(pilot(9), PilotStatus::Offline, NOW + 41_000).unwrap();
+    index.report(pilot(9), VehicleType::Bike, &[gps(12.9702, 77.59, NOW + 42_000)], NOW + 42_000);
+    assert!(!index.set_reachable(pilot(9), false, NOW + 43_000));
+    index.check_invariants();
+}
+
+#[test]
 fn presence_moves_from_stale_to_offline_to_forgotten_by_the_clock() {
     let index = PilotIndex::new(&config());
     let here = LatLng::new(12.97, 77.59).unwrap();

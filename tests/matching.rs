@@ -212,6 +212,27 @@ async fn a_live_offer_reaches_a_reconnecting_pilot_and_is_withdrawn_on_cancel() 
 }
 
 #[tokio::test]
+async fn a_pilot_whose_app_is_gone_is_passed_over_until_it_is_back() {
+    let app = TestApp::spawn().await;
+    let customer = app.register("customer").await;
+    let (near, socket) = pilot_on_duty(&app, north(PICKUP, 0.3)).await;
+    let (_, mut far) = pilot_on_duty(&app, north(PICKUP, 1.5)).await;
+    drop(socket);
+    let stale = async || app.state.grid.get(near.user_id.parse().unwrap()).unwrap().stale;
+    common::eventually(SOON, "the server sees the socket closed", stale).await;
+    assert_eq!(pilot_status(&app, &near), PilotStatus::Available, "still on duty: phones drop and reconnect");
+
+    // Nobody would hear the nearer pilot's offer: the farther one gets it.
+    let first = create_order(&app, &customer).await;
+    offered(&mut far, &first).await;
+    // Back: offered work at once, before its next report.
+    let mut again = connect(&app, "/pilot", &near).await;
+    assert!(!stale().await);
+    let second = create_order(&app, &customer).await;
+    offered(&mut again, &second).await;
+}
+
+#[tokio::test]
 async fn accepts_and_manual_assignments_racing_never_double_an_order_or_a_pilot() {
     let app = TestApp::spawn().await;
     let dispatcher = app.staff(Role::Dispatcher).await;

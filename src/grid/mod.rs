@@ -13,8 +13,10 @@
 //! * [`PilotIndex::nearest`] is exact k-nearest by great-circle distance ([`search`]);
 //! * [`PilotIndex::within`] serves the dispatcher's map; [`PilotIndex::supply_within`] the
 //!   supply counts per coarse cell behind surge pricing and the heatmap;
-//! * [`PilotIndex::sweep`] applies presence: silent for `stale_after` → not offered work;
-//!   for `offline_after` → offline; offline for `forget_after` → dropped;
+//! * [`PilotIndex::sweep`] applies presence: silent for `stale_after` → stale, not offered
+//!   work; for `offline_after` → offline; offline for `forget_after` → dropped;
+//! * [`PilotIndex::set_reachable`]: a pilot whose last socket closed is stale too, until it
+//!   reports again or opens another (its status stays: phones drop and reconnect);
 //! * [`PilotIndex::take_dirty`] hands the Redis mirror what changed since it last asked.
 
 pub mod geometry;
@@ -178,6 +180,26 @@ impl PilotIndex {
         if !remote {
             grid.mark_dirty(slot, now_ms);
         }
+        true
+    }
+
+    /// Whether the pilot has a socket open. One without is stale (not offered work, as if
+    /// silent) until it reports again or opens one; its status stays, and presence takes it
+    /// off duty if it stays silent. Opening one ends only a staleness that silence would not
+    /// have brought. Whether anything changed.
+    pub fn set_reachable(&self, pilot: PilotId, reachable: bool, now_ms: i64) -> bool {
+        let mut grid = self.write();
+        let Some(slot) = grid.slot(pilot) else { return false };
+        let entry = grid.entry(slot);
+        let change = match reachable {
+            true => entry.stale && now_ms - entry.seen_ms < self.stale_after_ms,
+            false => !entry.stale,
+        };
+        if !change || !entry.in_service() {
+            return false;
+        }
+        grid.set_stale(slot, !reachable);
+        grid.mark_dirty(slot, now_ms);
         true
     }
 

@@ -92,6 +92,7 @@ impl Entry {
             seen_ms: self.seen_ms,
             vehicle_bit: 1 << vehicle_index(self.vehicle),
             status_bit: status_bit(self.status),
+            stale: self.stale,
         }
     }
 }
@@ -105,6 +106,7 @@ pub(crate) struct Member {
     pub seen_ms: i64,
     pub vehicle_bit: u8,
     pub status_bit: u8,
+    pub stale: bool,
 }
 
 #[derive(Debug)]

@@ -15,7 +15,8 @@ pub struct PilotSnapshot {
     pub position: LatLng,
     pub vehicle: VehicleType,
     pub status: PilotStatus,
-    /// Silent for longer than `stale_after`: not offered work until it reports again.
+    /// Silent for longer than `stale_after`, or with no socket open: not offered work until it
+    /// reports again (or, within `stale_after` of its last report, connects again).
     pub stale: bool,
     pub heading_deg: Option<f64>,
     pub speed_mps: Option<f64>,
@@ -43,13 +44,16 @@ pub struct Filter {
     statuses: u8,
     /// Only pilots seen at or after this server time (ms).
     seen_since_ms: Option<i64>,
+    /// Only pilots not stale (silent too long, or with no socket open).
+    fresh: bool,
 }
 
 impl Filter {
     /// Pilots that may be offered work: available, of `vehicle` (any if `None`), seen since
-    /// `seen_since_ms` (pass `now − stale_after`).
+    /// `seen_since_ms` (pass `now − stale_after`), not stale.
     pub fn available(vehicle: Option<VehicleType>, seen_since_ms: i64) -> Self {
-        let filter = Self { vehicles: u8::MAX, statuses: status_bit(PilotStatus::Available), seen_since_ms: None };
+        let filter =
+            Self { vehicles: u8::MAX, statuses: status_bit(PilotStatus::Available), seen_since_ms: None, fresh: true };
         let filter = filter.seen_since(seen_since_ms);
         match vehicle {
             Some(vehicle) => filter.vehicles(&[vehicle]),
@@ -64,6 +68,7 @@ impl Filter {
             vehicles: u8::MAX,
             statuses: statuses.fold(0, |bits, status| bits | status_bit(*status)),
             seen_since_ms: None,
+            fresh: false,
         }
     }
 
@@ -86,12 +91,14 @@ impl Filter {
         self.vehicles & (1 << vehicle_index(entry.vehicle)) != 0
             && self.statuses & status_bit(entry.status) != 0
             && self.seen_since_ms.is_none_or(|since| entry.seen_ms >= since)
+            && !(self.fresh && entry.stale)
     }
 
     pub(crate) fn matches_member(&self, member: &state::Member) -> bool {
         self.vehicles & member.vehicle_bit != 0
             && self.statuses & member.status_bit != 0
             && self.seen_since_ms.is_none_or(|since| member.seen_ms >= since)
+            && !(self.fresh && member.stale)
     }
 
     /// Whether `pilot` passes (for brute-force checks in tests and tools).
@@ -99,6 +106,7 @@ impl Filter {
         self.vehicles & (1 << vehicle_index(pilot.vehicle)) != 0
             && self.statuses & status_bit(pilot.status) != 0
             && self.seen_since_ms.is_none_or(|since| pilot.seen_ms >= since)
+            && !(self.fresh && pilot.stale)
     }
 }
 

@@ -8,7 +8,8 @@
 //! Floods: `location` events beyond `realtime.location_events_per_sec` (with a burst of
 //! `location_burst`) are answered `RATE_LIMITED` without touching the grid; after
 //! `flood_disconnect_after` refusals in a row the socket is disconnected. A disconnect does
-//! not take the pilot off duty: phones drop and reconnect, and presence decides.
+//! not take the pilot off duty: phones drop and reconnect, and presence decides. But a pilot
+//! whose last socket closed is stale (not offered work) until it reports or connects again.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -50,7 +51,16 @@ pub fn setup(socket: &SocketRef, gateway: &Gateway, caller: &Caller) {
     });
     socket.on("offer:accept", async |data, ack, state, caller| answer(true, data, ack, state, caller).await);
     socket.on("offer:reject", async |data, ack, state, caller| answer(false, data, ack, state, caller).await);
-    socket.on_disconnect(async || connected(PILOT_NS, -1.0));
+    gateway.app.fleet.set_reachable(caller.user_id, true);
+    let (fleet, pilot) = (gateway.app.fleet.clone(), caller.user_id);
+    socket.on_disconnect(async move |socket: SocketRef| {
+        connected(PILOT_NS, -1.0);
+        // Its last socket here: no offer can reach it until it is back.
+        let others = socket.within(room(pilot)).sockets().into_iter().any(|other| other.id != socket.id);
+        if !others {
+            fleet.set_reachable(pilot, false);
+        }
+    });
     // An offer made while the app was away, still open: it gets it again.
     let (socket, matchmaker, pilot) = (socket.clone(), gateway.app.matchmaker.clone(), caller.user_id);
     tokio::spawn(async move {

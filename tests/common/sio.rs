@@ -26,6 +26,13 @@ pub struct SioClient {
     closed: Arc<Mutex<bool>>,
 }
 
+/// Dropping the client closes its connection, as an app that is gone.
+impl Drop for SioClient {
+    fn drop(&mut self) {
+        let _ = self.out.send(Message::Close(None));
+    }
+}
+
 /// How a connection attempt ended.
 #[derive(Debug)]
 pub enum Refused {
@@ -82,8 +89,9 @@ impl SioClient {
         let closed = Arc::new(Mutex::new(false));
         tokio::spawn(async move {
             while let Some(message) = outgoing.recv().await {
-                if sink.send(message).await.is_err() {
-                    return;
+                let closing = message.is_close();
+                if sink.send(message).await.is_err() || closing {
+                    break;
                 }
             }
             let _ = sink.close().await;
