@@ -471,18 +471,34 @@ impl Matchmaker {
         );
     }
 
-    /// Leases new searches, expires offers whose time is up, and retries searches that are
-    /// due.
+    /// Leases new searches, expires offers whose time is up (or whose pilot's app has been
+    /// gone past the grace), and retries searches that are due.
     async fn tick(&self, searches: &mut Searches) {
         self.lease_new(searches).await;
         let now = self.clock.now();
-        let due: Vec<OfferId> = searches
+        let grace = millis(self.config.offer_unreachable_grace_ms);
+        let due: Vec<(OfferId, bool)> = searches
             .map
             .values()
-            .filter_map(|search| search.live.as_ref().filter(|offer| offer.expires_at <= now).map(|offer| offer.id))
+            .filter_map(|search| search.live.as_ref())
+            .filter_map(|offer| {
+                let unreachable = || {
+                    offer.created_at + grace <= now && self.grid.get(offer.pilot_id).is_some_and(|pilot| pilot.stale)
+                };
+                if offer.expires_at <= now {
+                    Some((offer.id, false))
+                } else {
+                    unreachable().then_some((offer.id, true))
+                }
+            })
             .collect();
-        for id in due {
-            match self.orders.expire_offer(id).await {
+        for (id, unreachable) in due {
+            let expired = if unreachable {
+                self.orders.expire_unreachable_offer(id).await
+            } else {
+                self.orders.expire_offer(id).await
+            };
+            match expired {
                 Ok(Some(offer)) => {
                     if let Some(search) = searches.map.get_mut(&offer.order_id) {
                         search.declined.insert(offer.pilot_id);

@@ -264,3 +264,16 @@ async fn a_pilot_whose_order_is_cancelled_on_the_other_node_takes_work_again() {
     tokio::time::sleep(QUIET).await;
     assert_eq!(status_on(&a, &pilot), Some(PilotStatus::Busy), "nor told the other node it is free");
 }
+
+#[tokio::test]
+async fn an_offer_to_a_pilot_gone_from_the_other_node_moves_on_after_the_grace() {
+    let shared = cluster().await.set("matching.offer_unreachable_grace_ms", 500);
+    let (a, b) = (TestApp::spawn_with(shared.clone()).await, TestApp::spawn_with(shared).await);
+    let Offered { pilot, socket, order, .. } = offered_across(&a, &b).await;
+    let (other, mut far) = pilot_on_duty(&b, north(PICKUP, 1.5)).await;
+    known_as(&a, &other, PilotStatus::Available).await;
+    drop(socket);
+    // A hears from B that the app is gone, and gives the order to the next pilot.
+    offered(&mut far, &order).await;
+    assert_eq!(status_on(&a, &pilot), Some(PilotStatus::Available));
+}

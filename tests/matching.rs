@@ -233,6 +233,29 @@ async fn a_pilot_whose_app_is_gone_is_passed_over_until_it_is_back() {
 }
 
 #[tokio::test]
+async fn an_offer_whose_pilot_is_gone_moves_on_after_the_grace_not_the_deadline() {
+    let app = TestApp::spawn_with(Options::default().set("matching.offer_unreachable_grace_ms", 500)).await;
+    let customer = app.register("customer").await;
+    let (near, mut socket) = pilot_on_duty(&app, north(PICKUP, 0.3)).await;
+    let (_, mut far) = pilot_on_duty(&app, north(PICKUP, 1.5)).await;
+    let order = create_order(&app, &customer).await;
+    let offer = offered(&mut socket, &order).await;
+    assert!(offer["expires_in_ms"].as_i64().unwrap() > 10_000, "{offer}");
+    drop(socket);
+
+    // Within a second or so, not 15: the next pilot has it.
+    offered(&mut far, &order).await;
+    let offers = app.state.store.offers_for_order(order.parse().unwrap()).await.unwrap();
+    let first = &offers[0];
+    assert_eq!((first.status, first.reason.as_deref()), (OfferStatus::Expired, Some("unreachable")));
+    assert!(first.decided_at.unwrap() < first.expires_at);
+    // Back later: nothing to send again, and free for other orders.
+    let mut again = connect(&app, "/pilot", &near).await;
+    assert!(again.event("offer", QUIET).await.is_none());
+    assert_eq!(pilot_status(&app, &near), PilotStatus::Available);
+}
+
+#[tokio::test]
 async fn accepts_and_manual_assignments_racing_never_double_an_order_or_a_pilot() {
     let app = TestApp::spawn().await;
     let dispatcher = app.staff(Role::Dispatcher).await;

@@ -25,6 +25,9 @@ impl OfferStatus {
     }
 }
 
+/// The `reason` of an offer expired before its deadline because its pilot's app was gone.
+pub const UNREACHABLE: &str = "unreachable";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Offer {
     pub id: OfferId,

@@ -27,6 +27,10 @@ pub struct MatchingConfig {
     pub batch_widen_after_ms: u64,
     /// How long a pilot has to accept an offer.
     pub offer_timeout_secs: u64,
+    /// An offer whose pilot has no socket open (its app is gone) expires once it has been
+    /// live this long, instead of at its deadline: time for a phone changing networks to
+    /// come back, not for a dead one to hold the order.
+    pub offer_unreachable_grace_ms: u64,
     /// Search radii (m), widened in turn while nobody is found or everyone declined.
     pub radius_steps_m: Vec<f64>,
     /// Candidates looked at per order and search.
@@ -141,6 +145,7 @@ mod tests {
             batch_window_ms: 2000,
             batch_widen_after_ms: 10_000,
             offer_timeout_secs: 15,
+            offer_unreachable_grace_ms: 5000,
             radius_steps_m: vec![1000.0, 3000.0, 5000.0],
             candidates: 20,
             retry_interval_ms: 2000,

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::domain::offers::{Offer, OfferStatus};
+use crate::domain::offers::{Offer, OfferStatus, UNREACHABLE};
 use crate::domain::orders::{Order, OrderStatus};
 use crate::domain::{PilotStatus, Role};
 use crate::error::{Error, Result};
@@ -106,6 +106,16 @@ impl Orders {
         let decided = self.decide(id, OfferStatus::Expired, None).await?;
         if decided.is_some() {
             metrics::counter!("offers_total", "outcome" => "expired").increment(1);
+        }
+        Ok(decided)
+    }
+
+    /// Expires a live offer before its deadline because its pilot's app is gone (reason
+    /// `unreachable`); `None` if it was decided already.
+    pub async fn expire_unreachable_offer(&self, id: OfferId) -> Result<Option<Offer>> {
+        let decided = self.decide(id, OfferStatus::Expired, Some(UNREACHABLE)).await?;
+        if decided.is_some() {
+            metrics::counter!("offers_total", "outcome" => "unreachable").increment(1);
         }
         Ok(decided)
     }

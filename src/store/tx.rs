@@ -116,8 +116,9 @@ pub trait StoreTx: Send {
 
     async fn update_payment(&mut self, payment: &Payment) -> Result<()>;
 
-    /// Decides a live offer: `Accepted` only before it expires, `Expired` only after,
-    /// `Rejected` and `Withdrawn` any time. `None` when it was not live (someone decided it
+    /// Decides a live offer: `Accepted` only before it expires, `Expired` only after (or
+    /// before, with the reason [`crate::domain::offers::UNREACHABLE`]), `Rejected` and
+    /// `Withdrawn` any time. `None` when it was not live (someone decided it
     /// first) or the deadline says no; the decided offer otherwise.
     async fn decide_offer(
         &mut self,

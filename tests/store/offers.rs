@@ -2,7 +2,7 @@
 //! deadline honoured both ways; traces appended in batches without duplicates.
 
 use chrono::Duration;
-use dispatchd::domain::offers::{Offer, OfferStatus};
+use dispatchd::domain::offers::{Offer, OfferStatus, UNREACHABLE};
 use dispatchd::domain::orders::{CancelReason, OrderStatus};
 use dispatchd::domain::{Role, VehicleType};
 use dispatchd::error::Error;
@@ -114,6 +114,17 @@ async fn an_offer_is_decided_once_and_the_deadline_holds_both_ways(subject: Subj
         decide(&subject, late.id, OfferStatus::Expired).await.map(|offer| offer.status),
         Some(OfferStatus::Expired)
     );
+
+    // Before its time only because its pilot's app is gone.
+    let (order, pilot) = order_and_pilot(&subject).await;
+    let open = live_offer(order, pilot, Duration::seconds(15));
+    insert(&subject, &open).await.unwrap();
+    let mut tx = subject.store.begin().await.unwrap();
+    let gone = tx.decide_offer(open.id, OfferStatus::Expired, now(), Some(UNREACHABLE)).await.unwrap();
+    tx.commit().await.unwrap();
+    let gone = gone.expect("an unreachable pilot's offer expires early");
+    assert_eq!((gone.status, gone.reason.as_deref()), (OfferStatus::Expired, Some("unreachable")));
+    assert_eq!(decide(&subject, open.id, OfferStatus::Accepted).await, None, "and is not accepted after");
 }
 
 async fn racing_decisions_have_one_winner(subject: Subject) {

@@ -420,7 +420,8 @@ impl StoreTx for super::TxImpl {
     ) -> Result<Option<Offer>> {
         let row: Option<OfferRow> = sqlx::query_as(concat!(
             "UPDATE offers SET status = $2, decided_at = $3, reason = $4 WHERE id = $1 AND status = 'live' \
-             AND (CASE $2 WHEN 'accepted' THEN expires_at > $3 WHEN 'expired' THEN expires_at <= $3 ELSE TRUE END) \
+             AND (CASE $2 WHEN 'accepted' THEN expires_at > $3 \
+             WHEN 'expired' THEN (expires_at <= $3 OR $4 = 'unreachable') ELSE TRUE END) \
              RETURNING ",
             offer_columns!()
         ))
