@@ -165,21 +165,18 @@ impl PilotIndex {
         Ok(Some(grid.entry(slot).snapshot()))
     }
 
-    /// A busy pilot takes work again (a change another node committed freed it). Marked for
-    /// the mirror only if the pilot reports here: its own node writes the others. Whether it
-    /// was busy.
+    /// A busy pilot takes work again (a change another node committed freed it), checked and
+    /// changed under one lock. Marked for the mirror even if another node wrote it last: that
+    /// may have been the node that committed the change, which did not know it busy. Whether
+    /// it was busy.
     pub fn release_heard(&self, pilot: PilotId, now_ms: i64) -> bool {
         let mut grid = self.write();
         let Some(slot) = grid.slot(pilot) else { return false };
-        let entry = grid.entry(slot);
-        if entry.status != PilotStatus::Busy {
+        if grid.entry(slot).status != PilotStatus::Busy {
             return false;
         }
-        let remote = entry.remote;
         grid.set_status(slot, PilotStatus::Available, now_ms);
-        if !remote {
-            grid.mark_dirty(slot, now_ms);
-        }
+        grid.mark_dirty(slot, now_ms);
         true
     }
 
