@@ -482,14 +482,12 @@ impl Matchmaker {
             .values()
             .filter_map(|search| search.live.as_ref())
             .filter_map(|offer| {
-                let unreachable = || {
-                    offer.created_at + grace <= now && self.grid.get(offer.pilot_id).is_some_and(|pilot| pilot.stale)
-                };
                 if offer.expires_at <= now {
-                    Some((offer.id, false))
-                } else {
-                    unreachable().then_some((offer.id, true))
+                    return Some((offer.id, false));
                 }
+                let gone =
+                    offer.created_at + grace <= now && self.grid.get(offer.pilot_id).is_some_and(|pilot| pilot.stale);
+                gone.then_some((offer.id, true))
             })
             .collect();
         for (id, unreachable) in due {
@@ -663,9 +661,12 @@ impl Matchmaker {
 
     /// Marks a pilot as holding an offer, so no other search picks it.
     fn hold(&self, pilot: UserId) {
-        if self.grid.get(pilot).is_some_and(|snapshot| snapshot.status == PilotStatus::Available) {
-            let _ = self.grid.set_status(pilot, PilotStatus::OnOffer, self.clock.now().timestamp_millis());
-        }
+        self.grid.change_status(
+            pilot,
+            PilotStatus::Available,
+            PilotStatus::OnOffer,
+            self.clock.now().timestamp_millis(),
+        );
     }
 
     fn tell(&self, call: impl Fn(&dyn OfferListener)) {

@@ -416,20 +416,20 @@ fn a_pilot_freed_by_news_is_written_whichever_node_wrote_it_last() {
     let _ = index.take_dirty(10);
 
     // Reports here: freed, and written by this node.
-    assert!(index.release_heard(pilot(6), NOW + 2_000));
+    assert!(index.change_status(pilot(6), PilotStatus::Busy, PilotStatus::Available, NOW + 2_000));
     let now = index.get(pilot(6)).unwrap();
     assert_eq!((now.status, now.status_ms), (PilotStatus::Available, NOW + 2_000));
     assert_eq!(index.take_dirty(10).len(), 1);
     // Not busy, or unknown here: nothing to free.
-    assert!(!index.release_heard(pilot(6), NOW + 3_000));
-    assert!(!index.release_heard(pilot(7), NOW + 3_000));
+    assert!(!index.change_status(pilot(6), PilotStatus::Busy, PilotStatus::Available, NOW + 3_000));
+    assert!(!index.change_status(pilot(7), PilotStatus::Busy, PilotStatus::Available, NOW + 3_000));
     assert_eq!(index.get(pilot(6)).unwrap().status_ms, NOW + 2_000);
 
     // Last written by another node (the one that committed the change may have been it, and
     // not known the pilot busy): freed and written here all the same.
     let remote = PilotSnapshot { id: pilot(8), status: PilotStatus::Busy, status_ms: NOW + 1_000, ..now };
     index.apply_remote(&remote);
-    assert!(index.release_heard(pilot(8), NOW + 2_000));
+    assert!(index.change_status(pilot(8), PilotStatus::Busy, PilotStatus::Available, NOW + 2_000));
     assert_eq!(index.get(pilot(8)).unwrap().status, PilotStatus::Available);
     assert_eq!(index.take_dirty(10).len(), 1);
     index.check_invariants();

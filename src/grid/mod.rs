@@ -165,17 +165,16 @@ impl PilotIndex {
         Ok(Some(grid.entry(slot).snapshot()))
     }
 
-    /// A busy pilot takes work again (a change another node committed freed it), checked and
-    /// changed under one lock. Marked for the mirror even if another node wrote it last: that
-    /// may have been the node that committed the change, which did not know it busy. Whether
-    /// it was busy.
-    pub fn release_heard(&self, pilot: PilotId, now_ms: i64) -> bool {
+    /// Moves a pilot from status `from` to `to`, checked and changed under one lock (held for
+    /// an offer only if still available, free again only if still busy). Marked for the mirror
+    /// even if another node wrote it last. Whether it was in `from`.
+    pub fn change_status(&self, pilot: PilotId, from: PilotStatus, to: PilotStatus, now_ms: i64) -> bool {
         let mut grid = self.write();
         let Some(slot) = grid.slot(pilot) else { return false };
-        if grid.entry(slot).status != PilotStatus::Busy {
+        if grid.entry(slot).status != from {
             return false;
         }
-        grid.set_status(slot, PilotStatus::Available, now_ms);
+        grid.set_status(slot, to, now_ms);
         grid.mark_dirty(slot, now_ms);
         true
     }

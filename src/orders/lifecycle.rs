@@ -57,9 +57,8 @@ impl Orders {
 
     /// A pilot no longer carrying an order takes work again (if it was busy).
     pub(super) fn release(&self, pilot: crate::ids::UserId) {
-        if self.grid.get(pilot).is_some_and(|snapshot| snapshot.status == crate::domain::PilotStatus::Busy) {
-            let _ = self.grid.set_status(pilot, crate::domain::PilotStatus::Available, self.now().timestamp_millis());
-        }
+        use crate::domain::PilotStatus::{Available, Busy};
+        self.grid.change_status(pilot, Busy, Available, self.now().timestamp_millis());
     }
 
     /// Job: a scheduled order is due; start searching if it is paid (or cash). A wallet

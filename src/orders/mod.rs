@@ -171,10 +171,9 @@ impl Orders {
     /// another order stays busy: the news is older than that order's (news from two nodes
     /// can arrive in the other order than their commits).
     pub fn committed_elsewhere(&self, order: &Order, events: &[OrderEvent], tracking: &Tracking) {
-        let now_ms = self.now().timestamp_millis();
         let release = |pilot: UserId| {
             if tracking.trip_of(pilot).is_none_or(|trip| trip.order == order.id) {
-                self.grid.release_heard(pilot, now_ms);
+                self.release(pilot);
             }
         };
         if matches!(order.status, OrderStatus::Cancelled | OrderStatus::Delivered) {

@@ -135,9 +135,7 @@ impl Orders {
     /// A pilot whose offer ended without an order is available again (unless it went on a
     /// break or off duty meanwhile).
     pub fn free_from_offer(&self, pilot: UserId) {
-        if self.grid.get(pilot).is_some_and(|snapshot| snapshot.status == PilotStatus::OnOffer) {
-            let _ = self.grid.set_status(pilot, PilotStatus::Available, self.now().timestamp_millis());
-        }
+        self.grid.change_status(pilot, PilotStatus::OnOffer, PilotStatus::Available, self.now().timestamp_millis());
     }
 
     /// The caller's offer, or 404 (another pilot's offer is not the caller's to see).
