@@ -400,3 +400,91 @@ async fn the_pilot_drives_the_trip_within_its_geofences() {
     let free = app.state.grid.get(pilot.user_id.parse().unwrap()).unwrap();
     assert_eq!(free.status, dispatchd::domain::PilotStatus::Available, "the pilot takes work again");
 }
+
+/// A bare Engine.IO WebSocket connection (`eio` 3 or 4): its open packet, then its frames.
+async fn engine_socket(
+    app: &TestApp,
+    eio: u8,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let url = format!("ws://{}/socket.io/?EIO={eio}&transport=websocket", app.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("the websocket opens");
+    let open = next_frame(&mut ws, SOON).await.expect("an open packet");
+    assert!(open.starts_with("0{"), "engine.io open packet, got {open}");
+    ws
+}
+
+/// The next text frame, or `None` once the connection has closed. Panics after `within`.
+async fn next_frame<S>(ws: &mut S, within: Duration) -> Option<String>
+where
+    S: futures::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(within, ws.next()).await.expect("a frame or the close in time") {
+            Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_heartbeat_keeps_clients_that_answer_and_drops_silent_ones() {
+    use futures::SinkExt as _;
+    use tokio::time::Instant;
+    use tokio_tungstenite::tungstenite::Message;
+    let app = TestApp::spawn_with(
+        Options::default().set("realtime.ping_interval_ms", 200).set("realtime.ping_timeout_ms", 200),
+    )
+    .await;
+
+    // Socket.io v5 (EIO4): the server pings, the client answers each ping with a pong.
+    let mut answering = engine_socket(&app, 4).await;
+    let mut silent = engine_socket(&app, 4).await;
+    let until = Instant::now() + Duration::from_millis(1500);
+    let mut pings = 0;
+    while Instant::now() < until {
+        let frame = next_frame(&mut answering, SOON).await.expect("a client that answers stays connected");
+        assert_eq!(frame, "2", "only pings arrive");
+        pings += 1;
+        answering.send(Message::text("3")).await.unwrap();
+    }
+    assert!((5..=10).contains(&pings), "about one ping every 200 ms for 1.5 s, got {pings}");
+    // The silent client got its pings too, and was dropped once one went unanswered.
+    let mut silent_pings = 0;
+    while let Some(frame) = next_frame(&mut silent, SOON).await {
+        match frame.as_str() {
+            "2" => silent_pings += 1,
+            "1" => {} // the Engine.IO close packet, before the WebSocket closes
+            other => panic!("unexpected frame {other}"),
+        }
+    }
+    assert_eq!(silent_pings, 1, "dropped after its first unanswered ping");
+
+    // Socket.io v4 (EIO3): the client pings, the server answers; silence ends the session.
+    let mut answering = engine_socket(&app, 3).await;
+    let mut silent = engine_socket(&app, 3).await;
+    let started = Instant::now();
+    // (Socket.io v2 connects the default namespace by itself: "40" arrives first.)
+    let silent = tokio::spawn(async move {
+        while let Some(frame) = next_frame(&mut silent, SOON).await {
+            assert!(frame.starts_with('4') || frame == "1", "unexpected frame {frame}");
+        }
+        started.elapsed()
+    });
+    for _ in 0..8 {
+        answering.send(Message::text("2")).await.unwrap();
+        loop {
+            let frame = next_frame(&mut answering, SOON).await.expect("a client that pings stays connected");
+            if frame == "3" {
+                break;
+            }
+            assert!(frame.starts_with('4'), "a pong for each ping, got {frame}");
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let closed_after = silent.await.unwrap();
+    assert!(closed_after >= Duration::from_millis(350), "not before the interval and the timeout: {closed_after:?}");
+}

@@ -67,7 +67,6 @@ use std::{
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
-use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
@@ -313,22 +312,23 @@ where
     ///
     /// Keep a handle to the job so that it can be aborted when the socket is closed
     pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        let cancellation_token = self.cancellation_token.clone();
-
-        tokio::spawn(
-            cancellation_token
-                .run_until_cancelled_owned(async move {
-                    if let Err(_e) = self.heartbeat_job(interval, timeout).await {
-                        self.close(DisconnectReason::HeartbeatTimeout);
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
-                    }
-                })
-                .inspect(|_v| {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
-                }),
-        );
+        // dispatchd patch: one select, where tokio-util's `run_until_cancelled_owned` nested
+        // async functions that each kept a copy of the job (936 bytes for every socket).
+        let fut = async move {
+            let res = tokio::select! {
+                biased;
+                _ = self.cancellation_token.cancelled() => None,
+                res = self.heartbeat_job(interval, timeout) => Some(res),
+            };
+            if let Some(Err(_e)) = res {
+                self.close(DisconnectReason::HeartbeatTimeout);
+                #[cfg(feature = "tracing")]
+                tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
+            }
+            #[cfg(feature = "tracing")]
+            tracing::debug!(aborted = res.is_none(), "heartbeat job completed");
+        };
+        tokio::spawn(fut);
     }
 
     /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
@@ -362,14 +362,18 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
-        let mut interval_tick = tokio::time::interval(interval);
-        interval_tick.tick().await;
+        // dispatchd patch: one boxed timer serves both the interval and the pong timeout.
+        // Inline, tokio's interval and timeout made this task about 1 KiB for every socket.
+        let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut next_ping = tokio::time::Instant::now();
         // Some clients send the pong packet in first. If that happens, we should consume it.
         heartbeat_rx.try_recv().ok();
         loop {
             // If we are currently upgrading we should pause the heartbeat process
             if self.is_upgrading() {
-                interval_tick.tick().await;
+                next_ping += interval;
+                timer.as_mut().reset(next_ping);
+                timer.as_mut().await;
                 continue;
             }
 
@@ -383,15 +387,22 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "waiting for pong");
 
-            tokio::time::timeout(timeout, heartbeat_rx.recv())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + timeout);
+            tokio::select! {
+                biased;
+                pong = heartbeat_rx.recv() => pong.ok_or(Error::HeartbeatTimeout)?,
+                _ = timer.as_mut() => return Err(Error::HeartbeatTimeout),
+            }
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "pong received");
 
-            interval_tick.tick().await;
+            // Pings keep to the interval's schedule, as a tokio interval would.
+            next_ping += interval;
+            timer.as_mut().reset(next_ping);
+            timer.as_mut().await;
         }
     }
 
@@ -405,11 +416,17 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
 
+        // dispatchd patch: one boxed timer, as in the v4 job.
+        let mut timer = Box::pin(tokio::time::sleep(interval + timeout));
         loop {
-            tokio::time::timeout(interval + timeout, heartbeat_rx.recv())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + interval + timeout);
+            tokio::select! {
+                biased;
+                ping = heartbeat_rx.recv() => ping.ok_or(Error::HeartbeatTimeout)?,
+                _ = timer.as_mut() => return Err(Error::HeartbeatTimeout),
+            }
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");

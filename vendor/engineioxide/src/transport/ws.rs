@@ -4,7 +4,7 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::sync::Arc;
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use futures_util::{
     SinkExt, StreamExt, TryStreamExt,
@@ -23,7 +23,7 @@ use tokio_tungstenite::{
 };
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
+use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
@@ -65,48 +65,30 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
 
-    tokio::spawn(async move {
-        let conn = hyper::upgrade::on(req)
-            .await
-            .map(hyper_util::rt::TokioIo::new);
-
-        let res = match conn {
-            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, parts).await,
+    // dispatchd patch: the task lives as long as the connection, so it keeps only what the
+    // connection needs. The upgrade and the handshake run in a box of their own, freed once done
+    // (inline, their state made every idle connection's task about 4 KiB).
+    let setup_engine = engine.clone();
+    let setup = Box::pin(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(conn) => {
+                let conn = hyper_util::rt::TokioIo::new(conn);
+                connect(&setup_engine, conn, protocol, sid, parts).await.map(Some)
+            }
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("ws upgrade error: {}", _e);
-                return;
-            }
-        };
-
-        match res {
-            Ok(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(?sid, "ws closed")
-            }
-            Err(Error::MultipleWebsocketRequests) => {}
-            Err(_e) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(?sid, "ws closed with error: {_e}");
-                if let Some(sid) = sid {
-                    engine.close_session(sid, DisconnectReason::TransportError);
-                }
+                Ok(None)
             }
         }
     });
+    tokio::spawn(run(engine, sid, setup));
 
     Ok(ws_response(&ws_key))
 }
 
-/// Handle a websocket connection upgrade
-///
-/// Sends an open packet if it is not an upgrade from a polling request
-///
-/// Read packets from the websocket and handle them, it will block until the connection is closed
-#[cfg_attr(
-    feature = "tracing",
-    tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
-)]
+/// Sets up a websocket connection and serves it until it closes (dispatchd patch: see
+/// [`run`] for the path that keeps an idle connection small).
 pub async fn on_init<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     conn: S,
@@ -114,6 +96,59 @@ pub async fn on_init<H: EngineIoHandler, S>(
     sid: Option<Sid>,
     req_data: Parts,
 ) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (socket, tx, rx) = connect(&engine, conn, protocol, sid, req_data).await?;
+    serve(&engine, socket, tx, rx).await;
+    Ok(())
+}
+
+/// A websocket connection once set up: its session and the two halves of its stream.
+type Connected<D, S> = (
+    Arc<Socket<D>>,
+    SplitSink<WebSocketStream<S>, Message>,
+    SplitStream<WebSocketStream<S>>,
+);
+
+/// Runs a websocket connection (dispatchd patch): awaits its boxed setup, then serves it. The
+/// future holds little more than the engine, the sid and, while serving, the reader's state.
+async fn run<H: EngineIoHandler, S, F>(engine: Arc<EngineIo<H>>, sid: Option<Sid>, setup: Pin<Box<F>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = Result<Option<Connected<H::Data, S>>, Error>>,
+{
+    match setup.await {
+        Ok(Some((socket, tx, rx))) => {
+            serve(&engine, socket, tx, rx).await;
+            #[cfg(feature = "tracing")]
+            tracing::debug!(?sid, "ws closed")
+        }
+        Ok(None) | Err(Error::MultipleWebsocketRequests) => {}
+        Err(_e) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(?sid, "ws closed with error: {_e}");
+            if let Some(sid) = sid {
+                engine.close_session(sid, DisconnectReason::TransportError);
+            }
+        }
+    }
+}
+
+/// Handle a websocket connection upgrade
+///
+/// Sends an open packet if it is not an upgrade from a polling request
+#[cfg_attr(
+    feature = "tracing",
+    tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
+)]
+async fn connect<H: EngineIoHandler, S>(
+    engine: &Arc<EngineIo<H>>,
+    conn: S,
+    protocol: ProtocolVersion,
+    sid: Option<Sid>,
+    req_data: Parts,
+) -> Result<Connected<H::Data, S>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -158,19 +193,35 @@ where
         tracing::debug!("new websocket connection");
 
         let mut ws = ws_init().await;
-        init_handshake(socket.id, &mut ws, &engine.config).await?;
+        if let Err(e) = init_handshake(socket.id, &mut ws, &engine.config).await {
+            // dispatchd patch: the session has no heartbeat yet, nothing else would close it.
+            engine.close_session(socket.id, DisconnectReason::TransportError);
+            return Err(e);
+        }
         socket
             .clone()
             .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
     let (tx, rx) = ws.split();
+    Ok((socket, tx, rx))
+}
 
+/// Serves a websocket connection: a writer task forwards the session's packets to the
+/// websocket, and this future reads packets from it until it closes.
+async fn serve<H: EngineIoHandler, S>(
+    engine: &Arc<EngineIo<H>>,
+    socket: Arc<Socket<H::Data>>,
+    tx: SplitSink<WebSocketStream<S>, Message>,
+    rx: SplitStream<WebSocketStream<S>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+    spawn_writer::<H, S>(socket.clone(), tx);
 
     // pipe between internal socket channel and websocket
-    match forward_to_handler(&engine, rx, &socket)
+    match forward_to_handler(engine, rx, &socket)
         .with_cancellation_token(&socket.cancellation_token)
         .await
     {
@@ -192,7 +243,17 @@ where
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
     }
-    Ok(())
+}
+
+/// Spawns the task that forwards the session's packets to the websocket (dispatchd patch: from
+/// a plain function, so that the caller's future does not keep room for the writer's).
+fn spawn_writer<H: EngineIoHandler, S>(
+    socket: Arc<Socket<H::Data>>,
+    tx: SplitSink<WebSocketStream<S>, Message>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(forward_to_socket::<H, S>(socket, tx));
 }
 
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
@@ -258,11 +319,15 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
-    let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    else {
+    // dispatchd patch: the lock's future is boxed, and packets are fed from behind their box,
+    // so that what this task keeps while it waits is small.
+    let lock = Box::pin(
+        socket
+            .internal_rx
+            .lock()
+            .with_cancellation_token(&socket.cancellation_token),
+    );
+    let Some(mut internal_rx) = lock.await else {
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
@@ -273,53 +338,16 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         ..
     } = &mut *internal_rx;
 
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
-        }
-
     // Forward buffered packets until the channel is closed or the session is cancelled.
     loop {
         tokio::select! {
             biased;
             items = buffered_rx.recv() => {
                 match items {
-                    Some(packets) => {
-                        for item in *packets {
-                            map_fn!(item);
-                        }
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in *packets {
-                                map_fn!(item);
-                            }
+                    Some(mut packets) => {
+                        feed(&mut tx, &socket, &mut packets).await;
+                        while let Ok(mut packets) = buffered_rx.try_recv() {
+                            feed(&mut tx, &socket, &mut packets).await;
                         }
                     }
                     None => break
@@ -327,13 +355,11 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             }
             _ = socket.cancellation_token.cancelled() => break,
             Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                if let Some(packets) = val {
+                let val = volatile_rx.borrow_and_update().as_ref().map(|p| Box::new(p.clone()));
+                if let Some(mut packets) = val {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in packets {
-                        map_fn!(item);
-                    }
+                    feed(&mut tx, &socket, &mut packets).await;
                 }
             },
         }
@@ -349,6 +375,45 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     tx.flush().await.ok();
     tx.close().await.ok();
 }
+
+/// Feeds packets to the websocket, as websocket messages, without flushing.
+async fn feed<D: Default + Send + Sync + 'static, S>(
+    tx: &mut SplitSink<WebSocketStream<S>, Message>,
+    socket: &Socket<D>,
+    packets: &mut PacketBuf,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    for item in packets.drain(..) {
+        let res = match item {
+            Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+                if socket.protocol == ProtocolVersion::V3 {
+                    // v3 protocol requires packet type as the first byte.
+                    // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                    let mut buff = Vec::with_capacity(bin.len() + 1);
+                    buff.push(0x04);
+                    buff.extend(bin);
+                    tx.feed(Message::Binary(buff.into())).await
+                } else {
+                    tx.feed(Message::Binary(bin)).await
+                }
+            }
+            // A Noop Packet maybe sent by the server to upgrade from a polling connection
+            // In the case that the packet was not poll in time it will remain in the buffer and therefore
+            // it should be discarded here
+            Packet::Noop => Ok(()),
+            item => {
+                let packet: String = item.try_into().unwrap();
+                tx.feed(Message::Text(packet.into())).await
+            }
+        };
+        if let Err(_e) = res {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+        }
+    }
+}
+
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
