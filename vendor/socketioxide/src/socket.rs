@@ -286,7 +286,9 @@ const ACK_SWEEP_MIN: usize = 64;
 /// The socket struct itself should not be used directly, but through a [`SocketRef`](crate::extract::SocketRef).
 pub struct Socket<A: Adapter = LocalAdapter> {
     pub(crate) ns: Arc<Namespace<A>>,
-    message_handlers: RwLock<HashMap<Cow<'static, str>, BoxedMessageHandler<A>>>,
+    /// dispatchd patch: a list, not a map. A socket registers a handful of handlers, found
+    /// by comparing a few short names; a hash map's table cost about 0.7 KiB a socket.
+    message_handlers: RwLock<Vec<(Cow<'static, str>, BoxedMessageHandler<A>)>>,
     fallback_message_handler: RwLock<Option<BoxedMessageHandler<A>>>,
     disconnect_handler: Mutex<Option<BoxedDisconnectHandler<A>>>,
     ack_message: Mutex<HashMap<i64, oneshot::Sender<AckResult<Value>>>>,
@@ -317,7 +319,7 @@ impl<A: Adapter> Socket<A> {
     ) -> Self {
         Self {
             ns,
-            message_handlers: RwLock::new(HashMap::new()),
+            message_handlers: RwLock::new(Vec::new()),
             fallback_message_handler: RwLock::new(None),
             disconnect_handler: Mutex::new(None),
             ack_message: Mutex::new(HashMap::new()),
@@ -405,10 +407,13 @@ impl<A: Adapter> Socket<A> {
         H: MessageHandler<A, T>,
         T: Send + Sync + 'static,
     {
-        self.message_handlers
-            .write()
-            .unwrap()
-            .insert(event.into(), MakeErasedHandler::new_message_boxed(handler));
+        let event = event.into();
+        let handler = MakeErasedHandler::new_message_boxed(handler);
+        let mut handlers = self.message_handlers.write().unwrap();
+        match handlers.iter_mut().find(|(name, _)| *name == event) {
+            Some(slot) => slot.1 = handler,
+            None => handlers.push((event, handler)),
+        }
     }
 
     /// # Registers a fallback [`MessageHandler`] when no other handler is found. You can see this as a 404 handler.
@@ -836,7 +841,8 @@ impl<A: Adapter> Socket<A> {
         })?;
         #[cfg(feature = "tracing")]
         tracing::debug!(?event, "reading");
-        if let Some(handler) = self.message_handlers.read().unwrap().get(event) {
+        let handlers = self.message_handlers.read().unwrap();
+        if let Some((_, handler)) = handlers.iter().find(|(name, _)| name == event) {
             handler.call(self.clone(), data, ack);
         } else if let Some(fallback) = self.fallback_message_handler.read().unwrap().as_ref() {
             fallback.call(self.clone(), data, ack);

@@ -192,8 +192,7 @@ where
                 break;
             }
             Ok(Packet::Pong | Packet::Ping) => {
-                // A full channel means that the client is already known to be alive.
-                socket.heartbeat_tx.try_send(()).ok();
+                socket.heard();
                 Ok(())
             }
             Ok(Packet::Message(msg)) => {

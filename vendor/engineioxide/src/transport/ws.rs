@@ -56,8 +56,11 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     sid: Option<Sid>,
     req: Request<R>,
 ) -> Result<Response<ResponseBody<B>>, Error> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let req = Request::from_parts(parts.clone(), body);
+    // dispatchd patch: the session keeps these parts for its whole life; the upgrade is taken
+    // from `req`, and a copy of it kept here would keep its channel alive for nothing.
+    parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
 
     let ws_key = parts
         .headers
@@ -275,8 +278,7 @@ where
                     break;
                 }
                 Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
+                    socket.heard();
                     Ok::<(), Error>(())
                 }
                 Packet::Message(msg) => {
