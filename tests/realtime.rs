@@ -488,3 +488,52 @@ async fn the_heartbeat_keeps_clients_that_answer_and_drops_silent_ones() {
     let closed_after = silent.await.unwrap();
     assert!(closed_after >= Duration::from_millis(350), "not before the interval and the timeout: {closed_after:?}");
 }
+
+#[tokio::test]
+async fn the_heartbeat_runs_over_long_polling_too() {
+    use tokio::time::Instant;
+    let app = TestApp::spawn_with(
+        Options::default().set("realtime.ping_interval_ms", 200).set("realtime.ping_timeout_ms", 200),
+    )
+    .await;
+    let open = |app: &TestApp| {
+        let request = app.client.get(app.url("/socket.io/?EIO=4&transport=polling"));
+        async move {
+            let body = request.send().await.unwrap().text().await.unwrap();
+            let open: Value = serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
+            open["sid"].as_str().unwrap().to_owned()
+        }
+    };
+    let poll_url = |sid: &str| app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+
+    // A client that answers each ping with a pong keeps its session.
+    let answering = open(&app).await;
+    let until = Instant::now() + Duration::from_millis(1200);
+    let mut pings = 0;
+    while Instant::now() < until {
+        let reply = app.client.get(poll_url(&answering)).timeout(SOON).send().await.unwrap();
+        assert_eq!(reply.status(), StatusCode::OK, "a client that answers stays connected");
+        let body = reply.text().await.unwrap();
+        for packet in body.split('\u{1e}') {
+            assert_eq!(packet, "2", "only pings arrive");
+            pings += 1;
+            let pong = app.client.post(poll_url(&answering)).body("3").send().await.unwrap();
+            assert_eq!(pong.status(), StatusCode::OK);
+        }
+    }
+    assert!(pings >= 4, "about one ping every 200 ms, got {pings}");
+
+    // A client that polls but never answers is dropped.
+    let silent = open(&app).await;
+    let mut closed = false;
+    for _ in 0..20 {
+        let reply = app.client.get(poll_url(&silent)).timeout(SOON).send().await.unwrap();
+        let status = reply.status();
+        let body = reply.text().await.unwrap();
+        if status != StatusCode::OK || body.split('\u{1e}').any(|packet| packet == "1") {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the session of a client that never answers ends");
+}
