@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Caller;
 use crate::clock::Clock;
 use crate::domain::PilotStatus;
-use crate::domain::offers::{Offer, OfferStatus};
+use crate::domain::offers::{Offer, OfferStatus, UNREACHABLE};
 use crate::domain::orders::{Order, OrderEvent, OrderStatus};
 use crate::error::{Error, Result};
 use crate::grid::PilotIndex;
@@ -280,7 +280,7 @@ impl Matchmaker {
         let mut live = HashMap::new();
         for offer in self.store.live_offers().await? {
             if offer.expires_at <= now {
-                self.orders.expire_offer(offer.id).await?;
+                self.orders.expire_offer(offer.id, None).await?;
             } else {
                 self.hold(offer.pilot_id);
                 live.insert(offer.order_id, offer);
@@ -477,26 +477,21 @@ impl Matchmaker {
         self.lease_new(searches).await;
         let now = self.clock.now();
         let grace = millis(self.config.offer_unreachable_grace_ms);
-        let due: Vec<(OfferId, bool)> = searches
+        let due: Vec<(OfferId, Option<&'static str>)> = searches
             .map
             .values()
             .filter_map(|search| search.live.as_ref())
             .filter_map(|offer| {
                 if offer.expires_at <= now {
-                    return Some((offer.id, false));
+                    return Some((offer.id, None));
                 }
                 let gone =
                     offer.created_at + grace <= now && self.grid.get(offer.pilot_id).is_some_and(|pilot| pilot.stale);
-                gone.then_some((offer.id, true))
+                gone.then_some((offer.id, Some(UNREACHABLE)))
             })
             .collect();
-        for (id, unreachable) in due {
-            let expired = if unreachable {
-                self.orders.expire_unreachable_offer(id).await
-            } else {
-                self.orders.expire_offer(id).await
-            };
-            match expired {
+        for (id, reason) in due {
+            match self.orders.expire_offer(id, reason).await {
                 Ok(Some(offer)) => {
                     if let Some(search) = searches.map.get_mut(&offer.order_id) {
                         search.declined.insert(offer.pilot_id);

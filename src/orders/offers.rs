@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::domain::offers::{Offer, OfferStatus, UNREACHABLE};
+use crate::domain::offers::{Offer, OfferStatus};
 use crate::domain::orders::{Order, OrderStatus};
 use crate::domain::{PilotStatus, Role};
 use crate::error::{Error, Result};
@@ -100,22 +100,13 @@ impl Orders {
         self.decide(id, OfferStatus::Withdrawn, None).await
     }
 
-    /// The offer's time ran out (matching calls this at `expires_at`). `None` when it was
+    /// The offer's time ran out (matching calls this at `expires_at`), or, with the reason
+    /// [`UNREACHABLE`], its pilot's app has been gone past the grace. `None` when it was
     /// decided meanwhile, an accept that came in time included.
-    pub async fn expire_offer(&self, id: OfferId) -> Result<Option<Offer>> {
-        let decided = self.decide(id, OfferStatus::Expired, None).await?;
+    pub async fn expire_offer(&self, id: OfferId, reason: Option<&'static str>) -> Result<Option<Offer>> {
+        let decided = self.decide(id, OfferStatus::Expired, reason).await?;
         if decided.is_some() {
-            metrics::counter!("offers_total", "outcome" => "expired").increment(1);
-        }
-        Ok(decided)
-    }
-
-    /// Expires a live offer before its deadline because its pilot's app is gone (reason
-    /// `unreachable`); `None` if it was decided already.
-    pub async fn expire_unreachable_offer(&self, id: OfferId) -> Result<Option<Offer>> {
-        let decided = self.decide(id, OfferStatus::Expired, Some(UNREACHABLE)).await?;
-        if decided.is_some() {
-            metrics::counter!("offers_total", "outcome" => "unreachable").increment(1);
+            metrics::counter!("offers_total", "outcome" => reason.unwrap_or("expired")).increment(1);
         }
         Ok(decided)
     }

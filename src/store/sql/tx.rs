@@ -421,7 +421,7 @@ impl StoreTx for super::TxImpl {
         let row: Option<OfferRow> = sqlx::query_as(concat!(
             "UPDATE offers SET status = $2, decided_at = $3, reason = $4 WHERE id = $1 AND status = 'live' \
              AND (CASE $2 WHEN 'accepted' THEN expires_at > $3 \
-             WHEN 'expired' THEN (expires_at <= $3 OR $4 = 'unreachable') ELSE TRUE END) \
+             WHEN 'expired' THEN (expires_at <= $3 OR $4 = $5) ELSE TRUE END) \
              RETURNING ",
             offer_columns!()
         ))
@@ -429,6 +429,7 @@ impl StoreTx for super::TxImpl {
         .bind(status.as_str())
         .bind(now)
         .bind(reason)
+        .bind(crate::domain::offers::UNREACHABLE)
         .fetch_optional(&mut *self.tx)
         .await?;
         row.map(Offer::try_from).transpose()
