@@ -93,6 +93,9 @@ say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 say "cargo test"
 cargo test --workspace --locked
+say "cargo test: the patched engine's own tests (vendor/engineioxide)"
+CARGO_TARGET_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}")/vendor" \
+    cargo test --locked --manifest-path vendor/engineioxide/Cargo.toml --lib --features v3
 say "socket.io-client tests (tests/js)"
 bin="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/dispatchd"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error && DISPATCHD_BIN="$bin" npm test)

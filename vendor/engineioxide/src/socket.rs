@@ -57,10 +57,12 @@
 use std::{
     collections::VecDeque,
     fmt::Debug,
+    future::poll_fn,
     sync::{
-        Arc,
+        Arc, PoisonError,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -70,11 +72,7 @@ use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use futures_util::FutureExt;
-use tokio::sync::{
-    Mutex, Notify,
-    mpsc::{self, Receiver, error::TrySendError},
-    watch,
-};
+use tokio::sync::{Mutex, Notify, mpsc::error::TrySendError};
 
 pub use engineioxide_core::Sid;
 use tokio_util::sync::CancellationToken;
@@ -112,27 +110,30 @@ impl From<&Error> for Option<DisconnectReason> {
     }
 }
 
-/// What the internal channel carries: packets behind one pointer (dispatchd patch). A
-/// bounded tokio channel allocates its slots 32 at a time; a `PacketBuf` inline is 168 bytes,
-/// so an idle socket's channel held 5.4 KiB per block (and, after its first 32 pings, two
-/// blocks). Boxed, a block is about 300 bytes.
+/// What the outbox carries: packets behind one pointer (dispatchd patch), so that a socket's
+/// queue is a ring of pointers, 8 bytes a slot, where a `PacketBuf` inline is 168 bytes.
 pub(crate) type Queued = Box<PacketBuf>;
 
 /// A permit to emit a message to the client.
-/// A permit holds a place in the internal channel to send one packet to the client.
+/// A permit holds a place in the socket's outbox to send one packet to the client.
 pub struct Permit<'a> {
-    inner: mpsc::Permit<'a, Queued>,
+    outbox: &'a Outbox,
 }
 impl Permit<'_> {
+    fn send(self, packets: PacketBuf) {
+        let outbox = self.outbox;
+        std::mem::forget(self);
+        outbox.send_reserved(Box::new(packets));
+    }
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(Box::new(smallvec![Packet::Message(msg)]));
+        self.send(smallvec![Packet::Message(msg)]);
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(Box::new(smallvec![Packet::Binary(data)]));
+        self.send(smallvec![Packet::Binary(data)]);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -144,7 +145,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(Box::new(packets));
+        self.send(packets);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -156,27 +157,180 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(Box::new(packets));
+        self.send(packets);
+    }
+}
+impl Drop for Permit<'_> {
+    /// An unused permit gives its place back.
+    fn drop(&mut self) {
+        self.outbox.lock().reserved -= 1;
     }
 }
 
-#[derive(Debug)]
-pub(crate) struct InternalRx {
-    pub buffered_rx: Receiver<Queued>,
-    pub peeked_packet: Option<PacketBuf>,
-    pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
+/// dispatchd patch: the packets waiting for the transport, inline in the socket. It replaces
+/// a bounded tokio channel for the buffered packets and a `watch` channel for the volatile
+/// one: together about 1.3 KiB for every socket (the channel's cache padding and its first
+/// block of 32 slots, the watch's shared state), and the watch kept the last volatile packet
+/// for the socket's life. Buffered packets go out in order, and before the volatile one;
+/// a newer volatile packet replaces one not yet taken. One transport takes packets at a
+/// time: it holds the socket's `rx_lock` while it does.
+pub(crate) struct Outbox {
+    state: std::sync::Mutex<OutboxState>,
+    capacity: usize,
+    /// Wakes whoever waits in [`Socket::closed`].
+    closed: Notify,
 }
 
-impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<Queued>,
-        volatile_rx: watch::Receiver<Option<PacketBuf>>,
-    ) -> Self {
+#[derive(Default)]
+struct OutboxState {
+    queue: VecDeque<Queued>,
+    /// Places held by permits not yet used.
+    reserved: usize,
+    volatile: Option<Queued>,
+    closed: bool,
+    /// The transport waiting for a packet.
+    waker: Option<Waker>,
+}
+
+impl Outbox {
+    fn new(capacity: usize) -> Self {
         Self {
-            buffered_rx,
-            peeked_packet: None,
-            volatile_rx,
+            state: std::sync::Mutex::default(),
+            capacity,
+            closed: Notify::new(),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the transport, once the state's lock is released.
+    fn wake(waker: Option<Waker>) {
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn try_reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(TrySendError::Closed(()));
+        }
+        if state.queue.len() + state.reserved >= self.capacity {
+            return Err(TrySendError::Full(()));
+        }
+        state.reserved += 1;
+        Ok(Permit { outbox: self })
+    }
+
+    fn send_reserved(&self, packets: Queued) {
+        let mut state = self.lock();
+        state.reserved -= 1;
+        if state.closed {
+            return;
+        }
+        state.queue.push_back(packets);
+        let waker = state.waker.take();
+        drop(state);
+        Self::wake(waker);
+    }
+
+    pub(crate) fn try_send(&self, packets: Queued) -> Result<(), TrySendError<Queued>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(TrySendError::Closed(packets));
+        }
+        if state.queue.len() + state.reserved >= self.capacity {
+            return Err(TrySendError::Full(packets));
+        }
+        state.queue.push_back(packets);
+        let waker = state.waker.take();
+        drop(state);
+        Self::wake(waker);
+        Ok(())
+    }
+
+    fn send_volatile(&self, packets: Queued) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        state.volatile = Some(packets);
+        let waker = state.waker.take();
+        drop(state);
+        Self::wake(waker);
+        true
+    }
+
+    /// Puts back, first in line, packets a polling response had no room for.
+    pub(crate) fn put_back(&self, packets: PacketBuf) {
+        self.lock().queue.push_front(Box::new(packets));
+    }
+
+    /// The next packets to send: `None` once the outbox is closed and empty.
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Queued>> {
+        let mut state = self.lock();
+        if let Some(packets) = state.queue.pop_front().or_else(|| state.volatile.take()) {
+            return Poll::Ready(Some(packets));
+        }
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            waker => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    pub(crate) async fn recv(&self) -> Option<Queued> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Packets ready to send now, if any.
+    pub(crate) fn try_recv(&self) -> Option<Queued> {
+        let mut state = self.lock();
+        state.queue.pop_front().or_else(|| state.volatile.take())
+    }
+
+    /// No packet is taken in from now on; the transport still gets those already queued.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.volatile = None;
+        let waker = state.waker.take();
+        drop(state);
+        Self::wake(waker);
+        self.closed.notify_waiters();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    async fn closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Outbox")
+            .field("queued", &state.queue.len())
+            .field("reserved", &state.reserved)
+            .field("volatile", &state.volatile.is_some())
+            .field("closed", &state.closed)
+            .finish()
     }
 }
 
@@ -206,26 +360,16 @@ where
     /// Whether the socket is currently upgrading to a new transport.
     upgrading: AtomicBool,
 
-    /// Channel to send [`PacketBuf`] to the connection
-    ///
-    /// It is used and managed by the [`EngineIo`](crate::engine) struct depending on the transport type
-    ///
-    /// It is locked if [`EngineIo`](crate::engine) is currently reading from it :
+    /// Held by the transport that takes packets from the [`Outbox`]:
     /// * In case of polling transport it will be locked and released for each request
     /// * In case of websocket transport it will always be locked until the connection is closed
     ///
     /// Closing behavior is driven by the [`Socket::cancellation_token`].
-    ///
-    /// The channel is made of a [`SmallVec`] of [`Packet`]s so that adjacent packets can be sent atomically.
-    pub(crate) internal_rx: Mutex<InternalRx>,
+    pub(crate) rx_lock: Mutex<()>,
 
-    /// Channel to send [PacketBuf] to the internal connection
-    pub(crate) internal_tx: mpsc::Sender<Queued>,
-
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
-    /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<PacketBuf>>,
+    /// The packets waiting for the transport. Each entry is a [`SmallVec`] of [`Packet`]s so
+    /// that adjacent packets can be sent atomically.
+    pub(crate) outbox: Outbox,
 
     /// Pongs (v4 protocol) or pings (v3 protocol) heard from the client, for the heartbeat job.
     /// dispatchd patch: a `Notify`, whose one stored permit works as the channel of one `()`
@@ -260,19 +404,14 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         supports_binary: bool,
     ) -> Self {
-        let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
-
         Self {
             id: Sid::new(),
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
-            internal_tx,
-
-            volatile_tx,
+            rx_lock: Mutex::new(()),
+            outbox: Outbox::new(config.max_buffer_size),
 
             heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
@@ -291,7 +430,7 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.internal_tx
+        self.outbox
             .try_send(Box::new(smallvec![packet]))
             .map_err(|p| match p {
                 TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
@@ -377,7 +516,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
-            self.internal_tx
+            self.outbox
                 .try_send(Box::new(smallvec![Packet::Ping]))
                 .map_err(|_| Error::HeartbeatTimeout)?;
 
@@ -422,7 +561,7 @@ where
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.internal_tx
+            self.outbox
                 .try_send(Box::new(smallvec![Packet::Pong]))
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
@@ -457,8 +596,7 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        let permit = self.internal_tx.try_reserve()?;
-        Ok(Permit { inner: permit })
+        self.outbox.try_reserve()
     }
 
     /// Emits a message to the client.
@@ -488,12 +626,12 @@ where
     /// Returns true if the socket is closed
     /// It means that no more packets can be sent to the client
     pub fn is_closed(&self) -> bool {
-        self.internal_tx.is_closed()
+        self.outbox.is_closed()
     }
 
     /// Wait for the socket to be fully closed
     pub async fn closed(&self) {
-        self.internal_tx.closed().await
+        self.outbox.closed().await
     }
 
     /// Emits a binary message to the client.
@@ -519,11 +657,12 @@ where
     /// Volatile messages may be dropped if the transport is not ready to
     /// receive them.
     ///
-    /// Because volatile messages bypass the main mpsc buffer queue, they may
-    /// arrive out of order relative to regular messages.
+    /// Because volatile messages bypass the buffer queue, they may arrive out
+    /// of order relative to regular messages: they go out once the queue is
+    /// empty, and a newer one replaces one not yet sent.
     ///
     /// Returns `true` if the message was queued for sending, `false` if it
-    /// was dropped (channel full or transport shutting down).
+    /// was dropped (the socket is closed).
     #[inline]
     pub fn emit_volatile(&self, msg: impl Into<Str>) -> bool {
         self.send_volatile(smallvec![Packet::Message(msg.into())])
@@ -561,7 +700,7 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        self.outbox.send_volatile(Box::new(packets))
     }
 }
 
@@ -571,8 +710,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("sid", &self.id)
             .field("protocol", &self.protocol)
             .field("conn", &self.transport)
-            .field("internal_rx", &self.internal_rx)
-            .field("internal_tx", &self.internal_tx)
+            .field("outbox", &self.outbox)
             .field("heartbeat", &self.heartbeat)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
@@ -620,19 +758,14 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
-        let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
-
         let sock = Self {
             id: sid,
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
-            internal_tx,
-
-            volatile_tx,
+            rx_lock: Mutex::new(()),
+            outbox: Outbox::new(buffer_size),
 
             heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
@@ -645,11 +778,11 @@ where
         };
         let sock = Arc::new(sock);
 
-        let (tx, rx) = mpsc::channel(buffer_size);
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer_size);
         let sock_clone = sock.clone();
         tokio::spawn(async move {
-            let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();
-            while let Some(packets) = internal_rx.buffered_rx.recv().await {
+            let _rx_lock = sock_clone.rx_lock.try_lock().unwrap();
+            while let Some(packets) = sock_clone.outbox.recv().await {
                 for packet in *packets {
                     tx.send(packet).await.unwrap();
                 }
@@ -657,5 +790,104 @@ where
         });
 
         (sock, rx)
+    }
+}
+
+#[cfg(test)]
+mod outbox_tests {
+    use super::*;
+
+    fn text(packets: Option<Queued>) -> Vec<String> {
+        packets
+            .expect("packets")
+            .into_iter()
+            .map(|p| String::try_from(p).unwrap())
+            .collect()
+    }
+
+    fn msg(s: &'static str) -> Queued {
+        Box::new(smallvec![Packet::Message(Str::from(s))])
+    }
+
+    #[test]
+    fn buffered_packets_go_first_in_order_and_a_newer_volatile_one_replaces_the_older() {
+        let outbox = Outbox::new(8);
+        assert!(outbox.send_volatile(msg("v1")));
+        outbox.try_send(msg("a")).unwrap();
+        assert!(outbox.send_volatile(msg("v2")));
+        outbox.try_send(msg("b")).unwrap();
+        assert_eq!(text(outbox.try_recv()), ["4a"]);
+        assert_eq!(text(outbox.try_recv()), ["4b"]);
+        assert_eq!(text(outbox.try_recv()), ["4v2"]);
+        assert!(outbox.try_recv().is_none());
+    }
+
+    #[test]
+    fn the_capacity_counts_queued_packets_and_unused_permits() {
+        let outbox = Outbox::new(2);
+        outbox.try_send(msg("a")).unwrap();
+        let permit = outbox.try_reserve().unwrap();
+        assert!(matches!(outbox.try_send(msg("b")), Err(TrySendError::Full(_))));
+        assert!(matches!(outbox.try_reserve(), Err(TrySendError::Full(()))));
+        // A volatile packet needs no place: it replaces the previous one.
+        assert!(outbox.send_volatile(msg("v")));
+        drop(permit);
+        let permit = outbox.try_reserve().unwrap();
+        permit.emit(Str::from("c"));
+        assert!(matches!(outbox.try_reserve(), Err(TrySendError::Full(()))));
+        assert_eq!(text(outbox.try_recv()), ["4a"]);
+        outbox.try_reserve().unwrap().emit(Str::from("d"));
+        assert_eq!(text(outbox.try_recv()), ["4c"]);
+        assert_eq!(text(outbox.try_recv()), ["4d"]);
+        assert_eq!(text(outbox.try_recv()), ["4v"]);
+    }
+
+    #[test]
+    fn a_packet_put_back_goes_out_first() {
+        let outbox = Outbox::new(2);
+        outbox.try_send(msg("b")).unwrap();
+        outbox.put_back(smallvec![Packet::Message(Str::from("a"))]);
+        assert_eq!(text(outbox.try_recv()), ["4a"]);
+        assert_eq!(text(outbox.try_recv()), ["4b"]);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_transport_is_woken() {
+        let outbox = Arc::new(Outbox::new(4));
+        let rx = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { text(outbox.recv().await) })
+        };
+        tokio::task::yield_now().await;
+        assert!(!rx.is_finished());
+        outbox.try_send(msg("a")).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap();
+        assert_eq!(got, ["4a"]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_outbox_takes_nothing_more_and_still_hands_over_what_it_holds() {
+        let outbox = Arc::new(Outbox::new(4));
+        outbox.try_send(msg("a")).unwrap();
+        outbox.try_send(msg("b")).unwrap();
+        assert!(outbox.send_volatile(msg("v")));
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.closed().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert!(!outbox.is_closed());
+        outbox.close();
+        assert!(outbox.is_closed());
+        assert!(matches!(outbox.try_send(msg("c")), Err(TrySendError::Closed(_))));
+        assert!(matches!(outbox.try_reserve(), Err(TrySendError::Closed(()))));
+        assert!(!outbox.send_volatile(msg("w")));
+        // What was buffered before the close still goes out; the volatile packet does not.
+        assert_eq!(text(outbox.recv().await), ["4a"]);
+        assert_eq!(text(outbox.recv().await), ["4b"]);
+        assert!(outbox.recv().await.is_none());
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), outbox.closed()).await.unwrap();
     }
 }

@@ -13,6 +13,7 @@ use futures_util::{
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -27,7 +28,7 @@ use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportT
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -325,30 +326,26 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     // so that what this task keeps while it waits is small.
     let lock = Box::pin(
         socket
-            .internal_rx
+            .rx_lock
             .lock()
             .with_cancellation_token(&socket.cancellation_token),
     );
-    let Some(mut internal_rx) = lock.await else {
+    let Some(_rx_lock) = lock.await else {
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
 
-    // Forward buffered packets until the channel is closed or the session is cancelled.
+    // Forward packets until the outbox is closed or the session is cancelled. Buffered
+    // packets come out before the volatile one (dispatchd patch: both from the outbox).
     loop {
         tokio::select! {
             biased;
-            items = buffered_rx.recv() => {
+            items = socket.outbox.recv() => {
                 match items {
                     Some(mut packets) => {
                         feed(&mut tx, &socket, &mut packets).await;
-                        while let Ok(mut packets) = buffered_rx.try_recv() {
+                        while let Some(mut packets) = socket.outbox.try_recv() {
                             feed(&mut tx, &socket, &mut packets).await;
                         }
                     }
@@ -356,14 +353,6 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 }
             }
             _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().as_ref().map(|p| Box::new(p.clone()));
-                if let Some(mut packets) = val {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    feed(&mut tx, &socket, &mut packets).await;
-                }
-            },
         }
 
         #[cfg(feature = "tracing")]
@@ -473,15 +462,15 @@ where
     socket.start_upgrade();
 
     // We send a last Noop request to close a potential waiting polling request.
-    socket
-        .internal_tx
-        .send(Box::new(smallvec![Packet::Noop]))
-        .await
-        .map_err(|_| Error::Upgrade)?;
+    // A full outbox already wakes that request.
+    match socket.outbox.try_send(Box::new(smallvec![Packet::Noop])) {
+        Ok(()) | Err(TrySendError::Full(_)) => {}
+        Err(TrySendError::Closed(_)) => return Err(Error::Upgrade),
+    }
 
     // wait for any current polling connection to finish by waiting for the socket to be unlocked
     // All other polling connection will be immediately closed with a NOOP packet.
-    let _lock = socket.internal_rx.lock().await;
+    let _lock = socket.rx_lock.lock().await;
 
     // Fetch the next packet from the ws stream, it should be a PingUpgrade packet
     let msg = match ws.next().await {
@@ -579,7 +568,7 @@ mod tests {
         let (server, mut client) = ws_pair().await;
         let (tx, _rx) = server.split();
 
-        let polling = socket.internal_rx.lock().await;
+        let polling = socket.rx_lock.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
@@ -600,7 +589,7 @@ mod tests {
         let (server, _client) = ws_pair().await;
         let (tx, _rx) = server.split();
 
-        let _polling = socket.internal_rx.lock().await;
+        let _polling = socket.rx_lock.lock().await;
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
