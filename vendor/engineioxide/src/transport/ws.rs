@@ -4,12 +4,14 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::{future::Future, pin::Pin, sync::Arc};
-
-use futures_util::{
-    SinkExt, StreamExt, TryStreamExt,
-    stream::{SplitSink, SplitStream},
+use std::{
+    future::{Future, poll_fn},
+    pin::Pin,
+    sync::Arc,
+    task::Poll,
 };
+
+use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,8 +29,8 @@ use tokio_util::future::FutureExt as _;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
-    DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, transport::make_open_packet,
+    DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo, errors::Error,
+    handler::EngineIoHandler, socket::Queued, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -38,10 +40,7 @@ fn ws_response<B>(ws_key: &HeaderValue) -> Response<ResponseBody<B>> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(http::header::UPGRADE, HeaderValue::from_static("websocket"))
-        .header(
-            http::header::CONNECTION,
-            HeaderValue::from_static("Upgrade"),
-        )
+        .header(http::header::CONNECTION, HeaderValue::from_static("Upgrade"))
         .header(http::header::SEC_WEBSOCKET_ACCEPT, sec)
         .body(ResponseBody::empty_response())
         .unwrap() // we are only using constants
@@ -63,11 +62,7 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     // from `req`, and a copy of it kept here would keep its channel alive for nothing.
     parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
 
-    let ws_key = parts
-        .headers
-        .get("Sec-WebSocket-Key")
-        .ok_or(Error::InvalidWebSocketKey)?
-        .clone();
+    let ws_key = parts.headers.get("Sec-WebSocket-Key").ok_or(Error::InvalidWebSocketKey)?.clone();
 
     // dispatchd patch: the task lives as long as the connection, so it keeps only what the
     // connection needs. The upgrade and the handshake run in a box of their own, freed once done
@@ -103,40 +98,38 @@ pub async fn on_init<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (socket, tx, rx) = connect(&engine, conn, protocol, sid, req_data).await?;
-    serve(&engine, socket, tx, rx).await;
+    let (socket, ws) = connect(&engine, conn, protocol, sid, req_data).await?;
+    serve(&engine, socket, ws).await;
     Ok(())
 }
 
-/// A websocket connection once set up: its session and the two halves of its stream.
-type Connected<D, S> = (
-    Arc<Socket<D>>,
-    SplitSink<WebSocketStream<S>, Message>,
-    SplitStream<WebSocketStream<S>>,
-);
+/// A websocket connection once set up: its session and its stream.
+type Connected<D, S> = (Arc<Socket<D>>, WebSocketStream<S>);
 
 /// Runs a websocket connection (dispatchd patch): awaits its boxed setup, then serves it. The
-/// future holds little more than the engine, the sid and, while serving, the reader's state.
+/// future holds little more than the engine, the sid and, while serving, the stream.
 async fn run<H: EngineIoHandler, S, F>(engine: Arc<EngineIo<H>>, sid: Option<Sid>, setup: Pin<Box<F>>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Future<Output = Result<Option<Connected<H::Data, S>>, Error>>,
 {
-    match setup.await {
-        Ok(Some((socket, tx, rx))) => {
-            serve(&engine, socket, tx, rx).await;
-            #[cfg(feature = "tracing")]
-            tracing::debug!(?sid, "ws closed")
-        }
-        Ok(None) | Err(Error::MultipleWebsocketRequests) => {}
+    // Bound in the match, the stream would keep room in this future beside the one `serve`
+    // keeps for it.
+    let serving = match setup.await {
+        Ok(Some((socket, ws))) => serve(&engine, socket, ws),
+        Ok(None) | Err(Error::MultipleWebsocketRequests) => return,
         Err(_e) => {
             #[cfg(feature = "tracing")]
             tracing::debug!(?sid, "ws closed with error: {_e}");
             if let Some(sid) = sid {
                 engine.close_session(sid, DisconnectReason::TransportError);
             }
+            return;
         }
-    }
+    };
+    serving.await;
+    #[cfg(feature = "tracing")]
+    tracing::debug!(?sid, "ws closed")
 }
 
 /// Handle a websocket connection upgrade
@@ -202,203 +195,230 @@ where
             engine.close_session(socket.id, DisconnectReason::TransportError);
             return Err(e);
         }
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+        socket.clone().spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
-    let (tx, rx) = ws.split();
-    Ok((socket, tx, rx))
+    Ok((socket, ws))
 }
 
-/// Serves a websocket connection: a writer task forwards the session's packets to the
-/// websocket, and this future reads packets from it until it closes.
-async fn serve<H: EngineIoHandler, S>(
-    engine: &Arc<EngineIo<H>>,
+/// Why a connection's loop stopped.
+enum Stop {
+    /// The client closed the stream or sent a close packet.
+    Closed,
+    /// The session was closed on the server's side.
+    Cancelled,
+    /// The stream failed or the client sent what it must not.
+    Failed(Error),
+}
+
+/// Serves a websocket connection until it closes (dispatchd patch: on one task, where upstream
+/// ran a reader and a writer task around the two halves of a split stream, each half an
+/// allocation of its own). One loop reads what the client sends and writes what the
+/// session's outbox holds, whichever is ready: a write waiting for a slow client does not
+/// hold up reading, nor a read writing.
+///
+/// An async block rather than an async fn: an async fn moves its arguments into locals, and the
+/// future kept room for the stream twice.
+fn serve<'a, H: EngineIoHandler, S>(
+    engine: &'a Arc<EngineIo<H>>,
     socket: Arc<Socket<H::Data>>,
-    tx: SplitSink<WebSocketStream<S>, Message>,
-    rx: SplitStream<WebSocketStream<S>>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // Pipe between websocket and internal socket channel.
-    spawn_writer::<H, S>(socket.clone(), tx);
-
-    // pipe between internal socket channel and websocket
-    match forward_to_handler(engine, rx, &socket)
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    {
-        Some(Err(ref e)) => {
-            let reason =
-                Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
-
-            #[cfg(feature = "tracing")]
-            tracing::debug!("error when handling packet: {:?}", e);
-            engine.close_session(socket.id, reason);
-        }
-        Some(Ok(())) => {
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "ws transport was closed");
-            engine.close_session(socket.id, DisconnectReason::TransportClose);
-        }
-        None => {
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "socket is closing");
-        }
-    }
-}
-
-/// Spawns the task that forwards the session's packets to the websocket (dispatchd patch: from
-/// a plain function, so that the caller's future does not keep room for the writer's).
-fn spawn_writer<H: EngineIoHandler, S>(
-    socket: Arc<Socket<H::Data>>,
-    tx: SplitSink<WebSocketStream<S>, Message>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(forward_to_socket::<H, S>(socket, tx));
-}
-
-/// Forwards all packets received from a websocket to a EngineIo [`Socket`]
-async fn forward_to_handler<H: EngineIoHandler, S>(
-    engine: &Arc<EngineIo<H>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
-    socket: &Arc<Socket<H::Data>>,
-) -> Result<(), Error>
+    mut ws: WebSocketStream<S>,
+) -> impl Future<Output = ()> + Send + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    while let Some(msg) = rx.try_next().await? {
-        match msg {
-            Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
+    async move {
+        // A polling request that was in progress during the upgrade may still hold the lock.
+        let lock = Box::pin(socket.rx_lock.lock().with_cancellation_token(&socket.cancellation_token));
+        let Some(_rx_lock) = lock.await else {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "session closed before the ws connection started");
+            return;
+        };
+
+        let mut sending: Option<Queued> = None;
+        let stop = {
+            let cancelled = socket.cancellation_token.cancelled();
+            tokio::pin!(cancelled);
+            let mut unflushed = false;
+            poll_fn(|cx| {
+                loop {
+                    match ws.poll_next_unpin(cx) {
+                        Poll::Ready(Some(Ok(msg))) => {
+                            if let Err(stop) = on_ws_message(engine, &socket, msg) {
+                                return Poll::Ready(stop);
+                            }
+                        }
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Stop::Failed(e.into())),
+                        Poll::Ready(None) => return Poll::Ready(Stop::Closed),
+                        Poll::Pending => break,
+                    }
+                }
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Stop::Cancelled);
+                }
+                // Buffered packets come out before the volatile one; the stream is flushed once
+                // the outbox is empty.
+                loop {
+                    if let Some(packets) = sending.as_mut() {
+                        while !packets.is_empty() {
+                            match ws.poll_ready_unpin(cx) {
+                                Poll::Ready(Ok(())) => {
+                                    if let Some(msg) = to_message(&socket, packets.remove(0)) {
+                                        if let Err(_e) = ws.start_send_unpin(msg) {
+                                            #[cfg(feature = "tracing")]
+                                            tracing::debug!(sid = %socket.id, "error sending packet: {_e}");
+                                        }
+                                        unflushed = true;
+                                    }
+                                }
+                                Poll::Ready(Err(_e)) => {
+                                    #[cfg(feature = "tracing")]
+                                    tracing::debug!(sid = %socket.id, "error sending packet: {_e}");
+                                    packets.clear();
+                                }
+                                Poll::Pending => return Poll::Pending,
+                            }
+                        }
+                        sending = None;
+                    }
+                    match socket.outbox.poll_recv(cx) {
+                        Poll::Ready(Some(packets)) => sending = Some(packets),
+                        Poll::Ready(None) => return Poll::Ready(Stop::Cancelled),
+                        Poll::Pending => break,
+                    }
+                }
+                if unflushed && ws.poll_flush_unpin(cx).is_ready() {
+                    unflushed = false;
+                }
+                Poll::Pending
+            })
+            .await
+        };
+
+        match stop {
+            Stop::Failed(e) => {
+                let reason = Option::<DisconnectReason>::from(&e).unwrap_or(DisconnectReason::TransportError);
+                #[cfg(feature = "tracing")]
+                tracing::debug!("error when handling packet: {:?}", e);
+                engine.close_session(socket.id, reason);
+            }
+            Stop::Closed => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = %socket.id, "ws transport was closed");
+                engine.close_session(socket.id, DisconnectReason::TransportClose);
+            }
+            Stop::Cancelled => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = %socket.id, "socket is closing");
+            }
+        }
+
+        // What is already queued (a close packet, say) still goes out, then the stream is closed;
+        // no longer than the ping timeout, for a client that stopped reading.
+        let closing = Box::pin(tokio::time::timeout(engine.config.ping_timeout, async {
+            if let Some(mut packets) = sending {
+                feed(&mut ws, &socket, &mut packets).await;
+            }
+            while let Some(mut packets) = socket.outbox.try_recv() {
+                feed(&mut ws, &socket, &mut packets).await;
+            }
+            #[cfg(feature = "tracing")]
+            tracing::trace!(sid = %socket.id, "ws closing flush");
+            ws.flush().await.ok();
+            ws.close(None).await.ok();
+        }));
+        closing.await.ok();
+    }
+}
+
+/// Hands what a client sent to the handler; `Err` stops the connection.
+fn on_ws_message<H: EngineIoHandler>(
+    engine: &Arc<EngineIo<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    msg: Message,
+) -> Result<(), Stop> {
+    match msg {
+        Message::Text(msg) => {
+            match Packet::parse(socket.protocol, ws_bytes_to_str(msg)).map_err(|e| Stop::Failed(e.into()))? {
                 Packet::Close => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!("[sid={}] closing session", socket.id);
                     engine.close_session(socket.id, DisconnectReason::TransportClose);
-                    break;
+                    Err(Stop::Closed)
                 }
                 Packet::Pong | Packet::Ping => {
                     socket.heard();
-                    Ok::<(), Error>(())
+                    Ok(())
                 }
                 Packet::Message(msg) => {
                     engine.handler.on_message(msg, socket.clone());
                     Ok(())
                 }
-                p => return Err(Error::BadPacket(p)),
-            },
-            Message::Binary(mut data) => {
-                if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
-                    // The first byte is the message type, which we don't need.
-                    data = data.split_off(1);
-                }
-                engine.handler.on_binary(data, socket.clone());
-                Ok(())
+                p => Err(Stop::Failed(Error::BadPacket(p))),
             }
-            Message::Close(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("websocket closed, closing session");
-                engine.close_session(socket.id, DisconnectReason::TransportClose);
-                break;
+        }
+        Message::Binary(mut data) => {
+            if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
+                // The first byte is the message type, which we don't need.
+                data = data.split_off(1);
             }
-            _ => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(sid = ?socket.id, "unexpected ws message");
-                Ok(())
-            }
-        }?
+            engine.handler.on_binary(data, socket.clone());
+            Ok(())
+        }
+        Message::Close(_) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("websocket closed, closing session");
+            engine.close_session(socket.id, DisconnectReason::TransportClose);
+            Err(Stop::Closed)
+        }
+        _ => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = ?socket.id, "unexpected ws message");
+            Ok(())
+        }
     }
-    Ok(())
 }
 
-/// Forwards all packets waiting to be sent to the websocket
-///
-/// The websocket stream is flushed only when the internal channel is drained
-async fn forward_to_socket<H: EngineIoHandler, S>(
-    socket: Arc<Socket<H::Data>>,
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // A polling request that was in progress during the upgrade may still hold the lock.
-    // dispatchd patch: the lock's future is boxed, and packets are fed from behind their box,
-    // so that what this task keeps while it waits is small.
-    let lock = Box::pin(
-        socket
-            .rx_lock
-            .lock()
-            .with_cancellation_token(&socket.cancellation_token),
-    );
-    let Some(_rx_lock) = lock.await else {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
-        return;
-    };
-
-    // Forward packets until the outbox is closed or the session is cancelled. Buffered
-    // packets come out before the volatile one (dispatchd patch: both from the outbox).
-    loop {
-        tokio::select! {
-            biased;
-            items = socket.outbox.recv() => {
-                match items {
-                    Some(mut packets) => {
-                        feed(&mut tx, &socket, &mut packets).await;
-                        while let Some(mut packets) = socket.outbox.try_recv() {
-                            feed(&mut tx, &socket, &mut packets).await;
-                        }
-                    }
-                    None => break
-                }
+/// The websocket message for a packet; a Noop packet has none.
+fn to_message<D: Default + Send + Sync + 'static>(socket: &Socket<D>, packet: Packet) -> Option<Message> {
+    match packet {
+        Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+            if socket.protocol == ProtocolVersion::V3 {
+                // v3 protocol requires packet type as the first byte.
+                // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                let mut buff = Vec::with_capacity(bin.len() + 1);
+                buff.push(0x04);
+                buff.extend(bin);
+                Some(Message::Binary(buff.into()))
+            } else {
+                Some(Message::Binary(bin))
             }
-            _ = socket.cancellation_token.cancelled() => break,
         }
-
-        #[cfg(feature = "tracing")]
-        tracing::trace!(sid = %socket.id, "ws flush");
-        tx.flush().await.ok();
+        // A Noop Packet maybe sent by the server to upgrade from a polling connection
+        // In the case that the packet was not poll in time it will remain in the buffer and therefore
+        // it should be discarded here
+        Packet::Noop => None,
+        item => {
+            let packet: String = item.try_into().unwrap();
+            Some(Message::Text(packet.into()))
+        }
     }
-
-    #[cfg(feature = "tracing")]
-    tracing::trace!(sid = %socket.id, "ws closing flush");
-
-    tx.flush().await.ok();
-    tx.close().await.ok();
 }
 
 /// Feeds packets to the websocket, as websocket messages, without flushing.
 async fn feed<D: Default + Send + Sync + 'static, S>(
-    tx: &mut SplitSink<WebSocketStream<S>, Message>,
+    ws: &mut WebSocketStream<S>,
     socket: &Socket<D>,
     packets: &mut PacketBuf,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    for item in packets.drain(..) {
-        let res = match item {
-            Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                if socket.protocol == ProtocolVersion::V3 {
-                    // v3 protocol requires packet type as the first byte.
-                    // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                    let mut buff = Vec::with_capacity(bin.len() + 1);
-                    buff.push(0x04);
-                    buff.extend(bin);
-                    tx.feed(Message::Binary(buff.into())).await
-                } else {
-                    tx.feed(Message::Binary(bin)).await
-                }
-            }
-            // A Noop Packet maybe sent by the server to upgrade from a polling connection
-            // In the case that the packet was not poll in time it will remain in the buffer and therefore
-            // it should be discarded here
-            Packet::Noop => Ok(()),
-            item => {
-                let packet: String = item.try_into().unwrap();
-                tx.feed(Message::Text(packet.into())).await
-            }
+    for packet in packets.drain(..) {
+        let Some(msg) = to_message(socket, packet) else {
+            continue;
         };
-        if let Err(_e) = res {
+        if let Err(_e) = ws.feed(msg).await {
             #[cfg(feature = "tracing")]
             tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
         }
@@ -406,11 +426,7 @@ async fn feed<D: Default + Send + Sync + 'static, S>(
 }
 
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
-async fn init_handshake<S>(
-    sid: Sid,
-    ws: &mut WebSocketStream<S>,
-    config: &EngineIoConfig,
-) -> Result<(), Error>
+async fn init_handshake<S>(sid: Sid, ws: &mut WebSocketStream<S>, config: &EngineIoConfig) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -443,10 +459,7 @@ where
 ///│                                                      │
 ///│            -----  WebSocket frames -----             │
 /// ```
-#[cfg_attr(
-    feature = "tracing",
-    tracing::instrument(level = "trace", skip(socket, ws))
-)]
+#[cfg_attr(feature = "tracing", tracing::instrument(level = "trace", skip(socket, ws)))]
 async fn upgrade_handshake<H: EngineIoHandler, S>(
     socket: &Arc<Socket<H::Data>>,
     ws: &mut WebSocketStream<S>,
@@ -482,8 +495,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::debug!("received first ping upgrade");
             // Respond with a PongUpgrade packet
-            ws.send(Message::Text(String::from(Packet::PongUpgrade).into()))
-                .await?;
+            ws.send(Message::Text(String::from(Packet::PongUpgrade).into())).await?;
         }
         p => Err(Error::BadPacket(p))?,
     };
@@ -561,42 +573,147 @@ mod tests {
         )
     }
 
+    #[derive(Debug, Default)]
+    struct Recorder {
+        messages: std::sync::Mutex<Vec<String>>,
+    }
+    impl EngineIoHandler for Recorder {
+        type Data = ();
+        fn on_connect(self: Arc<Self>, _: Arc<Socket<()>>) {}
+        fn on_disconnect(&self, _: Arc<Socket<()>>, _: DisconnectReason) {}
+        fn on_message(self: &Arc<Self>, msg: Str, _: Arc<Socket<()>>) {
+            self.messages.lock().unwrap().push(msg.to_string());
+        }
+        fn on_binary(self: &Arc<Self>, _: Bytes, _: Arc<Socket<()>>) {}
+    }
+
+    fn engine<H: EngineIoHandler + Default>(ping_timeout: Duration) -> Arc<EngineIo<H>> {
+        let config = EngineIoConfig::builder().ping_timeout(ping_timeout).build();
+        Arc::new(EngineIo::new(Arc::new(H::default()), config))
+    }
+
+    impl Default for StubHandler {
+        fn default() -> Self {
+            StubHandler
+        }
+    }
+
     /// A polling request can still hold the lock at the end of an upgrade.
     #[tokio::test]
-    async fn writer_waits_for_the_lock_of_a_polling_request() {
+    async fn a_connection_waits_for_the_lock_of_a_polling_request() {
+        let engine = engine::<StubHandler>(TIMEOUT);
         let socket = socket();
         let (server, mut client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let polling = socket.rx_lock.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let conn = tokio::spawn({
+            let socket = socket.clone();
+            async move { serve(&engine, socket, server).await }
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!writer.is_finished(), "the writer should wait for the lock");
+        assert!(!conn.is_finished(), "the connection should wait for the lock");
 
         drop(polling);
         socket.emit(Str::from("hello")).unwrap();
         let msg = tokio::time::timeout(TIMEOUT, client.next())
             .await
-            .expect("the writer should send the packet")
+            .expect("the connection should send the packet")
             .unwrap()
             .unwrap();
         assert_eq!(msg, Message::text("4hello"));
     }
 
     #[tokio::test]
-    async fn writer_waiting_for_the_lock_stops_with_the_session() {
+    async fn a_connection_waiting_for_the_lock_stops_with_the_session() {
+        let engine = engine::<StubHandler>(TIMEOUT);
         let socket = socket();
         let (server, _client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let _polling = socket.rx_lock.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let conn = tokio::spawn({
+            let socket = socket.clone();
+            async move { serve(&engine, socket, server).await }
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
-        tokio::time::timeout(TIMEOUT, writer)
+        tokio::time::timeout(TIMEOUT, conn).await.expect("the connection should stop").unwrap();
+    }
+
+    /// Fills the server's side of a stream whose client reads nothing: 2 MiB of packets for a
+    /// duplex pipe of 1 KiB.
+    fn flood(socket: &Socket<()>) {
+        let big = "x".repeat(64 * 1024);
+        for _ in 0..32 {
+            socket.emit(Str::from(big.clone())).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn reading_goes_on_while_a_write_waits_for_a_client_that_does_not_read() {
+        let engine = engine::<Recorder>(TIMEOUT);
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        flood(&socket);
+        let conn = tokio::spawn({
+            let (engine, socket) = (engine.clone(), socket.clone());
+            async move { serve(&engine, socket, server).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        client.send(Message::text("4from the client")).await.unwrap();
+        let heard = async {
+            while engine.handler.messages.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(TIMEOUT, heard).await.expect("the message should be read while the writes wait");
+        assert_eq!(*engine.handler.messages.lock().unwrap(), ["from the client"]);
+        assert!(!conn.is_finished());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_cannot_hold_a_closed_session_open() {
+        let engine = engine::<StubHandler>(Duration::from_millis(100));
+        let socket = socket();
+        let (server, _client) = ws_pair().await;
+        flood(&socket);
+        let conn = tokio::spawn({
+            let socket = socket.clone();
+            async move { serve(&engine, socket, server).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!conn.is_finished());
+
+        socket.cancellation_token.cancel();
+        tokio::time::timeout(TIMEOUT, conn)
             .await
-            .expect("the writer should stop")
+            .expect("the connection should give up on its closing writes")
             .unwrap();
+        assert!(socket.rx_lock.try_lock().is_ok(), "the lock should be released");
+    }
+
+    #[tokio::test]
+    async fn a_closed_session_sends_what_was_queued_then_closes_the_stream() {
+        let engine = engine::<StubHandler>(TIMEOUT);
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let conn = tokio::spawn({
+            let socket = socket.clone();
+            async move { serve(&engine, socket, server).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        socket.emit(Str::from("last")).unwrap();
+        socket.cancellation_token.cancel();
+        let mut got = Vec::new();
+        while let Some(msg) = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap() {
+            match msg {
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(msg) => got.push(msg),
+            }
+        }
+        assert_eq!(got, [Message::text("4last")]);
+        tokio::time::timeout(TIMEOUT, conn).await.unwrap().unwrap();
     }
 }
