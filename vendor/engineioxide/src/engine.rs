@@ -1,7 +1,10 @@
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Once, RwLock, Weak},
+    time::Duration,
 };
+
+use tokio::time::{Instant, MissedTickBehavior};
 
 use engineioxide_core::{ProtocolVersion, Sid, TransportType};
 use http::request::Parts;
@@ -24,6 +27,11 @@ pub struct EngineIo<H: EngineIoHandler> {
 
     /// The config for the engine.io server
     pub config: EngineIoConfig,
+
+    /// The heartbeat clock's zero (dispatchd patch).
+    epoch: Instant,
+    /// Starts the heartbeat sweeper with the first session.
+    sweeper: Once,
 }
 
 impl<H: EngineIoHandler> EngineIo<H> {
@@ -33,6 +41,8 @@ impl<H: EngineIoHandler> EngineIo<H> {
             sockets: RwLock::new(HashMap::new()),
             config,
             handler,
+            epoch: Instant::now(),
+            sweeper: Once::new(),
         }
     }
 }
@@ -64,6 +74,43 @@ impl<H: EngineIoHandler> EngineIo<H> {
             .insert(socket.id, socket.clone());
         self.handler.clone().on_connect(socket.clone());
         socket
+    }
+
+    /// Now on the heartbeat clock, in milliseconds.
+    pub(crate) fn heartbeat_now(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64
+    }
+
+    /// Starts a session's heartbeat once it is set up (dispatchd patch: upstream spawned a task
+    /// for every session; one sweeper task serves them all).
+    pub(crate) fn start_heartbeat(self: &Arc<Self>, socket: &Socket<H::Data>) {
+        self.sweeper.call_once(|| {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        });
+        socket.start_heartbeat(self.heartbeat_now());
+    }
+
+    /// Sends the pings that are due and closes the sessions whose client has been silent for
+    /// too long.
+    pub(crate) fn sweep_heartbeats(&self) {
+        let now = self.heartbeat_now();
+        let interval = self.config.ping_interval.as_millis() as u64;
+        let timeout = self.config.ping_timeout.as_millis() as u64;
+        let silent: Vec<_> = self
+            .sockets
+            .read()
+            .unwrap()
+            .values()
+            .filter(|socket| socket.heartbeat_due(now, interval, timeout))
+            .cloned()
+            .collect();
+        for socket in silent {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = ?socket.id, "heartbeat timeout");
+            socket.close(DisconnectReason::HeartbeatTimeout);
+        }
     }
 
     /// Get a socket by its sid
@@ -114,6 +161,27 @@ impl<H: EngineIoHandler> EngineIo<H> {
             rem_sockets = self.sockets.read().unwrap().len(),
             "remaining sockets",
         );
+    }
+}
+
+/// The heartbeat sweeper: every tick, a sweep of all sessions. A tick is an eighth of the
+/// shorter of the ping interval and timeout, between 10 ms and 1 s, so that a ping or a
+/// timeout is late by no more than that. The task ends with the engine.
+async fn sweep<H: EngineIoHandler>(engine: Weak<EngineIo<H>>) {
+    let Some(tick) = engine.upgrade().map(|engine| {
+        let shorter = engine.config.ping_interval.min(engine.config.ping_timeout);
+        (shorter / 8).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }) else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        engine.sweep_heartbeats();
     }
 }
 

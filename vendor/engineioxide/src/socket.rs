@@ -58,22 +58,22 @@ use std::{
     collections::VecDeque,
     fmt::Debug,
     sync::{
-        Arc, PoisonError,
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        PoisonError,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     },
     task::{Context, Poll, Waker},
-    time::Duration,
 };
 
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
-use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{Mutex, Notify, mpsc::error::TrySendError};
 
 pub use engineioxide_core::Sid;
+#[cfg(any(test, feature = "__test_harness"))]
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// A [`DisconnectReason`] represents the reason why a [`Socket`] was closed.
@@ -193,7 +193,11 @@ struct OutboxState {
 
 impl Outbox {
     fn new(capacity: usize) -> Self {
-        Self { state: std::sync::Mutex::default(), capacity, closed: Notify::new() }
+        Self {
+            state: std::sync::Mutex::default(),
+            capacity,
+            closed: Notify::new(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
@@ -330,6 +334,31 @@ impl Debug for Outbox {
     }
 }
 
+/// The heartbeat's "not started yet".
+const NOT_STARTED: u64 = u64::MAX;
+
+/// dispatchd patch: a socket's heartbeat, as two numbers that the engine's one sweeper task
+/// reads and updates (`EngineIo::sweep_heartbeats`), where upstream ran a task with its timers
+/// for every socket (about 0.6 KiB each). Times are milliseconds on the engine's heartbeat
+/// clock.
+#[derive(Debug)]
+struct Heartbeat {
+    /// v4: when the next ping is due. v3: when the client's last ping was heard.
+    /// [`NOT_STARTED`] until the session is set up.
+    at: AtomicU64,
+    /// v4: by when the pong for the ping sent must come; 0 when none is awaited.
+    deadline: AtomicU64,
+}
+
+impl Heartbeat {
+    fn new() -> Self {
+        Self {
+            at: AtomicU64::new(NOT_STARTED),
+            deadline: AtomicU64::new(0),
+        }
+    }
+}
+
 /// A [`Socket`] represents a client connection to the server.
 /// It is agnostic to the [`TransportType`].
 ///
@@ -337,7 +366,7 @@ impl Debug for Outbox {
 /// * the packet communication between with the `Engine`
 ///   and the user defined [`Handler`](crate::handler::EngineIoHandler).
 /// * the user defined [`Data`](crate::handler::EngineIoHandler::Data) bound to the socket.
-/// * the heartbeat job that verify that the connection is still up by sending packets periodically.
+/// * the heartbeat state that the engine's sweeper uses to verify that the connection is still up.
 pub struct Socket<D>
 where
     D: Default + Send + Sync + 'static,
@@ -367,11 +396,8 @@ where
     /// that adjacent packets can be sent atomically.
     pub(crate) outbox: Outbox,
 
-    /// Pongs (v4 protocol) or pings (v3 protocol) heard from the client, for the heartbeat job.
-    /// dispatchd patch: a `Notify`, whose one stored permit works as the channel of one `()`
-    /// it replaces (a full channel meant the client was already known to be alive), inline
-    /// instead of a channel's 0.5 KiB allocation for every socket.
-    heartbeat: Notify,
+    /// The heartbeat's state, kept by the engine's sweeper (dispatchd patch).
+    heartbeat: Heartbeat,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -409,7 +435,7 @@ where
             rx_lock: Mutex::new(()),
             outbox: Outbox::new(config.max_buffer_size),
 
-            heartbeat: Notify::new(),
+            heartbeat: Heartbeat::new(),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -426,131 +452,79 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.outbox.try_send(Box::new(smallvec![packet])).map_err(|p| match p {
-            TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
-            TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
-        })?;
+        self.outbox
+            .try_send(Box::new(smallvec![packet]))
+            .map_err(|p| match p {
+                TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
+                TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
+            })?;
         Ok(())
     }
-    /// The client answered a ping (v4) or pinged (v3): tells the heartbeat job.
-    pub(crate) fn heard(&self) {
-        self.heartbeat.notify_one();
+    /// The client answered a ping (v4) or pinged (v3), at `now` on the engine's heartbeat
+    /// clock. A v3 client's ping is answered at once.
+    pub(crate) fn heard(&self, now: u64) {
+        match self.protocol {
+            ProtocolVersion::V4 => self.heartbeat.deadline.store(0, Ordering::Release),
+            ProtocolVersion::V3 => {
+                self.heartbeat.at.store(now, Ordering::Release);
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?self.id, "ping received, sending pong");
+                if self.send(Packet::Pong).is_err() {
+                    self.close(DisconnectReason::HeartbeatTimeout);
+                }
+            }
+        }
     }
+
+    /// Starts the heartbeat, at `now` on the engine's heartbeat clock: a v4 socket is pinged
+    /// at the next sweep, a v3 socket's client has a ping interval and timeout to ping.
+    pub(crate) fn start_heartbeat(&self, now: u64) {
+        self.heartbeat.at.store(now, Ordering::Release);
+    }
+
+    /// One sweep of the heartbeat for this socket at `now` (milliseconds, like `interval` and
+    /// `timeout`): sends the ping that is due, if any. True when the client has been silent
+    /// for too long and the socket must be closed.
+    pub(crate) fn heartbeat_due(&self, now: u64, interval: u64, timeout: u64) -> bool {
+        let at = self.heartbeat.at.load(Ordering::Acquire);
+        if at == NOT_STARTED {
+            return false;
+        }
+        match self.protocol {
+            ProtocolVersion::V3 => now >= at.saturating_add(interval + timeout),
+            ProtocolVersion::V4 => {
+                let deadline = self.heartbeat.deadline.load(Ordering::Acquire);
+                if deadline != 0 {
+                    return now >= deadline;
+                }
+                if now < at {
+                    return false;
+                }
+                // Pings keep to the interval's schedule, and pause while upgrading.
+                self.heartbeat
+                    .at
+                    .store((at + interval).max(now), Ordering::Release);
+                if self.is_upgrading() {
+                    return false;
+                }
+                // Before the ping goes out: its pong may come at once.
+                self.heartbeat
+                    .deadline
+                    .store((now + timeout).max(1), Ordering::Release);
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?self.id, "emitting ping");
+                self.outbox
+                    .try_send(Box::new(smallvec![Packet::Ping]))
+                    .is_err()
+            }
+        }
+    }
+
     pub(crate) fn is_upgrading(&self) -> bool {
         self.upgrading.load(Ordering::Relaxed)
     }
     pub(crate) fn start_upgrade(&self) {
         self.upgrading.store(true, Ordering::Relaxed);
-    }
-
-    /// Spawn the heartbeat job
-    ///
-    /// Keep a handle to the job so that it can be aborted when the socket is closed
-    pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        // dispatchd patch: one select, where tokio-util's `run_until_cancelled_owned` nested
-        // async functions that each kept a copy of the job (936 bytes for every socket).
-        let fut = async move {
-            let res = tokio::select! {
-                biased;
-                _ = self.cancellation_token.cancelled() => None,
-                res = self.heartbeat_job(interval, timeout) => Some(res),
-            };
-            if let Some(Err(_e)) = res {
-                self.close(DisconnectReason::HeartbeatTimeout);
-                #[cfg(feature = "tracing")]
-                tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
-            }
-            #[cfg(feature = "tracing")]
-            tracing::debug!(aborted = res.is_none(), "heartbeat job completed");
-        };
-        tokio::spawn(fut);
-    }
-
-    /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client or server does not respond within the timeout, the connection is closed.
-    #[cfg(feature = "v3")]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        match self.protocol {
-            ProtocolVersion::V3 => self.heartbeat_job_v3(interval, timeout).await,
-            ProtocolVersion::V4 => self.heartbeat_job_v4(interval, timeout).await,
-        }
-    }
-
-    /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client does not respond within the timeout, the connection is closed.
-    #[cfg(not(feature = "v3"))]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        self.heartbeat_job_v4(interval, timeout).await
-    }
-
-    /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client does not respond within the timeout, the connection is closed.
-    async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
-
-        // dispatchd patch: one boxed timer serves both the interval and the pong timeout.
-        // Inline, tokio's interval and timeout made this task about 1 KiB for every socket.
-        let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
-        let mut next_ping = tokio::time::Instant::now();
-        // Some clients send the pong packet in first. If that happens, we should consume it.
-        self.heartbeat.notified().now_or_never();
-        loop {
-            // If we are currently upgrading we should pause the heartbeat process
-            if self.is_upgrading() {
-                next_ping += interval;
-                timer.as_mut().reset(next_ping);
-                timer.as_mut().await;
-                continue;
-            }
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "emitting ping");
-
-            self.outbox.try_send(Box::new(smallvec![Packet::Ping])).map_err(|_| Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "waiting for pong");
-
-            timer.as_mut().reset(tokio::time::Instant::now() + timeout);
-            tokio::select! {
-                biased;
-                _ = self.heartbeat.notified() => {}
-                _ = timer.as_mut() => return Err(Error::HeartbeatTimeout),
-            }
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "pong received");
-
-            // Pings keep to the interval's schedule, as a tokio interval would.
-            next_ping += interval;
-            timer.as_mut().reset(next_ping);
-            timer.as_mut().await;
-        }
-    }
-
-    #[cfg(feature = "v3")]
-    async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
-
-        // dispatchd patch: one boxed timer, as in the v4 job.
-        let mut timer = Box::pin(tokio::time::sleep(interval + timeout));
-        loop {
-            timer.as_mut().reset(tokio::time::Instant::now() + interval + timeout);
-            tokio::select! {
-                biased;
-                _ = self.heartbeat.notified() => {}
-                _ = timer.as_mut() => return Err(Error::HeartbeatTimeout),
-            }
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.outbox.try_send(Box::new(smallvec![Packet::Pong])).map_err(|_| Error::HeartbeatTimeout)?;
-        }
     }
 
     /// Returns true if the [`Socket`] has a websocket [`TransportType`]
@@ -566,7 +540,8 @@ where
     /// Used when the client upgrade the connection from HTTP to WebSocket
     pub(crate) fn upgrade_to_websocket(&self) {
         self.upgrading.store(false, Ordering::Relaxed);
-        self.transport.store(TransportType::Websocket as u8, Ordering::Relaxed);
+        self.transport
+            .store(TransportType::Websocket as u8, Ordering::Relaxed);
     }
 
     /// Returns the current [`TransportType`] of the [`Socket`]
@@ -722,7 +697,10 @@ where
     D: Default + Send + Sync + 'static,
 {
     /// Create a dummy socket for testing purpose
-    pub fn new_dummy(sid: Sid, close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>) -> Arc<Socket<D>> {
+    pub fn new_dummy(
+        sid: Sid,
+        close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
+    ) -> Arc<Socket<D>> {
         let (s, mut rx) = Socket::new_dummy_piped(sid, close_fn, 1024);
         tokio::spawn(async move {
             while let Some(_el) = rx.recv().await {
@@ -749,7 +727,7 @@ where
             rx_lock: Mutex::new(()),
             outbox: Outbox::new(buffer_size),
 
-            heartbeat: Notify::new(),
+            heartbeat: Heartbeat::new(),
             cancellation_token: CancellationToken::new(),
             close_fn,
 
@@ -777,10 +755,16 @@ where
 
 #[cfg(test)]
 mod outbox_tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn text(packets: Option<Queued>) -> Vec<String> {
-        packets.expect("packets").into_iter().map(|p| String::try_from(p).unwrap()).collect()
+        packets
+            .expect("packets")
+            .into_iter()
+            .map(|p| String::try_from(p).unwrap())
+            .collect()
     }
 
     fn msg(s: &'static str) -> Queued {
@@ -805,7 +789,10 @@ mod outbox_tests {
         let outbox = Outbox::new(2);
         outbox.try_send(msg("a")).unwrap();
         let permit = outbox.try_reserve().unwrap();
-        assert!(matches!(outbox.try_send(msg("b")), Err(TrySendError::Full(_))));
+        assert!(matches!(
+            outbox.try_send(msg("b")),
+            Err(TrySendError::Full(_))
+        ));
         assert!(matches!(outbox.try_reserve(), Err(TrySendError::Full(()))));
         // A volatile packet needs no place: it replaces the previous one.
         assert!(outbox.send_volatile(msg("v")));
@@ -839,7 +826,10 @@ mod outbox_tests {
         tokio::task::yield_now().await;
         assert!(!rx.is_finished());
         outbox.try_send(msg("a")).unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, ["4a"]);
     }
 
@@ -858,14 +848,114 @@ mod outbox_tests {
         assert!(!outbox.is_closed());
         outbox.close();
         assert!(outbox.is_closed());
-        assert!(matches!(outbox.try_send(msg("c")), Err(TrySendError::Closed(_))));
-        assert!(matches!(outbox.try_reserve(), Err(TrySendError::Closed(()))));
+        assert!(matches!(
+            outbox.try_send(msg("c")),
+            Err(TrySendError::Closed(_))
+        ));
+        assert!(matches!(
+            outbox.try_reserve(),
+            Err(TrySendError::Closed(()))
+        ));
         assert!(!outbox.send_volatile(msg("w")));
         // What was buffered before the close still goes out; the volatile packet does not.
         assert_eq!(text(outbox.recv().await), ["4a"]);
         assert_eq!(text(outbox.recv().await), ["4b"]);
         assert!(outbox.recv().await.is_none());
-        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
-        tokio::time::timeout(Duration::from_secs(5), outbox.closed()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), outbox.closed())
+            .await
+            .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use super::*;
+
+    const INTERVAL: u64 = 1_000;
+    const TIMEOUT: u64 = 500;
+
+    fn socket(protocol: ProtocolVersion) -> Socket<()> {
+        Socket::new(
+            protocol,
+            TransportType::Websocket,
+            &EngineIoConfig::default(),
+            http::Request::<()>::default().into_parts().0,
+            Box::new(|_, _| ()),
+            false,
+        )
+    }
+
+    fn sent(socket: &Socket<()>) -> Vec<String> {
+        std::iter::from_fn(|| socket.outbox.try_recv())
+            .flat_map(|packets| packets.into_iter())
+            .map(|p| String::try_from(p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn v4_pings_on_schedule_and_closes_when_no_pong_comes_in_time() {
+        let socket = socket(ProtocolVersion::V4);
+        assert!(!socket.heartbeat_due(0, INTERVAL, TIMEOUT));
+        assert!(
+            sent(&socket).is_empty(),
+            "nothing before the heartbeat starts"
+        );
+
+        socket.start_heartbeat(100);
+        assert!(!socket.heartbeat_due(100, INTERVAL, TIMEOUT));
+        assert_eq!(sent(&socket), ["2"], "the first ping at once");
+        assert!(!socket.heartbeat_due(599, INTERVAL, TIMEOUT));
+        assert!(sent(&socket).is_empty(), "one ping at a time");
+        socket.heard(300);
+        assert!(!socket.heartbeat_due(1_099, INTERVAL, TIMEOUT));
+        assert!(
+            sent(&socket).is_empty(),
+            "the next ping waits for the interval"
+        );
+        assert!(!socket.heartbeat_due(1_100, INTERVAL, TIMEOUT));
+        assert_eq!(sent(&socket), ["2"]);
+        assert!(!socket.heartbeat_due(1_599, INTERVAL, TIMEOUT));
+        assert!(
+            socket.heartbeat_due(1_600, INTERVAL, TIMEOUT),
+            "no pong within the timeout"
+        );
+    }
+
+    #[test]
+    fn v4_pauses_while_upgrading() {
+        let socket = socket(ProtocolVersion::V4);
+        socket.start_heartbeat(0);
+        socket.start_upgrade();
+        assert!(!socket.heartbeat_due(0, INTERVAL, TIMEOUT));
+        assert!(!socket.heartbeat_due(5_000, INTERVAL, TIMEOUT));
+        assert!(sent(&socket).is_empty());
+        socket.upgrade_to_websocket();
+        assert!(!socket.heartbeat_due(5_000, INTERVAL, TIMEOUT));
+        assert_eq!(sent(&socket), ["2"]);
+    }
+
+    #[test]
+    fn v4_a_pong_before_any_ping_changes_nothing() {
+        let socket = socket(ProtocolVersion::V4);
+        socket.start_heartbeat(0);
+        socket.heard(0);
+        assert!(!socket.heartbeat_due(0, INTERVAL, TIMEOUT));
+        assert_eq!(sent(&socket), ["2"]);
+        assert!(socket.heartbeat_due(TIMEOUT, INTERVAL, TIMEOUT));
+    }
+
+    #[test]
+    fn v3_answers_pings_and_closes_when_the_client_stops_pinging() {
+        let socket = socket(ProtocolVersion::V3);
+        socket.start_heartbeat(0);
+        assert!(!socket.heartbeat_due(1_499, INTERVAL, TIMEOUT));
+        socket.heard(1_000);
+        assert_eq!(sent(&socket), ["3"], "a pong for the client's ping");
+        assert!(!socket.heartbeat_due(2_499, INTERVAL, TIMEOUT));
+        assert!(socket.heartbeat_due(2_500, INTERVAL, TIMEOUT));
     }
 }

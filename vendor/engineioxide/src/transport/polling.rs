@@ -54,7 +54,7 @@ where
 
     let packet = make_open_packet(TransportType::Polling, socket.id, &engine.config);
 
-    socket.spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+    engine.start_heartbeat(&socket);
 
     let packet: String = Packet::Open(packet).into();
     let packet = {
@@ -183,7 +183,7 @@ where
                 break;
             }
             Ok(Packet::Pong | Packet::Ping) => {
-                socket.heard();
+                socket.heard(engine.heartbeat_now());
                 Ok(())
             }
             Ok(Packet::Message(msg)) => {

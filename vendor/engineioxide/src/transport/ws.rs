@@ -29,8 +29,8 @@ use tokio_util::future::FutureExt as _;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
-    DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo, errors::Error,
-    handler::EngineIoHandler, socket::Queued, transport::make_open_packet,
+    DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
+    errors::Error, handler::EngineIoHandler, socket::Queued, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -40,7 +40,10 @@ fn ws_response<B>(ws_key: &HeaderValue) -> Response<ResponseBody<B>> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(http::header::UPGRADE, HeaderValue::from_static("websocket"))
-        .header(http::header::CONNECTION, HeaderValue::from_static("Upgrade"))
+        .header(
+            http::header::CONNECTION,
+            HeaderValue::from_static("Upgrade"),
+        )
         .header(http::header::SEC_WEBSOCKET_ACCEPT, sec)
         .body(ResponseBody::empty_response())
         .unwrap() // we are only using constants
@@ -62,7 +65,11 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     // from `req`, and a copy of it kept here would keep its channel alive for nothing.
     parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
 
-    let ws_key = parts.headers.get("Sec-WebSocket-Key").ok_or(Error::InvalidWebSocketKey)?.clone();
+    let ws_key = parts
+        .headers
+        .get("Sec-WebSocket-Key")
+        .ok_or(Error::InvalidWebSocketKey)?
+        .clone();
 
     // dispatchd patch: the task lives as long as the connection, so it keeps only what the
     // connection needs. The upgrade and the handshake run in a box of their own, freed once done
@@ -72,7 +79,9 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         match hyper::upgrade::on(req).await {
             Ok(conn) => {
                 let conn = hyper_util::rt::TokioIo::new(conn);
-                connect(&setup_engine, conn, protocol, sid, parts).await.map(Some)
+                connect(&setup_engine, conn, protocol, sid, parts)
+                    .await
+                    .map(Some)
             }
             Err(_e) => {
                 #[cfg(feature = "tracing")]
@@ -108,8 +117,11 @@ type Connected<D, S> = (Arc<Socket<D>>, WebSocketStream<S>);
 
 /// Runs a websocket connection (dispatchd patch): awaits its boxed setup, then serves it. The
 /// future holds little more than the engine, the sid and, while serving, the stream.
-async fn run<H: EngineIoHandler, S, F>(engine: Arc<EngineIo<H>>, sid: Option<Sid>, setup: Pin<Box<F>>)
-where
+async fn run<H: EngineIoHandler, S, F>(
+    engine: Arc<EngineIo<H>>,
+    sid: Option<Sid>,
+    setup: Pin<Box<F>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Future<Output = Result<Option<Connected<H::Data, S>>, Error>>,
 {
@@ -195,7 +207,7 @@ where
             engine.close_session(socket.id, DisconnectReason::TransportError);
             return Err(e);
         }
-        socket.clone().spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+        engine.start_heartbeat(&socket);
         (socket, ws)
     };
     Ok((socket, ws))
@@ -229,7 +241,12 @@ where
 {
     async move {
         // A polling request that was in progress during the upgrade may still hold the lock.
-        let lock = Box::pin(socket.rx_lock.lock().with_cancellation_token(&socket.cancellation_token));
+        let lock = Box::pin(
+            socket
+                .rx_lock
+                .lock()
+                .with_cancellation_token(&socket.cancellation_token),
+        );
         let Some(_rx_lock) = lock.await else {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "session closed before the ws connection started");
@@ -298,7 +315,8 @@ where
 
         match stop {
             Stop::Failed(e) => {
-                let reason = Option::<DisconnectReason>::from(&e).unwrap_or(DisconnectReason::TransportError);
+                let reason = Option::<DisconnectReason>::from(&e)
+                    .unwrap_or(DisconnectReason::TransportError);
                 #[cfg(feature = "tracing")]
                 tracing::debug!("error when handling packet: {:?}", e);
                 engine.close_session(socket.id, reason);
@@ -340,7 +358,9 @@ fn on_ws_message<H: EngineIoHandler>(
 ) -> Result<(), Stop> {
     match msg {
         Message::Text(msg) => {
-            match Packet::parse(socket.protocol, ws_bytes_to_str(msg)).map_err(|e| Stop::Failed(e.into()))? {
+            match Packet::parse(socket.protocol, ws_bytes_to_str(msg))
+                .map_err(|e| Stop::Failed(e.into()))?
+            {
                 Packet::Close => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!("[sid={}] closing session", socket.id);
@@ -348,7 +368,7 @@ fn on_ws_message<H: EngineIoHandler>(
                     Err(Stop::Closed)
                 }
                 Packet::Pong | Packet::Ping => {
-                    socket.heard();
+                    socket.heard(engine.heartbeat_now());
                     Ok(())
                 }
                 Packet::Message(msg) => {
@@ -381,7 +401,10 @@ fn on_ws_message<H: EngineIoHandler>(
 }
 
 /// The websocket message for a packet; a Noop packet has none.
-fn to_message<D: Default + Send + Sync + 'static>(socket: &Socket<D>, packet: Packet) -> Option<Message> {
+fn to_message<D: Default + Send + Sync + 'static>(
+    socket: &Socket<D>,
+    packet: Packet,
+) -> Option<Message> {
     match packet {
         Packet::Binary(bin) | Packet::BinaryV3(bin) => {
             if socket.protocol == ProtocolVersion::V3 {
@@ -426,7 +449,11 @@ async fn feed<D: Default + Send + Sync + 'static, S>(
 }
 
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
-async fn init_handshake<S>(sid: Sid, ws: &mut WebSocketStream<S>, config: &EngineIoConfig) -> Result<(), Error>
+async fn init_handshake<S>(
+    sid: Sid,
+    ws: &mut WebSocketStream<S>,
+    config: &EngineIoConfig,
+) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -459,7 +486,10 @@ where
 ///│                                                      │
 ///│            -----  WebSocket frames -----             │
 /// ```
-#[cfg_attr(feature = "tracing", tracing::instrument(level = "trace", skip(socket, ws)))]
+#[cfg_attr(
+    feature = "tracing",
+    tracing::instrument(level = "trace", skip(socket, ws))
+)]
 async fn upgrade_handshake<H: EngineIoHandler, S>(
     socket: &Arc<Socket<H::Data>>,
     ws: &mut WebSocketStream<S>,
@@ -495,7 +525,8 @@ where
             #[cfg(feature = "tracing")]
             tracing::debug!("received first ping upgrade");
             // Respond with a PongUpgrade packet
-            ws.send(Message::Text(String::from(Packet::PongUpgrade).into())).await?;
+            ws.send(Message::Text(String::from(Packet::PongUpgrade).into()))
+                .await?;
         }
         p => Err(Error::BadPacket(p))?,
     };
@@ -611,7 +642,10 @@ mod tests {
             async move { serve(&engine, socket, server).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!conn.is_finished(), "the connection should wait for the lock");
+        assert!(
+            !conn.is_finished(),
+            "the connection should wait for the lock"
+        );
 
         drop(polling);
         socket.emit(Str::from("hello")).unwrap();
@@ -637,7 +671,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
-        tokio::time::timeout(TIMEOUT, conn).await.expect("the connection should stop").unwrap();
+        tokio::time::timeout(TIMEOUT, conn)
+            .await
+            .expect("the connection should stop")
+            .unwrap();
     }
 
     /// Fills the server's side of a stream whose client reads nothing: 2 MiB of packets for a
@@ -661,14 +698,22 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
 
-        client.send(Message::text("4from the client")).await.unwrap();
+        client
+            .send(Message::text("4from the client"))
+            .await
+            .unwrap();
         let heard = async {
             while engine.handler.messages.lock().unwrap().is_empty() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
-        tokio::time::timeout(TIMEOUT, heard).await.expect("the message should be read while the writes wait");
-        assert_eq!(*engine.handler.messages.lock().unwrap(), ["from the client"]);
+        tokio::time::timeout(TIMEOUT, heard)
+            .await
+            .expect("the message should be read while the writes wait");
+        assert_eq!(
+            *engine.handler.messages.lock().unwrap(),
+            ["from the client"]
+        );
         assert!(!conn.is_finished());
     }
 
@@ -690,7 +735,10 @@ mod tests {
             .await
             .expect("the connection should give up on its closing writes")
             .unwrap();
-        assert!(socket.rx_lock.try_lock().is_ok(), "the lock should be released");
+        assert!(
+            socket.rx_lock.try_lock().is_ok(),
+            "the lock should be released"
+        );
     }
 
     #[tokio::test]
