@@ -44,7 +44,7 @@ pub async fn pilot(socket: SocketRef, State(gateway): State<Gateway>, auth: TryD
 
 pub async fn customer(socket: SocketRef, State(gateway): State<Gateway>, auth: TryData<Value>) -> Result<(), Refusal> {
     admit(&socket, &gateway, auth, CUSTOMER_NS, &[Role::Customer]).await?;
-    super::customer::setup(&socket);
+    super::customer::setup(&socket, &gateway);
     Ok(())
 }
 
@@ -82,7 +82,6 @@ async fn admit(
     metrics::counter!("socket_connects_total", "namespace" => namespace, "outcome" => outcome).increment(1);
     let caller = result?;
     socket.extensions.insert(caller);
-    super::sessions::setup(socket, namespace);
     Ok(caller)
 }
 

@@ -12,6 +12,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use socketioxide::socket::SharedHandlers;
 
 use crate::auth::Caller;
 use crate::error::Result;
@@ -19,7 +20,7 @@ use crate::ids::OrderId;
 use crate::orders::tracking::Trip;
 use crate::realtime::ack::{self, parse, payload};
 use crate::realtime::relay::location_payload;
-use crate::realtime::{CUSTOMER_NS, Gateway, connected, count_in};
+use crate::realtime::{CUSTOMER_NS, Gateway, connected, count_in, sessions};
 
 /// Most events one `order:watch` replays; an order has a few dozen at most.
 const REPLAY_LIMIT: u32 = 1000;
@@ -29,11 +30,15 @@ pub fn room(order: OrderId) -> String {
     format!("order:{order}")
 }
 
-/// Registers an admitted customer socket's handlers.
-pub fn setup(socket: &SocketRef) {
+/// The handlers of every customer socket.
+pub fn handlers() -> SharedHandlers {
+    sessions::handlers(CUSTOMER_NS, SharedHandlers::new()).on("order:watch", watch).on("order:unwatch", unwatch)
+}
+
+/// Prepares an admitted customer socket.
+pub fn setup(socket: &SocketRef, gateway: &Gateway) {
     connected(CUSTOMER_NS, 1.0);
-    socket.on("order:watch", watch);
-    socket.on("order:unwatch", unwatch);
+    socket.on_shared(gateway.handlers.customer.clone());
     socket.on_disconnect(async || connected(CUSTOMER_NS, -1.0));
 }
 

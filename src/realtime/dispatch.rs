@@ -16,14 +16,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
-use socketioxide::socket::Sid;
+use socketioxide::socket::{SharedHandlers, Sid};
 
 use crate::error::{Error, Result};
 use crate::grid::geometry::BBox;
 use crate::grid::{Filter, PilotIndex, PilotSnapshot};
 use crate::ids::UserId;
 use crate::realtime::ack::{self, parse, payload};
-use crate::realtime::{DISPATCH_NS, Gateway, connected, count_in, count_out};
+use crate::realtime::{DISPATCH_NS, Gateway, connected, count_in, count_out, sessions};
 
 /// Every dispatcher's socket joins this room.
 pub const ROOM: &str = "dispatchers";
@@ -53,11 +53,16 @@ impl Viewports {
     }
 }
 
+/// The handlers of every dispatcher socket.
+pub fn handlers() -> SharedHandlers {
+    sessions::handlers(DISPATCH_NS, SharedHandlers::new()).on("viewport:set", set_viewport)
+}
+
 /// Prepares an admitted dispatcher socket: the dispatchers' room and its handlers.
 pub fn setup(socket: &SocketRef, gateway: &Gateway) {
     connected(DISPATCH_NS, 1.0);
     socket.join(ROOM);
-    socket.on("viewport:set", set_viewport);
+    socket.on_shared(gateway.handlers.dispatch.clone());
     let viewports = gateway.viewports.clone();
     socket.on_disconnect(async move |socket: SocketRef| {
         viewports.remove(socket.id);

@@ -37,6 +37,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use socketioxide::handler::ConnectHandler as _;
 use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::SharedHandlers;
 use socketioxide::{ParserConfig, SocketIo};
 use tokio_util::sync::CancellationToken;
 
@@ -74,6 +75,14 @@ pub struct Gateway {
     pub app: AppState,
     viewports: Arc<Viewports>,
     tracking: Arc<Tracking>,
+    handlers: Arc<Handlers>,
+}
+
+/// Each namespace's message handlers, made once and shared by all its sockets.
+struct Handlers {
+    pilot: Arc<SharedHandlers>,
+    customer: Arc<SharedHandlers>,
+    dispatch: Arc<SharedHandlers>,
 }
 
 /// The running gateway: the `SocketIo` handle, the relay and the dispatchers' viewports.
@@ -95,7 +104,13 @@ impl Realtime {
         let config = &state.config.realtime;
         let viewports = Arc::new(Viewports::default());
         let tracking = state.tracking.clone();
-        let gateway = Gateway { app: state.clone(), viewports: viewports.clone(), tracking: tracking.clone() };
+        let handlers = Arc::new(Handlers {
+            pilot: Arc::new(pilot::handlers()),
+            customer: Arc::new(customer::handlers()),
+            dispatch: Arc::new(dispatch::handlers()),
+        });
+        let gateway =
+            Gateway { app: state.clone(), viewports: viewports.clone(), tracking: tracking.clone(), handlers };
         let parser = ParserConfig::common().max_incoming_binaries(config.max_binary_attachments);
         let (layer, io) = SocketIo::builder()
             .ping_interval(Duration::from_millis(config.ping_interval_ms))

@@ -19,6 +19,7 @@ use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use socketioxide::socket::SharedHandlers;
 
 use crate::auth::Caller;
 use crate::domain::PilotStatus;
@@ -27,11 +28,27 @@ use crate::fleet::{LocationReport, ReportAnswer};
 use crate::ids::{OfferId, OrderId};
 use crate::orders::TripStep;
 use crate::realtime::ack::{self, parse, payload};
-use crate::realtime::{Gateway, PILOT_NS, RealtimeConfig, connected, count_in};
+use crate::realtime::{Gateway, PILOT_NS, RealtimeConfig, connected, count_in, sessions};
 
 /// The room a pilot's sockets join, for what is meant for the pilot (offers, order events).
 pub fn room(pilot: crate::ids::UserId) -> String {
     format!("pilot:{pilot}")
+}
+
+/// The handlers of every pilot socket.
+pub fn handlers() -> SharedHandlers {
+    sessions::handlers(PILOT_NS, SharedHandlers::new())
+        .on("location", location)
+        .on("status:set", status)
+        .on("order:arrived", async |data, ack, state, caller| trip(TripStep::Arrived, data, ack, state, caller).await)
+        .on("order:picked_up", async |data, ack, state, caller| {
+            trip(TripStep::PickedUp, data, ack, state, caller).await
+        })
+        .on("order:delivered", async |data, ack, state, caller| {
+            trip(TripStep::Delivered, data, ack, state, caller).await
+        })
+        .on("offer:accept", async |data, ack, state, caller| answer(true, data, ack, state, caller).await)
+        .on("offer:reject", async |data, ack, state, caller| answer(false, data, ack, state, caller).await)
 }
 
 /// Prepares an admitted pilot's socket: its room, its flood allowance, its handlers.
@@ -39,18 +56,7 @@ pub fn setup(socket: &SocketRef, gateway: &Gateway, caller: &Caller) {
     connected(PILOT_NS, 1.0);
     socket.join(room(caller.user_id));
     socket.extensions.insert(Arc::new(Flood::new(&gateway.app.config.realtime)));
-    socket.on("location", location);
-    socket.on("status:set", status);
-    socket
-        .on("order:arrived", async |data, ack, state, caller| trip(TripStep::Arrived, data, ack, state, caller).await);
-    socket.on("order:picked_up", async |data, ack, state, caller| {
-        trip(TripStep::PickedUp, data, ack, state, caller).await
-    });
-    socket.on("order:delivered", async |data, ack, state, caller| {
-        trip(TripStep::Delivered, data, ack, state, caller).await
-    });
-    socket.on("offer:accept", async |data, ack, state, caller| answer(true, data, ack, state, caller).await);
-    socket.on("offer:reject", async |data, ack, state, caller| answer(false, data, ack, state, caller).await);
+    socket.on_shared(gateway.handlers.pilot.clone());
     gateway.app.fleet.set_reachable(caller.user_id, true);
     let (fleet, pilot) = (gateway.app.fleet.clone(), caller.user_id);
     socket.on_disconnect(async move |socket: SocketRef| {

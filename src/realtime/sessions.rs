@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use socketioxide::socket::SharedHandlers;
 
 use crate::auth::Caller;
 use crate::error::Error;
@@ -26,16 +27,16 @@ use crate::realtime::{CUSTOMER_NS, DISPATCH_NS, Gateway, PILOT_NS, ack, count_in
 /// may be behind this one's.
 const CLOCK_SKEW_SECS: i64 = 60;
 
-/// Registers `auth:refresh` on a socket that was just admitted.
-pub fn setup(socket: &SocketRef, namespace: &'static str) {
-    socket.on(
+/// Adds `auth:refresh` to a namespace's handlers.
+pub fn handlers(namespace: &'static str, handlers: SharedHandlers) -> SharedHandlers {
+    handlers.on(
         "auth:refresh",
         move |socket: SocketRef,
               data: TryData<Value>,
               ack: AckSender,
               state: State<Gateway>,
               caller: Extension<Caller>| refresh(namespace, socket, data, ack, state, caller),
-    );
+    )
 }
 
 #[derive(Debug, Serialize)]

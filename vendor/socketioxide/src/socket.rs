@@ -281,6 +281,56 @@ impl From<BroadcastError> for RemoteActionError {
 /// The minimal number of pending acks before looking for the abandoned ones.
 const ACK_SWEEP_MIN: usize = 64;
 
+/// Message handlers built once and shared by every socket that takes them (dispatchd patch):
+/// see [`Socket::on_shared`]. Where each socket registers the same handlers, their list costs
+/// every socket an allocation (a pilot's eight handlers, 320 bytes); shared, it costs a pointer.
+pub struct SharedHandlers<A: Adapter = LocalAdapter> {
+    list: Vec<(Cow<'static, str>, BoxedMessageHandler<A>)>,
+}
+
+impl<A: Adapter> Default for SharedHandlers<A> {
+    fn default() -> Self {
+        Self { list: Vec::new() }
+    }
+}
+
+impl<A: Adapter> SharedHandlers<A> {
+    /// No handler yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the handler of an event, as [`Socket::on`] does for one socket.
+    pub fn on<H, T>(mut self, event: impl Into<Cow<'static, str>>, handler: H) -> Self
+    where
+        H: MessageHandler<A, T>,
+        T: Send + Sync + 'static,
+    {
+        let event = event.into();
+        let handler = MakeErasedHandler::new_message_boxed(handler);
+        match self.list.iter_mut().find(|(name, _)| *name == event) {
+            Some(slot) => slot.1 = handler,
+            None => self.list.push((event, handler)),
+        }
+        self
+    }
+
+    fn get(&self, event: &str) -> Option<&BoxedMessageHandler<A>> {
+        self.list
+            .iter()
+            .find(|(name, _)| name == event)
+            .map(|(_, handler)| handler)
+    }
+}
+
+impl<A: Adapter> std::fmt::Debug for SharedHandlers<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.list.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
 /// A Socket represents a client connected to a namespace.
 /// It is used to send and receive messages from the client, join and leave rooms, etc.
 /// The socket struct itself should not be used directly, but through a [`SocketRef`](crate::extract::SocketRef).
@@ -289,6 +339,8 @@ pub struct Socket<A: Adapter = LocalAdapter> {
     /// dispatchd patch: a list, not a map. A socket registers a handful of handlers, found
     /// by comparing a few short names; a hash map's table cost about 0.7 KiB a socket.
     message_handlers: RwLock<Vec<(Cow<'static, str>, BoxedMessageHandler<A>)>>,
+    /// dispatchd patch: handlers shared with other sockets, after the socket's own.
+    shared_handlers: RwLock<Option<Arc<SharedHandlers<A>>>>,
     fallback_message_handler: RwLock<Option<BoxedMessageHandler<A>>>,
     disconnect_handler: Mutex<Option<BoxedDisconnectHandler<A>>>,
     ack_message: Mutex<HashMap<i64, oneshot::Sender<AckResult<Value>>>>,
@@ -320,6 +372,7 @@ impl<A: Adapter> Socket<A> {
         Self {
             ns,
             message_handlers: RwLock::new(Vec::new()),
+            shared_handlers: RwLock::new(None),
             fallback_message_handler: RwLock::new(None),
             disconnect_handler: Mutex::new(None),
             ack_message: Mutex::new(HashMap::new()),
@@ -414,6 +467,15 @@ impl<A: Adapter> Socket<A> {
             Some(slot) => slot.1 = handler,
             None => handlers.push((event, handler)),
         }
+    }
+
+    /// # Registers message handlers shared with other sockets (dispatchd patch).
+    ///
+    /// An event goes to the socket's own handler for it (registered with [`Socket::on`]) if it
+    /// has one, else to the shared handler, else to the fallback handler. Calling it again
+    /// replaces the shared handlers.
+    pub fn on_shared(&self, handlers: Arc<SharedHandlers<A>>) {
+        *self.shared_handlers.write().unwrap() = Some(handlers);
     }
 
     /// # Registers a fallback [`MessageHandler`] when no other handler is found. You can see this as a 404 handler.
@@ -842,7 +904,10 @@ impl<A: Adapter> Socket<A> {
         #[cfg(feature = "tracing")]
         tracing::debug!(?event, "reading");
         let handlers = self.message_handlers.read().unwrap();
+        let shared = self.shared_handlers.read().unwrap();
         if let Some((_, handler)) = handlers.iter().find(|(name, _)| name == event) {
+            handler.call(self.clone(), data, ack);
+        } else if let Some(handler) = shared.as_ref().and_then(|shared| shared.get(event)) {
             handler.call(self.clone(), data, ack);
         } else if let Some(fallback) = self.fallback_message_handler.read().unwrap().as_ref() {
             fallback.call(self.clone(), data, ack);
