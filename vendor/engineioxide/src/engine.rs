@@ -136,7 +136,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
         };
 
         // Notify every transport task listening on this token to stop. Cancellation-aware
-        // transports (the ws `forward_to_socket` task and pending polling requests) will release
+        // transports (a ws connection's task and pending polling requests) will release
         // the `rx_lock` as soon as they observe the cancellation.
         socket.cancellation_token.cancel();
 
