@@ -191,6 +191,13 @@ struct OutboxState {
     waker: Option<Waker>,
 }
 
+impl OutboxState {
+    /// Buffered packets first, then the volatile one.
+    fn next(&mut self) -> Option<Queued> {
+        self.queue.pop_front().or_else(|| self.volatile.take())
+    }
+}
+
 impl Outbox {
     fn new(capacity: usize) -> Self {
         Self {
@@ -235,7 +242,7 @@ impl Outbox {
         Self::wake(waker);
     }
 
-    pub(crate) fn try_send(&self, packets: Queued) -> Result<(), TrySendError<Queued>> {
+    fn try_send(&self, packets: Queued) -> Result<(), TrySendError<Queued>> {
         let mut state = self.lock();
         if state.closed {
             return Err(TrySendError::Closed(packets));
@@ -270,7 +277,7 @@ impl Outbox {
     /// The next packets to send: `None` once the outbox is closed and empty.
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Queued>> {
         let mut state = self.lock();
-        if let Some(packets) = state.queue.pop_front().or_else(|| state.volatile.take()) {
+        if let Some(packets) = state.next() {
             return Poll::Ready(Some(packets));
         }
         if state.closed {
@@ -289,9 +296,9 @@ impl Outbox {
     }
 
     /// Packets ready to send now, if any.
-    pub(crate) fn try_recv(&self) -> Option<Queued> {
-        let mut state = self.lock();
-        state.queue.pop_front().or_else(|| state.volatile.take())
+    #[cfg(test)]
+    fn try_recv(&self) -> Option<Queued> {
+        self.lock().next()
     }
 
     /// No packet is taken in from now on; the transport still gets those already queued.
@@ -513,9 +520,7 @@ where
                     .store((now + timeout).max(1), Ordering::Release);
                 #[cfg(feature = "tracing")]
                 tracing::trace!(sid = ?self.id, "emitting ping");
-                self.outbox
-                    .try_send(Box::new(smallvec![Packet::Ping]))
-                    .is_err()
+                self.send(Packet::Ping).is_err()
             }
         }
     }

@@ -288,6 +288,18 @@ pub struct SharedHandlers<A: Adapter = LocalAdapter> {
     list: Vec<(Cow<'static, str>, BoxedMessageHandler<A>)>,
 }
 
+/// Adds the handler of an event to a list, or replaces the one it has (dispatchd patch).
+fn set_handler<A: Adapter>(
+    list: &mut Vec<(Cow<'static, str>, BoxedMessageHandler<A>)>,
+    event: Cow<'static, str>,
+    handler: BoxedMessageHandler<A>,
+) {
+    match list.iter_mut().find(|(name, _)| *name == event) {
+        Some(slot) => slot.1 = handler,
+        None => list.push((event, handler)),
+    }
+}
+
 impl<A: Adapter> Default for SharedHandlers<A> {
     fn default() -> Self {
         Self { list: Vec::new() }
@@ -306,12 +318,7 @@ impl<A: Adapter> SharedHandlers<A> {
         H: MessageHandler<A, T>,
         T: Send + Sync + 'static,
     {
-        let event = event.into();
-        let handler = MakeErasedHandler::new_message_boxed(handler);
-        match self.list.iter_mut().find(|(name, _)| *name == event) {
-            Some(slot) => slot.1 = handler,
-            None => self.list.push((event, handler)),
-        }
+        set_handler(&mut self.list, event.into(), MakeErasedHandler::new_message_boxed(handler));
         self
     }
 
@@ -460,13 +467,8 @@ impl<A: Adapter> Socket<A> {
         H: MessageHandler<A, T>,
         T: Send + Sync + 'static,
     {
-        let event = event.into();
         let handler = MakeErasedHandler::new_message_boxed(handler);
-        let mut handlers = self.message_handlers.write().unwrap();
-        match handlers.iter_mut().find(|(name, _)| *name == event) {
-            Some(slot) => slot.1 = handler,
-            None => handlers.push((event, handler)),
-        }
+        set_handler(&mut self.message_handlers.write().unwrap(), event.into(), handler);
     }
 
     /// # Registers message handlers shared with other sockets (dispatchd patch).

@@ -8,12 +8,11 @@ use std::{
     future::{Future, poll_fn},
     pin::Pin,
     sync::Arc,
-    task::Poll,
+    task::{Context, Poll},
 };
 
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
-use smallvec::smallvec;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_tungstenite::{
@@ -26,7 +25,7 @@ use tokio_tungstenite::{
 };
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
+use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
@@ -254,10 +253,10 @@ where
         };
 
         let mut sending: Option<Queued> = None;
+        let mut unflushed = false;
         let stop = {
             let cancelled = socket.cancellation_token.cancelled();
             tokio::pin!(cancelled);
-            let mut unflushed = false;
             poll_fn(|cx| {
                 loop {
                     match ws.poll_next_unpin(cx) {
@@ -274,37 +273,12 @@ where
                 if cancelled.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Stop::Cancelled);
                 }
-                // Buffered packets come out before the volatile one; the stream is flushed once
-                // the outbox is empty.
-                loop {
-                    if let Some(packets) = sending.as_mut() {
-                        while !packets.is_empty() {
-                            match ws.poll_ready_unpin(cx) {
-                                Poll::Ready(Ok(())) => {
-                                    if let Some(msg) = to_message(&socket, packets.remove(0)) {
-                                        if let Err(_e) = ws.start_send_unpin(msg) {
-                                            #[cfg(feature = "tracing")]
-                                            tracing::debug!(sid = %socket.id, "error sending packet: {_e}");
-                                        }
-                                        unflushed = true;
-                                    }
-                                }
-                                Poll::Ready(Err(_e)) => {
-                                    #[cfg(feature = "tracing")]
-                                    tracing::debug!(sid = %socket.id, "error sending packet: {_e}");
-                                    packets.clear();
-                                }
-                                Poll::Pending => return Poll::Pending,
-                            }
-                        }
-                        sending = None;
-                    }
-                    match socket.outbox.poll_recv(cx) {
-                        Poll::Ready(Some(packets)) => sending = Some(packets),
-                        Poll::Ready(None) => return Poll::Ready(Stop::Cancelled),
-                        Poll::Pending => break,
-                    }
+                match poll_write(&mut ws, &socket, &mut sending, &mut unflushed, cx) {
+                    Poll::Ready(true) => return Poll::Ready(Stop::Cancelled),
+                    Poll::Ready(false) => {}
+                    Poll::Pending => return Poll::Pending,
                 }
+                // The stream is flushed once the outbox is empty.
                 if unflushed && ws.poll_flush_unpin(cx).is_ready() {
                     unflushed = false;
                 }
@@ -335,12 +309,10 @@ where
         // What is already queued (a close packet, say) still goes out, then the stream is closed;
         // no longer than the ping timeout, for a client that stopped reading.
         let closing = Box::pin(tokio::time::timeout(engine.config.ping_timeout, async {
-            if let Some(mut packets) = sending {
-                feed(&mut ws, &socket, &mut packets).await;
-            }
-            while let Some(mut packets) = socket.outbox.try_recv() {
-                feed(&mut ws, &socket, &mut packets).await;
-            }
+            poll_fn(|cx| {
+                poll_write(&mut ws, &socket, &mut sending, &mut unflushed, cx).map(|_| ())
+            })
+            .await;
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = %socket.id, "ws closing flush");
             ws.flush().await.ok();
@@ -429,21 +401,46 @@ fn to_message<D: Default + Send + Sync + 'static>(
     }
 }
 
-/// Feeds packets to the websocket, as websocket messages, without flushing.
-async fn feed<D: Default + Send + Sync + 'static, S>(
+/// Writes what the session's outbox holds, buffered packets before the volatile one, as far
+/// as the stream takes it, without flushing. `Pending` while the stream is full; `Ready` once
+/// the outbox has nothing more ready, with `true` if it is closed.
+fn poll_write<D: Default + Send + Sync + 'static, S>(
     ws: &mut WebSocketStream<S>,
     socket: &Socket<D>,
-    packets: &mut PacketBuf,
-) where
+    sending: &mut Option<Queued>,
+    unflushed: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<bool>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    for packet in packets.drain(..) {
-        let Some(msg) = to_message(socket, packet) else {
-            continue;
-        };
-        if let Err(_e) = ws.feed(msg).await {
-            #[cfg(feature = "tracing")]
-            tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+    loop {
+        if let Some(packets) = sending.as_mut() {
+            while !packets.is_empty() {
+                match ws.poll_ready_unpin(cx) {
+                    Poll::Ready(Ok(())) => {
+                        if let Some(msg) = to_message(socket, packets.remove(0)) {
+                            if let Err(_e) = ws.start_send_unpin(msg) {
+                                #[cfg(feature = "tracing")]
+                                tracing::debug!(sid = %socket.id, "error sending packet: {_e}");
+                            }
+                            *unflushed = true;
+                        }
+                    }
+                    Poll::Ready(Err(_e)) => {
+                        #[cfg(feature = "tracing")]
+                        tracing::debug!(sid = %socket.id, "error sending packet: {_e}");
+                        packets.clear();
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            *sending = None;
+        }
+        match socket.outbox.poll_recv(cx) {
+            Poll::Ready(Some(packets)) => *sending = Some(packets),
+            Poll::Ready(None) => return Poll::Ready(true),
+            Poll::Pending => return Poll::Ready(false),
         }
     }
 }
@@ -506,7 +503,7 @@ where
 
     // We send a last Noop request to close a potential waiting polling request.
     // A full outbox already wakes that request.
-    match socket.outbox.try_send(Box::new(smallvec![Packet::Noop])) {
+    match socket.send(Packet::Noop) {
         Ok(()) | Err(TrySendError::Full(_)) => {}
         Err(TrySendError::Closed(_)) => return Err(Error::Upgrade),
     }
