@@ -11,7 +11,7 @@ work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 (cd bench/baselines/node-relay && npm ci --no-audit --no-fund --loglevel=error)
 
-"$bench" matching --small --minutes 4 --warmup 1
+"$bench" matching --small --minutes 4 --warmup 1 --burst-every 2
 "$bench" compare ingest track connections --server-bin "$bin/dispatchd" --duration 3 --pilots 10 \
     --pairs 5 --connections 40 --sources 2 --storm-deadline 10 --redis-url "${DISPATCHD_TEST_REDIS_URL:-redis://127.0.0.1:6379}" \
     --json "$work/compare.json"

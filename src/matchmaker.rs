@@ -11,7 +11,8 @@
 //! * *Immediate* mode: an order is offered to its best candidate ([`matching::score`]) at
 //!   once, and to the next one at once after a rejection or an expiry, widening the radius
 //!   step by step when nobody (left) is in reach.
-//! * *Batched* mode: every `batch_window_ms`, the waiting orders and their candidates are
+//! * *Batched* mode: every `batch_window_ms`, the waiting orders and their candidates
+//!   (`batch_candidates` each, from the widest radius unless `batch_widen_in_steps`) are
 //!   assigned together ([`matching::batch::assign`]), then offered the same way.
 //!
 //! The database decides every race (see `orders::offers`); this task's memory only says what
@@ -545,14 +546,26 @@ impl Matchmaker {
             return;
         }
         let started = std::time::Instant::now();
-        let mut batch = batch::Batch::new();
+        let mut batch = batch::Batch::new(&self.config);
         let mut positions = HashMap::new();
         for id in &waiting {
             let candidates = self.candidates(&searches.map[id]);
             positions.extend(candidates.iter().map(|candidate| (candidate.pilot, candidate.position)));
             batch.add_order(candidates.iter().map(|candidate| (candidate.pilot, candidate.distance_m)));
         }
-        let chosen = batch.solve();
+        // A spike's batch can take tens of milliseconds to solve: off the runtime's workers.
+        let (batch, chosen) = match tokio::task::spawn_blocking(move || {
+            let chosen = batch.solve();
+            (batch, chosen)
+        })
+        .await
+        {
+            Ok(solved) => solved,
+            Err(err) => {
+                tracing::error!(error = %err, "the batch assignment failed; the orders wait for the next window");
+                return;
+            }
+        };
         metrics::histogram!("matching_batch_seconds").record(started.elapsed().as_secs_f64());
         for (index, (id, pilot)) in waiting.into_iter().zip(chosen).enumerate() {
             let attempt = match pilot {
@@ -579,10 +592,13 @@ impl Matchmaker {
         let filter = self.grid.available_filter(Some(search.order.vehicle_type), now_ms);
         let declined: Vec<UserId> = search.declined.iter().copied().collect();
         let pickup = search.order.pickup.point();
-        let radius = search.search.radius_m(&self.config);
+        let (count, radius) = match self.config.mode {
+            Mode::Immediate => (self.config.candidates, search.search.radius_m(&self.config)),
+            Mode::Batched => (self.config.batch_candidates, search.search.batch_radius_m(&self.config)),
+        };
         let mut candidates: Vec<Candidate> = self
             .grid
-            .nearest_excluding(self.config.candidates, pickup, radius, &filter, &declined)
+            .nearest_excluding(count, pickup, radius, &filter, &declined)
             .into_iter()
             .map(|found| Candidate {
                 pilot: found.pilot.id,
@@ -590,7 +606,8 @@ impl Matchmaker {
                 distance_m: found.distance_m,
             })
             .collect();
-        candidates.sort_by(|a, b| matching::score(a.distance_m).total_cmp(&matching::score(b.distance_m)));
+        let score = |candidate: &Candidate| matching::score(&self.config, candidate.distance_m);
+        candidates.sort_by(|a, b| score(a).total_cmp(&score(b)));
         candidates
     }
 

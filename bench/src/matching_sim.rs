@@ -42,6 +42,18 @@ pub struct Scenario {
     pub warmup_min: u32,
     /// Share of a free pilot's moves that head for a demand hot spot (the rest wander nearby).
     pub seek_demand: f64,
+    /// Demand spikes on top of the steady stream.
+    pub burst: Option<Burst>,
+}
+
+/// A demand spike (a match ends, rain starts): every `every_min` minutes from the end of the
+/// warm-up, `orders` orders in the same second around one of the hot spots (each in turn),
+/// spread σ `spread_m`. The steady stream is the same with or without them.
+#[derive(Debug, Clone, Copy)]
+pub struct Burst {
+    pub every_min: u32,
+    pub orders: usize,
+    pub spread_m: f64,
 }
 
 /// How waiting orders meet free pilots.
@@ -59,6 +71,8 @@ pub struct Outcome {
     /// Every order of the scenario: its pickup distance, or `None` if nobody took it (for
     /// comparing two policies order by order).
     pub by_order: Vec<Option<f64>>,
+    /// Every order's wait from arrival to assignment (s), `None` if nobody took it.
+    pub wait_by_order: Vec<Option<f64>>,
     /// The first counted order's index in `by_order`.
     pub first_counted: usize,
     /// For every order, how far the nearest free pilot was when it arrived (`None`: nobody
@@ -72,6 +86,11 @@ pub struct Outcome {
     pub tightness: f64,
     /// Time to solve each batch (µs).
     pub solve_us: Vec<f64>,
+    /// Whether each order of the scenario came in a burst.
+    pub in_burst: Vec<bool>,
+    /// A burst's orders per free pilot within the widest radius of its spot when it came,
+    /// averaged over the bursts.
+    pub burst_tightness: f64,
 }
 
 impl Outcome {
@@ -89,6 +108,18 @@ impl Outcome {
             .collect();
         let set = tail.iter().filter(|(pickup, nearest)| nearest.is_none_or(|m| m >= 0.9 * pickup)).count();
         set as f64 / tail.len().max(1) as f64
+    }
+
+    /// The pickup distances and waits of the matched burst orders, and how many bursts brought.
+    pub fn burst_orders(&self) -> (Vec<f64>, Vec<f64>, usize) {
+        let (mut pickup_m, mut wait_s) = (Vec::new(), Vec::new());
+        for n in (0..self.by_order.len()).filter(|n| self.in_burst[*n]) {
+            if let Some((pickup, wait)) = self.by_order[n].zip(self.wait_by_order[n]) {
+                pickup_m.push(pickup);
+                wait_s.push(wait);
+            }
+        }
+        (pickup_m, wait_s, self.in_burst.iter().filter(|burst| **burst).count())
     }
 
     /// Pickup distances of the counted orders that both this and `other` matched, in order.
@@ -113,6 +144,8 @@ struct Order {
     arrives_s: u32,
     pickup: LatLng,
     drop: LatLng,
+    /// The spot of the burst it came in.
+    burst: Option<LatLng>,
 }
 
 struct Waiting {
@@ -131,17 +164,18 @@ struct Pilot {
 }
 
 /// The orders of a scenario: Poisson arrivals; pickups 70% around five hot spots, the rest
-/// anywhere; drops a trip length away in a random direction.
+/// anywhere; drops a trip length away in a random direction; then the bursts, if any.
 fn orders(scenario: &Scenario, hotspots: &[LatLng]) -> Vec<Order> {
     let mut rng = StdRng::seed_from_u64(scenario.seed ^ 0x0dde);
     let side_m = scenario.side_km * 1000.0;
     let rate_per_s = scenario.orders_per_min / 60.0;
+    let end_s = f64::from(scenario.minutes) * 60.0;
     let mut at = 0.0;
     let mut orders = Vec::new();
     loop {
         at += -(1.0 - rng.random::<f64>()).ln() / rate_per_s;
-        if at >= f64::from(scenario.minutes) * 60.0 {
-            return orders;
+        if at >= end_s {
+            break;
         }
         let pickup = if rng.random_bool(0.7) {
             let spot = hotspots[rng.random_range(0..hotspots.len())];
@@ -149,11 +183,29 @@ fn orders(scenario: &Scenario, hotspots: &[LatLng]) -> Vec<Order> {
         } else {
             random_latlng(&mut rng, side_m)
         };
-        let length = rng.random_range(scenario.trip_km.0..scenario.trip_km.1) * 1000.0;
-        let bearing: f64 = rng.random_range(0.0..std::f64::consts::TAU);
-        let drop = offset(pickup, length * bearing.cos(), length * bearing.sin());
-        orders.push(Order { arrives_s: at as u32, pickup, drop });
+        orders.push(Order { arrives_s: at as u32, pickup, drop: trip_drop(scenario, &mut rng, pickup), burst: None });
     }
+    if let Some(burst) = scenario.burst.filter(|burst| burst.every_min > 0) {
+        let mut rng = StdRng::seed_from_u64(scenario.seed ^ 0xb0257);
+        let first = scenario.warmup_min.div_ceil(burst.every_min).max(1) * burst.every_min;
+        for (n, minute) in (first..scenario.minutes).step_by(burst.every_min as usize).enumerate() {
+            let spot = hotspots[n % hotspots.len()];
+            for _ in 0..burst.orders {
+                let pickup = offset(spot, gaussian(&mut rng) * burst.spread_m, gaussian(&mut rng) * burst.spread_m);
+                let drop = trip_drop(scenario, &mut rng, pickup);
+                orders.push(Order { arrives_s: minute * 60, pickup, drop, burst: Some(spot) });
+            }
+        }
+        orders.sort_by_key(|order| order.arrives_s);
+    }
+    orders
+}
+
+/// A drop a trip length away from `pickup` in a random direction.
+fn trip_drop(scenario: &Scenario, rng: &mut StdRng, pickup: LatLng) -> LatLng {
+    let length = rng.random_range(scenario.trip_km.0..scenario.trip_km.1) * 1000.0;
+    let bearing: f64 = rng.random_range(0.0..std::f64::consts::TAU);
+    offset(pickup, length * bearing.cos(), length * bearing.sin())
 }
 
 /// Where demand concentrates: five spots in the middle 60% of the city.
@@ -192,6 +244,8 @@ pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outc
     let mut outcome = Outcome {
         orders: orders.len() - first_counted,
         by_order: vec![None; orders.len()],
+        wait_by_order: vec![None; orders.len()],
+        in_burst: orders.iter().map(|order| order.burst.is_some()).collect(),
         nearest_at_arrival: vec![None; orders.len()],
         first_counted,
         ..Outcome::default()
@@ -199,6 +253,8 @@ pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outc
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let mut next_order = 0;
     let mut tightness = (0.0, 0usize);
+    let mut burst_tightness = (0.0, 0usize);
+    let widest = config.radius_steps_m.last().copied().unwrap_or(5000.0);
     let end_s = scenario.minutes * 60 + scenario.max_wait_s;
     for now_s in 0..end_s {
         let now_ms = T0_MS + i64::from(now_s) * 1000;
@@ -212,9 +268,16 @@ pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outc
                 grid.upsert(pilot.id, VehicleType::Bike, pilot.position, PilotStatus::Available, now_ms);
             }
         }
+        let arriving = orders[next_order..].iter().take_while(|order| order.arrives_s <= now_s);
+        if let Some(spot) = arriving.clone().find_map(|order| order.burst) {
+            let near =
+                pilots.iter().filter(|pilot| pilot.busy_until.is_none() && distance_m(pilot.position, spot) <= widest);
+            let size = arriving.filter(|order| order.burst.is_some()).count();
+            burst_tightness.0 += size as f64 / near.count().max(1) as f64;
+            burst_tightness.1 += 1;
+        }
         while next_order < orders.len() && orders[next_order].arrives_s <= now_s {
             let filter = grid.available_filter(Some(VehicleType::Bike), now_ms);
-            let widest = config.radius_steps_m.last().copied().unwrap_or(5000.0);
             let nearest = grid.nearest(1, orders[next_order].pickup, widest, &filter);
             outcome.nearest_at_arrival[next_order] = nearest.first().map(|found| found.distance_m);
             waiting.push_back(Waiting { order: next_order, search: Search::starting(now_ms) });
@@ -253,6 +316,7 @@ pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outc
             pilot.waypoint = order.drop;
             let _ = grid.set_status(pilot.id, PilotStatus::Busy, now_ms);
             outcome.by_order[entry.order] = Some(pickup_m);
+            outcome.wait_by_order[entry.order] = Some(f64::from(now_s - order.arrives_s));
             if entry.order >= first_counted {
                 outcome.matched += 1;
                 outcome.pickup_m.push(pickup_m);
@@ -262,6 +326,7 @@ pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outc
         waiting = kept;
     }
     outcome.tightness = tightness.0 / tightness.1.max(1) as f64;
+    outcome.burst_tightness = burst_tightness.0 / burst_tightness.1.max(1) as f64;
     outcome
 }
 
@@ -276,10 +341,10 @@ fn batched(
     now_ms: i64,
     outcome: &mut Outcome,
 ) -> Vec<Option<(UserId, f64)>> {
-    let mut batch = batch::Batch::new();
+    let mut batch = batch::Batch::new(config);
     for entry in waiting.iter() {
         let pickup = orders[entry.order].pickup;
-        let found = grid.nearest(config.candidates, pickup, entry.search.radius_m(config), filter);
+        let found = grid.nearest(config.batch_candidates, pickup, entry.search.batch_radius_m(config), filter);
         batch.add_order(found.into_iter().map(|candidate| (candidate.pilot.id, candidate.distance_m)));
     }
     let started = Instant::now();
@@ -344,7 +409,7 @@ fn wander(pilot: &mut Pilot, step_m: f64, hotspots: &[LatLng], seek_demand: f64)
 }
 
 /// Time to solve one batch of `orders` waiting orders among `pilots` free pilots spread over a
-/// `side_km` city, each order with its `config.candidates` nearest within 5 km (µs, per
+/// `side_km` city, each order with its `config.batch_candidates` nearest within 5 km (µs, per
 /// repetition).
 pub fn solve_times(
     orders: usize,
@@ -364,10 +429,10 @@ pub fn solve_times(
     let filter = grid.available_filter(Some(VehicleType::Bike), T0_MS);
     (0..reps)
         .map(|_| {
-            let mut batch = batch::Batch::new();
+            let mut batch = batch::Batch::new(config);
             for _ in 0..orders {
                 let pickup = random_latlng(&mut rng, side_m);
-                let found = grid.nearest(config.candidates, pickup, 5000.0, &filter);
+                let found = grid.nearest(config.batch_candidates, pickup, 5000.0, &filter);
                 batch.add_order(found.into_iter().map(|found| (found.pilot.id, found.distance_m)));
             }
             let started = Instant::now();
@@ -399,6 +464,7 @@ mod tests {
             max_wait_s: 120,
             warmup_min: 1,
             seek_demand: 0.3,
+            burst: None,
         }
     }
 
@@ -420,6 +486,27 @@ mod tests {
             assert!(outcome.pickup_m.iter().all(|m| *m <= 5000.0 + 1e-6), "{policy:?}");
             assert!(outcome.wait_s.iter().all(|s| *s < f64::from(scenario.max_wait_s)), "{policy:?}");
         }
+    }
+
+    #[test]
+    fn bursts_come_on_top_of_the_same_steady_stream_and_are_measured_apart() {
+        let steady = small();
+        let spiky = Scenario { burst: Some(Burst { every_min: 2, orders: 30, spread_m: 500.0 }), ..small() };
+        let hotspots = hotspots(&steady);
+        let (plain, with_bursts) = (orders(&steady, &hotspots), orders(&spiky, &hotspots));
+        // Minutes 2 and 4 (from the end of the 1-minute warm-up, before the 5th).
+        assert_eq!(with_bursts.len(), plain.len() + 60);
+        let burst_seconds: Vec<u32> =
+            with_bursts.iter().filter(|order| order.burst.is_some()).map(|o| o.arrives_s).collect();
+        assert!(burst_seconds.iter().all(|at| *at == 120 || *at == 240), "{burst_seconds:?}");
+        let steady_again: Vec<u32> =
+            with_bursts.iter().filter(|order| order.burst.is_none()).map(|o| o.arrives_s).collect();
+        assert_eq!(steady_again, plain.iter().map(|order| order.arrives_s).collect::<Vec<_>>());
+        let outcome = run(&spiky, Policy::Batched { window_s: 2 }, &config());
+        let (pickups, waits, brought) = outcome.burst_orders();
+        assert_eq!(brought, 60);
+        assert!(!pickups.is_empty() && pickups.len() == waits.len() && pickups.len() <= 60);
+        assert!(outcome.burst_tightness > 0.0, "30 orders over the free pilots near their spot");
     }
 
     #[test]

@@ -16,6 +16,8 @@ use std::hash::Hash;
 use pathfinding::kuhn_munkres::kuhn_munkres;
 use pathfinding::matrix::Matrix;
 
+use super::MatchingConfig;
+
 /// One waiting order's candidates: `(pilot, cost)`, pilots numbered `0..pilots`.
 pub type Edges = Vec<(usize, u32)>;
 
@@ -72,21 +74,17 @@ pub fn assign(orders: &[Edges], pilots: usize) -> Vec<Option<usize>> {
 /// `P` names a pilot.
 #[derive(Debug, Clone)]
 pub struct Batch<P> {
+    config: MatchingConfig,
     pilots: Vec<P>,
     column: HashMap<P, usize>,
     orders: Vec<Edges>,
     distances: Vec<Vec<f64>>,
 }
 
-impl<P: Copy + Eq + Hash> Default for Batch<P> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl<P: Copy + Eq + Hash> Batch<P> {
-    pub fn new() -> Self {
-        Self { pilots: Vec::new(), column: HashMap::new(), orders: Vec::new(), distances: Vec::new() }
+    /// An empty batch, its pairs costed by [`super::score`] under `config`.
+    pub fn new(config: &MatchingConfig) -> Self {
+        Self { config: config.clone(), pilots: Vec::new(), column: HashMap::new(), orders: Vec::new(), distances: Vec::new() }
     }
 
     /// Adds the next waiting order and its candidates: `(pilot, pickup distance in m)`.
@@ -97,7 +95,8 @@ impl<P: Copy + Eq + Hash> Batch<P> {
                 self.pilots.push(pilot);
                 self.pilots.len() - 1
             });
-            edges.push((column, super::score(distance_m).max(0.0).round().min(f64::from(u32::MAX / 4)) as u32));
+            let cost = super::score(&self.config, distance_m);
+            edges.push((column, cost.max(0.0).round().min(f64::from(u32::MAX / 4)) as u32));
             distances.push(distance_m);
         }
         self.orders.push(edges);
@@ -190,13 +189,30 @@ mod tests {
 
     #[test]
     fn a_batch_names_pilots_and_distances_of_each_order() {
-        let mut batch = Batch::new();
+        let config = crate::matching::tests::config();
+        let mut batch = Batch::new(&config);
         batch.add_order([("a", 500.0), ("b", 2100.0)]);
         batch.add_order([("a", 600.0)]);
         batch.add_order(std::iter::empty());
         // Order 1 has only a: order 0 takes b.
         assert_eq!(batch.solve(), vec![Some(("b", 2100.0)), Some(("a", 600.0)), None]);
         assert!(batch.had_candidates(1) && !batch.had_candidates(2) && !batch.had_candidates(9));
+    }
+
+    #[test]
+    fn long_pickups_cost_more_than_their_distance() {
+        // In plain metres a (100) + b's q (2,200) = 2,300 beats 1,500 + 900 = 2,400: one short
+        // pickup and one very long. Costed past long_pickup_m, the two middling ones win.
+        let mut config = crate::matching::tests::config();
+        let spike = |config: &MatchingConfig| {
+            let mut batch = Batch::new(config);
+            batch.add_order([("p", 100.0), ("q", 1500.0)]);
+            batch.add_order([("p", 900.0), ("q", 2200.0)]);
+            batch.solve()
+        };
+        assert_eq!(spike(&config), vec![Some(("q", 1500.0)), Some(("p", 900.0))]);
+        config.long_pickup_m = 0.0;
+        assert_eq!(spike(&config), vec![Some(("p", 100.0)), Some(("q", 2200.0))]);
     }
 
     #[test]

@@ -23,8 +23,21 @@ pub struct MatchingConfig {
     pub batch_window_ms: u64,
     /// Batched mode: an order that lost every candidate to other orders in a window keeps its
     /// radius this long before it widens anyway (a pilot may come free near it); one with
-    /// nobody in reach widens at once.
+    /// nobody in reach widens at once. Only with `batch_widen_in_steps`.
     pub batch_widen_after_ms: u64,
+    /// Batched mode: each order starts at the first radius step and widens as immediate mode
+    /// does (`true`), or looks as far as the widest step from its first window (`false`), the
+    /// least-cost assignment preferring the near pilots anyway. Stepping keeps pickups a little
+    /// shorter while demand outruns the fleet for long; looking wide at once keeps a spike of
+    /// orders from being pushed, step by step, to pilots at the edge of a small radius.
+    pub batch_widen_in_steps: bool,
+    /// Batched mode: candidates per order, enough for the orders of a spike to see past each
+    /// other's nearest pilots.
+    pub batch_candidates: usize,
+    /// Batched mode's cost of a pickup `d` metres away: `d × (1 + d / long_pickup_m)`, so the
+    /// assignment would rather make two middling pickups than a short one and a very long one;
+    /// 0: the plain distance. The ranking of one order's candidates does not change.
+    pub long_pickup_m: f64,
     /// How long a pilot has to accept an offer.
     pub offer_timeout_secs: u64,
     /// An offer whose pilot has no socket open (its app is gone) expires once it has been
@@ -62,10 +75,14 @@ impl MatchingConfig {
         if radii.windows(2).any(|pair| pair[1] <= pair[0]) {
             return Err(("matching.radius_steps_m", "must grow from step to step".into()));
         }
+        if !self.long_pickup_m.is_finite() || self.long_pickup_m < 0.0 {
+            return Err(("matching.long_pickup_m", "must be 0 or more".into()));
+        }
         let positive = [
             ("matching.batch_window_ms", self.batch_window_ms),
             ("matching.offer_timeout_secs", self.offer_timeout_secs),
             ("matching.candidates", self.candidates as u64),
+            ("matching.batch_candidates", self.batch_candidates as u64),
             ("matching.retry_interval_ms", self.retry_interval_ms),
             ("matching.tick_ms", self.tick_ms),
         ];
@@ -77,11 +94,14 @@ impl MatchingConfig {
 }
 
 /// How good a candidate is for an order; lower is better. Today the distance to the pickup
-/// (the pilot's time to the door and the fleet's empty kilometres both follow it). Other
+/// (the pilot's time to the door and the fleet's empty kilometres both follow it), growing
+/// faster than the distance past `config.long_pickup_m`: one order ranks its candidates by
+/// distance either way, and a batch weighs a very long pickup above two middling ones. Other
 /// factors (acceptance rate, heading, time since the last job) belong here, as terms in the
 /// same unit, so immediate and batched modes rank alike.
-pub fn score(pickup_distance_m: f64) -> f64 {
-    pickup_distance_m
+pub fn score(config: &MatchingConfig, pickup_distance_m: f64) -> f64 {
+    let long = config.long_pickup_m;
+    if long > 0.0 { pickup_distance_m * (1.0 + pickup_distance_m / long) } else { pickup_distance_m }
 }
 
 /// One order's search: the radius it has reached, and since when (ms).
@@ -100,8 +120,12 @@ impl Search {
     /// Batched mode, after a window that left the order without a pilot: widens when nobody
     /// was in reach (`had_candidates` false), as in immediate mode; an order that only lost
     /// its candidates to other orders keeps its radius until it has waited
-    /// `batch_widen_after_ms` at it. `false` when the radius stays.
+    /// `batch_widen_after_ms` at it. `false` when the radius stays (always, unless
+    /// `batch_widen_in_steps`: the search is at the widest from the start).
     pub fn after_window(&mut self, config: &MatchingConfig, had_candidates: bool, now_ms: i64) -> bool {
+        if !config.batch_widen_in_steps {
+            return false;
+        }
         let waited = now_ms.saturating_sub(self.since_ms);
         let patience = i64::try_from(config.batch_widen_after_ms).unwrap_or(i64::MAX);
         if had_candidates && waited < patience {
@@ -118,6 +142,14 @@ impl Search {
     pub fn radius_m(self, config: &MatchingConfig) -> f64 {
         let steps = &config.radius_steps_m;
         steps[self.step.min(steps.len() - 1)]
+    }
+
+    /// The radius to search now in batched mode (see `batch_widen_in_steps`).
+    pub fn batch_radius_m(self, config: &MatchingConfig) -> f64 {
+        match config.batch_widen_in_steps {
+            true => self.radius_m(config),
+            false => config.radius_steps_m.last().copied().unwrap_or_else(|| self.radius_m(config)),
+        }
     }
 
     /// Nobody (left) at this radius: widen it. `false` once at the widest.
@@ -144,6 +176,9 @@ mod tests {
             mode: Mode::Immediate,
             batch_window_ms: 2000,
             batch_widen_after_ms: 10_000,
+            batch_widen_in_steps: true,
+            batch_candidates: 150,
+            long_pickup_m: 1000.0,
             offer_timeout_secs: 15,
             offer_unreachable_grace_ms: 5000,
             radius_steps_m: vec![1000.0, 3000.0, 5000.0],
@@ -164,6 +199,29 @@ mod tests {
         assert_eq!(search.radius_m(&config), 5000.0);
         assert!(!search.widen(&config));
         assert_eq!(search.radius_m(&config), 5000.0);
+    }
+
+    #[test]
+    fn a_batched_search_without_steps_looks_as_far_as_the_widest_at_once() {
+        let stepped = config();
+        let config = MatchingConfig { batch_widen_in_steps: false, ..config() };
+        let mut search = Search::starting(0);
+        assert_eq!((search.batch_radius_m(&config), search.radius_m(&config)), (5000.0, 1000.0));
+        assert!(!search.after_window(&config, false, 3_000), "nothing to widen");
+        assert!(!search.after_window(&config, true, 60_000));
+        assert_eq!(search.batch_radius_m(&config), 5000.0);
+        assert_eq!(search.batch_radius_m(&stepped), 1000.0);
+    }
+
+    #[test]
+    fn scores_rank_like_distances_and_grow_faster_past_the_long_pickup() {
+        let config = config();
+        assert_eq!(score(&config, 0.0), 0.0);
+        assert_eq!(score(&config, 1000.0), 2000.0);
+        assert_eq!(score(&config, 3000.0), 12_000.0);
+        let distances = [0.0, 10.0, 999.0, 1000.0, 4000.0, 5000.0];
+        assert!(distances.windows(2).all(|pair| score(&config, pair[0]) < score(&config, pair[1])));
+        assert_eq!(score(&MatchingConfig { long_pickup_m: 0.0, ..config }, 3000.0), 3000.0);
     }
 
     #[test]
@@ -188,6 +246,12 @@ mod tests {
         let mut bad = config();
         bad.offer_timeout_secs = 0;
         assert_eq!(bad.check().unwrap_err().0, "matching.offer_timeout_secs");
+        let bad = MatchingConfig { batch_candidates: 0, ..config() };
+        assert_eq!(bad.check().unwrap_err().0, "matching.batch_candidates");
+        for long in [-1.0, f64::NAN, f64::INFINITY] {
+            let bad = MatchingConfig { long_pickup_m: long, ..config() };
+            assert_eq!(bad.check().unwrap_err().0, "matching.long_pickup_m");
+        }
         assert!(config().check().is_ok());
     }
 }

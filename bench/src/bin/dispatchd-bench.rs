@@ -212,6 +212,15 @@ enum Scenario {
         /// Share of a free pilot's moves that head for a busy spot.
         #[arg(long, default_value_t = 0.3)]
         seek_demand: f64,
+        /// Adds a third city, the plentiful one with demand spikes: every this many minutes
+        /// (0: none) `--burst-orders` orders in the same second around a busy spot.
+        #[arg(long, default_value_t = 0)]
+        burst_every: u32,
+        #[arg(long, value_parser = at_least_one, default_value_t = 200)]
+        burst_orders: usize,
+        /// The spikes' spread around their spot (σ, m).
+        #[arg(long, value_parser = positive, default_value_t = 1000.0)]
+        burst_spread_m: f64,
         /// A tenth of the pilots and orders and a small batch to time: a smoke run.
         #[arg(long)]
         small: bool,
@@ -337,6 +346,9 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             plenty_pilots,
             plenty_orders_per_min,
             seek_demand,
+            burst_every,
+            burst_orders,
+            burst_spread_m,
             small,
             json,
         } => {
@@ -350,6 +362,11 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 plenty: (plenty_pilots, plenty_orders_per_min),
                 small,
                 seek_demand,
+                burst: (burst_every > 0).then_some(dispatchd_bench::matching_sim::Burst {
+                    every_min: burst_every,
+                    orders: burst_orders,
+                    spread_m: burst_spread_m,
+                }),
             };
             let config = dispatchd::config::Config::load(None).map_err(|err| anyhow::anyhow!("{err}"))?.matching;
             (json, matching::run_all(&args, &config))

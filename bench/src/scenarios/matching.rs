@@ -1,9 +1,10 @@
 //! `matching`: greedy against batched matching on the same simulated city, at tight and at
-//! plentiful supply, over one or more seeds; and the time to solve one large batch.
+//! plentiful supply, over one or more seeds; with `--burst-every`, plentiful supply with demand
+//! spikes, their orders measured apart; and the time to solve one large batch.
 
 use serde_json::{Value, json};
 
-use crate::matching_sim::{Outcome, Policy, Scenario, mean_and_percentile, run, solve_times};
+use crate::matching_sim::{Burst, Outcome, Policy, Scenario, mean_and_percentile, run, solve_times};
 use crate::report::Table;
 
 /// What to run.
@@ -18,6 +19,8 @@ pub struct MatchingArgs {
     pub plenty: (usize, f64),
     pub small: bool,
     pub seek_demand: f64,
+    /// Spikes on the plentiful city, run as a third supply.
+    pub burst: Option<Burst>,
 }
 
 /// One policy's figures on one scenario and seed.
@@ -42,7 +45,7 @@ impl Figures {
 /// Runs every scenario and seed; prints the tables and returns the JSON summary.
 pub fn run_all(args: &MatchingArgs, config: &dispatchd::matching::MatchingConfig) -> Value {
     let scale = if args.small { 10 } else { 1 };
-    let city = |name, (pilots, per_min): (usize, f64), seed| Scenario {
+    let city = |name, (pilots, per_min): (usize, f64), seed, burst: Option<Burst>| Scenario {
         name,
         seed,
         pilots: pilots / scale,
@@ -55,6 +58,7 @@ pub fn run_all(args: &MatchingArgs, config: &dispatchd::matching::MatchingConfig
         max_wait_s: 300,
         warmup_min: args.warmup.min(args.minutes.saturating_sub(1)),
         seek_demand: args.seek_demand,
+        burst: burst.map(|burst| Burst { orders: burst.orders / scale, ..burst }),
     };
     let mut table = Table::new(&[
         "supply",
@@ -71,11 +75,25 @@ pub fn run_all(args: &MatchingArgs, config: &dispatchd::matching::MatchingConfig
         "solve p50/max",
     ]);
     let mut ratios = Table::new(&["supply", "seed", "mean pickup", "p95 pickup", "p95 paired", "matched"]);
+    let mut bursts = Table::new(&[
+        "seed",
+        "policy",
+        "burst orders",
+        "matched",
+        "mean pickup",
+        "p95 pickup",
+        "mean wait",
+        "p95 wait",
+        "orders per free pilot within reach",
+    ]);
+    let mut burst_sums = [0.0; 2];
     let mut results = Vec::new();
-    for (name, supply) in [("tight", args.tight), ("plenty", args.plenty)] {
+    let mut supplies = vec![("tight", args.tight, None), ("plenty", args.plenty, None)];
+    supplies.extend(args.burst.map(|burst| ("burst", args.plenty, Some(burst))));
+    for (name, supply, burst) in supplies {
         let mut sums = [0.0; 3];
         for seed in args.seed..args.seed + args.seeds {
-            let scenario = city(name, supply, seed);
+            let scenario = city(name, supply, seed, burst);
             let greedy = run(&scenario, Policy::Greedy, config);
             let batched = run(&scenario, Policy::Batched { window_s: args.window_s }, config);
             let (g, b) = (Figures::of(&greedy), Figures::of(&batched));
@@ -96,11 +114,26 @@ pub fn run_all(args: &MatchingArgs, config: &dispatchd::matching::MatchingConfig
             for (sum, value) in sums.iter_mut().zip(ratio) {
                 *sum += value;
             }
-            results.push(json!({
+            let mut result = json!({
                 "supply": name, "seed": seed, "pilots": scenario.pilots, "orders_per_min": scenario.orders_per_min,
                 "greedy": figures_json(&g, &greedy), "batched": figures_json(&b, &batched),
                 "batched_over_greedy": { "mean_pickup": ratio[0], "p95_pickup": ratio[1], "p95_pickup_paired": ratio[2] },
-            }));
+            });
+            if let Some(burst) = burst {
+                let (g, b) = (BurstFigures::of(&greedy), BurstFigures::of(&batched));
+                for (policy, figures) in [("greedy", &g), ("batched", &b)] {
+                    bursts.row(figures.row(seed, policy));
+                }
+                let ratio = [b.mean_m / g.mean_m, b.p95_m / g.p95_m];
+                burst_sums[0] += ratio[0];
+                burst_sums[1] += ratio[1];
+                result["burst"] = json!({
+                    "every_min": burst.every_min, "orders": burst.orders, "spread_m": burst.spread_m,
+                    "greedy": g.json(), "batched": b.json(),
+                    "batched_over_greedy": { "mean_pickup": ratio[0], "p95_pickup": ratio[1] },
+                });
+            }
+            results.push(result);
         }
         let n = args.seeds.max(1) as f64;
         ratios.row(vec![
@@ -115,8 +148,61 @@ pub fn run_all(args: &MatchingArgs, config: &dispatchd::matching::MatchingConfig
     table.print();
     println!("\nbatched / greedy (pickup distance; paired: orders both matched)");
     ratios.print();
+    if args.burst.is_some() {
+        let n = args.seeds.max(1) as f64;
+        println!("\nthe burst orders alone");
+        bursts.print();
+        println!(
+            "batched / greedy over the burst orders, mean of the seeds: mean pickup {:.3}, p95 pickup {:.3}",
+            burst_sums[0] / n,
+            burst_sums[1] / n
+        );
+    }
     results.push(solve_summary(args, config));
     Value::Array(results)
+}
+
+/// One policy's figures over the orders that came in bursts.
+struct BurstFigures {
+    orders: usize,
+    matched: usize,
+    mean_m: f64,
+    p95_m: f64,
+    mean_wait_s: f64,
+    p95_wait_s: f64,
+    tightness: f64,
+}
+
+impl BurstFigures {
+    fn of(outcome: &Outcome) -> Self {
+        let (pickup_m, wait_s, orders) = outcome.burst_orders();
+        let (mean_m, p95_m) = mean_and_percentile(&pickup_m, 0.95);
+        let (mean_wait_s, p95_wait_s) = mean_and_percentile(&wait_s, 0.95);
+        let tightness = outcome.burst_tightness;
+        Self { orders, matched: pickup_m.len(), mean_m, p95_m, mean_wait_s, p95_wait_s, tightness }
+    }
+
+    fn row(&self, seed: u64, policy: &str) -> Vec<String> {
+        vec![
+            seed.to_string(),
+            policy.into(),
+            self.orders.to_string(),
+            format!("{:.1}%", self.matched as f64 * 100.0 / self.orders.max(1) as f64),
+            format!("{:.0} m", self.mean_m),
+            format!("{:.0} m", self.p95_m),
+            format!("{:.1} s", self.mean_wait_s),
+            format!("{:.0} s", self.p95_wait_s),
+            format!("{:.2}", self.tightness),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "orders": self.orders, "matched": self.matched, "pickup_mean_m": self.mean_m, "pickup_p95_m": self.p95_m,
+            "wait_mean_s": self.mean_wait_s, "wait_p95_s": self.p95_wait_s,
+            "orders_per_free_pilot_within_reach": self.tightness,
+        })
+    }
 }
 
 fn row(scenario: &Scenario, seed: u64, policy: &str, figures: &Figures, outcome: &Outcome) -> Vec<String> {
@@ -156,7 +242,7 @@ fn solve_summary(args: &MatchingArgs, config: &dispatchd::matching::MatchingConf
     println!(
         "\nsolve {orders} orders x {pilots} pilots ({} candidates each within 5 km, 30 km city), {reps} times: \
          mean {:.2} ms, p50 {:.2} ms, max {:.2} ms",
-        config.candidates,
+        config.batch_candidates,
         mean / 1000.0,
         p50 / 1000.0,
         max / 1000.0
