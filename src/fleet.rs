@@ -3,6 +3,7 @@
 //! store, once), counts GPS outcomes and presence transitions in `/metrics`, and runs the
 //! presence sweep on the server's clock.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +30,13 @@ pub struct Fleet {
     clock: Clock,
     max_points: usize,
     listeners: parking_lot::RwLock<Vec<Arc<dyn PositionListener>>>,
+    /// Each pilot's sockets open on this node.
+    sockets: parking_lot::Mutex<HashMap<UserId, u32>>,
 }
 
 impl Fleet {
     pub fn new(index: Arc<PilotIndex>, store: Arc<dyn Store>, clock: Clock, max_points: usize) -> Self {
-        Self { index, store, clock, max_points, listeners: parking_lot::RwLock::default() }
+        Self { index, store, clock, max_points, listeners: Default::default(), sockets: Default::default() }
     }
 
     /// Adds a listener for accepted moves.
@@ -97,9 +100,27 @@ impl Fleet {
             .ok_or_else(|| Error::forbidden("NOT_A_PILOT", "only pilots report locations"))
     }
 
-    /// A socket of the pilot opened (`true`), or its last one here closed (`false`); see
-    /// [`PilotIndex::set_reachable`].
-    pub fn set_reachable(&self, pilot: UserId, reachable: bool) {
+    /// A socket of the pilot opened here: it is reachable (see [`PilotIndex::set_reachable`]).
+    pub fn socket_opened(&self, pilot: UserId) {
+        let mut sockets = self.sockets.lock();
+        *sockets.entry(pilot).or_default() += 1;
+        self.set_reachable(pilot, true);
+    }
+
+    /// A socket of the pilot closed: if it was its last here, it is not reachable. Counted
+    /// under one lock with the index's change, so that sockets closing (and opening) at the
+    /// same moment cannot leave a pilot with none marked reachable, or one with a socket not.
+    pub fn socket_closed(&self, pilot: UserId) {
+        let mut sockets = self.sockets.lock();
+        let Some(open) = sockets.get_mut(&pilot) else { return };
+        *open -= 1;
+        if *open == 0 {
+            sockets.remove(&pilot);
+            self.set_reachable(pilot, false);
+        }
+    }
+
+    fn set_reachable(&self, pilot: UserId, reachable: bool) {
         if self.index.set_reachable(pilot, reachable, self.now_ms()) {
             metrics::counter!("grid_presence_transitions_total", "to" => if reachable { "reachable" } else { "unreachable" })
                 .increment(1);

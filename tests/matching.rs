@@ -233,6 +233,28 @@ async fn a_pilot_whose_app_is_gone_is_passed_over_until_it_is_back() {
 }
 
 #[tokio::test]
+async fn a_pilot_is_reachable_while_any_of_its_sockets_is_open() {
+    let app = TestApp::spawn().await;
+    let (pilot, first) = pilot_on_duty(&app, north(PICKUP, 0.3)).await;
+    let stale = async || app.state.grid.get(pilot.user_id.parse().unwrap()).unwrap().stale;
+    let second = connect(&app, "/pilot", &pilot).await;
+    drop(first);
+    tokio::time::sleep(QUIET).await;
+    assert!(!stale().await, "one socket is still open");
+    drop(second);
+    common::eventually(SOON, "the last socket closed", stale).await;
+
+    // Several open and all closing at the same moment: none of them is the last one alone.
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        sockets.push(connect(&app, "/pilot", &pilot).await);
+    }
+    assert!(!stale().await);
+    drop(sockets);
+    common::eventually(SOON, "all closed at once", stale).await;
+}
+
+#[tokio::test]
 async fn an_offer_whose_pilot_is_gone_moves_on_after_the_grace_not_the_deadline() {
     let app = TestApp::spawn_with(Options::default().set("matching.offer_unreachable_grace_ms", 500)).await;
     let customer = app.register("customer").await;

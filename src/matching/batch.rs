@@ -84,7 +84,13 @@ pub struct Batch<P> {
 impl<P: Copy + Eq + Hash> Batch<P> {
     /// An empty batch, its pairs costed by [`super::score`] under `config`.
     pub fn new(config: &MatchingConfig) -> Self {
-        Self { config: config.clone(), pilots: Vec::new(), column: HashMap::new(), orders: Vec::new(), distances: Vec::new() }
+        Self {
+            config: config.clone(),
+            pilots: Vec::new(),
+            column: HashMap::new(),
+            orders: Vec::new(),
+            distances: Vec::new(),
+        }
     }
 
     /// Adds the next waiting order and its candidates: `(pilot, pickup distance in m)`.

@@ -57,15 +57,12 @@ pub fn setup(socket: &SocketRef, gateway: &Gateway, caller: &Caller) {
     socket.join(room(caller.user_id));
     socket.extensions.insert(Arc::new(Flood::new(&gateway.app.config.realtime)));
     socket.on_shared(gateway.handlers.pilot.clone());
-    gateway.app.fleet.set_reachable(caller.user_id, true);
+    gateway.app.fleet.socket_opened(caller.user_id);
     let (fleet, pilot) = (gateway.app.fleet.clone(), caller.user_id);
-    socket.on_disconnect(async move |socket: SocketRef| {
+    socket.on_disconnect(async move || {
         connected(PILOT_NS, -1.0);
         // Its last socket here: no offer can reach it until it is back.
-        let others = socket.within(room(pilot)).sockets().into_iter().any(|other| other.id != socket.id);
-        if !others {
-            fleet.set_reachable(pilot, false);
-        }
+        fleet.socket_closed(pilot);
     });
     // An offer made while the app was away, still open: it gets it again.
     let (socket, matchmaker, pilot) = (socket.clone(), gateway.app.matchmaker.clone(), caller.user_id);
