@@ -61,7 +61,7 @@ pub enum Mode {
     /// Each order is offered to its best candidate as soon as it searches.
     Immediate,
     /// Every `batch_window_ms`, waiting orders and idle pilots are assigned together at the
-    /// least total pickup distance, then offered.
+    /// least total pickup cost ([`score`]), then offered.
     Batched,
 }
 
