@@ -35,10 +35,44 @@ struct Figures {
 }
 
 impl Figures {
+    fn new(pickup_m: &[f64], wait_s: &[f64], matched: f64, tightness: f64) -> Self {
+        let (mean_m, p95_m) = mean_and_percentile(pickup_m, 0.95);
+        let (mean_wait_s, p95_wait_s) = mean_and_percentile(wait_s, 0.95);
+        Self { matched, mean_m, p95_m, mean_wait_s, p95_wait_s, tightness }
+    }
+
     fn of(outcome: &Outcome) -> Self {
-        let (mean_m, p95_m) = mean_and_percentile(&outcome.pickup_m, 0.95);
-        let (mean_wait_s, p95_wait_s) = mean_and_percentile(&outcome.wait_s, 0.95);
-        Self { matched: outcome.matched_share(), mean_m, p95_m, mean_wait_s, p95_wait_s, tightness: outcome.tightness }
+        Self::new(&outcome.pickup_m, &outcome.wait_s, outcome.matched_share(), outcome.tightness)
+    }
+
+    /// The figures of the orders that came in bursts, and how many came; tightness is a
+    /// burst's orders per free pilot within reach.
+    fn of_bursts(outcome: &Outcome) -> (usize, Self) {
+        let (pickup_m, wait_s, orders) = outcome.burst_orders();
+        let matched = pickup_m.len() as f64 / orders.max(1) as f64;
+        (orders, Self::new(&pickup_m, &wait_s, matched, outcome.burst_tightness))
+    }
+
+    /// The table cells from matched share to tightness.
+    fn cells(&self) -> [String; 6] {
+        [
+            format!("{:.1}%", self.matched * 100.0),
+            format!("{:.0} m", self.mean_m),
+            format!("{:.0} m", self.p95_m),
+            format!("{:.1} s", self.mean_wait_s),
+            format!("{:.0} s", self.p95_wait_s),
+            format!("{:.2}", self.tightness),
+        ]
+    }
+
+    /// The JSON fields, tightness under `tightness_key`.
+    fn json(&self, orders: usize, tightness_key: &str) -> Value {
+        let mut fields = json!({
+            "orders": orders, "matched_share": self.matched, "pickup_mean_m": self.mean_m,
+            "pickup_p95_m": self.p95_m, "wait_mean_s": self.mean_wait_s, "wait_p95_s": self.p95_wait_s,
+        });
+        fields[tightness_key] = json!(self.tightness);
+        fields
     }
 }
 
@@ -120,16 +154,18 @@ pub fn run_all(args: &MatchingArgs, config: &dispatchd::matching::MatchingConfig
                 "batched_over_greedy": { "mean_pickup": ratio[0], "p95_pickup": ratio[1], "p95_pickup_paired": ratio[2] },
             });
             if let Some(burst) = burst {
-                let (g, b) = (BurstFigures::of(&greedy), BurstFigures::of(&batched));
+                let ((orders, g), (_, b)) = (Figures::of_bursts(&greedy), Figures::of_bursts(&batched));
                 for (policy, figures) in [("greedy", &g), ("batched", &b)] {
-                    bursts.row(figures.row(seed, policy));
+                    let mut row = vec![seed.to_string(), policy.into(), orders.to_string()];
+                    row.extend(figures.cells());
+                    bursts.row(row);
                 }
                 let ratio = [b.mean_m / g.mean_m, b.p95_m / g.p95_m];
                 burst_sums[0] += ratio[0];
                 burst_sums[1] += ratio[1];
                 result["burst"] = json!({
                     "every_min": burst.every_min, "orders": burst.orders, "spread_m": burst.spread_m,
-                    "greedy": g.json(), "batched": b.json(),
+                    "greedy": g.json(orders, BURST_TIGHTNESS), "batched": b.json(orders, BURST_TIGHTNESS),
                     "batched_over_greedy": { "mean_pickup": ratio[0], "p95_pickup": ratio[1] },
                 });
             }
@@ -162,75 +198,22 @@ pub fn run_all(args: &MatchingArgs, config: &dispatchd::matching::MatchingConfig
     Value::Array(results)
 }
 
-/// One policy's figures over the orders that came in bursts.
-struct BurstFigures {
-    orders: usize,
-    matched: usize,
-    mean_m: f64,
-    p95_m: f64,
-    mean_wait_s: f64,
-    p95_wait_s: f64,
-    tightness: f64,
-}
-
-impl BurstFigures {
-    fn of(outcome: &Outcome) -> Self {
-        let (pickup_m, wait_s, orders) = outcome.burst_orders();
-        let (mean_m, p95_m) = mean_and_percentile(&pickup_m, 0.95);
-        let (mean_wait_s, p95_wait_s) = mean_and_percentile(&wait_s, 0.95);
-        let tightness = outcome.burst_tightness;
-        Self { orders, matched: pickup_m.len(), mean_m, p95_m, mean_wait_s, p95_wait_s, tightness }
-    }
-
-    fn row(&self, seed: u64, policy: &str) -> Vec<String> {
-        vec![
-            seed.to_string(),
-            policy.into(),
-            self.orders.to_string(),
-            format!("{:.1}%", self.matched as f64 * 100.0 / self.orders.max(1) as f64),
-            format!("{:.0} m", self.mean_m),
-            format!("{:.0} m", self.p95_m),
-            format!("{:.1} s", self.mean_wait_s),
-            format!("{:.0} s", self.p95_wait_s),
-            format!("{:.2}", self.tightness),
-        ]
-    }
-
-    fn json(&self) -> Value {
-        json!({
-            "orders": self.orders, "matched": self.matched, "pickup_mean_m": self.mean_m, "pickup_p95_m": self.p95_m,
-            "wait_mean_s": self.mean_wait_s, "wait_p95_s": self.p95_wait_s,
-            "orders_per_free_pilot_within_reach": self.tightness,
-        })
-    }
-}
+const BURST_TIGHTNESS: &str = "orders_per_free_pilot_within_reach";
 
 fn row(scenario: &Scenario, seed: u64, policy: &str, figures: &Figures, outcome: &Outcome) -> Vec<String> {
     let (_, solve_p50) = mean_and_percentile(&outcome.solve_us, 0.5);
     let solve_max = outcome.solve_us.iter().copied().fold(0.0, f64::max);
     let solve = if outcome.solve_us.is_empty() { "-".to_owned() } else { format!("{solve_p50:.0}/{solve_max:.0} µs") };
-    vec![
-        scenario.name.into(),
-        seed.to_string(),
-        policy.into(),
-        outcome.orders.to_string(),
-        format!("{:.1}%", figures.matched * 100.0),
-        format!("{:.0} m", figures.mean_m),
-        format!("{:.0} m", figures.p95_m),
-        format!("{:.1} s", figures.mean_wait_s),
-        format!("{:.0} s", figures.p95_wait_s),
-        format!("{:.2}", figures.tightness),
-        format!("{:.0}%", outcome.tail_set_on_arrival() * 100.0),
-        solve,
-    ]
+    let mut row = vec![scenario.name.into(), seed.to_string(), policy.into(), outcome.orders.to_string()];
+    row.extend(figures.cells());
+    row.extend([format!("{:.0}%", outcome.tail_set_on_arrival() * 100.0), solve]);
+    row
 }
 
 fn figures_json(figures: &Figures, outcome: &Outcome) -> Value {
-    json!({
-        "orders": outcome.orders, "matched_share": figures.matched, "pickup_mean_m": figures.mean_m,
-        "pickup_p95_m": figures.p95_m, "wait_mean_s": figures.mean_wait_s, "wait_p95_s": figures.p95_wait_s,
-        "orders_per_idle_pilot": figures.tightness, "tail_set_on_arrival": outcome.tail_set_on_arrival(),
-    })
+    let mut fields = figures.json(outcome.orders, "orders_per_idle_pilot");
+    fields["tail_set_on_arrival"] = json!(outcome.tail_set_on_arrival());
+    fields
 }
 
 /// Times one batch of many waiting orders among many free pilots.
