@@ -477,20 +477,7 @@ impl Matchmaker {
     async fn tick(&self, searches: &mut Searches) {
         self.lease_new(searches).await;
         let now = self.clock.now();
-        let grace = millis(self.config.offer_unreachable_grace_ms);
-        let due: Vec<(OfferId, Option<&'static str>)> = searches
-            .map
-            .values()
-            .filter_map(|search| search.live.as_ref())
-            .filter_map(|offer| {
-                if offer.expires_at <= now {
-                    return Some((offer.id, None));
-                }
-                let gone =
-                    offer.created_at + grace <= now && self.grid.get(offer.pilot_id).is_some_and(|pilot| pilot.stale);
-                gone.then_some((offer.id, Some(UNREACHABLE)))
-            })
-            .collect();
+        let due = self.due_offers(searches, now);
         for (id, reason) in due {
             match self.orders.expire_offer(id, reason).await {
                 Ok(Some(offer)) => {
@@ -511,6 +498,31 @@ impl Matchmaker {
                 self.offer_next(searches, id).await;
             }
         }
+    }
+
+    /// The live offers to expire now, with the reason: their time is up (`None`), or their
+    /// pilot has been unreachable (no socket open, or silent) for the grace. The grace counts
+    /// from when this node first saw the pilot gone during the offer, so an app that drops late
+    /// in an offer's window gets the same time to come back as one that drops at once.
+    fn due_offers(&self, searches: &mut Searches, now: DateTime<Utc>) -> Vec<(OfferId, Option<&'static str>)> {
+        let grace = millis(self.config.offer_unreachable_grace_ms);
+        let seen_gone = std::mem::take(&mut searches.unreachable_since);
+        let mut due = Vec::new();
+        for offer in searches.map.values().filter_map(|search| search.live.as_ref()) {
+            if offer.expires_at <= now {
+                due.push((offer.id, None));
+                continue;
+            }
+            if !self.grid.get(offer.pilot_id).is_some_and(|pilot| pilot.stale) {
+                continue;
+            }
+            let since = seen_gone.get(&offer.id).copied().unwrap_or(now);
+            searches.unreachable_since.insert(offer.id, since);
+            if since + grace <= now {
+                due.push((offer.id, Some(UNREACHABLE)));
+            }
+        }
+        due
     }
 
     /// Immediate mode: offers the order to its best candidate, widening the radius while
@@ -733,6 +745,8 @@ impl Searching {
 #[derive(Debug, Default)]
 struct Searches {
     map: HashMap<OrderId, Searching>,
+    /// Live offers whose pilot was unreachable at the last tick, and since when.
+    unreachable_since: HashMap<OfferId, DateTime<Utc>>,
 }
 
 impl Searches {

@@ -278,6 +278,35 @@ async fn an_offer_whose_pilot_is_gone_moves_on_after_the_grace_not_the_deadline(
 }
 
 #[tokio::test]
+async fn an_app_gone_late_in_an_offer_still_gets_the_whole_grace() {
+    let app = TestApp::spawn_with(manual_clock().set("matching.offer_unreachable_grace_ms", 5000)).await;
+    let customer = app.register("customer").await;
+    let (near, mut socket) = pilot_on_duty(&app, north(PICKUP, 0.3)).await;
+    let (_, mut far) = pilot_on_duty(&app, north(PICKUP, 1.5)).await;
+    let order = create_order(&app, &customer).await;
+    offered(&mut socket, &order).await;
+
+    // Eight seconds into its 15, the app drops (a phone changing networks).
+    app.clock.advance(Span::seconds(8));
+    drop(socket);
+    let id = near.user_id.parse().unwrap();
+    common::eventually(SOON, "the pilot unreachable", || async { app.state.grid.get(id).unwrap().stale }).await;
+    // The grace runs from the drop, not from the offer: still its offer 3 s later.
+    assert!(far.event("offer", QUIET).await.is_none(), "not moved on at once");
+    app.clock.advance(Span::seconds(3));
+    assert!(far.event("offer", QUIET).await.is_none(), "not moved on within the grace");
+    assert_eq!(pilot_status(&app, &near), PilotStatus::OnOffer);
+
+    // Five seconds after the drop, before the deadline, the order moves on.
+    app.clock.advance(Span::seconds(2));
+    offered(&mut far, &order).await;
+    let offers = app.state.store.offers_for_order(order.parse().unwrap()).await.unwrap();
+    let first = &offers[0];
+    assert_eq!((first.status, first.reason.as_deref()), (OfferStatus::Expired, Some("unreachable")));
+    assert!(first.decided_at.unwrap() < first.expires_at);
+}
+
+#[tokio::test]
 async fn accepts_and_manual_assignments_racing_never_double_an_order_or_a_pilot() {
     let app = TestApp::spawn().await;
     let dispatcher = app.staff(Role::Dispatcher).await;

@@ -40,9 +40,9 @@ pub struct MatchingConfig {
     pub long_pickup_m: f64,
     /// How long a pilot has to accept an offer.
     pub offer_timeout_secs: u64,
-    /// An offer whose pilot has no socket open (its app is gone) expires once it has been
-    /// live this long, instead of at its deadline: time for a phone changing networks to
-    /// come back, not for a dead one to hold the order.
+    /// An offer whose pilot has no socket open (its app is gone) expires once the pilot has
+    /// been gone this long during the offer, instead of at its deadline: time for a phone
+    /// changing networks to come back, not for a dead one to hold the order.
     pub offer_unreachable_grace_ms: u64,
     /// Search radii (m), widened in turn while nobody is found or everyone declined.
     pub radius_steps_m: Vec<f64>,
