@@ -73,6 +73,10 @@ async fn snapshot(
     // snapshot, read after joining (see the module docs), from the store: already allowed.
     let order = orders.get(caller, request.order_id).await?;
     socket.join(room(order.id));
+    if !socket.connected() {
+        // Gone while its order was read, after its disconnect cleared its rooms.
+        socket.leave(room(order.id));
+    }
     let order = store.order(order.id).await?.unwrap_or(order);
     let after = request.last_seq.unwrap_or(0).max(0);
     let events = store.order_events(order.id, after, REPLAY_LIMIT).await?;

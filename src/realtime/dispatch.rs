@@ -101,7 +101,10 @@ async fn snapshot(
     let orders = gateway.app.store.open_orders_within(&bbox, MAX_ORDERS).await?;
     let listed: Vec<&Value> = pilots.values().collect();
     let answer = json!({ "bbox": request.bbox, "pilots": listed, "orders": orders, "supply": supply });
-    gateway.viewports.set(socket.id, bbox, pilots, supply);
+    // Gone while the orders were read: its disconnect already removed its viewport.
+    if socket.connected() {
+        gateway.viewports.set(socket.id, bbox, pilots, supply);
+    }
     Ok(answer)
 }
 
@@ -126,6 +129,8 @@ fn pilot_frame(pilot: &PilotSnapshot) -> Value {
 pub fn tick(io: &SocketIo, grid: &PilotIndex, viewports: &Viewports, limit: usize) {
     let Some(namespace) = io.of(DISPATCH_NS) else { return };
     let mut views = viewports.inner.lock();
+    // A socket that went between its check and its `set` left its view behind.
+    views.retain(|sid, _| namespace.get_socket(*sid).is_some());
     for (sid, view) in views.iter_mut() {
         let Some(socket) = namespace.get_socket(*sid) else { continue };
         let now = visible(grid, &view.bbox, limit);

@@ -15,9 +15,10 @@
 //! `connect_error` whose `message` is `"CODE: human text"` ([`auth`]).
 //!
 //! Invariants:
-//! * a slow client never slows the server: every emit is to one socket's bounded buffer and
-//!   a full buffer drops the packet (counted); positions are volatile, order events can be
-//!   replayed by `seq`, viewport deltas are recomputed from state;
+//! * a slow client never slows the server: every emit is to one socket's bounded buffer, never
+//!   waited on; positions are volatile (the newest replaces one not yet sent, counted), a
+//!   socket too full for an order event is disconnected (its app replays by `seq`), viewport
+//!   deltas are recomputed from state;
 //! * an event reaches its sockets on the task that made it (the `location` handler, the
 //!   order's request, the matchmaker): the relay emits there, with no queue or task between;
 //! * the relay's hold on the `SocketIo` (whose handlers hold the app's state) ends when

@@ -92,7 +92,7 @@ impl PositionListener for Relay {
         let payload = location_payload(trip.order, pilot, eta_s);
         // To the order's watchers only.
         let room = customer::room(trip.order);
-        self.with_sockets(|io| emit(io, CUSTOMER_NS, &room, "pilot:location", &payload, Loss::Drop));
+        self.with_sockets(|io| emit(io, CUSTOMER_NS, &room, "pilot:location", &payload, Loss::Supersede));
     }
 }
 
@@ -120,10 +120,12 @@ pub fn location_payload(order: OrderId, pilot: &PilotSnapshot, eta_s: i64) -> Va
 /// What happens when a socket's buffer is too full to take a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Loss {
-    /// Dropped: the next one supersedes it (positions).
-    Drop,
-    /// Never silently lost: the socket is disconnected, and its app replays what it missed by
-    /// `seq` when it reconnects (order events).
+    /// Positions: sent volatile, outside the socket's buffer, so a slow client's buffer keeps
+    /// room for its order events; a newer one replaces one not yet sent (counted as dropped).
+    Supersede,
+    /// Never silently lost: the socket is disconnected (its whole connection, when it cannot
+    /// take even that), and its app replays what it missed by `seq` when it reconnects (order
+    /// events).
     Disconnect,
 }
 
@@ -131,11 +133,18 @@ enum Loss {
 fn emit(io: &SocketIo, namespace: &'static str, room: &str, event: &'static str, payload: &Value, loss: Loss) {
     let Some(operators) = io.of(namespace) else { return };
     for socket in operators.to(room.to_owned()).sockets() {
+        if loss == Loss::Supersede {
+            let sent = socket.emit_latest(event, payload);
+            count_out(namespace, event, sent.is_ok());
+            if let Ok(true) = sent {
+                // The one it replaced never went out.
+                count_out(namespace, event, false);
+            }
+            continue;
+        }
         let sent = socket.emit(event, payload);
         count_out(namespace, event, sent.is_ok());
-        if loss == Loss::Disconnect
-            && let Err(SendError::Socket(SocketError::InternalChannelFull)) = sent
-        {
+        if let Err(SendError::Socket(SocketError::InternalChannelFull)) = sent {
             tracing::warn!(socket = %socket.id, namespace, "client too slow for order events; disconnecting it");
             metrics::counter!("socket_slow_disconnects_total", "namespace" => namespace).increment(1);
             let _ = socket.disconnect();

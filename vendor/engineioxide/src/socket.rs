@@ -257,16 +257,17 @@ impl Outbox {
         Ok(())
     }
 
-    fn send_volatile(&self, packets: Queued) -> bool {
+    /// `None` if closed; else whether it replaced a volatile packet not yet taken.
+    fn send_volatile(&self, packets: Queued) -> Option<bool> {
         let mut state = self.lock();
         if state.closed {
-            return false;
+            return None;
         }
-        state.volatile = Some(packets);
+        let replaced = state.volatile.replace(packets).is_some();
         let waker = state.waker.take();
         drop(state);
         Self::wake(waker);
-        true
+        Some(replaced)
     }
 
     /// Puts back, first in line, packets a polling response had no room for.
@@ -664,8 +665,16 @@ where
         self.send_volatile(packets)
     }
 
+    /// dispatchd patch: [`Self::emit_volatile`], telling what became of the message: `None`
+    /// if the socket is closed, `Some(true)` if it replaced a volatile message not yet sent (one
+    /// dropped: the caller can count it), `Some(false)` if none was waiting.
+    #[inline]
+    pub fn emit_volatile_replacing(&self, msg: impl Into<Str>) -> Option<bool> {
+        self.outbox.send_volatile(Box::new(smallvec![Packet::Message(msg.into())]))
+    }
+
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.outbox.send_volatile(Box::new(packets))
+        self.outbox.send_volatile(Box::new(packets)).is_some()
     }
 }
 
@@ -779,14 +788,17 @@ mod outbox_tests {
     #[test]
     fn buffered_packets_go_first_in_order_and_a_newer_volatile_one_replaces_the_older() {
         let outbox = Outbox::new(8);
-        assert!(outbox.send_volatile(msg("v1")));
+        assert_eq!(outbox.send_volatile(msg("v1")), Some(false));
         outbox.try_send(msg("a")).unwrap();
-        assert!(outbox.send_volatile(msg("v2")));
+        assert_eq!(outbox.send_volatile(msg("v2")), Some(true), "v1 was replaced");
         outbox.try_send(msg("b")).unwrap();
         assert_eq!(text(outbox.try_recv()), ["4a"]);
         assert_eq!(text(outbox.try_recv()), ["4b"]);
         assert_eq!(text(outbox.try_recv()), ["4v2"]);
         assert!(outbox.try_recv().is_none());
+        assert_eq!(outbox.send_volatile(msg("v3")), Some(false), "v2 went out");
+        outbox.close();
+        assert_eq!(outbox.send_volatile(msg("v4")), None);
     }
 
     #[test]
@@ -800,7 +812,7 @@ mod outbox_tests {
         ));
         assert!(matches!(outbox.try_reserve(), Err(TrySendError::Full(()))));
         // A volatile packet needs no place: it replaces the previous one.
-        assert!(outbox.send_volatile(msg("v")));
+        assert!(outbox.send_volatile(msg("v")).is_some());
         drop(permit);
         let permit = outbox.try_reserve().unwrap();
         permit.emit(Str::from("c"));
@@ -843,7 +855,7 @@ mod outbox_tests {
         let outbox = Arc::new(Outbox::new(4));
         outbox.try_send(msg("a")).unwrap();
         outbox.try_send(msg("b")).unwrap();
-        assert!(outbox.send_volatile(msg("v")));
+        assert!(outbox.send_volatile(msg("v")).is_some());
         let waiter = {
             let outbox = outbox.clone();
             tokio::spawn(async move { outbox.closed().await })
@@ -861,7 +873,7 @@ mod outbox_tests {
             outbox.try_reserve(),
             Err(TrySendError::Closed(()))
         ));
-        assert!(!outbox.send_volatile(msg("w")));
+        assert!(outbox.send_volatile(msg("w")).is_none());
         // What was buffered before the close still goes out; the volatile packet does not.
         assert_eq!(text(outbox.recv().await), ["4a"]);
         assert_eq!(text(outbox.recv().await), ["4b"]);

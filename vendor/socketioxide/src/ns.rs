@@ -177,7 +177,11 @@ impl<A: Adapter> Namespace<A> {
             #[cfg(feature = "tracing")]
             tracing::debug!(%sid, "error sending connect packet: {_e}, closing conn");
 
-            self.remove_socket(sid);
+            // dispatchd patch: the middlewares ran and may have set the socket up (a disconnect
+            // handler, rooms, counts); closing it calls that handler, then removes it. Upstream
+            // only removed it, so a connection gone while its middlewares ran (a client that
+            // sends CONNECT and goes, or a network drop) left what they set up for good.
+            socket.close(DisconnectReason::TransportError);
             esocket.close(engineioxide::DisconnectReason::TransportError);
             return Err(ConnectFail);
         }

@@ -731,10 +731,16 @@ impl<A: Adapter> Socket<A> {
     /// # Disconnect the socket from the current namespace,
     ///
     /// It will also call the disconnect handler if it is set with a [`DisconnectReason::ServerNSDisconnect`].
+    ///
+    /// dispatchd patch: when the socket's buffer is too full to take the DISCONNECT packet
+    /// (the client is not reading), its whole connection is closed instead, which disconnects
+    /// it from every namespace. Upstream returns `InternalChannelFull` and leaves the socket
+    /// connected, so a server could never be rid of a client that stopped reading.
     pub fn disconnect(self: Arc<Self>) -> Result<(), SocketError> {
         let res = self.send(Packet::disconnect(self.ns.path.clone()));
         if let Err(SocketError::InternalChannelFull) = res {
-            return Err(SocketError::InternalChannelFull);
+            self.esocket.close(EIoDisconnectReason::ClosingServer);
+            return Ok(());
         }
         self.close(DisconnectReason::ServerNSDisconnect);
         Ok(())
@@ -816,6 +822,28 @@ impl<A: Adapter> Socket<A> {
         let permit = self.reserve()?;
         permit.send_raw(value);
         Ok(())
+    }
+
+    /// dispatchd patch: emits `event` as a volatile message (see [`Self::volatile`]): it does
+    /// not take a place in the socket's buffer, and a newer one replaces it while it waits.
+    /// `Ok(true)` when it replaced one not yet sent (a message dropped), `Ok(false)` when not.
+    /// Binary attachments are not supported here (they are sent, reported as not replacing).
+    pub fn emit_latest<T: ?Sized + Serialize>(&self, event: impl AsRef<str>, data: &T) -> Result<bool, SendError> {
+        if !self.connected() {
+            return Err(SendError::Socket(SocketError::Closed));
+        }
+        let data = self.parser.encode_value(data, Some(event.as_ref()))?;
+        let packet = Packet::event(self.ns.path.clone(), data);
+        match self.parser.encode(packet) {
+            Value::Str(msg, None) => match self.esocket.emit_volatile_replacing(msg) {
+                Some(replaced) => Ok(replaced),
+                None => Err(SendError::Socket(SocketError::Closed)),
+            },
+            other => {
+                self.send_raw_volatile(other);
+                Ok(false)
+            }
+        }
     }
 
     pub(crate) fn send_raw_volatile(&self, value: Value) {
