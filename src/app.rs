@@ -145,8 +145,15 @@ impl App {
             node: feed.node().into(),
             duration: Duration::from_secs(config.cluster.search_lease_secs),
         });
-        let matchmaker =
-            Matchmaker::new(orders.clone(), store.clone(), grid.clone(), clock.clone(), config.matching.clone(), lease);
+        let matchmaker = Matchmaker::new(
+            orders.clone(),
+            store.clone(),
+            grid.clone(),
+            tracking.clone(),
+            clock.clone(),
+            config.matching.clone(),
+            lease,
+        );
         let payments = Arc::new(Payments::new(&config.payments, store.clone(), clock.clone(), orders.clone())?);
         let mut jobs = Worker::new(store.clone(), clock.clone(), config.jobs.clone());
         let order_jobs = Arc::new(OrderJobs(orders.clone()));

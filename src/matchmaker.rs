@@ -44,6 +44,7 @@ use crate::grid::PilotIndex;
 use crate::grid::geometry::distance_m;
 use crate::ids::{OfferId, OrderId, UserId};
 use crate::matching::{self, MatchingConfig, Mode, Search, batch};
+use crate::orders::tracking::Tracking;
 use crate::orders::{OrderListener, Orders};
 use crate::store::Store;
 
@@ -100,6 +101,8 @@ pub struct Matchmaker {
     orders: Arc<Orders>,
     store: Arc<dyn Store>,
     grid: Arc<PilotIndex>,
+    /// Which pilot carries which order, as this node last heard.
+    tracking: Arc<Tracking>,
     clock: Clock,
     config: MatchingConfig,
     lease: Option<SearchLease>,
@@ -113,6 +116,7 @@ impl Matchmaker {
         orders: Arc<Orders>,
         store: Arc<dyn Store>,
         grid: Arc<PilotIndex>,
+        tracking: Arc<Tracking>,
         clock: Clock,
         config: MatchingConfig,
         lease: Option<SearchLease>,
@@ -122,6 +126,7 @@ impl Matchmaker {
             orders: orders.clone(),
             store,
             grid,
+            tracking,
             clock,
             config,
             lease,
@@ -191,6 +196,8 @@ impl Matchmaker {
         // The first renewal is one period on: recovering renewed already.
         let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
         renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checks = tokio::time::interval(BUSY_CHECK_EVERY);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -199,6 +206,12 @@ impl Matchmaker {
                 _ = ticks.tick() => self.tick(&mut searches).await,
                 _ = batches.tick(), if self.config.mode == Mode::Batched => self.batch(&mut searches).await,
                 _ = renewals.tick(), if self.lease.is_some() => self.renew(&mut searches).await,
+                _ = checks.tick() => {
+                    let settled = self.clock.now() - Duration::from_std(BUSY_CHECK_EVERY).unwrap_or_default();
+                    if let Err(err) = self.free_busy_without_order(settled.timestamp_millis()).await {
+                        tracing::warn!(error = %err, "could not check busy pilots against their orders");
+                    }
+                }
             }
             metrics::gauge!("matching_searches").set(searches.map.len() as f64);
         }
@@ -294,6 +307,7 @@ impl Matchmaker {
                 self.orders.free_from_offer(pilot.id);
             }
         }
+        self.free_busy_without_order(now.timestamp_millis()).await?;
         let mut orders = self.store.searching_orders().await?;
         if let Some(lease) = &self.lease {
             // In a cluster, only the searches this node holds (its own, by a stable node id,
@@ -319,6 +333,25 @@ impl Matchmaker {
             let waiting: Vec<OrderId> = searches.waiting(now).collect();
             for id in waiting {
                 self.offer_next(searches, id).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pilots the index has busy while the database has them carrying no order take work
+    /// again: what a cancellation committed between an accept's commit and its index update
+    /// leaves, or a crash between a trip's end and the index's (the mirror then restores the
+    /// pilot busy). Only pilots busy since before `settled_ms`, so that an assignment in
+    /// flight has its order written. (A dispatcher assigning such a pilot by hand between
+    /// the check and the change could see it freed; its order still holds it in the database,
+    /// which refuses it a second one.)
+    async fn free_busy_without_order(&self, settled_ms: i64) -> Result<()> {
+        let untracked = self.grid.busy_since_before(settled_ms).into_iter();
+        for pilot in untracked.filter(|pilot| self.tracking.trip_of(*pilot).is_none()) {
+            if self.store.active_order_of(pilot).await?.is_none() {
+                tracing::warn!(%pilot, "busy with no order; taking work again");
+                metrics::counter!("matching_busy_pilots_freed_total").increment(1);
+                self.orders.free_from_order(pilot);
             }
         }
         Ok(())
@@ -741,6 +774,10 @@ impl Searching {
         self.live.as_ref().map(|offer| offer.id)
     }
 }
+
+/// How often pilots busy without an order are looked for, and how long one must have been
+/// busy to be looked at.
+const BUSY_CHECK_EVERY: StdDuration = StdDuration::from_secs(30);
 
 #[derive(Debug, Default)]
 struct Searches {

@@ -195,6 +195,43 @@ async fn a_restarted_node_warm_starts_from_redis() {
 }
 
 #[tokio::test]
+async fn a_pilot_the_mirror_remembers_busy_with_no_order_takes_work_after_a_restart() {
+    use dispatchd::domain::PilotStatus;
+    let mut first = TestApp::spawn_with(fast_mirror(Options::default().with_redis())).await;
+    let prefix = first.state.redis.as_ref().unwrap().key("");
+    let (carrying, idle) = (first.register("pilot").await, first.register("pilot").await);
+    for pilot in [&carrying, &idle] {
+        pilot_reports(&first, pilot, 12.9716, 77.5946, 0).await;
+        set_status(&first, pilot, "available").await;
+    }
+    // One carries an order; the other is busy in the index only, as when a node stops
+    // between a trip's end (committed) and the index's update.
+    let customer = first.register("customer").await;
+    let order = common::field::create_order(&first, &customer).await;
+    let dispatcher = first.staff(dispatchd::domain::Role::Dispatcher).await;
+    assert_eq!(common::field::assign(&first, &dispatcher, &order, &carrying).await.status, reqwest::StatusCode::OK);
+    let idle_id = idle.user_id.parse().unwrap();
+    first.state.grid.set_status(idle_id, PilotStatus::Busy, first.clock.now().timestamp_millis()).unwrap();
+    let url = common::redis_url();
+    eventually(WITHIN, "both mirrored busy", || async {
+        let busy = |hash: HashMap<String, String>| hash.get("status").map(String::as_str) == Some("busy");
+        busy(pilot_hash(&url, &prefix, &carrying).await) && busy(pilot_hash(&url, &prefix, &idle).await)
+    })
+    .await;
+    first.begin_shutdown().await.unwrap().unwrap();
+
+    let options = Options {
+        database: Database::Postgres(first.database_url.clone().unwrap()),
+        redis: Some(RedisOption { url: url.clone(), prefix }),
+        ..Options::default()
+    };
+    let second = TestApp::spawn_with(options).await;
+    let status = |id| second.state.grid.get(id).map(|pilot| pilot.status);
+    eventually(WITHIN, "the idle pilot available", || async { status(idle_id) == Some(PilotStatus::Available) }).await;
+    assert_eq!(status(carrying.user_id.parse().unwrap()), Some(PilotStatus::Busy), "its order holds it");
+}
+
+#[tokio::test]
 async fn pilots_no_node_remembers_are_pruned_from_the_shared_sets() {
     let app = TestApp::spawn_with(fast_mirror(Options::default().with_redis())).await;
     let handle = app.state.redis.clone().unwrap();

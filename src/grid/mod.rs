@@ -393,6 +393,13 @@ impl PilotIndex {
         self.grid.read().check_invariants();
     }
 
+    /// The pilots busy since before `before_ms` (no status change since).
+    pub fn busy_since_before(&self, before_ms: i64) -> Vec<PilotId> {
+        let grid = self.grid.read();
+        let busy = grid.slots.iter().filter(|entry| entry.live && entry.status == PilotStatus::Busy);
+        busy.filter(|entry| entry.status_ms < before_ms).map(|entry| entry.id).collect()
+    }
+
     /// Every pilot (brute force, for tests and tools).
     pub fn all(&self) -> Vec<PilotSnapshot> {
         let grid = self.grid.read();

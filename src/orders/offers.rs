@@ -129,6 +129,11 @@ impl Orders {
         self.grid.change_status(pilot, PilotStatus::OnOffer, PilotStatus::Available, self.now().timestamp_millis());
     }
 
+    /// A pilot the index has busy that carries no order is available again.
+    pub fn free_from_order(&self, pilot: UserId) {
+        self.release(pilot);
+    }
+
     /// The caller's offer, or 404 (another pilot's offer is not the caller's to see).
     async fn own_offer(&self, caller: &Caller, id: OfferId) -> Result<Offer> {
         self.store

@@ -55,7 +55,11 @@ impl Tracking {
             versions.retain(|id, _| by_order.contains_key(id));
         }
         maps.versions.insert(order.id, order.last_event_seq);
-        if let Some(previous) = maps.by_order.remove(&order.id) {
+        // Its pilot's trip, unless that pilot has moved on to another order since (news of
+        // this one's end can come after news of the next one's start).
+        if let Some(previous) = maps.by_order.remove(&order.id)
+            && maps.by_pilot.get(&previous).is_some_and(|trip| trip.order == order.id)
+        {
             maps.by_pilot.remove(&previous);
         }
         let target = match order.status {
@@ -117,5 +121,18 @@ mod tests {
         assert!(tracking.trip_of(pilot).is_none());
         tracking.follow(&order(id, pilot, OrderStatus::InTransit, 6));
         assert!(tracking.trip_of(pilot).is_none(), "a delivered order is not followed again");
+    }
+
+    #[test]
+    fn the_end_of_an_order_told_late_leaves_its_pilots_next_trip_alone() {
+        let tracking = Tracking::default();
+        let (first, next, pilot) = (OrderId::new(), OrderId::new(), UserId::new());
+        tracking.follow(&order(first, pilot, OrderStatus::Assigned, 3));
+        // The pilot's next order, heard of before the first one's cancellation.
+        tracking.follow(&order(next, pilot, OrderStatus::Assigned, 3));
+        tracking.follow(&order(first, pilot, OrderStatus::Cancelled, 4));
+        assert_eq!(tracking.trip_of(pilot).map(|trip| trip.order), Some(next));
+        tracking.follow(&order(next, pilot, OrderStatus::Delivered, 6));
+        assert!(tracking.trip_of(pilot).is_none());
     }
 }

@@ -40,6 +40,9 @@ pub trait OrderStore: Send + Sync {
     /// tracking follows after a restart.
     async fn active_orders(&self) -> Result<Vec<Order>>;
 
+    /// The order `pilot` carries now (assigned, picked up or in transit), if any.
+    async fn active_order_of(&self, pilot: UserId) -> Result<Option<OrderId>>;
+
     /// Every order searching for a pilot: what matching resumes after a restart.
     async fn searching_orders(&self) -> Result<Vec<Order>>;
 

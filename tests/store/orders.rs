@@ -26,6 +26,7 @@ conformance!(
     a_concurrent_request_waits_for_the_keys_response,
     old_idempotency_keys_are_purged,
     a_search_is_leased_by_one_node_until_its_lease_lapses,
+    a_pilots_active_order_is_found_until_it_ends,
 );
 
 /// H3 cells as `insert_order` takes them (any number will do for the store).
@@ -443,4 +444,20 @@ async fn a_search_is_leased_by_one_node_until_its_lease_lapses(subject: Subject)
     order.pilot_id = None;
     assert!(advance(&subject, &mut order, OrderStatus::SearchingDriver).await);
     assert!(store.lease_search(order.id, "b", t + secs(41), t + secs(26)).await.unwrap());
+}
+
+async fn a_pilots_active_order_is_found_until_it_ends(subject: Subject) {
+    let (customer, pilot) = (user(&subject, Role::Customer).await, user(&subject, Role::Pilot).await);
+    let mut order = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    create(&subject, &mut order, CELL).await;
+    assert!(advance(&subject, &mut order, OrderStatus::SearchingDriver).await);
+    assert_eq!(subject.store.active_order_of(pilot).await.unwrap(), None, "searching: nobody carries it");
+    order.pilot_id = Some(pilot);
+    assert!(advance(&subject, &mut order, OrderStatus::Assigned).await);
+    assert_eq!(subject.store.active_order_of(pilot).await.unwrap(), Some(order.id));
+    assert!(advance(&subject, &mut order, OrderStatus::PickedUp).await);
+    assert_eq!(subject.store.active_order_of(pilot).await.unwrap(), Some(order.id));
+    assert_eq!(subject.store.active_order_of(customer).await.unwrap(), None);
+    assert!(advance(&subject, &mut order, OrderStatus::Delivered).await);
+    assert_eq!(subject.store.active_order_of(pilot).await.unwrap(), None, "delivered: free");
 }

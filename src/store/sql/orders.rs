@@ -69,6 +69,17 @@ impl OrderStore for StoreImpl {
         rows.into_iter().map(Order::try_from).collect()
     }
 
+    async fn active_order_of(&self, pilot: UserId) -> Result<Option<OrderId>> {
+        // The partial unique index orders_one_active_per_pilot answers it.
+        let id: Option<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM orders WHERE pilot_id = $1 AND status IN ('assigned', 'picked_up', 'in_transit')",
+        )
+        .bind(pilot.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id.map(OrderId))
+    }
+
     async fn searching_orders(&self) -> Result<Vec<Order>> {
         let rows: Vec<OrderRow> = sqlx::query_as(select_order!("WHERE status = 'searching_driver' ORDER BY id"))
             .fetch_all(&self.pool)
