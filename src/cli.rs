@@ -1,5 +1,6 @@
 //! The command line: `dispatchd [serve]`, `dispatchd migrate`,
-//! `dispatchd admin create-user --role dispatcher|admin --phone … --name …`.
+//! `dispatchd admin create-user --role dispatcher|admin --phone … --name …`,
+//! `dispatchd admin retry-jobs --kind …`.
 
 use std::io::{BufRead as _, IsTerminal as _};
 use std::path::PathBuf;
@@ -69,6 +70,12 @@ pub enum AdminCommand {
         #[arg(long)]
         name: String,
     },
+    /// Run again the jobs of one kind that failed for good (say, refunds a gateway refused
+    /// for days: `--kind payment.refund`), once what failed them is mended.
+    RetryJobs {
+        #[arg(long)]
+        kind: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -88,6 +95,13 @@ pub async fn execute(command: Option<Command>, config: Config) -> anyhow::Result
         }
         Command::Admin(AdminCommand::CreateUser { role, phone, name }) => {
             create_user(config, role, &phone, &name).await
+        }
+        Command::Admin(AdminCommand::RetryJobs { kind }) => {
+            let store = crate::store::open(&config.database, config.database_url()).await?;
+            let retried = store.retry_failed_jobs(&kind, chrono::Utc::now()).await?;
+            println!("{retried} failed {kind} jobs queued again");
+            store.close().await;
+            Ok(())
         }
     }
 }

@@ -175,3 +175,26 @@ async fn staff_accounts_come_from_the_admin_command() {
         create_user(&url, &["--role", "customer", "--phone", &unique_phone(), "--name", "C"], PASSWORD).await;
     assert!(!customer.status.success(), "only staff roles");
 }
+
+#[tokio::test]
+async fn failed_jobs_of_a_kind_are_run_again_by_the_admin_command() {
+    let url = common::fresh_postgres_database().await;
+    let store = dispatchd::store::open(&dispatchd::config::Config::defaults().database, Some(&url)).await.unwrap();
+    let now = chrono::Utc::now();
+    store.enqueue(&dispatchd::store::NewJob::new("payment.refund", json!({}), now), now).await.unwrap();
+    let run = store.claim_jobs(now, 10, chrono::Duration::seconds(30)).await.unwrap().pop().unwrap();
+    let failed = dispatchd::store::JobOutcome::Failed { error: "gateway down".into() };
+    assert!(store.finish_job(&run, &failed, now).await.unwrap());
+
+    let output = dispatchd()
+        .args(["admin", "retry-jobs", "--kind", "payment.refund"])
+        .env("DISPATCHD__DATABASE__URL", &url)
+        .env("DISPATCHD__AUTH__JWT_SECRET", common::TEST_JWT_SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1 failed payment.refund jobs queued again");
+    let stats = store.job_stats().await.unwrap();
+    assert_eq!((stats.queued, stats.failed), (1, 0));
+}

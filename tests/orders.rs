@@ -181,6 +181,24 @@ async fn wallet_orders_debit_atomically_and_never_overdraw() {
 }
 
 #[tokio::test]
+async fn an_operators_credit_reference_counts_once_and_for_one_wallet() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let (asha, ravi) = (app.register("customer").await, app.register("customer").await);
+    let give = async |who: &Session| {
+        let path = format!("/api/v1/admin/wallets/{}/credit", who.user_id);
+        app.post(&path, json!({ "amount_paise": 5_000, "reference": "ticket-4711" }), Some(&admin.access)).await
+    };
+    assert_eq!(give(&asha).await.status, StatusCode::OK);
+    let again = give(&asha).await;
+    assert_eq!((again.status, again.data()["balance_paise"].as_i64()), (StatusCode::OK, Some(5_000)), "once");
+    // The same reference for another wallet is refused, not silently taken as done.
+    let other = give(&ravi).await;
+    assert_eq!((other.status, other.error_code()), (StatusCode::CONFLICT, "REFERENCE_IN_USE"));
+    assert_eq!(balance(&app, &ravi).await, 0);
+}
+
+#[tokio::test]
 async fn an_idempotency_key_creates_one_order() {
     let app = TestApp::spawn().await;
     let customer = app.register("customer").await;

@@ -79,11 +79,19 @@ impl Worker {
         let mut ran = 0;
         loop {
             let lease = seconds(self.config.lease_secs);
+            let claimed = std::time::Instant::now();
             let jobs = self.store.claim_jobs(self.clock.now(), self.config.batch_size, lease).await?;
             if jobs.is_empty() {
                 return Ok(ran);
             }
-            for job in jobs {
+            let mut jobs = jobs.into_iter();
+            while let Some(job) = jobs.next() {
+                // A job started late in the batch's lease could still be running when the
+                // lease lapses and another worker claims it: the rest go back to the queue.
+                if claimed.elapsed() >= StdDuration::from_secs(self.config.lease_secs) / 2 {
+                    self.requeue(std::iter::once(job).chain(jobs)).await?;
+                    break;
+                }
                 let outcome = self.execute(&job).await;
                 if !self.store.finish_job(&job, &outcome, self.clock.now()).await? {
                     tracing::warn!(job = %job.id, kind = %job.kind, "job outlived its lease; another run owns it now");
@@ -91,6 +99,16 @@ impl Worker {
                 ran += 1;
             }
         }
+    }
+
+    /// Claimed jobs not started: due again now, for whichever worker claims them next, with
+    /// the claim not counted as an attempt.
+    async fn requeue(&self, jobs: impl Iterator<Item = Job>) -> Result<()> {
+        for job in jobs {
+            metrics::counter!("jobs_runs_total", "kind" => job.kind.clone(), "outcome" => "released").increment(1);
+            self.store.finish_job(&job, &JobOutcome::Released, self.clock.now()).await?;
+        }
+        Ok(())
     }
 
     async fn execute(&self, job: &Job) -> JobOutcome {
@@ -122,6 +140,7 @@ impl Worker {
                 tracing::error!(job = %job.id, kind = %job.kind, error = %error, "job failed for good");
                 "failed"
             }
+            JobOutcome::Released => "released",
         };
         metrics::counter!("jobs_runs_total", "kind" => job.kind.clone(), "outcome" => label).increment(1);
         outcome

@@ -16,6 +16,11 @@ use crate::store::{NewJob, StoreTx, WalletCredit};
 /// Job kind: refund a gateway payment (the payload names the order and the amount).
 pub const GATEWAY_REFUND_JOB: &str = "payment.refund";
 
+/// A refund is money owed: with the default backoff (5 s doubling, at most an hour apart)
+/// it is tried for about three days before it is left, failed, for the operator
+/// (`jobs{kind="payment.refund",status="failed"}`).
+const REFUND_MAX_ATTEMPTS: i32 = 80;
+
 /// Job kind: an order's search ran out of time (`orders.max_search_secs`); cancel it if it
 /// is still searching.
 pub const NO_PILOT_JOB: &str = "order.no_pilot_found";
@@ -214,7 +219,8 @@ pub(super) async fn refund_in(tx: &mut dyn StoreTx, order: &Order, amount: i64, 
         }
         PaymentMethod::Card | PaymentMethod::Upi => {
             let payload = json!({ "order_id": order.id, "amount_paise": amount });
-            let job = NewJob::new(GATEWAY_REFUND_JOB, payload, now).dedupe(format!("refund:{}", order.id));
+            let mut job = NewJob::new(GATEWAY_REFUND_JOB, payload, now).dedupe(format!("refund:{}", order.id));
+            job.max_attempts = REFUND_MAX_ATTEMPTS;
             tx.enqueue(&job, now).await?;
         }
         PaymentMethod::Cash => {}

@@ -57,6 +57,8 @@ pub enum JobOutcome {
     Failed {
         error: String,
     },
+    /// Not run: due again at once, and this claim does not count as an attempt.
+    Released,
 }
 
 /// Counts by state, for metrics.
@@ -100,6 +102,10 @@ pub trait JobStore: Send + Sync {
 
     /// When the next queued job is due, if any.
     async fn next_job_due(&self) -> Result<Option<DateTime<Utc>>>;
+
+    /// Jobs of `kind` that failed for good are due again now, with their attempts counted
+    /// from zero (an operator's retry once what failed them is mended); how many.
+    async fn retry_failed_jobs(&self, kind: &str, now: DateTime<Utc>) -> Result<u64>;
 }
 
 #[derive(Debug, sqlx::FromRow)]

@@ -14,6 +14,8 @@ conformance!(
     failed_runs_retry_later_or_fail_for_good,
     concurrent_workers_claim_disjoint_jobs,
     counts_are_kept_per_kind,
+    a_released_claim_is_due_at_once_and_not_counted,
+    failed_jobs_of_a_kind_can_be_run_again,
 );
 
 const LEASE: Duration = Duration::seconds(30);
@@ -198,4 +200,37 @@ async fn counts_are_kept_per_kind(subject: Subject) {
     assert_eq!(expect("a.kind", "queued") + expect("b.kind", "queued"), 3, "{counts:?}");
     assert_eq!(expect(other, "running"), 0, "{counts:?}");
     assert_eq!(subject.store.job_stats().await.unwrap(), stats(3, 1, 0));
+}
+
+async fn a_released_claim_is_due_at_once_and_not_counted(subject: Subject) {
+    let at = now();
+    let new = job("payment.refund", at);
+    subject.store.enqueue(&new, at).await.unwrap();
+    let run = claim(&subject, at, 10).await.pop().unwrap();
+    assert_eq!(run.attempts, 1);
+    let later = at + Duration::seconds(5);
+    assert!(subject.store.finish_job(&run, &JobOutcome::Released, later).await.unwrap());
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(1, 0, 0));
+    assert_eq!(subject.store.next_job_due().await.unwrap(), Some(later));
+    let again = claim(&subject, later, 10).await.pop().unwrap();
+    assert_eq!(again, Job { run_at: later, ..claimed(&new, 1) }, "the released claim was not an attempt");
+}
+
+async fn failed_jobs_of_a_kind_can_be_run_again(subject: Subject) {
+    let at = now();
+    let (refund, webhook) = (job("payment.refund", at), job("webhook.order_event", at));
+    for new in [&refund, &webhook] {
+        subject.store.enqueue(new, at).await.unwrap();
+    }
+    let failed = JobOutcome::Failed { error: "gateway down".to_owned() };
+    for run in claim(&subject, at, 10).await {
+        assert!(subject.store.finish_job(&run, &failed, at).await.unwrap());
+    }
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(0, 0, 2));
+    let mended = at + Duration::days(4);
+    assert_eq!(subject.store.retry_failed_jobs("payment.refund", mended).await.unwrap(), 1);
+    assert_eq!(subject.store.job_stats().await.unwrap(), stats(1, 0, 1), "the webhook stays failed");
+    let run = claim(&subject, mended, 10).await.pop().unwrap();
+    assert_eq!(run, Job { run_at: mended, ..claimed(&refund, 1) }, "its attempts counted from zero");
+    assert_eq!(subject.store.retry_failed_jobs("payment.refund", mended).await.unwrap(), 0, "only failed ones");
 }

@@ -48,15 +48,17 @@ impl JobStore for StoreImpl {
     }
 
     async fn finish_job(&self, job: &Job, outcome: &JobOutcome, now: DateTime<Utc>) -> Result<bool> {
-        let (status, run_at, error) = match outcome {
-            JobOutcome::Done => ("done", None, None),
-            JobOutcome::Retry { at, error } => ("queued", Some(*at), Some(error.as_str())),
-            JobOutcome::Failed { error } => ("failed", None, Some(error.as_str())),
+        let (status, run_at, error, uncount) = match outcome {
+            JobOutcome::Done => ("done", None, None, 0),
+            JobOutcome::Retry { at, error } => ("queued", Some(*at), Some(error.as_str()), 0),
+            JobOutcome::Failed { error } => ("failed", None, Some(error.as_str()), 0),
+            JobOutcome::Released => ("queued", Some(now), None, 1),
         };
         // `attempts` grows with every claim, so it names this run's lease.
         let finished = sqlx::query(
             "UPDATE jobs SET status = $2, run_at = COALESCE($3, run_at), last_error = COALESCE($4, last_error), \
-             locked_until = NULL, updated_at = $5 WHERE id = $1 AND status = 'running' AND attempts = $6",
+             locked_until = NULL, updated_at = $5, attempts = attempts - $7 \
+             WHERE id = $1 AND status = 'running' AND attempts = $6",
         )
         .bind(job.id.0)
         .bind(status)
@@ -64,6 +66,7 @@ impl JobStore for StoreImpl {
         .bind(error)
         .bind(now)
         .bind(job.attempts)
+        .bind(uncount)
         .execute(&self.pool)
         .await?;
         Ok(finished.rows_affected() == 1)
@@ -76,6 +79,18 @@ impl JobStore for StoreImpl {
         )
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn retry_failed_jobs(&self, kind: &str, now: DateTime<Utc>) -> Result<u64> {
+        let retried = sqlx::query(
+            "UPDATE jobs SET status = 'queued', run_at = $2, attempts = 0, locked_until = NULL, updated_at = $2 \
+             WHERE status = 'failed' AND kind = $1",
+        )
+        .bind(kind)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(retried.rows_affected())
     }
 
     async fn next_job_due(&self) -> Result<Option<DateTime<Utc>>> {

@@ -314,14 +314,20 @@ impl StoreTx for super::TxImpl {
             .execute(&mut *self.tx)
             .await?;
         if let Some(reference) = &credit.reference {
-            let seen: Option<i32> =
-                sqlx::query_scalar("SELECT 1 FROM wallet_ledger WHERE kind = $1 AND reference = $2")
+            let seen: Option<Uuid> =
+                sqlx::query_scalar("SELECT user_id FROM wallet_ledger WHERE kind = $1 AND reference = $2")
                     .bind(credit.kind.as_str())
                     .bind(reference)
                     .fetch_optional(&mut *self.tx)
                     .await?;
-            if seen.is_some() {
-                return Ok(None);
+            match seen {
+                Some(user) if user == credit.user.0 => return Ok(None),
+                // References are unique per kind: one already naming another wallet's credit
+                // would otherwise do nothing here and look applied.
+                Some(_) => {
+                    return Err(Error::conflict("REFERENCE_IN_USE", "the reference names a credit to another wallet"));
+                }
+                None => {}
             }
         }
         let (balance_paise, held_paise): (i64, i64) = sqlx::query_as(
