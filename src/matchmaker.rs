@@ -594,9 +594,14 @@ impl Matchmaker {
         let mut batch = batch::Batch::new(&self.config);
         let mut positions = HashMap::new();
         for id in &waiting {
-            let candidates = self.candidates(&searches.map[id]);
+            let search = &searches.map[id];
+            let candidates = self.candidates(search);
             positions.extend(candidates.iter().map(|candidate| (candidate.pilot, candidate.position)));
-            batch.add_order(candidates.iter().map(|candidate| (candidate.pilot, candidate.distance_m)));
+            let waited_ms = (now - search.started).num_milliseconds();
+            batch.add_waiting_order(
+                candidates.iter().map(|candidate| (candidate.pilot, candidate.distance_m)),
+                waited_ms,
+            );
         }
         // A spike's batch can take tens of milliseconds to solve: off the runtime's workers.
         let (batch, chosen) = match tokio::task::spawn_blocking(move || {

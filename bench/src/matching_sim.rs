@@ -331,7 +331,7 @@ pub fn run(scenario: &Scenario, policy: Policy, config: &MatchingConfig) -> Outc
 }
 
 /// Every waiting order and its candidates at its radius, assigned together as the server's
-/// batched mode does ([`batch::Batch`], the same widening rule).
+/// batched mode does ([`batch::Batch`], the same widening rule and weight of waiting).
 fn batched(
     grid: &PilotIndex,
     filter: &dispatchd::grid::Filter,
@@ -343,9 +343,13 @@ fn batched(
 ) -> Vec<Option<(UserId, f64)>> {
     let mut batch = batch::Batch::new(config);
     for entry in waiting.iter() {
-        let pickup = orders[entry.order].pickup;
-        let found = grid.nearest(config.batch_candidates, pickup, entry.search.batch_radius_m(config), filter);
-        batch.add_order(found.into_iter().map(|candidate| (candidate.pilot.id, candidate.distance_m)));
+        let order = &orders[entry.order];
+        let found = grid.nearest(config.batch_candidates, order.pickup, entry.search.batch_radius_m(config), filter);
+        let waited_ms = now_ms - (T0_MS + i64::from(order.arrives_s) * 1000);
+        batch.add_waiting_order(
+            found.into_iter().map(|candidate| (candidate.pilot.id, candidate.distance_m)),
+            waited_ms,
+        );
     }
     let started = Instant::now();
     let chosen = batch.solve();

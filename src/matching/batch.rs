@@ -93,15 +93,22 @@ impl<P: Copy + Eq + Hash> Batch<P> {
         }
     }
 
-    /// Adds the next waiting order and its candidates: `(pilot, pickup distance in m)`.
+    /// Adds the next waiting order, new, and its candidates: `(pilot, pickup distance in m)`.
     pub fn add_order(&mut self, candidates: impl IntoIterator<Item = (P, f64)>) {
+        self.add_waiting_order(candidates, 0);
+    }
+
+    /// [`Self::add_order`] for an order that has waited `waited_ms`: its pickups cost less
+    /// ([`super::age_discount`]), so it wins its pilots over newer orders sooner.
+    pub fn add_waiting_order(&mut self, candidates: impl IntoIterator<Item = (P, f64)>, waited_ms: i64) {
+        let discount = super::age_discount(&self.config, waited_ms);
         let (mut edges, mut distances) = (Vec::new(), Vec::new());
         for (pilot, distance_m) in candidates {
             let column = *self.column.entry(pilot).or_insert_with(|| {
                 self.pilots.push(pilot);
                 self.pilots.len() - 1
             });
-            let cost = super::score(&self.config, distance_m);
+            let cost = super::score(&self.config, distance_m) * discount;
             edges.push((column, cost.max(0.0).round().min(f64::from(u32::MAX / 4)) as u32));
             distances.push(distance_m);
         }
@@ -219,6 +226,22 @@ mod tests {
         assert_eq!(spike(&config), vec![Some(("q", 1500.0)), Some(("p", 900.0))]);
         config.long_pickup_m = 0.0;
         assert_eq!(spike(&config), vec![Some(("p", 100.0)), Some(("q", 2200.0))]);
+    }
+
+    #[test]
+    fn of_two_orders_wanting_one_pilot_the_one_waiting_longer_gets_it() {
+        let config = crate::matching::tests::config();
+        let contest = |waited_ms: i64| {
+            let mut batch = Batch::new(&config);
+            batch.add_order([("p", 800.0)]);
+            batch.add_waiting_order([("p", 1200.0)], waited_ms);
+            batch.solve()
+        };
+        assert_eq!(contest(0), vec![Some(("p", 800.0)), None], "new: the nearer one");
+        // 1,200 m costs 2,640 against 800 m's 1,440; after 4 minutes (× 0.6) it costs 1,584,
+        // after 5 (× 0.5) 1,320.
+        assert_eq!(contest(240_000), vec![Some(("p", 800.0)), None]);
+        assert_eq!(contest(300_000), vec![None, Some(("p", 1200.0))], "waited its search out: it first");
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub struct MatchingConfig {
     /// assignment would rather make two middling pickups than a short one and a very long one;
     /// 0: the plain distance. The ranking of one order's candidates does not change.
     pub long_pickup_m: f64,
+    /// Batched mode: an order that has waited `batch_age_horizon_secs` has its pickups costed
+    /// this much less (a share, below 1; in proportion before), so that when orders compete
+    /// for the same pilots the ones waiting longest are served first, as immediate mode
+    /// serves them, rather than lost at the end of their search. 0: age does not count.
+    pub batch_age_weight: f64,
+    pub batch_age_horizon_secs: u64,
     /// How long a pilot has to accept an offer.
     pub offer_timeout_secs: u64,
     /// An offer whose pilot has no socket open (its app is gone) expires once the pilot has
@@ -78,11 +84,15 @@ impl MatchingConfig {
         if !self.long_pickup_m.is_finite() || self.long_pickup_m < 0.0 {
             return Err(("matching.long_pickup_m", "must be 0 or more".into()));
         }
+        if !(0.0..1.0).contains(&self.batch_age_weight) {
+            return Err(("matching.batch_age_weight", "must be at least 0 and below 1".into()));
+        }
         let positive = [
             ("matching.batch_window_ms", self.batch_window_ms),
             ("matching.offer_timeout_secs", self.offer_timeout_secs),
             ("matching.candidates", self.candidates as u64),
             ("matching.batch_candidates", self.batch_candidates as u64),
+            ("matching.batch_age_horizon_secs", self.batch_age_horizon_secs),
             ("matching.retry_interval_ms", self.retry_interval_ms),
             ("matching.tick_ms", self.tick_ms),
         ];
@@ -102,6 +112,14 @@ impl MatchingConfig {
 pub fn score(config: &MatchingConfig, pickup_distance_m: f64) -> f64 {
     let long = config.long_pickup_m;
     if long > 0.0 { pickup_distance_m * (1.0 + pickup_distance_m / long) } else { pickup_distance_m }
+}
+
+/// Batched mode: what an order's pickup costs are multiplied by once it has waited
+/// `waited_ms`: from 1 for a new order down to `1 − batch_age_weight` at the horizon. The
+/// ranking of one order's candidates does not change.
+pub fn age_discount(config: &MatchingConfig, waited_ms: i64) -> f64 {
+    let horizon_ms = config.batch_age_horizon_secs.saturating_mul(1000).max(1) as f64;
+    1.0 - config.batch_age_weight * (waited_ms.max(0) as f64 / horizon_ms).min(1.0)
 }
 
 /// One order's search: the radius it has reached, and since when (ms).
@@ -179,6 +197,8 @@ mod tests {
             batch_widen_in_steps: true,
             batch_candidates: 150,
             long_pickup_m: 1000.0,
+            batch_age_weight: 0.5,
+            batch_age_horizon_secs: 300,
             offer_timeout_secs: 15,
             offer_unreachable_grace_ms: 5000,
             radius_steps_m: vec![1000.0, 3000.0, 5000.0],
@@ -225,6 +245,17 @@ mod tests {
     }
 
     #[test]
+    fn waiting_makes_an_orders_pickups_cheaper_up_to_the_horizon() {
+        let config = config();
+        assert_eq!(age_discount(&config, 0), 1.0);
+        assert_eq!(age_discount(&config, -5), 1.0, "a clock step back counts as no wait");
+        assert_eq!(age_discount(&config, 150_000), 0.75);
+        assert_eq!(age_discount(&config, 300_000), 0.5);
+        assert_eq!(age_discount(&config, 900_000), 0.5, "no cheaper past the horizon");
+        assert_eq!(age_discount(&MatchingConfig { batch_age_weight: 0.0, ..config }, 300_000), 1.0);
+    }
+
+    #[test]
     fn a_batched_search_widens_when_nobody_is_in_reach_or_after_waiting() {
         let config = config();
         let mut search = Search::starting(1_000);
@@ -252,6 +283,12 @@ mod tests {
             let bad = MatchingConfig { long_pickup_m: long, ..config() };
             assert_eq!(bad.check().unwrap_err().0, "matching.long_pickup_m");
         }
+        for weight in [-0.1, 1.0, f64::NAN] {
+            let bad = MatchingConfig { batch_age_weight: weight, ..config() };
+            assert_eq!(bad.check().unwrap_err().0, "matching.batch_age_weight");
+        }
+        let bad = MatchingConfig { batch_age_horizon_secs: 0, ..config() };
+        assert_eq!(bad.check().unwrap_err().0, "matching.batch_age_horizon_secs");
         assert!(config().check().is_ok());
     }
 }
