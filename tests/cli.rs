@@ -22,6 +22,13 @@ fn dispatchd() -> Command {
     command
 }
 
+/// The binary on the Postgres database `url`.
+fn dispatchd_on(url: &str) -> Command {
+    let mut command = dispatchd();
+    command.env("DISPATCHD__DATABASE__URL", url).env("DISPATCHD__AUTH__JWT_SECRET", common::TEST_JWT_SECRET);
+    command
+}
+
 /// Starts the server and returns it with the address from its "listening" log line.
 async fn start_server(data_dir: &std::path::Path) -> (Child, String) {
     let mut child = dispatchd()
@@ -116,13 +123,7 @@ async fn a_bad_configuration_stops_the_server_with_one_line_naming_the_key() {
 #[tokio::test]
 async fn migrate_applies_the_schema_and_exits() {
     let url = common::fresh_postgres_database().await;
-    let output = dispatchd()
-        .arg("migrate")
-        .env("DISPATCHD__DATABASE__URL", &url)
-        .env("DISPATCHD__AUTH__JWT_SECRET", common::TEST_JWT_SECRET)
-        .output()
-        .await
-        .unwrap();
+    let output = dispatchd_on(&url).arg("migrate").output().await.unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let tables: Vec<String> =
@@ -136,14 +137,7 @@ async fn migrate_applies_the_schema_and_exits() {
 }
 
 async fn create_user(url: &str, args: &[&str], password: &str) -> std::process::Output {
-    let mut child = dispatchd()
-        .args(["admin", "create-user"])
-        .args(args)
-        .env("DISPATCHD__DATABASE__URL", url)
-        .env("DISPATCHD__AUTH__JWT_SECRET", common::TEST_JWT_SECRET)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = dispatchd_on(url).args(["admin", "create-user"]).args(args).stdin(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(format!("{password}\n").as_bytes()).await.unwrap();
     drop(stdin);
@@ -186,13 +180,7 @@ async fn failed_jobs_of_a_kind_are_run_again_by_the_admin_command() {
     let failed = dispatchd::store::JobOutcome::Failed { error: "gateway down".into() };
     assert!(store.finish_job(&run, &failed, now).await.unwrap());
 
-    let output = dispatchd()
-        .args(["admin", "retry-jobs", "--kind", "payment.refund"])
-        .env("DISPATCHD__DATABASE__URL", &url)
-        .env("DISPATCHD__AUTH__JWT_SECRET", common::TEST_JWT_SECRET)
-        .output()
-        .await
-        .unwrap();
+    let output = dispatchd_on(&url).args(["admin", "retry-jobs", "--kind", "payment.refund"]).output().await.unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1 failed payment.refund jobs queued again");
     let stats = store.job_stats().await.unwrap();

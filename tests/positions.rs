@@ -166,9 +166,20 @@ async fn the_mirror_catches_up_after_redis_restarts_empty() {
     assert!(metrics.contains("grid_mirror_lag_seconds"), "{metrics}");
 }
 
+/// Stops `first` and starts a node on its database and its Redis keys.
+async fn restart(mut first: TestApp, prefix: String) -> TestApp {
+    first.begin_shutdown().await.unwrap().unwrap();
+    let options = Options {
+        database: Database::Postgres(first.database_url.clone().unwrap()),
+        redis: Some(RedisOption { url: common::redis_url(), prefix }),
+        ..Options::default()
+    };
+    TestApp::spawn_with(options).await
+}
+
 #[tokio::test]
 async fn a_restarted_node_warm_starts_from_redis() {
-    let mut first = TestApp::spawn_with(fast_mirror(Options::default().with_redis())).await;
+    let first = TestApp::spawn_with(fast_mirror(Options::default().with_redis())).await;
     let prefix = first.state.redis.as_ref().unwrap().key("");
     let pilot = first.register("pilot").await;
     pilot_reports(&first, &pilot, 12.9716, 77.5946, 0).await;
@@ -178,14 +189,7 @@ async fn a_restarted_node_warm_starts_from_redis() {
         pilot_hash(&url, &prefix, &pilot).await.get("status").map(String::as_str) == Some("available")
     })
     .await;
-    first.begin_shutdown().await.unwrap().unwrap();
-
-    let options = Options {
-        database: Database::Postgres(first.database_url.clone().unwrap()),
-        redis: Some(RedisOption { url: url.clone(), prefix }),
-        ..Options::default()
-    };
-    let second = TestApp::spawn_with(options).await;
+    let second = restart(first, prefix).await;
     let restored = second.state.grid.get(pilot.user_id.parse().unwrap()).expect("known before it reports again");
     assert_eq!((restored.position.lat(), restored.position.lng()), (12.9716, 77.5946));
     assert_eq!(restored.status, dispatchd::domain::PilotStatus::Available);
@@ -197,7 +201,7 @@ async fn a_restarted_node_warm_starts_from_redis() {
 #[tokio::test]
 async fn a_pilot_the_mirror_remembers_busy_with_no_order_takes_work_after_a_restart() {
     use dispatchd::domain::PilotStatus;
-    let mut first = TestApp::spawn_with(fast_mirror(Options::default().with_redis())).await;
+    let first = TestApp::spawn_with(fast_mirror(Options::default().with_redis())).await;
     let prefix = first.state.redis.as_ref().unwrap().key("");
     let (carrying, idle) = (first.register("pilot").await, first.register("pilot").await);
     for pilot in [&carrying, &idle] {
@@ -218,14 +222,7 @@ async fn a_pilot_the_mirror_remembers_busy_with_no_order_takes_work_after_a_rest
         busy(pilot_hash(&url, &prefix, &carrying).await) && busy(pilot_hash(&url, &prefix, &idle).await)
     })
     .await;
-    first.begin_shutdown().await.unwrap().unwrap();
-
-    let options = Options {
-        database: Database::Postgres(first.database_url.clone().unwrap()),
-        redis: Some(RedisOption { url: url.clone(), prefix }),
-        ..Options::default()
-    };
-    let second = TestApp::spawn_with(options).await;
+    let second = restart(first, prefix).await;
     let status = |id| second.state.grid.get(id).map(|pilot| pilot.status);
     eventually(WITHIN, "the idle pilot available", || async { status(idle_id) == Some(PilotStatus::Available) }).await;
     assert_eq!(status(carrying.user_id.parse().unwrap()), Some(PilotStatus::Busy), "its order holds it");
