@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use common::field::{assign, connect, create_order, fix, north, pilot_on_duty};
@@ -73,89 +74,135 @@ async fn metric(app: &TestApp, series: &str) -> f64 {
     line.and_then(|line| line.rsplit_once(' ')?.1.parse().ok()).unwrap_or(0.0)
 }
 
-const PILOTS_CONNECTED: &str = r#"socket_connected{namespace="/pilot"}"#;
-
-#[tokio::test]
-async fn a_flood_that_never_reads_its_acks_is_cut_off_all_the_same() {
-    let app = TestApp::spawn_with(
-        Options::default()
-            .set("realtime.location_events_per_sec", 1)
-            .set("realtime.location_burst", 1)
-            .set("realtime.flood_disconnect_after", 3)
-            .set("realtime.max_buffer_size", 2),
-    )
-    .await;
-    let pilot = app.register("pilot").await;
-    let polling = Polling::open(&app).await;
-    polling.connect("/pilot", &pilot).await;
-    assert_eq!(metric(&app, PILOTS_CONNECTED).await, 1.0);
-
-    // Eight reports in one go, and no poll for their acks: two fill the socket's buffer,
-    // so the disconnect after the third refusal has no room for its DISCONNECT packet.
-    let report = json!(["location", { "points": [fix(&app, PICKUP, 0)] }]);
-    let flood: Vec<String> = (1..=8).map(|n| format!("42/pilot,{n}{report}")).collect();
-    polling.post(&flood).await;
-    common::eventually(SOON, "the flood cut off", || async { metric(&app, PILOTS_CONNECTED).await == 0.0 }).await;
-    assert!(metric(&app, r#"socket_flood_disconnects_total{namespace="/pilot"}"#).await >= 1.0);
-    // Its whole connection went: the app reconnects, as after a network drop.
-    let rest = polling.get().await;
-    assert!(rest.is_none_or(|packets| packets.iter().any(|packet| packet == "1")), "the session is over");
+/// The metrics recorder is the process's, shared by every test here: each runs alone, its
+/// runtime (and whatever its sockets left counted) gone before the next starts, and reads
+/// only its own changes, from [`Changes`].
+fn alone(test: impl Future<Output = ()>) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(test);
 }
 
-#[tokio::test]
-async fn a_slow_customer_gets_every_order_event_and_the_latest_position() {
-    let app = TestApp::spawn_with(Options::default().set("realtime.max_buffer_size", 2)).await;
-    let dispatcher = app.staff(Role::Dispatcher).await;
-    let customer = app.register("customer").await;
-    let order = create_order(&app, &customer).await;
-    let (pilot, mut pilot_socket) = pilot_on_duty(&app, north(PICKUP, 1.0)).await;
-    let watcher = Polling::open(&app).await;
-    watcher.connect("/customer", &customer).await;
-    watcher.post(&[format!("42/customer,1{}", json!(["order:watch", { "order_id": order }]))]).await;
-    watcher.until("43/customer,1").await;
+/// Series of `/metrics` as they changed since [`Changes::since_now`].
+struct Changes<'a> {
+    app: &'a TestApp,
+    before: Vec<(&'static str, f64)>,
+}
 
-    // The customer stops polling (a phone in a tunnel) while its pilot drives to the pickup,
-    // reporting five times, and arrives. Its buffer holds two packets.
-    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
-    for (n, km) in [0.8, 0.6, 0.4, 0.2, 0.05].into_iter().enumerate() {
-        let at_secs = 60 * (n as i64 + 1);
-        let ack = pilot_socket.call("location", json!({ "points": [fix(&app, north(PICKUP, km), at_secs)] })).await;
-        assert_eq!(ack["data"]["accepted"], 1, "{ack}");
+impl<'a> Changes<'a> {
+    async fn since_now(app: &'a TestApp, series: &[&'static str]) -> Self {
+        let mut before = Vec::new();
+        for &name in series {
+            before.push((name, metric(app, name).await));
+        }
+        Self { app, before }
     }
-    let arrived = pilot_socket.call("order:arrived", json!({ "order_id": order })).await;
-    assert_eq!(arrived["ok"], true, "{arrived}");
 
-    // Back: both order events, then only the newest position; four were superseded.
-    let packets = watcher.until(r#"42/customer,["pilot:location""#).await;
-    let events: Vec<(String, Value)> = packets
-        .iter()
-        .filter_map(|packet| serde_json::from_str::<Value>(packet.strip_prefix("42/customer,")?).ok())
-        .map(|event| (event[0].as_str().unwrap().to_owned(), event[1].clone()))
-        .collect();
-    let kinds: Vec<String> = events.iter().map(|(name, data)| format!("{name} {}", data["type"])).collect();
-    assert_eq!(kinds, [r#"order:event "assigned""#, r#"order:event "arrived""#, "pilot:location null"], "{packets:?}");
-    assert_eq!(events[2].1["lat"].as_f64(), Some(north(PICKUP, 0.05).0));
-    let dropped = metric(&app, r#"socket_dropped_total{namespace="/customer",event="pilot:location"}"#).await;
-    assert_eq!(dropped, 4.0);
-    assert_eq!(metric(&app, r#"socket_connected{namespace="/customer"}"#).await, 1.0, "still connected");
+    async fn of(&self, series: &str) -> f64 {
+        let (_, before) = self.before.iter().find(|(name, _)| *name == series).expect("a series read at the start");
+        metric(self.app, series).await - before
+    }
 }
 
-#[tokio::test]
-async fn a_connection_gone_while_it_is_admitted_leaves_no_socket_counted() {
-    let app = TestApp::spawn().await;
-    let (pilot, socket) = pilot_on_duty(&app, PICKUP).await;
-    let id = pilot.user_id.parse().unwrap();
+const PILOTS_CONNECTED: &str = r#"socket_connected{namespace="/pilot"}"#;
+const PILOTS_ADMITTED: &str = r#"socket_connects_total{namespace="/pilot",outcome="accepted"}"#;
+const FLOOD_DISCONNECTS: &str = r#"socket_flood_disconnects_total{namespace="/pilot"}"#;
+const CUSTOMERS_CONNECTED: &str = r#"socket_connected{namespace="/customer"}"#;
+const POSITIONS_DROPPED: &str = r#"socket_dropped_total{namespace="/customer",event="pilot:location"}"#;
 
-    // CONNECT and close in one request: the connection is gone before it is admitted.
-    let polling = Polling::open(&app).await;
-    polling.post(&[format!("40/pilot,{}", json!({ "token": pilot.access })), "1".to_owned()]).await;
-    let admitted = r#"socket_connects_total{namespace="/pilot",outcome="accepted"}"#;
-    common::eventually(SOON, "admitted", || async { metric(&app, admitted).await == 2.0 }).await;
-    common::eventually(SOON, "its disconnect handled", || async { metric(&app, PILOTS_CONNECTED).await == 1.0 }).await;
+#[test]
+fn a_flood_that_never_reads_its_acks_is_cut_off_all_the_same() {
+    alone(async {
+        let app = TestApp::spawn_with(
+            Options::default()
+                .set("realtime.location_events_per_sec", 1)
+                .set("realtime.location_burst", 1)
+                .set("realtime.flood_disconnect_after", 3)
+                .set("realtime.max_buffer_size", 2),
+        )
+        .await;
+        let pilot = app.register("pilot").await;
+        let changes = Changes::since_now(&app, &[PILOTS_CONNECTED, FLOOD_DISCONNECTS]).await;
+        let polling = Polling::open(&app).await;
+        polling.connect("/pilot", &pilot).await;
+        assert_eq!(changes.of(PILOTS_CONNECTED).await, 1.0);
 
-    // So when its one real socket closes, the pilot is unreachable at once.
-    drop(socket);
-    common::eventually(SOON, "the pilot unreachable", || async { app.state.grid.get(id).unwrap().stale }).await;
-    let mut back = connect(&app, "/pilot", &pilot).await;
-    assert_eq!(back.call("location", json!({ "points": [fix(&app, PICKUP, 30)] })).await["ok"], true);
+        // Eight reports in one go, and no poll for their acks: two fill the socket's buffer,
+        // so the disconnect after the third refusal has no room for its DISCONNECT packet.
+        let report = json!(["location", { "points": [fix(&app, PICKUP, 0)] }]);
+        let flood: Vec<String> = (1..=8).map(|n| format!("42/pilot,{n}{report}")).collect();
+        polling.post(&flood).await;
+        common::eventually(SOON, "the flood cut off", || async { changes.of(PILOTS_CONNECTED).await == 0.0 }).await;
+        assert!(changes.of(FLOOD_DISCONNECTS).await >= 1.0);
+        // Its whole connection went: the app reconnects, as after a network drop.
+        let rest = polling.get().await;
+        assert!(rest.is_none_or(|packets| packets.iter().any(|packet| packet == "1")), "the session is over");
+    });
+}
+
+#[test]
+fn a_slow_customer_gets_every_order_event_and_the_latest_position() {
+    alone(async {
+        let app = TestApp::spawn_with(Options::default().set("realtime.max_buffer_size", 2)).await;
+        let dispatcher = app.staff(Role::Dispatcher).await;
+        let customer = app.register("customer").await;
+        let order = create_order(&app, &customer).await;
+        let (pilot, mut pilot_socket) = pilot_on_duty(&app, north(PICKUP, 1.0)).await;
+        let changes = Changes::since_now(&app, &[CUSTOMERS_CONNECTED, POSITIONS_DROPPED]).await;
+        let watcher = Polling::open(&app).await;
+        watcher.connect("/customer", &customer).await;
+        watcher.post(&[format!("42/customer,1{}", json!(["order:watch", { "order_id": order }]))]).await;
+        watcher.until("43/customer,1").await;
+
+        // The customer stops polling (a phone in a tunnel) while its pilot drives to the pickup,
+        // reporting five times, and arrives. Its buffer holds two packets.
+        assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+        for (n, km) in [0.8, 0.6, 0.4, 0.2, 0.05].into_iter().enumerate() {
+            let at_secs = 60 * (n as i64 + 1);
+            let ack = pilot_socket.call("location", json!({ "points": [fix(&app, north(PICKUP, km), at_secs)] })).await;
+            assert_eq!(ack["data"]["accepted"], 1, "{ack}");
+        }
+        let arrived = pilot_socket.call("order:arrived", json!({ "order_id": order })).await;
+        assert_eq!(arrived["ok"], true, "{arrived}");
+
+        // Back: both order events, then only the newest position; four were superseded.
+        let packets = watcher.until(r#"42/customer,["pilot:location""#).await;
+        let events: Vec<(String, Value)> = packets
+            .iter()
+            .filter_map(|packet| serde_json::from_str::<Value>(packet.strip_prefix("42/customer,")?).ok())
+            .map(|event| (event[0].as_str().unwrap().to_owned(), event[1].clone()))
+            .collect();
+        let kinds: Vec<String> = events.iter().map(|(name, data)| format!("{name} {}", data["type"])).collect();
+        assert_eq!(
+            kinds,
+            [r#"order:event "assigned""#, r#"order:event "arrived""#, "pilot:location null"],
+            "{packets:?}"
+        );
+        assert_eq!(events[2].1["lat"].as_f64(), Some(north(PICKUP, 0.05).0));
+        assert_eq!(changes.of(POSITIONS_DROPPED).await, 4.0);
+        assert_eq!(changes.of(CUSTOMERS_CONNECTED).await, 1.0, "still connected");
+    });
+}
+
+#[test]
+fn a_connection_gone_while_it_is_admitted_leaves_no_socket_counted() {
+    alone(async {
+        let app = TestApp::spawn().await;
+        let changes = Changes::since_now(&app, &[PILOTS_CONNECTED, PILOTS_ADMITTED]).await;
+        let (pilot, socket) = pilot_on_duty(&app, PICKUP).await;
+        let id = pilot.user_id.parse().unwrap();
+
+        // CONNECT and close in one request: the connection is gone before it is admitted.
+        let polling = Polling::open(&app).await;
+        polling.post(&[format!("40/pilot,{}", json!({ "token": pilot.access })), "1".to_owned()]).await;
+        common::eventually(SOON, "admitted", || async { changes.of(PILOTS_ADMITTED).await == 2.0 }).await;
+        common::eventually(SOON, "its disconnect handled", || async { changes.of(PILOTS_CONNECTED).await == 1.0 })
+            .await;
+
+        // So when its one real socket closes, the pilot is unreachable at once.
+        drop(socket);
+        common::eventually(SOON, "the pilot unreachable", || async { app.state.grid.get(id).unwrap().stale }).await;
+        let mut back = connect(&app, "/pilot", &pilot).await;
+        assert_eq!(back.call("location", json!({ "points": [fix(&app, PICKUP, 30)] })).await["ok"], true);
+    });
 }
