@@ -363,6 +363,41 @@ async fn accepts_and_manual_assignments_racing_never_double_an_order_or_a_pilot(
 }
 
 #[tokio::test]
+async fn dispatchers_crossing_each_others_offers_both_succeed() {
+    let app = TestApp::spawn().await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    for round in 0..8 {
+        // Two orders 2 km apart, each offered to the pilot beside it (the other is beyond the
+        // first search radius). Then each is given by hand to the other order's pilot: both
+        // assignments end both offers, from opposite ends.
+        let near_x = north(PICKUP, 22.0 * f64::from(round));
+        let near_y = north(near_x, 2.0);
+        let order_at = |at: (f64, f64)| {
+            json!({ "pickup": place(at, "here"), "drop": place(north(at, 3.0), "there"),
+                    "vehicle_type": "bike", "payment_method": "cash" })
+        };
+        let (p, mut p_socket) = pilot_on_duty(&app, north(near_y, 0.1)).await;
+        let (q, mut q_socket) = pilot_on_duty(&app, north(near_x, 0.1)).await;
+        let x = place_order(&app, &customer, order_at(near_x)).await;
+        let y = place_order(&app, &customer, order_at(near_y)).await;
+        offered(&mut q_socket, &x).await;
+        offered(&mut p_socket, &y).await;
+
+        let (x_to_p, y_to_q) = tokio::join!(assign(&app, &dispatcher, &x, &p), assign(&app, &dispatcher, &y, &q));
+        assert_eq!(x_to_p.status, StatusCode::OK, "round {round}: {:?}", x_to_p.body);
+        assert_eq!(y_to_q.status, StatusCode::OK, "round {round}: {:?}", y_to_q.body);
+        assert_eq!(order_of(&app, &customer, &x).await["pilot_id"].as_str(), Some(p.user_id.as_str()));
+        assert_eq!(order_of(&app, &customer, &y).await["pilot_id"].as_str(), Some(q.user_id.as_str()));
+        // (Between the two, matching may have offered an order again: withdrawn all the same.)
+        for order in [&x, &y] {
+            let statuses = offer_statuses(&app, order).await;
+            assert!(statuses.iter().all(|status| *status == OfferStatus::Withdrawn), "round {round}: {statuses:?}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn searches_and_live_offers_survive_a_restart() {
     let clock = Clock::manual(Utc::now());
     let mut first = TestApp::spawn_with(Options { clock: clock.clone(), ..Options::default() }).await;

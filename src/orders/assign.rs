@@ -44,10 +44,12 @@ impl Orders {
         order.pilot_id = Some(pilot);
         let events = vec![transition(&mut order, OrderStatus::Assigned, actor, json!({ "pilot_id": pilot }), now)?];
         // A pilot given an order by hand drops the offer it was weighing (the matchmaker hears
-        // of it when this order's assignment is published, and moves that order on). Before
-        // the order is written: an accept of that offer racing this waits on the offer, not
-        // this transaction on it (which would deadlock on the pilot's one-order index).
-        tx.withdraw_offers(OffersOf::Pilot(pilot), now).await?;
+        // of it when this order's assignment is published, and moves that order on), and the
+        // order's own offer ends. Both before the order is written: an accept of the pilot's
+        // offer racing this waits on the offer, not this transaction on it (which would
+        // deadlock on the pilot's one-order index); and both in one statement, locked in one
+        // order, so that two assignments ending each other's offers never deadlock.
+        tx.withdraw_offers(OffersOf::Assignment(id, pilot), now).await?;
         save(&mut *tx, &order, before, &events, self.notify).await?;
         tx.commit().await?;
         metrics::counter!("orders_assigned_total", "by" => if actor.is_some() { "dispatcher" } else { "matching" })

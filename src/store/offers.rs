@@ -108,3 +108,19 @@ macro_rules! insert_offer {
     };
 }
 pub(crate) use insert_offer;
+
+/// Withdraws the live offers of order $1 or pilot $2 at $3, taking their row locks in id
+/// order (`$lock`: `" FOR UPDATE"` on Postgres; nothing on SQLite, whose transaction already
+/// holds the one write lock).
+macro_rules! withdraw_assignment_offers {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE offers SET status = 'withdrawn', decided_at = $3 WHERE status = 'live' AND id IN ",
+            "(SELECT id FROM offers WHERE (order_id = $1 OR pilot_id = $2) AND status = 'live' ORDER BY id",
+            $lock,
+            ") RETURNING ",
+            crate::store::offers::offer_columns!()
+        )
+    };
+}
+pub(crate) use withdraw_assignment_offers;

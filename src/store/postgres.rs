@@ -34,6 +34,7 @@ const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempt
 /// transaction changing the order (a cancel, an assignment) is waited for and its outcome
 /// seen, never raced.
 const INSERT_OFFER: &str = crate::store::offers::insert_offer!(" FOR UPDATE");
+const WITHDRAW_ASSIGNMENT_OFFERS: &str = crate::store::offers::withdraw_assignment_offers!(" FOR UPDATE");
 
 /// A pool of Postgres connections.
 #[derive(Debug, Clone)]
@@ -104,6 +105,6 @@ mod jobs_sql {
     include!("sql/jobs.rs");
 }
 mod tx_sql {
-    use super::{LOCK_ORDER, LOCK_PAYMENT};
+    use super::{LOCK_ORDER, LOCK_PAYMENT, WITHDRAW_ASSIGNMENT_OFFERS};
     include!("sql/tx.rs");
 }

@@ -35,6 +35,7 @@ const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempt
 /// A live offer, if its order is searching. One statement is atomic under SQLite's one
 /// write lock: no row lock is needed.
 const INSERT_OFFER: &str = crate::store::offers::insert_offer!("");
+const WITHDRAW_ASSIGNMENT_OFFERS: &str = crate::store::offers::withdraw_assignment_offers!("");
 
 /// How long a writer waits for the write lock before the request fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -110,6 +111,6 @@ mod jobs_sql {
     include!("sql/jobs.rs");
 }
 mod tx_sql {
-    use super::{LOCK_ORDER, LOCK_PAYMENT};
+    use super::{LOCK_ORDER, LOCK_PAYMENT, WITHDRAW_ASSIGNMENT_OFFERS};
     include!("sql/tx.rs");
 }

@@ -138,4 +138,8 @@ pub trait StoreTx: Send {
 pub enum OffersOf {
     Order(OrderId),
     Pilot(UserId),
+    /// Those an assignment of the order to the pilot ends: the order's and the pilot's, all
+    /// locked at once in one order, so that two assignments each ending the other's offers
+    /// (X to P while P weighs Y, Y to Q while Q weighs X) wait in turn, never on each other.
+    Assignment(OrderId, UserId),
 }

@@ -21,6 +21,7 @@ conformance!(
     pilots_on_an_order_or_who_declined_it_are_never_offered_it,
     only_a_searching_order_is_offered_and_a_change_in_flight_is_waited_for,
     withdrawing_a_pilots_offers_leaves_the_others,
+    an_assignment_withdraws_the_orders_and_the_pilots_offers_only,
     traces_append_in_batches_without_duplicates,
 );
 
@@ -233,6 +234,26 @@ async fn withdrawing_a_pilots_offers_leaves_the_others(subject: Subject) {
         [(mine.id, OfferStatus::Withdrawn)]
     );
     assert_eq!(subject.store.live_offers().await.unwrap(), vec![theirs]);
+}
+
+async fn an_assignment_withdraws_the_orders_and_the_pilots_offers_only(subject: Subject) {
+    // Order X is offered to Q, order Y to P; X goes to P. Z's offer to R is none of its business.
+    let (x, q) = order_and_pilot(&subject).await;
+    let (y, p) = order_and_pilot(&subject).await;
+    let (z, r) = order_and_pilot(&subject).await;
+    let offers = [live_offer(x, q, Duration::seconds(15)), live_offer(y, p, Duration::seconds(15))];
+    let untouched = live_offer(z, r, Duration::seconds(15));
+    for offer in offers.iter().chain([&untouched]) {
+        insert(&subject, offer).await.unwrap();
+    }
+    let mut tx = subject.store.begin().await.unwrap();
+    let mut withdrawn = tx.withdraw_offers(OffersOf::Assignment(x, p), now()).await.unwrap();
+    tx.commit().await.unwrap();
+    withdrawn.sort_by_key(|offer| offer.id);
+    let mut expected: Vec<_> = offers.iter().map(|offer| (offer.id, OfferStatus::Withdrawn)).collect();
+    expected.sort_by_key(|(id, _)| *id);
+    assert_eq!(withdrawn.iter().map(|offer| (offer.id, offer.status)).collect::<Vec<_>>(), expected);
+    assert_eq!(subject.store.live_offers().await.unwrap(), vec![untouched]);
 }
 
 async fn only_a_searching_order_is_offered_and_a_change_in_flight_is_waited_for(subject: Subject) {

@@ -1,6 +1,6 @@
 // The write transaction's operations, shared by both backends (see base.rs). The backend
-// defines `LOCK_ORDER` and `LOCK_PAYMENT` (with `FOR UPDATE` where the dialect has it; SQLite's
-// `BEGIN IMMEDIATE` already holds its only write lock).
+// defines `LOCK_ORDER`, `LOCK_PAYMENT` and `WITHDRAW_ASSIGNMENT_OFFERS` (with `FOR UPDATE` where
+// the dialect has it; SQLite's `BEGIN IMMEDIATE` already holds its only write lock).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -442,11 +442,12 @@ impl StoreTx for super::TxImpl {
     }
 
     async fn withdraw_offers(&mut self, of: OffersOf, now: DateTime<Utc>) -> Result<Vec<Offer>> {
-        let (sql, id) = match of {
-            OffersOf::Order(order) => (WITHDRAW_ORDER_OFFERS, order.0),
-            OffersOf::Pilot(pilot) => (WITHDRAW_PILOT_OFFERS, pilot.0),
+        let query = match of {
+            OffersOf::Order(order) => sqlx::query_as(WITHDRAW_ORDER_OFFERS).bind(order.0),
+            OffersOf::Pilot(pilot) => sqlx::query_as(WITHDRAW_PILOT_OFFERS).bind(pilot.0),
+            OffersOf::Assignment(order, pilot) => sqlx::query_as(WITHDRAW_ASSIGNMENT_OFFERS).bind(order.0).bind(pilot.0),
         };
-        let rows: Vec<OfferRow> = sqlx::query_as(sql).bind(id).bind(now).fetch_all(&mut *self.tx).await?;
+        let rows: Vec<OfferRow> = query.bind(now).fetch_all(&mut *self.tx).await?;
         rows.into_iter().map(Offer::try_from).collect()
     }
 }
