@@ -185,10 +185,11 @@ async fn an_operators_credit_reference_counts_once_and_for_one_wallet() {
     let app = TestApp::spawn().await;
     let admin = app.staff(Role::Admin).await;
     let (asha, ravi) = (app.register("customer").await, app.register("customer").await);
-    let give = async |who: &Session| {
+    let give_as = async |who: &Session, reference: &str| {
         let path = format!("/api/v1/admin/wallets/{}/credit", who.user_id);
-        app.post(&path, json!({ "amount_paise": 5_000, "reference": "ticket-4711" }), Some(&admin.access)).await
+        app.post(&path, json!({ "amount_paise": 5_000, "reference": reference }), Some(&admin.access)).await
     };
+    let give = async |who: &Session| give_as(who, "ticket-4711").await;
     assert_eq!(give(&asha).await.status, StatusCode::OK);
     let again = give(&asha).await;
     assert_eq!((again.status, again.data()["balance_paise"].as_i64()), (StatusCode::OK, Some(5_000)), "once");
@@ -196,6 +197,18 @@ async fn an_operators_credit_reference_counts_once_and_for_one_wallet() {
     let other = give(&ravi).await;
     assert_eq!((other.status, other.error_code()), (StatusCode::CONFLICT, "REFERENCE_IN_USE"));
     assert_eq!(balance(&app, &ravi).await, 0);
+
+    // Both at the same moment: one wallet gets it, the other request is refused the same way.
+    for n in 0..5 {
+        let reference = format!("ticket-{n}");
+        let (to_asha, to_ravi) = tokio::join!(give_as(&asha, &reference), give_as(&ravi, &reference));
+        let mut statuses = [to_asha.status, to_ravi.status];
+        statuses.sort();
+        assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT], "{:?} {:?}", to_asha.body, to_ravi.body);
+        let refused = if to_asha.status == StatusCode::OK { &to_ravi } else { &to_asha };
+        assert_eq!(refused.error_code(), "REFERENCE_IN_USE");
+    }
+    assert_eq!(balance(&app, &asha).await + balance(&app, &ravi).await, 6 * 5_000);
 }
 
 #[tokio::test]

@@ -324,9 +324,7 @@ impl StoreTx for super::TxImpl {
                 Some(user) if user == credit.user.0 => return Ok(None),
                 // References are unique per kind: one already naming another wallet's credit
                 // would otherwise do nothing here and look applied.
-                Some(_) => {
-                    return Err(Error::conflict("REFERENCE_IN_USE", "the reference names a credit to another wallet"));
-                }
+                Some(_) => return Err(reference_in_use()),
                 None => {}
             }
         }
@@ -485,7 +483,7 @@ impl super::TxImpl {
         reference: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO wallet_ledger (id, user_id, kind, amount_paise, balance_after_paise, order_id, reference, \
              created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -498,7 +496,16 @@ impl super::TxImpl {
         .bind(reference)
         .bind(now)
         .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        .await;
+        match inserted {
+            // The reference's one unique key: a credit to another wallet with it committed
+            // while this one was on its way (the same wallet's would have waited on its row).
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(reference_in_use()),
+            other => other.map(drop).map_err(Error::from),
+        }
     }
+}
+
+fn reference_in_use() -> Error {
+    Error::conflict("REFERENCE_IN_USE", "the reference names a credit to another wallet")
 }
