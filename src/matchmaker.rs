@@ -471,15 +471,23 @@ impl Matchmaker {
         if searches.map.contains_key(&order.id) {
             return;
         }
+        let now = self.clock.now();
+        let mut started = now;
         let mut declined = HashSet::new();
         if let Before::DroppedBy(pilot) = before {
             declined.insert(pilot);
         }
         if before != Before::Nothing {
             // Every pilot that ever gave it back (this search may follow several), from its
-            // events, and every one that turned it down, from its offers.
+            // events, and every one that turned it down, from its offers. A search resumed
+            // after a restart or taken over from another node began when its order last
+            // began searching, not now: its wait counts in batched mode.
             match self.store.order_events(order.id, 0, MAX_EVENTS_READ).await {
-                Ok(events) => declined.extend(events.iter().filter_map(dropped_by)),
+                Ok(events) => {
+                    declined.extend(events.iter().filter_map(dropped_by));
+                    let began = events.iter().rev().find(|event| event.kind == "searching_driver");
+                    started = began.map_or(now, |event| event.created_at.min(now));
+                }
                 Err(err) => tracing::warn!(order_id = %order.id, error = %err, "could not read who dropped the order"),
             }
             match self.store.offers_for_order(order.id).await {
@@ -490,7 +498,6 @@ impl Matchmaker {
                 Err(err) => tracing::warn!(order_id = %order.id, error = %err, "could not read who declined the order"),
             }
         }
-        let now = self.clock.now();
         searches.map.insert(
             order.id,
             Searching {
@@ -499,7 +506,7 @@ impl Matchmaker {
                 declined,
                 live: None,
                 retry_at: now,
-                started: now,
+                started,
                 leased: false,
             },
         );
@@ -768,7 +775,7 @@ struct Searching {
     live: Option<Offer>,
     /// Not before this (nobody was found).
     retry_at: DateTime<Utc>,
-    /// When this node began following it.
+    /// When the order began searching (this time: after a pilot dropped it, since then).
     started: DateTime<Utc>,
     /// In a cluster: this node holds its lease.
     leased: bool,

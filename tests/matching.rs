@@ -514,6 +514,34 @@ async fn batched_mode_gives_each_order_the_pilot_that_serves_all_best() {
 }
 
 #[tokio::test]
+async fn batched_mode_counts_an_orders_wait_from_before_a_restart() {
+    // One pilot between an order that has waited four minutes (0.7 km away) and a new one
+    // (0.5 km): the least cost, with waiting counted, sends it to the old one. The node
+    // restarted in between, which must not make the old order new again.
+    let batched = |options: Options| options.set("matching.mode", "batched").set("matching.batch_window_ms", 150);
+    let clock = Clock::manual(Utc::now());
+    let mut first = TestApp::spawn_with(batched(Options { clock: clock.clone(), ..Options::default() })).await;
+    let options = batched(Options { database: Database::Postgres(first_url(&first)), clock, ..Options::default() });
+    let customer = first.register("customer").await;
+    let body = |at: (f64, f64)| {
+        json!({ "pickup": place(at, "here"), "drop": place(DROP, "there"),
+                "vehicle_type": "bike", "payment_method": "cash" })
+    };
+    let old = place_order(&first, &customer, body(PICKUP)).await;
+    first.clock.advance(Span::seconds(240));
+    first.begin_shutdown().await.unwrap().unwrap();
+
+    let second = TestApp::spawn_with(options).await;
+    let new = place_order(&second, &customer, body(north(PICKUP, 1.2))).await;
+    // Both find nobody and wait for the retry interval (the clock stands still).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, mut pilot) = pilot_on_duty(&second, north(PICKUP, 0.7)).await;
+    second.clock.advance(Span::seconds(3));
+    let offer = pilot.event("offer", SOON).await.expect("offered");
+    assert_eq!(offer["order_id"].as_str(), Some(old.as_str()), "not the new order {new}: {offer}");
+}
+
+#[tokio::test]
 async fn dispatchers_move_orders_and_pilots_drop_them_before_pickup_but_not_after() {
     let app = TestApp::spawn_with(Options::default().set("realtime.location_events_per_sec", 100)).await;
     let dispatcher = app.staff(Role::Dispatcher).await;
