@@ -342,16 +342,21 @@ impl Matchmaker {
     /// again: what a cancellation committed between an accept's commit and its index update
     /// leaves, or a crash between a trip's end and the index's (the mirror then restores the
     /// pilot busy). Only pilots busy since before `settled_ms`, so that an assignment in
-    /// flight has its order written. (A dispatcher assigning such a pilot by hand between
-    /// the check and the change could see it freed; its order still holds it in the database,
-    /// which refuses it a second one.)
+    /// flight has its order written.
     async fn free_busy_without_order(&self, settled_ms: i64) -> Result<()> {
         let untracked = self.grid.busy_since_before(settled_ms).into_iter();
         for pilot in untracked.filter(|pilot| self.tracking.trip_of(*pilot).is_none()) {
-            if self.store.active_order_of(pilot).await?.is_none() {
-                tracing::warn!(%pilot, "busy with no order; taking work again");
-                metrics::counter!("matching_busy_pilots_freed_total").increment(1);
-                self.orders.free_from_order(pilot);
+            if self.store.active_order_of(pilot).await?.is_some() {
+                continue;
+            }
+            tracing::warn!(%pilot, "busy with no order; taking work again");
+            metrics::counter!("matching_busy_pilots_freed_total").increment(1);
+            self.orders.free_from_order(pilot);
+            // A dispatcher may have given it an order between the look and the change: that
+            // assignment marks it busy after its commit, which the change may have come after
+            // (it was busy already). Looked at once more, it ends busy whichever came first.
+            if self.store.active_order_of(pilot).await?.is_some() {
+                let _ = self.grid.set_status(pilot, PilotStatus::Busy, self.clock.now().timestamp_millis());
             }
         }
         Ok(())
