@@ -105,7 +105,7 @@ impl Worker {
     /// the claim not counted as an attempt.
     async fn requeue(&self, jobs: impl Iterator<Item = Job>) -> Result<()> {
         for job in jobs {
-            metrics::counter!("jobs_runs_total", "kind" => job.kind.clone(), "outcome" => "released").increment(1);
+            count(&job, &JobOutcome::Released);
             self.store.finish_job(&job, &JobOutcome::Released, self.clock.now()).await?;
         }
         Ok(())
@@ -130,19 +130,7 @@ impl Worker {
             Err(err) if job.attempts >= job.max_attempts => JobOutcome::Failed { error: err.to_string() },
             Err(err) => JobOutcome::Retry { at: self.clock.now() + self.backoff(job.attempts), error: err.to_string() },
         };
-        let label = match &outcome {
-            JobOutcome::Done => "done",
-            JobOutcome::Retry { error, .. } => {
-                tracing::warn!(job = %job.id, kind = %job.kind, attempt = job.attempts, error = %error, "job failed; will retry");
-                "retry"
-            }
-            JobOutcome::Failed { error } => {
-                tracing::error!(job = %job.id, kind = %job.kind, error = %error, "job failed for good");
-                "failed"
-            }
-            JobOutcome::Released => "released",
-        };
-        metrics::counter!("jobs_runs_total", "kind" => job.kind.clone(), "outcome" => label).increment(1);
+        count(job, &outcome);
         outcome
     }
 
@@ -181,4 +169,21 @@ impl Worker {
 
 fn seconds(secs: u64) -> Duration {
     Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
+}
+
+/// Logs a run's outcome and counts it in `jobs_runs_total`.
+fn count(job: &Job, outcome: &JobOutcome) {
+    let label = match outcome {
+        JobOutcome::Done => "done",
+        JobOutcome::Retry { error, .. } => {
+            tracing::warn!(job = %job.id, kind = %job.kind, attempt = job.attempts, error = %error, "job failed; will retry");
+            "retry"
+        }
+        JobOutcome::Failed { error } => {
+            tracing::error!(job = %job.id, kind = %job.kind, error = %error, "job failed for good");
+            "failed"
+        }
+        JobOutcome::Released => "released",
+    };
+    metrics::counter!("jobs_runs_total", "kind" => job.kind.clone(), "outcome" => label).increment(1);
 }
