@@ -39,6 +39,22 @@ async fn order_of(app: &TestApp, who: &Session, order: &str) -> Value {
     app.get(&format!("/api/v1/orders/{order}"), Some(&who.access)).await.data().clone()
 }
 
+/// A cash bike order from `pickup` to `drop`.
+fn cash_bike_order(pickup: (f64, f64), drop: (f64, f64)) -> Value {
+    json!({ "pickup": place(pickup, "here"), "drop": place(drop, "there"),
+            "vehicle_type": "bike", "payment_method": "cash" })
+}
+
+/// An order from `pickup` to 3 km north of it.
+fn trip_from(pickup: (f64, f64)) -> Value {
+    cash_bike_order(pickup, north(pickup, 3.0))
+}
+
+/// An order from `pickup` to [`DROP`].
+fn to_the_drop(pickup: (f64, f64)) -> Value {
+    cash_bike_order(pickup, DROP)
+}
+
 fn pilot_status(app: &TestApp, pilot: &Session) -> PilotStatus {
     app.state.grid.get(pilot.user_id.parse().unwrap()).unwrap().status
 }
@@ -314,14 +330,10 @@ async fn accepts_and_manual_assignments_racing_never_double_an_order_or_a_pilot(
     for round in 0..6 {
         // Each round far from the others (22 km), so earlier pilots are out of reach.
         let pickup = north(PICKUP, 22.0 * f64::from(round));
-        let body = |at: (f64, f64)| {
-            json!({ "pickup": place(at, "here"), "drop": place(north(at, 3.0), "there"),
-                    "vehicle_type": "bike", "payment_method": "cash" })
-        };
-        let other_order = place_order(&app, &customer, body(north(pickup, -11.0))).await;
+        let other_order = place_order(&app, &customer, trip_from(north(pickup, -11.0))).await;
         let (pilot, mut socket) = pilot_on_duty(&app, north(pickup, 0.2)).await;
         let rival = app.register("pilot").await;
-        let order = place_order(&app, &customer, body(pickup)).await;
+        let order = place_order(&app, &customer, trip_from(pickup)).await;
         let offer = offered(&mut socket, &order).await;
 
         let accept = json!({ "offer_id": offer["offer_id"] });
@@ -373,14 +385,10 @@ async fn dispatchers_crossing_each_others_offers_both_succeed() {
         // assignments end both offers, from opposite ends.
         let near_x = north(PICKUP, 22.0 * f64::from(round));
         let near_y = north(near_x, 2.0);
-        let order_at = |at: (f64, f64)| {
-            json!({ "pickup": place(at, "here"), "drop": place(north(at, 3.0), "there"),
-                    "vehicle_type": "bike", "payment_method": "cash" })
-        };
         let (p, mut p_socket) = pilot_on_duty(&app, north(near_y, 0.1)).await;
         let (q, mut q_socket) = pilot_on_duty(&app, north(near_x, 0.1)).await;
-        let x = place_order(&app, &customer, order_at(near_x)).await;
-        let y = place_order(&app, &customer, order_at(near_y)).await;
+        let x = place_order(&app, &customer, trip_from(near_x)).await;
+        let y = place_order(&app, &customer, trip_from(near_y)).await;
         offered(&mut q_socket, &x).await;
         offered(&mut p_socket, &y).await;
 
@@ -495,12 +503,8 @@ async fn batched_mode_gives_each_order_the_pilot_that_serves_all_best() {
     let app =
         TestApp::spawn_with(manual_clock().set("matching.mode", "batched").set("matching.batch_window_ms", 150)).await;
     let customer = app.register("customer").await;
-    let body = |at: (f64, f64)| {
-        json!({ "pickup": place(at, "here"), "drop": place(DROP, "there"),
-                "vehicle_type": "bike", "payment_method": "cash" })
-    };
-    let south_order = place_order(&app, &customer, body(PICKUP)).await;
-    let north_order = place_order(&app, &customer, body(north(PICKUP, 0.9))).await;
+    let south_order = place_order(&app, &customer, to_the_drop(PICKUP)).await;
+    let north_order = place_order(&app, &customer, to_the_drop(north(PICKUP, 0.9))).await;
     // Both orders find nobody and wait for the retry interval (the clock stands still).
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (_, mut middle) = pilot_on_duty(&app, north(PICKUP, 0.5)).await;
@@ -523,16 +527,12 @@ async fn batched_mode_counts_an_orders_wait_from_before_a_restart() {
     let mut first = TestApp::spawn_with(batched(Options { clock: clock.clone(), ..Options::default() })).await;
     let options = batched(Options { database: Database::Postgres(first_url(&first)), clock, ..Options::default() });
     let customer = first.register("customer").await;
-    let body = |at: (f64, f64)| {
-        json!({ "pickup": place(at, "here"), "drop": place(DROP, "there"),
-                "vehicle_type": "bike", "payment_method": "cash" })
-    };
-    let old = place_order(&first, &customer, body(PICKUP)).await;
+    let old = place_order(&first, &customer, to_the_drop(PICKUP)).await;
     first.clock.advance(Span::seconds(240));
     first.begin_shutdown().await.unwrap().unwrap();
 
     let second = TestApp::spawn_with(options).await;
-    let new = place_order(&second, &customer, body(north(PICKUP, 1.2))).await;
+    let new = place_order(&second, &customer, to_the_drop(north(PICKUP, 1.2))).await;
     // Both find nobody and wait for the retry interval (the clock stands still).
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (_, mut pilot) = pilot_on_duty(&second, north(PICKUP, 0.7)).await;
