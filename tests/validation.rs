@@ -124,3 +124,84 @@ async fn refresh_and_login_bodies_are_checked() {
     let bad_phone = app.post("/api/v1/auth/login", json!({ "phone": "12345", "password": PASSWORD }), None).await;
     assert_eq!(bad_phone.body["error"]["details"]["field"], "phone");
 }
+
+/// Control characters (a NUL above all, which Postgres cannot store in text) are refused where
+/// they come in, naming the field, on every route that takes a string: bodies, paths, signed
+/// webhooks and socket events.
+#[tokio::test]
+async fn control_characters_are_refused_naming_the_field() {
+    let (gateway, _) = common::gateway::fake_gateway().await;
+    let app = TestApp::spawn_with(common::gateway::with_gateways(Options::default(), &gateway, "stripe")).await;
+    let customer = app.register("customer").await;
+    let admin = app.staff(Role::Admin).await;
+    let nul = "A\u{0}B";
+    let mut order = common::order_body("cash");
+    order["coupon_code"] = json!(nul);
+    let mut notes = common::order_body("cash");
+    notes["notes"] = json!(format!("ring the bell{nul}"));
+    let (pickup, drop) = (common::PICKUP, common::DROP);
+    let quote = json!({
+        "pickup": { "lat": pickup.0, "lng": pickup.1 },
+        "drop": { "lat": drop.0, "lng": drop.1 },
+        "vehicle_type": "bike",
+        "coupon_code": nul,
+    });
+    let credit = format!("/api/v1/admin/wallets/{}/credit", customer.user_id);
+    let cases = [
+        ("/api/v1/orders", order, Some(&customer.access), "coupon_code"),
+        ("/api/v1/orders", notes, Some(&customer.access), "notes"),
+        ("/api/v1/quotes", quote, Some(&customer.access), "coupon_code"),
+        (credit.as_str(), json!({ "amount_paise": 100, "reference": nul }), Some(&admin.access), "reference"),
+    ];
+    for (path, body, token, field) in cases {
+        let reply = app.post(path, body.clone(), token.map(String::as_str)).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{path} {body}: {:?}", reply.body);
+        assert_eq!(reply.error_code(), "VALIDATION_ERROR");
+        assert_eq!(reply.body["error"]["details"]["field"], field, "{path}: {:?}", reply.body);
+    }
+    let path = app.post("/api/v1/admin/coupons/A%00B/disable", json!({}), Some(&admin.access)).await;
+    assert_eq!((path.status, path.error_code()), (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    assert_eq!(path.body["error"]["details"]["field"], "code");
+
+    let event = json!({ "id": nul, "type": "payment_intent.succeeded", "data": { "object": { "id": "pi_1" } } });
+    let body = event.to_string();
+    let now = chrono::Utc::now().timestamp();
+    let webhook = common::gateway::stripe_webhook(&app, &body, common::gateway::stripe_header(&body, now)).await;
+    assert_eq!((webhook.status, webhook.error_code()), (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    assert_eq!(webhook.body["error"]["details"]["field"], "event_id");
+
+    // Nothing was half-written: the customer has no order and no money.
+    assert_eq!(app.get("/api/v1/orders", Some(&customer.access)).await.data()["items"], json!([]));
+    assert_eq!(common::field::balance(&app, &customer).await, 0);
+}
+
+/// A JSON value of the wrong type for an enum field is a validation error naming the field,
+/// not a syntax error: the document is well-formed JSON.
+#[tokio::test]
+async fn wrong_types_for_enum_fields_are_422_naming_the_field() {
+    let app = TestApp::spawn().await;
+    for (field, value) in
+        [("role", json!(3)), ("vehicle_type", json!(true)), ("role", json!([1])), ("role", json!(null))]
+    {
+        let mut body = valid_registration();
+        body[field] = value.clone();
+        let reply = app.post("/api/v1/auth/register", body, None).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {value}: {:?}", reply.body);
+        assert_eq!(reply.error_code(), "VALIDATION_ERROR");
+        assert_eq!(reply.body["error"]["details"]["field"], field, "{value}");
+    }
+}
+
+/// Socket payloads get the same check, acked as a validation error naming the field.
+#[tokio::test]
+async fn control_characters_in_socket_payloads_are_refused() {
+    let app = TestApp::spawn().await;
+    let pilot = app.register("pilot").await;
+    let mut socket = common::field::connect(&app, "/pilot", &pilot).await;
+    let offer = uuid::Uuid::new_v4();
+    let ack = socket.call("offer:reject", json!({ "offer_id": offer, "reason": "flat\u{0}tyre" })).await;
+    assert_eq!(ack["ok"], false, "{ack}");
+    assert_eq!(ack["error"]["code"], "VALIDATION_ERROR", "{ack}");
+    let ack = socket.call("offer:reject", json!({ "offer_id": offer, "reason": "flat tyre" })).await;
+    assert_ne!(ack["error"]["code"], "VALIDATION_ERROR", "a clean reason passes the check: {ack}");
+}

@@ -6,6 +6,7 @@
 pub mod money;
 pub mod offers;
 pub mod orders;
+pub mod text;
 
 use std::fmt;
 

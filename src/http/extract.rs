@@ -5,6 +5,8 @@
 //!   are not JSON, 422 with `details.field` for JSON of the wrong shape (wrong type, unknown
 //!   enum value, out-of-range coordinate, missing or unknown field);
 //! * [`Query`] and [`Path`]: 400 naming the parameter;
+//! * all of them: 422 naming the field or parameter for text holding a control character
+//!   ([`crate::domain::text`]);
 //! * [`Caller`]: the authenticated user, 401 when the bearer token is missing or refused.
 
 use axum::extract::rejection::BytesRejection;
@@ -16,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::domain::text;
 use crate::error::{Error, Result};
 
 /// A JSON body parsed into `T`.
@@ -45,15 +48,25 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         let inner = err.into_inner();
         // A shape error in a document that is not JSON at all is a syntax error first.
         let syntax = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).err();
-        match (inner.classify(), syntax) {
-            (serde_json::error::Category::Data, None) => {
-                let message = strip_position(&inner.to_string());
+        match syntax {
+            // Well-formed JSON of the wrong shape. serde_json reports a value of the wrong
+            // JSON type for an enum (a number for `role`) as "expected value", a syntax error.
+            None => {
+                let message = match strip_position(&inner.to_string()) {
+                    message if message == "expected value" => "invalid type: expected a string".to_owned(),
+                    message => message,
+                };
                 Error::validation(field_name(&path, &message), message)
             }
-            (_, syntax) => Error::MalformedJson(strip_position(&syntax.unwrap_or(inner).to_string())),
+            Some(syntax) => Error::MalformedJson(strip_position(&syntax.to_string())),
         }
     })?;
     deserializer.end().map_err(|err| Error::MalformedJson(strip_position(&err.to_string())))?;
+    if text::may_hold_control_characters(bytes) {
+        let document: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|err| Error::MalformedJson(strip_position(&err.to_string())))?;
+        text::control_character_in(&document)?;
+    }
     Ok(value)
 }
 
@@ -110,10 +123,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
+        let value = axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| Query(value))
-            .map_err(|rejection| Error::BadRequest { code: "INVALID_QUERY", message: rejection.body_text() })
+            .map_err(|rejection| Error::BadRequest { code: "INVALID_QUERY", message: rejection.body_text() })?;
+        // A control character can only come percent-encoded.
+        if parts.uri.query().is_some_and(|query| query.contains('%')) {
+            let axum::extract::Query(pairs) =
+                axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+                    .map_err(|rejection| Error::BadRequest { code: "INVALID_QUERY", message: rejection.body_text() })?;
+            for (name, value) in &pairs {
+                text::check(name, value)?;
+            }
+        }
+        Ok(value)
     }
 }
 
@@ -125,10 +148,20 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
+        let value = axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| Path(value))
-            .map_err(|rejection| Error::BadRequest { code: "INVALID_PATH", message: rejection.body_text() })
+            .map_err(|rejection| Error::BadRequest { code: "INVALID_PATH", message: rejection.body_text() })?;
+        // A control character can only come percent-encoded.
+        if parts.uri.path().contains('%') {
+            let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+                .await
+                .map_err(|rejection| Error::BadRequest { code: "INVALID_PATH", message: rejection.body_text() })?;
+            for (name, value) in &params {
+                text::check(name, value)?;
+            }
+        }
+        Ok(value)
     }
 }
 

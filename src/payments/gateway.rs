@@ -35,6 +35,26 @@ pub struct WebhookEvent {
     pub outcome: PaymentOutcome,
 }
 
+impl WebhookEvent {
+    /// `VALIDATION_ERROR` when a field dispatchd stores holds a control character (a signed
+    /// event is still refused: Postgres cannot store a NUL).
+    pub fn check_text(&self) -> Result<()> {
+        crate::domain::text::check("event_id", &self.event_id)?;
+        crate::domain::text::check("event_type", &self.event_type)?;
+        match &self.outcome {
+            PaymentOutcome::Paid { gateway_ref, payment_id, currency, .. } => {
+                crate::domain::text::check("gateway_ref", gateway_ref)?;
+                crate::domain::text::check("payment_id", payment_id)?;
+                crate::domain::text::check("currency", currency.as_deref().unwrap_or_default())
+            }
+            PaymentOutcome::AttemptFailed { gateway_ref } | PaymentOutcome::Failed { gateway_ref } => {
+                crate::domain::text::check("gateway_ref", gateway_ref)
+            }
+            PaymentOutcome::Ignored => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum PaymentOutcome {
     /// Money captured: `gateway_ref` is our payment's gateway id, `payment_id` what a

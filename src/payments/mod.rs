@@ -210,6 +210,7 @@ impl Payments {
             .get(&gateway)
             .ok_or_else(|| Error::not_found("WEBHOOK_NOT_CONFIGURED", format!("{gateway} is not configured")))?;
         let event = client.verify_webhook(headers, body, self.clock.now())?;
+        event.check_text()?;
         let outcome = self.settle(gateway, &event).await?;
         metrics::counter!("payment_webhooks_total", "gateway" => gateway.as_str(), "outcome" => outcome).increment(1);
         Ok(outcome)

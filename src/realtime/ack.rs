@@ -10,8 +10,10 @@ use socketioxide::extract::AckSender;
 use crate::error::{Error, Result};
 use crate::http::extract::{field_name, strip_position};
 
-/// Parses an event's payload into `T`; a wrong shape is `VALIDATION_ERROR` naming the field.
+/// Parses an event's payload into `T`; a wrong shape, or text holding a control character, is
+/// `VALIDATION_ERROR` naming the field.
 pub fn parse<T: DeserializeOwned>(payload: Value) -> Result<T> {
+    crate::domain::text::control_character_in(&payload)?;
     serde_path_to_error::deserialize(payload).map_err(|err| {
         let path = err.path().to_string();
         let message = strip_position(&err.into_inner().to_string());
