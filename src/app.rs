@@ -306,7 +306,7 @@ pub async fn run(
 }
 
 /// Runs `work` every `period` until `stop`.
-async fn every(period: Duration, stop: CancellationToken, work: impl Fn() + Send + 'static) {
+pub(crate) async fn every(period: Duration, stop: CancellationToken, work: impl Fn() + Send + 'static) {
     let mut ticks = tokio::time::interval(period);
     loop {
         tokio::select! {

@@ -226,11 +226,12 @@ impl Config {
             ("realtime.ping_timeout_ms", self.realtime.ping_timeout_ms),
             ("realtime.connect_timeout_ms", self.realtime.connect_timeout_ms),
             ("realtime.max_payload_bytes", self.realtime.max_payload_bytes),
+            ("realtime.max_polling_body_bytes", self.realtime.max_polling_body_bytes),
             ("realtime.max_buffer_size", self.realtime.max_buffer_size as u64),
+            ("realtime.max_buffer_bytes", self.realtime.max_buffer_bytes as u64),
+            ("realtime.stall_timeout_ms", self.realtime.stall_timeout_ms),
             ("realtime.ws_read_buffer_bytes", self.realtime.ws_read_buffer_bytes as u64),
-            ("realtime.location_events_per_sec", self.realtime.location_events_per_sec.into()),
-            ("realtime.location_burst", self.realtime.location_burst.into()),
-            ("realtime.flood_disconnect_after", self.realtime.flood_disconnect_after.into()),
+            ("realtime.max_sockets_per_user", self.realtime.max_sockets_per_user as u64),
             ("realtime.viewport_interval_ms", self.realtime.viewport_interval_ms),
             ("realtime.viewport_max_pilots", self.realtime.viewport_max_pilots as u64),
             ("realtime.session_check_ms", self.realtime.session_check_ms),
@@ -270,6 +271,7 @@ impl Config {
         self.validate_grid()?;
         self.validate_orders()?;
         self.matching.check().map_err(|(key, message)| ConfigError::new(key, message))?;
+        self.realtime.budgets.check().map_err(|(key, message)| ConfigError::new(key, message))?;
         self.validate_http()
     }
 

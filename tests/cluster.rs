@@ -26,7 +26,7 @@ async fn cluster() -> Options {
         .with_redis()
         .set("cluster.enabled", true)
         .set("redis.positions.flush_interval_ms", 50)
-        .set("realtime.location_events_per_sec", 100)
+        .set("realtime.budgets.location.per_sec", 100)
 }
 
 async fn two_nodes() -> (TestApp, TestApp) {

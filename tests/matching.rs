@@ -61,7 +61,7 @@ fn pilot_status(app: &TestApp, pilot: &Session) -> PilotStatus {
 
 #[tokio::test]
 async fn an_order_is_offered_accepted_driven_and_delivered_with_the_wallet_settled() {
-    let app = TestApp::spawn_with(Options::default().set("realtime.location_events_per_sec", 100)).await;
+    let app = TestApp::spawn_with(Options::default().set("realtime.budgets.location.per_sec", 100)).await;
     let admin = app.staff(Role::Admin).await;
     let customer = app.register("customer").await;
     credit(&app, &admin, &customer, 100_000).await;
@@ -543,7 +543,7 @@ async fn batched_mode_counts_an_orders_wait_from_before_a_restart() {
 
 #[tokio::test]
 async fn dispatchers_move_orders_and_pilots_drop_them_before_pickup_but_not_after() {
-    let app = TestApp::spawn_with(Options::default().set("realtime.location_events_per_sec", 100)).await;
+    let app = TestApp::spawn_with(Options::default().set("realtime.budgets.location.per_sec", 100)).await;
     let dispatcher = app.staff(Role::Dispatcher).await;
     let customer = app.register("customer").await;
     let (first, mut first_socket) = pilot_on_duty(&app, north(PICKUP, 0.3)).await;

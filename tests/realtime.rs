@@ -192,23 +192,24 @@ async fn malformed_payloads_get_error_acks_and_the_socket_lives_on() {
 async fn a_location_flood_is_refused_then_cut_off() {
     let app = TestApp::spawn_with(
         Options::default()
-            .set("realtime.location_events_per_sec", 1)
-            .set("realtime.location_burst", 2)
-            .set("realtime.flood_disconnect_after", 3),
+            .set("realtime.budgets.location.per_sec", 1)
+            .set("realtime.budgets.location.burst", 2)
+            .set("realtime.budgets.refusals.per_sec", 1)
+            .set("realtime.budgets.refusals.burst", 3),
     )
     .await;
     let pilot = app.register("pilot").await;
     let mut socket = connect(&app, "/pilot", &pilot).await;
     let mut codes = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         let ack = socket.call_raw(&json!(["location", { "points": [point(&app, PICKUP)] }]).to_string()).await;
         codes.push(ack.map(|ack| ack["error"]["code"].as_str().unwrap_or("ok").to_owned()));
     }
+    let limited = Some("RATE_LIMITED".to_owned());
     assert_eq!(codes[..2], [Some("ok".to_owned()), Some("ok".to_owned())], "{codes:?}");
-    assert_eq!(
-        codes[2..5],
-        [Some("RATE_LIMITED".to_owned()), Some("RATE_LIMITED".to_owned()), Some("RATE_LIMITED".to_owned())]
-    );
+    assert_eq!(codes[2..6], [limited.clone(), limited.clone(), limited.clone(), limited], "{codes:?}");
+    let closing = socket.event("closing", SOON).await.expect("told why");
+    assert_eq!(closing["code"], "FLOODING", "{closing}");
     common::eventually(SOON, "the flooding socket is disconnected", || async { socket.is_closed() }).await;
     // The server is fine: another pilot connects and reports.
     let (_, mut other) = pilot_on_duty(&app, PICKUP).await;
@@ -275,7 +276,7 @@ async fn a_customer_watches_its_order_and_sees_only_its_pilot() {
 
 #[tokio::test]
 async fn the_dispatch_viewport_gets_a_snapshot_then_coalesced_deltas() {
-    let app = TestApp::spawn_with(Options::default().set("realtime.location_events_per_sec", 1000)).await;
+    let app = TestApp::spawn_with(Options::default().set("realtime.budgets.location.per_sec", 1000)).await;
     let dispatcher = app.staff(Role::Dispatcher).await;
     let customer = app.register("customer").await;
     let order = create_order(&app, &customer).await;
@@ -351,7 +352,7 @@ async fn assignment_never_doubles_under_a_hammering() {
 
 #[tokio::test]
 async fn the_pilot_drives_the_trip_within_its_geofences() {
-    let app = TestApp::spawn_with(Options::default().set("realtime.location_events_per_sec", 100)).await;
+    let app = TestApp::spawn_with(Options::default().set("realtime.budgets.location.per_sec", 100)).await;
     let dispatcher = app.staff(Role::Dispatcher).await;
     let customer = app.register("customer").await;
     let order = create_order(&app, &customer).await;

@@ -106,34 +106,33 @@ impl<'a> Changes<'a> {
 
 const PILOTS_CONNECTED: &str = r#"socket_connected{namespace="/pilot"}"#;
 const PILOTS_ADMITTED: &str = r#"socket_connects_total{namespace="/pilot",outcome="accepted"}"#;
-const FLOOD_DISCONNECTS: &str = r#"socket_flood_disconnects_total{namespace="/pilot"}"#;
+const SLOW_DISCONNECTS: &str = r#"socket_disconnects_total{namespace="/pilot",reason="SLOW_CLIENT"}"#;
+const LOCATIONS: &str = r#"socket_events_in_total{namespace="/pilot",event="location"}"#;
 const CUSTOMERS_CONNECTED: &str = r#"socket_connected{namespace="/customer"}"#;
 const POSITIONS_DROPPED: &str = r#"socket_dropped_total{namespace="/customer",event="pilot:location"}"#;
 
 #[test]
-fn a_flood_that_never_reads_its_acks_is_cut_off_all_the_same() {
+fn a_flood_that_never_reads_its_acks_is_held_back_then_cut_off() {
     alone(async {
         let app = TestApp::spawn_with(
-            Options::default()
-                .set("realtime.location_events_per_sec", 1)
-                .set("realtime.location_burst", 1)
-                .set("realtime.flood_disconnect_after", 3)
-                .set("realtime.max_buffer_size", 2),
+            Options::default().set("realtime.max_buffer_size", 4).set("realtime.stall_timeout_ms", 300),
         )
         .await;
         let pilot = app.register("pilot").await;
-        let changes = Changes::since_now(&app, &[PILOTS_CONNECTED, FLOOD_DISCONNECTS]).await;
+        let changes = Changes::since_now(&app, &[PILOTS_CONNECTED, SLOW_DISCONNECTS, LOCATIONS]).await;
         let polling = Polling::open(&app).await;
         polling.connect("/pilot", &pilot).await;
         assert_eq!(changes.of(PILOTS_CONNECTED).await, 1.0);
 
-        // Eight reports in one go, and no poll for their acks: two fill the socket's buffer,
-        // so the disconnect after the third refusal has no room for its DISCONNECT packet.
+        // Eight reports in one go, and no poll for their acks: the server reads three, as
+        // many as its buffer keeps places for answers, and waits for the client to read
+        // them; the client never does, so the session ends after the stall timeout.
         let report = json!(["location", { "points": [fix(&app, PICKUP, 0)] }]);
         let flood: Vec<String> = (1..=8).map(|n| format!("42/pilot,{n}{report}")).collect();
         polling.post(&flood).await;
         common::eventually(SOON, "the flood cut off", || async { changes.of(PILOTS_CONNECTED).await == 0.0 }).await;
-        assert!(changes.of(FLOOD_DISCONNECTS).await >= 1.0);
+        assert_eq!(changes.of(SLOW_DISCONNECTS).await, 1.0);
+        assert_eq!(changes.of(LOCATIONS).await, 3.0, "what was not read was not done");
         // Its whole connection went: the app reconnects, as after a network drop.
         let rest = polling.get().await;
         assert!(rest.is_none_or(|packets| packets.iter().any(|packet| packet == "1")), "the session is over");
@@ -204,5 +203,83 @@ fn a_connection_gone_while_it_is_admitted_leaves_no_socket_counted() {
         common::eventually(SOON, "the pilot unreachable", || async { app.state.grid.get(id).unwrap().stale }).await;
         let mut back = connect(&app, "/pilot", &pilot).await;
         assert_eq!(back.call("location", json!({ "points": [fix(&app, PICKUP, 30)] })).await["ok"], true);
+    });
+}
+
+/// Lifts the `location` budget, so that bursts reach the handler.
+fn unlimited() -> Options {
+    Options::default()
+        .set("realtime.budgets.location.per_sec", 1_000_000)
+        .set("realtime.budgets.location.burst", 1_000_000)
+}
+
+/// The ack ids among `packets` (`43/pilot,<id>[…]`).
+fn ack_ids(packets: &[String]) -> impl Iterator<Item = u64> + '_ {
+    packets.iter().filter_map(|packet| {
+        let rest = packet.strip_prefix("43/pilot,")?;
+        rest[..rest.find('[')?].parse().ok()
+    })
+}
+
+/// A socket.io client sends its whole offline buffer in one long-polling POST: every event
+/// is answered, however many there are, while the client polls for the answers.
+#[test]
+fn every_ack_of_a_long_polling_burst_arrives() {
+    alone(async {
+        let app = TestApp::spawn_with(unlimited()).await;
+        let pilot = app.register("pilot").await;
+        let polling = Polling::open(&app).await;
+        polling.connect("/pilot", &pilot).await;
+        let report = json!(["location", { "points": [] }]);
+        let events: Vec<String> = (1..=200).map(|n| format!("42/pilot,{n}{report}")).collect();
+        let mut acked = std::collections::HashSet::new();
+        let poll = async {
+            while acked.len() < 200 {
+                let packets = polling.get().await.expect("the session stays open");
+                acked.extend(ack_ids(&packets));
+            }
+        };
+        tokio::join!(polling.post(&events), poll);
+        assert_eq!(acked, (1..=200).collect(), "one ack for each event");
+    });
+}
+
+/// The same over WebSocket, 10,000 events sent without waiting for any answer.
+#[test]
+fn every_ack_of_a_websocket_burst_arrives() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    alone(async {
+        let app = TestApp::spawn_with(unlimited()).await;
+        let pilot = app.register("pilot").await;
+        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", app.addr);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let (mut sink, mut stream) = ws.split();
+        stream.next().await.unwrap().unwrap(); // the open packet
+        sink.send(Message::text(format!("40/pilot,{}", json!({ "token": pilot.access })))).await.unwrap();
+        let connected = stream.next().await.unwrap().unwrap();
+        assert!(connected.to_text().unwrap().starts_with("40/pilot,"), "{connected:?}");
+
+        const BURST: u64 = 10_000;
+        let report = json!(["location", { "points": [] }]);
+        let send = async move {
+            for n in 1..=BURST {
+                sink.feed(Message::text(format!("42/pilot,{n}{report}"))).await.unwrap();
+            }
+            sink.flush().await.unwrap();
+            sink
+        };
+        let read = async {
+            let mut acked = std::collections::HashSet::new();
+            while acked.len() < BURST as usize {
+                let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
+                let Ok(Some(Ok(Message::Text(text)))) = next else { panic!("{} acks, then {next:?}", acked.len()) };
+                acked.extend(ack_ids(&[text.to_string()]));
+            }
+            acked
+        };
+        let (_sink, acked) = tokio::join!(send, read);
+        assert_eq!(acked, (1..=BURST).collect(), "one ack for each event");
     });
 }

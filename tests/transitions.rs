@@ -172,7 +172,7 @@ fn ack(ack: Value) -> Result<String, String> {
 
 #[tokio::test]
 async fn every_operation_from_every_state_follows_the_state_machine() {
-    let options = Options::default().set("realtime.location_events_per_sec", 100).set("rate_limit.enabled", false);
+    let options = Options::default().set("realtime.budgets.location.per_sec", 100).set("rate_limit.enabled", false);
     let app = TestApp::spawn_with(options).await;
     let world = World { dispatcher: app.staff(Role::Dispatcher).await, customer: app.register("customer").await, app };
     let states =

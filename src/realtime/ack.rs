@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use socketioxide::extract::AckSender;
+use socketioxide::{SendError, SocketError};
 
 use crate::error::{Error, Result};
 use crate::http::extract::{field_name, strip_position};
@@ -44,8 +45,13 @@ pub fn send<T: Serialize>(ack: AckSender, namespace: &'static str, event: &'stat
         metrics::counter!("socket_ack_errors_total", "namespace" => namespace, "event" => event, "code" => err.code())
             .increment(1);
     }
-    let sent = ack.send(&body(result)).is_ok();
-    super::count_out(namespace, "ack", sent);
+    let sent = ack.send(&body(result));
+    super::count_out(namespace, "ack", sent.is_ok());
+    if let Err(SendError::Socket(SocketError::InternalChannelFull)) = sent {
+        // The socket's buffer had no room for it: its connection has been closed (an ack is
+        // delivered or the connection ends, never dropped while the socket stays up).
+        metrics::counter!("socket_disconnects_total", "namespace" => namespace, "reason" => "SLOW_CLIENT").increment(1);
+    }
 }
 
 /// The payload an event must carry: the one JSON argument, or `BAD_PAYLOAD`.

@@ -9,6 +9,7 @@
 use std::fmt;
 
 use serde_json::Value;
+use socketioxide::SocketIo;
 use socketioxide::extract::{SocketRef, State, TryData};
 
 use crate::auth::Caller;
@@ -36,24 +37,38 @@ impl From<Error> for Refusal {
     }
 }
 
-pub async fn pilot(socket: SocketRef, State(gateway): State<Gateway>, auth: TryData<Value>) -> Result<(), Refusal> {
+pub async fn pilot(
+    io: SocketIo,
+    socket: SocketRef,
+    State(gateway): State<Gateway>,
+    auth: TryData<Value>,
+) -> Result<(), Refusal> {
     let caller = admit(&socket, &gateway, auth, PILOT_NS, &[Role::Pilot]).await?;
+    super::opened(&io, &socket, &gateway, &caller, PILOT_NS);
     super::pilot::setup(&socket, &gateway, &caller);
     Ok(())
 }
 
-pub async fn customer(socket: SocketRef, State(gateway): State<Gateway>, auth: TryData<Value>) -> Result<(), Refusal> {
-    admit(&socket, &gateway, auth, CUSTOMER_NS, &[Role::Customer]).await?;
+pub async fn customer(
+    io: SocketIo,
+    socket: SocketRef,
+    State(gateway): State<Gateway>,
+    auth: TryData<Value>,
+) -> Result<(), Refusal> {
+    let caller = admit(&socket, &gateway, auth, CUSTOMER_NS, &[Role::Customer]).await?;
+    super::opened(&io, &socket, &gateway, &caller, CUSTOMER_NS);
     super::customer::setup(&socket, &gateway);
     Ok(())
 }
 
 pub async fn dispatcher(
+    io: SocketIo,
     socket: SocketRef,
     State(gateway): State<Gateway>,
     auth: TryData<Value>,
 ) -> Result<(), Refusal> {
-    admit(&socket, &gateway, auth, DISPATCH_NS, &[Role::Dispatcher, Role::Admin]).await?;
+    let caller = admit(&socket, &gateway, auth, DISPATCH_NS, &[Role::Dispatcher, Role::Admin]).await?;
+    super::opened(&io, &socket, &gateway, &caller, DISPATCH_NS);
     super::dispatch::setup(&socket, &gateway);
     Ok(())
 }

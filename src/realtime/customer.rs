@@ -12,15 +12,16 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
-use socketioxide::socket::SharedHandlers;
+use socketioxide::socket::{DisconnectReason, SharedHandlers};
 
 use crate::auth::Caller;
 use crate::error::Result;
 use crate::ids::OrderId;
 use crate::orders::tracking::Trip;
 use crate::realtime::ack::{self, parse, payload};
+use crate::realtime::budget::Class;
 use crate::realtime::relay::location_payload;
-use crate::realtime::{CUSTOMER_NS, Gateway, connected, count_in, sessions};
+use crate::realtime::{CUSTOMER_NS, Gateway, sessions, spend};
 
 /// Most events one `order:watch` replays; an order has a few dozen at most.
 const REPLAY_LIMIT: u32 = 1000;
@@ -32,14 +33,19 @@ pub fn room(order: OrderId) -> String {
 
 /// The handlers of every customer socket.
 pub fn handlers() -> SharedHandlers {
-    sessions::handlers(CUSTOMER_NS, SharedHandlers::new()).on("order:watch", watch).on("order:unwatch", unwatch)
+    sessions::handlers(CUSTOMER_NS, SharedHandlers::new())
+        .on("order:watch", watch)
+        .on("order:unwatch", unwatch)
+        .fallback(super::unknown)
 }
 
 /// Prepares an admitted customer socket.
 pub fn setup(socket: &SocketRef, gateway: &Gateway) {
-    connected(CUSTOMER_NS, 1.0);
     socket.on_shared(gateway.handlers.customer.clone());
-    socket.on_disconnect(async || connected(CUSTOMER_NS, -1.0));
+    let gateway = gateway.clone();
+    socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
+        super::closed(&socket, &gateway, CUSTOMER_NS, reason)
+    });
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,7 +62,7 @@ async fn watch(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
-    count_in(CUSTOMER_NS, "order:watch");
+    let Some(ack) = spend(&socket, &gateway, &caller, CUSTOMER_NS, "order:watch", Class::Watch, ack) else { return };
     let result = snapshot(&socket, &gateway, &caller, data).await;
     ack::send(ack, CUSTOMER_NS, "order:watch", &result);
 }
@@ -87,8 +93,16 @@ async fn snapshot(
     Ok(json!({ "order": order, "events": events, "pilot_location": pilot }))
 }
 
-async fn unwatch(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
-    count_in(CUSTOMER_NS, "order:unwatch");
+async fn unwatch(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    State(gateway): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+) {
+    let Some(ack) = spend(&socket, &gateway, &caller, CUSTOMER_NS, "order:unwatch", Class::Watch, ack) else {
+        return;
+    };
     let result = payload(data).and_then(parse::<UnwatchRequest>).map(|request| {
         socket.leave(room(request.order_id));
         json!({ "order_id": request.order_id })

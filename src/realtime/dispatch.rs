@@ -15,15 +15,17 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, SocketRef, State, TryData};
-use socketioxide::socket::{SharedHandlers, Sid};
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use socketioxide::socket::{DisconnectReason, SharedHandlers, Sid};
 
+use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::grid::geometry::BBox;
 use crate::grid::{Filter, PilotIndex, PilotSnapshot};
 use crate::ids::UserId;
 use crate::realtime::ack::{self, parse, payload};
-use crate::realtime::{DISPATCH_NS, Gateway, connected, count_in, count_out, sessions};
+use crate::realtime::budget::Class;
+use crate::realtime::{DISPATCH_NS, Gateway, count_out, sessions, spend};
 
 /// Every dispatcher's socket joins this room.
 pub const ROOM: &str = "dispatchers";
@@ -55,18 +57,17 @@ impl Viewports {
 
 /// The handlers of every dispatcher socket.
 pub fn handlers() -> SharedHandlers {
-    sessions::handlers(DISPATCH_NS, SharedHandlers::new()).on("viewport:set", set_viewport)
+    sessions::handlers(DISPATCH_NS, SharedHandlers::new()).on("viewport:set", set_viewport).fallback(super::unknown)
 }
 
 /// Prepares an admitted dispatcher socket: the dispatchers' room and its handlers.
 pub fn setup(socket: &SocketRef, gateway: &Gateway) {
-    connected(DISPATCH_NS, 1.0);
     socket.join(ROOM);
     socket.on_shared(gateway.handlers.dispatch.clone());
-    let viewports = gateway.viewports.clone();
-    socket.on_disconnect(async move |socket: SocketRef| {
-        viewports.remove(socket.id);
-        connected(DISPATCH_NS, -1.0);
+    let gateway = gateway.clone();
+    socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
+        gateway.viewports.remove(socket.id);
+        super::closed(&socket, &gateway, DISPATCH_NS, reason);
     });
 }
 
@@ -81,8 +82,11 @@ async fn set_viewport(
     TryData(data): TryData<Value>,
     ack: AckSender,
     State(gateway): State<Gateway>,
+    Extension(caller): Extension<Caller>,
 ) {
-    count_in(DISPATCH_NS, "viewport:set");
+    let Some(ack) = spend(&socket, &gateway, &caller, DISPATCH_NS, "viewport:set", Class::Viewport, ack) else {
+        return;
+    };
     let result = snapshot(&socket, &gateway, data).await;
     ack::send(ack, DISPATCH_NS, "viewport:set", &result);
 }

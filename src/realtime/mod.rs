@@ -26,6 +26,7 @@
 
 pub mod ack;
 mod auth;
+pub mod budget;
 mod customer;
 mod dispatch;
 mod pilot;
@@ -38,14 +39,19 @@ use std::time::Duration;
 use serde::Deserialize;
 use socketioxide::handler::ConnectHandler as _;
 use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::DisconnectReason;
 use socketioxide::socket::SharedHandlers;
 use socketioxide::{ParserConfig, SocketIo};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
+use crate::auth::Caller;
+use crate::error::Error;
 use crate::orders::tracking::Tracking;
+use budget::{Budgets, Class, Verdict};
 use dispatch::Viewports;
 use relay::Relay;
+use socketioxide::extract::{AckSender, Extension, SocketRef, State};
 
 pub const PILOT_NS: &str = "/pilot";
 pub const CUSTOMER_NS: &str = "/customer";
@@ -59,12 +65,14 @@ pub struct RealtimeConfig {
     pub ping_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub max_payload_bytes: u64,
+    pub max_polling_body_bytes: u64,
     pub max_binary_attachments: usize,
     pub max_buffer_size: usize,
+    pub max_buffer_bytes: usize,
+    pub stall_timeout_ms: u64,
     pub ws_read_buffer_bytes: usize,
-    pub location_events_per_sec: u32,
-    pub location_burst: u32,
-    pub flood_disconnect_after: u32,
+    pub max_sockets_per_user: usize,
+    pub budgets: budget::BudgetsConfig,
     pub viewport_interval_ms: u64,
     pub viewport_max_pilots: usize,
     pub session_check_ms: u64,
@@ -77,6 +85,7 @@ pub struct Gateway {
     viewports: Arc<Viewports>,
     tracking: Arc<Tracking>,
     handlers: Arc<Handlers>,
+    budgets: Arc<Budgets>,
 }
 
 /// Each namespace's message handlers, made once and shared by all its sockets.
@@ -96,6 +105,7 @@ pub struct Realtime {
     interval: Duration,
     /// Most pilots one viewport frame lists.
     limit: usize,
+    budgets: Arc<Budgets>,
 }
 
 impl Realtime {
@@ -110,19 +120,28 @@ impl Realtime {
             customer: Arc::new(customer::handlers()),
             dispatch: Arc::new(dispatch::handlers()),
         });
-        let gateway =
-            Gateway { app: state.clone(), viewports: viewports.clone(), tracking: tracking.clone(), handlers };
+        let budgets = Arc::new(Budgets::new(&config.budgets, config.max_sockets_per_user));
+        let gateway = Gateway {
+            app: state.clone(),
+            viewports: viewports.clone(),
+            tracking: tracking.clone(),
+            handlers,
+            budgets: budgets.clone(),
+        };
         let parser = ParserConfig::common().max_incoming_binaries(config.max_binary_attachments);
         let (layer, io) = SocketIo::builder()
             .ping_interval(Duration::from_millis(config.ping_interval_ms))
             .ping_timeout(Duration::from_millis(config.ping_timeout_ms))
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .max_payload(config.max_payload_bytes)
-            // A WebSocket message or frame is held to the same limit as a polling body.
+            // A long-polling body may carry a client's whole offline buffer; a WebSocket
+            // message is one event.
+            .max_payload(config.max_polling_body_bytes)
             .ws_max_message_size(usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX))
             .ws_max_frame_size(usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX))
             .ws_read_buffer_size(config.ws_read_buffer_bytes)
             .max_buffer_size(config.max_buffer_size)
+            .max_buffer_bytes(config.max_buffer_bytes)
+            .stall_timeout(Duration::from_millis(config.stall_timeout_ms))
             .with_parser(parser)
             .with_state(gateway.clone())
             .build_layer();
@@ -148,7 +167,7 @@ impl Realtime {
         let interval = Duration::from_millis(config.viewport_interval_ms);
         let grid = state.grid.clone();
         let limit = config.viewport_max_pilots;
-        Ok((layer, Self { io, gateway, grid, viewports, relay, interval, limit }))
+        Ok((layer, Self { io, gateway, grid, viewports, relay, interval, limit, budgets }))
     }
 
     /// The Socket.io handle (to close every socket at shutdown).
@@ -156,9 +175,12 @@ impl Realtime {
         self.io.clone()
     }
 
-    /// Ticks the dispatchers' viewports, and ends the sockets of ended sessions, until `stop`.
+    /// Ticks the dispatchers' viewports, ends the sockets of ended sessions and forgets idle
+    /// users' budgets, until `stop`.
     pub async fn run(self, stop: CancellationToken) {
-        tokio::join!(self.viewports(&stop), self.sessions(&stop));
+        let budgets = self.budgets.clone();
+        let forget = crate::app::every(BUDGETS_UPKEEP, stop.clone(), move || budgets.forget_idle());
+        tokio::join!(self.viewports(&stop), self.sessions(&stop), forget);
     }
 
     async fn viewports(&self, stop: &CancellationToken) {
@@ -197,9 +219,97 @@ impl Drop for Realtime {
     }
 }
 
+/// How often users whose budgets are full again are forgotten.
+const BUDGETS_UPKEEP: Duration = Duration::from_secs(60);
+
 /// Counts an event received on `namespace`.
 fn count_in(namespace: &'static str, event: &'static str) {
     metrics::counter!("socket_events_in_total", "namespace" => namespace, "event" => event).increment(1);
+}
+
+/// Counts an event received and spends it from the caller's budget ([`budget`]). `Some(ack)`
+/// when its handler may go on; otherwise the event has been answered `RATE_LIMITED` (and,
+/// for a flood, the socket closed).
+fn spend(
+    socket: &SocketRef,
+    gateway: &Gateway,
+    caller: &Caller,
+    namespace: &'static str,
+    event: &'static str,
+    class: Class,
+    ack: AckSender,
+) -> Option<AckSender> {
+    count_in(namespace, event);
+    match gateway.budgets.spend(caller.user_id, class) {
+        Verdict::Admit => Some(ack),
+        verdict => {
+            metrics::counter!("socket_events_refused_total", "namespace" => namespace, "event" => event).increment(1);
+            ack::send(ack, namespace, event, &Err::<(), _>(Error::RateLimited { retry_after_secs: 1 }));
+            if verdict == Verdict::Flood {
+                flooding(socket, namespace, caller);
+            }
+            None
+        }
+    }
+}
+
+/// An event no handler takes: answered `UNKNOWN_EVENT`, and counted as a refusal.
+async fn unknown(
+    socket: SocketRef,
+    ack: AckSender,
+    State(gateway): State<Gateway>,
+    Extension(caller): Extension<Caller>,
+) {
+    let namespace = namespace_of(&socket);
+    count_in(namespace, "unknown");
+    let refused = Error::BadRequest { code: "UNKNOWN_EVENT", message: "no such event on this namespace".into() };
+    ack::send(ack, namespace, "unknown", &Err::<(), _>(refused));
+    if gateway.budgets.refuse(caller.user_id) == Verdict::Flood {
+        flooding(&socket, namespace, &caller);
+    }
+}
+
+fn flooding(socket: &SocketRef, namespace: &'static str, caller: &Caller) {
+    tracing::warn!(user_id = %caller.user_id, namespace, "event flood; disconnecting the socket");
+    close_with(socket, namespace, "closing", "FLOODING", "too many events refused; slow down and connect again");
+}
+
+/// The namespace constant a socket is on.
+fn namespace_of(socket: &SocketRef) -> &'static str {
+    [PILOT_NS, CUSTOMER_NS, DISPATCH_NS].into_iter().find(|ns| *ns == socket.ns()).unwrap_or("/")
+}
+
+/// Tells a socket why the server closes it (`event` `{code, message}`, when its buffer has
+/// room for it) and disconnects it; counted in `socket_disconnects_total` by `code`.
+fn close_with(socket: &SocketRef, namespace: &'static str, event: &'static str, code: &'static str, message: &str) {
+    metrics::counter!("socket_disconnects_total", "namespace" => namespace, "reason" => code).increment(1);
+    // Past the buffer's bound: a client that stopped reading finds why once it reads.
+    let sent = socket.clone().disconnect_with(event, &serde_json::json!({ "code": code, "message": message }));
+    count_out(namespace, event, sent.is_ok());
+}
+
+/// A socket admitted on `namespace`: counted, and the user's oldest socket there closed when
+/// it has too many ([`budget`]).
+fn opened(io: &SocketIo, socket: &SocketRef, gateway: &Gateway, caller: &Caller, namespace: &'static str) {
+    connected(namespace, 1.0);
+    let Some(oldest) = gateway.budgets.opened(caller.user_id, namespace, socket.id) else { return };
+    let Some(oldest) = io.of(namespace).and_then(|sockets| sockets.get_socket(oldest)) else { return };
+    tracing::info!(user_id = %caller.user_id, namespace, "too many sockets; closing the oldest");
+    let most = gateway.app.config.realtime.max_sockets_per_user;
+    let message = format!("at most {most} sockets per user on a namespace; a newer one took this one's place");
+    close_with(&oldest, namespace, "closing", "TOO_MANY_SOCKETS", &message);
+}
+
+/// A socket closed, for `reason`.
+fn closed(socket: &SocketRef, gateway: &Gateway, namespace: &'static str, reason: DisconnectReason) {
+    connected(namespace, -1.0);
+    if reason == DisconnectReason::SlowClient {
+        // The engine closed it: it stopped reading what it asked for.
+        metrics::counter!("socket_disconnects_total", "namespace" => namespace, "reason" => "SLOW_CLIENT").increment(1);
+    }
+    if let Some(caller) = socket.extensions.get::<Caller>() {
+        gateway.budgets.closed(caller.user_id, namespace, socket.id);
+    }
 }
 
 /// Counts an event sent, or a packet dropped because the socket's buffer was full.

@@ -5,30 +5,26 @@
 //! `offer`s matching sends (an offer still open when the app reconnects is sent again). A pilot only ever moves itself: the pilot is the
 //! authenticated caller, never a field of the payload.
 //!
-//! Floods: `location` events beyond `realtime.location_events_per_sec` (with a burst of
-//! `location_burst`) are answered `RATE_LIMITED` without touching the grid; after
-//! `flood_disconnect_after` refusals in a row the socket is disconnected. A disconnect does
-//! not take the pilot off duty: phones drop and reconnect, and presence decides. But a pilot
-//! whose last socket closed is stale (not offered work) until it reports or connects again.
+//! Budgets ([`super::budget`]): `location` events have their own, the pilot's commands
+//! (status, offers, trip steps) share one; beyond them an event is answered `RATE_LIMITED`
+//! without touching the grid or the database. A disconnect does not take the pilot off duty:
+//! phones drop and reconnect, and presence decides. But a pilot whose last socket closed is
+//! stale (not offered work) until it reports or connects again.
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
-use socketioxide::socket::SharedHandlers;
+use socketioxide::socket::{DisconnectReason, SharedHandlers};
 
 use crate::auth::Caller;
 use crate::domain::PilotStatus;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fleet::{LocationReport, ReportAnswer};
 use crate::ids::{OfferId, OrderId};
 use crate::orders::TripStep;
 use crate::realtime::ack::{self, parse, payload};
-use crate::realtime::{Gateway, PILOT_NS, RealtimeConfig, connected, count_in, sessions};
+use crate::realtime::budget::Class;
+use crate::realtime::{Gateway, PILOT_NS, sessions, spend};
 
 /// The room a pilot's sockets join, for what is meant for the pilot (offers, order events).
 pub fn room(pilot: crate::ids::UserId) -> String {
@@ -40,27 +36,32 @@ pub fn handlers() -> SharedHandlers {
     sessions::handlers(PILOT_NS, SharedHandlers::new())
         .on("location", location)
         .on("status:set", status)
-        .on("order:arrived", async |data, ack, state, caller| trip(TripStep::Arrived, data, ack, state, caller).await)
-        .on("order:picked_up", async |data, ack, state, caller| {
-            trip(TripStep::PickedUp, data, ack, state, caller).await
+        .on("order:arrived", async |socket, data, ack, state, caller| {
+            trip(TripStep::Arrived, socket, data, ack, state, caller).await
         })
-        .on("order:delivered", async |data, ack, state, caller| {
-            trip(TripStep::Delivered, data, ack, state, caller).await
+        .on("order:picked_up", async |socket, data, ack, state, caller| {
+            trip(TripStep::PickedUp, socket, data, ack, state, caller).await
         })
-        .on("offer:accept", async |data, ack, state, caller| answer(true, data, ack, state, caller).await)
-        .on("offer:reject", async |data, ack, state, caller| answer(false, data, ack, state, caller).await)
+        .on("order:delivered", async |socket, data, ack, state, caller| {
+            trip(TripStep::Delivered, socket, data, ack, state, caller).await
+        })
+        .on("offer:accept", async |socket, data, ack, state, caller| {
+            answer(true, socket, data, ack, state, caller).await
+        })
+        .on("offer:reject", async |socket, data, ack, state, caller| {
+            answer(false, socket, data, ack, state, caller).await
+        })
+        .fallback(super::unknown)
 }
 
-/// Prepares an admitted pilot's socket: its room, its flood allowance, its handlers.
+/// Prepares an admitted pilot's socket: its room, its handlers, its presence.
 pub fn setup(socket: &SocketRef, gateway: &Gateway, caller: &Caller) {
-    connected(PILOT_NS, 1.0);
     socket.join(room(caller.user_id));
-    socket.extensions.insert(Arc::new(Flood::new(&gateway.app.config.realtime)));
     socket.on_shared(gateway.handlers.pilot.clone());
     gateway.app.fleet.socket_opened(caller.user_id);
-    let (fleet, pilot) = (gateway.app.fleet.clone(), caller.user_id);
-    socket.on_disconnect(async move || {
-        connected(PILOT_NS, -1.0);
+    let (fleet, pilot, closing) = (gateway.app.fleet.clone(), caller.user_id, gateway.clone());
+    socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
+        super::closed(&socket, &closing, PILOT_NS, reason);
         // Its last socket here: no offer can reach it until it is back.
         fleet.socket_closed(pilot);
     });
@@ -84,18 +85,8 @@ async fn location(
     ack: AckSender,
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
-    Extension(flood): Extension<Arc<Flood>>,
 ) {
-    count_in(PILOT_NS, "location");
-    if !flood.admit() {
-        ack::send(ack, PILOT_NS, "location", &Err::<(), _>(Error::RateLimited { retry_after_secs: 1 }));
-        if flood.strikes() >= gateway.app.config.realtime.flood_disconnect_after {
-            tracing::warn!(pilot = %caller.user_id, "location flood; disconnecting the socket");
-            metrics::counter!("socket_flood_disconnects_total", "namespace" => PILOT_NS).increment(1);
-            let _ = socket.disconnect();
-        }
-        return;
-    }
+    let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, "location", Class::Location, ack) else { return };
     let result = report(&gateway, &caller, data).await;
     ack::send(ack, PILOT_NS, "location", &result);
 }
@@ -127,12 +118,13 @@ enum DutyStatus {
 }
 
 async fn status(
+    socket: SocketRef,
     TryData(data): TryData<Value>,
     ack: AckSender,
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
-    count_in(PILOT_NS, "status:set");
+    let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, "status:set", Class::Command, ack) else { return };
     let result = parse::<StatusRequest>(payload(data).unwrap_or(Value::Null)).and_then(|request| {
         let status = match request.status {
             DutyStatus::Online | DutyStatus::Available => PilotStatus::Available,
@@ -155,6 +147,7 @@ struct TripRequest {
 /// the order this pilot carries, checked against its last position. Acks the order.
 async fn trip(
     step: TripStep,
+    socket: SocketRef,
     TryData(data): TryData<Value>,
     ack: AckSender,
     State(gateway): State<Gateway>,
@@ -165,7 +158,7 @@ async fn trip(
         TripStep::PickedUp => "order:picked_up",
         TripStep::Delivered => "order:delivered",
     };
-    count_in(PILOT_NS, event);
+    let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, event, Class::Command, ack) else { return };
     let result = match payload(data).and_then(parse::<TripRequest>) {
         Ok(request) => gateway.app.orders.trip_step(&caller, request.order_id, step).await,
         Err(err) => Err(err),
@@ -187,13 +180,14 @@ struct OfferRequest {
 /// once and is never offered to this one again).
 async fn answer(
     accept: bool,
+    socket: SocketRef,
     TryData(data): TryData<Value>,
     ack: AckSender,
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
     let event = if accept { "offer:accept" } else { "offer:reject" };
-    count_in(PILOT_NS, event);
+    let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, event, Class::Command, ack) else { return };
     let matchmaker = &gateway.app.matchmaker;
     let result = match payload(data).and_then(parse::<OfferRequest>) {
         Ok(request) if accept => matchmaker.accept(&caller, request.offer_id).await.map(|order| json!(order)),
@@ -205,33 +199,4 @@ async fn answer(
         Err(err) => Err(err),
     };
     ack::send(ack, PILOT_NS, event, &result);
-}
-
-/// A socket's allowance of `location` events, and its refusals in a row.
-pub struct Flood {
-    limiter: governor::DefaultDirectRateLimiter,
-    strikes: AtomicU32,
-}
-
-impl Flood {
-    fn new(config: &RealtimeConfig) -> Self {
-        let rate = NonZeroU32::new(config.location_events_per_sec).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(config.location_burst).unwrap_or(rate);
-        Self { limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)), strikes: AtomicU32::new(0) }
-    }
-
-    /// Whether one more event is allowed now; counts the refusals in a row.
-    fn admit(&self) -> bool {
-        if self.limiter.check().is_ok() {
-            self.strikes.store(0, Ordering::Relaxed);
-            true
-        } else {
-            self.strikes.fetch_add(1, Ordering::Relaxed);
-            false
-        }
-    }
-
-    fn strikes(&self) -> u32 {
-        self.strikes.load(Ordering::Relaxed)
-    }
 }

@@ -25,7 +25,7 @@ use crate::matchmaker::OfferListener;
 use crate::orders::OrderListener;
 use crate::orders::pricing::TariffPricing;
 use crate::orders::tracking::Tracking;
-use crate::realtime::{CUSTOMER_NS, DISPATCH_NS, PILOT_NS, count_out, customer, dispatch, pilot};
+use crate::realtime::{CUSTOMER_NS, DISPATCH_NS, PILOT_NS, close_with, count_out, customer, dispatch, pilot};
 
 /// The listener orders, matching and the fleet call.
 pub struct Relay {
@@ -146,8 +146,8 @@ fn emit(io: &SocketIo, namespace: &'static str, room: &str, event: &'static str,
         count_out(namespace, event, sent.is_ok());
         if let Err(SendError::Socket(SocketError::InternalChannelFull)) = sent {
             tracing::warn!(socket = %socket.id, namespace, "client too slow for order events; disconnecting it");
-            metrics::counter!("socket_slow_disconnects_total", "namespace" => namespace).increment(1);
-            let _ = socket.disconnect();
+            let message = "the socket's buffer is full: read faster, then connect again and replay by seq";
+            close_with(&socket, namespace, "closing", "SLOW_CLIENT", message);
         }
     }
 }

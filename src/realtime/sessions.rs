@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::socket::SharedHandlers;
@@ -21,7 +21,8 @@ use socketioxide::socket::SharedHandlers;
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::ids::SessionId;
-use crate::realtime::{CUSTOMER_NS, DISPATCH_NS, Gateway, PILOT_NS, ack, count_in, count_out};
+use crate::realtime::budget::Class;
+use crate::realtime::{CUSTOMER_NS, DISPATCH_NS, Gateway, PILOT_NS, ack, close_with, spend};
 
 /// How far back each check reads revocations before the previous one: other nodes' clocks
 /// may be behind this one's.
@@ -54,7 +55,7 @@ async fn refresh(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
-    count_in(namespace, "auth:refresh");
+    let Some(ack) = spend(&socket, &gateway, &caller, namespace, "auth:refresh", Class::Session, ack) else { return };
     let result = async {
         let data = data.map_err(|_| Error::validation("token", "send {token}: a fresh access token"))?;
         let token = data.get("token").and_then(Value::as_str).filter(|token| !token.is_empty());
@@ -97,11 +98,8 @@ pub async fn check(io: &SocketIo, gateway: &Gateway, since: &mut DateTime<Utc>, 
             } else {
                 continue;
             };
-            let sent = socket.emit("session:ended", &json!({ "code": code, "message": message }));
-            count_out(namespace, "session:ended", sent.is_ok());
-            metrics::counter!("socket_sessions_ended_total", "namespace" => namespace, "code" => code).increment(1);
             tracing::info!(socket = %socket.id, namespace, user_id = %caller.user_id, code, "session ended; disconnecting");
-            let _ = socket.disconnect();
+            close_with(&socket, namespace, "session:ended", code, message);
         }
     }
 }

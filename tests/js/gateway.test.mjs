@@ -26,7 +26,7 @@ const track = (socket) => {
 };
 
 before(async () => {
-  server = await startServer({ DISPATCHD__REALTIME__LOCATION_EVENTS_PER_SEC: "1000" });
+  server = await startServer({ DISPATCHD__REALTIME__BUDGETS__LOCATION__PER_SEC: "1000" });
 });
 
 after(async () => {
@@ -260,9 +260,10 @@ describe("floods", () => {
   let strict;
   before(async () => {
     strict = await startServer({
-      DISPATCHD__REALTIME__LOCATION_EVENTS_PER_SEC: "1",
-      DISPATCHD__REALTIME__LOCATION_BURST: "2",
-      DISPATCHD__REALTIME__FLOOD_DISCONNECT_AFTER: "3",
+      DISPATCHD__REALTIME__BUDGETS__LOCATION__PER_SEC: "1",
+      DISPATCHD__REALTIME__BUDGETS__LOCATION__BURST: "2",
+      DISPATCHD__REALTIME__BUDGETS__REFUSALS__PER_SEC: "1",
+      DISPATCHD__REALTIME__BUDGETS__REFUSALS__BURST: "2",
     });
   });
   after(async () => strict.stop());
@@ -271,6 +272,7 @@ describe("floods", () => {
     const pilot = await register(strict, "pilot");
     const socket = await connect(strict, "/pilot", { token: pilot.token });
     const disconnected = new Promise((resolve) => socket.once("disconnect", resolve));
+    const closing = new Promise((resolve) => socket.once("closing", resolve));
     const codes = [];
     for (let i = 0; i < 4; i += 1) {
       const ack = await call(socket, "location", { points: [fix(12.97, 77.59, i)] });
@@ -278,6 +280,7 @@ describe("floods", () => {
     }
     assert.deepEqual(codes, ["ok", "ok", "RATE_LIMITED", "RATE_LIMITED"]);
     socket.emit("location", { points: [fix(12.97, 77.59, 9)] });
+    assert.equal((await closing).code, "FLOODING");
     assert.equal(await disconnected, "io server disconnect");
     const again = await register(strict, "pilot");
     const fresh = await connect(strict, "/pilot", { token: again.token });

@@ -60,6 +60,15 @@ pub struct EngineIoConfig {
     /// Defaults to 128 packets
     pub max_buffer_size: usize,
 
+    /// dispatchd patch: the most bytes buffered per connection; beyond them, as beyond
+    /// `max_buffer_size` packets, the buffer is full. Defaults to 1 MiB.
+    pub max_buffer_bytes: usize,
+
+    /// dispatchd patch: how long a connection's reader may wait for room in its buffer (the
+    /// client sends and does not read the answers) before the session is closed with
+    /// [`DisconnectReason::SlowClient`](crate::DisconnectReason::SlowClient). Defaults to 10 s.
+    pub stall_timeout: Duration,
+
     /// The maximum number of bytes that can be received per http request.
     /// Defaults to 100KB.
     pub max_payload: u64,
@@ -97,6 +106,8 @@ impl Default for EngineIoConfig {
             ping_timeout: Duration::from_millis(20000),
             upgrade_timeout: Duration::from_millis(10000),
             max_buffer_size: 128,
+            max_buffer_bytes: 1 << 20,
+            stall_timeout: Duration::from_secs(10),
             max_payload: 1e5 as u64, // 100kb
             ws_read_buffer_size: 4096,
             ws_max_message_size: 64 << 20,
@@ -200,6 +211,20 @@ impl EngineIoConfigBuilder {
     /// ```
     pub fn max_buffer_size(mut self, max_buffer_size: usize) -> Self {
         self.config.max_buffer_size = max_buffer_size;
+        self
+    }
+
+    /// dispatchd patch: the most bytes buffered per connection (see
+    /// [`EngineIoConfig::max_buffer_bytes`]).
+    pub fn max_buffer_bytes(mut self, max_buffer_bytes: usize) -> Self {
+        self.config.max_buffer_bytes = max_buffer_bytes;
+        self
+    }
+
+    /// dispatchd patch: how long a reader may wait for room in its buffer (see
+    /// [`EngineIoConfig::stall_timeout`]).
+    pub fn stall_timeout(mut self, stall_timeout: Duration) -> Self {
+        self.config.stall_timeout = stall_timeout;
         self
     }
 

@@ -89,27 +89,37 @@ impl<H: EngineIoHandler> EngineIo<H> {
         self.sweeper.call_once(|| {
             tokio::spawn(sweep(Arc::downgrade(self)));
         });
-        socket.start_heartbeat(self.heartbeat_now());
+        let interval = self.config.ping_interval.as_millis() as u64;
+        socket.start_heartbeat(self.heartbeat_now(), interval);
     }
 
     /// Sends the pings that are due and closes the sessions whose client has been silent for
-    /// too long.
+    /// too long, or has not read what it asked for within the stall timeout (dispatchd
+    /// patch: its reader waited that long for room in its outbox).
     pub(crate) fn sweep_heartbeats(&self) {
         let now = self.heartbeat_now();
         let interval = self.config.ping_interval.as_millis() as u64;
         let timeout = self.config.ping_timeout.as_millis() as u64;
-        let silent: Vec<_> = self
+        let stall = self.config.stall_timeout.as_millis() as u64;
+        let ended: Vec<_> = self
             .sockets
             .read()
             .unwrap()
             .values()
-            .filter(|socket| socket.heartbeat_due(now, interval, timeout))
-            .cloned()
+            .filter_map(|socket| {
+                if socket.heartbeat_due(now, interval, timeout) {
+                    Some((socket.clone(), DisconnectReason::HeartbeatTimeout))
+                } else if socket.stalled(now, stall) {
+                    Some((socket.clone(), DisconnectReason::SlowClient))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for socket in silent {
+        for (socket, reason) in ended {
             #[cfg(feature = "tracing")]
-            tracing::debug!(sid = ?socket.id, "heartbeat timeout");
-            socket.close(DisconnectReason::HeartbeatTimeout);
+            tracing::debug!(sid = ?socket.id, ?reason, "closing the session");
+            socket.close(reason);
         }
     }
 

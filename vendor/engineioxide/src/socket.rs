@@ -92,6 +92,9 @@ pub enum DisconnectReason {
     HeartbeatTimeout,
     /// The server is being closed
     ClosingServer,
+    /// dispatchd patch: the client stopped reading what it asked for (the reader waited for
+    /// room in its outbox for the whole stall timeout)
+    SlowClient,
 }
 
 /// Convert an [`Error`] to a [`DisconnectReason`] if possible
@@ -162,7 +165,7 @@ impl Permit<'_> {
 impl Drop for Permit<'_> {
     /// An unused permit gives its place back.
     fn drop(&mut self) {
-        self.outbox.lock().reserved -= 1;
+        self.outbox.release();
     }
 }
 
@@ -176,6 +179,9 @@ impl Drop for Permit<'_> {
 pub(crate) struct Outbox {
     state: std::sync::Mutex<OutboxState>,
     capacity: usize,
+    /// The most bytes the queue holds: beyond them, as beyond `capacity` packets, it is
+    /// full (dispatchd patch). A packet larger than this still goes into an empty queue.
+    max_bytes: usize,
     /// Wakes whoever waits in [`Socket::closed`].
     closed: Notify,
 }
@@ -185,26 +191,104 @@ struct OutboxState {
     queue: VecDeque<Queued>,
     /// Places held by permits not yet used.
     reserved: usize,
+    /// The bytes of the packets in `queue`.
+    bytes: usize,
     volatile: Option<Queued>,
     closed: bool,
     /// The transport waiting for a packet.
     waker: Option<Waker>,
+    /// The reader waiting for room (see [`Outbox::poll_room`]).
+    room_waker: Option<Waker>,
+}
+
+/// What a queued entry weighs: the bytes of its packets' data.
+fn weight(packets: &PacketBuf) -> usize {
+    packets
+        .iter()
+        .map(|packet| match packet {
+            Packet::Message(msg) => msg.len(),
+            Packet::Binary(data) | Packet::BinaryV3(data) => data.len(),
+            _ => 1,
+        })
+        .sum()
 }
 
 impl OutboxState {
     /// Buffered packets first, then the volatile one.
     fn next(&mut self) -> Option<Queued> {
-        self.queue.pop_front().or_else(|| self.volatile.take())
+        match self.queue.pop_front() {
+            Some(packets) => {
+                self.bytes -= weight(&packets);
+                Some(packets)
+            }
+            None => self.volatile.take(),
+        }
+    }
+
+    fn push_back(&mut self, packets: Queued) {
+        self.bytes += weight(&packets);
+        self.queue.push_back(packets);
     }
 }
 
 impl Outbox {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             state: std::sync::Mutex::default(),
             capacity,
+            max_bytes,
             closed: Notify::new(),
         }
+    }
+
+    fn full(&self, state: &OutboxState) -> bool {
+        state.queue.len() + state.reserved >= self.capacity || state.bytes >= self.max_bytes
+    }
+
+    /// Whether the reader may take in another event (dispatchd patch): a quarter of the
+    /// places and bytes stay for what the server sends of its own accord (order events,
+    /// offers), the rest is for answers to what the client sent, reserved as events come in.
+    fn room_for_reads(&self, state: &OutboxState) -> bool {
+        let places = self.capacity - self.capacity / 4;
+        let bytes = self.max_bytes - self.max_bytes / 4;
+        state.closed || (state.queue.len() + state.reserved < places.max(1) && state.bytes < bytes)
+    }
+
+    /// Ready when the reader may take in another event; otherwise the reader is woken when
+    /// a packet leaves the queue or a reserved place is given back (dispatchd patch: a client
+    /// sending faster than it reads its answers is read no faster than it reads them).
+    pub(crate) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if self.room_for_reads(&state) {
+            return Poll::Ready(());
+        }
+        match &mut state.room_waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            waker => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Wakes the reader waiting for room, if there is room now.
+    fn wake_reader(&self, mut state: std::sync::MutexGuard<'_, OutboxState>) {
+        let waker = if self.room_for_reads(&state) { state.room_waker.take() } else { None };
+        drop(state);
+        Self::wake(waker);
+    }
+
+    /// Queues `packets` past the bounds (dispatchd patch): a socket's last words before it
+    /// is closed (why, and the close itself) must not be lost because its client stopped
+    /// reading. Only for a socket about to close: nothing bounds how much this adds.
+    fn push_last(&self, packets: Queued) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        state.push_back(packets);
+        let waker = state.waker.take();
+        drop(state);
+        Self::wake(waker);
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
@@ -223,7 +307,7 @@ impl Outbox {
         if state.closed {
             return Err(TrySendError::Closed(()));
         }
-        if state.queue.len() + state.reserved >= self.capacity {
+        if self.full(&state) {
             return Err(TrySendError::Full(()));
         }
         state.reserved += 1;
@@ -236,10 +320,17 @@ impl Outbox {
         if state.closed {
             return;
         }
-        state.queue.push_back(packets);
+        state.push_back(packets);
         let waker = state.waker.take();
         drop(state);
         Self::wake(waker);
+    }
+
+    /// A reserved place given back unused.
+    fn release(&self) {
+        let mut state = self.lock();
+        state.reserved -= 1;
+        self.wake_reader(state);
     }
 
     fn try_send(&self, packets: Queued) -> Result<(), TrySendError<Queued>> {
@@ -247,10 +338,10 @@ impl Outbox {
         if state.closed {
             return Err(TrySendError::Closed(packets));
         }
-        if state.queue.len() + state.reserved >= self.capacity {
+        if self.full(&state) {
             return Err(TrySendError::Full(packets));
         }
-        state.queue.push_back(packets);
+        state.push_back(packets);
         let waker = state.waker.take();
         drop(state);
         Self::wake(waker);
@@ -272,13 +363,16 @@ impl Outbox {
 
     /// Puts back, first in line, packets a polling response had no room for.
     pub(crate) fn put_back(&self, packets: PacketBuf) {
-        self.lock().queue.push_front(Box::new(packets));
+        let mut state = self.lock();
+        state.bytes += weight(&packets);
+        state.queue.push_front(Box::new(packets));
     }
 
     /// The next packets to send: `None` once the outbox is closed and empty.
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Queued>> {
         let mut state = self.lock();
         if let Some(packets) = state.next() {
+            self.wake_reader(state);
             return Poll::Ready(Some(packets));
         }
         if state.closed {
@@ -299,7 +393,10 @@ impl Outbox {
     /// Packets ready to send now, if any.
     #[cfg(test)]
     fn try_recv(&self) -> Option<Queued> {
-        self.lock().next()
+        let mut state = self.lock();
+        let next = state.next();
+        self.wake_reader(state);
+        next
     }
 
     /// No packet is taken in from now on; the transport still gets those already queued.
@@ -308,8 +405,10 @@ impl Outbox {
         state.closed = true;
         state.volatile = None;
         let waker = state.waker.take();
+        let room_waker = state.room_waker.take();
         drop(state);
         Self::wake(waker);
+        Self::wake(room_waker);
         self.closed.notify_waiters();
     }
 
@@ -344,6 +443,8 @@ impl Debug for Outbox {
 
 /// The heartbeat's "not started yet".
 const NOT_STARTED: u64 = u64::MAX;
+/// The reader's "not waiting for room".
+const NOT_PAUSED: u64 = u64::MAX;
 
 /// dispatchd patch: a socket's heartbeat, as two numbers that the engine's one sweeper task
 /// reads and updates (`EngineIo::sweep_heartbeats`), where upstream ran a task with its timers
@@ -407,6 +508,11 @@ where
     /// The heartbeat's state, kept by the engine's sweeper (dispatchd patch).
     heartbeat: Heartbeat,
 
+    /// Since when (on the heartbeat clock) the reader has waited for room in the outbox;
+    /// [`NOT_PAUSED`] while it reads (dispatchd patch). The sweeper closes a socket whose
+    /// reader waited longer than the stall timeout.
+    reads_paused_since: AtomicU64,
+
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
 
@@ -441,7 +547,8 @@ where
             upgrading: AtomicBool::new(false),
 
             rx_lock: Mutex::new(()),
-            outbox: Outbox::new(config.max_buffer_size),
+            outbox: Outbox::new(config.max_buffer_size, config.max_buffer_bytes),
+            reads_paused_since: AtomicU64::new(NOT_PAUSED),
 
             heartbeat: Heartbeat::new(),
             cancellation_token: CancellationToken::new(),
@@ -484,10 +591,35 @@ where
         }
     }
 
-    /// Starts the heartbeat, at `now` on the engine's heartbeat clock: a v4 socket is pinged
-    /// at the next sweep, a v3 socket's client has a ping interval and timeout to ping.
-    pub(crate) fn start_heartbeat(&self, now: u64) {
-        self.heartbeat.at.store(now, Ordering::Release);
+    /// Starts the heartbeat, at `now` on the engine's heartbeat clock: a v4 socket is first
+    /// pinged one `interval` from now, as the protocol and the reference server do; a v3
+    /// socket's client has a ping interval and timeout to ping.
+    pub(crate) fn start_heartbeat(&self, now: u64, interval: u64) {
+        let first = match self.protocol {
+            ProtocolVersion::V4 => now.saturating_add(interval),
+            ProtocolVersion::V3 => now,
+        };
+        self.heartbeat.at.store(first, Ordering::Release);
+    }
+
+    /// Ready when the reader may take in another event from the client (dispatchd patch; see
+    /// [`Outbox::poll_room`]); keeps since when it has waited, at `now` on the heartbeat clock.
+    pub(crate) fn poll_room(&self, cx: &mut Context<'_>, now: impl FnOnce() -> u64) -> Poll<()> {
+        let room = self.outbox.poll_room(cx);
+        let paused = self.reads_paused_since.load(Ordering::Relaxed) != NOT_PAUSED;
+        match room {
+            Poll::Ready(()) if paused => self.reads_paused_since.store(NOT_PAUSED, Ordering::Relaxed),
+            Poll::Pending if !paused => self.reads_paused_since.store(now(), Ordering::Relaxed),
+            _ => {}
+        }
+        room
+    }
+
+    /// Whether the reader has waited for room for `stall` or longer at `now`: the client
+    /// has stopped reading what it asked for (dispatchd patch).
+    pub(crate) fn stalled(&self, now: u64, stall: u64) -> bool {
+        let since = self.reads_paused_since.load(Ordering::Relaxed);
+        since != NOT_PAUSED && now.saturating_sub(since) >= stall
     }
 
     /// One sweep of the heartbeat for this socket at `now` (milliseconds, like `interval` and
@@ -563,6 +695,34 @@ where
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
         self.outbox.try_reserve()
+    }
+
+    /// dispatchd patch: reserves a place in the outbox for a packet to be sent later, by
+    /// another task (the answer to an event, reserved when the event comes in). False when
+    /// the outbox is full or closed. Each place reserved must be used with
+    /// [`Self::reserved_permit`] or given back with [`Self::release_reserved`].
+    pub fn reserve_place(&self) -> bool {
+        self.outbox.try_reserve().map(std::mem::forget).is_ok()
+    }
+
+    /// dispatchd patch: the permit for a place reserved with [`Self::reserve_place`].
+    pub fn reserved_permit(&self) -> Permit<'_> {
+        Permit {
+            outbox: &self.outbox,
+        }
+    }
+
+    /// dispatchd patch: gives back a place reserved with [`Self::reserve_place`].
+    pub fn release_reserved(&self) {
+        self.outbox.release();
+    }
+
+    /// dispatchd patch: queues a message past the outbox's bounds, for a socket about to be
+    /// closed: why it is closed must reach a client that stopped reading, once it reads.
+    /// False when the socket is closed already.
+    pub fn emit_last(&self, msg: impl Into<Str>) -> bool {
+        self.outbox
+            .push_last(Box::new(smallvec![Packet::Message(msg.into())]))
     }
 
     /// Emits a message to the client.
@@ -739,7 +899,8 @@ where
             upgrading: AtomicBool::new(false),
 
             rx_lock: Mutex::new(()),
-            outbox: Outbox::new(buffer_size),
+            outbox: Outbox::new(buffer_size, usize::MAX),
+            reads_paused_since: AtomicU64::new(NOT_PAUSED),
 
             heartbeat: Heartbeat::new(),
             cancellation_token: CancellationToken::new(),
@@ -787,7 +948,7 @@ mod outbox_tests {
 
     #[test]
     fn buffered_packets_go_first_in_order_and_a_newer_volatile_one_replaces_the_older() {
-        let outbox = Outbox::new(8);
+        let outbox = Outbox::new(8, usize::MAX);
         assert_eq!(outbox.send_volatile(msg("v1")), Some(false));
         outbox.try_send(msg("a")).unwrap();
         assert_eq!(outbox.send_volatile(msg("v2")), Some(true), "v1 was replaced");
@@ -803,7 +964,7 @@ mod outbox_tests {
 
     #[test]
     fn the_capacity_counts_queued_packets_and_unused_permits() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(2, usize::MAX);
         outbox.try_send(msg("a")).unwrap();
         let permit = outbox.try_reserve().unwrap();
         assert!(matches!(
@@ -825,8 +986,60 @@ mod outbox_tests {
     }
 
     #[test]
+    fn bytes_bound_the_queue_too() {
+        let outbox = Outbox::new(8, 6);
+        outbox.try_send(msg("abcd")).unwrap();
+        outbox.try_send(msg("ef")).unwrap();
+        assert!(
+            matches!(outbox.try_send(msg("g")), Err(TrySendError::Full(_))),
+            "6 bytes queued"
+        );
+        assert!(matches!(outbox.try_reserve(), Err(TrySendError::Full(()))));
+        assert_eq!(text(outbox.try_recv()), ["4abcd"]);
+        outbox.try_send(msg("much longer than six")).unwrap();
+        assert!(outbox.push_last(msg("why")), "last words go past the bounds");
+        assert_eq!(text(outbox.try_recv()), ["4ef"]);
+        assert_eq!(text(outbox.try_recv()), ["4much longer than six"]);
+        assert_eq!(text(outbox.try_recv()), ["4why"]);
+        outbox.try_send(msg("a packet larger than the bound, alone")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_reader_waits_for_room_and_is_woken_when_there_is() {
+        // Capacity 4: reads go on while fewer than 3 places are taken.
+        let outbox = Arc::new(Outbox::new(4, usize::MAX));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(outbox.poll_room(&mut cx).is_ready());
+        let permit = outbox.try_reserve().unwrap();
+        outbox.try_send(msg("a")).unwrap();
+        assert!(outbox.poll_room(&mut cx).is_ready());
+        outbox.try_send(msg("b")).unwrap();
+        assert!(
+            outbox.poll_room(&mut cx).is_pending(),
+            "a quarter stays for the server"
+        );
+        outbox.try_send(msg("c")).unwrap();
+
+        let reader = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { std::future::poll_fn(|cx| outbox.poll_room(cx)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished());
+        drop(permit);
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished(), "still 3 queued");
+        assert_eq!(text(outbox.try_recv()), ["4a"]);
+        tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
     fn a_packet_put_back_goes_out_first() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(2, usize::MAX);
         outbox.try_send(msg("b")).unwrap();
         outbox.put_back(smallvec![Packet::Message(Str::from("a"))]);
         assert_eq!(text(outbox.try_recv()), ["4a"]);
@@ -835,7 +1048,7 @@ mod outbox_tests {
 
     #[tokio::test]
     async fn a_waiting_transport_is_woken() {
-        let outbox = Arc::new(Outbox::new(4));
+        let outbox = Arc::new(Outbox::new(4, usize::MAX));
         let rx = {
             let outbox = outbox.clone();
             tokio::spawn(async move { text(outbox.recv().await) })
@@ -852,7 +1065,7 @@ mod outbox_tests {
 
     #[tokio::test]
     async fn a_closed_outbox_takes_nothing_more_and_still_hands_over_what_it_holds() {
-        let outbox = Arc::new(Outbox::new(4));
+        let outbox = Arc::new(Outbox::new(4, usize::MAX));
         outbox.try_send(msg("a")).unwrap();
         outbox.try_send(msg("b")).unwrap();
         assert!(outbox.send_volatile(msg("v")).is_some());
@@ -914,6 +1127,27 @@ mod heartbeat_tests {
     }
 
     #[test]
+    fn a_socket_that_waits_for_room_too_long_is_stalled() {
+        let socket = socket(ProtocolVersion::V4);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(!socket.stalled(10_000, 100));
+        while socket.reserve_place() {}
+        assert!(socket.poll_room(&mut cx, || 1_000).is_pending());
+        assert!(socket.poll_room(&mut cx, || 1_050).is_pending());
+        assert!(!socket.stalled(1_099, 100));
+        assert!(socket.stalled(1_100, 100), "paused since 1,000");
+        // 128 places (the default): reads go on below 96.
+        for _ in 0..32 {
+            socket.release_reserved();
+        }
+        assert!(socket.poll_room(&mut cx, || 1_200).is_pending());
+        socket.release_reserved();
+        assert!(socket.poll_room(&mut cx, || 1_200).is_ready());
+        assert!(!socket.stalled(5_000, 100));
+    }
+
+    #[test]
     fn v4_pings_on_schedule_and_closes_when_no_pong_comes_in_time() {
         let socket = socket(ProtocolVersion::V4);
         assert!(!socket.heartbeat_due(0, INTERVAL, TIMEOUT));
@@ -922,22 +1156,28 @@ mod heartbeat_tests {
             "nothing before the heartbeat starts"
         );
 
-        socket.start_heartbeat(100);
+        socket.start_heartbeat(100, INTERVAL);
         assert!(!socket.heartbeat_due(100, INTERVAL, TIMEOUT));
-        assert_eq!(sent(&socket), ["2"], "the first ping at once");
-        assert!(!socket.heartbeat_due(599, INTERVAL, TIMEOUT));
-        assert!(sent(&socket).is_empty(), "one ping at a time");
-        socket.heard(300);
         assert!(!socket.heartbeat_due(1_099, INTERVAL, TIMEOUT));
         assert!(
             sent(&socket).is_empty(),
-            "the next ping waits for the interval"
+            "the first ping one interval after the handshake"
         );
         assert!(!socket.heartbeat_due(1_100, INTERVAL, TIMEOUT));
         assert_eq!(sent(&socket), ["2"]);
         assert!(!socket.heartbeat_due(1_599, INTERVAL, TIMEOUT));
+        assert!(sent(&socket).is_empty(), "one ping at a time");
+        socket.heard(1_300);
+        assert!(!socket.heartbeat_due(2_099, INTERVAL, TIMEOUT));
         assert!(
-            socket.heartbeat_due(1_600, INTERVAL, TIMEOUT),
+            sent(&socket).is_empty(),
+            "the next ping waits for the interval"
+        );
+        assert!(!socket.heartbeat_due(2_100, INTERVAL, TIMEOUT));
+        assert_eq!(sent(&socket), ["2"]);
+        assert!(!socket.heartbeat_due(2_599, INTERVAL, TIMEOUT));
+        assert!(
+            socket.heartbeat_due(2_600, INTERVAL, TIMEOUT),
             "no pong within the timeout"
         );
     }
@@ -945,9 +1185,9 @@ mod heartbeat_tests {
     #[test]
     fn v4_pauses_while_upgrading() {
         let socket = socket(ProtocolVersion::V4);
-        socket.start_heartbeat(0);
+        socket.start_heartbeat(0, INTERVAL);
         socket.start_upgrade();
-        assert!(!socket.heartbeat_due(0, INTERVAL, TIMEOUT));
+        assert!(!socket.heartbeat_due(INTERVAL, INTERVAL, TIMEOUT));
         assert!(!socket.heartbeat_due(5_000, INTERVAL, TIMEOUT));
         assert!(sent(&socket).is_empty());
         socket.upgrade_to_websocket();
@@ -958,17 +1198,17 @@ mod heartbeat_tests {
     #[test]
     fn v4_a_pong_before_any_ping_changes_nothing() {
         let socket = socket(ProtocolVersion::V4);
-        socket.start_heartbeat(0);
+        socket.start_heartbeat(0, INTERVAL);
         socket.heard(0);
-        assert!(!socket.heartbeat_due(0, INTERVAL, TIMEOUT));
+        assert!(!socket.heartbeat_due(INTERVAL, INTERVAL, TIMEOUT));
         assert_eq!(sent(&socket), ["2"]);
-        assert!(socket.heartbeat_due(TIMEOUT, INTERVAL, TIMEOUT));
+        assert!(socket.heartbeat_due(INTERVAL + TIMEOUT, INTERVAL, TIMEOUT));
     }
 
     #[test]
     fn v3_answers_pings_and_closes_when_the_client_stops_pinging() {
         let socket = socket(ProtocolVersion::V3);
-        socket.start_heartbeat(0);
+        socket.start_heartbeat(0, INTERVAL);
         assert!(!socket.heartbeat_due(1_499, INTERVAL, TIMEOUT));
         socket.heard(1_000);
         assert_eq!(sent(&socket), ["3"], "a pong for the client's ping");

@@ -204,6 +204,23 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// dispatchd patch: the most bytes buffered per connection; beyond them the buffer is
+    /// full, as beyond `max_buffer_size` packets. Defaults to 1 MiB.
+    #[inline]
+    pub fn max_buffer_bytes(mut self, max_buffer_bytes: usize) -> Self {
+        self.engine_config_builder = self.engine_config_builder.max_buffer_bytes(max_buffer_bytes);
+        self
+    }
+
+    /// dispatchd patch: how long a connection may keep its buffer too full to read more of
+    /// what the client sends (it does not read the answers) before it is closed. Defaults to
+    /// 10 s.
+    #[inline]
+    pub fn stall_timeout(mut self, stall_timeout: Duration) -> Self {
+        self.engine_config_builder = self.engine_config_builder.stall_timeout(stall_timeout);
+        self
+    }
+
     /// The maximum size of a payload in bytes.
     /// If a payload is bigger than this value the `emit()` method will return an error.
     ///

@@ -74,6 +74,10 @@ pub enum DisconnectReason {
 
     /// The server is being closed
     ClosingServer,
+
+    /// dispatchd patch: the client stopped reading what it asked for (see engineioxide's
+    /// `DisconnectReason::SlowClient`)
+    SlowClient,
 }
 
 impl std::fmt::Display for DisconnectReason {
@@ -88,6 +92,7 @@ impl std::fmt::Display for DisconnectReason {
             ClientNSDisconnect => "client has manually disconnected the socket from the namespace",
             ServerNSDisconnect => "socket was forcefully disconnected from the namespace",
             ClosingServer => "server is being closed",
+            SlowClient => "client did not read what it asked for in time",
         };
         f.write_str(str)
     }
@@ -103,6 +108,7 @@ impl From<EIoDisconnectReason> for DisconnectReason {
             EIoDisconnectReason::MultipleHttpPollingError => MultipleHttpPollingError,
             EIoDisconnectReason::PacketParsingError => PacketParsingError,
             EIoDisconnectReason::ClosingServer => ClosingServer,
+            EIoDisconnectReason::SlowClient => SlowClient,
         }
     }
 }
@@ -286,6 +292,8 @@ const ACK_SWEEP_MIN: usize = 64;
 /// every socket an allocation (a pilot's eight handlers, 320 bytes); shared, it costs a pointer.
 pub struct SharedHandlers<A: Adapter = LocalAdapter> {
     list: Vec<(Cow<'static, str>, BoxedMessageHandler<A>)>,
+    /// For events no handler knows, after the socket's own fallback.
+    fallback: Option<BoxedMessageHandler<A>>,
 }
 
 /// Adds the handler of an event to a list, or replaces the one it has (dispatchd patch).
@@ -302,7 +310,10 @@ fn set_handler<A: Adapter>(
 
 impl<A: Adapter> Default for SharedHandlers<A> {
     fn default() -> Self {
-        Self { list: Vec::new() }
+        Self {
+            list: Vec::new(),
+            fallback: None,
+        }
     }
 }
 
@@ -319,6 +330,18 @@ impl<A: Adapter> SharedHandlers<A> {
         T: Send + Sync + 'static,
     {
         set_handler(&mut self.list, event.into(), MakeErasedHandler::new_message_boxed(handler));
+        self
+    }
+
+    /// Sets the handler of the events no other handler takes, as [`Socket::on_fallback`]
+    /// does for one socket (dispatchd patch: a client sending events the server does not know
+    /// must still get an answer, and be counted).
+    pub fn fallback<H, T>(mut self, handler: H) -> Self
+    where
+        H: MessageHandler<A, T>,
+        T: Send + Sync + 'static,
+    {
+        self.fallback = Some(MakeErasedHandler::new_message_boxed(handler));
         self
     }
 
@@ -351,6 +374,9 @@ pub struct Socket<A: Adapter = LocalAdapter> {
     fallback_message_handler: RwLock<Option<BoxedMessageHandler<A>>>,
     disconnect_handler: Mutex<Option<BoxedDisconnectHandler<A>>>,
     ack_message: Mutex<HashMap<i64, oneshot::Sender<AckResult<Value>>>>,
+    /// dispatchd patch: the ids of the client's events whose answer has a place reserved in
+    /// the outbox, taken when the event came in (see [`Socket::recv_event`]).
+    ack_places: Mutex<Vec<i64>>,
     /// The number of entries in `ack_message` at which its abandoned entries are removed.
     ack_sweep_at: AtomicUsize,
     ack_counter: AtomicI64,
@@ -383,6 +409,7 @@ impl<A: Adapter> Socket<A> {
             fallback_message_handler: RwLock::new(None),
             disconnect_handler: Mutex::new(None),
             ack_message: Mutex::new(HashMap::new()),
+            ack_places: Mutex::new(Vec::new()),
             ack_sweep_at: AtomicUsize::new(ACK_SWEEP_MIN),
             ack_counter: AtomicI64::new(0),
             connected: AtomicBool::new(false),
@@ -728,6 +755,30 @@ impl<A: Adapter> Socket<A> {
         self.esocket.data.io.get().unwrap()
     }
 
+    /// dispatchd patch: disconnects the socket from its namespace after sending `event` with
+    /// `data`, its last words (why it is closed). Both go past the buffer's bounds: a client
+    /// that stopped reading finds them once it reads. When the buffer was full, the whole
+    /// connection is closed too (as [`Socket::disconnect`] does), its queue still flushed.
+    pub fn disconnect_with<T: ?Sized + Serialize>(
+        self: Arc<Self>,
+        event: &str,
+        data: &T,
+    ) -> Result<(), SendError> {
+        let full = matches!(self.reserve(), Err(SocketError::InternalChannelFull));
+        let ns = self.ns.path.clone();
+        let data = self.parser.encode_value(data, Some(event))?;
+        for packet in [Packet::event(ns.clone(), data), Packet::disconnect(ns)] {
+            if let socketioxide_core::Value::Str(msg, None) = self.parser.encode(packet) {
+                self.esocket.emit_last(msg);
+            }
+        }
+        if full {
+            self.esocket.close(EIoDisconnectReason::ClosingServer);
+        }
+        self.close(DisconnectReason::ServerNSDisconnect);
+        Ok(())
+    }
+
     /// # Disconnect the socket from the current namespace,
     ///
     /// It will also call the disconnect handler if it is set with a [`DisconnectReason::ServerNSDisconnect`].
@@ -803,6 +854,21 @@ impl<A: Adapter> Socket<A> {
 
     pub(crate) fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::SeqCst);
+    }
+
+    /// dispatchd patch: closes the whole connection (for a client too slow to take what it
+    /// was promised).
+    pub(crate) fn close_connection(&self) {
+        self.esocket.close(EIoDisconnectReason::ClosingServer);
+    }
+
+    /// dispatchd patch: the place reserved for the answer to event `ack`, if one was, as a
+    /// permit (dropped unused, it gives the place back).
+    pub(crate) fn take_ack_place(&self, ack: i64) -> Option<Permit<'_>> {
+        let mut places = self.ack_places.lock().unwrap();
+        let at = places.iter().position(|place| *place == ack)?;
+        places.swap_remove(at);
+        Some(self.esocket.reserved_permit())
     }
 
     pub(crate) fn reserve(&self) -> Result<Permit<'_>, SocketError> {
@@ -935,12 +1001,25 @@ impl<A: Adapter> Socket<A> {
         tracing::debug!(?event, "reading");
         let handlers = self.message_handlers.read().unwrap();
         let shared = self.shared_handlers.read().unwrap();
+        // dispatchd patch: the answer's place in the outbox is reserved now, so that however
+        // many events come before their answers are sent, each answer has its place (the
+        // transports read no faster than the places allow: engineioxide's `poll_room`).
+        if let Some(ack) = ack {
+            if self.esocket.reserve_place() {
+                self.ack_places.lock().unwrap().push(ack);
+            }
+        }
         if let Some((_, handler)) = handlers.iter().find(|(name, _)| name == event) {
             handler.call(self.clone(), data, ack);
         } else if let Some(handler) = shared.as_ref().and_then(|shared| shared.get(event)) {
             handler.call(self.clone(), data, ack);
         } else if let Some(fallback) = self.fallback_message_handler.read().unwrap().as_ref() {
             fallback.call(self.clone(), data, ack);
+        } else if let Some(fallback) = shared.as_ref().and_then(|shared| shared.fallback.as_ref()) {
+            fallback.call(self.clone(), data, ack);
+        } else if let Some(ack) = ack {
+            // No handler will answer: the place goes back.
+            self.take_ack_place(ack);
         }
         Ok(())
     }

@@ -169,11 +169,35 @@ where
     }
 
     let (parts, body) = req.into_parts();
+    // dispatchd patch: a body announced larger than the limit is refused before any of it
+    // is read, and the session stays open (as the reference server does: it answers 413 and
+    // keeps the session). One that only turns out too large while it is read has had packets
+    // handled already, and closes the session, as before.
+    let announced = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > engine.config.max_payload) {
+        return Err(Error::PacketParse(
+            engineioxide_core::PacketParseError::PayloadTooLarge {
+                max: engine.config.max_payload,
+            },
+        ));
+    }
     let content_type = parts.headers.get(CONTENT_TYPE);
     let packets = payload::decoder(body, content_type, protocol, engine.config.max_payload);
     futures_util::pin_mut!(packets);
 
     while let Some(packet) = packets.next().await {
+        // dispatchd patch: each packet waits for room in the outbox for its answer, as the
+        // websocket transport's reader does, while the client's polls take the answers out;
+        // a client that stops polling is closed by the stall timeout.
+        let room = std::future::poll_fn(|cx| socket.poll_room(cx, || engine.heartbeat_now()))
+            .with_cancellation_token(&socket.cancellation_token)
+            .await;
+        if room.is_none() {
+            break;
+        }
         match packet {
             Ok(Packet::Close) => {
                 #[cfg(feature = "tracing")]

@@ -258,11 +258,20 @@ where
             let cancelled = socket.cancellation_token.cancelled();
             tokio::pin!(cancelled);
             poll_fn(|cx| {
-                loop {
+                // dispatchd patch: what the client sends is read only while its outbox has
+                // room for the answers; a client that does not read them is held back by
+                // TCP, not queued for in memory (see `Outbox::poll_room`). Writing below makes
+                // room, and wakes this task to read again.
+                while socket.poll_room(cx, || engine.heartbeat_now()).is_ready() {
                     match ws.poll_next_unpin(cx) {
                         Poll::Ready(Some(Ok(msg))) => {
                             if let Err(stop) = on_ws_message(engine, &socket, msg) {
                                 return Poll::Ready(stop);
+                            }
+                            // dispatchd patch: a message that closed the session is the last
+                            // one read (each one after it would only close it again).
+                            if socket.cancellation_token.is_cancelled() {
+                                break;
                             }
                         }
                         Poll::Ready(Some(Err(e))) => return Poll::Ready(Stop::Failed(e.into())),
@@ -674,13 +683,48 @@ mod tests {
             .unwrap();
     }
 
-    /// Fills the server's side of a stream whose client reads nothing: 2 MiB of packets for a
-    /// duplex pipe of 1 KiB.
+    /// Fills the server's side of a stream whose client reads nothing: 512 KiB of packets
+    /// for a duplex pipe of 1 KiB (and still room in the outbox for the client's events).
     fn flood(socket: &Socket<()>) {
         let big = "x".repeat(64 * 1024);
-        for _ in 0..32 {
+        for _ in 0..8 {
             socket.emit(Str::from(big.clone())).unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn reading_waits_while_the_outbox_has_no_room_for_answers() {
+        let engine = engine::<Recorder>(TIMEOUT);
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        // 1 MiB queued, the most (the default): what the stream can take leaves more than
+        // three quarters of it, so no room for the answers to more events.
+        let big = "x".repeat(128 * 1024);
+        for _ in 0..8 {
+            socket.emit(Str::from(big.clone())).unwrap();
+        }
+        let conn = tokio::spawn({
+            let (engine, socket) = (engine.clone(), socket.clone());
+            async move { serve(&engine, socket, server).await }
+        });
+        client.send(Message::text("4from the client")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            engine.handler.messages.lock().unwrap().is_empty(),
+            "nothing is read while the client has not read its answers"
+        );
+        let mut drained = 0;
+        while engine.handler.messages.lock().unwrap().is_empty() {
+            let msg = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap();
+            assert!(matches!(msg, Some(Ok(Message::Text(_)))), "{msg:?}");
+            drained += 1;
+        }
+        assert!(drained >= 1, "read once the client took its packets");
+        assert_eq!(
+            *engine.handler.messages.lock().unwrap(),
+            ["from the client"]
+        );
+        assert!(!conn.is_finished());
     }
 
     #[tokio::test]

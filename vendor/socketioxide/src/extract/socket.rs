@@ -74,6 +74,17 @@ impl<A: Adapter> SocketRef<A> {
     pub fn disconnect(self) -> Result<(), SocketError> {
         self.0.disconnect()
     }
+
+    /// dispatchd patch: disconnects after sending `event` with `data`, past the buffer's
+    /// bounds (see [`Socket::disconnect_with`](crate::socket::Socket::disconnect_with)).
+    #[inline(always)]
+    pub fn disconnect_with<T: ?Sized + Serialize>(
+        self,
+        event: &str,
+        data: &T,
+    ) -> Result<(), SendError> {
+        self.0.disconnect_with(event, data)
+    }
 }
 impl<A: Adapter> fmt::Debug for SocketRef<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -106,24 +117,44 @@ impl<A: Adapter> AckSender<A> {
     }
 
     /// Send the ack response to the client.
-    pub fn send<T: Serialize + ?Sized>(self, data: &T) -> Result<(), SendError> {
+    ///
+    /// dispatchd patch: the answer goes into the place reserved for it when the event came
+    /// in. Without one (the buffer was full then), a place is taken now; when there is none,
+    /// the answer cannot be sent and the client would wait for it for ever: the whole
+    /// connection is closed instead (the client sees the transport close and reconnects), and
+    /// the error returned.
+    pub fn send<T: Serialize + ?Sized>(mut self, data: &T) -> Result<(), SendError> {
         use crate::socket::PermitExt;
-        if let Some(ack_id) = self.ack_id {
-            let permit = match self.socket.reserve() {
+        let Some(ack_id) = self.ack_id.take() else {
+            return Ok(());
+        };
+        let permit = match self.socket.take_ack_place(ack_id) {
+            Some(permit) => permit,
+            None => match self.socket.reserve() {
                 Ok(permit) => permit,
                 Err(e) => {
                     #[cfg(feature = "tracing")]
-                    tracing::debug!("sending error during emit message: {e:?}");
+                    tracing::debug!("ack cannot be queued, closing the connection: {e:?}");
+                    if matches!(e, SocketError::InternalChannelFull) {
+                        self.socket.close_connection();
+                    }
                     return Err(SendError::Socket(e));
                 }
-            };
-            let ns = self.socket.ns.path.clone();
-            let data = self.socket.parser.encode_value(data, None)?;
-            let packet = Packet::ack(ns, data, ack_id);
-            permit.send(packet, self.socket.parser);
-            Ok(())
-        } else {
-            Ok(())
+            },
+        };
+        let ns = self.socket.ns.path.clone();
+        let data = self.socket.parser.encode_value(data, None)?;
+        let packet = Packet::ack(ns, data, ack_id);
+        permit.send(packet, self.socket.parser);
+        Ok(())
+    }
+}
+
+impl<A: Adapter> Drop for AckSender<A> {
+    /// dispatchd patch: an answer never sent gives its reserved place back.
+    fn drop(&mut self) {
+        if let Some(ack_id) = self.ack_id {
+            drop(self.socket.take_ack_place(ack_id));
         }
     }
 }
