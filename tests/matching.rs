@@ -227,6 +227,22 @@ async fn a_live_offer_reaches_a_reconnecting_pilot_and_is_withdrawn_on_cancel() 
     assert_eq!(pilot_status(&app, &pilot), PilotStatus::Available);
 }
 
+/// The re-send happens once the socket is usable: 500 reconnects in a row, each gets it (on
+/// worker threads, as the server runs: the re-send's task runs beside the connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_offer_is_sent_again_on_every_reconnect() {
+    let app = TestApp::spawn_with(Options::default().set("matching.offer_timeout_secs", 600)).await;
+    let customer = app.register("customer").await;
+    let (pilot, mut anchor) = pilot_on_duty(&app, north(PICKUP, 0.4)).await;
+    let order = create_order(&app, &customer).await;
+    let offer = offered(&mut anchor, &order).await;
+    for round in 0..500 {
+        let mut socket = connect(&app, "/pilot", &pilot).await;
+        let resent = socket.event("offer", SOON).await.unwrap_or_else(|| panic!("no offer on reconnect {round}"));
+        assert_eq!(resent["offer_id"], offer["offer_id"], "round {round}");
+    }
+}
+
 #[tokio::test]
 async fn a_pilot_whose_app_is_gone_is_passed_over_until_it_is_back() {
     let app = TestApp::spawn().await;

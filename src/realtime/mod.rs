@@ -151,7 +151,7 @@ impl Realtime {
         // Each namespace's "middleware" admits the socket and registers its handlers. That
         // must happen there, before socketioxide sends the CONNECT answer: a connect handler
         // runs as a task after it, and an event the client sends at once could find no handler.
-        io.ns(PILOT_NS, (async || {}).with(auth::pilot));
+        io.ns(PILOT_NS, pilot::connected.with(auth::pilot));
         io.ns(CUSTOMER_NS, (async || {}).with(auth::customer));
         io.ns(DISPATCH_NS, (async || {}).with(auth::dispatcher));
 

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::socket::{DisconnectReason, SharedHandlers};
+use socketioxide::{SendError, SocketError};
 
 use crate::auth::Caller;
 use crate::domain::PilotStatus;
@@ -65,18 +66,24 @@ pub fn setup(socket: &SocketRef, gateway: &Gateway, caller: &Caller) {
         // Its last socket here: no offer can reach it until it is back.
         fleet.socket_closed(pilot);
     });
-    // An offer made while the app was away, still open: it gets it again.
-    let (socket, matchmaker, pilot) = (socket.clone(), gateway.app.matchmaker.clone(), caller.user_id);
-    tokio::spawn(async move {
-        match matchmaker.live_offer(pilot).await {
-            Ok(Some(payload)) => {
-                let sent = socket.emit("offer", &payload).is_ok();
-                crate::realtime::count_out(PILOT_NS, "offer", sent);
+}
+
+/// The connect handler, run once the socket is connected (after the CONNECT answer): an
+/// offer made while the app was away, still open, is sent again. (Sent from the admission
+/// middleware, before the answer, it could find the socket not yet usable.)
+pub async fn connected(socket: SocketRef, State(gateway): State<Gateway>, Extension(caller): Extension<Caller>) {
+    let pilot = caller.user_id;
+    match gateway.app.matchmaker.live_offer(pilot).await {
+        Ok(Some(payload)) => {
+            let sent = socket.emit("offer", &payload);
+            // A socket gone meanwhile gets it on its next connect.
+            if !matches!(sent, Err(SendError::Socket(SocketError::Closed))) {
+                crate::realtime::count_out(PILOT_NS, "offer", sent.is_ok());
             }
-            Ok(None) => {}
-            Err(err) => tracing::warn!(%pilot, error = %err, "could not look up the pilot's live offer"),
         }
-    });
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%pilot, error = %err, "could not look up the pilot's live offer"),
+    }
 }
 
 async fn location(
