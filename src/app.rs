@@ -233,8 +233,8 @@ impl App {
         // timeout by design, and sockets have their own limits and metrics.
         let app = crate::http::router(state.clone())
             .layer(sockets)
-            .layer(axum::middleware::map_request(crate::realtime::compact_request))
-            .into_make_service_with_connect_info::<SocketAddr>();
+            .layer(axum::middleware::map_request(crate::realtime::compact_request));
+        let app = crate::http::edge(app, &state.config).into_make_service_with_connect_info::<SocketAddr>();
         // Small realtime frames go out at once, not held back by Nagle's algorithm waiting for
         // the peer's delayed ACK.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

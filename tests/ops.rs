@@ -139,6 +139,23 @@ async fn security_headers_and_cors_follow_config() {
     let other = app.send(preflight("https://evil.example.com")).await;
     assert_eq!(other.header("access-control-allow-origin"), None);
 
+    // Socket.io's long-polling handshake from a console on another origin: its preflight and
+    // its answers carry CORS, and the same security headers as REST.
+    let handshake = "/socket.io/?EIO=4&transport=polling";
+    let sio_preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url(handshake))
+        .header("origin", "https://console.example.com")
+        .header("access-control-request-method", "GET");
+    let sio_preflight = app.send(sio_preflight).await;
+    assert!(sio_preflight.status.is_success(), "{:?}", sio_preflight.status);
+    assert_eq!(sio_preflight.header("access-control-allow-origin"), Some("https://console.example.com"));
+    let open = app.send(app.client.get(app.url(handshake)).header("origin", "https://console.example.com")).await;
+    assert_eq!(open.status, StatusCode::OK);
+    assert_eq!(open.header("access-control-allow-origin"), Some("https://console.example.com"));
+    assert_eq!(open.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(open.header("strict-transport-security"), Some("max-age=31536000; includeSubDomains"));
+
     let default = TestApp::spawn().await;
     let reply = default.send(default.client.get(default.url("/healthz")).header("origin", "https://x.example")).await;
     assert_eq!(reply.header("access-control-allow-origin"), None, "no CORS unless configured");

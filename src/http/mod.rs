@@ -1,7 +1,8 @@
 //! The REST API (axum): routes, and the layers every request passes through.
 //!
-//! Outermost first: request id (taken from `x-request-id` or made up, echoed on the answer)
-//! → trace span carrying it → security headers → CORS → metrics → error envelope → panic
+//! Outermost first: security headers → CORS (both [`edge`], around Socket.io too) → request
+//! id (taken from `x-request-id` or made up, echoed on the answer) → trace span carrying it →
+//! metrics → error envelope → panic
 //! catcher → timeout → body limit (enforced where the body is read) → (`/api` only) rate limit → handler.
 //! Handlers live one file per resource and speak [`crate::error::Error`] and
 //! [`response::Reply`]; nothing below this module knows about HTTP.
@@ -68,7 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/docs", get(docs::page))
         .route("/docs/openapi.json", get(docs::openapi));
 
-    let mut app = Router::new().nest("/api/v1", api.merge(webhooks)).merge(ops).layer(
+    let app = Router::new().nest("/api/v1", api.merge(webhooks)).merge(ops).layer(
         ServiceBuilder::new()
             .layer(from_fn(middleware::record_metrics))
             .layer(from_fn(middleware::ensure_envelope))
@@ -83,12 +84,6 @@ pub fn router(state: AppState) -> Router {
                 req
             }),
     );
-    if let Some(cors) = middleware::cors(&state.config.http.cors) {
-        app = app.layer(cors);
-    }
-    for (name, value) in middleware::security_headers(&state.config.http.headers) {
-        app = app.layer(SetResponseHeaderLayer::if_not_present(name, value));
-    }
     app.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -103,6 +98,20 @@ pub fn router(state: AppState) -> Router {
             .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
     )
     .with_state(state)
+}
+
+/// The layers every answer of the server passes through, REST and Socket.io alike: CORS for
+/// the configured origins (a browser console on another origin uses Socket.io's long-polling
+/// handshake too) and the security headers. Outermost, so that they see the request as it
+/// came (the Socket.io layer keeps only the headers its engine reads).
+pub fn edge(mut app: Router, config: &crate::config::Config) -> Router {
+    if let Some(cors) = middleware::cors(&config.http.cors) {
+        app = app.layer(cors);
+    }
+    for (name, value) in middleware::security_headers(&config.http.headers) {
+        app = app.layer(SetResponseHeaderLayer::if_not_present(name, value));
+    }
+    app
 }
 
 fn api_routes() -> Router<AppState> {
