@@ -6,8 +6,7 @@
 //! `server.shutdown_timeout_secs`, stop background tasks and close the database pool (at most
 //! 5 s more), return.
 
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,18 +233,18 @@ impl App {
         let app = crate::http::router(state.clone())
             .layer(sockets)
             .layer(axum::middleware::map_request(crate::realtime::compact_request));
-        let app = crate::http::edge(app, &state.config).into_make_service_with_connect_info::<SocketAddr>();
-        // Small realtime frames go out at once, not held back by Nagle's algorithm waiting for
-        // the peer's delayed ACK.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let mut server = tokio::spawn(
-            axum::serve(listener, app).with_graceful_shutdown(draining.clone().cancelled_owned()).into_future(),
-        );
+        let app = crate::http::edge(app, &state.config);
+        let config = &state.config;
+        let limits = crate::http::server::Limits {
+            header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
+            // Behind a proxy every connection comes from the proxy (see http::server).
+            max_connections_per_ip: Some(config.server.max_connections_per_ip)
+                .filter(|_| config.rate_limit.client_ip_header.is_empty()),
+        };
+        let mut server = tokio::spawn(crate::http::server::serve(listener, app, limits, draining.clone()));
         let grace = Duration::from_secs(state.config.server.shutdown_timeout_secs);
         tokio::select! {
-            result = &mut server => result.context("server task failed")?.context("server failed")?,
+            result = &mut server => result.context("server task failed")?,
             () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
                 // The connections still open end with the process (or the runtime).
                 tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over; abandoning open requests");

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub shutdown_timeout_secs: u64,
     pub request_timeout_secs: u64,
     pub body_limit_bytes: usize,
+    pub header_read_timeout_secs: u64,
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -213,6 +215,8 @@ impl Config {
             ("server.shutdown_timeout_secs", self.server.shutdown_timeout_secs),
             ("server.request_timeout_secs", self.server.request_timeout_secs),
             ("server.body_limit_bytes", self.server.body_limit_bytes as u64),
+            ("server.header_read_timeout_secs", self.server.header_read_timeout_secs),
+            ("server.max_connections_per_ip", self.server.max_connections_per_ip as u64),
             ("database.max_connections", self.database.max_connections.into()),
             ("database.connect_timeout_secs", self.database.connect_timeout_secs),
             ("database.acquire_timeout_secs", self.database.acquire_timeout_secs),

@@ -19,6 +19,7 @@ pub mod payments;
 pub mod pilots;
 pub mod ratelimit;
 pub mod response;
+pub mod server;
 pub mod users;
 pub mod wallet;
 

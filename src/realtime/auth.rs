@@ -74,12 +74,26 @@ pub async fn dispatcher(
 }
 
 /// The main namespace `/` exists for EIO3 clients only (they must be in it to reach the
-/// others); it offers nothing.
-pub async fn only_eio3(socket: SocketRef) -> Result<(), Refusal> {
-    match socket.protocol() {
-        socketioxide::ProtocolVersion::V4 => Ok(()),
-        _ => Err(Refusal { code: "NO_SUCH_NAMESPACE", message: "connect to /pilot, /customer or /dispatch".into() }),
+/// others); it offers nothing, and needs no token. So that a connection cannot stay on it
+/// for ever without one, an EIO3 connection that has joined none of the namespaces within
+/// `realtime.connect_timeout_ms` is closed, as an EIO4 connection that sends no CONNECT is.
+pub async fn only_eio3(io: SocketIo, socket: SocketRef, State(gateway): State<Gateway>) -> Result<(), Refusal> {
+    if socket.protocol() != socketioxide::ProtocolVersion::V4 {
+        return Err(Refusal { code: "NO_SUCH_NAMESPACE", message: "connect to /pilot, /customer or /dispatch".into() });
     }
+    let timeout = std::time::Duration::from_millis(gateway.app.config.realtime.connect_timeout_ms);
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        let joined = [PILOT_NS, CUSTOMER_NS, DISPATCH_NS]
+            .into_iter()
+            .any(|namespace| io.of(namespace).is_some_and(|sockets| sockets.get_socket(socket.id).is_some()));
+        if socket.connected() && !joined {
+            metrics::counter!("socket_disconnects_total", "namespace" => "/", "reason" => "CONNECT_TIMEOUT")
+                .increment(1);
+            socket.close_connection();
+        }
+    });
+    Ok(())
 }
 
 async fn admit(

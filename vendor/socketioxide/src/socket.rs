@@ -856,9 +856,10 @@ impl<A: Adapter> Socket<A> {
         self.connected.store(connected, Ordering::SeqCst);
     }
 
-    /// dispatchd patch: closes the whole connection (for a client too slow to take what it
-    /// was promised).
-    pub(crate) fn close_connection(&self) {
+    /// dispatchd patch: closes the whole connection, every namespace of it (a client too
+    /// slow to take what it was promised; an EIO3 client that never joins a namespace that
+    /// needs its token).
+    pub fn close_connection(&self) {
         self.esocket.close(EIoDisconnectReason::ClosingServer);
     }
 

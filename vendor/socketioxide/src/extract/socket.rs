@@ -75,6 +75,13 @@ impl<A: Adapter> SocketRef<A> {
         self.0.disconnect()
     }
 
+    /// dispatchd patch: closes the whole connection (see
+    /// [`Socket::close_connection`](crate::socket::Socket::close_connection)).
+    #[inline(always)]
+    pub fn close_connection(&self) {
+        self.0.close_connection()
+    }
+
     /// dispatchd patch: disconnects after sending `event` with `data`, past the buffer's
     /// bounds (see [`Socket::disconnect_with`](crate::socket::Socket::disconnect_with)).
     #[inline(always)]
