@@ -128,7 +128,13 @@ impl Realtime {
             handlers,
             budgets: budgets.clone(),
         };
-        let parser = ParserConfig::common().max_incoming_binaries(config.max_binary_attachments);
+        // Events are JSON; an event with binary attachments is answered BAD_PAYLOAD. Up to
+        // max_binary_attachments of them, together no larger than one message, are read for
+        // that; more close the connection.
+        let parser = ParserConfig::common()
+            .max_incoming_binaries(config.max_binary_attachments)
+            .max_incoming_binary_buf_size(usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX))
+            .packet_completion_timeout(Duration::from_millis(config.connect_timeout_ms));
         let (layer, io) = SocketIo::builder()
             .ping_interval(Duration::from_millis(config.ping_interval_ms))
             .ping_timeout(Duration::from_millis(config.ping_timeout_ms))

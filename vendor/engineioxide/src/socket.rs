@@ -271,7 +271,11 @@ impl Outbox {
 
     /// Wakes the reader waiting for room, if there is room now.
     fn wake_reader(&self, mut state: std::sync::MutexGuard<'_, OutboxState>) {
-        let waker = if self.room_for_reads(&state) { state.room_waker.take() } else { None };
+        let waker = if self.room_for_reads(&state) {
+            state.room_waker.take()
+        } else {
+            None
+        };
         drop(state);
         Self::wake(waker);
     }
@@ -608,7 +612,9 @@ where
         let room = self.outbox.poll_room(cx);
         let paused = self.reads_paused_since.load(Ordering::Relaxed) != NOT_PAUSED;
         match room {
-            Poll::Ready(()) if paused => self.reads_paused_since.store(NOT_PAUSED, Ordering::Relaxed),
+            Poll::Ready(()) if paused => {
+                self.reads_paused_since.store(NOT_PAUSED, Ordering::Relaxed)
+            }
             Poll::Pending if !paused => self.reads_paused_since.store(now(), Ordering::Relaxed),
             _ => {}
         }
@@ -830,7 +836,8 @@ where
     /// dropped: the caller can count it), `Some(false)` if none was waiting.
     #[inline]
     pub fn emit_volatile_replacing(&self, msg: impl Into<Str>) -> Option<bool> {
-        self.outbox.send_volatile(Box::new(smallvec![Packet::Message(msg.into())]))
+        self.outbox
+            .send_volatile(Box::new(smallvec![Packet::Message(msg.into())]))
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
@@ -951,7 +958,11 @@ mod outbox_tests {
         let outbox = Outbox::new(8, usize::MAX);
         assert_eq!(outbox.send_volatile(msg("v1")), Some(false));
         outbox.try_send(msg("a")).unwrap();
-        assert_eq!(outbox.send_volatile(msg("v2")), Some(true), "v1 was replaced");
+        assert_eq!(
+            outbox.send_volatile(msg("v2")),
+            Some(true),
+            "v1 was replaced"
+        );
         outbox.try_send(msg("b")).unwrap();
         assert_eq!(text(outbox.try_recv()), ["4a"]);
         assert_eq!(text(outbox.try_recv()), ["4b"]);
@@ -997,11 +1008,16 @@ mod outbox_tests {
         assert!(matches!(outbox.try_reserve(), Err(TrySendError::Full(()))));
         assert_eq!(text(outbox.try_recv()), ["4abcd"]);
         outbox.try_send(msg("much longer than six")).unwrap();
-        assert!(outbox.push_last(msg("why")), "last words go past the bounds");
+        assert!(
+            outbox.push_last(msg("why")),
+            "last words go past the bounds"
+        );
         assert_eq!(text(outbox.try_recv()), ["4ef"]);
         assert_eq!(text(outbox.try_recv()), ["4much longer than six"]);
         assert_eq!(text(outbox.try_recv()), ["4why"]);
-        outbox.try_send(msg("a packet larger than the bound, alone")).unwrap();
+        outbox
+            .try_send(msg("a packet larger than the bound, alone"))
+            .unwrap();
     }
 
     #[tokio::test]

@@ -69,10 +69,17 @@ impl<A: Adapter> Client<A> {
         // dispatchd patch: Socket.io v2 clients (protocol v4) put their query in the CONNECT
         // packet's namespace ("/admin?token=…"); the namespace is the part before '?', as in
         // the reference server. Without this they get "Invalid namespace".
-        let ns_path = match protocol {
-            ProtocolVersion::V4 => ns_path.split_once('?').map_or(ns_path, |(path, _)| path),
-            ProtocolVersion::V5 => ns_path,
+        let (ns_path, query) = match protocol {
+            ProtocolVersion::V4 => ns_path
+                .split_once('?')
+                .map_or((ns_path, None), |(path, query)| (path, Some(query))),
+            ProtocolVersion::V5 => (ns_path, None),
         };
+        // dispatchd patch: a v2 client has no auth payload; the query of its CONNECT packet is
+        // its namespace's own (each namespace of a multiplexed connection may carry a different
+        // token), so it becomes the auth payload, an object of its parameters, as the reference
+        // 2.x server lays it over the handshake's query.
+        let auth = auth.or_else(|| query.and_then(|query| self.query_as_auth(query)));
         let connect = async move |ns: Arc<Namespace<A>>, esocket: Arc<EIoSocket<SocketData<A>>>| {
             if ns.connect(esocket.id, esocket.clone(), auth).await.is_ok() {
                 // cancel the connect timeout task for v5
@@ -118,6 +125,26 @@ impl<A: Adapter> Client<A> {
                 }),
             };
         }
+    }
+
+    /// dispatchd patch: a query string (`token=a%2Eb&x=1`) as a JSON object of its decoded
+    /// parameters, encoded as the parser encodes an auth payload.
+    fn query_as_auth(&self, query: &str) -> Option<Value> {
+        let params: Vec<String> = query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(key, value)| {
+                format!(
+                    "{}:{}",
+                    crate::parser::json_string(&percent_decode(key)),
+                    crate::parser::json_string(&percent_decode(value))
+                )
+            })
+            .collect();
+        Some(Value::Str(
+            Str::from(format!("{{{}}}", params.join(","))),
+            None,
+        ))
     }
 
     /// Propagate a packet to its target namespace
@@ -526,4 +553,33 @@ mod test {
             .expect("the socket should be closed");
         assert_eq!(res, Some(EIoDisconnectReason::PacketParsingError));
     }
+}
+
+/// dispatchd patch: percent-decoding (and `+` as a space) of one query component.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .filter(|pair| pair.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                at += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                at += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -208,7 +208,9 @@ impl<A: Adapter> SocketIoBuilder<A> {
     /// full, as beyond `max_buffer_size` packets. Defaults to 1 MiB.
     #[inline]
     pub fn max_buffer_bytes(mut self, max_buffer_bytes: usize) -> Self {
-        self.engine_config_builder = self.engine_config_builder.max_buffer_bytes(max_buffer_bytes);
+        self.engine_config_builder = self
+            .engine_config_builder
+            .max_buffer_bytes(max_buffer_bytes);
         self
     }
 

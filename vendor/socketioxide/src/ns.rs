@@ -154,7 +154,17 @@ impl<A: Adapter> Namespace<A> {
             self.remove_socket(sid);
 
             let data = e.to_string();
-            if let Err(_e) = socket.send(Packet::connect_error(self.path.clone(), data)) {
+            let sent = match esocket.protocol.into() {
+                // dispatchd patch: a Socket.io v2 client (protocol v4) gets what the 2.x reference
+                // server sends, an ERROR packet whose data is the message as a plain string
+                // (socket.io-client 2.x hands it to its `error` listeners as is); v3+ clients
+                // get `{message}`.
+                ProtocolVersion::V4 => esocket
+                    .emit(v2_error(&self.path, &data))
+                    .map_err(|_| SocketError::InternalChannelFull),
+                ProtocolVersion::V5 => socket.send(Packet::connect_error(self.path.clone(), data)),
+            };
+            if let Err(_e) = sent {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(%sid, "error sending connect_error packet: {_e}, closing conn");
 
@@ -639,4 +649,15 @@ mod tests {
         assert!(ns.clone().connect(sid, esocket, None).await.is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
+}
+
+/// dispatchd patch: a Socket.io v2 ERROR packet for `namespace` carrying `message` as a JSON
+/// string: `4/pilot,"CODE: text"` (`4"…"` on `/`).
+fn v2_error(namespace: &str, message: &str) -> Str {
+    let json = crate::parser::json_string(message);
+    let packet = match namespace {
+        "/" => format!("4{json}"),
+        namespace => format!("4{namespace},{json}"),
+    };
+    Str::from(packet)
 }

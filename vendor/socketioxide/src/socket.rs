@@ -329,7 +329,11 @@ impl<A: Adapter> SharedHandlers<A> {
         H: MessageHandler<A, T>,
         T: Send + Sync + 'static,
     {
-        set_handler(&mut self.list, event.into(), MakeErasedHandler::new_message_boxed(handler));
+        set_handler(
+            &mut self.list,
+            event.into(),
+            MakeErasedHandler::new_message_boxed(handler),
+        );
         self
     }
 
@@ -495,7 +499,11 @@ impl<A: Adapter> Socket<A> {
         T: Send + Sync + 'static,
     {
         let handler = MakeErasedHandler::new_message_boxed(handler);
-        set_handler(&mut self.message_handlers.write().unwrap(), event.into(), handler);
+        set_handler(
+            &mut self.message_handlers.write().unwrap(),
+            event.into(),
+            handler,
+        );
     }
 
     /// # Registers message handlers shared with other sockets (dispatchd patch).
@@ -895,7 +903,11 @@ impl<A: Adapter> Socket<A> {
     /// not take a place in the socket's buffer, and a newer one replaces it while it waits.
     /// `Ok(true)` when it replaced one not yet sent (a message dropped), `Ok(false)` when not.
     /// Binary attachments are not supported here (they are sent, reported as not replacing).
-    pub fn emit_latest<T: ?Sized + Serialize>(&self, event: impl AsRef<str>, data: &T) -> Result<bool, SendError> {
+    pub fn emit_latest<T: ?Sized + Serialize>(
+        &self,
+        event: impl AsRef<str>,
+        data: &T,
+    ) -> Result<bool, SendError> {
         if !self.connected() {
             return Err(SendError::Socket(SocketError::Closed));
         }

@@ -707,7 +707,10 @@ mod tests {
             let (engine, socket) = (engine.clone(), socket.clone());
             async move { serve(&engine, socket, server).await }
         });
-        client.send(Message::text("4from the client")).await.unwrap();
+        client
+            .send(Message::text("4from the client"))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
             engine.handler.messages.lock().unwrap().is_empty(),
