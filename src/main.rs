@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("dispatchd: configuration error: {err}");
+            dispatchd::telemetry::tell_operator(format_args!("dispatchd: configuration error: {err}"));
             return ExitCode::from(2);
         }
     };
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("dispatchd: cannot start the runtime: {err}");
+            dispatchd::telemetry::tell_operator(format_args!("dispatchd: cannot start the runtime: {err}"));
             return ExitCode::FAILURE;
         }
     };
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "dispatchd failed");
-            eprintln!("dispatchd: {err:#}");
+            dispatchd::telemetry::tell_operator(format_args!("dispatchd: {err:#}"));
             ExitCode::FAILURE
         }
     }

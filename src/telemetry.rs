@@ -24,17 +24,51 @@ pub enum LogTarget {
 /// Does nothing if one is installed already (tests install their own, or none).
 pub fn init_tracing(config: &LogConfig, target: LogTarget) {
     let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
-        match target {
-            LogTarget::Stdout => Box::new(std::io::stdout()),
-            LogTarget::Stderr => Box::new(std::io::stderr()),
-        }
-    });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true).with_writer(writer);
+    let writer = move || Forgiving(target);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_writer(writer)
+        // A log line that cannot be written is dropped (and counted), never reported on
+        // stderr: stderr may be the same broken pipe, and a failed eprintln! panics.
+        .log_internal_errors(false);
     let _ = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
         LogFormat::Human => builder.try_init(),
     };
+}
+
+/// Writes logs to stdout or stderr and never fails: when the reader of the pipe has gone (a
+/// `| tee` that died, a log shipper restarting), a line is dropped and counted in
+/// `log_lines_dropped_total`, and serving and shutting down go on as if nothing happened.
+struct Forgiving(LogTarget);
+
+impl std::io::Write for Forgiving {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = match self.0 {
+            LogTarget::Stdout => std::io::stdout().lock().write_all(buf),
+            LogTarget::Stderr => std::io::stderr().lock().write_all(buf),
+        };
+        if written.is_err() {
+            metrics::counter!("log_lines_dropped_total").increment(1);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = match self.0 {
+            LogTarget::Stdout => std::io::stdout().flush(),
+            LogTarget::Stderr => std::io::stderr().flush(),
+        };
+        Ok(())
+    }
+}
+
+/// A message for the operator on stderr, if stderr can take it (`eprintln!` panics when it
+/// cannot).
+pub fn tell_operator(message: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{message}");
 }
 
 /// The process's metrics recorder, installed on first use.

@@ -9,6 +9,7 @@
 
 pub mod field;
 pub mod gateway;
+pub mod node;
 pub mod sio;
 
 use std::future::Future;

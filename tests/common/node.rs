@@ -1,0 +1,149 @@
+//! A dispatchd process, for what only a real process shows: `kill -9`, SIGTERM under load, a
+//! log pipe whose reader goes away. Configured by environment, as an operator does; its
+//! address comes from its "listening" log line.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::process::{Child, Command};
+
+use super::{PASSWORD, Session, TEST_JWT_SECRET, unique_phone};
+
+/// Where a node's logs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logs {
+    /// Read (and dropped) by the test, so the node never blocks on a full pipe.
+    Drained,
+    /// stdout and stderr on one pipe whose reader is closed once the node listens, as when
+    /// `dispatchd 2>&1 | tee log` loses its `tee`.
+    BrokenPipe,
+}
+
+pub struct Node {
+    child: Child,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+}
+
+impl Node {
+    /// Starts the binary with `env` (`DISPATCHD__…` pairs) on top of a JWT secret.
+    pub async fn start(env: &[(&str, String)], logs: Logs) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dispatchd"));
+        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("DISPATCHD")) {
+            command.env_remove(name);
+        }
+        command
+            .env("DISPATCHD__AUTH__JWT_SECRET", TEST_JWT_SECRET)
+            .env("DISPATCHD__RATE_LIMIT__REQUESTS_PER_MINUTE", "100000")
+            .env("DISPATCHD__LOG__LEVEL", "info")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let (child, addr) = match logs {
+            Logs::Drained => Self::spawn_drained(command).await,
+            Logs::BrokenPipe => Self::spawn_broken_pipe(command).await,
+        };
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        Self { child, addr, client }
+    }
+
+    async fn spawn_drained(mut command: Command) -> (Child, SocketAddr) {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(addr) = listening(&line) {
+                    return addr;
+                }
+            }
+            panic!("the node exited before listening");
+        })
+        .await
+        .expect("the node prints its address");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        (child, addr)
+    }
+
+    async fn spawn_broken_pipe(mut command: Command) -> (Child, SocketAddr) {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let child = command.stdout(writer.try_clone().unwrap()).stderr(writer).spawn().unwrap();
+        // The read end is this test's only one (the child holds the write end): once it is
+        // dropped, every write of the node's fails with a broken pipe.
+        let addr = tokio::task::spawn_blocking(move || {
+            for line in BufReader::new(reader).lines() {
+                if let Some(addr) = listening(&line.unwrap()) {
+                    return addr;
+                }
+            }
+            panic!("the node exited before listening");
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), addr).await.expect("the node listens").unwrap();
+        (child, addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+
+    /// `kill -9`: no drain, no goodbye.
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// SIGTERM; resolves when the process has exited (or fails after `within`).
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.sigterm();
+        tokio::time::timeout(within, self.child.wait()).await.expect("exits after SIGTERM").unwrap()
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) on our own child's pid, with a valid signal number.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (reqwest::StatusCode, Value) {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let reply = request.send().await.unwrap();
+        (reply.status(), reply.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value, token: Option<&str>) -> (reqwest::StatusCode, Value) {
+        let mut request = self.client.post(self.url(path)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let reply = request.send().await.unwrap();
+        (reply.status(), reply.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Signs up a customer, or a pilot on a bike.
+    pub async fn register(&self, role: &str) -> Session {
+        let mut body = json!({ "name": "Fault Drill", "phone": unique_phone(), "password": PASSWORD, "role": role });
+        if role == "pilot" {
+            body["vehicle_type"] = json!("bike");
+        }
+        let (status, reply) = self.post("/api/v1/auth/register", body, None).await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{reply}");
+        Session::from_grant(&reply["data"])
+    }
+}
+
+/// The address of a "dispatchd listening" log line.
+fn listening(line: &str) -> Option<SocketAddr> {
+    let log: Value = serde_json::from_str(line).ok()?;
+    (log["message"] == "dispatchd listening").then(|| log["addr"].as_str()?.parse().ok())?
+}
