@@ -37,17 +37,17 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         }
     };
     let (database, redis) = tokio::join!(database, redis);
-    let checks = json!({ "database": database, "redis": redis, "backend": state.store.backend() });
-    let down: Vec<&str> = [("database", database), ("redis", redis)]
-        .into_iter()
-        .filter(|(_, status)| *status == "down")
-        .map(|(name, _)| name)
-        .collect();
-    if down.is_empty() {
+    // A node serves without Redis (the positions mirror and the cluster feed wait for it), so
+    // Redis trouble is a degradation to show, not a reason to take the node out of a load
+    // balancer: with Redis down, every node would be taken out at once.
+    let degraded: Vec<&str> = (redis == "down").then_some("redis").into_iter().collect();
+    let checks =
+        json!({ "database": database, "redis": redis, "backend": state.store.backend(), "degraded": degraded });
+    if database != "down" {
         return ok(checks).into_response();
     }
     metrics::counter!("readiness_failures_total").increment(1);
-    let body = ErrorBody { code: "NOT_READY", message: format!("down: {}", down.join(", ")), details: Some(checks) };
+    let body = ErrorBody { code: "NOT_READY", message: "down: database".to_owned(), details: Some(checks) };
     envelope(StatusCode::SERVICE_UNAVAILABLE, body)
 }
 

@@ -57,6 +57,7 @@ impl RedisHandle {
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
         let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+        metrics::gauge!("redis_up").set(0.0);
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
