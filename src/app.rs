@@ -112,7 +112,9 @@ impl App {
         let mirror = match &redis {
             Some(redis) => {
                 let now = clock.now().timestamp_millis();
-                positions::warm_start(&grid, redis, now, config.grid.forget_after_secs).await;
+                // A lone node owns what it restores; in a cluster, whichever node hears a pilot.
+                let owned = feed.is_none();
+                positions::warm_start(&grid, redis, now, config.grid.forget_after_secs, owned).await;
                 let mirror_config = config.redis.positions.clone();
                 let ttl = config.grid.forget_after_secs;
                 Some(PositionMirror::new(grid.clone(), redis.clone(), clock.clone(), mirror_config, ttl, feed.clone()))
@@ -134,8 +136,14 @@ impl App {
             config.webhooks.enabled(),
         ));
         let tracking = Arc::new(Tracking::default());
+        let now_ms = clock.now().timestamp_millis();
         for order in store.active_orders().await? {
             tracking.follow(&order);
+            // The database is the truth: a pilot carrying an order is busy, whatever the mirror
+            // remembered (an accept committed just before a crash left it on an offer there).
+            if let Some(pilot) = order.pilot_id {
+                let _ = grid.set_status(pilot, crate::domain::PilotStatus::Busy, now_ms);
+            }
         }
         orders.subscribe(tracking.clone());
         let traces = Arc::new(TraceRecorder::new(tracking.clone(), store.clone()));

@@ -104,6 +104,8 @@ impl Fleet {
     pub fn socket_opened(&self, pilot: UserId) {
         let mut sockets = self.sockets.lock();
         *sockets.entry(pilot).or_default() += 1;
+        // Holding its socket, this node decides its presence.
+        self.index.claim(pilot);
         self.set_reachable(pilot, true);
     }
 
@@ -147,6 +149,7 @@ impl Fleet {
                 PresenceChange::Stale(_) => "stale",
                 PresenceChange::Offline(_) => "offline",
                 PresenceChange::Forgotten(_) => "forgotten",
+                PresenceChange::Unheard(_) => "unheard",
             };
             metrics::counter!("grid_presence_transitions_total", "to" => to).increment(1);
         }

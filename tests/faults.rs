@@ -7,7 +7,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::field::{connect, create_order, north, offered, pilot_on_duty};
 use common::node::{Logs, Node};
+use common::redis_server::OwnRedis;
+use common::{Database, Options, PICKUP, RedisOption, Session, TestApp, eventually, fresh_postgres_database};
+use dispatchd::domain::PilotStatus;
+use serde_json::json;
+
+const SOON: Duration = Duration::from_secs(3);
 
 /// A node's environment on a SQLite file of its own, no Redis.
 fn alone_in(dir: &tempfile::TempDir) -> Vec<(&'static str, String)> {
@@ -33,4 +40,155 @@ async fn a_broken_log_pipe_neither_stops_serving_nor_shutting_down() {
     assert_eq!(status, reqwest::StatusCode::OK, "{me}");
     let exit = node.terminate(Duration::from_secs(15)).await;
     assert!(exit.success(), "SIGTERM still stops it, cleanly: {exit:?}");
+}
+
+/// Timers shortened for drills: stale after 1 s, offline after 2 s, swept every 100 ms.
+fn short_presence(options: Options) -> Options {
+    options
+        .set("grid.stale_after_secs", 1)
+        .set("grid.offline_after_secs", 2)
+        .set("grid.sweep_interval_ms", 100)
+        .set("redis.positions.flush_interval_ms", 50)
+        .set("redis.health_interval_ms", 50)
+        .set("realtime.budgets.location.per_sec", 100)
+}
+
+/// Nodes of one cluster on a fresh database and `redis` (a Redis of the drill's own).
+async fn cluster_on(redis: &OwnRedis) -> Options {
+    let database = Database::Postgres(fresh_postgres_database().await);
+    let redis = RedisOption { url: redis.url(), prefix: common::fresh_redis_prefix() };
+    short_presence(Options { database, redis: Some(redis), ..Options::default() }).set("cluster.enabled", true)
+}
+
+fn status_on(node: &TestApp, pilot: &Session) -> Option<PilotStatus> {
+    node.state.grid.get(pilot.user_id.parse().unwrap()).map(|snapshot| snapshot.status)
+}
+
+/// A pilot's app streaming its position to `node` every 200 ms (from a second socket, so
+/// that the test keeps the first one to hear offers), until dropped.
+async fn streaming(node: &TestApp, pilot: &Session, at: (f64, f64)) -> tokio::task::JoinHandle<()> {
+    let mut socket = connect(node, "/pilot", pilot).await;
+    let clock = node.clock.clone();
+    tokio::spawn(async move {
+        loop {
+            let ts = clock.now().timestamp_millis();
+            socket.call("location", json!({ "points": [{ "lat": at.0, "lng": at.1, "ts": ts, "accuracy": 5 }] })).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Issue: a Redis outage longer than `grid.offline_after_secs` took every pilot offline on
+/// every node, its own node included, once Redis came back. Presence is decided by the node
+/// that holds the pilot's socket; the other node only loses sight of it meanwhile.
+#[tokio::test]
+async fn a_redis_outage_longer_than_offline_after_takes_no_pilot_offline() {
+    let port = common::closed_port().await.port();
+    let mut redis = OwnRedis::start(port).await;
+    let shared = cluster_on(&redis).await;
+    let (a, b) = (TestApp::spawn_with(shared.clone()).await, TestApp::spawn_with(shared).await);
+    let at = north(PICKUP, 0.5);
+    let (pilot, mut offers) = pilot_on_duty(&a, at).await;
+    let stream = streaming(&a, &pilot, at).await;
+    eventually(SOON, "B knows the pilot", async || status_on(&b, &pilot) == Some(PilotStatus::Available)).await;
+
+    redis.kill();
+    // Three seconds down, past offline_after (2 s): A, which hears the pilot, keeps it.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let on_a = a.state.grid.get(pilot.user_id.parse().unwrap()).unwrap();
+        assert_eq!((on_a.status, on_a.stale), (PilotStatus::Available, false), "on its own node, during the outage");
+    }
+    assert_eq!(status_on(&b, &pilot), None, "B lost sight of it, and said nothing");
+
+    let _redis = OwnRedis::start(port).await;
+    eventually(Duration::from_secs(10), "B sees the pilot again", async || {
+        status_on(&b, &pilot) == Some(PilotStatus::Available)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status_on(&a, &pilot), Some(PilotStatus::Available), "nothing written back overruled A");
+    // And it works: an order placed on B beside the pilot is offered to it.
+    let customer = b.register("customer").await;
+    let order = create_order(&b, &customer).await;
+    offered(&mut offers, &order).await;
+    stream.abort();
+}
+
+/// Issue: pilots restored from Redis after a restart counted as reachable, and got offers
+/// their dead sockets could not take, each held for the whole offer time.
+#[tokio::test]
+async fn pilots_restored_from_redis_wait_for_their_socket() {
+    let redis = OwnRedis::start(common::closed_port().await.port()).await;
+    let options = short_presence(Options {
+        redis: Some(RedisOption { url: redis.url(), prefix: common::fresh_redis_prefix() }),
+        ..Options::default()
+    })
+    .set("grid.stale_after_secs", 30)
+    .set("grid.offline_after_secs", 120);
+    let mut first = TestApp::spawn_with(options.clone()).await;
+    let at = north(PICKUP, 0.5);
+    let (pilot, socket) = pilot_on_duty(&first, at).await;
+    let pilot_id = pilot.user_id.parse().unwrap();
+    let prefix = options.redis.as_ref().unwrap().prefix.clone();
+    eventually(SOON, "mirrored", async || {
+        mirrored_status(&redis, &prefix, &pilot).await.as_deref() == Some("available")
+    })
+    .await;
+    drop(socket);
+    let database = first.database_url.clone().unwrap();
+    first.begin_shutdown().await.unwrap().unwrap();
+
+    let second = TestApp::spawn_with(Options { database: Database::Postgres(database), ..options }).await;
+    let restored = second.state.grid.get(pilot_id).expect("warm-started");
+    assert!(restored.stale, "unreachable until its app is back");
+    let customer = second.register("customer").await;
+    let order = create_order(&second, &customer).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let offers = second.state.store.offers_for_order(order.parse().unwrap()).await.unwrap();
+    assert!(offers.is_empty(), "no offer to a pilot whose socket died with the server: {offers:?}");
+    // Its app reconnects: the order is offered at once.
+    let mut back = connect(&second, "/pilot", &pilot).await;
+    offered(&mut back, &order).await;
+}
+
+/// Issue: a pilot that accepted just before a crash showed available (map, Redis, supply)
+/// until its delivery. After a restart, a pilot's status comes from its open order.
+#[tokio::test]
+async fn a_pilot_carrying_an_order_is_busy_after_a_restart_whatever_the_mirror_says() {
+    let redis = OwnRedis::start(common::closed_port().await.port()).await;
+    let options = short_presence(Options {
+        redis: Some(RedisOption { url: redis.url(), prefix: common::fresh_redis_prefix() }),
+        ..Options::default()
+    })
+    .set("grid.stale_after_secs", 30)
+    .set("grid.offline_after_secs", 120);
+    let mut first = TestApp::spawn_with(options.clone()).await;
+    let (pilot, mut socket) = pilot_on_duty(&first, north(PICKUP, 0.5)).await;
+    let customer = first.register("customer").await;
+    let order = create_order(&first, &customer).await;
+    let offer = offered(&mut socket, &order).await;
+    let accepted = socket.call("offer:accept", json!({ "offer_id": offer["offer_id"] })).await;
+    assert_eq!(accepted["data"]["status"], "assigned", "{accepted}");
+    let database = first.database_url.clone().unwrap();
+    first.begin_shutdown().await.unwrap().unwrap();
+    // The crash came before the mirror wrote the accept: Redis still has it available.
+    let prefix = options.redis.as_ref().unwrap().prefix.clone();
+    let key = format!("{prefix}pilot:{}", pilot.user_id);
+    let mut connection = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET").arg(&key).arg("status").arg("available").query_async(&mut connection).await.unwrap();
+
+    let second = TestApp::spawn_with(Options { database: Database::Postgres(database), ..options }).await;
+    assert_eq!(status_on(&second, &pilot), Some(PilotStatus::Busy));
+    eventually(SOON, "Redis corrected", async || {
+        mirrored_status(&redis, &prefix, &pilot).await.as_deref() == Some("busy")
+    })
+    .await;
+}
+
+/// The status field of the pilot's hash in Redis, under key prefix `prefix`.
+async fn mirrored_status(redis: &OwnRedis, prefix: &str, pilot: &Session) -> Option<String> {
+    let key = format!("{prefix}pilot:{}", pilot.user_id);
+    let mut connection = redis::Client::open(redis.url()).ok()?.get_multiplexed_async_connection().await.ok()?;
+    redis::cmd("HGET").arg(&key).arg("status").query_async(&mut connection).await.ok()?
 }

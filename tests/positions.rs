@@ -4,9 +4,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::redis_server::OwnRedis;
 use common::{Database, Options, RedisOption, Session, TestApp, eventually};
 use redis::AsyncCommands as _;
 use serde_json::json;
@@ -84,49 +84,6 @@ async fn positions_are_mirrored_in_the_documented_layout() {
     assert_eq!(pilot_hash(&url, &prefix, &pilot).await["status"], "offline");
 }
 
-/// A redis-server of the test's own, which it can kill and restart (empty, like a real
-/// restart without persistence).
-struct OwnRedis {
-    port: u16,
-    child: Child,
-}
-
-impl OwnRedis {
-    async fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        let redis = Self { port, child };
-        let url = redis.url();
-        eventually(WITHIN, "own redis answers", || async {
-            match redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await {
-                Ok(mut connection) => redis::cmd("PING").query_async::<String>(&mut connection).await.is_ok(),
-                Err(_) => false,
-            }
-        })
-        .await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_mirror_catches_up_after_redis_restarts_empty() {
     let port = common::closed_port().await.port();
@@ -193,6 +150,9 @@ async fn a_restarted_node_warm_starts_from_redis() {
     let restored = second.state.grid.get(pilot.user_id.parse().unwrap()).expect("known before it reports again");
     assert_eq!((restored.position.lat(), restored.position.lng()), (12.9716, 77.5946));
     assert_eq!(restored.status, dispatchd::domain::PilotStatus::Available);
+    assert!(restored.stale, "its socket died with the old server: not offered work until it is back");
+    // It reports again: available at once, where it was.
+    pilot_reports(&second, &pilot, 12.9716, 77.5946, 0).await;
     let dispatcher = second.staff(dispatchd::domain::Role::Dispatcher).await;
     let nearest = second.get("/api/v1/dispatch/pilots/nearest?lat=12.9716&lng=77.5946", Some(&dispatcher.access)).await;
     assert_eq!(nearest.data()["items"][0]["pilot"]["id"], pilot.user_id.as_str());

@@ -200,7 +200,11 @@ impl PilotIndex {
     }
 
     /// Restores a pilot as the mirror last saw it, without marking it for the mirror.
-    pub fn restore(&self, pilot: &PilotSnapshot) {
+    /// Unreachable (stale) until it reports or opens a socket: its app's socket died with the
+    /// server, and an offer made now would reach nobody. `owned`: this node decides its
+    /// presence from now on (a lone node); in a cluster it is owned by whichever node hears
+    /// it next, and until then another node's view of it may be the newer one.
+    pub fn restore(&self, pilot: &PilotSnapshot, owned: bool) {
         let mut grid = self.write();
         if grid.slot(pilot.id).is_some() {
             return;
@@ -208,7 +212,17 @@ impl PilotIndex {
         let slot = grid.insert(pilot.id, pilot.vehicle, pilot.position, pilot.fix_ms, pilot.seen_ms);
         grid.set_motion(slot, pilot.accuracy_m, pilot.speed_mps, pilot.heading_deg);
         grid.set_status(slot, pilot.status, pilot.status_ms);
-        grid.set_stale(slot, pilot.stale);
+        grid.set_stale(slot, true);
+        grid.set_remote(slot, !owned);
+    }
+
+    /// This node holds a socket of the pilot: it owns the pilot's presence (see
+    /// [`Self::sweep`]).
+    pub fn claim(&self, pilot: PilotId) {
+        let mut grid = self.write();
+        if let Some(slot) = grid.slot(pilot) {
+            grid.set_remote(slot, false);
+        }
     }
 
     /// Takes in a pilot as another node wrote it (the cluster feed), without marking it for
@@ -228,6 +242,12 @@ impl PilotIndex {
             Some(slot) => (slot, false),
             None => (grid.insert(pilot.id, pilot.vehicle, pilot.position, pilot.fix_ms, pilot.seen_ms), true),
         };
+        // Its report came through the other node: that node owns it now. A write of this
+        // node's own pilot by another node (a status an offer made there changed) carries no
+        // newer report, and leaves it this node's.
+        if new || pilot.seen_ms > grid.entry(slot).seen_ms {
+            grid.set_remote(slot, true);
+        }
         if pilot.seen_ms >= grid.entry(slot).seen_ms {
             let cell = grid.cell_for_slot(slot, pilot.position);
             let fix = state::Fix {
@@ -239,14 +259,12 @@ impl PilotIndex {
                 seen_ms: pilot.seen_ms,
             };
             grid.apply_fix(slot, &fix);
-            if pilot.stale {
-                grid.set_stale(slot, true);
-            }
+            // As its owner last saw it, reachable or not.
+            grid.set_stale(slot, pilot.stale);
         }
         if new || pilot.status_ms >= grid.entry(slot).status_ms {
             grid.set_status(slot, pilot.status, pilot.status_ms);
         }
-        grid.set_remote(slot, true);
     }
 
     /// Drops a pilot another node forgot, without marking it for the mirror.
@@ -329,12 +347,23 @@ impl PilotIndex {
         }
     }
 
+    /// A pilot's presence is decided by the node that owns it (holds its socket, or received
+    /// its last report): this node's timers never mark another node's pilot stale or offline
+    /// for everyone, nor write it. A silent pilot of another node is only dropped from this
+    /// node's view, once silent for `stale_after` (its node, its feed or Redis is gone).
     fn presence(&self, grid: &mut Grid, slot: u32, now_ms: i64) -> Option<PresenceChange> {
         let entry = grid.entry(slot);
         if !entry.live {
             return None;
         }
         let (id, silent_ms) = (entry.id, now_ms - entry.seen_ms);
+        if entry.remote {
+            if silent_ms < self.stale_after_ms {
+                return None;
+            }
+            grid.remove_quietly(slot);
+            return Some(PresenceChange::Unheard(id));
+        }
         if entry.in_service() && silent_ms >= self.offline_after_ms {
             grid.set_status(slot, PilotStatus::Offline, now_ms);
             grid.mark_dirty(slot, now_ms);

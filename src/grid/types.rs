@@ -177,6 +177,10 @@ pub enum PresenceChange {
     Stale(PilotId),
     Offline(PilotId),
     Forgotten(PilotId),
+    /// A pilot this node does not own (it reports through another node) went silent here:
+    /// dropped from this node's view only. Its own node decides its presence; its next
+    /// report through the cluster feed brings it back.
+    Unheard(PilotId),
 }
 
 /// Why a status change was refused.

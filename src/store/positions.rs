@@ -223,8 +223,14 @@ fn geo_key(redis: &RedisHandle, vehicle: VehicleType) -> String {
 /// Loads into `index` every pilot Redis has seen within `forget_after_secs`. Returns how
 /// many were restored. Redis being down is not an error: the index starts empty and fills
 /// as pilots report.
-pub async fn warm_start(index: &PilotIndex, redis: &RedisHandle, now_ms: i64, forget_after_secs: u64) -> usize {
-    match load(index, redis, now_ms, forget_after_secs).await {
+pub async fn warm_start(
+    index: &PilotIndex,
+    redis: &RedisHandle,
+    now_ms: i64,
+    forget_after_secs: u64,
+    owned: bool,
+) -> usize {
+    match load(index, redis, now_ms, forget_after_secs, owned).await {
         Ok(restored) => {
             tracing::info!(restored, "pilot index warm-started from redis");
             restored
@@ -236,7 +242,13 @@ pub async fn warm_start(index: &PilotIndex, redis: &RedisHandle, now_ms: i64, fo
     }
 }
 
-async fn load(index: &PilotIndex, redis: &RedisHandle, now_ms: i64, forget_after_secs: u64) -> anyhow::Result<usize> {
+async fn load(
+    index: &PilotIndex,
+    redis: &RedisHandle,
+    now_ms: i64,
+    forget_after_secs: u64,
+    owned: bool,
+) -> anyhow::Result<usize> {
     redis.ping().await?;
     let since = now_ms - i64::try_from(forget_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
     let mut ranged = redis::pipe();
@@ -251,7 +263,7 @@ async fn load(index: &PilotIndex, redis: &RedisHandle, now_ms: i64, forget_after
         let hashes: Vec<HashMap<String, String>> = redis.pipeline_unchecked(&pipeline).await?;
         for (id, fields) in chunk.iter().zip(hashes) {
             if let Some(pilot) = parse_pilot(id, &fields) {
-                index.restore(&pilot);
+                index.restore(&pilot, owned);
                 restored += 1;
             }
         }

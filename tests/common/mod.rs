@@ -10,6 +10,7 @@
 pub mod field;
 pub mod gateway;
 pub mod node;
+pub mod redis_server;
 pub mod sio;
 
 use std::future::Future;
