@@ -102,9 +102,10 @@ impl App {
         let feed = match &redis {
             Some(redis) if config.cluster.enabled => {
                 let node = match config.cluster.node_id.as_str() {
-                    "" => uuid::Uuid::new_v4().simple().to_string(),
+                    "" => default_node_id(config.server.addr.port()),
                     node => node.to_owned(),
                 };
+                tracing::info!(node = %node, "cluster node id");
                 Some(Feed::new(redis, &node))
             }
             _ => None,
@@ -221,13 +222,17 @@ impl App {
         let addr = listener.local_addr().context("reading the listener's address")?;
         tracing::info!(%addr, url = %format!("http://{addr}"), "dispatchd listening");
         let stop = CancellationToken::new();
+        let draining = CancellationToken::new();
         let realtime = self.realtime.take().expect("served once");
         let io = realtime.io();
         let mut background = self.spawn_background(stop.clone());
         background.push(tokio::spawn(realtime.run(stop.clone())));
+        // Matching stops as the drain begins, releasing its search leases: in a cluster the
+        // other nodes take the searches at once, not after the drain (this node's sockets
+        // close now anyway, so its offers could reach nobody).
+        background.push(tokio::spawn(self.state.matchmaker.clone().run(draining.clone())));
         let Self { state, sockets, .. } = self;
 
-        let draining = CancellationToken::new();
         let on_signal = draining.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -283,7 +288,6 @@ impl App {
             tasks.push(tokio::spawn(mirror.run(stop.clone())));
         }
         tasks.push(tokio::spawn(self.state.jobs.clone().run(stop.clone())));
-        tasks.push(tokio::spawn(self.state.matchmaker.clone().run(stop.clone())));
         tasks.push(tokio::spawn(self.state.traces.clone().run(stop.clone())));
         tasks.push(tokio::spawn(self.state.orders.clone().run_key_purge(stop.clone())));
         if let Some(redis) = self.state.redis.clone() {
@@ -320,6 +324,22 @@ pub(crate) async fn every(period: Duration, stop: CancellationToken, work: impl 
             _ = stop.cancelled() => return,
             _ = ticks.tick() => work(),
         }
+    }
+}
+
+/// A node's name when none is configured: the host's name and the port it serves on, the
+/// same after a restart (so a restarted node resumes its own searches at once), different
+/// for two nodes on one host. On an ephemeral port (0), a random suffix instead of the port.
+fn default_node_id(port: u16) -> String {
+    let mut name = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer it is given.
+    let written = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0;
+    let end = name.iter().position(|byte| *byte == 0).unwrap_or(name.len());
+    let host = String::from_utf8_lossy(&name[..end]).into_owned();
+    let host = if written && !host.is_empty() { host } else { "dispatchd".to_owned() };
+    match port {
+        0 => format!("{host}:{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        port => format!("{host}:{port}"),
     }
 }
 

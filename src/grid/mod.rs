@@ -422,11 +422,11 @@ impl PilotIndex {
         self.grid.read().check_invariants();
     }
 
-    /// The pilots busy since before `before_ms` (no status change since).
-    pub fn busy_since_before(&self, before_ms: i64) -> Vec<PilotId> {
+    /// The pilots in `status` since before `before_ms` (no status change since).
+    pub fn in_status_since_before(&self, status: PilotStatus, before_ms: i64) -> Vec<PilotId> {
         let grid = self.grid.read();
-        let busy = grid.slots.iter().filter(|entry| entry.live && entry.status == PilotStatus::Busy);
-        busy.filter(|entry| entry.status_ms < before_ms).map(|entry| entry.id).collect()
+        let found = grid.slots.iter().filter(|entry| entry.live && entry.status == status);
+        found.filter(|entry| entry.status_ms < before_ms).map(|entry| entry.id).collect()
     }
 
     /// Every pilot (brute force, for tests and tools).

@@ -28,6 +28,9 @@ pub trait OfferStore: Send + Sync {
     /// Every live offer: what matching picks up again after a restart.
     async fn live_offers(&self) -> Result<Vec<Offer>>;
 
+    /// The live offers whose deadline passed before `before`, whoever follows their search.
+    async fn live_offers_due(&self, before: DateTime<Utc>) -> Result<Vec<Offer>>;
+
     /// The pilot's live offer, if any (sent again when its app reconnects).
     async fn live_offer_for_pilot(&self, pilot: UserId) -> Result<Option<Offer>>;
 

@@ -303,6 +303,8 @@ async fn test_config(options: &Options) -> (Config, Option<String>, Option<tempf
         .merge(Serialized::global("rate_limit.requests_per_minute", 100_000))
         .merge(Serialized::global("redis.health_interval_ms", 50))
         .merge(Serialized::global("server.shutdown_timeout_secs", 5))
+        // What the test's listener is: an ephemeral port (so each node gets a name of its own).
+        .merge(Serialized::global("server.addr", "127.0.0.1:0"))
         // Tests run due jobs themselves (`state.jobs.run_due()`), after moving their clock.
         .merge(Serialized::global("jobs.poll_interval_ms", 3_600_000));
     let (database_url, sqlite_dir) = match &options.database {

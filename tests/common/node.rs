@@ -95,6 +95,11 @@ impl Node {
         self.child.id().expect("running") as i32
     }
 
+    /// Whether the process has not exited yet.
+    pub fn still_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// `kill -9`: no drain, no goodbye.
     pub async fn kill9(&mut self) {
         self.child.kill().await.unwrap();

@@ -25,6 +25,18 @@ impl OfferStore for StoreImpl {
         rows.into_iter().map(Offer::try_from).collect()
     }
 
+    async fn live_offers_due(&self, before: chrono::DateTime<chrono::Utc>) -> Result<Vec<Offer>> {
+        let rows: Vec<OfferRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            offer_columns!(),
+            " FROM offers WHERE status = 'live' AND expires_at < $1 ORDER BY id"
+        ))
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Offer::try_from).collect()
+    }
+
     async fn live_offer_for_pilot(&self, pilot: UserId) -> Result<Option<Offer>> {
         let row: Option<OfferRow> = sqlx::query_as(concat!(
             "SELECT ",

@@ -22,7 +22,12 @@
 //!
 //! In a cluster ([`SearchLease`]) each search is followed by one node: the one that began it
 //! leases it in the database at its next tick and renews the lease; a node resumes only the
-//! searches it holds, and takes over those whose node stopped renewing.
+//! searches it holds, and takes over those whose node stopped renewing ([`leases`]).
+//! Whatever happens to searches, nodes and leases, every live offer expires at its deadline
+//! and no pilot stays held for an offer that is over ([`recovery`]).
+//!
+//! The task stops when the server's drain begins, releasing its leases, so that the other
+//! nodes take its searches at once instead of after the drain.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -47,6 +52,9 @@ use crate::matching::{self, MatchingConfig, Mode, Search, batch};
 use crate::orders::tracking::Tracking;
 use crate::orders::{OrderListener, Orders};
 use crate::store::Store;
+
+mod leases;
+mod recovery;
 
 /// Told of offers to deliver to pilots. Called on the matchmaker's task: hand the work on.
 pub trait OfferListener: Send + Sync {
@@ -192,12 +200,14 @@ impl Matchmaker {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batches = tokio::time::interval(StdDuration::from_millis(self.config.batch_window_ms));
         batches.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let renew_every = self.lease.as_ref().map_or(StdDuration::from_secs(3600), |lease| lease.duration / 3);
+        let renew_every = self.renew_every();
         // The first renewal is one period on: recovering renewed already.
         let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
         renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut checks = tokio::time::interval(BUSY_CHECK_EVERY);
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut overdue = tokio::time::interval(OFFERS_CHECK_EVERY);
+        overdue.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -206,6 +216,12 @@ impl Matchmaker {
                 _ = ticks.tick() => self.tick(&mut searches).await,
                 _ = batches.tick(), if self.config.mode == Mode::Batched => self.batch(&mut searches).await,
                 _ = renewals.tick(), if self.lease.is_some() => self.renew(&mut searches).await,
+                _ = overdue.tick() => {
+                    self.expire_overdue(&mut searches).await;
+                    if let Err(err) = self.free_held_without_offer(self.held_too_long_before_ms()).await {
+                        tracing::warn!(error = %err, "could not check held pilots against their offers");
+                    }
+                }
                 _ = checks.tick() => {
                     let settled = self.clock.now() - Duration::from_std(BUSY_CHECK_EVERY).unwrap_or_default();
                     if let Err(err) = self.free_busy_without_order(settled.timestamp_millis()).await {
@@ -215,151 +231,7 @@ impl Matchmaker {
             }
             metrics::gauge!("matching_searches").set(searches.map.len() as f64);
         }
-        if let Some(lease) = &self.lease {
-            // Stopping: the other nodes take these searches at their next renewal rather
-            // than once the leases lapse.
-            match self.store.release_search_leases(&lease.node, self.clock.now()).await {
-                Ok(released) => tracing::info!(released, "search leases released"),
-                Err(err) => tracing::warn!(error = %err, "could not release the search leases; they lapse instead"),
-            }
-        }
-    }
-
-    /// The leases' dates from now: until when a lease taken now holds, and before when a
-    /// search nobody leased counts as nobody's.
-    fn lease_dates(&self, lease: &SearchLease) -> (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>) {
-        let now = self.clock.now();
-        let duration = Duration::from_std(lease.duration).unwrap_or(Duration::seconds(15));
-        (now, now + duration, now - duration)
-    }
-
-    /// Renews this node's leases and takes the searches nobody follows any more (their node
-    /// stopped or crashed); drops those another node took (this one was too slow to renew).
-    async fn renew(&self, searches: &mut Searches) {
-        let Some(lease) = &self.lease else { return };
-        let (now, until, unleased_before) = self.lease_dates(lease);
-        let held = match self.store.renew_search_leases(&lease.node, until, now, unleased_before).await {
-            Ok(held) => held.into_iter().collect::<HashSet<OrderId>>(),
-            Err(err) => {
-                tracing::warn!(error = %err, "could not renew the search leases; retrying");
-                return;
-            }
-        };
-        searches.map.retain(|id, search| !search.leased || held.contains(id));
-        for id in held {
-            if searches.map.contains_key(&id) {
-                continue;
-            }
-            match self.store.order(id).await {
-                Ok(Some(order)) => {
-                    tracing::info!(order_id = %id, "took over a search whose node stopped following it");
-                    self.start(searches, order, Before::Unknown).await;
-                    if let Some(search) = searches.map.get_mut(&id) {
-                        search.leased = true;
-                    }
-                    if self.config.mode == Mode::Immediate {
-                        self.offer_next(searches, id).await;
-                    }
-                }
-                Ok(None) => {}
-                Err(err) => tracing::warn!(order_id = %id, error = %err, "could not read a search taken over"),
-            }
-        }
-    }
-
-    /// Leases the searches begun here since the last tick; one another node holds is its to
-    /// follow.
-    async fn lease_new(&self, searches: &mut Searches) {
-        let Some(lease) = &self.lease else { return };
-        let (now, until, _) = self.lease_dates(lease);
-        let unleased: Vec<OrderId> =
-            searches.map.iter().filter(|(_, search)| !search.leased).map(|(id, _)| *id).collect();
-        for id in unleased {
-            match self.store.lease_search(id, &lease.node, until, now).await {
-                Ok(true) => {
-                    if let Some(search) = searches.map.get_mut(&id) {
-                        search.leased = true;
-                    }
-                }
-                Ok(false) => {
-                    searches.map.remove(&id);
-                }
-                Err(err) => tracing::warn!(order_id = %id, error = %err, "could not lease a search; next tick"),
-            }
-        }
-    }
-
-    async fn recover(&self, searches: &mut Searches) -> Result<()> {
-        let now = self.clock.now();
-        let mut live = HashMap::new();
-        for offer in self.store.live_offers().await? {
-            if offer.expires_at <= now {
-                self.orders.expire_offer(offer.id, None).await?;
-            } else {
-                self.hold(offer.pilot_id);
-                live.insert(offer.order_id, offer);
-            }
-        }
-        // Pilots the mirror remembers on an offer that no longer exists take work again.
-        let holding: HashSet<UserId> = live.values().map(|offer| offer.pilot_id).collect();
-        for pilot in self.grid.all() {
-            if pilot.status == PilotStatus::OnOffer && !holding.contains(&pilot.id) {
-                self.orders.free_from_offer(pilot.id);
-            }
-        }
-        self.free_busy_without_order(now.timestamp_millis()).await?;
-        let mut orders = self.store.searching_orders().await?;
-        if let Some(lease) = &self.lease {
-            // In a cluster, only the searches this node holds (its own, by a stable node id,
-            // and those nobody follows); the others are other nodes' to follow.
-            let (now, until, unleased_before) = self.lease_dates(lease);
-            let held: HashSet<OrderId> =
-                self.store.renew_search_leases(&lease.node, until, now, unleased_before).await?.into_iter().collect();
-            orders.retain(|order| held.contains(&order.id));
-        }
-        let resumed = orders.len();
-        for order in orders {
-            let id = order.id;
-            self.start(searches, order, Before::Unknown).await;
-            if let Some(search) = searches.map.get_mut(&id) {
-                search.live = live.remove(&id);
-                search.leased = true;
-            }
-        }
-        if resumed > 0 {
-            tracing::info!(searches = resumed, "resumed the searches in progress");
-        }
-        if self.config.mode == Mode::Immediate {
-            let waiting: Vec<OrderId> = searches.waiting(now).collect();
-            for id in waiting {
-                self.offer_next(searches, id).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Pilots the index has busy while the database has them carrying no order take work
-    /// again: what a cancellation committed between an accept's commit and its index update
-    /// leaves, or a crash between a trip's end and the index's (the mirror then restores the
-    /// pilot busy). Only pilots busy since before `settled_ms`, so that an assignment in
-    /// flight has its order written.
-    async fn free_busy_without_order(&self, settled_ms: i64) -> Result<()> {
-        let untracked = self.grid.busy_since_before(settled_ms).into_iter();
-        for pilot in untracked.filter(|pilot| self.tracking.trip_of(*pilot).is_none()) {
-            if self.store.active_order_of(pilot).await?.is_some() {
-                continue;
-            }
-            tracing::warn!(%pilot, "busy with no order; taking work again");
-            metrics::counter!("matching_busy_pilots_freed_total").increment(1);
-            self.orders.free_from_order(pilot);
-            // A dispatcher may have given it an order between the look and the change: that
-            // assignment marks it busy after its commit, which the change may have come after
-            // (it was busy already). Looked at once more, it ends busy whichever came first.
-            if self.store.active_order_of(pilot).await?.is_some() {
-                let _ = self.grid.set_status(pilot, PilotStatus::Busy, self.clock.now().timestamp_millis());
-            }
-        }
-        Ok(())
+        self.release_leases().await;
     }
 
     async fn handle(&self, searches: &mut Searches, command: Command) {
@@ -479,6 +351,7 @@ impl Matchmaker {
         let now = self.clock.now();
         let mut started = now;
         let mut declined = HashSet::new();
+        let mut live = None;
         if let Before::DroppedBy(pilot) = before {
             declined.insert(pilot);
         }
@@ -499,9 +372,15 @@ impl Matchmaker {
                 Ok(offers) => {
                     let refused = offers.iter().filter(|offer| offer.status.declined());
                     declined.extend(refused.map(|offer| offer.pilot_id));
+                    // A search resumed or taken over waits on (and expires) the offer its
+                    // order already has, like one it made itself.
+                    live = offers.into_iter().find(|offer| offer.status == OfferStatus::Live);
                 }
                 Err(err) => tracing::warn!(order_id = %order.id, error = %err, "could not read who declined the order"),
             }
+        }
+        if let Some(offer) = &live {
+            self.hold(offer.pilot_id);
         }
         searches.map.insert(
             order.id,
@@ -509,7 +388,7 @@ impl Matchmaker {
                 order,
                 search: Search::starting(now.timestamp_millis()),
                 declined,
-                live: None,
+                live,
                 retry_at: now,
                 started,
                 leased: false,
@@ -795,6 +674,9 @@ impl Searching {
 /// How often pilots busy without an order are looked for, and how long one must have been
 /// busy to be looked at.
 const BUSY_CHECK_EVERY: StdDuration = StdDuration::from_secs(30);
+/// How often overdue offers, whichever node made them, and pilots held for no offer are
+/// looked for.
+const OFFERS_CHECK_EVERY: StdDuration = StdDuration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct Searches {
