@@ -117,8 +117,14 @@ impl App {
                 let owned = feed.is_none();
                 positions::warm_start(&grid, redis, now, config.grid.forget_after_secs, owned).await;
                 let mirror_config = config.redis.positions.clone();
-                let ttl = config.grid.forget_after_secs;
-                Some(PositionMirror::new(grid.clone(), redis.clone(), clock.clone(), mirror_config, ttl, feed.clone()))
+                Some(PositionMirror::new(
+                    grid.clone(),
+                    redis.clone(),
+                    clock.clone(),
+                    mirror_config,
+                    &config.grid,
+                    feed.clone(),
+                ))
             }
             None => None,
         };

@@ -220,13 +220,12 @@ async fn pilots_no_node_remembers_are_pruned_from_the_shared_sets() {
     let _: () = redis.zadd(format!("{prefix}pilots:seen"), "ghost", long_ago).await.unwrap();
 
     let config = app.state.config.redis.positions.clone();
-    let ttl = app.state.config.grid.forget_after_secs;
     let mirror = dispatchd::store::positions::PositionMirror::new(
         app.state.grid.clone(),
         handle,
         app.clock.clone(),
         config,
-        ttl,
+        &app.state.config.grid,
         None,
     );
     assert_eq!(mirror.prune_forgotten().await.unwrap(), 1);

@@ -6,7 +6,7 @@
 //! | key | type | content |
 //! |---|---|---|
 //! | `pilot:{id}` | hash | `lat`, `lng`, `vehicle_type`, `status`, `stale` (0/1), `heading`, `speed` (m/s), `accuracy` (m), `fix_ms` (phone time of the fix), `seen_ms` (server time of the last report), `status_ms` (server time of the last status change); `heading`/`speed` empty when unknown. Expires `grid.forget_after_secs` after its last write. |
-//! | `pilots:geo:{vehicle_type}` | geo set | ids of the in-service pilots of that vehicle type at their last position, for `GEOSEARCH` (latitudes beyond ±85.05° are not representable and left out) |
+//! | `pilots:geo:{vehicle_type}` | geo set | ids of the in-service, reachable pilots of that vehicle type heard within `grid.stale_after_secs`, at their last position, for `GEOSEARCH` (latitudes beyond ±85.05° are not representable and left out) |
 //! | `pilots:seen` | sorted set | every pilot id, scored by `seen_ms` |
 //!
 //! Only state converges, not every intermediate point: a pilot that moved five times between
@@ -33,6 +33,19 @@ use crate::store::redis::RedisHandle;
 const GEO_MAX_LAT: f64 = 85.051_128_78;
 /// How often pilots forgotten by every node are pruned from the shared sets.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often pilots nobody has written for `grid.stale_after_secs` leave the geo sets.
+const SILENT_EVERY: Duration = Duration::from_secs(1);
+/// How far back each look for silent pilots reaches, past `stale_after` (looks overlap, so
+/// one that failed or came late misses nobody).
+const SILENT_WINDOW_MS: i64 = 10_000;
+/// Removes from the geo sets (KEYS[2..]) the pilots whose `pilots:seen` score (KEYS[1]) lies
+/// in [ARGV[1], ARGV[2]], in one step: a pilot written meanwhile is not removed after.
+const REMOVE_SILENT: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
+for _, id in ipairs(ids) do
+  for i = 2, #KEYS do redis.call('ZREM', KEYS[i], id) end
+end
+return #ids";
 /// Pilots read per pipeline during warm start.
 const WARM_START_CHUNK: usize = 1000;
 
@@ -52,6 +65,8 @@ pub struct PositionMirror {
     config: MirrorConfig,
     /// How long a pilot's hash outlives its last write, ms.
     ttl_ms: u64,
+    /// A pilot silent this long is not offered work: it leaves the geo sets, ms.
+    stale_after_ms: i64,
     /// In a cluster, each write is also told to the other nodes, in the same pipeline.
     feed: Option<Feed>,
 }
@@ -62,11 +77,12 @@ impl PositionMirror {
         redis: RedisHandle,
         clock: Clock,
         config: MirrorConfig,
-        ttl_secs: u64,
+        grid: &crate::grid::GridConfig,
         feed: Option<Feed>,
     ) -> Self {
-        let ttl_ms = ttl_secs.saturating_mul(1000).max(1000);
-        let mirror = Self { index, redis, clock, config, ttl_ms, feed };
+        let ttl_ms = grid.forget_after_secs.saturating_mul(1000).max(1000);
+        let stale_after_ms = i64::try_from(grid.stale_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+        let mirror = Self { index, redis, clock, config, ttl_ms, stale_after_ms, feed };
         let (index, clock) = (mirror.index.clone(), mirror.clock.clone());
         mirror.redis.on_recovery(move |_| {
             index.mark_all_dirty(clock.now().timestamp_millis());
@@ -82,6 +98,8 @@ impl PositionMirror {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prunes = tokio::time::interval(PRUNE_EVERY);
         prunes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut silent = tokio::time::interval(SILENT_EVERY);
+        silent.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -89,6 +107,11 @@ impl PositionMirror {
                 _ = prunes.tick() => {
                     if let Err(err) = self.prune_forgotten().await {
                         tracing::debug!(error = format!("{err:#}"), "pruning forgotten pilots failed; next time");
+                    }
+                }
+                _ = silent.tick(), if self.redis.is_up() => {
+                    if let Err(err) = self.remove_silent().await {
+                        tracing::debug!(error = format!("{err:#}"), "removing silent pilots failed; next time");
                     }
                 }
             }
@@ -143,6 +166,22 @@ impl PositionMirror {
             pruned += ids.len();
             metrics::counter!("grid_mirror_pruned_total").increment(ids.len() as u64);
         }
+    }
+
+    /// Takes out of the geo sets the pilots nobody has written for `stale_after_secs`:
+    /// their node marks its own stale (and writes that), but the pilots of a node that died
+    /// are nobody's to write; they leave `GEOSEARCH` answers within `stale_after_secs` (and a
+    /// second) of their last write, whoever notices. Their hashes stay until they expire.
+    pub async fn remove_silent(&self) -> anyhow::Result<usize> {
+        let newest = self.clock.now().timestamp_millis() - self.stale_after_ms;
+        let mut script = redis::cmd("EVAL");
+        script.arg(REMOVE_SILENT).arg(1 + VehicleType::ALL.len()).arg(self.redis.key("pilots:seen"));
+        for vehicle in VehicleType::ALL {
+            script.arg(geo_key(&self.redis, *vehicle));
+        }
+        script.arg(newest - SILENT_WINDOW_MS).arg(newest);
+        let removed: usize = self.redis.query(&script).await?;
+        Ok(removed)
     }
 
     fn record_lag(&self) {
@@ -203,7 +242,8 @@ impl PositionMirror {
         pipeline.cmd("PEXPIRE").arg(&key).arg(self.ttl_ms).ignore();
         let id = pilot.id.to_string();
         let geo = geo_key(&self.redis, pilot.vehicle);
-        if pilot.status != PilotStatus::Offline && pilot.position.lat().abs() <= GEO_MAX_LAT {
+        // The geo sets hold the pilots that could be offered work: in service and heard.
+        if pilot.status != PilotStatus::Offline && !pilot.stale && pilot.position.lat().abs() <= GEO_MAX_LAT {
             pipeline.cmd("GEOADD").arg(geo).arg(pilot.position.lng()).arg(pilot.position.lat()).arg(&id).ignore();
         } else {
             pipeline.cmd("ZREM").arg(geo).arg(&id).ignore();

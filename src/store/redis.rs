@@ -152,7 +152,14 @@ impl RedisHandle {
     }
 
     async fn check_health(&self) {
-        if let Err(err) = self.ping().await {
+        let mut answered = self.ping().await;
+        if answered.is_err() && !self.is_up() {
+            // The connection manager reconnects after a failed command, and a reconnect
+            // that failed while Redis was down is only retried by the next command: ping
+            // again at once, or Redis would be noticed back one whole (backed-off) check late.
+            answered = self.ping().await;
+        }
+        if let Err(err) = answered {
             if self.is_up() {
                 tracing::warn!(error = %err, "redis health check failed");
             }

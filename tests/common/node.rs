@@ -152,3 +152,33 @@ fn listening(line: &str) -> Option<SocketAddr> {
     let log: Value = serde_json::from_str(line).ok()?;
     (log["message"] == "dispatchd listening").then(|| log["addr"].as_str()?.parse().ok())?
 }
+
+/// A staff account (dispatcher or admin) made with the admin command, as an operator makes
+/// one, on the Postgres database `database`.
+pub async fn staff(database: &str, role: &str) -> String {
+    let phone = unique_phone();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .env("DISPATCHD__DATABASE__URL", database)
+        .env("DISPATCHD__AUTH__JWT_SECRET", TEST_JWT_SECRET)
+        .args(["admin", "create-user", "--role", role, "--phone", &phone, "--name", "Drill Desk"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, format!("{PASSWORD}\n").as_bytes()).await.unwrap();
+    drop(stdin);
+    assert!(child.wait().await.unwrap().success(), "admin create-user");
+    phone
+}
+
+impl Node {
+    /// Logs in `phone` (with the test password).
+    pub async fn login(&self, phone: &str) -> Session {
+        let (status, reply) =
+            self.post("/api/v1/auth/login", json!({ "phone": phone, "password": PASSWORD }), None).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{reply}");
+        Session::from_grant(&reply["data"])
+    }
+}
