@@ -380,6 +380,10 @@ async fn redis_coming_back_is_noticed_within_the_back_off_and_the_mirror_rebuilt
     redis.kill();
     let handle = app.state.redis.clone().unwrap();
     eventually(SOON, "seen down", async || !handle.is_up()).await;
+    // The node serves on, and says so: a load balancer keeps it.
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status, reqwest::StatusCode::OK, "{:?}", ready.body);
+    assert_eq!(ready.data()["degraded"], json!(["redis"]));
     // Long enough for the checks to back off all the way (8 intervals).
     tokio::time::sleep(Duration::from_millis(INTERVAL_MS * 16)).await;
 
