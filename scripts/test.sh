@@ -3,7 +3,8 @@
 # PostgreSQL and a real Redis. Uses the ones answering on 127.0.0.1:5432 / :6379; otherwise
 # installs them from Debian packages and starts them (without systemd). Then the Socket.io
 # gateway against the official socket.io-client from npm (tests/js; Node.js from Debian
-# packages when missing). Exits non-zero on any failure.
+# packages when missing) and against the official Engine.IO and Socket.IO protocol suites
+# (tests/protocol). Exits non-zero on any failure.
 #
 #   DISPATCHD_TEST_DATABASE_URL  Postgres URL of a user that may create databases
 #                                (default postgres://postgres@127.0.0.1:5432/postgres)
@@ -99,5 +100,7 @@ CARGO_TARGET_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}")/vendor" \
 say "socket.io-client tests (tests/js)"
 bin="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/dispatchd"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error && DISPATCHD_BIN="$bin" npm test)
+say "official Engine.IO / Socket.IO protocol suites (tests/protocol)"
+DISPATCHD_BIN="$bin" scripts/protocol-suites.sh
 say "benchmark scenarios at tiny scale (so they cannot rot)"
 bench/smoke.sh

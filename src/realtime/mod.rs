@@ -333,10 +333,11 @@ fn connected(namespace: &'static str, delta: f64) {
 }
 
 /// The headers a Socket.io request keeps: the engine reads the WebSocket key to accept an
-/// upgrade and the content type of a long-polling post. Nothing else reads them (the token
-/// comes in the CONNECT payload, or the query for EIO3 clients).
-const SOCKET_IO_HEADERS: [axum::http::HeaderName; 2] =
-    [axum::http::header::SEC_WEBSOCKET_KEY, axum::http::header::CONTENT_TYPE];
+/// upgrade, and the content type and length of a long-polling post (a body announced over
+/// the limit is refused before it is read). Nothing else reads them (the token comes in the
+/// CONNECT payload, or the query for EIO3 clients).
+const SOCKET_IO_HEADERS: [axum::http::HeaderName; 3] =
+    [axum::http::header::SEC_WEBSOCKET_KEY, axum::http::header::CONTENT_TYPE, axum::http::header::CONTENT_LENGTH];
 
 /// A Socket.io request with its URI copied into an allocation of its own and only the headers
 /// the engine reads, copied too. The engine keeps a connection's request for the
@@ -375,6 +376,7 @@ mod tests {
             .uri(uri)
             .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
             .header(header::CONTENT_TYPE, "text/plain")
+            .header(header::CONTENT_LENGTH, "0")
             .header(header::USER_AGENT, "pilot-app/1.0")
             .header(header::COOKIE, "a=b")
             .body(Body::empty())
@@ -386,10 +388,10 @@ mod tests {
         let kept = compact_request(request("/socket.io/?EIO=3&transport=websocket&token=t")).await;
         assert_eq!(kept.uri(), "/socket.io/?EIO=3&transport=websocket&token=t");
         let names: Vec<_> = kept.headers().keys().map(|name| name.as_str()).collect();
-        assert_eq!(names, ["sec-websocket-key", "content-type"]);
+        assert_eq!(names, ["sec-websocket-key", "content-type", "content-length"]);
         assert_eq!(kept.headers()[header::SEC_WEBSOCKET_KEY], "dGhlIHNhbXBsZSBub25jZQ==");
 
         let other = compact_request(request("/api/v1/orders")).await;
-        assert_eq!(other.headers().len(), 4, "other requests pass untouched");
+        assert_eq!(other.headers().len(), 5, "other requests pass untouched");
     }
 }

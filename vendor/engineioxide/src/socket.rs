@@ -670,6 +670,14 @@ where
     pub(crate) fn start_upgrade(&self) {
         self.upgrading.store(true, Ordering::Relaxed);
     }
+    /// dispatchd patch: claims the upgrade for one WebSocket; false when another already
+    /// claimed it (a second WebSocket during an upgrade is refused, as by the reference
+    /// server: it would otherwise race the first for the session's outbox and freeze it).
+    pub(crate) fn try_start_upgrade(&self) -> bool {
+        self.upgrading
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
 
     /// Returns true if the [`Socket`] has a websocket [`TransportType`]
     pub(crate) fn is_ws(&self) -> bool {

@@ -177,7 +177,22 @@ where
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > engine.config.max_payload) {
+    if let Some(length) = announced.filter(|length| *length > engine.config.max_payload) {
+        // Read and dropped (up to twice the limit, for ten seconds at most), so that the
+        // client, still sending, gets the answer rather than a connection reset.
+        if length <= engine.config.max_payload.saturating_mul(2) {
+            let mut body = body;
+            let drain = async {
+                while let Some(frame) =
+                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+                {
+                    if frame.is_err() {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+        }
         return Err(Error::PacketParse(
             engineioxide_core::PacketParseError::PayloadTooLarge {
                 max: engine.config.max_payload,

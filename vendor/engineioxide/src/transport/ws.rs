@@ -169,7 +169,9 @@ where
     let (socket, ws) = if let Some(sid) = sid {
         match engine.get_socket(sid) {
             None => return Err(Error::UnknownSessionID(sid)),
-            Some(socket) if socket.is_ws() => return Err(Error::MultipleWebsocketRequests),
+            Some(socket) if socket.is_ws() || !socket.try_start_upgrade() => {
+                return Err(Error::MultipleWebsocketRequests);
+            }
             Some(socket) => {
                 let mut ws = ws_init().await;
 
