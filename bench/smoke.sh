@@ -19,7 +19,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # One server for the scenarios that drive a running one.
 export DISPATCHD__SERVER__ADDR=127.0.0.1:0 DISPATCHD__DATABASE__SQLITE_PATH="$work/dispatchd.db" \
-    DISPATCHD__RATE_LIMIT__ENABLED=false DISPATCHD__AUTH__ARGON2_MEMORY_KIB=64 DISPATCHD__AUTH__ARGON2_ITERATIONS=1 \
+    DISPATCHD__RATE_LIMIT__ENABLED=false DISPATCHD__SERVER__MAX_CONNECTIONS_PER_IP=1000000 \
+    DISPATCHD__AUTH__ARGON2_MEMORY_KIB=64 DISPATCHD__AUTH__ARGON2_ITERATIONS=1 \
     DISPATCHD__LOG__LEVEL=warn,dispatchd::app=info
 DISPATCHD_ADMIN_PASSWORD="bench password 1" "$bin/dispatchd" admin create-user --role dispatcher \
     --phone +919999900001 --name Bench >/dev/null 2>&1
@@ -32,6 +33,9 @@ url="http://$addr"
 "$bench" ingest --url "$url" --pid "$pid" --pilots 10 --interval 1 --batch 3 --duration 3
 "$bench" track --url "$url" --pid "$pid" --pairs 5 --rate 2 --duration 3
 "$bench" connections --url "$url" --pid "$pid" --connections 30 --sources 2 --storm-deadline 10
+"$bench" flood --url "$url" --pid "$pid" --normal 10 --duration 4 --frames 2000 --read-frames 500 --settle 1 \
+    --json "$work/flood.json"
+grep -q '"flooder_cut_after_s": "not cut"' "$work/flood.json" && { echo "flood: a flooder was not cut off" >&2; exit 1; }
 "$bench" dispatch --url "$url" --pilots 10 --orders-per-sec 2 --duration 3
 "$bench" orders --url "$url" --pid "$pid" --customers 3 --concurrency 2 --duration 2
 "$bench" orders --url "$url" --customers 3 --concurrency 2 --rate 20 --duration 2 --json "$work/orders.json"

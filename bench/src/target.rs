@@ -81,6 +81,19 @@ impl Target {
         account(&reply).context("log in with --staff-phone / --staff-password of a dispatcher")
     }
 
+    /// GETs `path` and returns the `data` of a successful answer.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> anyhow::Result<Value> {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let reply: Value = request.send().await.with_context(|| format!("GET {path}"))?.json().await?;
+        if reply["success"] != true {
+            bail!("GET {path}: {reply}");
+        }
+        Ok(reply["data"].clone())
+    }
+
     /// POSTs `body` and returns the `data` of a successful answer; waits out `429`s.
     pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<Value> {
         for _ in 0..20 {

@@ -19,6 +19,7 @@
 //! Budgets hold a few dozen bytes per active user; [`Budgets::forget_idle`] drops users whose
 //! budgets are full again.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 
@@ -118,12 +119,19 @@ pub enum Verdict {
     Flood,
 }
 
+/// A user's sockets on one namespace, oldest first. Nearly every user has one: it is kept
+/// inline, with no allocation of its own (every idle socket pays for this).
+enum Open {
+    One(Sid),
+    Many(VecDeque<Sid>),
+}
+
 /// The budgets of every user on this node.
 pub struct Budgets {
     classes: Vec<DefaultKeyedRateLimiter<UserId>>,
     refusals: DefaultKeyedRateLimiter<UserId>,
     /// Each user's sockets per namespace, oldest first.
-    sockets: Mutex<HashMap<(UserId, &'static str), VecDeque<Sid>>>,
+    sockets: Mutex<HashMap<(UserId, &'static str), Open>>,
     max_sockets: usize,
 }
 
@@ -151,18 +159,38 @@ impl Budgets {
     /// the user now has more than allowed there.
     pub fn opened(&self, user: UserId, namespace: &'static str, sid: Sid) -> Option<Sid> {
         let mut sockets = self.sockets.lock();
-        let open = sockets.entry((user, namespace)).or_default();
-        open.push_back(sid);
-        if open.len() > self.max_sockets { open.pop_front() } else { None }
+        match sockets.entry((user, namespace)) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(Open::One(sid));
+                None
+            }
+            Entry::Occupied(mut occupied) => {
+                let open = occupied.get_mut();
+                let mut all = match std::mem::replace(open, Open::Many(VecDeque::new())) {
+                    Open::One(first) => VecDeque::from([first]),
+                    Open::Many(all) => all,
+                };
+                all.push_back(sid);
+                let oldest = if all.len() > self.max_sockets { all.pop_front() } else { None };
+                *open = Open::Many(all);
+                oldest
+            }
+        }
     }
 
     /// A socket of `user` closed (or was evicted).
     pub fn closed(&self, user: UserId, namespace: &'static str, sid: Sid) {
         let mut sockets = self.sockets.lock();
-        let Some(open) = sockets.get_mut(&(user, namespace)) else { return };
-        open.retain(|open| *open != sid);
-        if open.is_empty() {
-            sockets.remove(&(user, namespace));
+        let Entry::Occupied(mut occupied) = sockets.entry((user, namespace)) else { return };
+        let gone = match occupied.get_mut() {
+            Open::One(only) => *only == sid,
+            Open::Many(all) => {
+                all.retain(|open| *open != sid);
+                all.is_empty()
+            }
+        };
+        if gone {
+            occupied.remove();
         }
     }
 

@@ -42,9 +42,9 @@ pub fn handlers() -> SharedHandlers {
 /// Prepares an admitted customer socket.
 pub fn setup(socket: &SocketRef, gateway: &Gateway) {
     socket.on_shared(gateway.handlers.customer.clone());
-    let gateway = gateway.clone();
+    let budgets = gateway.budgets.clone();
     socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
-        super::closed(&socket, &gateway, CUSTOMER_NS, reason)
+        super::closed(&socket, &budgets, CUSTOMER_NS, reason)
     });
 }
 

@@ -64,10 +64,10 @@ pub fn handlers() -> SharedHandlers {
 pub fn setup(socket: &SocketRef, gateway: &Gateway) {
     socket.join(ROOM);
     socket.on_shared(gateway.handlers.dispatch.clone());
-    let gateway = gateway.clone();
+    let (viewports, budgets) = (gateway.viewports.clone(), gateway.budgets.clone());
     socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
-        gateway.viewports.remove(socket.id);
-        super::closed(&socket, &gateway, DISPATCH_NS, reason);
+        viewports.remove(socket.id);
+        super::closed(&socket, &budgets, DISPATCH_NS, reason);
     });
 }
 

@@ -306,15 +306,16 @@ fn opened(io: &SocketIo, socket: &SocketRef, gateway: &Gateway, caller: &Caller,
     close_with(&oldest, namespace, "closing", "TOO_MANY_SOCKETS", &message);
 }
 
-/// A socket closed, for `reason`.
-fn closed(socket: &SocketRef, gateway: &Gateway, namespace: &'static str, reason: DisconnectReason) {
+/// A socket closed, for `reason`. (Its disconnect handler holds `budgets` only: whatever a
+/// handler captures, every idle socket keeps.)
+fn closed(socket: &SocketRef, budgets: &Budgets, namespace: &'static str, reason: DisconnectReason) {
     connected(namespace, -1.0);
     if reason == DisconnectReason::SlowClient {
         // The engine closed it: it stopped reading what it asked for.
         metrics::counter!("socket_disconnects_total", "namespace" => namespace, "reason" => "SLOW_CLIENT").increment(1);
     }
     if let Some(caller) = socket.extensions.get::<Caller>() {
-        gateway.budgets.closed(caller.user_id, namespace, socket.id);
+        budgets.closed(caller.user_id, namespace, socket.id);
     }
 }
 

@@ -60,9 +60,9 @@ pub fn setup(socket: &SocketRef, gateway: &Gateway, caller: &Caller) {
     socket.join(room(caller.user_id));
     socket.on_shared(gateway.handlers.pilot.clone());
     gateway.app.fleet.socket_opened(caller.user_id);
-    let (fleet, pilot, closing) = (gateway.app.fleet.clone(), caller.user_id, gateway.clone());
+    let (fleet, pilot, budgets) = (gateway.app.fleet.clone(), caller.user_id, gateway.budgets.clone());
     socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
-        super::closed(&socket, &closing, PILOT_NS, reason);
+        super::closed(&socket, &budgets, PILOT_NS, reason);
         // Its last socket here: no offer can reach it until it is back.
         fleet.socket_closed(pilot);
     });

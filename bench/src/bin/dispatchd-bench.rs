@@ -6,6 +6,7 @@
 //! ```text
 //! dispatchd-bench ingest      --url http://127.0.0.1:8080 --pilots 1000 --interval 5 --batch 5
 //! dispatchd-bench track       --url … --pairs 1000 --rate 2 [--watch-url …]     (watched through another node)
+//! dispatchd-bench flood       --url … --pid PID --normal 200 --duration 40    (one abusive client beside 200)
 //! dispatchd-bench connections --url … --connections 15000 --sources 4
 //! dispatchd-bench dispatch    --url … --pilots 200 --orders-per-sec 10     (or --in-process --streaming 50000)
 //! dispatchd-bench orders      --url … --concurrency 32 [--rate 1000]         (REST order create)
@@ -17,7 +18,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use dispatchd_bench::scenarios::{compare, connections, dispatch, ingest, matching, orders, simulate, track};
+use dispatchd_bench::scenarios::{compare, connections, dispatch, flood, ingest, matching, orders, simulate, track};
 use dispatchd_bench::target::{Kind, STAFF_PASSWORD, STAFF_PHONE, Target};
 use serde_json::Value;
 
@@ -108,6 +109,26 @@ enum Scenario {
         common: Common,
         #[command(flatten)]
         sizes: IngestSizes,
+    },
+    /// One abusive client (a flood it never reads, then one it reads) beside normal pilots
+    /// and customers: their round trips before, during and after, how fast each flooder is
+    /// cut off, and the server's memory.
+    Flood {
+        #[command(flatten)]
+        common: Common,
+        /// Normal clients, half pilots (a position a second), half customers (an
+        /// `order:watch` and a REST call a second).
+        #[arg(long, value_parser = at_least_one, default_value_t = 200)]
+        normal: usize,
+        /// `order:watch` frames the flooder that never reads sends.
+        #[arg(long, default_value_t = 20_000)]
+        frames: usize,
+        /// `order:watch` frames the flooder that reads sends.
+        #[arg(long, default_value_t = 5_000)]
+        read_frames: usize,
+        /// Seconds after the floods before memory is read again.
+        #[arg(long, default_value_t = 10)]
+        settle: u64,
     },
     /// Pilots on orders streaming while their customers watch: delivery latency, losses.
     Track {
@@ -263,6 +284,23 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Ingest { common, sizes } => {
             let report = ingest::run(&target(&common)?, &ingest_args(&sizes, &common)).await?;
             report.table().print();
+            (common.json, report.json())
+        }
+        Scenario::Flood { common, normal, frames, read_frames, settle } => {
+            // Each phase (before, each flood, after) lasts a quarter of --duration.
+            let args = flood::FloodArgs {
+                normal,
+                phase_s: (common.duration / 4).max(1),
+                frames,
+                read_frames,
+                settle_s: settle,
+                pid: common.pid,
+            };
+            let report = flood::run(&target(&common)?, &args).await?;
+            report.table().print();
+            if let Some(ratio) = report.rss_ratio() {
+                println!("server RSS {settle} s after the floods: {:.2}× the baseline", ratio);
+            }
             (common.json, report.json())
         }
         Scenario::Track { common, sizes, staff } => {

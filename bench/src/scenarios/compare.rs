@@ -47,6 +47,8 @@ impl Server {
             ("DISPATCHD__SERVER__ADDR", "127.0.0.1:0".to_owned()),
             ("DISPATCHD__DATABASE__SQLITE_PATH", scratch.join("dispatchd.db").display().to_string()),
             ("DISPATCHD__RATE_LIMIT__ENABLED", "false".into()),
+            // Every simulated client comes from a few loopback addresses.
+            ("DISPATCHD__SERVER__MAX_CONNECTIONS_PER_IP", "1000000".into()),
             ("DISPATCHD__AUTH__ARGON2_MEMORY_KIB", "64".into()),
             ("DISPATCHD__AUTH__ARGON2_ITERATIONS", "1".into()),
             ("DISPATCHD__LOG__LEVEL", "warn,dispatchd::app=info".into()),

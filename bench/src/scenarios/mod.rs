@@ -4,6 +4,7 @@ pub mod compare;
 pub mod connections;
 pub mod dispatch;
 pub mod dispatch_in_process;
+pub mod flood;
 pub mod ingest;
 pub mod matching;
 pub mod orders;
