@@ -109,3 +109,41 @@ async fn an_eio3_connection_that_joins_no_namespace_is_closed() {
     })
     .await;
 }
+
+/// Behind a proxy every connection comes from the proxy: the bound applies to sockets, by
+/// the client address the proxy forwards (`rate_limit.client_ip_header`).
+#[tokio::test]
+async fn behind_a_proxy_sockets_are_bounded_per_forwarded_address() {
+    let app = TestApp::spawn_with(
+        Options::default()
+            .set("rate_limit.client_ip_header", "x-forwarded-for")
+            .set("server.max_connections_per_ip", 2),
+    )
+    .await;
+    let from = async |address: &str| {
+        let customer = app.register("customer").await;
+        let auth = Some(serde_json::json!({ "token": customer.access }));
+        let forwarded = format!("10.0.0.1, {address}");
+        common::sio::SioClient::connect_with_headers(
+            app.addr,
+            "/customer",
+            auth,
+            "",
+            &[("x-forwarded-for", &forwarded)],
+        )
+        .await
+    };
+    let first = from("203.0.113.7").await.expect("first");
+    let _second = from("203.0.113.7").await.expect("second");
+    match from("203.0.113.7").await {
+        Err(common::sio::Refused::ConnectError(message)) => {
+            assert!(message.starts_with("TOO_MANY_CONNECTIONS: "), "{message}")
+        }
+        other => panic!("a third socket from the address is refused: {:?}", other.map(|_| ())),
+    }
+    // Another address is not affected (all of them through the one proxy connection source).
+    let _other = from("198.51.100.4").await.expect("another address");
+    // One closes: room again.
+    drop(first);
+    common::eventually(Duration::from_secs(3), "room again", || async { from("203.0.113.7").await.is_ok() }).await;
+}

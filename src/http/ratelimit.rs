@@ -51,15 +51,18 @@ impl RateLimiter {
     }
 
     fn client_ip(&self, req: &Request) -> IpAddr {
-        let from_header = self.client_ip_header.as_deref().and_then(|name| {
-            let value = req.headers().get(name)?.to_str().ok()?;
-            // The last X-Forwarded-For entry is the one our proxy added.
-            value.rsplit(',').next()?.trim().parse().ok()
-        });
+        let from_header = self.client_ip_header.as_deref().and_then(|name| forwarded_ip(req.headers(), name));
         from_header
             .or_else(|| req.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip()))
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
+}
+
+/// The client's address as the proxy wrote it in header `name` (`x-forwarded-for`: its last
+/// entry, the one our proxy added; `x-real-ip`).
+pub fn forwarded_ip(headers: &HeaderMap, name: &str) -> Option<IpAddr> {
+    let value = headers.get(name)?.to_str().ok()?;
+    value.rsplit(',').next()?.trim().parse().ok()
 }
 
 /// The middleware: refuse over the limit, else pass on and annotate the answer.

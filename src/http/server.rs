@@ -9,9 +9,9 @@
 //!   connections from one address, WebSockets included (the count lives as long as the
 //!   connection's stream, upgraded or not). One over it is answered 429 with the error
 //!   envelope and closed. Behind a proxy (`rate_limit.client_ip_header` set) every connection
-//!   comes from the proxy, so this bound is not applied; the proxy bounds its clients'
-//!   connections, and `realtime.max_sockets_per_user` and the per-address rate limit still
-//!   hold per client.
+//!   comes from the proxy, so this bound is not applied here: it bounds Socket.io sockets per
+//!   client address the proxy forwards instead (`realtime::budget`), and the per-address rate
+//!   limit bounds REST requests.
 //! * **Graceful shutdown.** When `shutdown` fires: no more accepts, idle connections closed,
 //!   requests in flight answered, then [`serve`] returns.
 

@@ -103,7 +103,10 @@ async fn admit(
     namespace: &'static str,
     roles: &[Role],
 ) -> Result<Caller, Refusal> {
-    let result = authenticate(socket, gateway, auth.ok(), roles).await;
+    let result = match authenticate(socket, gateway, auth.ok(), roles).await {
+        Ok(caller) => count_address(socket, gateway).map(|()| caller),
+        Err(refusal) => Err(refusal),
+    };
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(refusal) => refusal.code,
@@ -112,6 +115,27 @@ async fn admit(
     let caller = result?;
     socket.extensions.insert(caller);
     Ok(caller)
+}
+
+/// Behind a proxy, counts the socket under the client address the proxy forwards (its
+/// connections all come from the proxy, so `server.max_connections_per_ip` bounds sockets
+/// per forwarded address instead), refusing one over the bound.
+fn count_address(socket: &SocketRef, gateway: &Gateway) -> Result<(), Refusal> {
+    if !gateway.budgets.per_address() {
+        return Ok(());
+    }
+    let header = &gateway.app.config.rate_limit.client_ip_header;
+    let Some(address) = crate::http::ratelimit::forwarded_ip(&socket.req_parts().headers, header) else {
+        return Ok(());
+    };
+    if !gateway.budgets.address_opened(address) {
+        return Err(Refusal {
+            code: "TOO_MANY_CONNECTIONS",
+            message: "too many open connections from this address; close some and connect again".into(),
+        });
+    }
+    socket.extensions.insert(super::budget::Forwarded(address));
+    Ok(())
 }
 
 async fn authenticate(

@@ -16,11 +16,16 @@
 //!   oldest socket is told `closing {code: "TOO_MANY_SOCKETS"}` and disconnected (a server
 //!   disconnect: the client does not reconnect by itself, so two tabs never take turns).
 //!
+//! * **Sockets per address, behind a proxy.** With `rate_limit.client_ip_header` set, every TCP
+//!   connection comes from the proxy, so `server.max_connections_per_ip` bounds sockets per
+//!   client address the proxy forwards instead (refused at connect, `TOO_MANY_CONNECTIONS`).
+//!
 //! Budgets hold a few dozen bytes per active user; [`Budgets::forget_idle`] drops users whose
 //! budgets are full again.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -133,16 +138,55 @@ pub struct Budgets {
     /// Each user's sockets per namespace, oldest first.
     sockets: Mutex<HashMap<(UserId, &'static str), Open>>,
     max_sockets: usize,
+    /// Behind a proxy: sockets per client address the proxy forwards, and the most allowed.
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+    per_address: Option<usize>,
 }
 
+/// The client address a socket was counted under (behind a proxy), kept in its extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded(pub IpAddr);
+
 impl Budgets {
-    pub fn new(config: &BudgetsConfig, max_sockets: usize) -> Self {
+    /// `per_address`: behind a proxy, the most sockets per forwarded client address.
+    pub fn new(config: &BudgetsConfig, max_sockets: usize, per_address: Option<usize>) -> Self {
         Self {
             classes: Class::ALL.iter().map(|class| RateLimiter::dashmap(config.rate(*class).quota())).collect(),
             refusals: RateLimiter::dashmap(config.refusals.quota()),
             sockets: Mutex::default(),
             max_sockets: max_sockets.max(1),
+            by_address: Mutex::default(),
+            per_address,
         }
+    }
+
+    /// Behind a proxy: counts a socket from `address`, unless it has the most allowed. True
+    /// when counted (or when no bound applies: not behind a proxy).
+    pub fn address_opened(&self, address: IpAddr) -> bool {
+        let Some(most) = self.per_address else { return true };
+        let mut by_address = self.by_address.lock();
+        let open = by_address.entry(address).or_default();
+        if *open >= most {
+            return false;
+        }
+        *open += 1;
+        true
+    }
+
+    /// A socket counted under `address` closed.
+    pub fn address_closed(&self, address: IpAddr) {
+        let mut by_address = self.by_address.lock();
+        if let Entry::Occupied(mut open) = by_address.entry(address) {
+            *open.get_mut() -= 1;
+            if *open.get() == 0 {
+                open.remove();
+            }
+        }
+    }
+
+    /// Whether sockets are counted per forwarded address (behind a proxy).
+    pub fn per_address(&self) -> bool {
+        self.per_address.is_some()
     }
 
     /// Spends one event of `class` from `user`'s budget.
@@ -222,7 +266,7 @@ mod tests {
 
     #[test]
     fn a_burst_then_refusals_then_a_flood() {
-        let budgets = Budgets::new(&config(), 5);
+        let budgets = Budgets::new(&config(), 5, None);
         let user = UserId(uuid::Uuid::now_v7());
         let verdicts: Vec<Verdict> = (0..6).map(|_| budgets.spend(user, Class::Location)).collect();
         use Verdict::*;
@@ -235,7 +279,7 @@ mod tests {
 
     #[test]
     fn the_newest_socket_wins() {
-        let budgets = Budgets::new(&config(), 2);
+        let budgets = Budgets::new(&config(), 2, None);
         let user = UserId(uuid::Uuid::now_v7());
         let sids: Vec<Sid> = (0..3).map(|_| Sid::new()).collect();
         assert_eq!(budgets.opened(user, "/pilot", sids[0]), None);

@@ -120,7 +120,11 @@ impl Realtime {
             customer: Arc::new(customer::handlers()),
             dispatch: Arc::new(dispatch::handlers()),
         });
-        let budgets = Arc::new(Budgets::new(&config.budgets, config.max_sockets_per_user));
+        // Behind a proxy, TCP connections all come from the proxy: the bound on connections
+        // per client address applies to sockets, by the address the proxy forwards.
+        let per_address = (!state.config.rate_limit.client_ip_header.is_empty())
+            .then_some(state.config.server.max_connections_per_ip);
+        let budgets = Arc::new(Budgets::new(&config.budgets, config.max_sockets_per_user, per_address));
         let gateway = Gateway {
             app: state.clone(),
             viewports: viewports.clone(),
@@ -309,6 +313,9 @@ fn opened(io: &SocketIo, socket: &SocketRef, gateway: &Gateway, caller: &Caller,
 /// A socket closed, for `reason`. (Its disconnect handler holds `budgets` only: whatever a
 /// handler captures, every idle socket keeps.)
 fn closed(socket: &SocketRef, budgets: &Budgets, namespace: &'static str, reason: DisconnectReason) {
+    if let Some(budget::Forwarded(ip)) = socket.extensions.get::<budget::Forwarded>() {
+        budgets.address_closed(ip);
+    }
     connected(namespace, -1.0);
     if reason == DisconnectReason::SlowClient {
         // The engine closed it: it stopped reading what it asked for.
@@ -335,10 +342,16 @@ fn connected(namespace: &'static str, delta: f64) {
 
 /// The headers a Socket.io request keeps: the engine reads the WebSocket key to accept an
 /// upgrade, and the content type and length of a long-polling post (a body announced over
-/// the limit is refused before it is read). Nothing else reads them (the token comes in the
-/// CONNECT payload, or the query for EIO3 clients).
-const SOCKET_IO_HEADERS: [axum::http::HeaderName; 3] =
-    [axum::http::header::SEC_WEBSOCKET_KEY, axum::http::header::CONTENT_TYPE, axum::http::header::CONTENT_LENGTH];
+/// the limit is refused before it is read); behind a proxy, admission reads the client's
+/// address from the header `rate_limit.client_ip_header` names (one of the last two). Nothing
+/// else reads them (the token comes in the CONNECT payload, or the query for EIO3 clients).
+const SOCKET_IO_HEADERS: [axum::http::HeaderName; 5] = [
+    axum::http::header::SEC_WEBSOCKET_KEY,
+    axum::http::header::CONTENT_TYPE,
+    axum::http::header::CONTENT_LENGTH,
+    axum::http::HeaderName::from_static("x-forwarded-for"),
+    axum::http::HeaderName::from_static("x-real-ip"),
+];
 
 /// A Socket.io request with its URI copied into an allocation of its own and only the headers
 /// the engine reads, copied too. The engine keeps a connection's request for the

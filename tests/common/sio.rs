@@ -46,8 +46,27 @@ impl SioClient {
     /// Connects to `namespace` with `auth` as the CONNECT payload (and `query` appended to
     /// the handshake URL).
     pub async fn connect(addr: SocketAddr, namespace: &str, auth: Option<Value>, query: &str) -> Result<Self, Refused> {
+        Self::connect_with_headers(addr, namespace, auth, query, &[]).await
+    }
+
+    /// [`Self::connect`], with `headers` on the handshake request (what a proxy adds).
+    pub async fn connect_with_headers(
+        addr: SocketAddr,
+        namespace: &str,
+        auth: Option<Value>,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, Refused> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
         let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket{query}");
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|err| Refused::Transport(err.to_string()))?;
+        let mut request = url.into_client_request().map_err(|err| Refused::Transport(err.to_string()))?;
+        for (name, value) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName = name.parse().unwrap();
+            request.headers_mut().insert(name, value.parse().unwrap());
+        }
+        let (ws, _) =
+            tokio_tungstenite::connect_async(request).await.map_err(|err| Refused::Transport(err.to_string()))?;
         let (mut sink, mut stream) = ws.split();
         let open = next_text(&mut stream).await.ok_or_else(|| Refused::Transport("no open packet".into()))?;
         assert!(open.starts_with('0'), "engine.io open packet, got {open}");
