@@ -61,6 +61,15 @@ async fn cluster_on(redis: &OwnRedis) -> Options {
     short_presence(Options { database, redis: Some(redis), ..Options::default() }).set("cluster.enabled", true)
 }
 
+/// A node alone (no cluster) on a fresh database and `redis`, with the default presence
+/// timers (stale after 30 s): drills that restart it see its pilots as they left them.
+fn lone_node_on(redis: &OwnRedis) -> Options {
+    let redis = RedisOption { url: redis.url(), prefix: common::fresh_redis_prefix() };
+    short_presence(Options { redis: Some(redis), ..Options::default() })
+        .set("grid.stale_after_secs", 30)
+        .set("grid.offline_after_secs", 120)
+}
+
 fn status_on(node: &TestApp, pilot: &Session) -> Option<PilotStatus> {
     node.state.grid.get(pilot.user_id.parse().unwrap()).map(|snapshot| snapshot.status)
 }
@@ -121,12 +130,7 @@ async fn a_redis_outage_longer_than_offline_after_takes_no_pilot_offline() {
 #[tokio::test]
 async fn pilots_restored_from_redis_wait_for_their_socket() {
     let redis = OwnRedis::start(common::closed_port().await.port()).await;
-    let options = short_presence(Options {
-        redis: Some(RedisOption { url: redis.url(), prefix: common::fresh_redis_prefix() }),
-        ..Options::default()
-    })
-    .set("grid.stale_after_secs", 30)
-    .set("grid.offline_after_secs", 120);
+    let options = lone_node_on(&redis);
     let mut first = TestApp::spawn_with(options.clone()).await;
     let at = north(PICKUP, 0.5);
     let (pilot, socket) = pilot_on_duty(&first, at).await;
@@ -158,12 +162,7 @@ async fn pilots_restored_from_redis_wait_for_their_socket() {
 #[tokio::test]
 async fn a_pilot_carrying_an_order_is_busy_after_a_restart_whatever_the_mirror_says() {
     let redis = OwnRedis::start(common::closed_port().await.port()).await;
-    let options = short_presence(Options {
-        redis: Some(RedisOption { url: redis.url(), prefix: common::fresh_redis_prefix() }),
-        ..Options::default()
-    })
-    .set("grid.stale_after_secs", 30)
-    .set("grid.offline_after_secs", 120);
+    let options = lone_node_on(&redis);
     let mut first = TestApp::spawn_with(options.clone()).await;
     let (pilot, mut socket) = pilot_on_duty(&first, north(PICKUP, 0.5)).await;
     let customer = first.register("customer").await;
@@ -366,14 +365,8 @@ async fn redis_coming_back_is_noticed_within_the_back_off_and_the_mirror_rebuilt
     const INTERVAL_MS: u64 = 200;
     let port = common::closed_port().await.port();
     let mut redis = OwnRedis::start(port).await;
-    let prefix = common::fresh_redis_prefix();
-    let options = short_presence(Options {
-        redis: Some(RedisOption { url: redis.url(), prefix: prefix.clone() }),
-        ..Options::default()
-    })
-    .set("redis.health_interval_ms", INTERVAL_MS)
-    .set("grid.stale_after_secs", 30)
-    .set("grid.offline_after_secs", 120);
+    let options = lone_node_on(&redis).set("redis.health_interval_ms", INTERVAL_MS);
+    let prefix = options.redis.as_ref().unwrap().prefix.clone();
     let app = TestApp::spawn_with(options).await;
     let (pilot, _socket) = pilot_on_duty(&app, north(PICKUP, 0.5)).await;
     eventually(SOON, "mirrored", async || mirrored_status(&redis, &prefix, &pilot).await.is_some()).await;
