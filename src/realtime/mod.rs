@@ -8,7 +8,9 @@
 //! | `/dispatch` | dispatchers, admins | [`dispatch`]: a viewport of pilots and open orders, coalesced deltas, supply |
 //!
 //! On every namespace, [`sessions`] ends a socket when its session does (revoked, or its
-//! token expired without `auth:refresh`), telling it why with `session:ended`.
+//! token expired without `auth:refresh`), telling it why with `session:ended`; every event
+//! spends from its user's [`budget`], and `admission` bounds each user's sockets and closes
+//! floods, telling them why with `closing`.
 //!
 //! The event contract is `docs/events.md`. Every ack is `{ok: true, data}` or
 //! `{ok: false, error: {code, message}}` ([`ack`]); a connection refused at connect gets a
@@ -25,6 +27,7 @@
 //!   [`Realtime::run`] stops or the gateway is dropped, so no cycle outlives the server.
 
 pub mod ack;
+mod admission;
 mod auth;
 pub mod budget;
 mod customer;
@@ -39,19 +42,16 @@ use std::time::Duration;
 use serde::Deserialize;
 use socketioxide::handler::ConnectHandler as _;
 use socketioxide::layer::SocketIoLayer;
-use socketioxide::socket::DisconnectReason;
 use socketioxide::socket::SharedHandlers;
 use socketioxide::{ParserConfig, SocketIo};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
-use crate::auth::Caller;
-use crate::error::Error;
 use crate::orders::tracking::Tracking;
-use budget::{Budgets, Class, Verdict};
+use admission::{close_with, closed, opened, spend, unknown};
+use budget::Budgets;
 use dispatch::Viewports;
 use relay::Relay;
-use socketioxide::extract::{AckSender, Extension, SocketRef, State};
 
 pub const PILOT_NS: &str = "/pilot";
 pub const CUSTOMER_NS: &str = "/customer";
@@ -235,95 +235,6 @@ const BUDGETS_UPKEEP: Duration = Duration::from_secs(60);
 /// Counts an event received on `namespace`.
 fn count_in(namespace: &'static str, event: &'static str) {
     metrics::counter!("socket_events_in_total", "namespace" => namespace, "event" => event).increment(1);
-}
-
-/// Counts an event received and spends it from the caller's budget ([`budget`]). `Some(ack)`
-/// when its handler may go on; otherwise the event has been answered `RATE_LIMITED` (and,
-/// for a flood, the socket closed).
-fn spend(
-    socket: &SocketRef,
-    gateway: &Gateway,
-    caller: &Caller,
-    namespace: &'static str,
-    event: &'static str,
-    class: Class,
-    ack: AckSender,
-) -> Option<AckSender> {
-    count_in(namespace, event);
-    match gateway.budgets.spend(caller.user_id, class) {
-        Verdict::Admit => Some(ack),
-        verdict => {
-            metrics::counter!("socket_events_refused_total", "namespace" => namespace, "event" => event).increment(1);
-            ack::send(ack, namespace, event, &Err::<(), _>(Error::RateLimited { retry_after_secs: 1 }));
-            if verdict == Verdict::Flood {
-                flooding(socket, namespace, caller);
-            }
-            None
-        }
-    }
-}
-
-/// An event no handler takes: answered `UNKNOWN_EVENT`, and counted as a refusal.
-async fn unknown(
-    socket: SocketRef,
-    ack: AckSender,
-    State(gateway): State<Gateway>,
-    Extension(caller): Extension<Caller>,
-) {
-    let namespace = namespace_of(&socket);
-    count_in(namespace, "unknown");
-    let refused = Error::BadRequest { code: "UNKNOWN_EVENT", message: "no such event on this namespace".into() };
-    ack::send(ack, namespace, "unknown", &Err::<(), _>(refused));
-    if gateway.budgets.refuse(caller.user_id) == Verdict::Flood {
-        flooding(&socket, namespace, &caller);
-    }
-}
-
-fn flooding(socket: &SocketRef, namespace: &'static str, caller: &Caller) {
-    tracing::warn!(user_id = %caller.user_id, namespace, "event flood; disconnecting the socket");
-    close_with(socket, namespace, "closing", "FLOODING", "too many events refused; slow down and connect again");
-}
-
-/// The namespace constant a socket is on.
-fn namespace_of(socket: &SocketRef) -> &'static str {
-    [PILOT_NS, CUSTOMER_NS, DISPATCH_NS].into_iter().find(|ns| *ns == socket.ns()).unwrap_or("/")
-}
-
-/// Tells a socket why the server closes it (`event` `{code, message}`, when its buffer has
-/// room for it) and disconnects it; counted in `socket_disconnects_total` by `code`.
-fn close_with(socket: &SocketRef, namespace: &'static str, event: &'static str, code: &'static str, message: &str) {
-    metrics::counter!("socket_disconnects_total", "namespace" => namespace, "reason" => code).increment(1);
-    // Past the buffer's bound: a client that stopped reading finds why once it reads.
-    let sent = socket.clone().disconnect_with(event, &serde_json::json!({ "code": code, "message": message }));
-    count_out(namespace, event, sent.is_ok());
-}
-
-/// A socket admitted on `namespace`: counted, and the user's oldest socket there closed when
-/// it has too many ([`budget`]).
-fn opened(io: &SocketIo, socket: &SocketRef, gateway: &Gateway, caller: &Caller, namespace: &'static str) {
-    connected(namespace, 1.0);
-    let Some(oldest) = gateway.budgets.opened(caller.user_id, namespace, socket.id) else { return };
-    let Some(oldest) = io.of(namespace).and_then(|sockets| sockets.get_socket(oldest)) else { return };
-    tracing::info!(user_id = %caller.user_id, namespace, "too many sockets; closing the oldest");
-    let most = gateway.app.config.realtime.max_sockets_per_user;
-    let message = format!("at most {most} sockets per user on a namespace; a newer one took this one's place");
-    close_with(&oldest, namespace, "closing", "TOO_MANY_SOCKETS", &message);
-}
-
-/// A socket closed, for `reason`. (Its disconnect handler holds `budgets` only: whatever a
-/// handler captures, every idle socket keeps.)
-fn closed(socket: &SocketRef, budgets: &Budgets, namespace: &'static str, reason: DisconnectReason) {
-    if let Some(budget::Forwarded(ip)) = socket.extensions.get::<budget::Forwarded>() {
-        budgets.address_closed(ip);
-    }
-    connected(namespace, -1.0);
-    if reason == DisconnectReason::SlowClient {
-        // The engine closed it: it stopped reading what it asked for.
-        metrics::counter!("socket_disconnects_total", "namespace" => namespace, "reason" => "SLOW_CLIENT").increment(1);
-    }
-    if let Some(caller) = socket.extensions.get::<Caller>() {
-        budgets.closed(caller.user_id, namespace, socket.id);
-    }
 }
 
 /// Counts an event sent, or a packet dropped because the socket's buffer was full.
