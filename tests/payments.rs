@@ -53,7 +53,9 @@ async fn a_razorpay_capture_pays_the_order_once() {
     assert_eq!((paid["status"].as_str(), paid["payment_status"].as_str()), (Some("searching_driver"), Some("paid")));
     let redelivered = razorpay_webhook(&app, &body, "evt_1", None).await;
     assert_eq!(redelivered.data()["outcome"], "duplicate");
-    let order_paid_event = razorpay_webhook(&app, &body, "evt_2", None).await;
+    // Razorpay's order.paid for the same payment: another event, already applied.
+    let order_paid = body.replace("\"payment.captured\"", "\"order.paid\"");
+    let order_paid_event = razorpay_webhook(&app, &order_paid, "evt_2", None).await;
     assert_eq!(order_paid_event.data()["outcome"], "already_applied");
     assert_eq!(event_kinds(&app, &customer, &order).await, vec!["created", "payment_confirmed", "searching_driver"]);
     let late_failure = razorpay_webhook(&app, &failed(&razorpay_order), "evt_3", None).await;
@@ -364,7 +366,7 @@ async fn a_top_up_credits_the_wallet_once() {
     let razorpay_order = topup.data()["checkout"]["order_id"].as_str().unwrap().to_owned();
     let body = captured(&razorpay_order, "pay_topup", 50_000);
     assert_eq!(razorpay_webhook(&app, &body, "evt_t1", None).await.data()["outcome"], "wallet_credited");
-    assert_eq!(razorpay_webhook(&app, &body, "evt_t2", None).await.data()["outcome"], "already_applied");
+    assert_eq!(razorpay_webhook(&app, &body, "evt_t2", None).await.data()["outcome"], "duplicate");
     let wallet = app.get("/api/v1/wallet", Some(&customer.access)).await;
     assert_eq!(wallet.data()["balance_paise"], 50_000);
 }
@@ -386,4 +388,25 @@ async fn without_a_gateway_cards_are_refused_clearly() {
     let order = app.post("/api/v1/orders", cash, Some(&customer.access)).await;
     let not_gateway = pay(&app, &customer, order.data()).await;
     assert_eq!((not_gateway.status, not_gateway.error_code()), (StatusCode::CONFLICT, "NOT_A_GATEWAY_PAYMENT"));
+}
+
+/// The `X-Razorpay-Event-Id` header is not signed: one signed `payment.failed` body replayed
+/// under new ids is the same event, applied once.
+#[tokio::test]
+async fn a_signed_razorpay_body_replayed_under_new_event_ids_counts_once() {
+    let (gateway, _) = fake_gateway().await;
+    let app = TestApp::spawn_with(with_gateways(Options::default(), &gateway, "razorpay")).await;
+    let customer = app.register("customer").await;
+    let order = card_order(&app, &customer).await;
+    let checkout = pay(&app, &customer, &order).await;
+    let razorpay_order = checkout.data()["checkout"]["order_id"].as_str().unwrap().to_owned();
+    let body = failed(&razorpay_order);
+    let first = razorpay_webhook(&app, &body, "evt_original", None).await;
+    assert_eq!(first.data()["outcome"], "attempt_failed");
+    for n in 0..5 {
+        let replayed = razorpay_webhook(&app, &body, &format!("evt_forged_{n}"), None).await;
+        assert_eq!(replayed.data()["outcome"], "duplicate", "replay {n}");
+    }
+    let kinds = event_kinds(&app, &customer, &order).await;
+    assert_eq!(kinds.iter().filter(|kind| *kind == "payment_attempt_failed").count(), 1, "{kinds:?}");
 }

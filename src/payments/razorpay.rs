@@ -108,15 +108,28 @@ impl PaymentGateway for Razorpay {
             return Err(invalid_signature());
         }
         let event: Value = serde_json::from_slice(body).map_err(|_| invalid_signature())?;
-        // Razorpay sends the event id in a header; older deliveries lack it, and then the body
-        // (identical on redelivery) identifies the event.
-        let event_id = headers
-            .get("x-razorpay-event-id")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("sha256:{:x}", Sha256::digest(body)));
         let event_type = event["event"].as_str().unwrap_or_default().to_owned();
-        Ok(WebhookEvent { event_id, outcome: outcome(&event_type, &event), event_type })
+        Ok(WebhookEvent {
+            event_id: event_id(&event_type, &event, body),
+            outcome: outcome(&event_type, &event),
+            event_type,
+        })
+    }
+}
+
+/// What identifies a Razorpay event for deduplication, from what its signature covers: the
+/// event and the entity it is about (`payment.failed:pay_…`). Razorpay's
+/// `X-Razorpay-Event-Id` header is not signed: anyone holding one signed body could replay it
+/// under new ids. A body with no entity is identified by its digest.
+fn event_id(event_type: &str, event: &Value, body: &[u8]) -> String {
+    let payload = &event["payload"];
+    let entity = ["payment", "order", "refund"].into_iter().find_map(|kind| {
+        let id = payload[kind]["entity"]["id"].as_str()?;
+        Some(format!("{kind}:{id}"))
+    });
+    match entity {
+        Some(entity) if !event_type.is_empty() => format!("{event_type}:{entity}"),
+        _ => format!("sha256:{:x}", Sha256::digest(body)),
     }
 }
 
