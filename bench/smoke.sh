@@ -20,6 +20,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 # One server for the scenarios that drive a running one.
 export DISPATCHD__SERVER__ADDR=127.0.0.1:0 DISPATCHD__DATABASE__SQLITE_PATH="$work/dispatchd.db" \
     DISPATCHD__RATE_LIMIT__ENABLED=false DISPATCHD__SERVER__MAX_CONNECTIONS_PER_IP=1000000 \
+    DISPATCHD__ORDERS__MAX_OPEN_PER_CUSTOMER=1000000 \
     DISPATCHD__AUTH__ARGON2_MEMORY_KIB=64 DISPATCHD__AUTH__ARGON2_ITERATIONS=1 \
     DISPATCHD__LOG__LEVEL=warn,dispatchd::app=info
 DISPATCHD_ADMIN_PASSWORD="bench password 1" "$bin/dispatchd" admin create-user --role dispatcher \

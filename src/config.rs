@@ -254,6 +254,7 @@ impl Config {
             ("orders.payment_timeout_secs", self.orders.payment_timeout_secs),
             ("orders.max_search_secs", self.orders.max_search_secs),
             ("orders.idempotency_key_ttl_secs", self.orders.idempotency_key_ttl_secs),
+            ("orders.max_open_per_customer", self.orders.max_open_per_customer.into()),
             ("jobs.poll_interval_ms", self.jobs.poll_interval_ms),
             ("jobs.batch_size", self.jobs.batch_size.into()),
             ("jobs.lease_secs", self.jobs.lease_secs),

@@ -340,7 +340,7 @@ async fn an_app_gone_late_in_an_offer_still_gets_the_whole_grace() {
 
 #[tokio::test]
 async fn accepts_and_manual_assignments_racing_never_double_an_order_or_a_pilot() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(Options::default().set("orders.max_open_per_customer", 100)).await;
     let dispatcher = app.staff(Role::Dispatcher).await;
     let customer = app.register("customer").await;
     for round in 0..6 {
@@ -392,7 +392,7 @@ async fn accepts_and_manual_assignments_racing_never_double_an_order_or_a_pilot(
 
 #[tokio::test]
 async fn dispatchers_crossing_each_others_offers_both_succeed() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(Options::default().set("orders.max_open_per_customer", 100)).await;
     let dispatcher = app.staff(Role::Dispatcher).await;
     let customer = app.register("customer").await;
     for round in 0..8 {

@@ -150,7 +150,7 @@ async fn quotes_hold_only_for_their_trip_and_their_time() {
 
 #[tokio::test]
 async fn wallet_orders_debit_atomically_and_never_overdraw() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(Options::default().set("orders.max_open_per_customer", 100)).await;
     let admin = app.staff(Role::Admin).await;
     let customer = app.register("customer").await;
     let total = quote(&app, &customer).await["fare"]["total_paise"].as_i64().unwrap();
@@ -483,7 +483,7 @@ async fn only_the_customer_and_staff_see_an_order() {
 
 #[tokio::test]
 async fn order_lists_page_by_cursor() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(Options::default().set("orders.max_open_per_customer", 100)).await;
     let customer = app.register("customer").await;
     let mut made = Vec::new();
     for _ in 0..5 {
@@ -543,11 +543,66 @@ async fn surge_rises_with_open_orders_and_stops_at_its_cap() {
     let calm = quote(&app, &customer).await["fare"]["surge_milli"].as_i64().unwrap();
     assert_eq!(calm, 1000);
     for _ in 0..3 {
-        create(&app, &customer, order_body("cash")).await;
+        let other = app.register("customer").await;
+        create(&app, &other, order_body("cash")).await;
     }
     let busy = quote(&app, &customer).await["fare"].clone();
-    assert_eq!(busy["surge_milli"], 1500, "3 open orders, no pilots: capped at 1.5");
+    assert_eq!(busy["surge_milli"], 1500, "3 customers' open orders, no pilots: capped at 1.5");
     assert!(busy["surge_paise"].as_i64().unwrap() > 0);
+}
+
+/// Issue: one free account placing 60 open cash orders doubled another customer's quote, and
+/// its fake orders were offered to real pilots. It may hold 3 open orders, and counts once.
+#[tokio::test]
+async fn one_account_can_neither_flood_orders_nor_raise_the_price() {
+    let app = TestApp::spawn().await;
+    let faker = app.register("customer").await;
+    let honest = app.register("customer").await;
+    let calm = quote(&app, &honest).await["fare"]["total_paise"].clone();
+    let mut refused = 0;
+    for _ in 0..60 {
+        let reply = app.post("/api/v1/orders", order_body("cash"), Some(&faker.access)).await;
+        match reply.status {
+            StatusCode::CREATED => {}
+            StatusCode::CONFLICT => {
+                assert_eq!(reply.error_code(), "TOO_MANY_OPEN_ORDERS");
+                refused += 1;
+            }
+            other => panic!("{other}: {:?}", reply.body),
+        }
+    }
+    assert_eq!(refused, 57, "3 open orders at a time");
+    let quoted = quote(&app, &honest).await["fare"].clone();
+    assert_eq!(quoted["surge_milli"], 1000, "one account's orders are one customer's demand");
+    assert_eq!(quoted["total_paise"], calm);
+    // Cancelling one makes room for another.
+    let open =
+        app.get("/api/v1/orders", Some(&faker.access)).await.data()["items"][0]["id"].as_str().unwrap().to_owned();
+    let cancelled = app.post(&format!("/api/v1/orders/{open}/cancel"), json!({}), Some(&faker.access)).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+    create(&app, &faker, order_body("cash")).await;
+}
+
+/// Two orders created at the same moment count each other: never a fourth open order.
+#[tokio::test]
+async fn concurrent_orders_never_pass_the_open_order_cap() {
+    let app = TestApp::spawn().await;
+    for _ in 0..3 {
+        let customer = app.register("customer").await;
+        let replies = futures::future::join_all(
+            (0..8).map(|_| app.post("/api/v1/orders", order_body("cash"), Some(&customer.access))),
+        )
+        .await;
+        let created = replies.iter().filter(|reply| reply.status == StatusCode::CREATED).count();
+        let statuses: Vec<_> = replies.iter().map(|reply| reply.status).collect();
+        assert_eq!(created, 3, "{statuses:?}");
+        assert!(
+            replies
+                .iter()
+                .all(|reply| reply.status == StatusCode::CREATED || reply.error_code() == "TOO_MANY_OPEN_ORDERS"),
+            "the others are told why: {statuses:?}"
+        );
+    }
 }
 
 #[tokio::test]

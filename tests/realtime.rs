@@ -321,7 +321,7 @@ async fn the_dispatch_viewport_gets_a_snapshot_then_coalesced_deltas() {
 
 #[tokio::test]
 async fn assignment_never_doubles_under_a_hammering() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(Options::default().set("orders.max_open_per_customer", 100)).await;
     let dispatcher = app.staff(Role::Dispatcher).await;
     let customer = app.register("customer").await;
     let order = create_order(&app, &customer).await;

@@ -147,6 +147,14 @@ impl Orders {
         {
             return Ok(replay);
         }
+        let open = tx.lock_open_orders_of(caller.user_id).await?;
+        if open >= i64::from(self.config.max_open_per_customer) {
+            let most = self.config.max_open_per_customer;
+            return Err(Error::Conflict {
+                code: "TOO_MANY_OPEN_ORDERS",
+                message: format!("at most {most} open orders at a time; wait for one to finish or cancel one"),
+            });
+        }
         tx.insert_order(&order, self.demand_cell(pickup), coupon.as_ref()).await?;
         if let Some(coupon) = &coupon {
             tx.redeem_coupon(coupon, caller.user_id, order.id, now).await?;

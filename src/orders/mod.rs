@@ -69,6 +69,8 @@ pub struct OrdersConfig {
     pub max_search_secs: u64,
     /// How long an `Idempotency-Key` is remembered; a retry after that creates a new order.
     pub idempotency_key_ttl_secs: u64,
+    /// Most open orders (not delivered, not cancelled) one customer may have.
+    pub max_open_per_customer: u32,
 }
 
 /// A committed change: the order as it now is, and the events it gained.

@@ -22,6 +22,8 @@ const SELECT_REFRESH_FOR_ROTATION: &str = "SELECT rt.session_id, s.user_id, rt.e
 
 /// The order row, locked until the transaction ends.
 const LOCK_ORDER: &str = crate::store::orders::select_order!("WHERE id = $1 FOR UPDATE");
+/// The user row, locked until the transaction ends.
+const LOCK_USER: &str = "SELECT id FROM users WHERE id = $1 FOR UPDATE";
 /// The payment row, locked until the transaction ends.
 const LOCK_PAYMENT: &str = crate::store::money::select_payment!("WHERE gateway = $1 AND gateway_ref = $2 FOR UPDATE");
 /// Due jobs, skipping rows another worker is claiming right now.

@@ -54,6 +54,11 @@ pub trait StoreTx: Send {
 
     async fn insert_order(&mut self, order: &Order, pickup_cell: i64, coupon: Option<&Coupon>) -> Result<()>;
 
+    /// How many open orders (not delivered, not cancelled) the customer has, with the
+    /// customer's row locked until the transaction ends: two orders created at once by one
+    /// customer count each other, whichever commits first.
+    async fn lock_open_orders_of(&mut self, customer: UserId) -> Result<i64>;
+
     /// The order, locked until the transaction ends.
     async fn lock_order(&mut self, id: OrderId) -> Result<Option<Order>>;
 

@@ -252,18 +252,21 @@ async fn orders_list_newest_first_by_filter(subject: Subject) {
 
 async fn open_demand_counts_searching_orders_of_one_cell_and_vehicle(subject: Subject) {
     let customer = user(&subject, Role::Customer).await;
+    let other = user(&subject, Role::Customer).await;
     let pilot = user(&subject, Role::Pilot).await;
     let mut counted = Vec::new();
-    for (vehicle, status, cell) in [
-        (VehicleType::Bike, OrderStatus::SearchingDriver, CELL),
-        (VehicleType::Bike, OrderStatus::SearchingDriver, CELL),
-        (VehicleType::Bike, OrderStatus::Pending, CELL),
-        (VehicleType::Bike, OrderStatus::Assigned, CELL),
-        (VehicleType::Bike, OrderStatus::Cancelled, CELL),
-        (VehicleType::Auto, OrderStatus::SearchingDriver, CELL),
-        (VehicleType::Bike, OrderStatus::SearchingDriver, OTHER_CELL),
+    for (who, vehicle, status, cell) in [
+        (customer, VehicleType::Bike, OrderStatus::SearchingDriver, CELL),
+        (other, VehicleType::Bike, OrderStatus::SearchingDriver, CELL),
+        (customer, VehicleType::Bike, OrderStatus::Pending, CELL),
+        (customer, VehicleType::Bike, OrderStatus::Assigned, CELL),
+        (customer, VehicleType::Bike, OrderStatus::Cancelled, CELL),
+        (customer, VehicleType::Auto, OrderStatus::SearchingDriver, CELL),
+        (customer, VehicleType::Bike, OrderStatus::SearchingDriver, OTHER_CELL),
+        // One customer's second searching order in the cell: demand is customers, not orders.
+        (other, VehicleType::Bike, OrderStatus::SearchingDriver, CELL),
     ] {
-        let mut order = new_order(customer, vehicle, status);
+        let mut order = new_order(who, vehicle, status);
         if status == OrderStatus::Assigned {
             order.pilot_id = Some(pilot);
         }
@@ -271,7 +274,7 @@ async fn open_demand_counts_searching_orders_of_one_cell_and_vehicle(subject: Su
         counted.push(order);
     }
     let demand = async |cell, vehicle| subject.store.open_demand(cell, vehicle).await.unwrap();
-    assert_eq!(demand(CELL, VehicleType::Bike).await, 2, "searching bikes in the cell, nothing else");
+    assert_eq!(demand(CELL, VehicleType::Bike).await, 2, "customers searching for bikes in the cell, nothing else");
     assert_eq!(demand(CELL, VehicleType::Auto).await, 1);
     assert_eq!(demand(OTHER_CELL, VehicleType::Bike).await, 1);
     assert_eq!(demand(CELL, VehicleType::MiniTruck).await, 0);

@@ -49,6 +49,8 @@ impl Server {
             ("DISPATCHD__RATE_LIMIT__ENABLED", "false".into()),
             // Every simulated client comes from a few loopback addresses.
             ("DISPATCHD__SERVER__MAX_CONNECTIONS_PER_IP", "1000000".into()),
+            // A few customers place every order of a run.
+            ("DISPATCHD__ORDERS__MAX_OPEN_PER_CUSTOMER", "1000000".into()),
             ("DISPATCHD__AUTH__ARGON2_MEMORY_KIB", "64".into()),
             ("DISPATCHD__AUTH__ARGON2_ITERATIONS", "1".into()),
             ("DISPATCHD__LOG__LEVEL", "warn,dispatchd::app=info".into()),

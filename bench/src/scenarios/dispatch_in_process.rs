@@ -93,6 +93,8 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
     let mut figment = Config::figment(None)?
         .merge(Serialized::global("auth.jwt_secret", "bench-secret-bench-secret-bench-secret-0123"))
         .merge(Serialized::global("rate_limit.enabled", false))
+        // One customer places every order.
+        .merge(Serialized::global("orders.max_open_per_customer", u32::MAX))
         .merge(Serialized::global("log.level", "warn"))
         .merge(Serialized::global("database.sqlite_path", scratch.join("dispatchd.db")))
         .merge(Serialized::global("database.max_connections", 16));

@@ -143,7 +143,7 @@ impl OrderStore for StoreImpl {
 
     async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64> {
         let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM orders WHERE pickup_cell = $1 AND vehicle_type = $2 \
+            "SELECT COUNT(DISTINCT customer_id) FROM orders WHERE pickup_cell = $1 AND vehicle_type = $2 \
              AND status = 'searching_driver'",
         )
         .bind(cell)

@@ -1,5 +1,5 @@
 // The write transaction's operations, shared by both backends (see base.rs). The backend
-// defines `LOCK_ORDER`, `LOCK_PAYMENT` and `WITHDRAW_ASSIGNMENT_OFFERS` (with `FOR UPDATE` where
+// defines `LOCK_ORDER`, `LOCK_PAYMENT`, `LOCK_USER` and `WITHDRAW_ASSIGNMENT_OFFERS` (with `FOR UPDATE` where
 // the dialect has it; SQLite's `BEGIN IMMEDIATE` already holds its only write lock).
 
 use async_trait::async_trait;
@@ -51,6 +51,17 @@ impl StoreTx for super::TxImpl {
         let row: IdempotentRow =
             sqlx::query_as(SELECT_IDEMPOTENT_RESPONSE).bind(user.0).bind(key).fetch_one(&mut *self.tx).await?;
         Ok(Some(row.into()))
+    }
+
+    async fn lock_open_orders_of(&mut self, customer: UserId) -> Result<i64> {
+        sqlx::query(super::LOCK_USER).bind(customer.0).execute(&mut *self.tx).await?;
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM orders WHERE customer_id = $1 AND status NOT IN ('delivered', 'cancelled')",
+        )
+        .bind(customer.0)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(open)
     }
 
     async fn insert_order(&mut self, order: &Order, pickup_cell: i64, coupon: Option<&Coupon>) -> Result<()> {
