@@ -23,7 +23,7 @@ export DISPATCHD__SERVER__ADDR=127.0.0.1:0 DISPATCHD__DATABASE__SQLITE_PATH="$wo
     DISPATCHD__ORDERS__MAX_OPEN_PER_CUSTOMER=1000000 \
     DISPATCHD__AUTH__ARGON2_MEMORY_KIB=64 DISPATCHD__AUTH__ARGON2_ITERATIONS=1 \
     DISPATCHD__LOG__LEVEL=warn,dispatchd::app=info
-DISPATCHD_ADMIN_PASSWORD="bench password 1" "$bin/dispatchd" admin create-user --role dispatcher \
+DISPATCHD_ADMIN_PASSWORD="bench password 1" "$bin/dispatchd" admin create-user --role admin \
     --phone +919999900001 --name Bench >/dev/null 2>&1
 "$bin/dispatchd" >"$work/server.log" 2>&1 &
 pid=$!

@@ -1,6 +1,6 @@
 //! The command line: `dispatchd [serve]`, `dispatchd migrate`,
 //! `dispatchd admin create-user --role dispatcher|admin --phone … --name …`,
-//! `dispatchd admin retry-jobs --kind …`.
+//! `dispatchd admin approve-pilot --phone … --plate …`, `dispatchd admin retry-jobs --kind …`.
 
 use std::io::{BufRead as _, IsTerminal as _};
 use std::path::PathBuf;
@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 
 use crate::clock::Clock;
 use crate::config::{Config, LogFormat};
-use crate::domain::{PersonName, Phone, Role};
+use crate::domain::{PersonName, Phone, Role, VehicleModel, VehiclePlate};
+use crate::store::ApprovalChange;
 
 /// Environment variable the admin password may come from instead of standard input.
 pub const ADMIN_PASSWORD_ENV: &str = "DISPATCHD_ADMIN_PASSWORD";
@@ -70,6 +71,19 @@ pub enum AdminCommand {
         #[arg(long)]
         name: String,
     },
+    /// Approve a pilot (new, or suspended) to take work, recording its vehicle: what
+    /// `POST /api/v1/admin/pilots/{id}/approve` does, for the operator at the console.
+    ApprovePilot {
+        /// The pilot's E.164 phone number.
+        #[arg(long)]
+        phone: String,
+        /// The vehicle's registration plate, e.g. "KA 01 AB 1234".
+        #[arg(long)]
+        plate: String,
+        /// Make and model, e.g. "Honda Activa 6G".
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Run again the jobs of one kind that failed for good (say, refunds a gateway refused
     /// for days: `--kind payment.refund`), once what failed them is mended.
     RetryJobs {
@@ -95,6 +109,9 @@ pub async fn execute(command: Option<Command>, config: Config) -> anyhow::Result
         }
         Command::Admin(AdminCommand::CreateUser { role, phone, name }) => {
             create_user(config, role, &phone, &name).await
+        }
+        Command::Admin(AdminCommand::ApprovePilot { phone, plate, model }) => {
+            approve_pilot(config, &phone, &plate, model.as_deref()).await
         }
         Command::Admin(AdminCommand::RetryJobs { kind }) => {
             let store = crate::store::open(&config.database, config.database_url()).await?;
@@ -127,6 +144,24 @@ async fn create_user(config: Config, role: StaffRole, phone: &str, name: &str) -
         app.state().auth.create_staff(name, phone, password, role).await.map_err(|err| anyhow::anyhow!("{err}"))?;
     println!("{}", serde_json::to_string(&user)?);
     app.state().store.close().await;
+    Ok(())
+}
+
+async fn approve_pilot(config: Config, phone: &str, plate: &str, model: Option<&str>) -> anyhow::Result<()> {
+    let phone = Phone::parse(phone).map_err(|err| anyhow::anyhow!("--phone {err}"))?;
+    let plate = VehiclePlate::parse(plate).map_err(|err| anyhow::anyhow!("--plate {err}"))?;
+    let model = model.map(VehicleModel::parse).transpose().map_err(|err| anyhow::anyhow!("--model {err}"))?;
+    let store = crate::store::open(&config.database, config.database_url()).await?;
+    let pilot = store
+        .credentials_by_phone(&phone)
+        .await?
+        .map(|found| found.user)
+        .filter(|user| user.pilot.is_some())
+        .ok_or_else(|| anyhow::anyhow!("no pilot has the phone number {}", phone.as_str()))?;
+    let change = ApprovalChange::Approve { plate, model };
+    let approved = store.set_pilot_approval(pilot.id, &change, None, chrono::Utc::now()).await?;
+    println!("{}", serde_json::to_string(&approved)?);
+    store.close().await;
     Ok(())
 }
 

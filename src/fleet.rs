@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::domain::{PilotStatus, VehicleType};
+use crate::domain::{PilotApproval, PilotStatus, VehicleType};
 use crate::error::{Error, Result};
 use crate::grid::gps::{GpsPoint, RejectReason};
 use crate::grid::{GridError, PilotIndex, PilotSnapshot, PresenceChange, ReportOutcome};
 use crate::ids::UserId;
-use crate::store::Store;
+use crate::store::{ApprovalChange, Store, User};
 
 /// Told of every pilot whose position changed (live tracking). Called on the reporting
 /// task: keep it short and never block.
@@ -72,10 +72,13 @@ impl Fleet {
     }
 
     /// Sets the status a pilot chooses: available, break or offline. (On-offer and busy
-    /// belong to matching.)
-    pub fn set_status(&self, pilot: UserId, status: PilotStatus) -> Result<Option<PilotSnapshot>> {
+    /// belong to matching.) Going on duty needs an admin's approval; going off duty never.
+    pub async fn set_status(&self, pilot: UserId, status: PilotStatus) -> Result<Option<PilotSnapshot>> {
         if matches!(status, PilotStatus::OnOffer | PilotStatus::Busy) {
             return Err(Error::validation("status", "must be available, break or offline"));
+        }
+        if status != PilotStatus::Offline {
+            self.approved_vehicle(pilot).await?;
         }
         // "Online" from a pilot holding an offer or carrying an order changes nothing: it
         // must not make the pilot look free for another order.
@@ -90,14 +93,46 @@ impl Fleet {
         })
     }
 
-    /// The vehicle on the pilot's profile (read from the store the first time only).
+    /// The vehicle on the pilot's profile (read from the store the first time only: a pilot
+    /// is in the index only once approved, and a suspension takes it out).
     async fn vehicle_of(&self, pilot: UserId) -> Result<VehicleType> {
         if let Some(known) = self.index.get(pilot) {
             return Ok(known.vehicle);
         }
+        self.approved_vehicle(pilot).await
+    }
+
+    /// The vehicle of a pilot an admin approved, read from the store.
+    async fn approved_vehicle(&self, pilot: UserId) -> Result<VehicleType> {
         let user = self.store.user_by_id(pilot).await?;
-        user.and_then(|user| user.pilot.map(|profile| profile.vehicle_type))
-            .ok_or_else(|| Error::forbidden("NOT_A_PILOT", "only pilots report locations"))
+        let profile = user
+            .and_then(|user| user.pilot)
+            .ok_or_else(|| Error::forbidden("NOT_A_PILOT", "only pilots report locations and go on duty"))?;
+        if profile.approval != PilotApproval::Approved {
+            return Err(not_approved(profile.approval));
+        }
+        Ok(profile.vehicle_type)
+    }
+
+    /// An admin's decision about a pilot (`by`: `None` for the operator's command line). A
+    /// suspended pilot leaves the index at once, here and (through the mirror) on every
+    /// node: it is offered nothing more, and its reports are refused until it is approved
+    /// again. An order it already carries stays with it for a dispatcher to move.
+    pub async fn decide_approval(&self, pilot: UserId, change: &ApprovalChange, by: Option<UserId>) -> Result<User> {
+        let user = self
+            .store
+            .set_pilot_approval(pilot, change, by, self.clock.now())
+            .await?
+            .ok_or_else(|| Error::not_found("PILOT_NOT_FOUND", "no such pilot"))?;
+        if matches!(change, ApprovalChange::Suspend) {
+            self.index.remove(pilot, self.now_ms());
+        }
+        let decision = match change {
+            ApprovalChange::Approve { .. } => "approved",
+            ApprovalChange::Suspend => "suspended",
+        };
+        metrics::counter!("pilot_approvals_total", "decision" => decision).increment(1);
+        Ok(user)
     }
 
     /// A socket of the pilot opened here: it is reachable (see [`PilotIndex::set_reachable`]).
@@ -159,6 +194,15 @@ impl Fleet {
         metrics::gauge!("grid_cells").set(stats.cells as f64);
         changes
     }
+}
+
+/// `PILOT_NOT_APPROVED`, saying why.
+pub fn not_approved(approval: PilotApproval) -> Error {
+    let message = match approval {
+        PilotApproval::Suspended => "this pilot is suspended; an admin must approve it again",
+        _ => "this pilot waits for an admin's approval",
+    };
+    Error::forbidden("PILOT_NOT_APPROVED", message)
 }
 
 fn count_points(outcome: &ReportOutcome) {

@@ -157,7 +157,12 @@ async fn sign_up_rules() {
     }))
     .await;
     assert_eq!(pilot.status, StatusCode::CREATED);
-    assert_eq!(pilot.data()["user"]["pilot"], json!({ "vehicle_type": "mini_truck", "status": "offline" }));
+    assert_eq!(
+        pilot.data()["user"]["pilot"],
+        json!({
+            "vehicle_type": "mini_truck", "status": "offline", "approval": "pending", "vehicle_plate": null, "vehicle_model": null
+        })
+    );
 
     // The same number typed differently is the same number.
     let phone = unique_phone();

@@ -186,3 +186,35 @@ async fn failed_jobs_of_a_kind_are_run_again_by_the_admin_command() {
     let stats = store.job_stats().await.unwrap();
     assert_eq!((stats.queued, stats.failed), (1, 0));
 }
+
+#[tokio::test]
+async fn the_operator_approves_pilots_from_the_command_line() {
+    let url = common::fresh_postgres_database().await;
+    let app = TestApp::spawn_with(Options { database: Database::Postgres(url.clone()), ..Options::default() }).await;
+    let pilot = app.sign_up("pilot").await;
+    let approve = |args: &[&str]| {
+        let mut command = dispatchd_on(&url);
+        command.args(["admin", "approve-pilot"]).args(args).stdin(Stdio::null());
+        async move { command.output().await.unwrap() }
+    };
+    let approved = approve(&["--phone", &pilot.phone, "--plate", "KA 05 MN 4321", "--model", "TVS XL100"]).await;
+    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    let user: Value = serde_json::from_slice(&approved.stdout).unwrap();
+    assert_eq!(user["pilot"]["approval"], "approved");
+    assert_eq!(user["pilot"]["vehicle_plate"], "KA05MN4321");
+    let ts = app.clock.now().timestamp_millis();
+    let here = json!({ "points": [{ "lat": 12.9716, "lng": 77.5946, "ts": ts, "accuracy": 5 }] });
+    assert_eq!(app.post("/api/v1/pilot/location", here, Some(&pilot.access)).await.status, StatusCode::OK);
+    let on_duty = app.post("/api/v1/pilot/status", json!({ "status": "available" }), Some(&pilot.access)).await;
+    assert_eq!(on_duty.status, StatusCode::OK, "{:?}", on_duty.body);
+    let me = app.get("/api/v1/me", Some(&pilot.access)).await;
+    assert_eq!(me.data()["pilot"]["vehicle_model"], "TVS XL100");
+
+    let customer = app.register("customer").await;
+    let not_a_pilot = approve(&["--phone", &customer.phone, "--plate", "KA05MN4321"]).await;
+    assert!(!not_a_pilot.status.success());
+    assert!(String::from_utf8_lossy(&not_a_pilot.stderr).contains("no pilot"));
+    let bad_plate = approve(&["--phone", &pilot.phone, "--plate", "?"]).await;
+    assert!(!bad_plate.status.success());
+    assert!(String::from_utf8_lossy(&bad_plate.stderr).contains("--plate"));
+}

@@ -181,3 +181,88 @@ async fn silent_pilots_go_stale_then_offline_on_the_server_clock() {
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"grid_presence_transitions_total{to="offline"}"#), "{metrics}");
 }
+
+/// Issue: anyone could sign up as a pilot, go on duty and receive customers' pickup
+/// addresses. A new pilot waits for an admin; a suspended one is off the map at once.
+#[tokio::test]
+async fn a_pilot_takes_work_only_once_an_admin_approves_it() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let pilot = app.sign_up("pilot").await;
+    let here = json!([{ "lat": 12.9716, "lng": 77.5946, "ts": now_ms(&app), "accuracy": 5 }]);
+    let not_approved = |reply: common::Reply| (reply.status, reply.error_code().to_owned());
+    let refused = (StatusCode::FORBIDDEN, "PILOT_NOT_APPROVED".to_owned());
+
+    assert_eq!(not_approved(report(&app, &pilot, here.clone()).await), refused, "no position kept");
+    assert_eq!(not_approved(go(&app, &pilot, "available").await), refused);
+    assert_eq!(not_approved(go(&app, &pilot, "break").await), refused);
+    assert_eq!(go(&app, &pilot, "offline").await.status, StatusCode::OK, "going off duty is always allowed");
+    let mut socket = common::field::connect(&app, "/pilot", &pilot).await;
+    let ack = socket.call("status:set", json!({ "status": "online" })).await;
+    assert_eq!(
+        (ack["ok"].as_bool(), ack["error"]["code"].as_str()),
+        (Some(false), Some("PILOT_NOT_APPROVED")),
+        "{ack}"
+    );
+    let me = app.get("/api/v1/me", Some(&pilot.access)).await;
+    assert_eq!(me.data()["pilot"]["approval"], "pending");
+
+    // Who waits: staff see it, nobody else does.
+    let path = "/api/v1/admin/pilots?approval=pending";
+    let waiting = app.get(path, Some(&dispatcher.access)).await;
+    let ids: Vec<_> = waiting.data()["items"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [pilot.user_id.as_str()]);
+    assert_eq!(app.get(path, Some(&customer.access)).await.status, StatusCode::FORBIDDEN);
+    let bad = app.get("/api/v1/admin/pilots?approval=maybe", Some(&admin.access)).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{:?}", bad.body);
+
+    // Only an admin approves, with a plate.
+    let approve = format!("/api/v1/admin/pilots/{}/approve", pilot.user_id);
+    let suspend = format!("/api/v1/admin/pilots/{}/suspend", pilot.user_id);
+    let plate = json!({ "vehicle_plate": "ka 01 ab 1234", "vehicle_model": "Honda Activa 6G" });
+    let by_dispatcher = app.post(&approve, plate.clone(), Some(&dispatcher.access)).await;
+    assert_eq!((by_dispatcher.status, by_dispatcher.error_code()), (StatusCode::FORBIDDEN, "FORBIDDEN_ROLE"));
+    let no_plate = app.post(&approve, json!({ "vehicle_plate": "??" }), Some(&admin.access)).await;
+    assert_eq!(no_plate.body["error"]["details"]["field"], "vehicle_plate", "{:?}", no_plate.body);
+    for nobody in [customer.user_id.clone(), dispatchd::ids::UserId::new().to_string()] {
+        let reply =
+            app.post(&format!("/api/v1/admin/pilots/{nobody}/approve"), plate.clone(), Some(&admin.access)).await;
+        assert_eq!((reply.status, reply.error_code()), (StatusCode::NOT_FOUND, "PILOT_NOT_FOUND"));
+    }
+    let approved = app.post(&approve, plate.clone(), Some(&admin.access)).await;
+    assert_eq!(approved.status, StatusCode::OK, "{:?}", approved.body);
+    let profile = &approved.data()["pilot"];
+    assert_eq!(
+        (profile["approval"].as_str(), profile["vehicle_plate"].as_str()),
+        (Some("approved"), Some("KA01AB1234"))
+    );
+    assert_eq!(profile["vehicle_model"], "Honda Activa 6G");
+    assert_eq!(app.get(path, Some(&admin.access)).await.data()["items"], json!([]));
+
+    // On duty, on the map.
+    assert_eq!(report(&app, &pilot, here).await.status, StatusCode::OK);
+    let ack = socket.call("status:set", json!({ "status": "online" })).await;
+    assert_eq!(ack["data"]["status"], "available", "{ack}");
+    let nearest = "/api/v1/dispatch/pilots/nearest?lat=12.9715&lng=77.5946&k=5&radius_m=5000";
+    assert_eq!(app.get(nearest, Some(&dispatcher.access)).await.data()["items"].as_array().unwrap().len(), 1);
+
+    // Suspended: off the map at once, refused everything that is work.
+    let suspended = app.post(&suspend, json!({}), Some(&admin.access)).await;
+    assert_eq!(suspended.data()["pilot"]["approval"], "suspended", "{:?}", suspended.body);
+    assert_eq!(app.get(nearest, Some(&dispatcher.access)).await.data()["items"], json!([]));
+    let later = json!([{ "lat": 12.9717, "lng": 77.5946, "ts": now_ms(&app) + 1000, "accuracy": 5 }]);
+    let reply = report(&app, &pilot, later.clone()).await;
+    assert!(reply.body["error"]["message"].as_str().unwrap().contains("suspended"), "{:?}", reply.body);
+    assert_eq!(not_approved(reply), refused);
+    assert_eq!(not_approved(go(&app, &pilot, "available").await), refused);
+    let order = common::field::create_order(&app, &customer).await;
+    let assigned = common::field::assign(&app, &dispatcher, &order, &pilot).await;
+    assert_eq!(not_approved(assigned), refused, "not even by hand");
+
+    // Approved again, it works again.
+    assert_eq!(app.post(&approve, plate, Some(&admin.access)).await.status, StatusCode::OK);
+    assert_eq!(report(&app, &pilot, later).await.status, StatusCode::OK);
+    assert_eq!(go(&app, &pilot, "available").await.status, StatusCode::OK);
+}

@@ -177,6 +177,7 @@ async fn cancelling_a_card_order_after_assignment_refunds_all_but_the_fee() {
     let signup = json!({ "name": "Auto Pilot", "phone": common::unique_phone(), "password": common::PASSWORD,
         "role": "pilot", "vehicle_type": "auto" });
     let pilot = Session::from_grant(app.post("/api/v1/auth/register", signup, None).await.data());
+    app.approve(&pilot).await;
     let id = order["id"].as_str().unwrap();
     let assigned = common::field::assign(&app, &dispatcher, id, &pilot).await;
     assert_eq!(assigned.status, StatusCode::OK, "{:?}", assigned.body);

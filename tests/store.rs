@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use dispatchd::config::Config;
-use dispatchd::domain::{PersonName, Phone, PilotStatus, Role, VehicleType};
+use dispatchd::domain::{PersonName, Phone, PilotApproval, PilotStatus, Role, VehicleModel, VehiclePlate, VehicleType};
 use dispatchd::error::Result;
 use dispatchd::ids::{SessionId, UserId};
 use dispatchd::store::postgres::PgStore;
 use dispatchd::store::sqlite::SqliteStore;
-use dispatchd::store::{NewRefreshToken, NewUser, PageRequest, RevokeReason, Rotation, Store, StoreTx};
+use dispatchd::store::{ApprovalChange, NewRefreshToken, NewUser, PageRequest, RevokeReason, Rotation, Store, StoreTx};
 use futures::future::join_all;
 
 /// A store under test, with raw access to its schema.
@@ -90,6 +90,7 @@ mod orders;
 
 conformance!(
     users_round_trip_with_pilot_profiles,
+    pilots_wait_for_approval_and_can_be_suspended,
     phone_numbers_are_unique,
     users_list_newest_first_by_role,
     refresh_tokens_rotate_once_and_reuse_revokes,
@@ -120,10 +121,16 @@ fn refresh_token(seed: u8, expires_in: Duration) -> NewRefreshToken {
     NewRefreshToken { hash: [seed; 32], expires_at: now() + expires_in }
 }
 
-/// A user stored with `role` (pilots ride a bike), for the rows that name one.
+/// A user stored with `role` (pilots ride a bike, approved), for the rows that name one.
 async fn user(subject: &Subject, role: Role) -> UserId {
     let vehicle = (role == Role::Pilot).then_some(VehicleType::Bike);
-    subject.store.create_user(new_user(role, vehicle), now()).await.unwrap().id
+    let id = subject.store.create_user(new_user(role, vehicle), now()).await.unwrap().id;
+    if role == Role::Pilot {
+        let plate = dispatchd::domain::VehiclePlate::parse("KA01AB1234").unwrap();
+        let change = dispatchd::store::ApprovalChange::Approve { plate, model: None };
+        subject.store.set_pilot_approval(id, &change, None, now()).await.unwrap().unwrap();
+    }
+    id
 }
 
 /// Runs `op` in a transaction and commits, holding the transaction open a moment first so a
@@ -164,6 +171,41 @@ async fn users_round_trip_with_pilot_profiles(subject: Subject) {
     assert_eq!(subject.store.user_by_id(UserId::new()).await.unwrap(), None);
     let unknown = Phone::parse(&common::unique_phone()).unwrap();
     assert!(subject.store.credentials_by_phone(&unknown).await.unwrap().is_none());
+}
+
+async fn pilots_wait_for_approval_and_can_be_suspended(subject: Subject) {
+    let store = &subject.store;
+    let first = store.create_user(new_user(Role::Pilot, Some(VehicleType::Bike)), now()).await.unwrap();
+    let second = store.create_user(new_user(Role::Pilot, Some(VehicleType::Auto)), now()).await.unwrap();
+    assert_eq!(first.pilot.as_ref().unwrap().approval, PilotApproval::Pending);
+    let page = |before| PageRequest { before, limit: 10 };
+    let pending: Vec<_> =
+        store.pilots_by_approval(PilotApproval::Pending, page(None)).await.unwrap().iter().map(|u| u.id).collect();
+    assert_eq!(pending, [second.id, first.id], "newest first");
+    let older = store.pilots_by_approval(PilotApproval::Pending, page(Some(second.id))).await.unwrap();
+    assert_eq!(older.iter().map(|u| u.id).collect::<Vec<_>>(), [first.id]);
+
+    let plate = VehiclePlate::parse("ka 01 ab 1234").unwrap();
+    let model = Some(VehicleModel::parse("Honda Activa 6G").unwrap());
+    let approve = ApprovalChange::Approve { plate, model };
+    let approved = store.set_pilot_approval(first.id, &approve, None, now()).await.unwrap().unwrap();
+    let profile = approved.pilot.clone().unwrap();
+    assert_eq!(profile.approval, PilotApproval::Approved);
+    assert_eq!(profile.vehicle_plate.unwrap().as_str(), "KA01AB1234");
+    assert_eq!(profile.vehicle_model.unwrap().as_str(), "Honda Activa 6G");
+    assert_eq!(store.user_by_id(first.id).await.unwrap(), Some(approved), "read back equals written");
+
+    let suspended = store.set_pilot_approval(first.id, &ApprovalChange::Suspend, None, now()).await.unwrap().unwrap();
+    let profile = suspended.pilot.unwrap();
+    assert_eq!(profile.approval, PilotApproval::Suspended);
+    assert_eq!(profile.vehicle_plate.unwrap().as_str(), "KA01AB1234", "a suspension keeps the vehicle on record");
+    let listed = store.pilots_by_approval(PilotApproval::Suspended, page(None)).await.unwrap();
+    assert_eq!(listed.iter().map(|u| u.id).collect::<Vec<_>>(), [first.id]);
+
+    let customer = store.create_user(new_user(Role::Customer, None), now()).await.unwrap();
+    for nobody in [customer.id, UserId::new()] {
+        assert_eq!(store.set_pilot_approval(nobody, &ApprovalChange::Suspend, None, now()).await.unwrap(), None);
+    }
 }
 
 async fn phone_numbers_are_unique(subject: Subject) {

@@ -2,6 +2,7 @@
 //! Socket.io relay. Loopback addresses only. Accounts are made over the real REST API
 //! (dispatchd) or are just names (the baseline takes any token as the user).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -22,6 +23,9 @@ pub struct Target {
     /// `host:port`.
     pub addr: String,
     pub http: reqwest::Client,
+    /// The admin who approves the pilots this target signs up (phone, password).
+    staff: (String, String),
+    admin_token: Arc<tokio::sync::OnceCell<String>>,
 }
 
 /// A pilot or customer account: its token and id (the same name on the baseline).
@@ -31,7 +35,7 @@ pub struct Account {
     pub id: String,
 }
 
-/// The staff account `compare` creates on the servers it starts.
+/// The staff account (an admin) `compare` creates on the servers it starts.
 pub const STAFF_PHONE: &str = "+919999900001";
 pub const STAFF_PASSWORD: &str = "bench password 1";
 
@@ -40,21 +44,57 @@ impl Target {
     pub fn new(kind: Kind, url: &str) -> anyhow::Result<Self> {
         let addr = loopback_addr(url)?;
         let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-        Ok(Self { kind, addr, http })
+        let staff = (STAFF_PHONE.to_owned(), STAFF_PASSWORD.to_owned());
+        Ok(Self { kind, addr, http, staff, admin_token: Arc::default() })
+    }
+
+    /// Pilots are approved by this admin (`dispatchd admin create-user --role admin`)
+    /// instead of the default `STAFF_PHONE`.
+    pub fn with_staff(mut self, phone: &str, password: &str) -> Self {
+        self.staff = (phone.to_owned(), password.to_owned());
+        self.admin_token = Arc::default();
+        self
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    /// `n` accounts of `role` ("pilot" with a `vehicle`, or "customer"), made 32 at a time.
+    /// `n` accounts of `role` ("pilot" with a `vehicle`, approved by the staff admin, or
+    /// "customer"), made 32 at a time.
     pub async fn accounts(&self, role: &str, vehicle: &str, n: usize) -> anyhow::Result<Vec<Account>> {
         if self.kind == Kind::Node {
             return Ok((0..n).map(|i| Account { token: format!("{role}{i}"), id: format!("{role}{i}") }).collect());
         }
-        let made: Vec<anyhow::Result<Account>> =
-            futures::stream::iter(0..n).map(|_| self.register(role, vehicle)).buffer_unordered(32).collect().await;
+        let admin = match role {
+            "pilot" => Some(self.admin_token().await?),
+            _ => None,
+        };
+        let made: Vec<anyhow::Result<Account>> = futures::stream::iter(0..n)
+            .map(|index| async move {
+                let account = self.register(role, vehicle).await?;
+                if let Some(admin) = admin {
+                    let plate = json!({ "vehicle_plate": format!("BENCH{index:07}") });
+                    self.post(&format!("/api/v1/admin/pilots/{}/approve", account.id), Some(admin), &plate).await?;
+                }
+                Ok(account)
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
         made.into_iter().collect()
+    }
+
+    /// The staff admin's access token, logged in once.
+    async fn admin_token(&self) -> anyhow::Result<&str> {
+        let token = self
+            .admin_token
+            .get_or_try_init(|| async {
+                let admin = self.login(&self.staff.0, &self.staff.1).await;
+                admin.map(|admin| admin.token).context("pilots are approved by an admin")
+            })
+            .await?;
+        Ok(token)
     }
 
     /// Signs one account up with a random phone number, waiting out rate limits (`429` with
@@ -78,7 +118,7 @@ impl Target {
     /// Logs a staff member in (`dispatchd admin create-user` made it).
     pub async fn login(&self, phone: &str, password: &str) -> anyhow::Result<Account> {
         let reply = self.post("/api/v1/auth/login", None, &json!({ "phone": phone, "password": password })).await?;
-        account(&reply).context("log in with --staff-phone / --staff-password of a dispatcher")
+        account(&reply).context("log in with --staff-phone / --staff-password of an admin")
     }
 
     /// GETs `path` and returns the `data` of a successful answer.

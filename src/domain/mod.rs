@@ -106,6 +106,16 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// Whether a pilot may take work. A new pilot waits for an admin, who checks its papers
+    /// and records its vehicle's plate; an admin can suspend it again.
+    pub enum PilotApproval {
+        Pending => "pending",
+        Approved => "approved",
+        Suspended => "suspended",
+    }
+}
+
 /// Why a value was refused; becomes the message of a 422 for the field it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -162,17 +172,7 @@ pub struct PersonName(String);
 
 impl PersonName {
     pub fn parse(input: &str) -> Result<Self, Invalid> {
-        let trimmed = input.trim();
-        if trimmed.is_empty() {
-            return Err(Invalid("must not be empty".into()));
-        }
-        if trimmed.chars().count() > 100 {
-            return Err(Invalid("must be at most 100 characters".into()));
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(Invalid("must not contain control characters".into()));
-        }
-        Ok(Self(trimmed.to_owned()))
+        short_text(input, 100).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -190,6 +190,83 @@ impl TryFrom<String> for PersonName {
 impl From<PersonName> for String {
     fn from(name: PersonName) -> String {
         name.0
+    }
+}
+
+/// `input` trimmed, when it is 1 to `max` characters without control characters.
+fn short_text(input: &str, max: usize) -> Result<String, Invalid> {
+    let trimmed = input.trim();
+    if trimmed.is_empty() {
+        return Err(Invalid("must not be empty".into()));
+    }
+    if trimmed.chars().count() > max {
+        return Err(Invalid(format!("must be at most {max} characters")));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(Invalid("must not contain control characters".into()));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A vehicle's registration plate as painted ("KA 01 AB 1234", "ka01ab1234"), kept in one
+/// spelling: upper case, without spaces, dots or hyphens; 4 to 12 letters and digits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VehiclePlate(String);
+
+impl VehiclePlate {
+    pub fn parse(input: &str) -> Result<Self, Invalid> {
+        let plate: String =
+            input.chars().filter(|c| !matches!(c, ' ' | '-' | '.')).map(|c| c.to_ascii_uppercase()).collect();
+        if !(4..=12).contains(&plate.len()) || !plate.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(Invalid("must be a registration plate: 4 to 12 letters and digits".into()));
+        }
+        Ok(Self(plate))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for VehiclePlate {
+    type Error = Invalid;
+    fn try_from(value: String) -> Result<Self, Invalid> {
+        VehiclePlate::parse(&value)
+    }
+}
+
+impl From<VehiclePlate> for String {
+    fn from(plate: VehiclePlate) -> String {
+        plate.0
+    }
+}
+
+/// A vehicle's make and model as people say it ("Honda Activa 6G"): 1 to 60 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VehicleModel(String);
+
+impl VehicleModel {
+    pub fn parse(input: &str) -> Result<Self, Invalid> {
+        short_text(input, 60).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for VehicleModel {
+    type Error = Invalid;
+    fn try_from(value: String) -> Result<Self, Invalid> {
+        VehicleModel::parse(&value)
+    }
+}
+
+impl From<VehicleModel> for String {
+    fn from(model: VehicleModel) -> String {
+        model.0
     }
 }
 
@@ -253,6 +330,16 @@ mod tests {
         assert!(PersonName::parse("   ").is_err());
         assert!(PersonName::parse(&"x".repeat(101)).is_err());
         assert!(PersonName::parse("a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn plates_have_one_spelling() {
+        assert_eq!(VehiclePlate::parse(" ka-01 ab.1234 ").unwrap().as_str(), "KA01AB1234");
+        for bad in ["", "KA1", "KA01AB12345678", "KA01\u{0}1234", "KA01 ÄB 12"] {
+            assert!(VehiclePlate::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(VehicleModel::parse(" Honda Activa 6G ").unwrap().as_str(), "Honda Activa 6G");
+        assert!(VehicleModel::parse(&"x".repeat(61)).is_err());
     }
 
     #[test]

@@ -32,13 +32,19 @@ pub async fn list(
     Query(query): Query<ListUsers>,
 ) -> Result<impl IntoResponse> {
     caller.require(&[Role::Dispatcher, Role::Admin])?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(Error::validation("limit", format!("must be between 1 and {MAX_LIMIT}")));
-    }
+    let limit = page_limit(query.limit)?;
     let page = PageRequest { before: query.cursor, limit: limit + 1 };
     let users = state.store.list_users(query.role, page).await?;
     Ok(ok(Page::from_overfetch(users, limit, |user| user.id.to_string())))
+}
+
+/// A staff listing's page size: `limit`, 1 to 200, default 50.
+pub fn page_limit(limit: Option<u32>) -> Result<u32> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(Error::validation("limit", format!("must be between 1 and {MAX_LIMIT}")));
+    }
+    Ok(limit)
 }
 
 pub async fn disable(

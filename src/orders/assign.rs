@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::domain::orders::{CancelReason, Order, OrderStatus};
-use crate::domain::{PilotStatus, Role, VehicleType};
+use crate::domain::{PilotApproval, PilotStatus, Role, VehicleType};
 use crate::error::{Error, Result};
 use crate::ids::{OrderId, UserId};
 use crate::orders::lifecycle::cancel_in;
@@ -60,12 +60,18 @@ impl Orders {
         Ok(order)
     }
 
-    /// The vehicle of an enabled pilot.
+    /// The vehicle of an enabled pilot an admin approved (a pilot suspended while it held an
+    /// offer cannot take it).
     async fn pilot_vehicle(&self, pilot: UserId) -> Result<VehicleType> {
         let user = self.store.user_by_id(pilot).await?;
-        user.filter(|user| user.disabled_at.is_none())
-            .and_then(|user| user.pilot.map(|profile| profile.vehicle_type))
-            .ok_or_else(|| Error::not_found("PILOT_NOT_FOUND", "no such pilot"))
+        let profile = user
+            .filter(|user| user.disabled_at.is_none())
+            .and_then(|user| user.pilot)
+            .ok_or_else(|| Error::not_found("PILOT_NOT_FOUND", "no such pilot"))?;
+        if profile.approval != PilotApproval::Approved {
+            return Err(crate::fleet::not_approved(profile.approval));
+        }
+        Ok(profile.vehicle_type)
     }
 }
 

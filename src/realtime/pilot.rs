@@ -132,15 +132,17 @@ async fn status(
     Extension(caller): Extension<Caller>,
 ) {
     let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, "status:set", Class::Command, ack) else { return };
-    let result = parse::<StatusRequest>(payload(data).unwrap_or(Value::Null)).and_then(|request| {
+    let result = async {
+        let request = parse::<StatusRequest>(payload(data).unwrap_or(Value::Null))?;
         let status = match request.status {
             DutyStatus::Online | DutyStatus::Available => PilotStatus::Available,
             DutyStatus::Break => PilotStatus::Break,
             DutyStatus::Offline => PilotStatus::Offline,
         };
-        let pilot = gateway.app.fleet.set_status(caller.user_id, status)?;
+        let pilot = gateway.app.fleet.set_status(caller.user_id, status).await?;
         Ok(json!({ "status": status, "pilot": pilot }))
-    });
+    }
+    .await;
     ack::send(ack, PILOT_NS, "status:set", &result);
 }
 

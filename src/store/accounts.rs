@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::{PersonName, Phone, PilotStatus, Role, VehicleType};
+use crate::domain::{PersonName, Phone, PilotApproval, PilotStatus, Role, VehicleModel, VehiclePlate, VehicleType};
 use crate::error::Result;
 use crate::ids::{SessionId, UserId};
 use crate::store::PageRequest;
@@ -28,6 +28,20 @@ pub struct User {
 pub struct PilotProfile {
     pub vehicle_type: VehicleType,
     pub status: PilotStatus,
+    /// Whether it may go on duty: only `approved` pilots are offered or given work.
+    pub approval: PilotApproval,
+    /// Recorded by the admin who approved it.
+    pub vehicle_plate: Option<VehiclePlate>,
+    pub vehicle_model: Option<VehicleModel>,
+}
+
+/// What an admin decides about a pilot.
+#[derive(Debug, Clone)]
+pub enum ApprovalChange {
+    /// It may take work, driving the vehicle with this plate.
+    Approve { plate: VehiclePlate, model: Option<VehicleModel> },
+    /// It may not take work until approved again.
+    Suspend,
 }
 
 /// A user to create; `vehicle_type` is required for pilots and refused for everyone else.
@@ -106,6 +120,19 @@ pub trait AccountStore: Send + Sync {
     /// Users newest first, optionally of one role.
     async fn list_users(&self, role: Option<Role>, page: PageRequest<UserId>) -> Result<Vec<User>>;
 
+    /// Pilots with `approval`, newest first.
+    async fn pilots_by_approval(&self, approval: PilotApproval, page: PageRequest<UserId>) -> Result<Vec<User>>;
+
+    /// Records an admin's decision about a pilot (`by`: `None` for the operator's command
+    /// line). `None` when there is no such pilot.
+    async fn set_pilot_approval(
+        &self,
+        pilot: UserId,
+        change: &ApprovalChange,
+        by: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>>;
+
     /// Disables a user and revokes all its sessions in one transaction. Returns the revoked
     /// sessions, or `None` when there is no such user. Disabling twice changes nothing.
     async fn disable_user(&self, id: UserId, now: DateTime<Utc>) -> Result<Option<Vec<SessionId>>>;
@@ -150,6 +177,9 @@ pub(crate) struct UserRow {
     disabled_at: Option<DateTime<Utc>>,
     vehicle_type: Option<String>,
     pilot_status: Option<String>,
+    approval: Option<String>,
+    vehicle_number: Option<String>,
+    vehicle_model: Option<String>,
 }
 
 impl TryFrom<UserRow> for User {
@@ -159,10 +189,23 @@ impl TryFrom<UserRow> for User {
     /// now means the data was changed behind the server's back.
     fn try_from(row: UserRow) -> Result<Self> {
         let corrupt = |what: &str| anyhow::anyhow!("stored {what} of user {} is invalid", row.id);
-        let pilot = match (&row.vehicle_type, &row.pilot_status) {
-            (Some(vehicle), Some(status)) => Some(PilotProfile {
+        let pilot = match (&row.vehicle_type, &row.pilot_status, &row.approval) {
+            (Some(vehicle), Some(status), Some(approval)) => Some(PilotProfile {
                 vehicle_type: vehicle.parse().map_err(|_| corrupt("vehicle_type"))?,
                 status: status.parse().map_err(|_| corrupt("pilot status"))?,
+                approval: approval.parse().map_err(|_| corrupt("pilot approval"))?,
+                vehicle_plate: row
+                    .vehicle_number
+                    .as_deref()
+                    .map(VehiclePlate::parse)
+                    .transpose()
+                    .map_err(|_| corrupt("vehicle plate"))?,
+                vehicle_model: row
+                    .vehicle_model
+                    .as_deref()
+                    .map(VehicleModel::parse)
+                    .transpose()
+                    .map_err(|_| corrupt("vehicle model"))?,
             }),
             _ => None,
         };
@@ -187,7 +230,7 @@ macro_rules! select_user {
     ($extra_columns:literal, $rest:literal) => {
         concat!(
             "SELECT u.id, u.phone, u.name, u.role, u.created_at, u.disabled_at, ",
-            "p.vehicle_type, p.status AS pilot_status",
+            "p.vehicle_type, p.status AS pilot_status, p.approval, p.vehicle_number, p.vehicle_model",
             $extra_columns,
             " FROM users u LEFT JOIN pilots p ON p.user_id = u.id ",
             $rest

@@ -33,7 +33,9 @@ use serde::Serialize;
 
 use crate::config::DatabaseConfig;
 use crate::error::Result;
-pub use accounts::{AccountStore, Credentials, NewRefreshToken, NewUser, PilotProfile, RevokeReason, Rotation, User};
+pub use accounts::{
+    AccountStore, ApprovalChange, Credentials, NewRefreshToken, NewUser, PilotProfile, RevokeReason, Rotation, User,
+};
 pub use jobs::{Job, JobCount, JobOutcome, JobStats, JobStore, NewJob};
 pub use money::MoneyStore;
 pub use offers::{OfferStore, TracePoint};

@@ -41,8 +41,8 @@ pub trait OfferStore: Send + Sync {
     /// locks the order row: a cancel or an assignment in flight is waited for, then seen).
     /// `false` when the order is not searching (or does not exist). `OFFER_CONFLICT` when the
     /// pilot already holds a live offer or the order already has one (another node, or a
-    /// race, got there first), when the pilot carries an order, or when it already rejected
-    /// this order or let its offer expire.
+    /// race, got there first), when the pilot carries an order, is not approved (an admin
+    /// suspended it a moment ago), or already rejected this order or let its offer expire.
     async fn insert_offer(&self, offer: &Offer) -> Result<bool>;
 
     /// Appends trace points; a point already stored (same order and time) is skipped.
@@ -92,7 +92,7 @@ macro_rules! offer_columns {
 pub(crate) use offer_columns;
 
 /// Inserts a live offer ($1..$9: the [`OfferRow`] columns in order) if its order is searching,
-/// the pilot carries no order and has not declined this one. `$lock` is the row lock the
+/// the pilot is approved, carries no order and has not declined this one. `$lock` is the row lock the
 /// backend takes on the order (`" FOR UPDATE"` on Postgres; nothing on SQLite, whose one
 /// statement already holds the write lock).
 macro_rules! insert_offer {
@@ -103,7 +103,8 @@ macro_rules! insert_offer {
             ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 ",
             "WHERE EXISTS (SELECT 1 FROM orders WHERE id = $2 AND status = 'searching_driver'",
             $lock,
-            ") AND NOT EXISTS (SELECT 1 FROM orders WHERE pilot_id = $3 ",
+            ") AND EXISTS (SELECT 1 FROM pilots WHERE user_id = $3 AND approval = 'approved') ",
+            "AND NOT EXISTS (SELECT 1 FROM orders WHERE pilot_id = $3 ",
             "AND status IN ('assigned', 'picked_up', 'in_transit')) ",
             "AND NOT EXISTS (SELECT 1 FROM offers WHERE order_id = $2 AND pilot_id = $3 ",
             "AND status IN ('rejected', 'expired'))"

@@ -250,8 +250,18 @@ impl TestApp {
         self.send(request).await
     }
 
-    /// Signs up a customer (or a pilot with a bike) and returns the session.
+    /// Signs up a customer (or a pilot with a bike, approved by an admin as it would be
+    /// before its first shift) and returns the session.
     pub async fn register(&self, role: &str) -> Session {
+        let session = self.sign_up(role).await;
+        if role == "pilot" {
+            self.approve(&session).await;
+        }
+        session
+    }
+
+    /// Signs up a customer or a pilot (with a bike, waiting for approval).
+    pub async fn sign_up(&self, role: &str) -> Session {
         let mut body = json!({ "name": "Test User", "phone": unique_phone(), "password": PASSWORD, "role": role });
         if role == "pilot" {
             body["vehicle_type"] = json!("bike");
@@ -259,6 +269,13 @@ impl TestApp {
         let reply = self.post("/api/v1/auth/register", body, None).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
         Session::from_grant(reply.data())
+    }
+
+    /// Approves a pilot as `dispatchd admin approve-pilot` does.
+    pub async fn approve(&self, pilot: &Session) {
+        let plate = dispatchd::domain::VehiclePlate::parse("KA01AB1234").unwrap();
+        let change = dispatchd::store::ApprovalChange::Approve { plate, model: None };
+        self.state.fleet.decide_approval(pilot.user_id.parse().unwrap(), &change, None).await.unwrap();
     }
 
     /// Creates a dispatcher or admin the way `dispatchd admin create-user` does, and logs in.

@@ -27,30 +27,26 @@ pub struct Node {
     child: Child,
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    /// What it was started with, for the operator's commands on its database.
+    env: Vec<(String, String)>,
 }
 
 impl Node {
     /// Starts the binary with `env` (`DISPATCHD__…` pairs) on top of a JWT secret.
     pub async fn start(env: &[(&str, String)], logs: Logs) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_dispatchd"));
-        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("DISPATCHD")) {
-            command.env_remove(name);
-        }
+        let env: Vec<_> = env.iter().map(|(name, value)| (name.to_string(), value.clone())).collect();
+        let mut command = dispatchd_command(&env);
         command
-            .env("DISPATCHD__AUTH__JWT_SECRET", TEST_JWT_SECRET)
             .env("DISPATCHD__RATE_LIMIT__REQUESTS_PER_MINUTE", "100000")
             .env("DISPATCHD__LOG__LEVEL", "info")
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        for (name, value) in env {
-            command.env(name, value);
-        }
         let (child, addr) = match logs {
             Logs::Drained => Self::spawn_drained(command).await,
             Logs::BrokenPipe => Self::spawn_broken_pipe(command).await,
         };
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        Self { child, addr, client }
+        Self { child, addr, client, env }
     }
 
     async fn spawn_drained(mut command: Command) -> (Child, SocketAddr) {
@@ -135,16 +131,39 @@ impl Node {
         (reply.status(), reply.json().await.unwrap_or(Value::Null))
     }
 
-    /// Signs up a customer, or a pilot on a bike.
+    /// Signs up a customer, or a pilot on a bike (approved with `dispatchd admin
+    /// approve-pilot`, as an operator would).
     pub async fn register(&self, role: &str) -> Session {
-        let mut body = json!({ "name": "Fault Drill", "phone": unique_phone(), "password": PASSWORD, "role": role });
+        let phone = unique_phone();
+        let mut body = json!({ "name": "Fault Drill", "phone": phone, "password": PASSWORD, "role": role });
         if role == "pilot" {
             body["vehicle_type"] = json!("bike");
         }
         let (status, reply) = self.post("/api/v1/auth/register", body, None).await;
         assert_eq!(status, reqwest::StatusCode::CREATED, "{reply}");
+        if role == "pilot" {
+            let approved = dispatchd_command(&self.env)
+                .args(["admin", "approve-pilot", "--phone", &phone, "--plate", "KA01AB1234"])
+                .stdout(Stdio::null())
+                .status()
+                .await
+                .unwrap();
+            assert!(approved.success(), "admin approve-pilot");
+        }
         Session::from_grant(&reply["data"])
     }
+}
+
+/// The binary with `env` (`DISPATCHD__…` pairs) on top of the test JWT secret, and none of
+/// the environment's own `DISPATCHD…` variables.
+fn dispatchd_command(env: &[(String, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dispatchd"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("DISPATCHD")) {
+        command.env_remove(name);
+    }
+    command.env("DISPATCHD__AUTH__JWT_SECRET", TEST_JWT_SECRET);
+    command.envs(env.iter().map(|(name, value)| (name, value)));
+    command
 }
 
 /// The address of a "dispatchd listening" log line.

@@ -72,12 +72,20 @@ export async function api(server, method, path, body, token) {
   return { status: response.status, body: await response.json() };
 }
 
-/** Signs up a customer or a pilot (on a bike). */
+/** Signs up a customer or a pilot (on a bike, approved as an operator does it). */
 export async function register(server, role) {
-  const body = { name: "JS Test", phone: uniquePhone(), password: PASSWORD, role };
+  const phone = uniquePhone();
+  const body = { name: "JS Test", phone, password: PASSWORD, role };
   if (role === "pilot") body.vehicle_type = "bike";
   const reply = await api(server, "POST", "/auth/register", body);
   if (reply.status !== 201) throw new Error(`register: ${JSON.stringify(reply.body)}`);
+  if (role === "pilot") {
+    const approved = spawnSync(BIN, ["admin", "approve-pilot", "--phone", phone, "--plate", "KA01AB1234"], {
+      env: server.env,
+      encoding: "utf8",
+    });
+    if (approved.status !== 0) throw new Error(`approve-pilot: ${approved.stderr}`);
+  }
   return session(reply.body.data);
 }
 

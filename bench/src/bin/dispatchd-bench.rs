@@ -47,9 +47,12 @@ struct Common {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    staff: Staff,
 }
 
-/// A dispatcher's login (`dispatchd admin create-user --role dispatcher`).
+/// An admin's login (`dispatchd admin create-user --role admin`): it approves the pilots the
+/// scenario signs up, and watches as a dispatcher where the scenario needs one.
 #[derive(Args, Clone)]
 struct Staff {
     #[arg(long, default_value = STAFF_PHONE)]
@@ -136,8 +139,6 @@ enum Scenario {
         common: Common,
         #[command(flatten)]
         sizes: TrackSizes,
-        #[command(flatten)]
-        staff: Staff,
     },
     /// Many idle sockets: memory per connection, connect rate, then a reconnect storm.
     Connections {
@@ -202,8 +203,6 @@ enum Scenario {
         side_km: f64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        #[command(flatten)]
-        staff: Staff,
     },
     /// Greedy against batched matching on the same simulated city (in-process, simulated
     /// time, reproducible), and the batch solve time. The server's `[matching]` settings
@@ -303,8 +302,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             }
             (common.json, report.json())
         }
-        Scenario::Track { common, sizes, staff } => {
-            let report = track::run(&target(&common)?, &track_args(&sizes, &common, &staff)).await?;
+        Scenario::Track { common, sizes } => {
+            let report = track::run(&target(&common)?, &track_args(&sizes, &common)).await?;
             report.table().print();
             (common.json, report.json())
         }
@@ -361,14 +360,14 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             anyhow::ensure!(report.created > 0, "no order was created");
             (common.json, report.json())
         }
-        Scenario::Simulate { common, pilots, orders_per_min, side_km, seed, staff } => {
+        Scenario::Simulate { common, pilots, orders_per_min, side_km, seed } => {
             let args = simulate::SimulateArgs {
                 pilots,
                 orders_per_min,
                 duration_s: common.duration,
                 side_km,
                 seed,
-                staff: (staff.staff_phone, staff.staff_password),
+                staff: (common.staff.staff_phone.clone(), common.staff.staff_password.clone()),
             };
             let summary = simulate::run(&target(&common)?, &args).await?;
             (common.json, summary)
@@ -420,15 +419,15 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             connections,
             json,
         } => {
-            let common = Common { url: String::new(), target: Kind::Dispatchd, duration, pid: None, json: None };
             let staff = Staff { staff_phone: STAFF_PHONE.into(), staff_password: STAFF_PASSWORD.into() };
+            let common = Common { url: String::new(), target: Kind::Dispatchd, duration, pid: None, json: None, staff };
             let args = compare::CompareArgs {
                 scenarios,
                 server_bin,
                 node_dir,
                 redis_url,
                 ingest: ingest_args(&ingest, &common),
-                track: track_args(&track, &common, &staff),
+                track: track_args(&track, &common),
                 connections: connection_args(&connections, None),
             };
             (json, compare::run(&args).await?)
@@ -457,7 +456,8 @@ fn positive(text: &str) -> Result<f64, String> {
 }
 
 fn target(common: &Common) -> anyhow::Result<Target> {
-    Target::new(common.target, &common.url)
+    let staff = &common.staff;
+    Ok(Target::new(common.target, &common.url)?.with_staff(&staff.staff_phone, &staff.staff_password))
 }
 
 fn ingest_args(sizes: &IngestSizes, common: &Common) -> ingest::IngestArgs {
@@ -471,7 +471,8 @@ fn ingest_args(sizes: &IngestSizes, common: &Common) -> ingest::IngestArgs {
     }
 }
 
-fn track_args(sizes: &TrackSizes, common: &Common, staff: &Staff) -> track::TrackArgs {
+fn track_args(sizes: &TrackSizes, common: &Common) -> track::TrackArgs {
+    let staff = &common.staff;
     track::TrackArgs {
         watch_url: sizes.watch_url.clone(),
         pairs: sizes.pairs,

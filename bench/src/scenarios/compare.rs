@@ -56,13 +56,13 @@ impl Server {
             ("DISPATCHD__LOG__LEVEL", "warn,dispatchd::app=info".into()),
         ];
         let admin = Command::new(bin)
-            .args(["admin", "create-user", "--role", "dispatcher", "--phone", STAFF_PHONE, "--name", "Bench"])
+            .args(["admin", "create-user", "--role", "admin", "--phone", STAFF_PHONE, "--name", "Bench"])
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .env("DISPATCHD_ADMIN_PASSWORD", STAFF_PASSWORD)
             .output()
             .with_context(|| format!("running {} (build it: cargo build --release)", bin.display()))?;
         if !admin.status.success() {
-            bail!("creating the dispatcher: {}", String::from_utf8_lossy(&admin.stderr));
+            bail!("creating the admin: {}", String::from_utf8_lossy(&admin.stderr));
         }
         let child = Command::new(bin)
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))

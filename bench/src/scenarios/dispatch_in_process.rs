@@ -22,12 +22,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use dispatchd::app::App;
+use dispatchd::auth::password::NewPassword;
 use dispatchd::clock::Clock;
 use dispatchd::config::Config;
-use dispatchd::domain::{LatLng, PersonName, Phone, PilotStatus, Role, VehicleType};
+use dispatchd::domain::{LatLng, PersonName, Phone, PilotStatus, Role, VehiclePlate, VehicleType};
 use dispatchd::grid::gps::GpsPoint;
 use dispatchd::ids::UserId;
-use dispatchd::store::NewUser;
+use dispatchd::store::{ApprovalChange, NewUser};
 use figment::providers::Serialized;
 use futures::StreamExt as _;
 use rand::Rng as _;
@@ -40,7 +41,7 @@ use crate::city::{offset, random_latlng};
 use crate::scenarios::{Outcomes, Timeline};
 use crate::sio::Socket;
 
-use crate::target::{Kind, Target};
+use crate::target::{Kind, STAFF_PASSWORD, STAFF_PHONE, Target};
 
 #[derive(Debug, Clone)]
 pub struct DispatchArgs {
@@ -128,7 +129,12 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
                 password_hash: PASSWORD_HASH.to_owned(),
                 vehicle_type: Some(VehicleType::Auto),
             };
-            async move { store.create_user(user, now).await }
+            async move {
+                let pilot = store.create_user(user, now).await?;
+                let plate = VehiclePlate::parse(&format!("FLEET{n:07}")).expect("a valid plate");
+                let change = ApprovalChange::Approve { plate, model: None };
+                store.set_pilot_approval(pilot.id, &change, None, now).await
+            }
         })
         .buffer_unordered(16)
         .filter(|created| std::future::ready(created.is_err()))
@@ -141,6 +147,11 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
     }
 
     eprintln!("connecting {} bike pilots over Socket.io…", args.socket_pilots);
+    // The admin who approves them, as `dispatchd admin create-user` makes one.
+    let password = NewPassword::parse(STAFF_PASSWORD.to_owned()).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let staff_phone = Phone::parse(STAFF_PHONE).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let staff_name = PersonName::parse("Bench").expect("a valid name");
+    state.auth.create_staff(staff_name, staff_phone, password, Role::Admin).await?;
     let target = Target::new(Kind::Dispatchd, &addr)?;
     let timeline: Timeline = Arc::default();
     let mut bikes = Vec::new();

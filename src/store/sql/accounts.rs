@@ -7,12 +7,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::domain::{Phone, PilotStatus, Role};
+use crate::domain::{Phone, PilotApproval, PilotStatus, Role};
 use crate::error::{Error, Result};
 use crate::ids::{SessionId, UserId};
 use crate::store::accounts::{UserRow, select_user};
 use crate::store::{
-    AccountStore, Credentials, NewRefreshToken, NewUser, PageRequest, PilotProfile, RevokeReason, Rotation, User,
+    AccountStore, ApprovalChange, Credentials, NewRefreshToken, NewUser, PageRequest, PilotProfile, RevokeReason, Rotation, User,
 };
 
 type Tx = sqlx::Transaction<'static, Db>;
@@ -58,12 +58,13 @@ impl AccountStore for StoreImpl {
         inserted?;
         if let Some(vehicle) = user.vehicle_type {
             sqlx::query(
-                "INSERT INTO pilots (user_id, vehicle_type, status, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $4)",
+                "INSERT INTO pilots (user_id, vehicle_type, status, approval, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $5)",
             )
             .bind(user.id.0)
             .bind(vehicle.as_str())
             .bind(PilotStatus::Offline.as_str())
+            .bind(PilotApproval::Pending.as_str())
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -76,7 +77,13 @@ impl AccountStore for StoreImpl {
             role: user.role,
             created_at: now,
             disabled_at: None,
-            pilot: user.vehicle_type.map(|vehicle_type| PilotProfile { vehicle_type, status: PilotStatus::Offline }),
+            pilot: user.vehicle_type.map(|vehicle_type| PilotProfile {
+                vehicle_type,
+                status: PilotStatus::Offline,
+                approval: PilotApproval::Pending,
+                vehicle_plate: None,
+                vehicle_model: None,
+            }),
         })
     }
 
@@ -105,6 +112,54 @@ impl AccountStore for StoreImpl {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(User::try_from).collect()
+    }
+
+    async fn pilots_by_approval(&self, approval: PilotApproval, page: PageRequest<UserId>) -> Result<Vec<User>> {
+        let rows: Vec<UserRow> = sqlx::query_as(select_user!(
+            "WHERE p.approval = $1 AND ($2 IS NULL OR p.user_id < $2) ORDER BY p.user_id DESC LIMIT $3"
+        ))
+        .bind(approval.as_str())
+        .bind(page.before.map(|id| id.0))
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(User::try_from).collect()
+    }
+
+    async fn set_pilot_approval(
+        &self,
+        pilot: UserId,
+        change: &ApprovalChange,
+        by: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>> {
+        let (approval, plate, model) = match change {
+            ApprovalChange::Approve { plate, model } => {
+                (PilotApproval::Approved, Some(plate.as_str()), model.as_ref().map(|model| model.as_str()))
+            }
+            ApprovalChange::Suspend => (PilotApproval::Suspended, None, None),
+        };
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        // Suspending keeps the plate and model on record.
+        let found = sqlx::query(
+            "UPDATE pilots SET approval = $2, vehicle_number = COALESCE($3, vehicle_number), \
+             vehicle_model = CASE WHEN $3 IS NULL THEN vehicle_model ELSE $4 END, \
+             approval_changed_at = $5, approval_changed_by = $6, updated_at = $5 WHERE user_id = $1",
+        )
+        .bind(pilot.0)
+        .bind(approval.as_str())
+        .bind(plate)
+        .bind(model)
+        .bind(now)
+        .bind(by.map(|by| by.0))
+        .execute(&mut *tx)
+        .await?;
+        if found.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let row: UserRow = sqlx::query_as(select_user!("WHERE u.id = $1")).bind(pilot.0).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        User::try_from(row).map(Some)
     }
 
     async fn disable_user(&self, id: UserId, now: DateTime<Utc>) -> Result<Option<Vec<SessionId>>> {

@@ -85,7 +85,7 @@ impl OfferStore for StoreImpl {
                     .fetch_optional(&self.pool)
                     .await?;
                 match status.as_deref() {
-                    Some("searching_driver") => conflict("the pilot carries an order, or declined this one"),
+                    Some("searching_driver") => conflict("the pilot carries an order, declined this one, or is not approved"),
                     _ => Ok(false),
                 }
             }
