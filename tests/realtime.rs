@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::field::{assign, connect, create_order, fix, pilot_on_duty};
+use common::field::{assign, connect, create_order, delivery, fix, pilot_on_duty};
 use common::sio::{Refused, SioClient};
 use common::{DROP, Options, PICKUP, TestApp};
 use dispatchd::clock::Clock;
@@ -380,7 +380,7 @@ async fn the_pilot_drives_the_trip_within_its_geofences() {
     );
     let (event, body) = step("order:picked_up");
     assert_eq!(pilot_socket.call(event, body).await["data"]["status"], "in_transit");
-    let (event, body) = step("order:delivered");
+    let (event, body) = ("order:delivered", delivery(&app, &order).await);
     assert_eq!(pilot_socket.call(event, body.clone()).await["error"]["code"], "TOO_FAR_FROM_DROP");
     // Drive to the drop (5 km in 240 s) and deliver.
     assert_eq!(pilot_socket.call("location", json!({ "points": [fix(&app, DROP, 390)] })).await["data"]["moved"], 1);
@@ -400,6 +400,96 @@ async fn the_pilot_drives_the_trip_within_its_geofences() {
     assert_eq!(kinds, ["arrived", "picked_up", "in_transit", "delivered"]);
     let free = app.state.grid.get(pilot.user_id.parse().unwrap()).unwrap();
     assert_eq!(free.status, dispatchd::domain::PilotStatus::Available, "the pilot takes work again");
+}
+
+/// Issue: once assigned, the customer did not know who was coming, and any pilot could mark
+/// an order delivered without meeting its customer. Contacts appear with the assignment and
+/// go when the order ends; delivery needs the customer's code, five wrong ones lock it.
+#[tokio::test]
+async fn the_customer_sees_who_is_coming_and_the_pilot_needs_its_code() {
+    let app = TestApp::spawn().await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let placed = app.post("/api/v1/orders", common::order_body("cash"), Some(&customer.access)).await;
+    let otp = placed.data()["delivery_otp"].as_str().expect("the customer sees its code").to_owned();
+    assert!(otp.len() == 4 && otp.bytes().all(|b| b.is_ascii_digit()), "{otp}");
+    let order = placed.data()["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/orders/{order}");
+    let seen_by = |who: &common::Session| {
+        let (app, path, token) = (&app, path.clone(), who.access.clone());
+        async move { app.get(&path, Some(&token)).await.data().clone() }
+    };
+    let before = seen_by(&customer).await;
+    assert_eq!((before["delivery_otp"].as_str(), before.get("pilot")), (Some(otp.as_str()), None), "no pilot yet");
+
+    let (pilot, mut pilot_socket) = pilot_on_duty(&app, PICKUP).await;
+    let mut watcher = connect(&app, "/customer", &customer).await;
+    watcher.call("order:watch", json!({ "order_id": order })).await;
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+    let assigned = watcher.event("order:event", SOON).await.expect("the assignment");
+    assert_eq!(assigned["type"], "assigned");
+    assert_eq!(assigned["data"]["pilot"]["vehicle_plate"], "KA01AB1234", "{assigned}");
+    assert_eq!(assigned["data"]["pilot"]["phone"], pilot.phone.as_str());
+    let told = pilot_socket.event("order:event", SOON).await.expect("the pilot hears it too");
+    assert_eq!(told["data"]["customer"]["phone"], customer.phone.as_str(), "{told}");
+
+    let by_customer = seen_by(&customer).await;
+    assert_eq!(by_customer["pilot"]["name"], "Test User");
+    assert_eq!(by_customer["pilot"]["vehicle_type"], "bike");
+    assert_eq!(by_customer.get("customer"), None);
+    let by_pilot = seen_by(&pilot).await;
+    assert_eq!(by_pilot["customer"]["phone"], customer.phone.as_str());
+    assert_eq!((by_pilot.get("delivery_otp"), by_pilot.get("pilot")), (None, None), "the code is the customer's");
+    assert_eq!(seen_by(&dispatcher).await.get("delivery_otp"), None);
+    let history = app.get(&format!("{path}/events"), Some(&customer.access)).await;
+    let stored = history.data().as_array().unwrap().iter().find(|event| event["type"] == "assigned").unwrap().clone();
+    assert_eq!(stored["data"].get("pilot"), None, "no phone numbers in the stored history: {stored}");
+
+    // At the door, a pilot without the code cannot deliver.
+    for step in ["order:arrived", "order:picked_up"] {
+        assert_eq!(pilot_socket.call(step, json!({ "order_id": order })).await["ok"], true);
+    }
+    pilot_socket.call("location", json!({ "points": [fix(&app, DROP, 390)] })).await;
+    let wrong = format!("{:04}", (otp.parse::<u32>().unwrap() + 1) % 10_000);
+    let mut codes = Vec::new();
+    for guess in [None, Some(wrong.as_str()), Some("12"), Some(wrong.as_str()), Some(wrong.as_str())] {
+        let ack = pilot_socket.call("order:delivered", json!({ "order_id": order, "otp": guess })).await;
+        codes.push(ack["error"]["code"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(codes, ["INVALID_OTP", "INVALID_OTP", "INVALID_OTP", "INVALID_OTP", "DELIVERY_LOCKED"]);
+    let right = json!({ "order_id": order, "otp": otp });
+    let locked = pilot_socket.call("order:delivered", right.clone()).await;
+    assert_eq!(locked["error"]["code"], "DELIVERY_LOCKED", "even the right code, until a dispatcher steps in");
+    let failures = watcher.events("order:event", Duration::from_millis(300)).await;
+    let failed = failures.iter().filter(|event| event["type"] == "delivery_otp_failed").count();
+    assert_eq!(failed, 5, "the customer sees someone trying: {failures:?}");
+
+    let unlock = format!("/api/v1/dispatch/orders/{order}/unlock-delivery");
+    let by_customer = app.post(&unlock, json!({}), Some(&customer.access)).await;
+    assert_eq!(by_customer.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.post(&unlock, json!({}), Some(&dispatcher.access)).await.status, StatusCode::OK);
+    let delivered = pilot_socket.call("order:delivered", right).await;
+    assert_eq!(delivered["data"]["status"], "delivered", "{delivered}");
+    assert_eq!(delivered["data"].get("delivery_otp"), None);
+
+    // The order ended: nobody's contact, no code.
+    let after = seen_by(&customer).await;
+    assert_eq!((after.get("pilot"), after.get("delivery_otp")), (None, None), "{after}");
+    assert_eq!(seen_by(&pilot).await.get("customer"), None);
+    assert_eq!(app.post(&unlock, json!({}), Some(&dispatcher.access)).await.error_code(), "INVALID_TRANSITION");
+}
+
+#[tokio::test]
+async fn without_delivery_codes_an_order_is_delivered_on_the_pilots_word() {
+    let app = TestApp::spawn_with(Options::default().set("orders.delivery_otp", false)).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let placed = app.post("/api/v1/orders", common::order_body("cash"), Some(&customer.access)).await;
+    assert_eq!(placed.data().get("delivery_otp"), None);
+    let order = placed.data()["id"].as_str().unwrap().to_owned();
+    let (pilot, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+    common::field::drive_to_door(&app, &mut socket, &order).await;
 }
 
 /// A bare Engine.IO WebSocket connection (`eio` 3 or 4): its open packet, then its frames.

@@ -95,7 +95,7 @@ impl World {
         }
         if state == State::Delivered {
             drive_to_drop(&self.app, &mut socket).await;
-            let ack = socket.call("order:delivered", json!({ "order_id": order })).await;
+            let ack = socket.call("order:delivered", common::field::delivery(&self.app, &order).await).await;
             assert_eq!(ack["data"]["status"], "delivered", "{ack}");
         }
         if state == State::Cancelled {
@@ -141,7 +141,7 @@ impl World {
                 if self.status(&order).await == "in_transit" {
                     drive_to_drop(&self.app, &mut case.socket).await;
                 }
-                ack(case.socket.call("order:delivered", json!({ "order_id": order })).await)
+                ack(case.socket.call("order:delivered", common::field::delivery(&self.app, &order).await).await)
             }
             Operation::Cancel => rest(self.cancel(&order).await),
         }

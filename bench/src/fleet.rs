@@ -18,17 +18,21 @@ use crate::scenarios::wall_ms;
 use crate::sio::{OnEvent, Socket};
 use crate::target::Target;
 
+/// Each order's delivery code, as its customer was shown it: the simulated customer tells
+/// the simulated pilot at the door.
+pub type DeliveryCodes = Arc<Mutex<std::collections::HashMap<String, String>>>;
+
 /// What a pilot does once it has an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Trip {
-    /// Drives it to the end.
-    Drive,
+    /// Drives it to the end, and gives the customer's code to deliver it.
+    Drive(DeliveryCodes),
     /// Waits until the order is taken back or cancelled (by someone else) and carries on.
     Release,
 }
 
 /// How a simulated pilot behaves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Behaviour {
     pub report_every: Duration,
     /// Share of offers accepted (the rest are rejected).
@@ -68,6 +72,7 @@ pub async fn start(
             let _ = events_tx.send((event.to_owned(), payload));
         });
         let socket = Socket::connect(&target.addr, "/pilot", token, on_event).await.map_err(anyhow::Error::msg)?;
+        let behaviour = behaviour.clone();
         let pilot = Pilot { index, socket, walker, behaviour, positions: positions.clone(), order: None };
         pilot.go_on_duty().await?;
         let (counters, observer, stop) = (counters.clone(), observer.clone(), stop.clone());
@@ -140,7 +145,7 @@ impl Pilot {
         if self.socket.ask("location", &fix).await.is_err() {
             counters.add("report_errors", 1);
         }
-        if self.behaviour.trip == Trip::Drive && self.walker.arrived() {
+        if matches!(self.behaviour.trip, Trip::Drive(_)) && self.walker.arrived() {
             self.next_step(counters).await;
         }
     }
@@ -155,7 +160,10 @@ impl Pilot {
             self.walker.head_for(order.drop);
             self.order = Some(OnOrder { picked_up: true, ..order });
         } else {
-            let (event, body) = step("order:delivered");
+            let (event, mut body) = step("order:delivered");
+            if let Trip::Drive(codes) = &self.behaviour.trip {
+                body["otp"] = json!(codes.lock().unwrap().remove(&order.id));
+            }
             if matches!(self.socket.ask(event, &body).await, Ok(ack) if ack["ok"] == true) {
                 counters.add("trips_done", 1);
             }
@@ -201,7 +209,7 @@ impl Pilot {
                     drop: point(&order["drop"]),
                     picked_up: false,
                 });
-                if self.behaviour.trip == Trip::Drive {
+                if matches!(self.behaviour.trip, Trip::Drive(_)) {
                     self.walker.head_for(pickup);
                 }
             }

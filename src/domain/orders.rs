@@ -197,6 +197,14 @@ pub struct Order {
     pub notes: Option<String>,
     /// Seq of the latest event: a client that saw it has seen everything.
     pub last_event_seq: i32,
+    /// The code the customer gives the pilot at the door (`None`: not asked). Shown only in
+    /// the customer's view of the order, never in this shape (nor the cluster feed, nor the
+    /// operator's webhooks).
+    #[serde(skip)]
+    pub delivery_otp: Option<String>,
+    /// Wrong delivery codes tried since delivery was last unlocked.
+    #[serde(skip)]
+    pub delivery_otp_failures: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -143,3 +143,13 @@ pub async fn reassign(
 ) -> Result<impl IntoResponse> {
     Ok(ok(state.orders.reassign(&caller, id, body.pilot_id).await?))
 }
+
+/// `POST /dispatch/orders/{id}/unlock-delivery`: after five wrong delivery codes, a dispatcher
+/// who has spoken to both sides lets the pilot try again.
+pub async fn unlock_delivery(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<OrderId>,
+) -> Result<impl IntoResponse> {
+    Ok(ok(state.orders.unlock_delivery(&caller, id).await?))
+}

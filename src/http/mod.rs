@@ -134,6 +134,7 @@ fn api_routes() -> Router<AppState> {
         .route("/dispatch/supply", get(dispatch::supply))
         .route("/dispatch/orders/{id}/assign", post(dispatch::assign))
         .route("/dispatch/orders/{id}/reassign", post(dispatch::reassign))
+        .route("/dispatch/orders/{id}/unlock-delivery", post(dispatch::unlock_delivery))
         .route("/quotes", post(orders::quote))
         .route("/orders", post(orders::create).get(orders::list))
         .route("/orders/{id}", get(orders::get))

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::response::{Page, Reply, created, ok};
 use crate::ids::OrderId;
+use crate::orders::view::OrderView;
 use crate::orders::{CreateOrder, Creation, QuoteRequest};
 use crate::store::PageRequest;
 
@@ -52,7 +53,10 @@ pub async fn create(
 ) -> Result<impl IntoResponse> {
     let key = idempotency_key(&headers)?;
     match state.orders.create(&caller, body, key.as_deref()).await? {
-        Creation::Created(order) => Ok(created(serde_json::to_value(order).map_err(anyhow::Error::from)?)),
+        Creation::Created(order) => {
+            let view = OrderView::new_for_customer(*order);
+            Ok(created(serde_json::to_value(view).map_err(anyhow::Error::from)?))
+        }
         Creation::Replayed { status, body } => {
             Ok(Reply(StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED), body))
         }
@@ -74,7 +78,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
 }
 
 pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<OrderId>) -> Result<impl IntoResponse> {
-    Ok(ok(state.orders.get(&caller, id).await?))
+    let order = state.orders.get(&caller, id).await?;
+    Ok(ok(state.orders.view(&caller, order).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,7 +98,8 @@ pub async fn list(
     let limit = page_limit(query.limit)?;
     let page = PageRequest { before: query.cursor, limit: limit + 1 };
     let orders = state.orders.list(&caller, query.status, page).await?;
-    Ok(ok(Page::from_overfetch(orders, limit, |order| order.id.to_string())))
+    let views: Vec<_> = orders.into_iter().map(|order| state.orders.view_without_contacts(&caller, order)).collect();
+    Ok(ok(Page::from_overfetch(views, limit, |view| view.order.id.to_string())))
 }
 
 pub async fn cancel(

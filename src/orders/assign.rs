@@ -18,8 +18,9 @@ use crate::domain::{PilotApproval, PilotStatus, Role, VehicleType};
 use crate::error::{Error, Result};
 use crate::ids::{OrderId, UserId};
 use crate::orders::lifecycle::cancel_in;
+use crate::orders::view::with_contacts;
 use crate::orders::{Orders, event, not_found, push_event, save, transition, visible};
-use crate::store::OffersOf;
+use crate::store::{OffersOf, User};
 
 impl Orders {
     /// A dispatcher (or admin) assigns `pilot` to an order that is searching.
@@ -30,13 +31,17 @@ impl Orders {
 
     /// Assigns `pilot` to order `id` for `actor` (`None`: the system, i.e. matching).
     pub async fn assign_as(&self, actor: Option<&Caller>, id: OrderId, pilot: UserId) -> Result<Order> {
-        let vehicle = self.pilot_vehicle(pilot).await?;
+        let pilot_user = self.approved_pilot(pilot).await?;
+        let vehicle = pilot_vehicle(&pilot_user);
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
         if order.status.has_pilot() {
             return Err(Error::conflict("ORDER_TAKEN", "another pilot has this order"));
         }
+        // For the assignment's live event; read before the commit, so that the event goes
+        // out in commit order.
+        let customer = self.contact(order.customer_id).await?;
         if vehicle != order.vehicle_type {
             return Err(vehicle_mismatch(order.vehicle_type, vehicle));
         }
@@ -56,23 +61,28 @@ impl Orders {
             .increment(1);
         // The index learns after the commit: the database decided, the index follows.
         let _ = self.grid.set_status(pilot, PilotStatus::Busy, now.timestamp_millis());
-        self.publish(&order, &events);
+        self.publish(&order, &with_contacts(&pilot_user, customer.as_ref(), &events));
         Ok(order)
     }
 
-    /// The vehicle of an enabled pilot an admin approved (a pilot suspended while it held an
-    /// offer cannot take it).
-    async fn pilot_vehicle(&self, pilot: UserId) -> Result<VehicleType> {
+    /// An enabled pilot an admin approved (a pilot suspended while it held an offer cannot
+    /// take it).
+    async fn approved_pilot(&self, pilot: UserId) -> Result<User> {
         let user = self.store.user_by_id(pilot).await?;
-        let profile = user
-            .filter(|user| user.disabled_at.is_none())
-            .and_then(|user| user.pilot)
+        let user = user
+            .filter(|user| user.disabled_at.is_none() && user.pilot.is_some())
             .ok_or_else(|| Error::not_found("PILOT_NOT_FOUND", "no such pilot"))?;
-        if profile.approval != PilotApproval::Approved {
-            return Err(crate::fleet::not_approved(profile.approval));
+        let approval = user.pilot.as_ref().map_or(PilotApproval::Pending, |profile| profile.approval);
+        if approval != PilotApproval::Approved {
+            return Err(crate::fleet::not_approved(approval));
         }
-        Ok(profile.vehicle_type)
+        Ok(user)
     }
+}
+
+/// The vehicle of a pilot's user (one whose profile was checked).
+fn pilot_vehicle(pilot: &User) -> VehicleType {
+    pilot.pilot.as_ref().map_or(VehicleType::Bike, |profile| profile.vehicle_type)
 }
 
 impl Orders {
@@ -82,8 +92,8 @@ impl Orders {
     pub async fn reassign(&self, caller: &Caller, id: OrderId, to: Option<UserId>) -> Result<Order> {
         caller.require(&[Role::Dispatcher, Role::Admin])?;
         if let Some(pilot) = to {
-            let vehicle = self.pilot_vehicle(pilot).await?;
-            return self.take_back(caller, id, Some((pilot, vehicle))).await;
+            let pilot = self.approved_pilot(pilot).await?;
+            return self.take_back(caller, id, Some(&pilot)).await;
         }
         self.take_back(caller, id, None).await
     }
@@ -116,7 +126,7 @@ impl Orders {
 
     /// Moves an assigned order from its pilot to `to` (with its vehicle), or back to
     /// searching. One transaction; the previous pilot takes work again.
-    async fn take_back(&self, caller: &Caller, id: OrderId, to: Option<(UserId, VehicleType)>) -> Result<Order> {
+    async fn take_back(&self, caller: &Caller, id: OrderId, to: Option<&User>) -> Result<Order> {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
@@ -129,9 +139,14 @@ impl Orders {
         }
         let previous = order.pilot_id;
         let before = (order.status, order.last_event_seq);
+        let customer = match to {
+            Some(_) => self.contact(order.customer_id).await?,
+            None => None,
+        };
         let mut events = Vec::new();
         match to {
-            Some((pilot, vehicle)) => {
+            Some(user) => {
+                let (pilot, vehicle) = (user.id, pilot_vehicle(user));
                 if vehicle != order.vehicle_type {
                     return Err(vehicle_mismatch(order.vehicle_type, vehicle));
                 }
@@ -149,9 +164,9 @@ impl Orders {
                 events.push(self.begin_search(&mut order, now)?);
             }
         }
-        if let Some((pilot, _)) = to {
+        if let Some(user) = to {
             // As in an assignment: the offer first, then the order.
-            tx.withdraw_offers(OffersOf::Pilot(pilot), now).await?;
+            tx.withdraw_offers(OffersOf::Pilot(user.id), now).await?;
         }
         save(&mut *tx, &order, before, &events, self.notify).await?;
         if order.status == OrderStatus::SearchingDriver {
@@ -166,7 +181,10 @@ impl Orders {
         if let Some(pilot) = order.pilot_id {
             let _ = self.grid.set_status(pilot, PilotStatus::Busy, now.timestamp_millis());
         }
-        self.publish(&order, &events);
+        match to {
+            Some(user) => self.publish(&order, &with_contacts(user, customer.as_ref(), &events)),
+            None => self.publish(&order, &events),
+        }
         Ok(order)
     }
 }

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::ids::OrderId;
 use crate::orders::pricing::{Pricing as _, Trip};
 use crate::orders::quotes::QuoteClaims;
+use crate::orders::view::OrderView;
 use crate::orders::{Orders, append, event, push_event, seconds};
 use crate::store::{IdempotentReplay, NewJob, StoreTx};
 
@@ -298,6 +299,8 @@ impl Orders {
             last_event_seq: 0,
             created_at: now,
             updated_at: now,
+            delivery_otp: self.config.delivery_otp.then(new_delivery_otp),
+            delivery_otp_failures: 0,
         };
         let created = json!({
             "total_paise": order.fare.total_paise,
@@ -381,7 +384,7 @@ async fn claim_key(
     order: &Order,
     now: DateTime<Utc>,
 ) -> Result<Option<Creation>> {
-    let body = serde_json::to_value(order).map_err(anyhow::Error::from)?;
+    let body = serde_json::to_value(OrderView::new_for_customer(order.clone())).map_err(anyhow::Error::from)?;
     let answer = (201, &body);
     let Some(replay) = tx.claim_idempotency_key(caller.user_id, key, &request.fingerprint(), answer, now).await? else {
         return Ok(None);
@@ -398,4 +401,10 @@ fn same_request(replay: IdempotentReplay, request: &CreateOrder) -> Result<Creat
         });
     }
     Ok(Creation::Replayed { status: replay.status, body: replay.body })
+}
+
+/// Four random digits from a cryptographically secure generator: a code the pilot cannot
+/// guess in the five tries it has (1 in 2,000).
+fn new_delivery_otp() -> String {
+    format!("{:04}", rand::random_range(0..10_000u32))
 }

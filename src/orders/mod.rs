@@ -23,6 +23,7 @@ pub mod service_area;
 pub mod traces;
 pub mod tracking;
 mod trip;
+pub mod view;
 
 use std::sync::Arc;
 
@@ -71,6 +72,8 @@ pub struct OrdersConfig {
     pub idempotency_key_ttl_secs: u64,
     /// Most open orders (not delivered, not cancelled) one customer may have.
     pub max_open_per_customer: u32,
+    /// Whether delivery needs the four-digit code shown to the customer.
+    pub delivery_otp: bool,
 }
 
 /// A committed change: the order as it now is, and the events it gained.

@@ -2,8 +2,9 @@
 //! trip begins: picked_up then in_transit), delivered. Each step is checked against the
 //! pilot's last accepted position (within `orders.geofence_m` of the pickup, or of the drop
 //! for delivery), is one transaction with its events, and reaches the customer's room, the
-//! pilot and the dispatchers like every order event. After delivery the pilot takes work
-//! again; a cash order is then paid.
+//! pilot and the dispatchers like every order event. Delivery needs the code the customer
+//! was shown (see [`DELIVERY_OTP_ATTEMPTS`]). After delivery the pilot takes work again; a
+//! cash order is then paid.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -36,9 +37,15 @@ impl TripStep {
     }
 }
 
+/// Wrong delivery codes an order takes before delivery is locked, until a dispatcher unlocks
+/// it ([`Orders::unlock_delivery`]). Each one is an order event (`delivery_otp_failed`), so
+/// the customer and the dispatchers see someone trying.
+pub const DELIVERY_OTP_ATTEMPTS: i32 = 5;
+
 impl Orders {
-    /// The order's own pilot reports `step`.
-    pub async fn trip_step(&self, caller: &Caller, id: OrderId, step: TripStep) -> Result<Order> {
+    /// The order's own pilot reports `step`; `otp` is the code the customer gave it, for
+    /// delivery.
+    pub async fn trip_step(&self, caller: &Caller, id: OrderId, step: TripStep, otp: Option<&str>) -> Result<Order> {
         caller.require(&[Role::Pilot])?;
         let position =
             self.grid.get(caller.user_id).map(|pilot| pilot.position).ok_or_else(|| {
@@ -70,6 +77,29 @@ impl Orders {
             });
         }
         let before = (order.status, order.last_event_seq);
+        if let Some(expected) = order.delivery_otp.clone().filter(|_| step == TripStep::Delivered) {
+            if order.delivery_otp_failures >= DELIVERY_OTP_ATTEMPTS {
+                return Err(delivery_locked());
+            }
+            if otp != Some(expected.as_str()) {
+                order.delivery_otp_failures += 1;
+                let failures = order.delivery_otp_failures;
+                let data = json!({ "failures": failures });
+                let events = [push_event(&mut order, event("delivery_otp_failed", Some(caller), data), now)];
+                save(&mut *tx, &order, before, &events, self.notify).await?;
+                tx.commit().await?;
+                metrics::counter!("order_delivery_otp_failures_total").increment(1);
+                self.publish(&order, &events);
+                let left = DELIVERY_OTP_ATTEMPTS - failures;
+                return Err(match left {
+                    0 => delivery_locked(),
+                    left => Error::Unprocessable {
+                        code: "INVALID_OTP",
+                        message: format!("that is not the customer's delivery code; {left} tries left"),
+                    },
+                });
+            }
+        }
         let mut events = Vec::new();
         if step == TripStep::Arrived {
             let data = json!({ "distance_m": distance.round() });
@@ -87,6 +117,40 @@ impl Orders {
         if step == TripStep::Delivered {
             self.release_pilot(&order);
         }
+        self.publish(&order, &events);
+        Ok(order)
+    }
+}
+
+/// 409 `DELIVERY_LOCKED`.
+fn delivery_locked() -> Error {
+    Error::conflict(
+        "DELIVERY_LOCKED",
+        format!("{DELIVERY_OTP_ATTEMPTS} wrong delivery codes: a dispatcher must unlock delivery of this order"),
+    )
+}
+
+impl Orders {
+    /// A dispatcher (or admin), having spoken to the customer and the pilot, lets the pilot
+    /// try the delivery code again: the count of wrong codes goes back to zero
+    /// (`delivery_unlocked`).
+    pub async fn unlock_delivery(&self, caller: &Caller, id: OrderId) -> Result<Order> {
+        caller.require(&[Role::Dispatcher, Role::Admin])?;
+        let now = self.now();
+        let mut tx = self.store.begin().await?;
+        let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
+        if order.status.is_final() {
+            return Err(Error::conflict(
+                "INVALID_TRANSITION",
+                format!("a {} order has no delivery to unlock", order.status),
+            ));
+        }
+        let before = (order.status, order.last_event_seq);
+        let data = json!({ "failures": order.delivery_otp_failures });
+        order.delivery_otp_failures = 0;
+        let events = [push_event(&mut order, event("delivery_unlocked", Some(caller), data), now)];
+        save(&mut *tx, &order, before, &events, self.notify).await?;
+        tx.commit().await?;
         self.publish(&order, &events);
         Ok(order)
     }

@@ -90,6 +90,7 @@ async fn snapshot(
         let trip = gateway.tracking.trip_of(pilot.id).filter(|trip: &Trip| trip.order == order.id)?;
         Some(location_payload(order.id, &pilot, orders.eta_secs(trip.vehicle, pilot.position, trip.target)))
     });
+    let order = orders.view(caller, order).await?;
     Ok(json!({ "order": order, "events": events, "pilot_location": pilot }))
 }
 

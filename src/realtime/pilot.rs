@@ -150,9 +150,12 @@ async fn status(
 #[serde(deny_unknown_fields)]
 struct TripRequest {
     order_id: OrderId,
+    /// With `order:delivered`: the code the customer gave at the door.
+    #[serde(default)]
+    otp: Option<String>,
 }
 
-/// `order:arrived`, `order:picked_up`, `order:delivered` `{order_id}`: a step of the trip of
+/// `order:arrived`, `order:picked_up` `{order_id}`, `order:delivered` `{order_id, otp}`: a step of the trip of
 /// the order this pilot carries, checked against its last position. Acks the order.
 async fn trip(
     step: TripStep,
@@ -169,7 +172,7 @@ async fn trip(
     };
     let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, event, Class::Command, ack) else { return };
     let result = match payload(data).and_then(parse::<TripRequest>) {
-        Ok(request) => gateway.app.orders.trip_step(&caller, request.order_id, step).await,
+        Ok(request) => gateway.app.orders.trip_step(&caller, request.order_id, step, request.otp.as_deref()).await,
         Err(err) => Err(err),
     };
     ack::send(ack, PILOT_NS, event, &result);
@@ -199,7 +202,11 @@ async fn answer(
     let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, event, Class::Command, ack) else { return };
     let matchmaker = &gateway.app.matchmaker;
     let result = match payload(data).and_then(parse::<OfferRequest>) {
-        Ok(request) if accept => matchmaker.accept(&caller, request.offer_id).await.map(|order| json!(order)),
+        Ok(request) if accept => match matchmaker.accept(&caller, request.offer_id).await {
+            // With whom it serves: the customer's name and phone.
+            Ok(order) => gateway.app.orders.view(&caller, order).await.map(|view| json!(view)),
+            Err(err) => Err(err),
+        },
         Ok(request) => {
             // Kept for the record, not for display: a bounded length, whatever the app sends.
             let reason: Option<String> = request.reason.map(|reason| reason.chars().take(200).collect());

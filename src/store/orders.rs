@@ -105,6 +105,8 @@ pub(crate) struct OrderRow {
     last_event_seq: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    delivery_otp: Option<String>,
+    delivery_otp_failures: i32,
 }
 
 /// Turns a stored value back into its type; a failure means the data was changed behind the
@@ -137,6 +139,8 @@ impl TryFrom<OrderRow> for Order {
             last_event_seq: row.last_event_seq,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            delivery_otp: row.delivery_otp,
+            delivery_otp_failures: row.delivery_otp_failures,
         })
     }
 }
@@ -190,7 +194,8 @@ macro_rules! select_order {
             "SELECT id, customer_id, pilot_id, vehicle_type, status, cancel_reason, ",
             "pickup_lat, pickup_lng, pickup_address, drop_lat, drop_lng, drop_address, ",
             "payment_method, payment_status, fare_breakdown, refunded_paise, coupon_code, quote_id, ",
-            "scheduled_at, notes, last_event_seq, created_at, updated_at FROM orders ",
+            "scheduled_at, notes, last_event_seq, created_at, updated_at, delivery_otp, delivery_otp_failures ",
+            "FROM orders ",
             $rest
         )
     };

@@ -27,8 +27,14 @@ pub async fn drive_to_door(app: &TestApp, socket: &mut SioClient, order: &str) {
         assert_eq!(ack["ok"], true, "{step}: {ack}");
     }
     socket.call("location", json!({ "points": [fix(app, super::DROP, 390)] })).await;
-    let delivered = socket.call("order:delivered", json!({ "order_id": order })).await;
+    let delivered = socket.call("order:delivered", delivery(app, order).await).await;
     assert_eq!(delivered["data"]["status"], "delivered", "{delivered}");
+}
+
+/// `order:delivered`'s payload with the code the customer would give at the door.
+pub async fn delivery(app: &TestApp, order: &str) -> Value {
+    let stored = app.state.store.order(order.parse().unwrap()).await.unwrap().expect("the order");
+    json!({ "order_id": order, "otp": stored.delivery_otp })
 }
 
 /// A socket on `namespace` for `who`; panics when refused.

@@ -71,6 +71,8 @@ pub(super) fn new_order(customer: UserId, vehicle: VehicleType, status: OrderSta
         last_event_seq: 0,
         created_at: at,
         updated_at: at,
+        delivery_otp: Some("0429".to_owned()),
+        delivery_otp_failures: 0,
     }
 }
 

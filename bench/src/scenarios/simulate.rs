@@ -14,7 +14,7 @@ use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::{Behaviour, FLEET_COUNTERS, Trip};
+use crate::fleet::{Behaviour, DeliveryCodes, FLEET_COUNTERS, Trip};
 use crate::path::{Walker, to_latlng};
 use crate::progress::Counters;
 use crate::report::Table;
@@ -48,11 +48,12 @@ pub async fn run(target: &Target, args: &SimulateArgs) -> anyhow::Result<Value> 
     let tokens: Vec<String> = pilots.into_iter().map(|pilot| pilot.token).collect();
     let walkers = (0..tokens.len()).map(|n| Walker::new(args.seed.wrapping_add(n as u64), side_m, 8.0)).collect();
     let counters = Counters::new(&[&["orders", "refused"][..], &FLEET_COUNTERS[..]].concat());
+    let codes = DeliveryCodes::default();
     let behaviour = Behaviour {
         report_every: Duration::from_secs(5),
         accept_share: 0.9,
         think_ms: (1_000, 4_000),
-        trip: Trip::Drive,
+        trip: Trip::Drive(codes.clone()),
     };
     let stop = CancellationToken::new();
     eprintln!("putting the pilots on duty…");
@@ -68,7 +69,7 @@ pub async fn run(target: &Target, args: &SimulateArgs) -> anyhow::Result<Value> 
     .await?;
     let started = Instant::now();
     let live = tokio::spawn(print_live(counters.clone(), events.clone(), started));
-    place_orders(target, args, &customers, &counters).await;
+    place_orders(target, args, &customers, &counters, &codes).await;
     live.abort();
     eprintln!();
     stop.cancel();
@@ -99,6 +100,7 @@ async fn place_orders(
     args: &SimulateArgs,
     customers: &[crate::target::Account],
     counters: &Arc<Counters>,
+    codes: &DeliveryCodes,
 ) {
     let side_m = args.side_km * 1000.0;
     let mut rng = StdRng::seed_from_u64(args.seed ^ 0x51e);
@@ -127,11 +129,16 @@ async fn place_orders(
             "payment_method": "cash",
         });
         let customer = customers[rng.random_range(0..customers.len())].token.clone();
-        let (target, counters) = (target.clone(), counters.clone());
+        let (target, counters, codes) = (target.clone(), counters.clone(), codes.clone());
         tokio::spawn(async move {
             counters.add("orders", 1);
-            if target.post("/api/v1/orders", Some(&customer), &body).await.is_err() {
-                counters.add("refused", 1);
+            match target.post("/api/v1/orders", Some(&customer), &body).await {
+                Ok(order) => {
+                    if let (Some(id), Some(otp)) = (order["id"].as_str(), order["delivery_otp"].as_str()) {
+                        codes.lock().unwrap().insert(id.to_owned(), otp.to_owned());
+                    }
+                }
+                Err(_) => counters.add("refused", 1),
             }
         });
     }

@@ -69,9 +69,9 @@ impl StoreTx for super::TxImpl {
             "INSERT INTO orders (id, customer_id, pilot_id, vehicle_type, status, cancel_reason, pickup_lat, \
              pickup_lng, pickup_address, drop_lat, drop_lng, drop_address, payment_method, payment_status, \
              fare_paise, discount_paise, tax_paise, total_paise, coupon_id, quote_id, scheduled_at, last_event_seq, \
-             created_at, updated_at, fare_breakdown, pickup_cell, coupon_code, notes, refunded_paise) \
+             created_at, updated_at, fare_breakdown, pickup_cell, coupon_code, notes, refunded_paise, delivery_otp) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
-             $22, $23, $24, $25, $26, $27, $28, $29)",
+             $22, $23, $24, $25, $26, $27, $28, $29, $30)",
         )
         .bind(order.id.0)
         .bind(order.customer_id.0)
@@ -102,6 +102,7 @@ impl StoreTx for super::TxImpl {
         .bind(order.coupon_code.as_deref())
         .bind(order.notes.as_deref())
         .bind(order.refunded_paise)
+        .bind(order.delivery_otp.as_deref())
         .execute(&mut *self.tx)
         .await;
         match inserted {
@@ -124,7 +125,7 @@ impl StoreTx for super::TxImpl {
     async fn update_order(&mut self, order: &Order, expected: OrderStatus, expected_seq: i32) -> Result<bool> {
         let updated = sqlx::query(
             "UPDATE orders SET pilot_id = $4, status = $5, cancel_reason = $6, payment_status = $7, \
-             refunded_paise = $8, last_event_seq = $9, updated_at = $10, \
+             refunded_paise = $8, last_event_seq = $9, updated_at = $10, delivery_otp_failures = $11, \
              search_node = CASE WHEN $5 = 'searching_driver' THEN search_node END, \
              search_lease_until = CASE WHEN $5 = 'searching_driver' THEN search_lease_until END \
              WHERE id = $1 AND status = $2 AND last_event_seq = $3",
@@ -139,6 +140,7 @@ impl StoreTx for super::TxImpl {
         .bind(order.refunded_paise)
         .bind(order.last_event_seq)
         .bind(order.updated_at)
+        .bind(order.delivery_otp_failures)
         .execute(&mut *self.tx)
         .await;
         match updated {
