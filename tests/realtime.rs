@@ -492,6 +492,67 @@ async fn without_delivery_codes_an_order_is_delivered_on_the_pilots_word() {
     common::field::drive_to_door(&app, &mut socket, &order).await;
 }
 
+/// Issue: nobody could rate anybody. After delivery each side rates the other once, and the
+/// averages show where people look: `/me`, and the pilot a customer sees coming.
+#[tokio::test]
+async fn after_delivery_each_side_rates_the_other_once() {
+    let app = TestApp::spawn().await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let stranger = app.register("customer").await;
+    let (pilot, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    let order = create_order(&app, &customer).await;
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+    let rate = |who: &common::Session, body: Value| {
+        let (app, path, token) = (&app, format!("/api/v1/orders/{order}/rating"), who.access.clone());
+        async move { app.post(&path, body, Some(&token)).await }
+    };
+    let early = rate(&customer, json!({ "stars": 5 })).await;
+    assert_eq!((early.status, early.error_code()), (StatusCode::CONFLICT, "ORDER_NOT_DELIVERED"));
+    common::field::drive_to_door(&app, &mut socket, &order).await;
+
+    assert_eq!(rate(&dispatcher, json!({ "stars": 5 })).await.error_code(), "FORBIDDEN_ROLE");
+    assert_eq!(rate(&stranger, json!({ "stars": 1 })).await.error_code(), "ORDER_NOT_FOUND");
+    for stars in [json!(0), json!(6), json!(4.5), json!("five")] {
+        let bad = rate(&customer, json!({ "stars": stars })).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{stars}: {:?}", bad.body);
+    }
+    let long = rate(&customer, json!({ "stars": 3, "comment": "x".repeat(501) })).await;
+    assert_eq!(long.body["error"]["details"]["field"], "comment");
+
+    let rated = rate(&customer, json!({ "stars": 4, "comment": " polite, a little late " })).await;
+    assert_eq!(rated.status, StatusCode::CREATED, "{:?}", rated.body);
+    assert_eq!(rated.data()["comment"], "polite, a little late");
+    assert_eq!(rated.data()["ratee"]["rating"], json!({ "average": 4.0, "count": 1 }));
+    let again = rate(&customer, json!({ "stars": 1 })).await;
+    assert_eq!((again.status, again.error_code()), (StatusCode::CONFLICT, "ALREADY_RATED"));
+    assert_eq!(rate(&pilot, json!({ "stars": 5 })).await.status, StatusCode::CREATED);
+    let me = |who: &common::Session| {
+        let (app, token) = (&app, who.access.clone());
+        async move { app.get("/api/v1/me", Some(&token)).await.data()["rating"].clone() }
+    };
+    assert_eq!(me(&customer).await, json!({ "average": 5.0, "count": 1 }));
+    assert_eq!(me(&pilot).await, json!({ "average": 4.0, "count": 1 }), "a second rating changed nothing");
+
+    // The next customer sees its pilot's rating; a second trip (a short one, from where the
+    // pilot stands) moves the average.
+    let mut body = common::order_body("cash");
+    body["pickup"] = json!({ "lat": DROP.0, "lng": DROP.1, "address": "Hebbal flyover" });
+    body["drop"] = json!({ "lat": DROP.0 + 0.001, "lng": DROP.1, "address": "Hebbal bus stop" });
+    let next = common::field::place_order(&app, &stranger, body).await;
+    assert_eq!(assign(&app, &dispatcher, &next, &pilot).await.status, StatusCode::OK);
+    let seen = app.get(&format!("/api/v1/orders/{next}"), Some(&stranger.access)).await;
+    assert_eq!(seen.data()["pilot"]["rating"], json!({ "average": 4.0, "count": 1 }), "{:?}", seen.body);
+    for step in ["order:arrived", "order:picked_up"] {
+        assert_eq!(socket.call(step, json!({ "order_id": next })).await["ok"], true, "{step}");
+    }
+    let delivered = socket.call("order:delivered", delivery(&app, &next).await).await;
+    assert_eq!(delivered["data"]["status"], "delivered", "{delivered}");
+    let path = format!("/api/v1/orders/{next}/rating");
+    assert_eq!(app.post(&path, json!({ "stars": 5 }), Some(&stranger.access)).await.status, StatusCode::CREATED);
+    assert_eq!(me(&pilot).await, json!({ "average": 4.5, "count": 2 }));
+}
+
 /// A bare Engine.IO WebSocket connection (`eio` 3 or 4): its open packet, then its frames.
 async fn engine_socket(
     app: &TestApp,

@@ -139,6 +139,7 @@ fn api_routes() -> Router<AppState> {
         .route("/orders", post(orders::create).get(orders::list))
         .route("/orders/{id}", get(orders::get))
         .route("/orders/{id}/cancel", post(orders::cancel))
+        .route("/orders/{id}/rating", post(orders::rate))
         .route("/orders/{id}/events", get(orders::events))
         .route("/orders/{id}/trace", get(orders::trace))
         .route("/orders/{id}/pay", post(payments::pay))

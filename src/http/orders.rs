@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::response::{Page, Reply, created, ok};
 use crate::ids::OrderId;
+use crate::orders::ratings::RatingRequest;
 use crate::orders::view::OrderView;
 use crate::orders::{CreateOrder, Creation, QuoteRequest};
 use crate::store::PageRequest;
@@ -149,4 +150,15 @@ pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32> {
     } else {
         Err(Error::validation("limit", format!("must be between 1 and {MAX_LIMIT}")))
     }
+}
+
+/// `POST /orders/{id}/rating {stars, comment?}`: the customer rates the pilot, or the pilot
+/// the customer, once the order is delivered; once each.
+pub async fn rate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<OrderId>,
+    Json(body): Json<RatingRequest>,
+) -> Result<impl IntoResponse> {
+    Ok(created(state.orders.rate(&caller, id, body).await?))
 }

@@ -19,6 +19,7 @@ mod lifecycle;
 mod offers;
 pub mod pricing;
 pub mod quotes;
+pub mod ratings;
 pub mod service_area;
 pub mod traces;
 pub mod tracking;

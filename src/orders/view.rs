@@ -2,7 +2,7 @@
 //!
 //! * the customer sees its delivery code (`delivery_otp`), as long as the order is open;
 //! * while a pilot carries the order (assigned, picked up, in transit), the customer sees who
-//!   is coming (`pilot`: name, phone, vehicle and plate) and the pilot whom it serves
+//!   is coming (`pilot`: name, phone, vehicle, plate and rating) and the pilot whom it serves
 //!   (`customer`: name and phone). Nobody sees them before the assignment or after the order
 //!   ends; staff see both.
 //!
@@ -50,6 +50,7 @@ pub fn pilot_contact(user: &User) -> Value {
         "vehicle_type": profile.map(|profile| profile.vehicle_type),
         "vehicle_plate": profile.and_then(|profile| profile.vehicle_plate.clone()),
         "vehicle_model": profile.and_then(|profile| profile.vehicle_model.clone()),
+        "rating": user.rating,
     })
 }
 

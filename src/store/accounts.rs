@@ -19,6 +19,9 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_at: Option<DateTime<Utc>>,
+    /// How the other side of its orders rated it (customers rate pilots and pilots rate
+    /// customers, after delivery).
+    pub rating: RatingSummary,
     /// Present exactly when `role` is [`Role::Pilot`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pilot: Option<PilotProfile>,
@@ -33,6 +36,32 @@ pub struct PilotProfile {
     /// Recorded by the admin who approved it.
     pub vehicle_plate: Option<VehiclePlate>,
     pub vehicle_model: Option<VehicleModel>,
+}
+
+/// Stars received: their average (`None` before the first) and count.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct RatingSummary {
+    pub average: Option<f64>,
+    pub count: i32,
+}
+
+impl RatingSummary {
+    /// From the stored sum and count; the average to two decimals.
+    pub fn from_sum(sum: i64, count: i32) -> Self {
+        let average = (count > 0).then(|| (sum as f64 / f64::from(count) * 100.0).round() / 100.0);
+        Self { average, count }
+    }
+}
+
+/// One side's rating of the other after a delivered order.
+#[derive(Debug, Clone)]
+pub struct NewRating {
+    pub order: crate::ids::OrderId,
+    pub rater: UserId,
+    pub ratee: UserId,
+    /// 1 to 5.
+    pub stars: i16,
+    pub comment: Option<String>,
 }
 
 /// What an admin decides about a pilot.
@@ -133,6 +162,10 @@ pub trait AccountStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<User>>;
 
+    /// Records a rating and adds it to the ratee's summary, atomically. `false` when the
+    /// rater already rated this order (nothing changes).
+    async fn rate(&self, rating: &NewRating, now: DateTime<Utc>) -> Result<bool>;
+
     /// Disables a user and revokes all its sessions in one transaction. Returns the revoked
     /// sessions, or `None` when there is no such user. Disabling twice changes nothing.
     async fn disable_user(&self, id: UserId, now: DateTime<Utc>) -> Result<Option<Vec<SessionId>>>;
@@ -180,6 +213,8 @@ pub(crate) struct UserRow {
     approval: Option<String>,
     vehicle_number: Option<String>,
     vehicle_model: Option<String>,
+    rating_sum: i64,
+    rating_count: i32,
 }
 
 impl TryFrom<UserRow> for User {
@@ -216,6 +251,7 @@ impl TryFrom<UserRow> for User {
             role: row.role.parse().map_err(|_| corrupt("role"))?,
             created_at: row.created_at,
             disabled_at: row.disabled_at,
+            rating: RatingSummary::from_sum(row.rating_sum, row.rating_count),
             pilot,
         })
     }
@@ -229,7 +265,7 @@ macro_rules! select_user {
     };
     ($extra_columns:literal, $rest:literal) => {
         concat!(
-            "SELECT u.id, u.phone, u.name, u.role, u.created_at, u.disabled_at, ",
+            "SELECT u.id, u.phone, u.name, u.role, u.created_at, u.disabled_at, u.rating_sum, u.rating_count, ",
             "p.vehicle_type, p.status AS pilot_status, p.approval, p.vehicle_number, p.vehicle_model",
             $extra_columns,
             " FROM users u LEFT JOIN pilots p ON p.user_id = u.id ",

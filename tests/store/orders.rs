@@ -8,7 +8,7 @@ use dispatchd::domain::orders::{
 use dispatchd::domain::{Role, VehicleType};
 use dispatchd::error::Error;
 use dispatchd::ids::{OrderId, UserId};
-use dispatchd::store::{IdempotentReplay, OrderFilter, PageRequest};
+use dispatchd::store::{IdempotentReplay, NewRating, OrderFilter, PageRequest, RatingSummary};
 use serde_json::{Value, json};
 
 use super::{Subject, now, twice_at_once, user};
@@ -27,6 +27,7 @@ conformance!(
     old_idempotency_keys_are_purged,
     a_search_is_leased_by_one_node_until_its_lease_lapses,
     a_pilots_active_order_is_found_until_it_ends,
+    ratings_count_once_per_rater_and_order,
 );
 
 /// H3 cells as `insert_order` takes them (any number will do for the store).
@@ -465,4 +466,23 @@ async fn a_pilots_active_order_is_found_until_it_ends(subject: Subject) {
     assert_eq!(subject.store.active_order_of(customer).await.unwrap(), None);
     assert!(advance(&subject, &mut order, OrderStatus::Delivered).await);
     assert_eq!(subject.store.active_order_of(pilot).await.unwrap(), None, "delivered: free");
+}
+
+async fn ratings_count_once_per_rater_and_order(subject: Subject) {
+    let store = &subject.store;
+    let customer = user(&subject, Role::Customer).await;
+    let pilot = user(&subject, Role::Pilot).await;
+    let (first, second) = (placed_order(&subject, customer).await, placed_order(&subject, customer).await);
+    let rating = |order, stars| NewRating { order, rater: customer, ratee: pilot, stars, comment: None };
+    assert!(store.rate(&rating(first, 4), now()).await.unwrap());
+    assert!(!store.rate(&rating(first, 1), now()).await.unwrap(), "once per order and rater");
+    assert!(store.rate(&rating(second, 5), now()).await.unwrap());
+    let by_pilot = NewRating { order: first, rater: pilot, ratee: customer, stars: 3, comment: Some("ok".into()) };
+    assert!(store.rate(&by_pilot, now()).await.unwrap(), "the other side rates the same order");
+    let summary = |id| async move { store.user_by_id(id).await.unwrap().unwrap().rating };
+    assert_eq!(summary(pilot).await, RatingSummary { average: Some(4.5), count: 2 });
+    assert_eq!(summary(customer).await, RatingSummary { average: Some(3.0), count: 1 });
+    let out_of_range = NewRating { order: second, rater: pilot, ratee: customer, stars: 6, comment: None };
+    assert!(store.rate(&out_of_range, now()).await.is_err(), "the schema holds stars to 1-5");
+    assert_eq!(summary(customer).await.count, 1, "nothing half-written");
 }

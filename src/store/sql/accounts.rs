@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ids::{SessionId, UserId};
 use crate::store::accounts::{UserRow, select_user};
 use crate::store::{
-    AccountStore, ApprovalChange, Credentials, NewRefreshToken, NewUser, PageRequest, PilotProfile, RevokeReason, Rotation, User,
+    AccountStore, ApprovalChange, Credentials, NewRating, RatingSummary, NewRefreshToken, NewUser, PageRequest, PilotProfile, RevokeReason, Rotation, User,
 };
 
 type Tx = sqlx::Transaction<'static, Db>;
@@ -77,6 +77,7 @@ impl AccountStore for StoreImpl {
             role: user.role,
             created_at: now,
             disabled_at: None,
+            rating: RatingSummary::default(),
             pilot: user.vehicle_type.map(|vehicle_type| PilotProfile {
                 vehicle_type,
                 status: PilotStatus::Offline,
@@ -160,6 +161,32 @@ impl AccountStore for StoreImpl {
         let row: UserRow = sqlx::query_as(select_user!("WHERE u.id = $1")).bind(pilot.0).fetch_one(&mut *tx).await?;
         tx.commit().await?;
         User::try_from(row).map(Some)
+    }
+
+    async fn rate(&self, rating: &NewRating, now: DateTime<Utc>) -> Result<bool> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO ratings (order_id, rater_id, ratee_id, stars, comment, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id, rater_id) DO NOTHING",
+        )
+        .bind(rating.order.0)
+        .bind(rating.rater.0)
+        .bind(rating.ratee.0)
+        .bind(rating.stars)
+        .bind(rating.comment.as_deref())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE users SET rating_sum = rating_sum + $2, rating_count = rating_count + 1 WHERE id = $1")
+            .bind(rating.ratee.0)
+            .bind(i64::from(rating.stars))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn disable_user(&self, id: UserId, now: DateTime<Utc>) -> Result<Option<Vec<SessionId>>> {
