@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::domain::{PilotApproval, PilotStatus, VehicleType};
+use crate::domain::{LatLng, PilotApproval, PilotStatus, VehicleType};
 use crate::error::{Error, Result};
 use crate::grid::gps::{GpsPoint, RejectReason};
 use crate::grid::{GridError, PilotIndex, PilotSnapshot, PresenceChange, ReportOutcome};
@@ -22,6 +22,14 @@ use crate::store::{ApprovalChange, Store, User};
 /// task: keep it short and never block.
 pub trait PositionListener: Send + Sync {
     fn pilot_moved(&self, pilot: &PilotSnapshot);
+
+    /// A report of this node's moved the pilot through `path` (every accepted move, with its
+    /// fix time in ms, oldest first), ending where `pilot` now is. By default only the end
+    /// counts (live tracking shows the newest position); trip traces keep every point.
+    fn pilot_moved_along(&self, pilot: &PilotSnapshot, path: &[(LatLng, i64)]) {
+        let _ = path;
+        self.pilot_moved(pilot);
+    }
 }
 
 pub struct Fleet {
@@ -65,7 +73,7 @@ impl Fleet {
         count_points(&outcome);
         if let Some(snapshot) = outcome.pilot.as_ref().filter(|_| outcome.moved > 0) {
             for listener in self.listeners.read().iter() {
-                listener.pilot_moved(snapshot);
+                listener.pilot_moved_along(snapshot, &outcome.path);
             }
         }
         Ok(outcome)

@@ -108,6 +108,43 @@ async fn an_order_is_offered_accepted_driven_and_delivered_with_the_wallet_settl
     assert!((5000.0..5200.0).contains(&driven), "{driven}");
 }
 
+/// Issue: a trace kept one point per `location` report, not per accepted fix: one report of
+/// three moves (L-shaped) gave one point and `distance_m: -0.0`, and batching apps got traces
+/// that cut every corner.
+#[tokio::test]
+async fn a_trace_keeps_every_fix_of_a_batched_report() {
+    let app = TestApp::spawn().await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let (pilot, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    let order = create_order(&app, &customer).await;
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+    let trace =
+        || async { app.get(&format!("/api/v1/orders/{order}/trace"), Some(&customer.access)).await.data().clone() };
+
+    let first = north(PICKUP, 0.2);
+    socket.call("location", json!({ "points": [fix(&app, first, 30)] })).await;
+    let one = trace().await;
+    assert_eq!(one["points"].as_array().unwrap().len(), 1);
+    assert_eq!(one["distance_m"].to_string(), "0.0", "one point drove nowhere, and never -0");
+
+    // One report, three moves: 200 m east, 200 m north, 200 m east again.
+    let east = |from: (f64, f64), km: f64| (from.0, from.1 + km / (111.32 * from.0.to_radians().cos()));
+    let second = east(first, 0.2);
+    let third = north(second, 0.2);
+    let fourth = east(third, 0.2);
+    let batch = [fix(&app, second, 60), fix(&app, third, 90), fix(&app, fourth, 120)];
+    let ack = socket.call("location", json!({ "points": batch })).await;
+    assert_eq!(ack["data"]["moved"], 3, "{ack}");
+    let all = trace().await;
+    let lats: Vec<f64> = all["points"].as_array().unwrap().iter().map(|p| p["lat"].as_f64().unwrap()).collect();
+    let expected = [first.0, second.0, third.0, fourth.0];
+    assert_eq!(lats.len(), 4, "every fix of the batch: {all}");
+    assert!(lats.iter().zip(expected).all(|(lat, want)| (lat - want).abs() < 1e-9), "{all}");
+    let driven = all["distance_m"].as_f64().unwrap();
+    assert!((590.0..610.0).contains(&driven), "three legs of 200 m, not the 447 m diagonal: {driven}");
+}
+
 #[tokio::test]
 async fn rejection_and_expiry_move_on_to_the_next_pilot_and_never_back() {
     let app = TestApp::spawn_with(manual_clock()).await;

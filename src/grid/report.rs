@@ -92,6 +92,7 @@ impl PilotIndex {
                     last = Some(LastFix { position, ts_ms: point.ts_ms, accuracy_m: point.accuracy_m.unwrap_or(0.0) });
                     plan.latest_move = Some(*point);
                     plan.outcome.moved += 1;
+                    plan.outcome.path.push((position, point.ts_ms));
                 }
                 Verdict::Stationary => {
                     if let Some(last) = last.as_mut() {

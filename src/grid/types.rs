@@ -157,6 +157,9 @@ impl SupplyCell {
 pub struct ReportOutcome {
     /// Points that moved the pilot.
     pub moved: usize,
+    /// Where each of those moved it, and the fix's time (ms), in time order: the path driven
+    /// since the previous report, for trip traces.
+    pub path: Vec<(crate::domain::LatLng, i64)>,
     /// Points within jitter of the last position: proof of life, no move.
     pub stationary: usize,
     /// Refused points: index in the batch as sent, and why.

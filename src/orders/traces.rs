@@ -1,5 +1,6 @@
 //! Trip traces: every accepted position of a pilot while it carries an order (assigned,
-//! picked up, in transit), kept for the distance actually driven and for disputes.
+//! picked up, in transit), every fix of a batched report included, kept for the distance
+//! actually driven and for disputes.
 //!
 //! Positions arrive far more often than anything else the database sees, so they are not
 //! written one by one: [`TraceRecorder`] (a [`PositionListener`]) buffers them, and
@@ -16,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
+use crate::domain::LatLng;
 use crate::fleet::PositionListener;
 use crate::grid::PilotSnapshot;
 use crate::grid::geometry::distance_m;
@@ -81,15 +83,21 @@ impl TraceRecorder {
 
 impl PositionListener for TraceRecorder {
     fn pilot_moved(&self, pilot: &PilotSnapshot) {
+        self.pilot_moved_along(pilot, &[(pilot.position, pilot.fix_ms)]);
+    }
+
+    /// Every accepted move of the report, not only where it ended: apps batch their fixes,
+    /// and a trace of one point per batch cuts the corners of the trip.
+    fn pilot_moved_along(&self, pilot: &PilotSnapshot, path: &[(LatLng, i64)]) {
         let Some(trip) = self.tracking.trip_of(pilot.id) else { return };
-        let point = TracePoint {
+        let points = path.iter().map(|(position, ts_ms)| TracePoint {
             order_id: trip.order,
-            ts_ms: pilot.fix_ms,
-            lat: pilot.position.lat(),
-            lng: pilot.position.lng(),
-        };
+            ts_ms: *ts_ms,
+            lat: position.lat(),
+            lng: position.lng(),
+        });
         let mut buffer = self.buffer.lock();
-        buffer.push(point);
+        buffer.extend(points);
         if buffer.len() >= FLUSH_AT {
             self.full.notify_one();
         }
@@ -120,7 +128,9 @@ impl Orders {
                 }
             })
             .sum::<f64>()
-            .round();
+            .round()
+            // A trace of one point sums nothing: 0, never -0.
+            .abs();
         Ok(Trace { order_id: id, distance_m, points })
     }
 }
