@@ -300,11 +300,14 @@ impl Config {
         ];
         for (vehicle, tariff) in tariffs {
             let amounts = [tariff.base_paise, tariff.per_km_paise, tariff.per_min_paise, tariff.minimum_paise];
-            if amounts.iter().any(|amount| *amount < 0) || tariff.avg_speed_kmh.is_nan() || tariff.avg_speed_kmh <= 0.0
+            let positive = |value: f64| value.is_finite() && value > 0.0;
+            if amounts.iter().any(|amount| *amount < 0)
+                || !positive(tariff.avg_speed_kmh)
+                || !positive(tariff.max_trip_km)
             {
                 return Err(ConfigError::new(
                     &format!("pricing.tariffs.{vehicle}"),
-                    "needs amounts >= 0 and avg_speed_kmh > 0",
+                    "needs amounts >= 0, avg_speed_kmh > 0 and max_trip_km > 0",
                 ));
             }
         }

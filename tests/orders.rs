@@ -665,3 +665,45 @@ async fn a_scheduled_wallet_order_holds_its_fare_until_it_searches_or_is_cancell
     assert_eq!(kinds, ["debit", "release", "release", "hold", "hold", "credit"]);
     assert_eq!(balance(&app, &customer).await, 100_000 - total);
 }
+
+/// Issue: with no service area configured, a bike order from Bengaluru to London was quoted
+/// (₹1,14,093, 17 days) and created; a quote whose pickup was its drop was priced.
+#[tokio::test]
+async fn trips_no_vehicle_can_make_are_refused_at_the_quote_and_the_order() {
+    let app = TestApp::spawn().await;
+    let customer = app.register("customer").await;
+    let london = json!({ "lat": 51.5072, "lng": -0.1276, "address": "Trafalgar Square" });
+    let trip = |vehicle: &str, drop: Value| {
+        let mut body = order_body("cash");
+        body["vehicle_type"] = json!(vehicle);
+        body["drop"] = drop;
+        body
+    };
+    let point = |place: &Value| json!({ "lat": place["lat"], "lng": place["lng"] });
+    let quote_of = |body: &Value| json!({ "pickup": point(&body["pickup"]), "drop": point(&body["drop"]), "vehicle_type": body["vehicle_type"] });
+    let to_london = trip("bike", london);
+    for (path, body) in [("/api/v1/quotes", quote_of(&to_london)), ("/api/v1/orders", to_london.clone())] {
+        let refused = app.post(path, body, Some(&customer.access)).await;
+        assert_eq!(
+            (refused.status, refused.error_code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "TRIP_TOO_LONG"),
+            "{path}"
+        );
+        assert!(refused.body["error"]["message"].as_str().unwrap().contains("at most 50 km"), "{:?}", refused.body);
+    }
+    // 20 km across the city: a bike goes, an e-cycle does not.
+    let across = json!({ "lat": PICKUP.0 + 0.14, "lng": PICKUP.1, "address": "Yelahanka" });
+    let bike = app.post("/api/v1/quotes", quote_of(&trip("bike", across.clone())), Some(&customer.access)).await;
+    assert_eq!(bike.status, StatusCode::OK, "{:?}", bike.body);
+    let cycle = app.post("/api/v1/quotes", quote_of(&trip("ev_cycle", across)), Some(&customer.access)).await;
+    assert_eq!(cycle.error_code(), "TRIP_TOO_LONG");
+
+    let nowhere = trip("bike", json!({ "lat": PICKUP.0, "lng": PICKUP.1, "address": "the same spot" }));
+    let same = app.post("/api/v1/quotes", quote_of(&nowhere), Some(&customer.access)).await;
+    assert_eq!(
+        (same.status, same.body["error"]["details"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("drop"))
+    );
+    let listed = app.get("/api/v1/orders", Some(&customer.access)).await;
+    assert_eq!(listed.data()["items"], json!([]), "nothing was created");
+}

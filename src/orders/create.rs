@@ -80,8 +80,8 @@ impl Orders {
     /// Prices a trip now and signs the price for `quote_ttl`.
     pub async fn quote(&self, caller: &Caller, request: QuoteRequest) -> Result<QuoteResponse> {
         caller.require(&[Role::Customer])?;
-        self.check_area(request.pickup, request.drop)?;
         let trip = Trip { pickup: request.pickup, drop: request.drop, vehicle: request.vehicle };
+        self.check_places(&trip)?;
         let fare = self.price(&trip).await?;
         let now = self.now();
         let claims = QuoteClaims {
@@ -177,10 +177,7 @@ impl Orders {
 
     /// Checks places, times and notes before anything is priced.
     fn check_trip(&self, request: &CreateOrder, pickup: LatLng, drop: LatLng, now: DateTime<Utc>) -> Result<()> {
-        self.check_area(pickup, drop)?;
-        if pickup == drop {
-            return Err(Error::validation("drop", "must differ from the pickup"));
-        }
+        self.check_places(&Trip { pickup, drop, vehicle: request.vehicle_type })?;
         if request.payment_method.uses_gateway() && !self.accepts_cards {
             return Err(Error::Unprocessable {
                 code: "PAYMENT_METHOD_UNAVAILABLE",
@@ -199,6 +196,22 @@ impl Orders {
         }
         if request.notes.as_ref().is_some_and(|notes| notes.chars().count() > 500) {
             return Err(Error::validation("notes", "must be at most 500 characters"));
+        }
+        Ok(())
+    }
+
+    /// The same for quotes and orders: inside the area, two different places, a trip the
+    /// vehicle type takes.
+    fn check_places(&self, trip: &Trip) -> Result<()> {
+        self.check_area(trip.pickup, trip.drop)?;
+        if trip.pickup == trip.drop {
+            return Err(Error::validation("drop", "must differ from the pickup"));
+        }
+        if let Some((km, most)) = self.pricing.too_long(trip) {
+            return Err(Error::Unprocessable {
+                code: "TRIP_TOO_LONG",
+                message: format!("{km:.0} km by road; a {} takes trips of at most {most:.0} km", trip.vehicle),
+            });
         }
         Ok(())
     }

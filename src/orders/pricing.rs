@@ -60,6 +60,9 @@ pub struct Tariff {
     pub minimum_paise: i64,
     /// For the time estimate.
     pub avg_speed_kmh: f64,
+    /// The longest trip taken, in road kilometres (the same estimate fares use); longer is
+    /// 422 `TRIP_TOO_LONG`.
+    pub max_trip_km: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +142,14 @@ impl TariffPricing {
         }
     }
 
+    /// Whether `trip` is longer than its vehicle type goes: the road kilometres and the most,
+    /// when it is.
+    pub fn too_long(&self, trip: &Trip) -> Option<(f64, f64)> {
+        let tariff = self.tariffs.of(trip.vehicle);
+        let km = self.route.estimate(trip, tariff.avg_speed_kmh).0 as f64 / 1000.0;
+        (km > tariff.max_trip_km).then_some((km, tariff.max_trip_km))
+    }
+
     /// Driving time from `from` to `to` for `vehicle`, by the same route estimate fares use.
     pub fn eta_secs(&self, vehicle: VehicleType, from: LatLng, to: LatLng) -> i64 {
         let trip = Trip { pickup: from, drop: to, vehicle };
@@ -213,6 +224,7 @@ mod tests {
             per_min_paise: 100,
             minimum_paise: 3500,
             avg_speed_kmh: 24.0,
+            max_trip_km: 40.0,
         };
         config.road_factor = 1.5;
         config.tax_bp = 500;
