@@ -8,7 +8,7 @@ use crate::auth::Caller;
 use crate::domain::Role;
 use crate::domain::money::LedgerKind;
 use crate::domain::orders::{CancelReason, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::OrderId;
 use crate::orders::{Committed, Orders, event, invalid_transition, not_found, push_event, save, transition, visible};
 use crate::store::{NewJob, StoreTx, WalletCredit};
@@ -26,8 +26,8 @@ const REFUND_MAX_ATTEMPTS: i32 = 80;
 pub const NO_PILOT_JOB: &str = "order.no_pilot_found";
 
 impl Orders {
-    /// Cancels an order for its customer (or staff), refunding what was paid minus the
-    /// cancellation fee once a pilot was assigned. Its pilot dropping it is
+    /// Cancels an order for its customer (before pickup) or staff (any time before delivery),
+    /// refunding what was paid minus the cancellation fee once a pilot was assigned. Its pilot dropping it is
     /// [`Orders::pilot_cancel`].
     pub async fn cancel(&self, caller: &Caller, id: OrderId) -> Result<Order> {
         if caller.role == Role::Pilot {
@@ -39,6 +39,13 @@ impl Orders {
         let mut tx = self.store.begin().await?;
         let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
         visible(caller, &order)?;
+        if reason == CancelReason::Customer && matches!(order.status, OrderStatus::PickedUp | OrderStatus::InTransit) {
+            // The parcel is on board: only a dispatcher, who can reach the pilot, may stop it.
+            return Err(Error::conflict(
+                "INVALID_TRANSITION",
+                "the parcel is on its way: a picked-up order cannot be cancelled by its customer; call support",
+            ));
+        }
         let fee = if reason == CancelReason::Customer && order.pilot_id.is_some() {
             self.config.cancellation_fee_paise
         } else {
