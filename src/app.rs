@@ -128,7 +128,8 @@ impl App {
             }
             None => None,
         };
-        let fleet = Fleet::new(grid.clone(), store.clone(), clock.clone(), config.grid.max_points_per_report);
+        let fleet =
+            Fleet::new(grid.clone(), store.clone(), clock.clone(), config.grid.max_points_per_report, &config.pilots);
         let area =
             ServiceArea::from_config(&config.service_area).map_err(|err| anyhow::anyhow!("service_area: {err}"))?;
         let orders = Arc::new(Orders::new(

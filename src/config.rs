@@ -41,6 +41,7 @@ pub struct Config {
     pub jobs: crate::jobs::JobsConfig,
     pub matching: crate::matching::MatchingConfig,
     pub cluster: crate::cluster::ClusterConfig,
+    pub pilots: crate::fleet::PilotsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -304,15 +305,19 @@ impl Config {
             if amounts.iter().any(|amount| *amount < 0)
                 || !positive(tariff.avg_speed_kmh)
                 || !positive(tariff.max_trip_km)
+                || !(0..=10_000).contains(&tariff.commission_bp)
             {
                 return Err(ConfigError::new(
                     &format!("pricing.tariffs.{vehicle}"),
-                    "needs amounts >= 0, avg_speed_kmh > 0 and max_trip_km > 0",
+                    "needs amounts >= 0, avg_speed_kmh > 0, max_trip_km > 0 and commission_bp from 0 to 10000",
                 ));
             }
         }
         if self.orders.min_schedule_lead_secs > self.orders.max_schedule_ahead_secs {
             return Err(ConfigError::new("orders.min_schedule_lead_secs", "must not exceed max_schedule_ahead_secs"));
+        }
+        if self.pilots.cash_debt_limit_paise < 0 {
+            return Err(ConfigError::new("pilots.cash_debt_limit_paise", "must be >= 0"));
         }
         if self.orders.cancellation_fee_paise < 0 {
             return Err(ConfigError::new("orders.cancellation_fee_paise", "must be >= 0"));

@@ -32,8 +32,17 @@ pub trait PositionListener: Send + Sync {
     }
 }
 
+/// `[pilots]` configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PilotsConfig {
+    /// Most of the platform's cash a pilot may hold and still go on duty.
+    pub cash_debt_limit_paise: i64,
+}
+
 pub struct Fleet {
     index: Arc<PilotIndex>,
+    cash_debt_limit_paise: i64,
     store: Arc<dyn Store>,
     clock: Clock,
     max_points: usize,
@@ -43,8 +52,22 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(index: Arc<PilotIndex>, store: Arc<dyn Store>, clock: Clock, max_points: usize) -> Self {
-        Self { index, store, clock, max_points, listeners: Default::default(), sockets: Default::default() }
+    pub fn new(
+        index: Arc<PilotIndex>,
+        store: Arc<dyn Store>,
+        clock: Clock,
+        max_points: usize,
+        pilots: &PilotsConfig,
+    ) -> Self {
+        Self {
+            index,
+            cash_debt_limit_paise: pilots.cash_debt_limit_paise,
+            store,
+            clock,
+            max_points,
+            listeners: Default::default(),
+            sockets: Default::default(),
+        }
     }
 
     /// Adds a listener for accepted moves.
@@ -80,13 +103,24 @@ impl Fleet {
     }
 
     /// Sets the status a pilot chooses: available, break or offline. (On-offer and busy
-    /// belong to matching.) Going on duty needs an admin's approval; going off duty never.
+    /// belong to matching.) Going on duty needs an admin's approval and no more cash debt
+    /// than `pilots.cash_debt_limit_paise`; going off duty never needs anything.
     pub async fn set_status(&self, pilot: UserId, status: PilotStatus) -> Result<Option<PilotSnapshot>> {
         if matches!(status, PilotStatus::OnOffer | PilotStatus::Busy) {
             return Err(Error::validation("status", "must be available, break or offline"));
         }
         if status != PilotStatus::Offline {
             self.approved_vehicle(pilot).await?;
+            let balance = self.store.pilot_balance(pilot).await?;
+            if balance < -self.cash_debt_limit_paise {
+                return Err(Error::forbidden(
+                    "CASH_DEBT_LIMIT",
+                    format!(
+                        "you hold {} paise of the platform's cash, more than the {} allowed; settle it to go on duty",
+                        -balance, self.cash_debt_limit_paise
+                    ),
+                ));
+            }
         }
         // "Online" from a pilot holding an offer or carrying an order changes nothing: it
         // must not make the pilot look free for another order.

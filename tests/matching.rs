@@ -72,6 +72,9 @@ async fn an_order_is_offered_accepted_driven_and_delivered_with_the_wallet_settl
     let offer = offered(&mut socket, &order).await;
     assert_eq!(offer["pickup_distance_m"].as_i64().map(|m| (m - 500).abs() < 10), Some(true), "{offer}");
     assert_eq!(offer["order"]["fare_paise"].as_i64(), Some(total));
+    let fare = order_of(&app, &customer, &order).await["fare"]["fare_paise"].as_i64().unwrap();
+    let earning = fare - (fare * 2000 + 5000) / 10_000;
+    assert_eq!(offer["order"]["earning_paise"].as_i64(), Some(earning), "the fare less 20 % for a bike: {offer}");
     assert!((14_000..=15_000).contains(&offer["expires_in_ms"].as_i64().unwrap()), "{offer}");
     assert_eq!(pilot_status(&app, &pilot), PilotStatus::OnOffer, "held while it decides");
     let mut watcher = connect(&app, "/customer", &customer).await;

@@ -553,6 +553,80 @@ async fn after_delivery_each_side_rates_the_other_once() {
     assert_eq!(me(&pilot).await, json!({ "average": 4.5, "count": 2 }));
 }
 
+/// Issue: pilots earned nothing in the ledger: a paid order credited nobody, a cash order's
+/// commission was owed by nobody, and a cancellation fee went nowhere.
+#[tokio::test]
+async fn pilots_earn_the_fare_less_commission_and_cash_counts_against_it() {
+    let app = TestApp::spawn_with(Options::default().set("pilots.cash_debt_limit_paise", 1000)).await;
+    let admin = app.staff(Role::Admin).await;
+    let customer = app.register("customer").await;
+    common::field::credit(&app, &admin, &customer, 100_000).await;
+    let (pilot, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    let fare_of = |order: &str| {
+        let (app, path, token) = (&app, format!("/api/v1/orders/{order}"), customer.access.clone());
+        async move { app.get(&path, Some(&token)).await.data()["fare"].clone() }
+    };
+    let commission = |fare: i64| (fare * 2000 + 5000) / 10_000; // bikes: 20 %, rounded
+
+    // A cash trip: the pilot earns 80 % of the fare and holds the customer's cash.
+    let cash = create_order(&app, &customer).await;
+    assert_eq!(assign(&app, &admin, &cash, &pilot).await.status, StatusCode::OK);
+    common::field::drive_to_door(&app, &mut socket, &cash).await;
+    let cash_fare = fare_of(&cash).await;
+    let (fare, total) = (cash_fare["fare_paise"].as_i64().unwrap(), cash_fare["total_paise"].as_i64().unwrap());
+    let earned = fare - commission(fare);
+    let owed = earned - total;
+    assert!(owed < -1000, "commission and tax beyond the limit: {owed}");
+    let duty = socket.call("status:set", json!({ "status": "online" })).await;
+    assert_eq!(duty["error"]["code"], "CASH_DEBT_LIMIT", "{duty}");
+    assert_eq!(socket.call("status:set", json!({ "status": "offline" })).await["ok"], true);
+
+    // A wallet trip from where it stands settles the debt: the fare less commission is owed to it.
+    let mut short = common::order_body("wallet");
+    short["pickup"] = json!({ "lat": DROP.0, "lng": DROP.1, "address": "Hebbal flyover" });
+    short["drop"] = json!({ "lat": DROP.0 + 0.001, "lng": DROP.1, "address": "Hebbal bus stop" });
+    let paid = common::field::place_order(&app, &customer, short.clone()).await;
+    assert_eq!(assign(&app, &admin, &paid, &pilot).await.status, StatusCode::OK);
+    for step in ["order:arrived", "order:picked_up"] {
+        assert_eq!(socket.call(step, json!({ "order_id": paid })).await["ok"], true, "{step}");
+    }
+    assert_eq!(socket.call("order:delivered", delivery(&app, &paid).await).await["data"]["status"], "delivered");
+    let paid_fare = fare_of(&paid).await["fare_paise"].as_i64().unwrap();
+    let paid_earned = paid_fare - commission(paid_fare);
+
+    // A paid order its customer cancels after assignment: the fee, less commission, is the pilot's.
+    let cancelled = common::field::place_order(&app, &customer, short).await;
+    assert_eq!(assign(&app, &admin, &cancelled, &pilot).await.status, StatusCode::OK);
+    let path = format!("/api/v1/orders/{cancelled}/cancel");
+    assert_eq!(app.post(&path, json!({}), Some(&customer.access)).await.data()["status"], "cancelled");
+    let fee = 2000 - commission(2000);
+
+    let summary = app.get("/api/v1/pilot/earnings", Some(&pilot.access)).await;
+    assert_eq!(summary.status, StatusCode::OK, "{:?}", summary.body);
+    let totals = &summary.data()["totals"];
+    assert_eq!(totals["trips"], 2);
+    assert_eq!(totals["fares_paise"], fare + paid_fare);
+    assert_eq!(totals["commission_paise"], commission(fare) + commission(paid_fare) + commission(2000));
+    assert_eq!(totals["cancellation_fees_paise"], fee);
+    assert_eq!(totals["earned_paise"], earned + paid_earned + fee);
+    assert_eq!(totals["cash_collected_paise"], total);
+    let balance = earned + paid_earned + fee - total;
+    assert_eq!(
+        (totals["net_paise"].as_i64(), summary.data()["balance_paise"].as_i64()),
+        (Some(balance), Some(balance))
+    );
+    assert_eq!(summary.data()["days"].as_array().unwrap().len(), 1, "{:?}", summary.body);
+    assert!(balance > -1000);
+    socket.call("location", json!({ "points": [fix(&app, DROP, 395)] })).await;
+    let duty = socket.call("status:set", json!({ "status": "online" })).await;
+    assert_eq!(duty["data"]["status"], "available", "settled, it works again: {duty}");
+
+    let long = app.get("/api/v1/pilot/earnings?from=2026-01-01&to=2026-12-31", Some(&pilot.access)).await;
+    assert_eq!(long.body["error"]["details"]["field"], "from", "{:?}", long.body);
+    let other = app.get("/api/v1/pilot/earnings", Some(&customer.access)).await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+}
+
 /// A bare Engine.IO WebSocket connection (`eio` 3 or 4): its open packet, then its frames.
 async fn engine_socket(
     app: &TestApp,

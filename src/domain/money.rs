@@ -49,6 +49,30 @@ pub struct LedgerEntry {
 }
 
 string_enum! {
+    /// What moved a pilot's earnings balance.
+    pub enum PilotEntryKind {
+        /// A delivered order's fare less the platform's commission (+).
+        TripEarning => "trip_earning",
+        /// What a cash order's customer paid the pilot in hand (−): the pilot holds it.
+        CashCollected => "cash_collected",
+        /// The fee kept when the customer cancelled after assignment, less the commission (+).
+        CancellationFee => "cancellation_fee",
+    }
+}
+
+/// One movement of a pilot's earnings balance (signed: + owed to the pilot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PilotEntry {
+    pub kind: PilotEntryKind,
+    pub amount_paise: i64,
+    /// The platform's share kept out of this entry (trip earnings and fees).
+    pub commission_paise: i64,
+    pub balance_after_paise: i64,
+    pub order_id: Option<OrderId>,
+    pub created_at: DateTime<Utc>,
+}
+
+string_enum! {
     pub enum CouponKind {
         /// `value` percent off (1–100), up to `max_discount_paise`.
         Percent => "percent",

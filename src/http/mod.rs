@@ -129,6 +129,7 @@ fn api_routes() -> Router<AppState> {
         .route("/admin/pilots/{id}/suspend", post(pilots::suspend))
         .route("/pilot/location", post(pilots::location))
         .route("/pilot/status", post(pilots::status))
+        .route("/pilot/earnings", get(pilots::earnings))
         .route("/dispatch/pilots", get(dispatch::pilots))
         .route("/dispatch/pilots/nearest", get(dispatch::nearest))
         .route("/dispatch/supply", get(dispatch::supply))

@@ -4,13 +4,15 @@
 
 use axum::extract::State;
 use axum::response::IntoResponse;
-use serde::Deserialize;
+use chrono::{Days, NaiveDate, NaiveTime};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::domain::money::{PilotEntry, PilotEntryKind};
 use crate::domain::{PilotApproval, PilotStatus, Role, VehicleModel, VehiclePlate};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fleet::{LocationReport, ReportAnswer};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::response::{Page, ok};
@@ -93,4 +95,94 @@ pub async fn suspend(
 ) -> Result<impl IntoResponse> {
     caller.require(&[Role::Admin])?;
     Ok(ok(state.fleet.decide_approval(id, &ApprovalChange::Suspend, Some(caller.user_id)).await?))
+}
+
+/// Longest range `GET /pilot/earnings` sums, in days.
+const MAX_EARNINGS_DAYS: i64 = 92;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarningsQuery {
+    /// First day (UTC), inclusive; default six days before `to`.
+    from: Option<NaiveDate>,
+    /// Last day (UTC), inclusive; default today.
+    to: Option<NaiveDate>,
+}
+
+/// One day's (or the range's) money of a pilot.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct EarningsDay {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date: Option<NaiveDate>,
+    /// Orders delivered.
+    pub trips: u32,
+    /// Their fares (before discounts and tax).
+    pub fares_paise: i64,
+    /// The platform's share of the fares and fees.
+    pub commission_paise: i64,
+    /// Fees of orders cancelled after the pilot set out, less commission.
+    pub cancellation_fees_paise: i64,
+    /// What the pilot earned: fares and fees less commission.
+    pub earned_paise: i64,
+    /// Cash the pilot took from customers (it holds it).
+    pub cash_collected_paise: i64,
+    /// Earned less cash collected: how the day moved the balance.
+    pub net_paise: i64,
+}
+
+impl EarningsDay {
+    fn add(&mut self, entry: &PilotEntry) {
+        match entry.kind {
+            PilotEntryKind::TripEarning => {
+                self.trips += 1;
+                self.fares_paise += entry.amount_paise + entry.commission_paise;
+                self.earned_paise += entry.amount_paise;
+            }
+            PilotEntryKind::CancellationFee => {
+                self.cancellation_fees_paise += entry.amount_paise;
+                self.earned_paise += entry.amount_paise;
+            }
+            PilotEntryKind::CashCollected => self.cash_collected_paise -= entry.amount_paise,
+        }
+        self.commission_paise += entry.commission_paise;
+        self.net_paise += entry.amount_paise;
+    }
+}
+
+/// Sums entries per day (UTC), days without any left out, and over the whole range.
+pub fn earnings_by_day(entries: &[PilotEntry]) -> (Vec<EarningsDay>, EarningsDay) {
+    let mut days: Vec<EarningsDay> = Vec::new();
+    let mut total = EarningsDay::default();
+    for entry in entries {
+        let date = entry.created_at.date_naive();
+        if days.last().is_none_or(|day| day.date != Some(date)) {
+            days.push(EarningsDay { date: Some(date), ..EarningsDay::default() });
+        }
+        if let Some(day) = days.last_mut() {
+            day.add(entry);
+        }
+        total.add(entry);
+    }
+    (days, total)
+}
+
+/// `GET /pilot/earnings?from=&to=`: the caller's trips, commission, fees and cash per day,
+/// the range's totals, and its balance now (owed to it, or, below zero, cash it holds).
+pub async fn earnings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<EarningsQuery>,
+) -> Result<impl IntoResponse> {
+    caller.require(&[Role::Pilot])?;
+    let to = query.to.unwrap_or_else(|| state.clock.now().date_naive());
+    let from = query.from.unwrap_or(to - Days::new(6));
+    let span = (to - from).num_days();
+    if !(0..MAX_EARNINGS_DAYS).contains(&span) {
+        return Err(Error::validation("from", format!("must be on or before `to`, at most {MAX_EARNINGS_DAYS} days")));
+    }
+    let start = |day: NaiveDate| day.and_time(NaiveTime::MIN).and_utc();
+    let entries = state.store.pilot_entries(caller.user_id, start(from), start(to + Days::new(1))).await?;
+    let (days, totals) = earnings_by_day(&entries);
+    let balance_paise = state.store.pilot_balance(caller.user_id).await?;
+    Ok(ok(json!({ "from": from, "to": to, "balance_paise": balance_paise, "days": days, "totals": totals })))
 }

@@ -178,7 +178,7 @@ impl Matchmaker {
             return Ok(None);
         }
         let Some(order) = self.store.order(offer.order_id).await? else { return Ok(None) };
-        Ok(Some(offer_payload(&offer, &order, self.clock.now())))
+        Ok(Some(offer_payload(&offer, &order, self.orders.pilot_earning(&order).0, self.clock.now())))
     }
 
     /// Runs the searches until `stop`, after rebuilding them from the store.
@@ -561,7 +561,7 @@ impl Matchmaker {
         match self.orders.make_offer(&order, candidate.pilot, candidate.distance_m, expires_at).await {
             Ok(Some(offer)) => {
                 self.hold(candidate.pilot);
-                let payload = offer_payload(&offer, &order, self.clock.now());
+                let payload = offer_payload(&offer, &order, self.orders.pilot_earning(&order).0, self.clock.now());
                 if let Some(search) = searches.map.get_mut(&id) {
                     metrics::histogram!("matching_order_to_offer_seconds")
                         .record((offer.created_at - search.started).as_seconds_f64());
@@ -736,7 +736,7 @@ fn dropped_by(event: &OrderEvent) -> Option<UserId> {
 }
 
 /// The `offer` event's payload.
-pub fn offer_payload(offer: &Offer, order: &Order, now: DateTime<Utc>) -> Value {
+pub fn offer_payload(offer: &Offer, order: &Order, earning_paise: i64, now: DateTime<Utc>) -> Value {
     json!({
         "offer_id": offer.id,
         "order_id": order.id,
@@ -749,6 +749,8 @@ pub fn offer_payload(offer: &Offer, order: &Order, now: DateTime<Utc>) -> Value 
             "pickup": order.pickup,
             "drop": order.drop,
             "fare_paise": order.fare.total_paise,
+            // What the pilot will earn for it: the fare less the platform's commission.
+            "earning_paise": earning_paise,
             "payment_method": order.payment_method,
             "trip_distance_m": distance_m(order.pickup.point(), order.drop.point()).round(),
             "notes": order.notes,

@@ -6,12 +6,12 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::domain::Role;
-use crate::domain::money::LedgerKind;
+use crate::domain::money::{LedgerKind, PilotEntryKind};
 use crate::domain::orders::{CancelReason, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus};
 use crate::error::{Error, Result};
 use crate::ids::OrderId;
 use crate::orders::{Committed, Orders, event, invalid_transition, not_found, push_event, save, transition, visible};
-use crate::store::{NewJob, StoreTx, WalletCredit};
+use crate::store::{NewJob, NewPilotEntry, StoreTx, WalletCredit};
 
 /// Job kind: refund a gateway payment (the payload names the order and the amount).
 pub const GATEWAY_REFUND_JOB: &str = "payment.refund";
@@ -52,6 +52,24 @@ impl Orders {
             0
         };
         let events = cancel_in(&mut *tx, &mut order, reason, fee, Some(caller), now, self.notify).await?;
+        // The fee kept compensates the pilot who set out, less the commission. (A cash order
+        // keeps no fee: nothing was paid.)
+        let kept = match order.payment_status {
+            PaymentStatus::Paid => order.fare.total_paise - order.refunded_paise,
+            _ => 0,
+        };
+        if let Some(pilot) = order.pilot_id.filter(|_| kept > 0) {
+            let commission = self.pricing.commission_paise(order.vehicle_type, kept);
+            let entry = NewPilotEntry {
+                kind: PilotEntryKind::CancellationFee,
+                amount_paise: kept - commission,
+                commission_paise: commission,
+                order: order.id,
+            };
+            if entry.amount_paise > 0 {
+                tx.post_pilot_entry(pilot, &entry, now).await?;
+            }
+        }
         tx.commit().await?;
         metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
         self.release_pilot(&order);

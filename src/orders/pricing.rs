@@ -63,6 +63,9 @@ pub struct Tariff {
     /// The longest trip taken, in road kilometres (the same estimate fares use); longer is
     /// 422 `TRIP_TOO_LONG`.
     pub max_trip_km: f64,
+    /// The platform's share of a fare (and of a cancellation fee), in basis points; the pilot
+    /// earns the rest.
+    pub commission_bp: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +153,11 @@ impl TariffPricing {
         (km > tariff.max_trip_km).then_some((km, tariff.max_trip_km))
     }
 
+    /// The platform's commission on `amount_paise` earned with `vehicle`.
+    pub fn commission_paise(&self, vehicle: VehicleType, amount_paise: i64) -> i64 {
+        round_div(amount_paise.max(0) * self.tariffs.of(vehicle).commission_bp, 10_000)
+    }
+
     /// Driving time from `from` to `to` for `vehicle`, by the same route estimate fares use.
     pub fn eta_secs(&self, vehicle: VehicleType, from: LatLng, to: LatLng) -> i64 {
         let trip = Trip { pickup: from, drop: to, vehicle };
@@ -225,6 +233,7 @@ mod tests {
             minimum_paise: 3500,
             avg_speed_kmh: 24.0,
             max_trip_km: 40.0,
+            commission_bp: 2000,
         };
         config.road_factor = 1.5;
         config.tax_bp = 500;

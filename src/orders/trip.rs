@@ -11,11 +11,13 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::domain::Role;
+use crate::domain::money::PilotEntryKind;
 use crate::domain::orders::{Order, OrderStatus, PaymentMethod, PaymentStatus};
 use crate::error::{Error, Result};
 use crate::grid::geometry::distance_m;
 use crate::ids::OrderId;
 use crate::orders::{Orders, event, not_found, push_event, save, transition, visible};
+use crate::store::{NewPilotEntry, StoreTx};
 
 /// A step of the trip, as the pilot reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -112,6 +114,9 @@ impl Orders {
             order.payment_status = PaymentStatus::Paid;
         }
         save(&mut *tx, &order, before, &events, self.notify).await?;
+        if step == TripStep::Delivered {
+            self.pay_pilot(&mut *tx, &order, caller.user_id, now).await?;
+        }
         tx.commit().await?;
         metrics::counter!("order_trip_steps_total", "step" => format!("{step:?}").to_lowercase()).increment(1);
         if step == TripStep::Delivered {
@@ -153,5 +158,46 @@ impl Orders {
         tx.commit().await?;
         self.publish(&order, &events);
         Ok(order)
+    }
+}
+
+impl Orders {
+    /// What the pilot of `order` earns for it: the fare (before discounts, which the platform
+    /// bears, and tax, which it remits) less the commission; and the commission.
+    pub fn pilot_earning(&self, order: &Order) -> (i64, i64) {
+        let commission = self.pricing.commission_paise(order.vehicle_type, order.fare.fare_paise);
+        (order.fare.fare_paise - commission, commission)
+    }
+
+    /// A delivered order's money for its pilot, in the delivery's transaction: the earning,
+    /// and for a cash order the cash the pilot collected (the pilot holds it: it counts
+    /// against what the platform owes the pilot, and may take the balance below zero).
+    async fn pay_pilot(
+        &self,
+        tx: &mut dyn StoreTx,
+        order: &Order,
+        pilot: crate::ids::UserId,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let (earning, commission) = self.pilot_earning(order);
+        if earning > 0 {
+            let entry = NewPilotEntry {
+                kind: PilotEntryKind::TripEarning,
+                amount_paise: earning,
+                commission_paise: commission,
+                order: order.id,
+            };
+            tx.post_pilot_entry(pilot, &entry, now).await?;
+        }
+        if order.payment_method == PaymentMethod::Cash && order.fare.total_paise > 0 {
+            let entry = NewPilotEntry {
+                kind: PilotEntryKind::CashCollected,
+                amount_paise: -order.fare.total_paise,
+                commission_paise: 0,
+                order: order.id,
+            };
+            tx.post_pilot_entry(pilot, &entry, now).await?;
+        }
+        Ok(())
     }
 }

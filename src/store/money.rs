@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::domain::money::{Coupon, Gateway, LedgerEntry, Payment, Wallet};
+use crate::domain::money::{Coupon, Gateway, LedgerEntry, Payment, PilotEntry, Wallet};
 use crate::error::{Error, Result};
 use crate::ids::{CouponId, LedgerId, OrderId, PaymentId, UserId};
 use crate::store::PageRequest;
@@ -34,6 +34,37 @@ pub trait MoneyStore: Send + Sync {
 
     /// The order's payment that has not failed, if any.
     async fn live_payment_for_order(&self, order: OrderId) -> Result<Option<Payment>>;
+
+    /// A pilot's earnings balance: owed to it (+) or by it (−, cash it holds).
+    async fn pilot_balance(&self, pilot: UserId) -> Result<i64>;
+
+    /// A pilot's earnings entries made in `[from, to)`, oldest first.
+    async fn pilot_entries(&self, pilot: UserId, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<PilotEntry>>;
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PilotEntryRow {
+    kind: String,
+    amount_paise: i64,
+    commission_paise: i64,
+    balance_after_paise: i64,
+    order_id: Option<Uuid>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<PilotEntryRow> for PilotEntry {
+    type Error = Error;
+
+    fn try_from(row: PilotEntryRow) -> Result<Self> {
+        Ok(PilotEntry {
+            kind: parse_stored(&row.kind, "pilot entry kind")?,
+            amount_paise: row.amount_paise,
+            commission_paise: row.commission_paise,
+            balance_after_paise: row.balance_after_paise,
+            order_id: row.order_id.map(OrderId),
+            created_at: row.created_at,
+        })
+    }
 }
 
 #[derive(Debug, sqlx::FromRow)]

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::domain::money::{Coupon, Gateway, LedgerKind, Payment, Wallet};
+use crate::domain::money::{Coupon, Gateway, LedgerKind, Payment, PilotEntryKind, Wallet};
 use crate::domain::offers::{Offer, OfferStatus};
 use crate::domain::orders::{Order, OrderEvent, OrderStatus};
 use crate::error::Result;
@@ -33,6 +33,15 @@ pub struct WalletCredit {
     /// Unique per kind when set: crediting the same reference twice does nothing.
     pub reference: Option<String>,
     pub order: Option<OrderId>,
+}
+
+/// A movement of a pilot's earnings to post (see [`StoreTx::post_pilot_entry`]).
+#[derive(Debug, Clone)]
+pub struct NewPilotEntry {
+    pub kind: PilotEntryKind,
+    pub amount_paise: i64,
+    pub commission_paise: i64,
+    pub order: OrderId,
 }
 
 #[async_trait]
@@ -104,6 +113,16 @@ pub trait StoreTx: Send {
     async fn credit_wallet(&mut self, credit: &WalletCredit, now: DateTime<Utc>) -> Result<Option<Wallet>>;
 
     async fn enqueue(&mut self, job: &NewJob, now: DateTime<Utc>) -> Result<()>;
+
+    /// Moves a pilot's earnings balance by `entry.amount_paise` (signed) with its ledger row.
+    /// One entry per kind and order: posting it again does nothing and returns `None`;
+    /// otherwise the balance after it.
+    async fn post_pilot_entry(
+        &mut self,
+        pilot: UserId,
+        entry: &NewPilotEntry,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>>;
 
     /// Records a webhook delivery; `false` if this event was processed before.
     async fn record_webhook(

@@ -2,13 +2,14 @@
 //! `StoreTx`), and idempotency keys.
 
 use chrono::Duration;
+use dispatchd::domain::money::PilotEntryKind;
 use dispatchd::domain::orders::{
     ActorRole, CancelReason, Fare, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus, Place,
 };
 use dispatchd::domain::{Role, VehicleType};
 use dispatchd::error::Error;
 use dispatchd::ids::{OrderId, UserId};
-use dispatchd::store::{IdempotentReplay, NewRating, OrderFilter, PageRequest, RatingSummary};
+use dispatchd::store::{IdempotentReplay, NewPilotEntry, NewRating, OrderFilter, PageRequest, RatingSummary};
 use serde_json::{Value, json};
 
 use super::{Subject, now, twice_at_once, user};
@@ -28,6 +29,7 @@ conformance!(
     a_search_is_leased_by_one_node_until_its_lease_lapses,
     a_pilots_active_order_is_found_until_it_ends,
     ratings_count_once_per_rater_and_order,
+    pilot_earnings_post_once_and_may_go_below_zero,
 );
 
 /// H3 cells as `insert_order` takes them (any number will do for the store).
@@ -485,4 +487,29 @@ async fn ratings_count_once_per_rater_and_order(subject: Subject) {
     let out_of_range = NewRating { order: second, rater: pilot, ratee: customer, stars: 6, comment: None };
     assert!(store.rate(&out_of_range, now()).await.is_err(), "the schema holds stars to 1-5");
     assert_eq!(summary(customer).await.count, 1, "nothing half-written");
+}
+
+async fn pilot_earnings_post_once_and_may_go_below_zero(subject: Subject) {
+    let store = &subject.store;
+    let customer = user(&subject, Role::Customer).await;
+    let pilot = user(&subject, Role::Pilot).await;
+    let order = placed_order(&subject, customer).await;
+    let post = |kind, amount_paise, commission_paise| async move {
+        let entry = NewPilotEntry { kind, amount_paise, commission_paise, order };
+        let mut tx = store.begin().await.unwrap();
+        let posted = tx.post_pilot_entry(pilot, &entry, now()).await.unwrap();
+        tx.commit().await.unwrap();
+        posted
+    };
+    assert_eq!(post(PilotEntryKind::CashCollected, -9_000, 0).await, Some(-9_000), "below zero: cash it holds");
+    assert_eq!(post(PilotEntryKind::TripEarning, 6_800, 1_700).await, Some(-2_200));
+    assert_eq!(post(PilotEntryKind::TripEarning, 6_800, 1_700).await, None, "once per kind and order");
+    assert_eq!(store.pilot_balance(pilot).await.unwrap(), -2_200);
+    let day = Duration::days(1);
+    let entries = store.pilot_entries(pilot, now() - day, now() + day).await.unwrap();
+    let kinds: Vec<_> =
+        entries.iter().map(|entry| (entry.kind, entry.amount_paise, entry.balance_after_paise)).collect();
+    assert_eq!(kinds, [(PilotEntryKind::CashCollected, -9_000, -9_000), (PilotEntryKind::TripEarning, 6_800, -2_200)]);
+    assert!(store.pilot_entries(pilot, now() + day, now() + day + day).await.unwrap().is_empty());
+    assert_eq!(store.pilot_balance(customer).await.unwrap(), 0, "no account, nothing owed");
 }

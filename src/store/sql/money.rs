@@ -4,10 +4,10 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::money::{Coupon, LedgerEntry, Payment, Wallet};
+use crate::domain::money::{Coupon, LedgerEntry, Payment, PilotEntry, Wallet};
 use crate::error::{Error, Result};
 use crate::ids::{CouponId, LedgerId, OrderId, PaymentId, UserId};
-use crate::store::money::{CouponRow, LedgerRow, PaymentRow, select_coupon, select_payment};
+use crate::store::money::{CouponRow, LedgerRow, PaymentRow, PilotEntryRow, select_coupon, select_payment};
 use crate::store::{MoneyStore, PageRequest};
 
 #[async_trait]
@@ -100,5 +100,26 @@ impl MoneyStore for StoreImpl {
             .fetch_optional(&self.pool)
             .await?;
         row.map(Payment::try_from).transpose()
+    }
+
+    async fn pilot_balance(&self, pilot: UserId) -> Result<i64> {
+        let balance: Option<i64> = sqlx::query_scalar("SELECT balance_paise FROM pilot_accounts WHERE user_id = $1")
+            .bind(pilot.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(balance.unwrap_or(0))
+    }
+
+    async fn pilot_entries(&self, pilot: UserId, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<PilotEntry>> {
+        let rows: Vec<PilotEntryRow> = sqlx::query_as(
+            "SELECT kind, amount_paise, commission_paise, balance_after_paise, order_id, created_at \
+             FROM pilot_ledger WHERE pilot_id = $1 AND created_at >= $2 AND created_at < $3 ORDER BY created_at, id",
+        )
+        .bind(pilot.0)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(PilotEntry::try_from).collect()
     }
 }

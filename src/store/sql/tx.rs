@@ -16,7 +16,7 @@ use crate::store::jobs::NewJob;
 use crate::store::money::PaymentRow;
 use crate::store::offers::{OfferRow, offer_columns};
 use crate::store::orders::{IdempotentRow, OrderRow, SELECT_IDEMPOTENT_RESPONSE};
-use crate::store::{IdempotentReplay, OffersOf, StoreTx, WalletCredit};
+use crate::store::{IdempotentReplay, NewPilotEntry, OffersOf, StoreTx, WalletCredit};
 
 #[async_trait]
 impl StoreTx for super::TxImpl {
@@ -358,6 +358,61 @@ impl StoreTx for super::TxImpl {
 
     async fn enqueue(&mut self, job: &NewJob, now: DateTime<Utc>) -> Result<()> {
         super::jobs_sql::insert_job(&mut *self.tx, job, now).await
+    }
+
+    async fn post_pilot_entry(
+        &mut self,
+        pilot: UserId,
+        entry: &NewPilotEntry,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>> {
+        sqlx::query(
+            "INSERT INTO pilot_accounts (user_id, balance_paise, updated_at) VALUES ($1, 0, $2) \
+             ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(pilot.0)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        // The account row first (locked until the end of the transaction): a second posting
+        // of the same entry waits here, then finds the first one's ledger row.
+        sqlx::query("UPDATE pilot_accounts SET updated_at = updated_at WHERE user_id = $1")
+            .bind(pilot.0)
+            .execute(&mut *self.tx)
+            .await?;
+        let posted: Option<i64> =
+            sqlx::query_scalar("SELECT amount_paise FROM pilot_ledger WHERE kind = $1 AND order_id = $2")
+                .bind(entry.kind.as_str())
+                .bind(entry.order.0)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        if posted.is_some() {
+            return Ok(None);
+        }
+        let balance: i64 = sqlx::query_scalar(
+            "UPDATE pilot_accounts SET balance_paise = balance_paise + $2, updated_at = $3 WHERE user_id = $1 \
+             RETURNING balance_paise",
+        )
+        .bind(pilot.0)
+        .bind(entry.amount_paise)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO pilot_ledger (id, pilot_id, kind, amount_paise, commission_paise, balance_after_paise, \
+             order_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(LedgerId::new().0)
+        .bind(pilot.0)
+        .bind(entry.kind.as_str())
+        .bind(entry.amount_paise)
+        .bind(entry.commission_paise)
+        .bind(balance)
+        .bind(entry.order.0)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(Some(balance))
     }
 
     async fn record_webhook(
