@@ -61,6 +61,8 @@ pub struct AppState {
     pub orders: Arc<Orders>,
     pub money: Arc<Money>,
     pub payments: Arc<Payments>,
+    /// Pilots' payouts.
+    pub payouts: Arc<crate::payouts::Payouts>,
     /// Runs durable jobs; tests call `run_due` on it to run what the clock made due.
     pub jobs: Arc<Worker>,
     /// Turns searching orders into offers.
@@ -181,6 +183,8 @@ impl App {
             jobs.register(crate::webhooks::ORDER_EVENT_JOB, Arc::new(deliveries));
         }
         let money = Arc::new(Money::new(store.clone(), clock.clone()));
+        let manual = Arc::new(crate::payouts::ManualPayouts);
+        let payouts = Arc::new(crate::payouts::Payouts::new(store.clone(), clock.clone(), manual));
         let cluster = match (feed, &redis) {
             (Some(feed), Some(redis)) => Some(Cluster::join(
                 feed,
@@ -195,6 +199,7 @@ impl App {
         };
         let state = AppState {
             money,
+            payouts,
             rate_limiter: RateLimiter::new(&config.rate_limit),
             config: Arc::new(config),
             store,

@@ -56,6 +56,10 @@ id_type!(
     OrderId
 );
 id_type!(
+    /// A pilot's payout.
+    PayoutId
+);
+id_type!(
     /// A discount coupon.
     CouponId
 );

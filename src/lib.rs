@@ -54,6 +54,7 @@ pub mod matchmaker;
 pub mod money;
 pub mod orders;
 pub mod payments;
+pub mod payouts;
 pub mod realtime;
 pub mod store;
 pub mod telemetry;

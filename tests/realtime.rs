@@ -582,20 +582,12 @@ async fn pilots_earn_the_fare_less_commission_and_cash_counts_against_it() {
     assert_eq!(socket.call("status:set", json!({ "status": "offline" })).await["ok"], true);
 
     // A wallet trip from where it stands settles the debt: the fare less commission is owed to it.
-    let mut short = common::order_body("wallet");
-    short["pickup"] = json!({ "lat": DROP.0, "lng": DROP.1, "address": "Hebbal flyover" });
-    short["drop"] = json!({ "lat": DROP.0 + 0.001, "lng": DROP.1, "address": "Hebbal bus stop" });
-    let paid = common::field::place_order(&app, &customer, short.clone()).await;
-    assert_eq!(assign(&app, &admin, &paid, &pilot).await.status, StatusCode::OK);
-    for step in ["order:arrived", "order:picked_up"] {
-        assert_eq!(socket.call(step, json!({ "order_id": paid })).await["ok"], true, "{step}");
-    }
-    assert_eq!(socket.call("order:delivered", delivery(&app, &paid).await).await["data"]["status"], "delivered");
+    let paid = short_trip(&app, &admin, &customer, (&pilot, &mut socket), DROP, "wallet").await;
     let paid_fare = fare_of(&paid).await["fare_paise"].as_i64().unwrap();
     let paid_earned = paid_fare - commission(paid_fare);
 
     // A paid order its customer cancels after assignment: the fee, less commission, is the pilot's.
-    let cancelled = common::field::place_order(&app, &customer, short).await;
+    let cancelled = common::field::place_order(&app, &customer, common::order_body("wallet")).await;
     assert_eq!(assign(&app, &admin, &cancelled, &pilot).await.status, StatusCode::OK);
     let path = format!("/api/v1/orders/{cancelled}/cancel");
     assert_eq!(app.post(&path, json!({}), Some(&customer.access)).await.data()["status"], "cancelled");
@@ -625,6 +617,95 @@ async fn pilots_earn_the_fare_less_commission_and_cash_counts_against_it() {
     assert_eq!(long.body["error"]["details"]["field"], "from", "{:?}", long.body);
     let other = app.get("/api/v1/pilot/earnings", Some(&customer.access)).await;
     assert_eq!(other.status, StatusCode::FORBIDDEN);
+}
+
+/// A short trip (about 110 m north of `at`, where the pilot stands) paid by `payment`,
+/// assigned to `pilot` and delivered; the order.
+async fn short_trip(
+    app: &TestApp,
+    admin: &common::Session,
+    customer: &common::Session,
+    (pilot, socket): (&common::Session, &mut SioClient),
+    at: (f64, f64),
+    payment: &str,
+) -> String {
+    let mut body = common::order_body(payment);
+    body["pickup"] = json!({ "lat": at.0, "lng": at.1, "address": "here" });
+    body["drop"] = json!({ "lat": at.0 + 0.001, "lng": at.1, "address": "round the corner" });
+    let order = common::field::place_order(app, customer, body).await;
+    assert_eq!(assign(app, admin, &order, pilot).await.status, StatusCode::OK);
+    for step in ["order:arrived", "order:picked_up"] {
+        assert_eq!(socket.call(step, json!({ "order_id": order })).await["ok"], true, "{step}");
+    }
+    let delivered = socket.call("order:delivered", delivery(app, &order).await).await;
+    assert_eq!(delivered["data"]["status"], "delivered", "{delivered}");
+    order
+}
+
+/// Issue: pilots could not be paid. A payout is asked for, approved (out of the balance, in
+/// the ledger) or rejected, and paid by the operator; no race takes a balance below zero.
+#[tokio::test]
+async fn payouts_never_take_a_balance_below_what_the_rules_allow() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    common::field::credit(&app, &admin, &customer, 100_000).await;
+    let (pilot, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    short_trip(&app, &admin, &customer, (&pilot, &mut socket), PICKUP, "wallet").await;
+    let balance = || async {
+        app.get("/api/v1/pilot/earnings", Some(&pilot.access)).await.data()["balance_paise"].as_i64().unwrap()
+    };
+    let earned = balance().await;
+    assert!(earned > 3000, "{earned}");
+    let ask = |amount: i64| app.post("/api/v1/pilot/payouts", json!({ "amount_paise": amount }), Some(&pilot.access));
+
+    assert_eq!(ask(earned + 1).await.error_code(), "INSUFFICIENT_BALANCE");
+    assert_eq!(ask(50).await.body["error"]["details"]["field"], "amount_paise");
+    let both = join_all([ask(earned), ask(earned)]).await;
+    let codes: Vec<_> = both.iter().map(|reply| reply.status).collect();
+    assert_eq!(codes.iter().filter(|status| **status == StatusCode::CREATED).count(), 1, "{codes:?}");
+    let whole = both.iter().find(|reply| reply.status == StatusCode::CREATED).unwrap().data()["id"].clone();
+    let decide = |id: &Value, what: &str, body: Value, who: &common::Session| {
+        let (app, path, token) =
+            (&app, format!("/api/v1/admin/payouts/{}/{what}", id.as_str().unwrap()), who.access.clone());
+        async move { app.post(&path, body, Some(&token)).await }
+    };
+    assert_eq!(decide(&whole, "approve", json!({}), &dispatcher).await.status, StatusCode::FORBIDDEN);
+    let rejected = decide(&whole, "reject", json!({ "reason": "bank details missing" }), &admin).await;
+    assert_eq!(
+        (rejected.data()["status"].as_str(), rejected.data()["reason"].as_str()),
+        (Some("rejected"), Some("bank details missing"))
+    );
+    assert_eq!(balance().await, earned, "a rejection takes nothing");
+
+    // Two approved at once: both leave the balance, in the ledger.
+    let first = ask(1000).await.data()["id"].clone();
+    let second = ask(1000).await.data()["id"].clone();
+    let approved =
+        join_all([decide(&first, "approve", json!({}), &admin), decide(&second, "approve", json!({}), &admin)]).await;
+    assert!(approved.iter().all(|reply| reply.data()["status"] == "approved"), "{approved:?}");
+    assert_eq!(balance().await, earned - 2000);
+    let totals = app.get("/api/v1/pilot/earnings", Some(&pilot.access)).await.data()["totals"].clone();
+    assert_eq!(totals["payouts_paise"], 2000);
+    let paid = decide(&first, "paid", json!({ "reference": "UTR 4521" }), &admin).await;
+    assert_eq!((paid.data()["status"].as_str(), paid.data()["reference"].as_str()), (Some("paid"), Some("UTR 4521")));
+    assert_eq!(
+        decide(&first, "paid", json!({ "reference": "again" }), &admin).await.error_code(),
+        "INVALID_TRANSITION"
+    );
+    assert_eq!(decide(&first, "approve", json!({}), &admin).await.error_code(), "INVALID_TRANSITION");
+
+    // The rest asked for, then a cash trip's collection leaves too little: no approval.
+    let rest = ask(earned - 2000).await.data()["id"].clone();
+    short_trip(&app, &admin, &customer, (&pilot, &mut socket), PICKUP, "cash").await;
+    assert!(balance().await < earned - 2000);
+    assert_eq!(decide(&rest, "approve", json!({}), &admin).await.error_code(), "INSUFFICIENT_BALANCE");
+    let waiting = app.get("/api/v1/admin/payouts?status=requested", Some(&admin.access)).await;
+    assert_eq!(waiting.data()["items"].as_array().unwrap().len(), 1, "{:?}", waiting.body);
+    let mine = app.get("/api/v1/pilot/payouts", Some(&pilot.access)).await;
+    assert_eq!(mine.data()["items"].as_array().unwrap().len(), 4);
+    assert_eq!(app.get("/api/v1/admin/payouts", Some(&pilot.access)).await.status, StatusCode::FORBIDDEN);
 }
 
 /// A bare Engine.IO WebSocket connection (`eio` 3 or 4): its open packet, then its frames.

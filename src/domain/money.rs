@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::string_enum;
-use crate::ids::{CouponId, LedgerId, OrderId, PaymentId, UserId};
+use crate::ids::{CouponId, LedgerId, OrderId, PaymentId, PayoutId, UserId};
 
 /// A user's wallet. `balance_paise` is a cache of the ledger (credits and refunds minus
 /// debits), changed only together with a ledger row, never negative.
@@ -57,7 +57,51 @@ string_enum! {
         CashCollected => "cash_collected",
         /// The fee kept when the customer cancelled after assignment, less the commission (+).
         CancellationFee => "cancellation_fee",
+        /// Paid out to the pilot (−), when an admin approved its payout.
+        Payout => "payout",
     }
+}
+
+string_enum! {
+    /// Where a pilot's payout stands: `requested` → `approved` (the money left its balance)
+    /// → `paid` (the transfer went out); or `requested` → `rejected`.
+    pub enum PayoutStatus {
+        Requested => "requested",
+        Approved => "approved",
+        Rejected => "rejected",
+        Paid => "paid",
+    }
+}
+
+/// A pilot's request to be paid out of its earnings balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Payout {
+    pub id: PayoutId,
+    pub pilot_id: UserId,
+    pub amount_paise: i64,
+    pub status: PayoutStatus,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    /// The transfer's reference, once paid.
+    pub reference: Option<String>,
+    pub decided_by: Option<UserId>,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+/// What an admin (or the payout gateway) does with a payout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayoutDecision {
+    /// The money leaves the pilot's balance, if the balance still holds it.
+    Approve,
+    Reject {
+        reason: Option<String>,
+    },
+    /// The transfer went out.
+    Paid {
+        reference: String,
+    },
 }
 
 /// One movement of a pilot's earnings balance (signed: + owed to the pilot).

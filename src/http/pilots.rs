@@ -10,14 +10,15 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::domain::money::{PilotEntry, PilotEntryKind};
+use crate::domain::money::{PayoutDecision, PayoutStatus, PilotEntry, PilotEntryKind};
 use crate::domain::{PilotApproval, PilotStatus, Role, VehicleModel, VehiclePlate};
 use crate::error::{Error, Result};
 use crate::fleet::{LocationReport, ReportAnswer};
 use crate::http::extract::{Json, Path, Query};
-use crate::http::response::{Page, ok};
+use crate::http::response::{Page, created, ok};
 use crate::http::users::page_limit;
-use crate::ids::UserId;
+use crate::ids::{PayoutId, UserId};
+use crate::payouts::PayoutRequest;
 use crate::store::{ApprovalChange, PageRequest};
 
 pub async fn location(
@@ -126,7 +127,9 @@ pub struct EarningsDay {
     pub earned_paise: i64,
     /// Cash the pilot took from customers (it holds it).
     pub cash_collected_paise: i64,
-    /// Earned less cash collected: how the day moved the balance.
+    /// Paid out to the pilot (approved payouts).
+    pub payouts_paise: i64,
+    /// Earned less cash collected and payouts: how the day moved the balance.
     pub net_paise: i64,
 }
 
@@ -143,6 +146,7 @@ impl EarningsDay {
                 self.earned_paise += entry.amount_paise;
             }
             PilotEntryKind::CashCollected => self.cash_collected_paise -= entry.amount_paise,
+            PilotEntryKind::Payout => self.payouts_paise -= entry.amount_paise,
         }
         self.commission_paise += entry.commission_paise;
         self.net_paise += entry.amount_paise;
@@ -185,4 +189,90 @@ pub async fn earnings(
     let (days, totals) = earnings_by_day(&entries);
     let balance_paise = state.store.pilot_balance(caller.user_id).await?;
     Ok(ok(json!({ "from": from, "to": to, "balance_paise": balance_paise, "days": days, "totals": totals })))
+}
+
+/// `POST /pilot/payouts {amount_paise}`: the caller asks to be paid out of its balance.
+pub async fn request_payout(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<PayoutRequest>,
+) -> Result<impl IntoResponse> {
+    Ok(created(state.payouts.request(&caller, body).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListPayouts {
+    status: Option<PayoutStatus>,
+    cursor: Option<PayoutId>,
+    limit: Option<u32>,
+}
+
+/// `GET /admin/payouts?status=`: everyone's payouts, for admins.
+pub async fn admin_payouts(
+    state: State<AppState>,
+    caller: Caller,
+    query: Query<ListPayouts>,
+) -> Result<impl IntoResponse> {
+    caller.require(&[Role::Admin])?;
+    payouts(state, caller, query).await
+}
+
+/// `GET /pilot/payouts`: the caller's payouts (everyone's for an admin).
+pub async fn payouts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListPayouts>,
+) -> Result<impl IntoResponse> {
+    let limit = page_limit(query.limit)?;
+    let page = PageRequest { before: query.cursor, limit: limit + 1 };
+    let payouts = state.payouts.list(&caller, query.status, page).await?;
+    Ok(ok(Page::from_overfetch(payouts, limit, |payout| payout.id.to_string())))
+}
+
+/// `POST /admin/payouts/{id}/approve`: the money leaves the pilot's balance and goes to the
+/// payout gateway (by default the operator, who pays by hand and marks it paid).
+pub async fn approve_payout(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<PayoutId>,
+) -> Result<impl IntoResponse> {
+    Ok(ok(state.payouts.decide(&caller, id, PayoutDecision::Approve).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectPayout {
+    reason: Option<String>,
+}
+
+/// `POST /admin/payouts/{id}/reject {reason?}`.
+pub async fn reject_payout(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<PayoutId>,
+    Json(body): Json<RejectPayout>,
+) -> Result<impl IntoResponse> {
+    let reason = body.reason.map(|reason| reason.chars().take(500).collect::<String>());
+    Ok(ok(state.payouts.decide(&caller, id, PayoutDecision::Reject { reason }).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaidPayout {
+    reference: String,
+}
+
+/// `POST /admin/payouts/{id}/paid {reference}`: the operator made the transfer.
+pub async fn payout_paid(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<PayoutId>,
+    Json(body): Json<PaidPayout>,
+) -> Result<impl IntoResponse> {
+    let reference = body.reference.trim().to_owned();
+    if reference.is_empty() || reference.chars().count() > 100 {
+        return Err(Error::validation("reference", "must be 1 to 100 characters: the transfer's reference"));
+    }
+    Ok(ok(state.payouts.decide(&caller, id, PayoutDecision::Paid { reference }).await?))
 }

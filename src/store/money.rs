@@ -5,9 +5,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::domain::money::{Coupon, Gateway, LedgerEntry, Payment, PilotEntry, Wallet};
+use crate::domain::money::{
+    Coupon, Gateway, LedgerEntry, Payment, Payout, PayoutDecision, PayoutStatus, PilotEntry, Wallet,
+};
 use crate::error::{Error, Result};
-use crate::ids::{CouponId, LedgerId, OrderId, PaymentId, UserId};
+use crate::ids::{CouponId, LedgerId, OrderId, PaymentId, PayoutId, UserId};
 use crate::store::PageRequest;
 use crate::store::orders::parse_stored;
 
@@ -40,7 +42,77 @@ pub trait MoneyStore: Send + Sync {
 
     /// A pilot's earnings entries made in `[from, to)`, oldest first.
     async fn pilot_entries(&self, pilot: UserId, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<PilotEntry>>;
+
+    /// Records a pilot's payout request, if its balance less its payouts still waiting for a
+    /// decision holds `amount_paise` (checked with its account locked: two requests at once
+    /// see each other). Else 422 `INSUFFICIENT_BALANCE`.
+    async fn request_payout(&self, pilot: UserId, amount_paise: i64, now: DateTime<Utc>) -> Result<Payout>;
+
+    /// Applies a decision to a payout, in one transaction with its ledger entry (approving
+    /// takes the money from the balance only if it still holds it: 422
+    /// `INSUFFICIENT_BALANCE`). A decision its status does not allow is 409
+    /// `INVALID_TRANSITION`. `None` when there is no such payout.
+    async fn decide_payout(
+        &self,
+        id: PayoutId,
+        decision: &PayoutDecision,
+        by: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Payout>>;
+
+    /// Payouts newest first, of one pilot and/or in one status.
+    async fn payouts(
+        &self,
+        pilot: Option<UserId>,
+        status: Option<PayoutStatus>,
+        page: PageRequest<PayoutId>,
+    ) -> Result<Vec<Payout>>;
 }
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PayoutRow {
+    id: Uuid,
+    pilot_id: Uuid,
+    amount_paise: i64,
+    status: String,
+    reason: Option<String>,
+    reference: Option<String>,
+    decided_by: Option<Uuid>,
+    created_at: DateTime<Utc>,
+    decided_at: Option<DateTime<Utc>>,
+    paid_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<PayoutRow> for Payout {
+    type Error = Error;
+
+    fn try_from(row: PayoutRow) -> Result<Self> {
+        Ok(Payout {
+            id: PayoutId(row.id),
+            pilot_id: UserId(row.pilot_id),
+            amount_paise: row.amount_paise,
+            status: parse_stored(&row.status, "payout status")?,
+            reason: row.reason,
+            reference: row.reference,
+            decided_by: row.decided_by.map(UserId),
+            created_at: row.created_at,
+            decided_at: row.decided_at,
+            paid_at: row.paid_at,
+        })
+    }
+}
+
+/// `SELECT` of a [`PayoutRow`], followed by `$rest`.
+macro_rules! select_payout {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, pilot_id, amount_paise, status, reason, reference, decided_by, created_at, decided_at, ",
+            "paid_at FROM payouts ",
+            $rest
+        )
+    };
+}
+pub(crate) use select_payout;
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct PilotEntryRow {

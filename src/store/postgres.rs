@@ -24,6 +24,8 @@ const SELECT_REFRESH_FOR_ROTATION: &str = "SELECT rt.session_id, s.user_id, rt.e
 const LOCK_ORDER: &str = crate::store::orders::select_order!("WHERE id = $1 FOR UPDATE");
 /// The user row, locked until the transaction ends.
 const LOCK_USER: &str = "SELECT id FROM users WHERE id = $1 FOR UPDATE";
+/// The payout row, locked until the transaction ends.
+const LOCK_PAYOUT: &str = crate::store::money::select_payout!("WHERE id = $1 FOR UPDATE");
 /// The payment row, locked until the transaction ends.
 const LOCK_PAYMENT: &str = crate::store::money::select_payment!("WHERE gateway = $1 AND gateway_ref = $2 FOR UPDATE");
 /// Due jobs, skipping rows another worker is claiming right now.
@@ -99,7 +101,7 @@ mod offers_sql {
     include!("sql/offers.rs");
 }
 mod money_sql {
-    use super::StoreImpl;
+    use super::{BEGIN_WRITE, Db, LOCK_PAYOUT, StoreImpl};
     include!("sql/money.rs");
 }
 mod jobs_sql {

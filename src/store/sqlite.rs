@@ -27,6 +27,7 @@ const SELECT_REFRESH_FOR_ROTATION: &str = "SELECT rt.session_id, s.user_id, rt.e
 const LOCK_ORDER: &str = crate::store::orders::select_order!("WHERE id = $1");
 const LOCK_PAYMENT: &str = crate::store::money::select_payment!("WHERE gateway = $1 AND gateway_ref = $2");
 const LOCK_USER: &str = "SELECT id FROM users WHERE id = $1";
+const LOCK_PAYOUT: &str = crate::store::money::select_payout!("WHERE id = $1");
 /// Due jobs. One writer at a time, so no skipping is needed.
 const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = $2, \
      updated_at = $1 WHERE id IN (SELECT id FROM jobs WHERE (status = 'queued' AND run_at <= $1) \
@@ -104,7 +105,7 @@ mod offers_sql {
     include!("sql/offers.rs");
 }
 mod money_sql {
-    use super::StoreImpl;
+    use super::{BEGIN_WRITE, Db, LOCK_PAYOUT, StoreImpl};
     include!("sql/money.rs");
 }
 mod jobs_sql {

@@ -2,7 +2,7 @@
 //! `StoreTx`), and idempotency keys.
 
 use chrono::Duration;
-use dispatchd::domain::money::PilotEntryKind;
+use dispatchd::domain::money::{PayoutDecision, PayoutStatus, PilotEntryKind};
 use dispatchd::domain::orders::{
     ActorRole, CancelReason, Fare, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus, Place,
 };
@@ -30,6 +30,7 @@ conformance!(
     a_pilots_active_order_is_found_until_it_ends,
     ratings_count_once_per_rater_and_order,
     pilot_earnings_post_once_and_may_go_below_zero,
+    payouts_hold_to_the_balance,
 );
 
 /// H3 cells as `insert_order` takes them (any number will do for the store).
@@ -512,4 +513,48 @@ async fn pilot_earnings_post_once_and_may_go_below_zero(subject: Subject) {
     assert_eq!(kinds, [(PilotEntryKind::CashCollected, -9_000, -9_000), (PilotEntryKind::TripEarning, 6_800, -2_200)]);
     assert!(store.pilot_entries(pilot, now() + day, now() + day + day).await.unwrap().is_empty());
     assert_eq!(store.pilot_balance(customer).await.unwrap(), 0, "no account, nothing owed");
+}
+
+async fn payouts_hold_to_the_balance(subject: Subject) {
+    let store = &subject.store;
+    let customer = user(&subject, Role::Customer).await;
+    let pilot = user(&subject, Role::Pilot).await;
+    let order = placed_order(&subject, customer).await;
+    let entry =
+        NewPilotEntry { kind: PilotEntryKind::TripEarning, amount_paise: 5_000, commission_paise: 1_250, order };
+    let mut tx = store.begin().await.unwrap();
+    tx.post_pilot_entry(pilot, &entry, now()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let first = store.request_payout(pilot, 3_000, now()).await.unwrap();
+    assert_eq!(first.status, PayoutStatus::Requested);
+    let over = store.request_payout(pilot, 2_001, now()).await.unwrap_err();
+    assert_eq!(over.code(), "INSUFFICIENT_BALANCE", "the waiting payout counts");
+    let second = store.request_payout(pilot, 2_000, now()).await.unwrap();
+    let approve = |id| async move { store.decide_payout(id, &PayoutDecision::Approve, Some(customer), now()).await };
+    assert_eq!(approve(first.id).await.unwrap().unwrap().status, PayoutStatus::Approved);
+    assert_eq!(store.pilot_balance(pilot).await.unwrap(), 2_000);
+    let again = approve(first.id).await.unwrap_err();
+    assert_eq!(again.code(), "INVALID_TRANSITION");
+    // Cash collected since leaves too little for the second.
+    let cash = NewPilotEntry { kind: PilotEntryKind::CashCollected, amount_paise: -500, commission_paise: 0, order };
+    let mut tx = store.begin().await.unwrap();
+    tx.post_pilot_entry(pilot, &cash, now()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(approve(second.id).await.unwrap_err().code(), "INSUFFICIENT_BALANCE");
+    assert_eq!(store.pilot_balance(pilot).await.unwrap(), 1_500, "a refused approval takes nothing");
+    let rejected = PayoutDecision::Reject { reason: Some("too little".into()) };
+    assert_eq!(
+        store.decide_payout(second.id, &rejected, None, now()).await.unwrap().unwrap().status,
+        PayoutStatus::Rejected
+    );
+    let paid = PayoutDecision::Paid { reference: "UTR 1".into() };
+    let done = store.decide_payout(first.id, &paid, None, now()).await.unwrap().unwrap();
+    assert_eq!((done.status, done.reference.as_deref()), (PayoutStatus::Paid, Some("UTR 1")));
+    assert_eq!(store.decide_payout(dispatchd::ids::PayoutId::new(), &paid, None, now()).await.unwrap(), None);
+    let page = PageRequest { before: None, limit: 10 };
+    let listed: Vec<_> = store.payouts(Some(pilot), None, page).await.unwrap().iter().map(|p| p.id).collect();
+    assert_eq!(listed, [second.id, first.id], "newest first");
+    let paid_only = store.payouts(None, Some(PayoutStatus::Paid), page).await.unwrap();
+    assert_eq!(paid_only.iter().map(|p| p.id).collect::<Vec<_>>(), [first.id]);
 }

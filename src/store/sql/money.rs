@@ -1,13 +1,15 @@
-// Reading wallets, coupons and payments; creating and disabling coupons. Shared by both
-// backends (see base.rs).
+// Reading wallets, coupons and payments; creating and disabling coupons; pilots' earnings
+// and payouts. Shared by both backends (see base.rs); the backend defines `LOCK_PAYOUT`.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::money::{Coupon, LedgerEntry, Payment, PilotEntry, Wallet};
+use crate::domain::money::{Coupon, LedgerEntry, Payment, Payout, PayoutDecision, PayoutStatus, PilotEntry, Wallet};
 use crate::error::{Error, Result};
-use crate::ids::{CouponId, LedgerId, OrderId, PaymentId, UserId};
-use crate::store::money::{CouponRow, LedgerRow, PaymentRow, PilotEntryRow, select_coupon, select_payment};
+use crate::ids::{CouponId, LedgerId, OrderId, PaymentId, PayoutId, UserId};
+use crate::store::money::{
+    CouponRow, LedgerRow, PaymentRow, PayoutRow, PilotEntryRow, select_coupon, select_payment, select_payout,
+};
 use crate::store::{MoneyStore, PageRequest};
 
 #[async_trait]
@@ -122,4 +124,163 @@ impl MoneyStore for StoreImpl {
         .await?;
         rows.into_iter().map(PilotEntry::try_from).collect()
     }
+
+    async fn request_payout(&self, pilot: UserId, amount_paise: i64, now: DateTime<Utc>) -> Result<Payout> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let balance = lock_pilot_account(&mut tx, pilot, now).await?;
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(amount_paise), 0) AS BIGINT) FROM payouts WHERE pilot_id = $1 AND status = 'requested'",
+        )
+        .bind(pilot.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        let available = balance - waiting;
+        if amount_paise > available {
+            return Err(Error::Unprocessable {
+                code: "INSUFFICIENT_BALANCE",
+                message: format!("{} paise are available to pay out", available.max(0)),
+            });
+        }
+        let id = PayoutId::new();
+        sqlx::query(
+            "INSERT INTO payouts (id, pilot_id, amount_paise, status, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.0)
+        .bind(pilot.0)
+        .bind(amount_paise)
+        .bind(PayoutStatus::Requested.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let row: PayoutRow = sqlx::query_as(select_payout!("WHERE id = $1")).bind(id.0).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Payout::try_from(row)
+    }
+
+    async fn decide_payout(
+        &self,
+        id: PayoutId,
+        decision: &PayoutDecision,
+        by: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Payout>> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        let Some(row) = sqlx::query_as::<_, PayoutRow>(LOCK_PAYOUT).bind(id.0).fetch_optional(&mut *tx).await? else {
+            return Ok(None);
+        };
+        let payout = Payout::try_from(row)?;
+        let (from, to) = match decision {
+            PayoutDecision::Approve => (PayoutStatus::Requested, PayoutStatus::Approved),
+            PayoutDecision::Reject { .. } => (PayoutStatus::Requested, PayoutStatus::Rejected),
+            PayoutDecision::Paid { .. } => (PayoutStatus::Approved, PayoutStatus::Paid),
+        };
+        if payout.status != from {
+            return Err(Error::conflict(
+                "INVALID_TRANSITION",
+                format!("a {} payout cannot become {to}", payout.status),
+            ));
+        }
+        match decision {
+            PayoutDecision::Approve => {
+                lock_pilot_account(&mut tx, payout.pilot_id, now).await?;
+                let balance: Option<i64> = sqlx::query_scalar(
+                    "UPDATE pilot_accounts SET balance_paise = balance_paise - $2, updated_at = $3 \
+                     WHERE user_id = $1 AND balance_paise >= $2 RETURNING balance_paise",
+                )
+                .bind(payout.pilot_id.0)
+                .bind(payout.amount_paise)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(balance) = balance else {
+                    return Err(Error::Unprocessable {
+                        code: "INSUFFICIENT_BALANCE",
+                        message: "the pilot's balance no longer holds this payout".into(),
+                    });
+                };
+                sqlx::query(
+                    "INSERT INTO pilot_ledger (id, pilot_id, kind, amount_paise, balance_after_paise, payout_id, \
+                     created_at) VALUES ($1, $2, 'payout', $3, $4, $5, $6)",
+                )
+                .bind(LedgerId::new().0)
+                .bind(payout.pilot_id.0)
+                .bind(-payout.amount_paise)
+                .bind(balance)
+                .bind(id.0)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE payouts SET status = $2, decided_by = $3, decided_at = $4 WHERE id = $1")
+                    .bind(id.0)
+                    .bind(to.as_str())
+                    .bind(by.map(|by| by.0))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            PayoutDecision::Reject { reason } => {
+                sqlx::query(
+                    "UPDATE payouts SET status = $2, reason = $3, decided_by = $4, decided_at = $5 WHERE id = $1",
+                )
+                .bind(id.0)
+                .bind(to.as_str())
+                .bind(reason.as_deref())
+                .bind(by.map(|by| by.0))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            PayoutDecision::Paid { reference } => {
+                sqlx::query("UPDATE payouts SET status = $2, reference = $3, paid_at = $4 WHERE id = $1")
+                    .bind(id.0)
+                    .bind(to.as_str())
+                    .bind(reference)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let row: PayoutRow = sqlx::query_as(select_payout!("WHERE id = $1")).bind(id.0).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Payout::try_from(row).map(Some)
+    }
+
+    async fn payouts(
+        &self,
+        pilot: Option<UserId>,
+        status: Option<PayoutStatus>,
+        page: PageRequest<PayoutId>,
+    ) -> Result<Vec<Payout>> {
+        let rows: Vec<PayoutRow> = sqlx::query_as(select_payout!(
+            "WHERE ($1 IS NULL OR pilot_id = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(pilot.map(|pilot| pilot.0))
+        .bind(status.map(PayoutStatus::as_str))
+        .bind(page.before.map(|id| id.0))
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Payout::try_from).collect()
+    }
+}
+
+/// Opens the pilot's earnings account if it has none, and locks it until the transaction
+/// ends; its balance.
+async fn lock_pilot_account(tx: &mut sqlx::Transaction<'static, Db>, pilot: UserId, now: DateTime<Utc>) -> Result<i64> {
+    sqlx::query(
+        "INSERT INTO pilot_accounts (user_id, balance_paise, updated_at) VALUES ($1, 0, $2) \
+         ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(pilot.0)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let balance: i64 = sqlx::query_scalar(
+        "UPDATE pilot_accounts SET updated_at = updated_at WHERE user_id = $1 RETURNING balance_paise",
+    )
+    .bind(pilot.0)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(balance)
 }
