@@ -708,6 +708,56 @@ async fn payouts_never_take_a_balance_below_what_the_rules_allow() {
     assert_eq!(app.get("/api/v1/admin/payouts", Some(&pilot.access)).await.status, StatusCode::FORBIDDEN);
 }
 
+/// Issue: a delivered order had no receipt.
+#[tokio::test]
+async fn a_delivered_order_has_a_receipt_in_json_and_as_a_printable_page() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let customer = app.register("customer").await;
+    let stranger = app.register("customer").await;
+    let (pilot, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    let mut body = common::order_body("cash");
+    body["pickup"]["address"] = json!("Gate <2> & \"Sons\"");
+    let order = common::field::place_order(&app, &customer, body).await;
+    let path = format!("/api/v1/orders/{order}/receipt");
+    let early = app.get(&path, Some(&customer.access)).await;
+    assert_eq!((early.status, early.error_code()), (StatusCode::CONFLICT, "ORDER_NOT_DELIVERED"));
+    assert_eq!(assign(&app, &admin, &order, &pilot).await.status, StatusCode::OK);
+    socket.call("location", json!({ "points": [fix(&app, common::field::north(PICKUP, 0.05), 30)] })).await;
+    common::field::drive_to_door(&app, &mut socket, &order).await;
+
+    let receipt = app.get(&path, Some(&customer.access)).await;
+    assert_eq!(receipt.status, StatusCode::OK, "{:?}", receipt.body);
+    let data = receipt.data();
+    let lines: i64 = data["lines"].as_array().unwrap().iter().map(|line| line["paise"].as_i64().unwrap()).sum();
+    assert_eq!(lines, data["fare_paise"].as_i64().unwrap(), "the lines add up: {data}");
+    assert_eq!(data["lines"][0]["label"], "Base fare");
+    let (fare, discount, tax) =
+        (data["fare_paise"].as_i64(), data["discount_paise"].as_i64(), data["tax_paise"].as_i64());
+    assert_eq!(data["total_paise"].as_i64(), Some(fare.unwrap() - discount.unwrap() + tax.unwrap()));
+    assert_eq!((data["pilot_name"].as_str(), data["vehicle_plate"].as_str()), (Some("Test User"), Some("KA01AB1234")));
+    assert_eq!((data["payment_method"].as_str(), data["payment_status"].as_str()), (Some("cash"), Some("paid")));
+    let driven = data["distance_driven_m"].as_f64().unwrap();
+    assert!((4000.0..5200.0).contains(&driven), "from the trace: {driven}");
+    assert!(data["picked_up_at"].is_string() && data["delivered_at"].is_string(), "{data}");
+    assert_eq!(app.get(&path, Some(&pilot.access)).await.status, StatusCode::OK, "its pilot has it too");
+    assert_eq!(app.get(&path, Some(&stranger.access)).await.error_code(), "ORDER_NOT_FOUND");
+
+    let page =
+        app.client.get(app.url(&format!("{path}?format=html"))).bearer_auth(&customer.access).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let policy = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(policy.starts_with("default-src 'none'"), "{policy}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Gate &lt;2&gt; &amp; &quot;Sons&quot;") && !html.contains("<2>"), "escaped: {html}");
+    let total = data["total_paise"].as_i64().unwrap();
+    assert!(html.contains(&format!("₹{}.{:02}", total / 100, total % 100)), "the total in rupees: {html}");
+    assert!(html.contains("KA01AB1234"));
+    let pdf = app.get(&format!("{path}?format=pdf"), Some(&customer.access)).await;
+    assert_eq!(pdf.status, StatusCode::BAD_REQUEST);
+}
+
 /// A bare Engine.IO WebSocket connection (`eio` 3 or 4): its open packet, then its frames.
 async fn engine_socket(
     app: &TestApp,

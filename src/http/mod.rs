@@ -146,6 +146,7 @@ fn api_routes() -> Router<AppState> {
         .route("/orders/{id}", get(orders::get))
         .route("/orders/{id}/cancel", post(orders::cancel))
         .route("/orders/{id}/rating", post(orders::rate))
+        .route("/orders/{id}/receipt", get(orders::receipt))
         .route("/orders/{id}/events", get(orders::events))
         .route("/orders/{id}/trace", get(orders::trace))
         .route("/orders/{id}/pay", post(payments::pay))

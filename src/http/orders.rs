@@ -162,3 +162,39 @@ pub async fn rate(
 ) -> Result<impl IntoResponse> {
     Ok(created(state.orders.rate(&caller, id, body).await?))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptQuery {
+    format: Option<ReceiptFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptFormat {
+    Json,
+    Html,
+}
+
+/// What the printable receipt may load: nothing but its own inline style.
+const RECEIPT_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'";
+
+/// `GET /orders/{id}/receipt[?format=html]`: a delivered order's receipt.
+pub async fn receipt(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<OrderId>,
+    Query(query): Query<ReceiptQuery>,
+) -> Result<axum::response::Response> {
+    // The trace's points still in the write buffer count in the distance driven.
+    state.traces.flush().await;
+    let receipt = state.orders.receipt(&caller, id).await?;
+    Ok(match query.format.unwrap_or(ReceiptFormat::Json) {
+        ReceiptFormat::Json => ok(receipt).into_response(),
+        ReceiptFormat::Html => {
+            let page = crate::orders::receipts::receipt_html(&receipt);
+            ([(axum::http::header::CONTENT_SECURITY_POLICY, RECEIPT_POLICY)], axum::response::Html(page))
+                .into_response()
+        }
+    })
+}

@@ -20,6 +20,7 @@ mod offers;
 pub mod pricing;
 pub mod quotes;
 pub mod ratings;
+pub mod receipts;
 pub mod service_area;
 pub mod traces;
 pub mod tracking;
