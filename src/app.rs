@@ -144,6 +144,7 @@ impl App {
             secret.expose_secret().as_bytes(),
             !config.payments.gateway.is_empty(),
             config.webhooks.enabled(),
+            config.pilots.cash_debt_limit_paise,
         ));
         let tracking = Arc::new(Tracking::default());
         let now_ms = clock.now().timestamp_millis();

@@ -103,8 +103,8 @@ impl Fleet {
     }
 
     /// Sets the status a pilot chooses: available, break or offline. (On-offer and busy
-    /// belong to matching.) Going on duty needs an admin's approval and no more cash debt
-    /// than `pilots.cash_debt_limit_paise`; going off duty never needs anything.
+    /// belong to matching.) Going available or on a break needs an admin's approval and no
+    /// more cash debt than `pilots.cash_debt_limit_paise`; going offline needs nothing.
     pub async fn set_status(&self, pilot: UserId, status: PilotStatus) -> Result<Option<PilotSnapshot>> {
         if matches!(status, PilotStatus::OnOffer | PilotStatus::Busy) {
             return Err(Error::validation("status", "must be available, break or offline"));
@@ -158,8 +158,9 @@ impl Fleet {
 
     /// An admin's decision about a pilot (`by`: `None` for the operator's command line). A
     /// suspended pilot leaves the index at once, here and (through the mirror) on every
-    /// node: it is offered nothing more, and its reports are refused until it is approved
-    /// again. An order it already carries stays with it for a dispatcher to move.
+    /// node: it is offered nothing more, and its reports (and so its trip steps) are refused
+    /// until it is approved again. An order it already carries stays assigned to it: a
+    /// dispatcher moves it to another pilot before pickup, or cancels it after.
     pub async fn decide_approval(&self, pilot: UserId, change: &ApprovalChange, by: Option<UserId>) -> Result<User> {
         let user = self
             .store

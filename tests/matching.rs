@@ -91,6 +91,7 @@ async fn an_order_is_offered_accepted_driven_and_delivered_with_the_wallet_settl
         (event["type"].as_str(), event["data"]["offer_id"].clone()),
         (Some("assigned"), offer["offer_id"].clone())
     );
+    assert_eq!(event["data"]["pilot"]["phone"], pilot.phone.as_str(), "who is coming: {event}");
     assert_eq!(pilot_status(&app, &pilot), PilotStatus::Busy);
 
     // To the pickup (watched live), on board, to the drop.
@@ -146,6 +147,22 @@ async fn a_trace_keeps_every_fix_of_a_batched_report() {
     assert!(lats.iter().zip(expected).all(|(lat, want)| (lat - want).abs() < 1e-9), "{all}");
     let driven = all["distance_m"].as_f64().unwrap();
     assert!((590.0..610.0).contains(&driven), "three legs of 200 m, not the 447 m diagonal: {driven}");
+}
+
+/// A pilot an admin suspends while it weighs an offer cannot take it.
+#[tokio::test]
+async fn a_pilot_suspended_while_weighing_an_offer_cannot_take_it() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let customer = app.register("customer").await;
+    let (pilot, mut socket) = pilot_on_duty(&app, north(PICKUP, 0.5)).await;
+    let order = create_order(&app, &customer).await;
+    let offer = offered(&mut socket, &order).await;
+    let suspend = format!("/api/v1/admin/pilots/{}/suspend", pilot.user_id);
+    assert_eq!(app.post(&suspend, json!({}), Some(&admin.access)).await.status, StatusCode::OK);
+    let accepted = socket.call("offer:accept", json!({ "offer_id": offer["offer_id"] })).await;
+    assert_eq!(accepted["error"]["code"], "PILOT_NOT_APPROVED", "{accepted}");
+    assert_eq!(order_of(&app, &customer, &order).await["status"], "searching_driver");
 }
 
 #[tokio::test]

@@ -479,6 +479,32 @@ async fn the_customer_sees_who_is_coming_and_the_pilot_needs_its_code() {
     assert_eq!(app.post(&unlock, json!({}), Some(&dispatcher.access)).await.error_code(), "INVALID_TRANSITION");
 }
 
+/// The pilot an order is taken from learns it, but not who takes it over, nor the customer's
+/// phone any more.
+#[tokio::test]
+async fn a_pilot_taken_off_an_order_sees_no_contacts() {
+    let app = TestApp::spawn().await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let order = create_order(&app, &customer).await;
+    let (first, mut first_socket) = pilot_on_duty(&app, PICKUP).await;
+    let (second, _second_socket) = pilot_on_duty(&app, PICKUP).await;
+    assert_eq!(assign(&app, &dispatcher, &order, &first).await.status, StatusCode::OK);
+    first_socket.event("order:event", SOON).await.expect("its assignment");
+    let mut watcher = connect(&app, "/customer", &customer).await;
+    watcher.call("order:watch", json!({ "order_id": order, "last_seq": 99 })).await;
+    let path = format!("/api/v1/dispatch/orders/{order}/reassign");
+    let moved = app.post(&path, json!({ "pilot_id": second.user_id }), Some(&dispatcher.access)).await;
+    assert_eq!(moved.status, StatusCode::OK, "{:?}", moved.body);
+    let told = first_socket.event("order:event", SOON).await.expect("the first pilot is told");
+    assert_eq!(told["type"], "reassigned");
+    assert_eq!((told["data"].get("pilot"), told["data"].get("customer")), (None, None), "{told}");
+    let seen = watcher.event("order:event", SOON).await.expect("the customer is told");
+    assert_eq!(seen["data"]["pilot"]["phone"], second.phone.as_str(), "{seen}");
+    let by_first = app.get(&format!("/api/v1/orders/{order}"), Some(&first.access)).await;
+    assert_eq!(by_first.error_code(), "ORDER_NOT_FOUND");
+}
+
 #[tokio::test]
 async fn without_delivery_codes_an_order_is_delivered_on_the_pilots_word() {
     let app = TestApp::spawn_with(Options::default().set("orders.delivery_otp", false)).await;
@@ -577,6 +603,8 @@ async fn pilots_earn_the_fare_less_commission_and_cash_counts_against_it() {
     let earned = fare - commission(fare);
     let owed = earned - total;
     assert!(owed < -1000, "commission and tax beyond the limit: {owed}");
+    let status = app.state.grid.get(pilot.user_id.parse().unwrap()).unwrap().status;
+    assert_eq!(status, dispatchd::domain::PilotStatus::Offline, "off duty at the delivery that crossed the limit");
     let duty = socket.call("status:set", json!({ "status": "online" })).await;
     assert_eq!(duty["error"]["code"], "CASH_DEBT_LIMIT", "{duty}");
     assert_eq!(socket.call("status:set", json!({ "status": "offline" })).await["ok"], true);
@@ -613,6 +641,29 @@ async fn pilots_earn_the_fare_less_commission_and_cash_counts_against_it() {
     let duty = socket.call("status:set", json!({ "status": "online" })).await;
     assert_eq!(duty["data"]["status"], "available", "settled, it works again: {duty}");
 
+    // Cash handed back to the operator, recorded once per receipt.
+    let settle = format!("/api/v1/admin/pilots/{}/settle", pilot.user_id);
+    let handed = json!({ "amount_paise": 500, "reference": "RCPT-77" });
+    let first = app.post(&settle, handed.clone(), Some(&admin.access)).await;
+    assert_eq!(
+        (first.data()["recorded"].as_bool(), first.data()["balance_paise"].as_i64()),
+        (Some(true), Some(balance + 500))
+    );
+    let again = app.post(&settle, handed, Some(&admin.access)).await;
+    assert_eq!(
+        (again.data()["recorded"].as_bool(), again.data()["balance_paise"].as_i64()),
+        (Some(false), Some(balance + 500))
+    );
+    let totals = app.get("/api/v1/pilot/earnings", Some(&pilot.access)).await.data()["totals"].clone();
+    assert_eq!((totals["settled_paise"].as_i64(), totals["net_paise"].as_i64()), (Some(500), Some(balance + 500)));
+    let by_pilot = app.post(&settle, json!({ "amount_paise": 1, "reference": "x" }), Some(&pilot.access)).await;
+    assert_eq!(by_pilot.status, StatusCode::FORBIDDEN);
+
+    for (from, to) in [("2026-01-01", "2026-12-31"), ("2026-12-06", "2026-12-01"), ("+262142-12-30", "+262142-12-31")] {
+        let path = format!("/api/v1/pilot/earnings?from={}&to={}", from.replace('+', "%2B"), to.replace('+', "%2B"));
+        let refused = app.get(&path, Some(&pilot.access)).await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{from}..{to}: {:?}", refused.body);
+    }
     let long = app.get("/api/v1/pilot/earnings?from=2026-01-01&to=2026-12-31", Some(&pilot.access)).await;
     assert_eq!(long.body["error"]["details"]["field"], "from", "{:?}", long.body);
     let other = app.get("/api/v1/pilot/earnings", Some(&customer.access)).await;

@@ -29,16 +29,19 @@ CREATE TABLE pilot_ledger (
     pilot_id            uuid NOT NULL REFERENCES pilot_accounts (user_id),
     -- trip_earning: the fare less the commission; cash_collected: what a cash order's
     -- customer paid the pilot in hand; cancellation_fee: the fee kept when the customer
-    -- cancelled after assignment, less the commission; payout: paid out to the pilot.
-    kind                text NOT NULL CHECK (kind IN ('trip_earning', 'cash_collected', 'cancellation_fee', 'payout')),
+    -- cancelled after assignment, less the commission; payout: paid out to the pilot;
+    -- settlement: cash the pilot handed back to the platform (reference: the receipt's).
+    kind                text NOT NULL CHECK (kind IN ('trip_earning', 'cash_collected', 'cancellation_fee', 'payout', 'settlement')),
     amount_paise        bigint NOT NULL CHECK (amount_paise <> 0),
     commission_paise    bigint NOT NULL DEFAULT 0 CHECK (commission_paise >= 0),
     balance_after_paise bigint NOT NULL,
     order_id            uuid REFERENCES orders (id),
     payout_id           uuid REFERENCES payouts (id),
+    reference           text,
     created_at          timestamptz NOT NULL,
     CHECK ((kind = 'payout') = (payout_id IS NOT NULL AND order_id IS NULL)),
     CONSTRAINT pilot_ledger_once UNIQUE (kind, order_id),
-    CONSTRAINT pilot_ledger_payout_once UNIQUE (payout_id)
+    CONSTRAINT pilot_ledger_payout_once UNIQUE (payout_id),
+    CONSTRAINT pilot_ledger_reference_once UNIQUE (kind, reference)
 );
 CREATE INDEX pilot_ledger_pilot_idx ON pilot_ledger (pilot_id, created_at);

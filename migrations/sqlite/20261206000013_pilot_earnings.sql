@@ -25,15 +25,17 @@ CREATE INDEX payouts_open_idx ON payouts (status, id) WHERE status IN ('requeste
 CREATE TABLE pilot_ledger (
     id                  BLOB PRIMARY KEY,
     pilot_id            BLOB NOT NULL REFERENCES pilot_accounts (user_id),
-    kind                TEXT NOT NULL CHECK (kind IN ('trip_earning', 'cash_collected', 'cancellation_fee', 'payout')),
+    kind                TEXT NOT NULL CHECK (kind IN ('trip_earning', 'cash_collected', 'cancellation_fee', 'payout', 'settlement')),
     amount_paise        INTEGER NOT NULL CHECK (amount_paise <> 0),
     commission_paise    INTEGER NOT NULL DEFAULT 0 CHECK (commission_paise >= 0),
     balance_after_paise INTEGER NOT NULL,
     order_id            BLOB REFERENCES orders (id),
     payout_id           BLOB REFERENCES payouts (id),
+    reference           TEXT,
     created_at          TEXT NOT NULL,
     CHECK ((kind = 'payout') = (payout_id IS NOT NULL AND order_id IS NULL)),
     UNIQUE (kind, order_id),
-    UNIQUE (payout_id)
+    UNIQUE (payout_id),
+    UNIQUE (kind, reference)
 ) STRICT;
 CREATE INDEX pilot_ledger_pilot_idx ON pilot_ledger (pilot_id, created_at);

@@ -59,6 +59,8 @@ string_enum! {
         CancellationFee => "cancellation_fee",
         /// Paid out to the pilot (−), when an admin approved its payout.
         Payout => "payout",
+        /// Cash the pilot handed back to the platform (+), recorded by an admin.
+        Settlement => "settlement",
     }
 }
 

@@ -127,6 +127,7 @@ fn api_routes() -> Router<AppState> {
         .route("/admin/pilots", get(pilots::list))
         .route("/admin/pilots/{id}/approve", post(pilots::approve))
         .route("/admin/pilots/{id}/suspend", post(pilots::suspend))
+        .route("/admin/pilots/{id}/settle", post(pilots::settle))
         .route("/pilot/location", post(pilots::location))
         .route("/pilot/status", post(pilots::status))
         .route("/pilot/earnings", get(pilots::earnings))

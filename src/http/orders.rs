@@ -138,7 +138,9 @@ pub async fn trace(
     caller: Caller,
     Path(id): Path<OrderId>,
 ) -> Result<impl IntoResponse> {
-    // Points still in the write buffer belong in the answer.
+    // Points still in the write buffer belong in the answer (once the caller may see it:
+    // nobody else makes the server write).
+    state.orders.get(&caller, id).await?;
     state.traces.flush().await;
     Ok(ok(state.orders.trace(&caller, id).await?))
 }
@@ -187,6 +189,7 @@ pub async fn receipt(
     Query(query): Query<ReceiptQuery>,
 ) -> Result<axum::response::Response> {
     // The trace's points still in the write buffer count in the distance driven.
+    state.orders.get(&caller, id).await?;
     state.traces.flush().await;
     let receipt = state.orders.receipt(&caller, id).await?;
     Ok(match query.format.unwrap_or(ReceiptFormat::Json) {

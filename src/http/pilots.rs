@@ -4,7 +4,7 @@
 
 use axum::extract::State;
 use axum::response::IntoResponse;
-use chrono::{Days, NaiveDate, NaiveTime};
+use chrono::{Datelike as _, Days, NaiveDate, NaiveTime};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -129,7 +129,9 @@ pub struct EarningsDay {
     pub cash_collected_paise: i64,
     /// Paid out to the pilot (approved payouts).
     pub payouts_paise: i64,
-    /// Earned less cash collected and payouts: how the day moved the balance.
+    /// Cash the pilot handed back to the platform.
+    pub settled_paise: i64,
+    /// Earned and settled less cash collected and payouts: how the day moved the balance.
     pub net_paise: i64,
 }
 
@@ -147,6 +149,7 @@ impl EarningsDay {
             }
             PilotEntryKind::CashCollected => self.cash_collected_paise -= entry.amount_paise,
             PilotEntryKind::Payout => self.payouts_paise -= entry.amount_paise,
+            PilotEntryKind::Settlement => self.settled_paise += entry.amount_paise,
         }
         self.commission_paise += entry.commission_paise;
         self.net_paise += entry.amount_paise;
@@ -179,13 +182,17 @@ pub async fn earnings(
 ) -> Result<impl IntoResponse> {
     caller.require(&[Role::Pilot])?;
     let to = query.to.unwrap_or_else(|| state.clock.now().date_naive());
-    let from = query.from.unwrap_or(to - Days::new(6));
+    if !(2000..=9000).contains(&to.year()) {
+        return Err(Error::validation("to", "must be a day between the years 2000 and 9000"));
+    }
+    let from = query.from.or_else(|| to.checked_sub_days(Days::new(6))).unwrap_or(to);
     let span = (to - from).num_days();
     if !(0..MAX_EARNINGS_DAYS).contains(&span) {
         return Err(Error::validation("from", format!("must be on or before `to`, at most {MAX_EARNINGS_DAYS} days")));
     }
     let start = |day: NaiveDate| day.and_time(NaiveTime::MIN).and_utc();
-    let entries = state.store.pilot_entries(caller.user_id, start(from), start(to + Days::new(1))).await?;
+    let after = to.checked_add_days(Days::new(1)).unwrap_or(to);
+    let entries = state.store.pilot_entries(caller.user_id, start(from), start(after)).await?;
     let (days, totals) = earnings_by_day(&entries);
     let balance_paise = state.store.pilot_balance(caller.user_id).await?;
     Ok(ok(json!({ "from": from, "to": to, "balance_paise": balance_paise, "days": days, "totals": totals })))
@@ -275,4 +282,37 @@ pub async fn payout_paid(
         return Err(Error::validation("reference", "must be 1 to 100 characters: the transfer's reference"));
     }
     Ok(ok(state.payouts.decide(&caller, id, PayoutDecision::Paid { reference }).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettleRequest {
+    amount_paise: i64,
+    reference: String,
+}
+
+/// `POST /admin/pilots/{id}/settle {amount_paise, reference}`: the pilot handed back cash it
+/// collected; recorded once per reference (the receipt the operator gave).
+pub async fn settle(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<UserId>,
+    Json(body): Json<SettleRequest>,
+) -> Result<impl IntoResponse> {
+    caller.require(&[Role::Admin])?;
+    if !(1..=100_000_000).contains(&body.amount_paise) {
+        return Err(Error::validation("amount_paise", "must be from 1 to 100000000"));
+    }
+    let reference = body.reference.trim();
+    if reference.is_empty() || reference.chars().count() > 100 {
+        return Err(Error::validation("reference", "must be 1 to 100 characters: the receipt's reference"));
+    }
+    let pilot = state.store.user_by_id(id).await?.filter(|user| user.pilot.is_some());
+    if pilot.is_none() {
+        return Err(Error::not_found("PILOT_NOT_FOUND", "no such pilot"));
+    }
+    let now = state.clock.now();
+    let settled = state.store.settle_cash(id, body.amount_paise, reference, now).await?;
+    let balance_paise = state.store.pilot_balance(id).await?;
+    Ok(ok(json!({ "pilot_id": id, "recorded": settled.is_some(), "balance_paise": balance_paise })))
 }

@@ -67,7 +67,7 @@ impl Orders {
 
     /// An enabled pilot an admin approved (a pilot suspended while it held an offer cannot
     /// take it).
-    async fn approved_pilot(&self, pilot: UserId) -> Result<User> {
+    pub(super) async fn approved_pilot(&self, pilot: UserId) -> Result<User> {
         let user = self.store.user_by_id(pilot).await?;
         let user = user
             .filter(|user| user.disabled_at.is_none() && user.pilot.is_some())

@@ -113,6 +113,8 @@ pub struct Orders {
     accepts_cards: bool,
     /// Whether order events are sent to the operator's webhook (`[webhooks] url` is set).
     notify: bool,
+    /// `pilots.cash_debt_limit_paise`: a pilot past it after a cash delivery goes off duty.
+    cash_debt_limit_paise: i64,
     listeners: RwLock<Vec<Arc<dyn OrderListener>>>,
 }
 
@@ -128,6 +130,7 @@ impl Orders {
         secret: &[u8],
         accepts_cards: bool,
         notify: bool,
+        cash_debt_limit_paise: i64,
     ) -> Self {
         Self {
             store,
@@ -141,6 +144,7 @@ impl Orders {
             config,
             accepts_cards,
             notify,
+            cash_debt_limit_paise,
             listeners: RwLock::default(),
         }
     }

@@ -56,6 +56,8 @@ impl Orders {
     pub async fn accept_offer(&self, caller: &Caller, id: OfferId) -> Result<Order> {
         caller.require(&[Role::Pilot])?;
         let offer = self.own_offer(caller, id).await?;
+        // Suspended while it weighed the offer: it cannot take it.
+        let pilot = self.approved_pilot(caller.user_id).await?;
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let mut order = tx.lock_order(offer.order_id).await?.ok_or_else(not_found)?;
@@ -72,6 +74,7 @@ impl Orders {
         if tx.decide_offer(id, OfferStatus::Accepted, now, None).await?.is_none() {
             return Err(offer_expired());
         }
+        let customer = self.contact(order.customer_id).await?;
         let before = (order.status, order.last_event_seq);
         order.pilot_id = Some(caller.user_id);
         let data = json!({ "pilot_id": caller.user_id, "offer_id": id });
@@ -81,7 +84,7 @@ impl Orders {
         metrics::counter!("offers_total", "outcome" => "accepted").increment(1);
         metrics::counter!("orders_assigned_total", "by" => "offer").increment(1);
         let _ = self.grid.set_status(caller.user_id, PilotStatus::Busy, now.timestamp_millis());
-        self.publish(&order, &events);
+        self.publish(&order, &crate::orders::view::with_contacts(&pilot, customer.as_ref(), &events));
         Ok(order)
     }
 

@@ -114,12 +114,24 @@ impl Orders {
             order.payment_status = PaymentStatus::Paid;
         }
         save(&mut *tx, &order, before, &events, self.notify).await?;
+        let mut over_debt_limit = false;
         if step == TripStep::Delivered {
-            self.pay_pilot(&mut *tx, &order, caller.user_id, now).await?;
+            let balance = self.pay_pilot(&mut *tx, &order, caller.user_id, now).await?;
+            over_debt_limit = balance.is_some_and(|balance| balance < -self.cash_debt_limit_paise);
         }
         tx.commit().await?;
         metrics::counter!("order_trip_steps_total", "step" => format!("{step:?}").to_lowercase()).increment(1);
-        if step == TripStep::Delivered {
+        if over_debt_limit {
+            // Holding too much of the platform's cash: no more work until it settles.
+            let now_ms = now.timestamp_millis();
+            self.grid.change_status(
+                caller.user_id,
+                crate::domain::PilotStatus::Busy,
+                crate::domain::PilotStatus::Offline,
+                now_ms,
+            );
+            metrics::counter!("pilots_off_duty_for_cash_debt_total").increment(1);
+        } else if step == TripStep::Delivered {
             self.release_pilot(&order);
         }
         self.publish(&order, &events);
@@ -171,33 +183,34 @@ impl Orders {
 
     /// A delivered order's money for its pilot, in the delivery's transaction: the earning,
     /// and for a cash order the cash the pilot collected (the pilot holds it: it counts
-    /// against what the platform owes the pilot, and may take the balance below zero).
+    /// against what the platform owes the pilot, and may take the balance below zero). The
+    /// balance after them, when anything was posted.
     async fn pay_pilot(
         &self,
         tx: &mut dyn StoreTx,
         order: &Order,
         pilot: crate::ids::UserId,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<()> {
+    ) -> Result<Option<i64>> {
         let (earning, commission) = self.pilot_earning(order);
-        if earning > 0 {
-            let entry = NewPilotEntry {
-                kind: PilotEntryKind::TripEarning,
-                amount_paise: earning,
-                commission_paise: commission,
-                order: order.id,
-            };
-            tx.post_pilot_entry(pilot, &entry, now).await?;
-        }
-        if order.payment_method == PaymentMethod::Cash && order.fare.total_paise > 0 {
-            let entry = NewPilotEntry {
+        let mut entries = vec![NewPilotEntry {
+            kind: PilotEntryKind::TripEarning,
+            amount_paise: earning,
+            commission_paise: commission,
+            order: order.id,
+        }];
+        if order.payment_method == PaymentMethod::Cash {
+            entries.push(NewPilotEntry {
                 kind: PilotEntryKind::CashCollected,
                 amount_paise: -order.fare.total_paise,
                 commission_paise: 0,
                 order: order.id,
-            };
-            tx.post_pilot_entry(pilot, &entry, now).await?;
+            });
         }
-        Ok(())
+        let mut balance = None;
+        for entry in entries.iter().filter(|entry| entry.amount_paise != 0) {
+            balance = tx.post_pilot_entry(pilot, entry, now).await?.or(balance);
+        }
+        Ok(balance)
     }
 }

@@ -1,6 +1,7 @@
 //! An order as one caller may see it. Every party sees the order itself; on top of it:
 //!
-//! * the customer sees its delivery code (`delivery_otp`), as long as the order is open;
+//! * the customer sees its delivery code (`delivery_otp`) as long as the order is open (and
+//!   in the answer to its order's creation, which an `Idempotency-Key` replays as it was);
 //! * while a pilot carries the order (assigned, picked up, in transit), the customer sees who
 //!   is coming (`pilot`: name, phone, vehicle, plate and rating) and the pilot whom it serves
 //!   (`customer`: name and phone). Nobody sees them before the assignment or after the order

@@ -58,14 +58,21 @@ impl OrderListener for Relay {
     fn committed(&self, order: &Order, events: &[OrderEvent]) {
         for event in events {
             let payload = event_payload(order, event);
-            let previous = event.previous_pilot();
-            let pilots = [order.pilot_id, previous.filter(|previous| Some(*previous) != order.pilot_id)];
-            // To the order's watchers, its pilot (and the pilot it was taken from) and the
-            // dispatchers.
+            let previous = event.previous_pilot().filter(|previous| Some(*previous) != order.pilot_id);
+            // To the order's watchers, its pilot (and the pilot it was taken from, who no
+            // longer sees anyone's contact) and the dispatchers.
             self.with_sockets(|io| {
                 emit(io, CUSTOMER_NS, &customer::room(order.id), "order:event", &payload, Loss::Disconnect);
-                for pilot in pilots.iter().flatten() {
-                    emit(io, PILOT_NS, &pilot::room(*pilot), "order:event", &payload, Loss::Disconnect);
+                if let Some(pilot) = order.pilot_id {
+                    emit(io, PILOT_NS, &pilot::room(pilot), "order:event", &payload, Loss::Disconnect);
+                }
+                if let Some(previous) = previous {
+                    let mut without = payload.clone();
+                    if let Some(data) = without["data"].as_object_mut() {
+                        data.remove("pilot");
+                        data.remove("customer");
+                    }
+                    emit(io, PILOT_NS, &pilot::room(previous), "order:event", &without, Loss::Disconnect);
                 }
                 emit(io, DISPATCH_NS, dispatch::ROOM, "order:event", &payload, Loss::Disconnect);
             });

@@ -60,6 +60,17 @@ pub trait MoneyStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<Payout>>;
 
+    /// Records cash a pilot handed back (`amount_paise` > 0) under the receipt's `reference`,
+    /// with its account locked; the balance after it. The same reference again for the same
+    /// pilot changes nothing (`None`); for another pilot it is 409 `REFERENCE_IN_USE`.
+    async fn settle_cash(
+        &self,
+        pilot: UserId,
+        amount_paise: i64,
+        reference: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>>;
+
     /// Payouts newest first, of one pilot and/or in one status.
     async fn payouts(
         &self,

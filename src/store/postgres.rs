@@ -22,8 +22,9 @@ const SELECT_REFRESH_FOR_ROTATION: &str = "SELECT rt.session_id, s.user_id, rt.e
 
 /// The order row, locked until the transaction ends.
 const LOCK_ORDER: &str = crate::store::orders::select_order!("WHERE id = $1 FOR UPDATE");
-/// The user row, locked until the transaction ends.
-const LOCK_USER: &str = "SELECT id FROM users WHERE id = $1 FOR UPDATE";
+/// The user row, locked until the transaction ends. `NO KEY UPDATE`: rows that name the user
+/// (an order event by it, a cancel of its other order) still take their key-share lock.
+const LOCK_USER: &str = "SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE";
 /// The payout row, locked until the transaction ends.
 const LOCK_PAYOUT: &str = crate::store::money::select_payout!("WHERE id = $1 FOR UPDATE");
 /// The payment row, locked until the transaction ends.

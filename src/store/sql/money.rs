@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::domain::money::{Coupon, LedgerEntry, Payment, Payout, PayoutDecision, PayoutStatus, PilotEntry, Wallet};
 use crate::error::{Error, Result};
@@ -243,6 +244,57 @@ impl MoneyStore for StoreImpl {
         let row: PayoutRow = sqlx::query_as(select_payout!("WHERE id = $1")).bind(id.0).fetch_one(&mut *tx).await?;
         tx.commit().await?;
         Payout::try_from(row).map(Some)
+    }
+
+    async fn settle_cash(
+        &self,
+        pilot: UserId,
+        amount_paise: i64,
+        reference: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        lock_pilot_account(&mut tx, pilot, now).await?;
+        let seen: Option<Uuid> =
+            sqlx::query_scalar("SELECT pilot_id FROM pilot_ledger WHERE kind = 'settlement' AND reference = $1")
+                .bind(reference)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match seen {
+            Some(owner) if owner == pilot.0 => return Ok(None),
+            Some(_) => return Err(Error::conflict("REFERENCE_IN_USE", "this reference settled another pilot's cash")),
+            None => {}
+        }
+        let balance: i64 = sqlx::query_scalar(
+            "UPDATE pilot_accounts SET balance_paise = balance_paise + $2, updated_at = $3 WHERE user_id = $1 \
+             RETURNING balance_paise",
+        )
+        .bind(pilot.0)
+        .bind(amount_paise)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO pilot_ledger (id, pilot_id, kind, amount_paise, balance_after_paise, reference, created_at) \
+             VALUES ($1, $2, 'settlement', $3, $4, $5, $6)",
+        )
+        .bind(LedgerId::new().0)
+        .bind(pilot.0)
+        .bind(amount_paise)
+        .bind(balance)
+        .bind(reference)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            // Another pilot's settlement with this reference committed meanwhile.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                return Err(Error::conflict("REFERENCE_IN_USE", "this reference settled another pilot's cash"));
+            }
+            other => other?,
+        };
+        tx.commit().await?;
+        Ok(Some(balance))
     }
 
     async fn payouts(
