@@ -759,6 +759,69 @@ async fn payouts_never_take_a_balance_below_what_the_rules_allow() {
     assert_eq!(app.get("/api/v1/admin/payouts", Some(&pilot.access)).await.status, StatusCode::FORBIDDEN);
 }
 
+/// Issue: a cash order cancelled after assignment paid no fee. The customer owes it: it is
+/// added to the next order's quote and total as a line, given back if that order is
+/// cancelled, and paid to the pilot who set out when that order is delivered.
+#[tokio::test]
+async fn a_cash_cancellation_fee_is_owed_and_paid_with_the_next_order() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let customer = app.register("customer").await;
+    let (first, _first_socket) = pilot_on_duty(&app, PICKUP).await;
+    let owed_of = |quote: &Value| quote["fare"]["fees_owed_paise"].as_i64().unwrap();
+    let quote = || async {
+        let body = json!({ "pickup": { "lat": PICKUP.0, "lng": PICKUP.1 }, "drop": { "lat": DROP.0, "lng": DROP.1 }, "vehicle_type": "bike" });
+        app.post("/api/v1/quotes", body, Some(&customer.access)).await.data().clone()
+    };
+    let cancel = |order: &str| {
+        let (app, path, token) = (&app, format!("/api/v1/orders/{order}/cancel"), customer.access.clone());
+        async move { app.post(&path, json!({}), Some(&token)).await }
+    };
+
+    let walked_out = create_order(&app, &customer).await;
+    assert_eq!(assign(&app, &admin, &walked_out, &first).await.status, StatusCode::OK);
+    let cancelled = cancel(&walked_out).await;
+    assert_eq!(cancelled.data()["status"], "cancelled", "{:?}", cancelled.body);
+    let events = app.get(&format!("/api/v1/orders/{walked_out}/events"), Some(&customer.access)).await;
+    let last = events.data().as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["data"]["fee_paise"].as_i64(), last["data"]["fee_owed_paise"].as_i64()), (Some(0), Some(2000)));
+
+    // The next quote and order carry it as a line of their own.
+    let quoted = quote().await;
+    assert_eq!(owed_of(&quoted), 2000, "{quoted}");
+    let fare = &quoted["fare"];
+    let expected = fare["fare_paise"].as_i64().unwrap() - fare["discount_paise"].as_i64().unwrap()
+        + fare["tax_paise"].as_i64().unwrap()
+        + 2000;
+    assert_eq!(fare["total_paise"].as_i64(), Some(expected));
+    let mut body = common::order_body("cash");
+    body["quote_id"] = quoted["quote_id"].clone();
+    let next = app.post("/api/v1/orders", body, Some(&customer.access)).await;
+    assert_eq!(next.status, StatusCode::CREATED, "{:?}", next.body);
+    assert_eq!(
+        (next.data()["fare"]["fees_owed_paise"].as_i64(), next.data()["fare"]["total_paise"].as_i64()),
+        (Some(2000), Some(expected))
+    );
+    assert_eq!(owed_of(&quote().await), 0, "carried by the open order, not owed twice");
+
+    // That order cancelled before a pilot set out: owed again, and carried by the one after.
+    let next = next.data()["id"].as_str().unwrap().to_owned();
+    assert_eq!(cancel(&next).await.data()["status"], "cancelled");
+    assert_eq!(owed_of(&quote().await), 2000);
+    let last = common::field::place_order(&app, &customer, common::order_body("cash")).await;
+    let (second, mut second_socket) = pilot_on_duty(&app, PICKUP).await;
+    assert_eq!(assign(&app, &admin, &last, &second).await.status, StatusCode::OK);
+    common::field::drive_to_door(&app, &mut second_socket, &last).await;
+
+    // Delivered: the first pilot, who set out for nothing, is paid the fee less 20 %.
+    let earnings = app.get("/api/v1/pilot/earnings", Some(&first.access)).await.data().clone();
+    assert_eq!(earnings["totals"]["cancellation_fees_paise"], 1600, "{earnings}");
+    assert_eq!(earnings["balance_paise"], 1600);
+    assert_eq!(owed_of(&quote().await), 0, "paid");
+    let receipt = app.get(&format!("/api/v1/orders/{last}/receipt"), Some(&customer.access)).await;
+    assert_eq!(receipt.data()["fees_owed_paise"], 2000, "{:?}", receipt.body);
+}
+
 /// Issue: a delivered order had no receipt.
 #[tokio::test]
 async fn a_delivered_order_has_a_receipt_in_json_and_as_a_printable_page() {

@@ -172,7 +172,10 @@ pub struct Fare {
     pub fare_paise: i64,
     pub discount_paise: i64,
     pub tax_paise: i64,
-    /// What the customer pays: fare − discount + tax.
+    /// Cancellation fees the customer owes from earlier cash orders, added to this one.
+    #[serde(default)]
+    pub fees_owed_paise: i64,
+    /// What the customer pays: fare − discount + tax + fees owed.
     pub total_paise: i64,
 }
 

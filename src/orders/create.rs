@@ -82,7 +82,8 @@ impl Orders {
         caller.require(&[Role::Customer])?;
         let trip = Trip { pickup: request.pickup, drop: request.drop, vehicle: request.vehicle };
         self.check_places(&trip)?;
-        let fare = self.price(&trip).await?;
+        let mut fare = self.price(&trip).await?;
+        fare.fees_owed_paise = self.store.fees_owed(caller.user_id).await?;
         let now = self.now();
         let claims = QuoteClaims {
             id: uuid::Uuid::now_v7(),
@@ -127,7 +128,11 @@ impl Orders {
         let trip = Trip { pickup, drop, vehicle: request.vehicle_type };
         let (fare, quote_id) = match &request.quote_id {
             Some(token) => self.quoted_fare(caller, token, &trip, now).map(|(fare, id)| (fare, Some(id)))?,
-            None => (self.price(&trip).await?, None),
+            None => {
+                let mut fare = self.price(&trip).await?;
+                fare.fees_owed_paise = self.store.fees_owed(caller.user_id).await?;
+                (fare, None)
+            }
         };
         let coupon = self.coupon(request.coupon_code.as_deref()).await?;
         let fare = self.discounted(fare, coupon.as_ref(), now)?;
@@ -157,6 +162,14 @@ impl Orders {
             });
         }
         tx.insert_order(&order, self.demand_cell(pickup), coupon.as_ref()).await?;
+        // The fees owed it was priced with, now carried by this order (the customer's row is
+        // locked: no other order of its takes them meanwhile).
+        if tx.charge_dues(caller.user_id, order.id).await? != order.fare.fees_owed_paise {
+            return Err(Error::conflict(
+                "FEES_OWED_CHANGED",
+                "the cancellation fees you owe changed since this price; ask for a new quote",
+            ));
+        }
         if let Some(coupon) = &coupon {
             tx.redeem_coupon(coupon, caller.user_id, order.id, now).await?;
         }

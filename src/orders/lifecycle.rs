@@ -214,6 +214,16 @@ pub(super) async fn cancel_in(
         // A scheduled order's hold goes back to what the customer can spend.
         tx.settle_hold(order.customer_id, order.id, false, now).await?;
     }
+    // The fees owed this order carried are owed again.
+    if order.fare.fees_owed_paise > 0 {
+        tx.release_dues(order.id).await?;
+    }
+    // A cash order keeps no money: a fee is owed, added to the customer's next order.
+    let owed =
+        if order.payment_method == PaymentMethod::Cash && order.pilot_id.is_some() { fee_paise.max(0) } else { 0 };
+    if owed > 0 {
+        tx.add_due(order.id, order.customer_id, order.pilot_id, owed, now).await?;
+    }
     if refund > 0 {
         refund_in(tx, order, refund, now).await?;
         order.refunded_paise = refund;
@@ -222,7 +232,7 @@ pub(super) async fn cancel_in(
         }
     }
     order.cancel_reason = Some(reason);
-    let data = json!({ "reason": reason, "refund_paise": refund, "fee_paise": fee });
+    let data = json!({ "reason": reason, "refund_paise": refund, "fee_paise": fee, "fee_owed_paise": owed });
     let events = vec![transition(order, OrderStatus::Cancelled, caller, data, now)?];
     save(tx, order, before, &events, notify).await?;
     Ok(events)

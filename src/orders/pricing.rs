@@ -169,7 +169,7 @@ impl TariffPricing {
         fare.discount_paise = discount_paise.clamp(0, fare.fare_paise);
         let taxable = fare.fare_paise - fare.discount_paise;
         fare.tax_paise = round_div(taxable * self.tax_bp, 10_000);
-        fare.total_paise = taxable + fare.tax_paise;
+        fare.total_paise = taxable + fare.tax_paise + fare.fees_owed_paise;
         fare
     }
 }
@@ -198,6 +198,7 @@ impl Pricing for TariffPricing {
             fare_paise,
             discount_paise: 0,
             tax_paise: 0,
+            fees_owed_paise: 0,
             total_paise: 0,
         };
         self.with_discount(fare, 0)

@@ -101,6 +101,7 @@ mod tests {
             fare_paise: 7500,
             discount_paise: 0,
             tax_paise: 375,
+            fees_owed_paise: 0,
             total_paise: 7875,
         };
         QuoteClaims {

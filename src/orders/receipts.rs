@@ -38,6 +38,8 @@ pub struct Receipt {
     pub coupon_code: Option<String>,
     pub discount_paise: i64,
     pub tax_paise: i64,
+    /// Cancellation fees owed from earlier cash orders, paid with this one.
+    pub fees_owed_paise: i64,
     pub total_paise: i64,
     pub refunded_paise: i64,
     pub payment_method: PaymentMethod,
@@ -80,6 +82,7 @@ impl Orders {
             coupon_code: order.coupon_code.clone(),
             discount_paise: order.fare.discount_paise,
             tax_paise: order.fare.tax_paise,
+            fees_owed_paise: order.fare.fees_owed_paise,
             total_paise: order.fare.total_paise,
             refunded_paise: order.refunded_paise,
             payment_method: order.payment_method,
@@ -153,6 +156,10 @@ pub fn receipt_html(receipt: &Receipt) -> String {
         let _ = write!(rows, "<tr><td>Discount{coupon}</td><td>{}</td></tr>", rupees(-receipt.discount_paise));
     }
     let _ = write!(rows, "<tr><td>Tax</td><td>{}</td></tr>", rupees(receipt.tax_paise));
+    if receipt.fees_owed_paise > 0 {
+        let owed = rupees(receipt.fees_owed_paise);
+        let _ = write!(rows, "<tr><td>Cancellation fee owed from an earlier order</td><td>{owed}</td></tr>");
+    }
     let _ = write!(rows, "<tr class=\"total\"><td>Total</td><td>{}</td></tr>", rupees(receipt.total_paise));
     if receipt.refunded_paise > 0 {
         let _ = write!(rows, "<tr><td>Refunded</td><td>{}</td></tr>", rupees(receipt.refunded_paise));

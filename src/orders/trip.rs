@@ -211,6 +211,25 @@ impl Orders {
         for entry in entries.iter().filter(|entry| entry.amount_paise != 0) {
             balance = tx.post_pilot_entry(pilot, entry, now).await?.or(balance);
         }
+        // Fees the customer owed from cash orders it cancelled are paid with this one: each
+        // goes to the pilot who set out for that order, less commission.
+        for (cancelled, owed_to, amount) in tx.settle_dues(order.id, now).await? {
+            let Some(owed_to) = owed_to else { continue };
+            let vehicle = self.store.order(cancelled).await?.map_or(order.vehicle_type, |order| order.vehicle_type);
+            let commission = self.pricing.commission_paise(vehicle, amount);
+            let fee = NewPilotEntry {
+                kind: PilotEntryKind::CancellationFee,
+                amount_paise: amount - commission,
+                commission_paise: commission,
+                order: cancelled,
+            };
+            if fee.amount_paise > 0 {
+                let after = tx.post_pilot_entry(owed_to, &fee, now).await?;
+                if owed_to == pilot {
+                    balance = after.or(balance);
+                }
+            }
+        }
         Ok(balance)
     }
 }

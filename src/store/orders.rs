@@ -77,6 +77,9 @@ pub trait OrderStore: Send + Sync {
     /// Orders searching for a pilot (paid and due: neither unpaid nor scheduled for later) for
     /// `vehicle` whose pickup is in coarse cell `cell`: the demand side of surge.
     async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64>;
+
+    /// Cancellation fees `customer` owes that no open order carries yet.
+    async fn fees_owed(&self, customer: UserId) -> Result<i64>;
 }
 
 /// Row shape shared by both backends' order queries.

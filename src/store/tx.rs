@@ -68,6 +68,26 @@ pub trait StoreTx: Send {
     /// customer count each other, whichever commits first.
     async fn lock_open_orders_of(&mut self, customer: UserId) -> Result<i64>;
 
+    /// The customer of cash order `order` (cancelled now) owes `amount_paise` to `pilot`.
+    async fn add_due(
+        &mut self,
+        order: OrderId,
+        customer: UserId,
+        pilot: Option<UserId>,
+        amount_paise: i64,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Puts every fee `customer` owes on `order`; their sum.
+    async fn charge_dues(&mut self, customer: UserId, order: OrderId) -> Result<i64>;
+
+    /// `order` was cancelled: the fees it carried are owed again.
+    async fn release_dues(&mut self, order: OrderId) -> Result<()>;
+
+    /// `order` was delivered: the fees it carried are paid. Each one's cancelled order, the
+    /// pilot it compensates, and the amount.
+    async fn settle_dues(&mut self, order: OrderId, now: DateTime<Utc>) -> Result<Vec<(OrderId, Option<UserId>, i64)>>;
+
     /// The order, locked until the transaction ends.
     async fn lock_order(&mut self, id: OrderId) -> Result<Option<Order>>;
 

@@ -31,6 +31,7 @@ conformance!(
     ratings_count_once_per_rater_and_order,
     pilot_earnings_post_once_and_may_go_below_zero,
     payouts_hold_to_the_balance,
+    fees_owed_ride_on_one_order_at_a_time,
 );
 
 /// H3 cells as `insert_order` takes them (any number will do for the store).
@@ -53,6 +54,7 @@ pub(super) fn new_order(customer: UserId, vehicle: VehicleType, status: OrderSta
         fare_paise: 10_125,
         discount_paise: 1_000,
         tax_paise: 456,
+        fees_owed_paise: 0,
         total_paise: 9_581,
     };
     Order {
@@ -557,4 +559,38 @@ async fn payouts_hold_to_the_balance(subject: Subject) {
     assert_eq!(listed, [second.id, first.id], "newest first");
     let paid_only = store.payouts(None, Some(PayoutStatus::Paid), page).await.unwrap();
     assert_eq!(paid_only.iter().map(|p| p.id).collect::<Vec<_>>(), [first.id]);
+}
+
+async fn fees_owed_ride_on_one_order_at_a_time(subject: Subject) {
+    let store = &subject.store;
+    let customer = user(&subject, Role::Customer).await;
+    let pilot = user(&subject, Role::Pilot).await;
+    let (walked_out, next, after) = (
+        placed_order(&subject, customer).await,
+        placed_order(&subject, customer).await,
+        placed_order(&subject, customer).await,
+    );
+    let mut tx = store.begin().await.unwrap();
+    tx.add_due(walked_out, customer, Some(pilot), 2_000, now()).await.unwrap();
+    tx.add_due(walked_out, customer, Some(pilot), 2_000, now()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.fees_owed(customer).await.unwrap(), 2_000, "once per cancelled order");
+
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.charge_dues(customer, next).await.unwrap(), 2_000);
+    tx.commit().await.unwrap();
+    assert_eq!(store.fees_owed(customer).await.unwrap(), 0);
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.charge_dues(customer, after).await.unwrap(), 0, "not twice");
+    tx.release_dues(next).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.fees_owed(customer).await.unwrap(), 2_000, "given back");
+
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.charge_dues(customer, after).await.unwrap(), 2_000);
+    assert_eq!(tx.settle_dues(after, now()).await.unwrap(), [(walked_out, Some(pilot), 2_000)]);
+    assert!(tx.settle_dues(after, now()).await.unwrap().is_empty(), "settled once");
+    tx.release_dues(after).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.fees_owed(customer).await.unwrap(), 0, "a settled fee is not given back");
 }

@@ -141,6 +141,17 @@ impl OrderStore for StoreImpl {
         Ok(purged.rows_affected())
     }
 
+    async fn fees_owed(&self, customer: UserId) -> Result<i64> {
+        let owed: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(amount_paise), 0) AS BIGINT) FROM customer_dues \
+             WHERE customer_id = $1 AND charged_order_id IS NULL",
+        )
+        .bind(customer.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(owed)
+    }
+
     async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64> {
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(DISTINCT customer_id) FROM orders WHERE pickup_cell = $1 AND vehicle_type = $2 \

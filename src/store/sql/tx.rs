@@ -64,14 +64,69 @@ impl StoreTx for super::TxImpl {
         Ok(open)
     }
 
+    async fn add_due(
+        &mut self,
+        order: OrderId,
+        customer: UserId,
+        pilot: Option<UserId>,
+        amount_paise: i64,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO customer_dues (order_id, customer_id, pilot_id, amount_paise, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order.0)
+        .bind(customer.0)
+        .bind(pilot.map(|pilot| pilot.0))
+        .bind(amount_paise)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn charge_dues(&mut self, customer: UserId, order: OrderId) -> Result<i64> {
+        let charged: Vec<i64> = sqlx::query_scalar(
+            "UPDATE customer_dues SET charged_order_id = $2 WHERE customer_id = $1 AND charged_order_id IS NULL \
+             RETURNING amount_paise",
+        )
+        .bind(customer.0)
+        .bind(order.0)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(charged.iter().sum())
+    }
+
+    async fn release_dues(&mut self, order: OrderId) -> Result<()> {
+        sqlx::query("UPDATE customer_dues SET charged_order_id = NULL WHERE charged_order_id = $1 AND settled_at IS NULL")
+            .bind(order.0)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn settle_dues(&mut self, order: OrderId, now: DateTime<Utc>) -> Result<Vec<(OrderId, Option<UserId>, i64)>> {
+        let settled: Vec<(Uuid, Option<Uuid>, i64)> = sqlx::query_as(
+            "UPDATE customer_dues SET settled_at = $2 WHERE charged_order_id = $1 AND settled_at IS NULL \
+             RETURNING order_id, pilot_id, amount_paise",
+        )
+        .bind(order.0)
+        .bind(now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(settled.into_iter().map(|(order, pilot, amount)| (OrderId(order), pilot.map(UserId), amount)).collect())
+    }
+
     async fn insert_order(&mut self, order: &Order, pickup_cell: i64, coupon: Option<&Coupon>) -> Result<()> {
         let inserted = sqlx::query(
             "INSERT INTO orders (id, customer_id, pilot_id, vehicle_type, status, cancel_reason, pickup_lat, \
              pickup_lng, pickup_address, drop_lat, drop_lng, drop_address, payment_method, payment_status, \
              fare_paise, discount_paise, tax_paise, total_paise, coupon_id, quote_id, scheduled_at, last_event_seq, \
-             created_at, updated_at, fare_breakdown, pickup_cell, coupon_code, notes, refunded_paise, delivery_otp) \
+             created_at, updated_at, fare_breakdown, pickup_cell, coupon_code, notes, refunded_paise, delivery_otp, \
+             fees_owed_paise) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
-             $22, $23, $24, $25, $26, $27, $28, $29, $30)",
+             $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)",
         )
         .bind(order.id.0)
         .bind(order.customer_id.0)
@@ -90,7 +145,8 @@ impl StoreTx for super::TxImpl {
         .bind(order.fare.fare_paise)
         .bind(order.fare.discount_paise)
         .bind(order.fare.tax_paise)
-        .bind(order.fare.total_paise)
+        // The trip's own total; the fees owed ride on top (their own column).
+        .bind(order.fare.total_paise - order.fare.fees_owed_paise)
         .bind(coupon.map(|coupon| coupon.id.0))
         .bind(order.quote_id)
         .bind(order.scheduled_at)
@@ -103,6 +159,7 @@ impl StoreTx for super::TxImpl {
         .bind(order.notes.as_deref())
         .bind(order.refunded_paise)
         .bind(order.delivery_otp.as_deref())
+        .bind(order.fare.fees_owed_paise)
         .execute(&mut *self.tx)
         .await;
         match inserted {
