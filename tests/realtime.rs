@@ -804,12 +804,30 @@ async fn a_cash_cancellation_fee_is_owed_and_paid_with_the_next_order() {
     );
     assert_eq!(owed_of(&quote().await), 0, "carried by the open order, not owed twice");
 
-    // That order cancelled before a pilot set out: owed again, and carried by the one after.
+    // That order cancelled before a pilot set out: owed again.
     let next = next.data()["id"].as_str().unwrap().to_owned();
     assert_eq!(cancel(&next).await.data()["status"], "cancelled");
     assert_eq!(owed_of(&quote().await), 2000);
-    let last = common::field::place_order(&app, &customer, common::order_body("cash")).await;
+    // A wallet order carrying it, cancelled after assignment: its own fee is kept, the fee it
+    // carried is refunded and owed again (never taken twice).
+    common::field::credit(&app, &admin, &customer, 100_000).await;
     let (second, mut second_socket) = pilot_on_duty(&app, PICKUP).await;
+    // A trip a coupon makes free costs nothing to cancel: all that was paid (the dues) back.
+    let until = (app.clock.now() + chrono::Duration::days(1)).to_rfc3339();
+    let free = json!({ "code": "FREE", "kind": "percent", "value": 100, "valid_until": until });
+    assert_eq!(app.post("/api/v1/admin/coupons", free, Some(&admin.access)).await.status, StatusCode::CREATED);
+    let mut body = common::order_body("wallet");
+    body["coupon_code"] = json!("FREE");
+    let paid = common::field::place_order(&app, &customer, body).await;
+    let before = common::field::balance(&app, &customer).await;
+    assert_eq!(assign(&app, &admin, &paid, &second).await.status, StatusCode::OK);
+    let cancelled = cancel(&paid).await;
+    assert_eq!(cancelled.data()["refunded_paise"], 2000, "{:?}", cancelled.body);
+    assert_eq!(common::field::balance(&app, &customer).await, before + 2000);
+    assert_eq!(owed_of(&quote().await), 2000, "owed again, not also kept");
+    let second_earned = app.get("/api/v1/pilot/earnings", Some(&second.access)).await.data()["balance_paise"].clone();
+    assert_eq!(second_earned, 0, "no fee out of someone else's dues");
+    let last = common::field::place_order(&app, &customer, common::order_body("cash")).await;
     assert_eq!(assign(&app, &admin, &last, &second).await.status, StatusCode::OK);
     common::field::drive_to_door(&app, &mut second_socket, &last).await;
 

@@ -204,7 +204,10 @@ pub(super) async fn cancel_in(
     }
     let before = (order.status, order.last_event_seq);
     let paid = if order.payment_status == PaymentStatus::Paid { order.fare.total_paise } else { 0 };
-    let fee = fee_paise.clamp(0, paid);
+    // The fee comes out of this trip's own price, never out of fees owed from earlier orders
+    // that it carried: those are refunded with the rest, and owed again below.
+    let trip_total = order.fare.total_paise - order.fare.fees_owed_paise;
+    let fee = fee_paise.clamp(0, paid.min(trip_total).max(0));
     let refund = paid - fee;
     // Coupon before wallet, as order creation does: one lock order, no deadlocks.
     if order.coupon_code.is_some() {
@@ -219,8 +222,11 @@ pub(super) async fn cancel_in(
         tx.release_dues(order.id).await?;
     }
     // A cash order keeps no money: a fee is owed, added to the customer's next order.
-    let owed =
-        if order.payment_method == PaymentMethod::Cash && order.pilot_id.is_some() { fee_paise.max(0) } else { 0 };
+    let owed = if order.payment_method == PaymentMethod::Cash && order.pilot_id.is_some() {
+        fee_paise.clamp(0, trip_total.max(0))
+    } else {
+        0
+    };
     if owed > 0 {
         tx.add_due(order.id, order.customer_id, order.pilot_id, owed, now).await?;
     }
