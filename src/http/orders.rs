@@ -140,9 +140,9 @@ pub async fn trace(
 ) -> Result<impl IntoResponse> {
     // Points still in the write buffer belong in the answer (once the caller may see it:
     // nobody else makes the server write).
-    state.orders.get(&caller, id).await?;
+    let order = state.orders.get(&caller, id).await?;
     state.traces.flush().await;
-    Ok(ok(state.orders.trace(&caller, id).await?))
+    Ok(ok(state.orders.trace_of(&order).await?))
 }
 
 pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32> {
@@ -189,9 +189,9 @@ pub async fn receipt(
     Query(query): Query<ReceiptQuery>,
 ) -> Result<axum::response::Response> {
     // The trace's points still in the write buffer count in the distance driven.
-    state.orders.get(&caller, id).await?;
+    let order = state.orders.get(&caller, id).await?;
     state.traces.flush().await;
-    let receipt = state.orders.receipt(&caller, id).await?;
+    let receipt = state.orders.receipt_of(order).await?;
     Ok(match query.format.unwrap_or(ReceiptFormat::Json) {
         ReceiptFormat::Json => ok(receipt).into_response(),
         ReceiptFormat::Html => {

@@ -312,7 +312,6 @@ pub async fn settle(
         return Err(Error::not_found("PILOT_NOT_FOUND", "no such pilot"));
     }
     let now = state.clock.now();
-    let settled = state.store.settle_cash(id, body.amount_paise, reference, now).await?;
-    let balance_paise = state.store.pilot_balance(id).await?;
-    Ok(ok(json!({ "pilot_id": id, "recorded": settled.is_some(), "balance_paise": balance_paise })))
+    let (recorded, balance_paise) = state.store.settle_cash(id, body.amount_paise, reference, now).await?;
+    Ok(ok(json!({ "pilot_id": id, "recorded": recorded, "balance_paise": balance_paise })))
 }

@@ -6,12 +6,12 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::domain::Role;
-use crate::domain::money::{LedgerKind, PilotEntryKind};
+use crate::domain::money::LedgerKind;
 use crate::domain::orders::{CancelReason, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus};
 use crate::error::{Error, Result};
 use crate::ids::OrderId;
 use crate::orders::{Committed, Orders, event, invalid_transition, not_found, push_event, save, transition, visible};
-use crate::store::{NewJob, NewPilotEntry, StoreTx, WalletCredit};
+use crate::store::{NewJob, StoreTx, WalletCredit};
 
 /// Job kind: refund a gateway payment (the payload names the order and the amount).
 pub const GATEWAY_REFUND_JOB: &str = "payment.refund";
@@ -59,13 +59,7 @@ impl Orders {
             _ => 0,
         };
         if let Some(pilot) = order.pilot_id.filter(|_| kept > 0) {
-            let commission = self.pricing.commission_paise(order.vehicle_type, kept);
-            let entry = NewPilotEntry {
-                kind: PilotEntryKind::CancellationFee,
-                amount_paise: kept - commission,
-                commission_paise: commission,
-                order: order.id,
-            };
+            let entry = self.cancellation_fee_entry(order.id, order.vehicle_type, kept);
             if entry.amount_paise > 0 {
                 tx.post_pilot_entry(pilot, &entry, now).await?;
             }

@@ -7,7 +7,6 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::auth::Caller;
 use crate::domain::orders::{Order, OrderStatus, PaymentMethod, PaymentStatus};
 use crate::error::{Error, Result};
 use crate::ids::OrderId;
@@ -51,13 +50,14 @@ pub struct Receipt {
 }
 
 impl Orders {
-    /// The receipt of a delivered order the caller may see (its customer, its pilot, staff).
-    pub async fn receipt(&self, caller: &Caller, id: OrderId) -> Result<Receipt> {
-        let order = self.get(caller, id).await?;
+    /// The receipt of `order`, which its reader (its customer, its pilot, staff) was allowed
+    /// to see ([`Orders::get`]), once it is delivered.
+    pub async fn receipt_of(&self, order: Order) -> Result<Receipt> {
         if order.status != OrderStatus::Delivered {
             return Err(Error::conflict("ORDER_NOT_DELIVERED", "a receipt is issued once the order is delivered"));
         }
-        let trace = self.trace(caller, id).await?;
+        let id = order.id;
+        let trace = self.trace_of(&order).await?;
         let events = self.store.order_events(id, 0, 1_000).await?;
         let at = |kind: &str| events.iter().find(|event| event.kind == kind).map(|event| event.created_at);
         let pilot = match order.pilot_id {

@@ -16,8 +16,8 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Caller;
 use crate::domain::LatLng;
+use crate::domain::orders::Order;
 use crate::fleet::PositionListener;
 use crate::grid::PilotSnapshot;
 use crate::grid::geometry::distance_m;
@@ -114,9 +114,9 @@ pub struct Trace {
 }
 
 impl Orders {
-    /// The trace of an order the caller may see.
-    pub async fn trace(&self, caller: &Caller, id: OrderId) -> crate::error::Result<Trace> {
-        self.get(caller, id).await?;
+    /// The trace of `order`, which its reader was allowed to see ([`Orders::get`]).
+    pub async fn trace_of(&self, order: &Order) -> crate::error::Result<Trace> {
+        let id = order.id;
         let points = self.store.trace(id).await?;
         let distance_m = points
             .windows(2)

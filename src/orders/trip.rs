@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::domain::Role;
 use crate::domain::money::PilotEntryKind;
 use crate::domain::orders::{Order, OrderStatus, PaymentMethod, PaymentStatus};
+use crate::domain::{Role, VehicleType};
 use crate::error::{Error, Result};
 use crate::grid::geometry::distance_m;
 use crate::ids::OrderId;
@@ -177,8 +177,25 @@ impl Orders {
     /// What the pilot of `order` earns for it: the fare (before discounts, which the platform
     /// bears, and tax, which it remits) less the commission; and the commission.
     pub fn pilot_earning(&self, order: &Order) -> (i64, i64) {
-        let commission = self.pricing.commission_paise(order.vehicle_type, order.fare.fare_paise);
-        (order.fare.fare_paise - commission, commission)
+        self.pilot_share(order.vehicle_type, order.fare.fare_paise)
+    }
+
+    /// `amount_paise` earned with `vehicle`: the pilot's part, and the platform's commission.
+    fn pilot_share(&self, vehicle: VehicleType, amount_paise: i64) -> (i64, i64) {
+        let commission = self.pricing.commission_paise(vehicle, amount_paise);
+        (amount_paise - commission, commission)
+    }
+
+    /// The ledger entry paying a pilot who set out for `order` (driving a `vehicle`) the
+    /// cancellation fee `fee_paise` that was kept, less commission.
+    pub(super) fn cancellation_fee_entry(&self, order: OrderId, vehicle: VehicleType, fee_paise: i64) -> NewPilotEntry {
+        let (earned, commission) = self.pilot_share(vehicle, fee_paise);
+        NewPilotEntry {
+            kind: PilotEntryKind::CancellationFee,
+            amount_paise: earned,
+            commission_paise: commission,
+            order,
+        }
     }
 
     /// A delivered order's money for its pilot, in the delivery's transaction: the earning,
@@ -216,13 +233,7 @@ impl Orders {
         for (cancelled, owed_to, amount) in tx.settle_dues(order.id, now).await? {
             let Some(owed_to) = owed_to else { continue };
             let vehicle = self.store.order(cancelled).await?.map_or(order.vehicle_type, |order| order.vehicle_type);
-            let commission = self.pricing.commission_paise(vehicle, amount);
-            let fee = NewPilotEntry {
-                kind: PilotEntryKind::CancellationFee,
-                amount_paise: amount - commission,
-                commission_paise: commission,
-                order: cancelled,
-            };
+            let fee = self.cancellation_fee_entry(cancelled, vehicle, amount);
             if fee.amount_paise > 0 {
                 let after = tx.post_pilot_entry(owed_to, &fee, now).await?;
                 if owed_to == pilot {

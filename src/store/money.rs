@@ -61,15 +61,16 @@ pub trait MoneyStore: Send + Sync {
     ) -> Result<Option<Payout>>;
 
     /// Records cash a pilot handed back (`amount_paise` > 0) under the receipt's `reference`,
-    /// with its account locked; the balance after it. The same reference again for the same
-    /// pilot changes nothing (`None`); for another pilot it is 409 `REFERENCE_IN_USE`.
+    /// with its account locked. Whether it was recorded now (the same reference again for the
+    /// same pilot changes nothing; for another pilot it is 409 `REFERENCE_IN_USE`), and the
+    /// balance.
     async fn settle_cash(
         &self,
         pilot: UserId,
         amount_paise: i64,
         reference: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<i64>>;
+    ) -> Result<(bool, i64)>;
 
     /// Payouts newest first, of one pilot and/or in one status.
     async fn payouts(

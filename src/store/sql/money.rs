@@ -252,16 +252,16 @@ impl MoneyStore for StoreImpl {
         amount_paise: i64,
         reference: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<i64>> {
+    ) -> Result<(bool, i64)> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
-        lock_pilot_account(&mut tx, pilot, now).await?;
+        let before = lock_pilot_account(&mut tx, pilot, now).await?;
         let seen: Option<Uuid> =
             sqlx::query_scalar("SELECT pilot_id FROM pilot_ledger WHERE kind = 'settlement' AND reference = $1")
                 .bind(reference)
                 .fetch_optional(&mut *tx)
                 .await?;
         match seen {
-            Some(owner) if owner == pilot.0 => return Ok(None),
+            Some(owner) if owner == pilot.0 => return Ok((false, before)),
             Some(_) => return Err(Error::conflict("REFERENCE_IN_USE", "this reference settled another pilot's cash")),
             None => {}
         }
@@ -294,7 +294,7 @@ impl MoneyStore for StoreImpl {
             other => other?,
         };
         tx.commit().await?;
-        Ok(Some(balance))
+        Ok((true, balance))
     }
 
     async fn payouts(
@@ -318,8 +318,8 @@ impl MoneyStore for StoreImpl {
 }
 
 /// Opens the pilot's earnings account if it has none, and locks it until the transaction
-/// ends; its balance.
-async fn lock_pilot_account(tx: &mut sqlx::Transaction<'static, Db>, pilot: UserId, now: DateTime<Utc>) -> Result<i64> {
+/// ends; its balance. Every change of a pilot's balance takes this lock first.
+pub(crate) async fn lock_pilot_account(tx: &mut sqlx::Transaction<'static, Db>, pilot: UserId, now: DateTime<Utc>) -> Result<i64> {
     sqlx::query(
         "INSERT INTO pilot_accounts (user_id, balance_paise, updated_at) VALUES ($1, 0, $2) \
          ON CONFLICT (user_id) DO NOTHING",

@@ -423,20 +423,9 @@ impl StoreTx for super::TxImpl {
         entry: &NewPilotEntry,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>> {
-        sqlx::query(
-            "INSERT INTO pilot_accounts (user_id, balance_paise, updated_at) VALUES ($1, 0, $2) \
-             ON CONFLICT (user_id) DO NOTHING",
-        )
-        .bind(pilot.0)
-        .bind(now)
-        .execute(&mut *self.tx)
-        .await?;
-        // The account row first (locked until the end of the transaction): a second posting
-        // of the same entry waits here, then finds the first one's ledger row.
-        sqlx::query("UPDATE pilot_accounts SET updated_at = updated_at WHERE user_id = $1")
-            .bind(pilot.0)
-            .execute(&mut *self.tx)
-            .await?;
+        // The account row first: a second posting of the same entry waits here, then finds
+        // the first one's ledger row.
+        super::money_sql::lock_pilot_account(&mut self.tx, pilot, now).await?;
         let posted: Option<i64> =
             sqlx::query_scalar("SELECT amount_paise FROM pilot_ledger WHERE kind = $1 AND order_id = $2")
                 .bind(entry.kind.as_str())
