@@ -2,9 +2,9 @@
 # The whole test suite: formatting, lints, unit and integration tests against a real
 # PostgreSQL and a real Redis. Uses the ones answering on 127.0.0.1:5432 / :6379; otherwise
 # installs them from Debian packages and starts them (without systemd). Then the Socket.io
-# gateway against the official socket.io-client from npm (tests/js; Node.js from Debian
-# packages when missing) and against the official Engine.IO and Socket.IO protocol suites
-# (tests/protocol). Exits non-zero on any failure.
+# gateway against the official socket.io-client from npm and the pages in Chromium (tests/js;
+# Node.js and Chromium from Debian packages when missing), and against the official Engine.IO
+# and Socket.IO protocol suites (tests/protocol). Exits non-zero on any failure.
 #
 #   DISPATCHD_TEST_DATABASE_URL  Postgres URL of a user that may create databases
 #                                (default postgres://postgres@127.0.0.1:5432/postgres)
@@ -64,6 +64,13 @@ ensure_node() {
     fi
 }
 
+# Pages are tested in Debian's Chromium, driven by playwright-core (tests/js).
+ensure_chromium() {
+    command -v chromium >/dev/null && return 0
+    say "installing Chromium (for the page tests)"
+    apt_install chromium
+}
+
 drop_test_databases() {
     psql "$DISPATCHD_TEST_DATABASE_URL" -tAc \
         "SELECT datname FROM pg_database WHERE datname LIKE 'dispatchd\_test\_%'" 2>/dev/null |
@@ -86,6 +93,7 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust from https:
 ensure_postgres
 ensure_redis
 ensure_node
+ensure_chromium
 trap cleanup EXIT
 
 say "cargo fmt --check"
