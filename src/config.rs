@@ -322,6 +322,9 @@ impl Config {
         if self.orders.cancellation_fee_paise < 0 {
             return Err(ConfigError::new("orders.cancellation_fee_paise", "must be >= 0"));
         }
+        if self.orders.return_fee_percent > 100 {
+            return Err(ConfigError::new("orders.return_fee_percent", "must be 0 to 100"));
+        }
         crate::orders::service_area::ServiceArea::from_config(&self.service_area)
             .map(|_| ())
             .map_err(|message| ConfigError::new("service_area", message))?;

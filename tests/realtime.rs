@@ -1026,3 +1026,85 @@ async fn the_heartbeat_runs_over_long_polling_too() {
     }
     assert!(closed, "the session of a client that never answers ends");
 }
+
+/// Issue: a customer could cancel with the parcel on board. Now only a dispatcher can, and it
+/// sends the parcel back: `returning` until the pilot reports it back at the pickup
+/// (`order:returned`, geofenced), then `returned`, with `orders.return_fee_percent` of the
+/// trip kept for the pilot (less commission) and the rest refunded; a cash order owes it.
+#[tokio::test]
+async fn a_dispatcher_sends_a_parcel_back_and_the_return_is_paid_as_configured() {
+    let app = TestApp::spawn().await;
+    let admin = app.staff(Role::Admin).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    common::field::credit(&app, &admin, &customer, 100_000).await;
+    let (pilot, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    let pilot_id: dispatchd::ids::UserId = pilot.user_id.parse().unwrap();
+    let order = common::field::place_order(&app, &customer, common::order_body("wallet")).await;
+    let total = app.get(&format!("/api/v1/orders/{order}"), Some(&customer.access)).await.data()["fare"]["total_paise"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+    assert_eq!(socket.call("order:picked_up", json!({ "order_id": order })).await["data"]["status"], "in_transit");
+    let mut watcher = connect(&app, "/customer", &customer).await;
+    assert_eq!(watcher.call("order:watch", json!({ "order_id": order })).await["ok"], true);
+    let away = common::field::north(PICKUP, 1.0);
+    assert_eq!(socket.call("location", json!({ "points": [fix(&app, away, 120)] })).await["data"]["moved"], 1);
+
+    let cancel = format!("/api/v1/orders/{order}/cancel");
+    let by_customer = app.post(&cancel, json!({}), Some(&customer.access)).await;
+    assert_eq!((by_customer.status, by_customer.error_code()), (StatusCode::CONFLICT, "INVALID_TRANSITION"));
+    let stopped = app.post(&cancel, json!({}), Some(&dispatcher.access)).await;
+    assert_eq!(stopped.data()["status"], "returning", "{:?}", stopped.body);
+    assert_eq!(stopped.data()["refunded_paise"], 0, "nothing is settled before the parcel is back");
+    // The pilot hears it, with where to take the parcel; the customer sees it too.
+    let told = loop {
+        let event = socket.event("order:event", SOON).await.expect("the pilot hears of the return");
+        if event["type"] == "returning" {
+            break event;
+        }
+    };
+    assert_eq!(told["data"]["return_to"]["lat"].as_f64(), Some(PICKUP.0), "{told}");
+    let seen = watcher.event("order:event", SOON).await.expect("the customer hears of it");
+    assert_eq!((seen["type"].as_str(), seen["status"].as_str()), (Some("returning"), Some("returning")));
+    // Still carrying it: no other work, and not back until it is at the pickup.
+    assert_eq!(app.state.grid.get(pilot_id).unwrap().status, dispatchd::domain::PilotStatus::Busy);
+    let early = socket.call("order:returned", json!({ "order_id": order })).await;
+    assert_eq!(early["error"]["code"], "TOO_FAR_FROM_PICKUP", "{early}");
+    let delivered = socket.call("order:delivered", delivery(&app, &order).await).await;
+    assert_eq!(delivered["error"]["code"], "INVALID_TRANSITION", "{delivered}");
+    let before = common::field::balance(&app, &customer).await;
+
+    socket.call("location", json!({ "points": [fix(&app, PICKUP, 240)] })).await;
+    let back = socket.call("order:returned", json!({ "order_id": order })).await;
+    assert_eq!(back["data"]["status"], "returned", "{back}");
+    let fee = total / 2; // orders.return_fee_percent = 50
+    assert_eq!(back["data"]["refunded_paise"].as_i64(), Some(total - fee), "{back}");
+    assert_eq!(common::field::balance(&app, &customer).await, before + total - fee);
+    assert_eq!(app.state.grid.get(pilot_id).unwrap().status, dispatchd::domain::PilotStatus::Available);
+    let earnings = app.get("/api/v1/pilot/earnings", Some(&pilot.access)).await.data().clone();
+    let commission = (fee * 2000 + 5000) / 10_000; // bikes: 20 %, rounded
+    assert_eq!(earnings["totals"]["cancellation_fees_paise"].as_i64(), Some(fee - commission), "{earnings}");
+    let again = socket.call("order:returned", json!({ "order_id": order })).await;
+    assert_eq!(again["error"]["code"], "INVALID_TRANSITION", "once: {again}");
+    let receipt = app.get(&format!("/api/v1/orders/{order}/receipt"), Some(&customer.access)).await;
+    assert_eq!(receipt.status, StatusCode::CONFLICT, "no receipt for a trip not made");
+    let listed = app.get("/api/v1/orders?status=returned", Some(&customer.access)).await;
+    assert_eq!(listed.data()["items"][0]["id"].as_str(), Some(order.as_str()), "{:?}", listed.body);
+
+    // A cash order sent back owes the fee, on the customer's next order.
+    let cash = create_order(&app, &customer).await;
+    assert_eq!(assign(&app, &dispatcher, &cash, &pilot).await.status, StatusCode::OK);
+    assert_eq!(socket.call("order:picked_up", json!({ "order_id": cash })).await["ok"], true);
+    let cash_total =
+        app.get(&format!("/api/v1/orders/{cash}"), Some(&customer.access)).await.data()["fare"]["total_paise"]
+            .as_i64()
+            .unwrap();
+    let path = format!("/api/v1/orders/{cash}/cancel");
+    assert_eq!(app.post(&path, json!({}), Some(&dispatcher.access)).await.data()["status"], "returning");
+    let back = socket.call("order:returned", json!({ "order_id": cash })).await;
+    assert_eq!(back["data"]["status"], "returned", "{back}");
+    let body = json!({ "pickup": { "lat": PICKUP.0, "lng": PICKUP.1 }, "drop": { "lat": DROP.0, "lng": DROP.1 }, "vehicle_type": "bike" });
+    let quote = app.post("/api/v1/quotes", body, Some(&customer.access)).await;
+    assert_eq!(quote.data()["fare"]["fees_owed_paise"].as_i64(), Some(cash_total / 2), "{:?}", quote.body);
+}

@@ -10,7 +10,8 @@ use crate::ids::{OrderId, UserId};
 
 string_enum! {
     /// Where an order is. Forward only (but an assigned order can go back to searching before
-    /// pickup), plus `cancelled` from anywhere before `delivered`.
+    /// pickup), plus `cancelled` from anywhere before the end. An order stopped by a dispatcher
+    /// with the parcel on board is `returning` to its pickup, and ends `returned` there.
     pub enum OrderStatus {
         Pending => "pending",
         SearchingDriver => "searching_driver",
@@ -19,6 +20,8 @@ string_enum! {
         InTransit => "in_transit",
         Delivered => "delivered",
         Cancelled => "cancelled",
+        Returning => "returning",
+        Returned => "returned",
     }
 }
 
@@ -34,15 +37,18 @@ impl OrderStatus {
             | (Assigned, SearchingDriver)
             | (Assigned, PickedUp)
             | (PickedUp, InTransit)
-            | (InTransit, Delivered) => true,
+            | (InTransit, Delivered)
+            // Stopped with the parcel on board: the pilot takes it back to the pickup.
+            | (PickedUp | InTransit, Returning)
+            | (Returning, Returned) => true,
             (from, Cancelled) => !from.is_final(),
             _ => false,
         }
     }
 
-    /// Delivered and cancelled orders never change again.
+    /// Delivered, cancelled and returned orders never change again.
     pub fn is_final(self) -> bool {
-        matches!(self, OrderStatus::Delivered | OrderStatus::Cancelled)
+        matches!(self, OrderStatus::Delivered | OrderStatus::Cancelled | OrderStatus::Returned)
     }
 
     /// Open orders count as demand for surge pricing.
@@ -52,7 +58,12 @@ impl OrderStatus {
 
     /// A pilot is on the order.
     pub fn has_pilot(self) -> bool {
-        matches!(self, OrderStatus::Assigned | OrderStatus::PickedUp | OrderStatus::InTransit)
+        matches!(self, OrderStatus::Assigned | OrderStatus::PickedUp | OrderStatus::InTransit | OrderStatus::Returning)
+    }
+
+    /// The parcel is with the pilot.
+    pub fn parcel_on_board(self) -> bool {
+        matches!(self, OrderStatus::PickedUp | OrderStatus::InTransit | OrderStatus::Returning)
     }
 }
 
@@ -255,12 +266,18 @@ mod tests {
             (Assigned, PickedUp),
             (Assigned, SearchingDriver),
         ];
-        let more = [(PickedUp, InTransit), (InTransit, Delivered)];
+        let more = [
+            (PickedUp, InTransit),
+            (InTransit, Delivered),
+            (PickedUp, Returning),
+            (InTransit, Returning),
+            (Returning, Returned),
+        ];
         for from in OrderStatus::ALL {
             for to in OrderStatus::ALL {
                 let legal = forward.contains(&(*from, *to))
                     || more.contains(&(*from, *to))
-                    || (*to == Cancelled && !matches!(from, Delivered | Cancelled));
+                    || (*to == Cancelled && !matches!(from, Delivered | Cancelled | Returned));
                 assert_eq!(from.can_become(*to), legal, "{from} → {to}");
             }
         }

@@ -27,8 +27,10 @@ pub const NO_PILOT_JOB: &str = "order.no_pilot_found";
 
 impl Orders {
     /// Cancels an order for its customer (before pickup) or staff (any time before delivery),
-    /// refunding what was paid minus the cancellation fee once a pilot was assigned. Its pilot dropping it is
-    /// [`Orders::pilot_cancel`].
+    /// refunding what was paid minus the cancellation fee once a pilot was assigned. Staff
+    /// stopping an order with the parcel on board sends it back: the order is `returning`
+    /// until its pilot brings the parcel to the pickup ([`Orders::returned`]). Its pilot
+    /// dropping it is [`Orders::pilot_cancel`].
     pub async fn cancel(&self, caller: &Caller, id: OrderId) -> Result<Order> {
         if caller.role == Role::Pilot {
             return self.pilot_cancel(caller, id).await;
@@ -39,21 +41,64 @@ impl Orders {
         let mut tx = self.store.begin().await?;
         let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
         visible(caller, &order)?;
-        if reason == CancelReason::Customer && matches!(order.status, OrderStatus::PickedUp | OrderStatus::InTransit) {
-            // The parcel is on board: only a dispatcher, who can reach the pilot, may stop it.
+        if reason == CancelReason::Customer && order.status.parcel_on_board() {
+            // Only a dispatcher, who can reach the pilot, may stop it.
             return Err(Error::conflict(
                 "INVALID_TRANSITION",
-                "the parcel is on its way: a picked-up order cannot be cancelled by its customer; call support",
+                "the parcel is on board: a picked-up order cannot be cancelled by its customer; call support",
             ));
         }
-        let fee = if reason == CancelReason::Customer && order.pilot_id.is_some() {
-            self.config.cancellation_fee_paise
-        } else {
-            0
+        if matches!(order.status, OrderStatus::PickedUp | OrderStatus::InTransit) {
+            let before = (order.status, order.last_event_seq);
+            let data = json!({ "reason": reason, "return_to": order.pickup });
+            let events = vec![transition(&mut order, OrderStatus::Returning, Some(caller), data, now)?];
+            save(&mut *tx, &order, before, &events, self.notify).await?;
+            tx.commit().await?;
+            metrics::counter!("orders_sent_back_total").increment(1);
+            self.publish(&order, &events);
+            return Ok(order);
+        }
+        let fee = match order.status {
+            // Stopped on its way back (the parcel was lost, say): the return trip is paid all the same.
+            OrderStatus::Returning => self.return_fee(&order),
+            _ if reason == CancelReason::Customer && order.pilot_id.is_some() => self.config.cancellation_fee_paise,
+            _ => 0,
         };
         let events = cancel_in(&mut *tx, &mut order, reason, fee, Some(caller), now, self.notify).await?;
-        // The fee kept compensates the pilot who set out, less the commission. (A cash order
-        // keeps no fee: nothing was paid.)
+        self.pay_kept_fee(&mut *tx, &order, now).await?;
+        tx.commit().await?;
+        metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
+        self.release_pilot(&order);
+        self.publish(&order, &events);
+        Ok(order)
+    }
+
+    /// The pilot of a `returning` order brought the parcel back to the pickup (the caller
+    /// checked where it is): the order ends `returned`, keeping `orders.return_fee_percent` of
+    /// the trip's price for the pilot and refunding the rest, in `tx`.
+    pub(super) async fn returned(
+        &self,
+        tx: &mut dyn StoreTx,
+        order: &mut Order,
+        caller: &Caller,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrderEvent>> {
+        let fee = self.return_fee(order);
+        let events = end_in(tx, order, OrderStatus::Returned, None, fee, Some(caller), now, self.notify).await?;
+        self.pay_kept_fee(tx, order, now).await?;
+        metrics::counter!("orders_returned_total").increment(1);
+        Ok(events)
+    }
+
+    /// The fee for taking `order`'s parcel back: a share of the trip's own price.
+    fn return_fee(&self, order: &Order) -> i64 {
+        let trip_total = order.fare.total_paise - order.fare.fees_owed_paise;
+        trip_total.max(0) * i64::from(self.config.return_fee_percent) / 100
+    }
+
+    /// The fee an ended order kept compensates the pilot who set out, less the commission.
+    /// (A cash order keeps no fee: nothing was paid; the customer owes it instead.)
+    async fn pay_kept_fee(&self, tx: &mut dyn StoreTx, order: &Order, now: DateTime<Utc>) -> Result<()> {
         let kept = match order.payment_status {
             PaymentStatus::Paid => order.fare.total_paise - order.refunded_paise,
             _ => 0,
@@ -64,11 +109,7 @@ impl Orders {
                 tx.post_pilot_entry(pilot, &entry, now).await?;
             }
         }
-        tx.commit().await?;
-        metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
-        self.release_pilot(&order);
-        self.publish(&order, &events);
-        Ok(order)
+        Ok(())
     }
 
     /// After an order a pilot carried ended, the pilot takes work again (unless it went on a
@@ -193,8 +234,25 @@ pub(super) async fn cancel_in(
     now: DateTime<Utc>,
     notify: bool,
 ) -> Result<Vec<OrderEvent>> {
-    if !order.status.can_become(OrderStatus::Cancelled) {
-        return Err(invalid_transition(order.status, OrderStatus::Cancelled));
+    end_in(tx, order, OrderStatus::Cancelled, Some(reason), fee_paise, caller, now, notify).await
+}
+
+/// Ends `order` as `to` (cancelled, for `reason`; or returned) inside `tx`: refund of what
+/// was paid less `fee_paise` (wallet credit, or a gateway refund job), or for a cash order
+/// the fee owed; coupon released; status and event written. Returns the new events.
+#[allow(clippy::too_many_arguments)]
+async fn end_in(
+    tx: &mut dyn StoreTx,
+    order: &mut Order,
+    to: OrderStatus,
+    reason: Option<CancelReason>,
+    fee_paise: i64,
+    caller: Option<&Caller>,
+    now: DateTime<Utc>,
+    notify: bool,
+) -> Result<Vec<OrderEvent>> {
+    if !order.status.can_become(to) {
+        return Err(invalid_transition(order.status, to));
     }
     let before = (order.status, order.last_event_seq);
     let paid = if order.payment_status == PaymentStatus::Paid { order.fare.total_paise } else { 0 };
@@ -231,9 +289,9 @@ pub(super) async fn cancel_in(
             order.payment_status = PaymentStatus::Refunded;
         }
     }
-    order.cancel_reason = Some(reason);
+    order.cancel_reason = reason;
     let data = json!({ "reason": reason, "refund_paise": refund, "fee_paise": fee, "fee_owed_paise": owed });
-    let events = vec![transition(order, OrderStatus::Cancelled, caller, data, now)?];
+    let events = vec![transition(order, to, caller, data, now)?];
     save(tx, order, before, &events, notify).await?;
     Ok(events)
 }

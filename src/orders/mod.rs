@@ -64,6 +64,9 @@ pub struct OrdersConfig {
     pub payment_timeout_secs: u64,
     /// Kept when a customer cancels after a pilot was assigned.
     pub cancellation_fee_paise: i64,
+    /// The share (%) of the trip's price kept when an order stopped with the parcel on board
+    /// comes back to its pickup.
+    pub return_fee_percent: u8,
     /// How close (m) a pilot's last position must be to the pickup to arrive or pick up, and
     /// to the drop to deliver.
     pub geofence_m: f64,
@@ -187,7 +190,7 @@ impl Orders {
                 self.release(pilot);
             }
         };
-        if matches!(order.status, OrderStatus::Cancelled | OrderStatus::Delivered) {
+        if order.status.is_final() {
             order.pilot_id.into_iter().for_each(release);
         }
         let previous = events.iter().filter_map(OrderEvent::previous_pilot);

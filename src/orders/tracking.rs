@@ -63,7 +63,7 @@ impl Tracking {
             maps.by_pilot.remove(&previous);
         }
         let target = match order.status {
-            OrderStatus::Assigned => order.pickup.point(),
+            OrderStatus::Assigned | OrderStatus::Returning => order.pickup.point(),
             OrderStatus::PickedUp | OrderStatus::InTransit => order.drop.point(),
             _ => return,
         };

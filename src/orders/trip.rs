@@ -4,7 +4,8 @@
 //! for delivery), is one transaction with its events, and reaches the customer's room, the
 //! pilot and the dispatchers like every order event. Delivery needs the code the customer
 //! was shown (see [`DELIVERY_OTP_ATTEMPTS`]). After delivery the pilot takes work again; a
-//! cash order is then paid.
+//! cash order is then paid. An order a dispatcher sent back ends when its pilot reports the
+//! parcel returned at the pickup.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -26,6 +27,8 @@ pub enum TripStep {
     Arrived,
     PickedUp,
     Delivered,
+    /// The parcel of a `returning` order is back at the pickup.
+    Returned,
 }
 
 impl TripStep {
@@ -35,6 +38,7 @@ impl TripStep {
             TripStep::Arrived => (OrderStatus::Assigned, &[]),
             TripStep::PickedUp => (OrderStatus::Assigned, &[OrderStatus::PickedUp, OrderStatus::InTransit]),
             TripStep::Delivered => (OrderStatus::InTransit, &[OrderStatus::Delivered]),
+            TripStep::Returned => (OrderStatus::Returning, &[OrderStatus::Returned]),
         }
     }
 }
@@ -101,6 +105,14 @@ impl Orders {
                     },
                 });
             }
+        }
+        if step == TripStep::Returned {
+            let events = self.returned(&mut *tx, &mut order, caller, now).await?;
+            tx.commit().await?;
+            metrics::counter!("order_trip_steps_total", "step" => "returned").increment(1);
+            self.release_pilot(&order);
+            self.publish(&order, &events);
+            return Ok(order);
         }
         let mut events = Vec::new();
         if step == TripStep::Arrived {

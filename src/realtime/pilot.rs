@@ -1,7 +1,7 @@
 //! `/pilot`: a pilot's own socket. `location` batches go through the grid's GPS rules into
 //! the index (the ack says how many points counted and why each refused one was refused);
 //! `status:set` goes on or off duty; `order:arrived`, `order:picked_up` and `order:delivered`
-//! move the trip of the order it carries; `offer:accept` and `offer:reject` answer the
+//! move the trip of the order it carries (`order:returned` ends one a dispatcher sent back); `offer:accept` and `offer:reject` answer the
 //! `offer`s matching sends (an offer still open when the app reconnects is sent again). A pilot only ever moves itself: the pilot is the
 //! authenticated caller, never a field of the payload.
 //!
@@ -45,6 +45,9 @@ pub fn handlers() -> SharedHandlers {
         })
         .on("order:delivered", async |socket, data, ack, state, caller| {
             trip(TripStep::Delivered, socket, data, ack, state, caller).await
+        })
+        .on("order:returned", async |socket, data, ack, state, caller| {
+            trip(TripStep::Returned, socket, data, ack, state, caller).await
         })
         .on("offer:accept", async |socket, data, ack, state, caller| {
             answer(true, socket, data, ack, state, caller).await
@@ -155,8 +158,9 @@ struct TripRequest {
     otp: Option<String>,
 }
 
-/// `order:arrived`, `order:picked_up` `{order_id}`, `order:delivered` `{order_id, otp}`: a step of the trip of
-/// the order this pilot carries, checked against its last position. Acks the order.
+/// `order:arrived`, `order:picked_up`, `order:returned` `{order_id}`, `order:delivered`
+/// `{order_id, otp}`: a step of the trip of the order this pilot carries, checked against its
+/// last position. Acks the order.
 async fn trip(
     step: TripStep,
     socket: SocketRef,
@@ -169,6 +173,7 @@ async fn trip(
         TripStep::Arrived => "order:arrived",
         TripStep::PickedUp => "order:picked_up",
         TripStep::Delivered => "order:delivered",
+        TripStep::Returned => "order:returned",
     };
     let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, event, Class::Command, ack) else { return };
     let result = match payload(data).and_then(parse::<TripRequest>) {

@@ -105,7 +105,7 @@ macro_rules! insert_offer {
             $lock,
             ") AND EXISTS (SELECT 1 FROM pilots WHERE user_id = $3 AND approval = 'approved') ",
             "AND NOT EXISTS (SELECT 1 FROM orders WHERE pilot_id = $3 ",
-            "AND status IN ('assigned', 'picked_up', 'in_transit')) ",
+            "AND status IN ('assigned', 'picked_up', 'in_transit', 'returning')) ",
             "AND NOT EXISTS (SELECT 1 FROM offers WHERE order_id = $2 AND pilot_id = $3 ",
             "AND status IN ('rejected', 'expired'))"
         )

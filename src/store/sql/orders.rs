@@ -48,7 +48,7 @@ impl OrderStore for StoreImpl {
 
     async fn open_orders_within(&self, bbox: &crate::grid::geometry::BBox, limit: u32) -> Result<Vec<Order>> {
         let rows: Vec<OrderRow> = sqlx::query_as(select_order!(
-            "WHERE status NOT IN ('delivered', 'cancelled') AND pickup_lat BETWEEN $1 AND $2 \
+            "WHERE status NOT IN ('delivered', 'cancelled', 'returned') AND pickup_lat BETWEEN $1 AND $2 \
              AND pickup_lng BETWEEN $3 AND $4 ORDER BY id DESC LIMIT $5"
         ))
         .bind(bbox.min_lat)
@@ -63,7 +63,7 @@ impl OrderStore for StoreImpl {
 
     async fn active_orders(&self) -> Result<Vec<Order>> {
         let rows: Vec<OrderRow> =
-            sqlx::query_as(select_order!("WHERE status IN ('assigned', 'picked_up', 'in_transit') ORDER BY id"))
+            sqlx::query_as(select_order!("WHERE status IN ('assigned', 'picked_up', 'in_transit', 'returning') ORDER BY id"))
                 .fetch_all(&self.pool)
                 .await?;
         rows.into_iter().map(Order::try_from).collect()
@@ -72,7 +72,7 @@ impl OrderStore for StoreImpl {
     async fn active_order_of(&self, pilot: UserId) -> Result<Option<OrderId>> {
         // The partial unique index orders_one_active_per_pilot answers it.
         let id: Option<uuid::Uuid> = sqlx::query_scalar(
-            "SELECT id FROM orders WHERE pilot_id = $1 AND status IN ('assigned', 'picked_up', 'in_transit')",
+            "SELECT id FROM orders WHERE pilot_id = $1 AND status IN ('assigned', 'picked_up', 'in_transit', 'returning')",
         )
         .bind(pilot.0)
         .fetch_optional(&self.pool)

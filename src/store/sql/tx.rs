@@ -56,7 +56,7 @@ impl StoreTx for super::TxImpl {
     async fn lock_open_orders_of(&mut self, customer: UserId) -> Result<i64> {
         sqlx::query(super::LOCK_USER).bind(customer.0).execute(&mut *self.tx).await?;
         let open: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM orders WHERE customer_id = $1 AND status NOT IN ('delivered', 'cancelled')",
+            "SELECT COUNT(*) FROM orders WHERE customer_id = $1 AND status NOT IN ('delivered', 'cancelled', 'returned')",
         )
         .bind(customer.0)
         .fetch_one(&mut *self.tx)
