@@ -1108,3 +1108,66 @@ async fn a_dispatcher_sends_a_parcel_back_and_the_return_is_paid_as_configured()
     let quote = app.post("/api/v1/quotes", body, Some(&customer.access)).await;
     assert_eq!(quote.data()["fare"]["fees_owed_paise"].as_i64(), Some(cash_total / 2), "{:?}", quote.body);
 }
+
+/// Issue 21: the dispatcher console's order board. `orders:subscribe` answers the open
+/// orders; then `orders:delta` brings every change (a new order within a second, refused
+/// offers, the assignment, the end) to every subscribed dispatcher, and to nobody else.
+#[tokio::test]
+async fn the_order_board_is_a_snapshot_then_every_change() {
+    let app = TestApp::spawn().await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let waiting = create_order(&app, &customer).await;
+    let mut board = connect(&app, "/dispatch", &dispatcher).await;
+    let mut other = connect(&app, "/dispatch", &app.staff(Role::Admin).await).await;
+    let snapshot = board.call("orders:subscribe", json!(null)).await;
+    let rows = snapshot["data"]["orders"].as_array().unwrap_or_else(|| panic!("{snapshot}"));
+    assert_eq!(rows.len(), 1, "{snapshot}");
+    assert_eq!(
+        (rows[0]["id"].as_str(), rows[0]["status"].as_str(), rows[0]["offers_refused"].as_i64()),
+        (Some(waiting.as_str()), Some("searching_driver"), Some(0))
+    );
+    // Rows for one order, as deltas bring them, until `until` holds of one.
+    async fn delta_until(board: &mut SioClient, order: &str, until: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let delta = board.event("orders:delta", SOON).await.expect("a delta");
+            let found = delta["upserts"].as_array().unwrap().iter().find(|row| row["id"] == order).cloned();
+            if let Some(row) = found.filter(|row| until(row)) {
+                return row;
+            }
+        }
+    }
+
+    let placed = std::time::Instant::now();
+    let order = create_order(&app, &customer).await;
+    let row = delta_until(&mut board, &order, |row| row["status"] == "searching_driver").await;
+    assert!(placed.elapsed() < Duration::from_secs(1), "on the board within a second: {:?}", placed.elapsed());
+    assert_eq!(row["pickup"]["address"], common::order_body("cash")["pickup"]["address"], "{row}");
+
+    // A pilot turns its offer down: the row counts it.
+    let (pilot, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    let offer = socket.event("offer", SOON).await.expect("an offer");
+    let offered = offer["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(socket.call("offer:reject", json!({ "offer_id": offer["offer_id"] })).await["ok"], true);
+    let row = delta_until(&mut board, &offered, |row| row["offers_refused"] == 1).await;
+    assert_eq!(row["status"], "searching_driver");
+
+    // Assigned by hand, then cancelled: each comes as the row's new status, in seq order.
+    let next = socket.event("offer", SOON).await.expect("the other order is offered");
+    socket.call("offer:reject", json!({ "offer_id": next["offer_id"] })).await;
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+    let row = delta_until(&mut board, &order, |row| row["status"] == "assigned").await;
+    assert_eq!(row["pilot_id"].as_str(), Some(pilot.user_id.as_str()));
+    app.post(&format!("/api/v1/orders/{order}/cancel"), json!({}), Some(&customer.access)).await;
+    let ended = delta_until(&mut board, &order, |row| row["status"] == "cancelled").await;
+    assert!(ended["seq"].as_i64() > row["seq"].as_i64());
+
+    // Only subscribers get deltas; unsubscribing stops them.
+    assert!(other.event("orders:delta", Duration::ZERO).await.is_none());
+    assert_eq!(board.call("orders:unsubscribe", json!(null)).await["ok"], true);
+    while board.event("orders:delta", Duration::from_millis(600)).await.is_some() {}
+    create_order(&app, &customer).await;
+    assert!(board.event("orders:delta", Duration::from_millis(1200)).await.is_none(), "unsubscribed");
+    // Not for customers: their socket has no /dispatch.
+    assert!(SioClient::connect(app.addr, "/dispatch", Some(json!({ "token": customer.access })), "").await.is_err());
+}

@@ -4,7 +4,7 @@
 //! `realtime.viewport_interval_ms` (500 ms: at most 2 frames a second, whatever the update
 //! rate), `pilots:delta {upserts, removed}` carries only pilots that changed since the last
 //! frame the socket received, and `supply` is sent when the counts change. Every dispatcher
-//! also receives every `order:event`.
+//! also receives every `order:event`; `orders:subscribe` adds the order board ([`super::board`]).
 //!
 //! A delta is computed against what the socket last *received*: a frame dropped on a full
 //! buffer is not recorded as sent, so the next frame carries those changes again.
@@ -57,16 +57,21 @@ impl Viewports {
 
 /// The handlers of every dispatcher socket.
 pub fn handlers() -> SharedHandlers {
-    sessions::handlers(DISPATCH_NS, SharedHandlers::new()).on("viewport:set", set_viewport).fallback(super::unknown)
+    sessions::handlers(DISPATCH_NS, SharedHandlers::new())
+        .on("viewport:set", set_viewport)
+        .on("orders:subscribe", super::board::subscribe)
+        .on("orders:unsubscribe", super::board::unsubscribe)
+        .fallback(super::unknown)
 }
 
 /// Prepares an admitted dispatcher socket: the dispatchers' room and its handlers.
 pub fn setup(socket: &SocketRef, gateway: &Gateway) {
     socket.join(ROOM);
     socket.on_shared(gateway.handlers.dispatch.clone());
-    let (viewports, budgets) = (gateway.viewports.clone(), gateway.budgets.clone());
+    let (viewports, board, budgets) = (gateway.viewports.clone(), gateway.board.clone(), gateway.budgets.clone());
     socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
         viewports.remove(socket.id);
+        board.left(socket.id);
         super::closed(&socket, &budgets, DISPATCH_NS, reason);
     });
 }

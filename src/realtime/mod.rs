@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `/pilot` | pilots | [`pilot`]: location batches into the grid, status, offers, trip steps |
 //! | `/customer` | customers | [`customer`]: watch an order (snapshot + replay by `seq`), live pilot position |
-//! | `/dispatch` | dispatchers, admins | [`dispatch`]: a viewport of pilots and open orders, coalesced deltas, supply |
+//! | `/dispatch` | dispatchers, admins | [`dispatch`]: a viewport of pilots and open orders, coalesced deltas, supply; [`board`]: the live order board |
 //!
 //! On every namespace, [`sessions`] ends a socket when its session does (revoked, or its
 //! token expired without `auth:refresh`), telling it why with `session:ended`; every event
@@ -29,6 +29,7 @@
 pub mod ack;
 mod admission;
 mod auth;
+mod board;
 pub mod budget;
 mod customer;
 mod dispatch;
@@ -49,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::AppState;
 use crate::orders::tracking::Tracking;
 use admission::{close_with, closed, opened, spend, unknown};
+use board::Board;
 use budget::Budgets;
 use dispatch::Viewports;
 use relay::Relay;
@@ -83,6 +85,7 @@ pub struct RealtimeConfig {
 pub struct Gateway {
     pub app: AppState,
     viewports: Arc<Viewports>,
+    board: Arc<Board>,
     tracking: Arc<Tracking>,
     handlers: Arc<Handlers>,
     budgets: Arc<Budgets>,
@@ -125,9 +128,11 @@ impl Realtime {
         let per_address = (!state.config.rate_limit.client_ip_header.is_empty())
             .then_some(state.config.server.max_connections_per_ip);
         let budgets = Arc::new(Budgets::new(&config.budgets, config.max_sockets_per_user, per_address));
+        let board = Arc::new(Board::default());
         let gateway = Gateway {
             app: state.clone(),
             viewports: viewports.clone(),
+            board: board.clone(),
             tracking: tracking.clone(),
             handlers,
             budgets: budgets.clone(),
@@ -170,9 +175,12 @@ impl Realtime {
         state.orders.subscribe(relay.clone());
         state.matchmaker.subscribe(relay.clone());
         state.fleet.subscribe(relay.clone());
+        state.orders.subscribe(board.clone());
+        state.matchmaker.subscribe(board.clone());
         if let Some(cluster) = &state.cluster {
             cluster.subscribe_offers(relay.clone());
             cluster.subscribe_moves(relay.clone());
+            cluster.subscribe_offers(board);
         }
         let interval = Duration::from_millis(config.viewport_interval_ms);
         let grid = state.grid.clone();
@@ -185,8 +193,8 @@ impl Realtime {
         self.io.clone()
     }
 
-    /// Ticks the dispatchers' viewports, ends the sockets of ended sessions and forgets idle
-    /// users' budgets, until `stop`.
+    /// Ticks the dispatchers' viewports and order boards, ends the sockets of ended sessions
+    /// and forgets idle users' budgets, until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let budgets = self.budgets.clone();
         let forget = crate::app::every(BUDGETS_UPKEEP, stop.clone(), move || budgets.forget_idle());
@@ -200,7 +208,10 @@ impl Realtime {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                _ = ticks.tick() => dispatch::tick(&self.io, &self.grid, &self.viewports, self.limit),
+                _ = ticks.tick() => {
+                    dispatch::tick(&self.io, &self.grid, &self.viewports, self.limit);
+                    self.gateway.board.tick(&self.io, self.gateway.app.store.as_ref()).await;
+                }
             }
         }
     }

@@ -36,11 +36,21 @@ pub trait OrderStore: Send + Sync {
     /// first, at most `limit`: what a dispatcher's map shows.
     async fn open_orders_within(&self, bbox: &crate::grid::geometry::BBox, limit: u32) -> Result<Vec<Order>>;
 
-    /// Every order a pilot is carrying now (assigned, picked up or in transit): what live
+    /// Open orders, newest first, at most `limit`: the dispatchers' order board.
+    async fn open_orders(&self, limit: u32) -> Result<Vec<Order>>;
+
+    /// These orders (those that exist), in no particular order.
+    async fn orders_by_id(&self, ids: &[OrderId]) -> Result<Vec<Order>>;
+
+    /// How many offers of each of these orders pilots turned down or let expire (orders
+    /// without any are left out).
+    async fn refused_offers(&self, ids: &[OrderId]) -> Result<Vec<(OrderId, i64)>>;
+
+    /// Every order a pilot is carrying now (assigned, picked up, in transit, returning): what live
     /// tracking follows after a restart.
     async fn active_orders(&self) -> Result<Vec<Order>>;
 
-    /// The order `pilot` carries now (assigned, picked up or in transit), if any.
+    /// The order `pilot` carries now (assigned, picked up, in transit, returning), if any.
     async fn active_order_of(&self, pilot: UserId) -> Result<Option<OrderId>>;
 
     /// Every order searching for a pilot: what matching resumes after a restart.

@@ -97,7 +97,7 @@ mod accounts_sql {
     include!("sql/accounts.rs");
 }
 mod orders_sql {
-    use super::StoreImpl;
+    use super::{Db, StoreImpl};
     include!("sql/orders.rs");
 }
 mod offers_sql {

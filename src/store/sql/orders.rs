@@ -10,6 +10,9 @@ use crate::ids::{OrderId, UserId};
 use crate::store::orders::{EventRow, IdempotentRow, OrderRow, SELECT_IDEMPOTENT_RESPONSE, select_order};
 use crate::store::{IdempotentReplay, OrderFilter, OrderStore, PageRequest};
 
+/// Most ids one `IN (…)` list binds (SQLite allows 32,766 parameters; Postgres 65,535).
+const ID_CHUNK: usize = 500;
+
 #[async_trait]
 impl OrderStore for StoreImpl {
     async fn order(&self, id: OrderId) -> Result<Option<Order>> {
@@ -59,6 +62,48 @@ impl OrderStore for StoreImpl {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(Order::try_from).collect()
+    }
+
+    async fn open_orders(&self, limit: u32) -> Result<Vec<Order>> {
+        let rows: Vec<OrderRow> = sqlx::query_as(select_order!(
+            "WHERE status NOT IN ('delivered', 'cancelled', 'returned') ORDER BY id DESC LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Order::try_from).collect()
+    }
+
+    async fn orders_by_id(&self, ids: &[OrderId]) -> Result<Vec<Order>> {
+        let mut orders = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ID_CHUNK) {
+            let mut query = sqlx::QueryBuilder::<Db>::new(select_order!("WHERE id IN ("));
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(id.0);
+            }
+            query.push(")");
+            let rows: Vec<OrderRow> = query.build_query_as().fetch_all(&self.pool).await?;
+            for row in rows {
+                orders.push(Order::try_from(row)?);
+            }
+        }
+        Ok(orders)
+    }
+
+    async fn refused_offers(&self, ids: &[OrderId]) -> Result<Vec<(OrderId, i64)>> {
+        let mut counts = Vec::new();
+        for chunk in ids.chunks(ID_CHUNK) {
+            let mut query = sqlx::QueryBuilder::<Db>::new("SELECT order_id, COUNT(*) FROM offers WHERE order_id IN (");
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(id.0);
+            }
+            query.push(") AND status IN ('rejected', 'expired') GROUP BY order_id");
+            let rows: Vec<(uuid::Uuid, i64)> = query.build_query_as().fetch_all(&self.pool).await?;
+            counts.extend(rows.into_iter().map(|(id, count)| (OrderId(id), count)));
+        }
+        Ok(counts)
     }
 
     async fn active_orders(&self) -> Result<Vec<Order>> {
