@@ -42,6 +42,7 @@ pub struct Config {
     pub matching: crate::matching::MatchingConfig,
     pub cluster: crate::cluster::ClusterConfig,
     pub pilots: crate::fleet::PilotsConfig,
+    pub console: crate::http::console::ConsoleConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,7 +152,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
-    fn new(key: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: &str, message: impl Into<String>) -> Self {
         Self { key: key.to_owned(), message: message.into() }
     }
 
@@ -322,6 +323,7 @@ impl Config {
         if self.orders.cancellation_fee_paise < 0 {
             return Err(ConfigError::new("orders.cancellation_fee_paise", "must be >= 0"));
         }
+        self.console.check()?;
         if self.orders.return_fee_percent > 100 {
             return Err(ConfigError::new("orders.return_fee_percent", "must be 0 to 100"));
         }
@@ -548,6 +550,15 @@ mod tests {
         assert!(!err.to_string().contains("123456789012"), "{err}");
         assert_eq!(redact_url("postgres://db/app?user=u&password=hunter2"), "postgres://db/app?***");
         assert_eq!(redact_url("redis://:pw@cache:6379"), "redis://:***@cache:6379");
+    }
+
+    #[test]
+    fn the_console_takes_only_a_tile_url_it_can_put_in_its_policy() {
+        let err = with("console.tile_url", "https://tiles.example.org; script-src *").unwrap_err();
+        assert_eq!(err.key, "console.tile_url");
+        assert_eq!(with("console.zoom", 0).unwrap_err().key, "console.zoom");
+        assert!(with("console.tile_url", "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png").is_ok());
+        assert_eq!(with("orders.return_fee_percent", 101).unwrap_err().key, "orders.return_fee_percent");
     }
 
     #[test]

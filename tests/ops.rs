@@ -194,3 +194,35 @@ async fn the_api_is_rate_limited_per_client() {
         assert_eq!(app.get("/healthz", None).await.status, StatusCode::OK, "probes are not limited");
     }
 }
+
+/// Issue 21: the dispatcher console is served by the server itself, its scripts compiled in,
+/// under a policy that lets in this origin and the configured tile server only.
+#[tokio::test]
+async fn the_console_is_served_with_its_own_policy() {
+    let tiles = "https://{s}.tile.openstreetmap.org/{z}/{x}/{y}.png";
+    let app = TestApp::spawn_with(Options::default().set("console.tile_url", tiles)).await;
+    let root = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(root.url().path(), "/console", "/ redirects to the console");
+    let policy = root.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(policy.contains("script-src 'self';"), "{policy}");
+    assert!(policy.contains("img-src 'self' data: https://*.tile.openstreetmap.org;"), "{policy}");
+    assert!(!policy.contains("unsafe"), "{policy}");
+    let page = root.text().await.unwrap();
+    assert!(page.contains("data-testid=\"login-submit\""));
+    assert!(!page.contains("<script>"), "no inline script");
+    for asset in
+        ["/console/console.js", "/console/vendor/leaflet/leaflet.js", "/console/vendor/socket.io/socket.io.min.js"]
+    {
+        let reply = app.client.get(app.url(asset)).send().await.unwrap();
+        assert_eq!(reply.status(), StatusCode::OK, "{asset}");
+        assert!(reply.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+        let etag = reply.headers()["etag"].clone();
+        let again = app.client.get(app.url(asset)).header("if-none-match", etag).send().await.unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{asset} is revalidated by its hash");
+    }
+    let missing = app.client.get(app.url("/console/../Cargo.toml")).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let settings: serde_json::Value =
+        app.client.get(app.url("/console/config.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((settings["tile_url"].as_str(), settings["alert_search_secs"].as_u64()), (Some(tiles), Some(120)));
+}

@@ -408,9 +408,25 @@ async fn cancelling_refunds_to_the_wallet_once() {
 
     let cash = create(&app, &customer, order_body("cash")).await;
     let cash_id = cash.data()["id"].as_str().unwrap();
-    let by_dispatcher =
-        app.post(&format!("/api/v1/orders/{cash_id}/cancel"), json!({}), Some(&dispatcher.access)).await;
+    let path = format!("/api/v1/orders/{cash_id}/cancel");
+    let long = json!({ "reason": "x".repeat(201) });
+    let refused = app.post(&path, long, Some(&dispatcher.access)).await;
+    assert_eq!(
+        (refused.status, refused.body["error"]["details"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("reason"))
+    );
+    let why = json!({ "reason": "  the customer called: wrong drop  " });
+    let by_dispatcher = app.post(&path, why, Some(&dispatcher.access)).await;
     assert_eq!(by_dispatcher.data()["cancel_reason"], "dispatcher");
+    let events = app.get(&format!("/api/v1/orders/{cash_id}/events"), Some(&customer.access)).await;
+    let last = events.data().as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["data"]["note"], "the customer called: wrong drop", "the dispatcher's words are kept");
+
+    // The body may be left out entirely (no content type either).
+    let bare = create(&app, &customer, order_body("cash")).await;
+    let url = app.url(&format!("/api/v1/orders/{}/cancel", bare.data()["id"].as_str().unwrap()));
+    let reply = app.client.post(url).bearer_auth(&customer.access).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -1158,6 +1158,12 @@ async fn the_order_board_is_a_snapshot_then_every_change() {
     assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
     let row = delta_until(&mut board, &order, |row| row["status"] == "assigned").await;
     assert_eq!(row["pilot_id"].as_str(), Some(pilot.user_id.as_str()));
+    // The console's figure: the median wait from search to assignment over the last hour.
+    let stats = app.get("/api/v1/dispatch/stats", Some(&dispatcher.access)).await;
+    assert_eq!(stats.data()["assigned_last_hour"], 1, "{:?}", stats.body);
+    assert!(stats.data()["median_wait_to_assign_secs"].as_f64().is_some_and(|secs| secs >= 0.0));
+    let denied = app.get("/api/v1/dispatch/stats", Some(&customer.access)).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
     app.post(&format!("/api/v1/orders/{order}/cancel"), json!({}), Some(&customer.access)).await;
     let ended = delta_until(&mut board, &order, |row| row["status"] == "cancelled").await;
     assert!(ended["seq"].as_i64() > row["seq"].as_i64());

@@ -124,6 +124,8 @@ pub struct Supply {
 pub struct SupplyCell {
     pub cell: String,
     pub center: LatLng,
+    /// The cell's hexagon, `[lat, lng]` vertices, for maps.
+    pub boundary: Vec<[f64; 2]>,
     pub bike: Supply,
     pub auto: Supply,
     pub mini_truck: Supply,
@@ -135,6 +137,7 @@ impl SupplyCell {
         Self {
             cell: cell.to_string(),
             center: cell_center(cell),
+            boundary: cell.boundary().iter().map(|vertex| [round6(vertex.lat()), round6(vertex.lng())]).collect(),
             bike: counts[vehicle_index(VehicleType::Bike)],
             auto: counts[vehicle_index(VehicleType::Auto)],
             mini_truck: counts[vehicle_index(VehicleType::MiniTruck)],
@@ -199,4 +202,9 @@ pub struct GridStats {
     pub pilots: usize,
     pub in_service: usize,
     pub cells: usize,
+}
+
+/// Six decimals (about 0.1 m): enough for a map, and short on the wire.
+fn round6(degrees: f64) -> f64 {
+    (degrees * 1e6).round() / 1e6
 }

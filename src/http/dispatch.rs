@@ -90,13 +90,44 @@ pub async fn nearest(
         return Err(Error::validation("radius_m", format!("must be between 0 and {MAX_RADIUS_M}")));
     }
     let filter = state.grid.available_filter(query.vehicle_type, state.fleet.now_ms());
-    Ok(ok(json!({ "items": state.grid.nearest(k, point, radius, &filter) })))
+    // With each, how long it would take to reach the point (the pricing route).
+    let items: Vec<_> = state
+        .grid
+        .nearest(k, point, radius, &filter)
+        .into_iter()
+        .map(|candidate| {
+            let eta_s = state.orders.eta_secs(candidate.pilot.vehicle, candidate.pilot.position, point);
+            let mut item = json!(candidate);
+            item["eta_s"] = json!(eta_s);
+            item
+        })
+        .collect();
+    Ok(ok(json!({ "items": items })))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupplyQuery {
     bbox: String,
+}
+
+/// Most assignments one median reads (a busy city's hour; past it, the newest).
+const MAX_WAITS: u32 = 20_000;
+
+/// `GET /dispatch/stats`: the median wait from search to assignment over the last hour, and
+/// how many assignments it counts.
+pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse> {
+    caller.require(&[Role::Dispatcher, Role::Admin])?;
+    let since = state.clock.now() - chrono::Duration::hours(1);
+    let mut waits = state.store.assignment_waits(since, MAX_WAITS).await?;
+    waits.sort_by(f64::total_cmp);
+    let median = match waits.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(waits[n / 2]),
+        n => Some((waits[n / 2 - 1] + waits[n / 2]) / 2.0),
+    };
+    let median = median.map(|secs| (secs * 10.0).round() / 10.0);
+    Ok(ok(json!({ "median_wait_to_assign_secs": median, "assigned_last_hour": waits.len() })))
 }
 
 pub async fn supply(

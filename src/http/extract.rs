@@ -40,6 +40,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
+/// A JSON body parsed into `T`, or `T::default()` when the request has no body at all (an
+/// endpoint whose body is optional).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        let json = has_json_content_type(&req);
+        let limit = body_limit(&req);
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| body_error(rejection, limit))?;
+        if bytes.is_empty() {
+            return Ok(OptionalJson(T::default()));
+        }
+        if !json {
+            return Err(Error::UnsupportedMediaType(
+                "send the body as JSON with Content-Type: application/json".into(),
+            ));
+        }
+        parse_json(&bytes).map(OptionalJson)
+    }
+}
+
 /// Parses a JSON document, naming the field of the first problem.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);

@@ -8,6 +8,7 @@
 //! [`response::Reply`]; nothing below this module knows about HTTP.
 
 pub mod auth;
+pub mod console;
 pub mod coupons;
 pub mod dispatch;
 pub mod docs;
@@ -68,7 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/docs", get(docs::page))
-        .route("/docs/openapi.json", get(docs::openapi));
+        .route("/docs/openapi.json", get(docs::openapi))
+        .merge(console::routes());
 
     let app = Router::new().nest("/api/v1", api.merge(webhooks)).merge(ops).layer(
         ServiceBuilder::new()
@@ -139,6 +141,7 @@ fn api_routes() -> Router<AppState> {
         .route("/dispatch/pilots", get(dispatch::pilots))
         .route("/dispatch/pilots/nearest", get(dispatch::nearest))
         .route("/dispatch/supply", get(dispatch::supply))
+        .route("/dispatch/stats", get(dispatch::stats))
         .route("/dispatch/orders/{id}/assign", post(dispatch::assign))
         .route("/dispatch/orders/{id}/reassign", post(dispatch::reassign))
         .route("/dispatch/orders/{id}/unlock-delivery", post(dispatch::unlock_delivery))

@@ -10,7 +10,7 @@ use crate::auth::Caller;
 use crate::domain::orders::OrderStatus;
 use crate::domain::{LatLng, VehicleType};
 use crate::error::{Error, Result};
-use crate::http::extract::{Json, Path, Query};
+use crate::http::extract::{Json, OptionalJson, Path, Query};
 use crate::http::response::{Page, Reply, created, ok};
 use crate::ids::OrderId;
 use crate::orders::ratings::RatingRequest;
@@ -103,12 +103,21 @@ pub async fn list(
     Ok(ok(Page::from_overfetch(views, limit, |view| view.order.id.to_string())))
 }
 
+/// `POST /orders/{id}/cancel {reason?}` (the body may be left out).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<OrderId>,
+    OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<impl IntoResponse> {
-    Ok(ok(state.orders.cancel(&caller, id).await?))
+    Ok(ok(state.orders.cancel(&caller, id, body.reason.as_deref()).await?))
 }
 
 #[derive(Debug, Deserialize)]

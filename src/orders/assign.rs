@@ -17,7 +17,7 @@ use crate::domain::orders::{CancelReason, Order, OrderStatus};
 use crate::domain::{PilotApproval, PilotStatus, Role, VehicleType};
 use crate::error::{Error, Result};
 use crate::ids::{OrderId, UserId};
-use crate::orders::lifecycle::cancel_in;
+use crate::orders::lifecycle::cancel_noted;
 use crate::orders::view::with_contacts;
 use crate::orders::{Orders, event, not_found, push_event, save, transition, visible};
 use crate::store::{OffersOf, User};
@@ -93,20 +93,20 @@ impl Orders {
         caller.require(&[Role::Dispatcher, Role::Admin])?;
         if let Some(pilot) = to {
             let pilot = self.approved_pilot(pilot).await?;
-            return self.take_back(caller, id, Some(&pilot)).await;
+            return self.take_back(caller, id, Some(&pilot), None).await;
         }
-        self.take_back(caller, id, None).await
+        self.take_back(caller, id, None, None).await
     }
 
     /// The order's pilot drops it. Before pickup the order searches again (the customer keeps
     /// it; this pilot is not offered it again); with the goods on board it is cancelled
     /// (`pilot`) and refunded in full, for the operator to sort out.
-    pub async fn pilot_cancel(&self, caller: &Caller, id: OrderId) -> Result<Order> {
+    pub async fn pilot_cancel(&self, caller: &Caller, id: OrderId, note: Option<&str>) -> Result<Order> {
         caller.require(&[Role::Pilot])?;
         let order = self.store.order(id).await?.ok_or_else(not_found)?;
         visible(caller, &order)?;
         if order.status == OrderStatus::Assigned {
-            return self.take_back(caller, id, None).await;
+            return self.take_back(caller, id, None, note).await;
         }
         let now = self.now();
         let mut tx = self.store.begin().await?;
@@ -116,7 +116,7 @@ impl Orders {
             return Err(Error::conflict("INVALID_TRANSITION", format!("a {} order cannot be dropped", order.status)));
         }
         let reason = CancelReason::Pilot;
-        let events = cancel_in(&mut *tx, &mut order, reason, 0, Some(caller), now, self.notify).await?;
+        let events = cancel_noted(&mut *tx, &mut order, reason, note, Some(caller), now, self.notify).await?;
         tx.commit().await?;
         metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
         self.release_pilot(&order);
@@ -126,7 +126,7 @@ impl Orders {
 
     /// Moves an assigned order from its pilot to `to` (with its vehicle), or back to
     /// searching. One transaction; the previous pilot takes work again.
-    async fn take_back(&self, caller: &Caller, id: OrderId, to: Option<&User>) -> Result<Order> {
+    async fn take_back(&self, caller: &Caller, id: OrderId, to: Option<&User>, note: Option<&str>) -> Result<Order> {
         let now = self.now();
         let mut tx = self.store.begin().await?;
         let mut order = tx.lock_order(id).await?.ok_or_else(not_found)?;
@@ -159,7 +159,10 @@ impl Orders {
             }
             None => {
                 order.pilot_id = None;
-                let data = json!({ "previous_pilot_id": previous, "by": caller.role });
+                let mut data = json!({ "previous_pilot_id": previous, "by": caller.role });
+                if let Some(note) = note {
+                    data["note"] = json!(note);
+                }
                 events.push(push_event(&mut order, event("unassigned", Some(caller), data), now));
                 events.push(self.begin_search(&mut order, now)?);
             }

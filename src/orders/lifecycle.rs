@@ -30,10 +30,12 @@ impl Orders {
     /// refunding what was paid minus the cancellation fee once a pilot was assigned. Staff
     /// stopping an order with the parcel on board sends it back: the order is `returning`
     /// until its pilot brings the parcel to the pickup ([`Orders::returned`]). Its pilot
-    /// dropping it is [`Orders::pilot_cancel`].
-    pub async fn cancel(&self, caller: &Caller, id: OrderId) -> Result<Order> {
+    /// dropping it is [`Orders::pilot_cancel`]. `note`, the caller's words on why, goes in
+    /// the event (`data.note`).
+    pub async fn cancel(&self, caller: &Caller, id: OrderId, note: Option<&str>) -> Result<Order> {
+        let note = cancel_note(note)?;
         if caller.role == Role::Pilot {
-            return self.pilot_cancel(caller, id).await;
+            return self.pilot_cancel(caller, id, note.as_deref()).await;
         }
         caller.require(&[Role::Customer, Role::Dispatcher, Role::Admin])?;
         let reason = if caller.role == Role::Customer { CancelReason::Customer } else { CancelReason::Dispatcher };
@@ -50,7 +52,7 @@ impl Orders {
         }
         if matches!(order.status, OrderStatus::PickedUp | OrderStatus::InTransit) {
             let before = (order.status, order.last_event_seq);
-            let data = json!({ "reason": reason, "return_to": order.pickup });
+            let data = json!({ "reason": reason, "note": note, "return_to": order.pickup });
             let events = vec![transition(&mut order, OrderStatus::Returning, Some(caller), data, now)?];
             save(&mut *tx, &order, before, &events, self.notify).await?;
             tx.commit().await?;
@@ -64,7 +66,8 @@ impl Orders {
             _ if reason == CancelReason::Customer && order.pilot_id.is_some() => self.config.cancellation_fee_paise,
             _ => 0,
         };
-        let events = cancel_in(&mut *tx, &mut order, reason, fee, Some(caller), now, self.notify).await?;
+        let ended = Ending { to: OrderStatus::Cancelled, reason: Some(reason), fee_paise: fee, note: note.as_deref() };
+        let events = end_in(&mut *tx, &mut order, ended, Some(caller), now, self.notify).await?;
         self.pay_kept_fee(&mut *tx, &order, now).await?;
         tx.commit().await?;
         metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
@@ -83,8 +86,8 @@ impl Orders {
         caller: &Caller,
         now: DateTime<Utc>,
     ) -> Result<Vec<OrderEvent>> {
-        let fee = self.return_fee(order);
-        let events = end_in(tx, order, OrderStatus::Returned, None, fee, Some(caller), now, self.notify).await?;
+        let ended = Ending { to: OrderStatus::Returned, reason: None, fee_paise: self.return_fee(order), note: None };
+        let events = end_in(tx, order, ended, Some(caller), now, self.notify).await?;
         self.pay_kept_fee(tx, order, now).await?;
         metrics::counter!("orders_returned_total").increment(1);
         Ok(events)
@@ -223,6 +226,18 @@ impl Orders {
     }
 }
 
+/// Longest cancellation note kept, in characters.
+const MAX_NOTE_CHARS: usize = 200;
+
+/// The note a cancellation came with, trimmed; none when blank.
+fn cancel_note(note: Option<&str>) -> Result<Option<String>> {
+    let note = note.map(str::trim).filter(|note| !note.is_empty());
+    if note.is_some_and(|note| note.chars().count() > MAX_NOTE_CHARS) {
+        return Err(Error::validation("reason", format!("must be at most {MAX_NOTE_CHARS} characters")));
+    }
+    Ok(note.map(str::to_owned))
+}
+
 /// Cancels `order` inside `tx`: refund (wallet credit, or a gateway refund job), coupon
 /// released, status and event written. Returns the new events.
 pub(super) async fn cancel_in(
@@ -234,23 +249,45 @@ pub(super) async fn cancel_in(
     now: DateTime<Utc>,
     notify: bool,
 ) -> Result<Vec<OrderEvent>> {
-    end_in(tx, order, OrderStatus::Cancelled, Some(reason), fee_paise, caller, now, notify).await
+    let ended = Ending { to: OrderStatus::Cancelled, reason: Some(reason), fee_paise, note: None };
+    end_in(tx, order, ended, caller, now, notify).await
 }
 
-/// Ends `order` as `to` (cancelled, for `reason`; or returned) inside `tx`: refund of what
-/// was paid less `fee_paise` (wallet credit, or a gateway refund job), or for a cash order
-/// the fee owed; coupon released; status and event written. Returns the new events.
-#[allow(clippy::too_many_arguments)]
-async fn end_in(
+/// [`cancel_in`], for `reason` with no fee, and `note` in its event.
+pub(super) async fn cancel_noted(
     tx: &mut dyn StoreTx,
     order: &mut Order,
-    to: OrderStatus,
-    reason: Option<CancelReason>,
-    fee_paise: i64,
+    reason: CancelReason,
+    note: Option<&str>,
     caller: Option<&Caller>,
     now: DateTime<Utc>,
     notify: bool,
 ) -> Result<Vec<OrderEvent>> {
+    let ended = Ending { to: OrderStatus::Cancelled, reason: Some(reason), fee_paise: 0, note };
+    end_in(tx, order, ended, caller, now, notify).await
+}
+
+/// How an order ends: as `to` (cancelled, for `reason`; or returned), keeping `fee_paise` of
+/// what was paid, with the caller's `note` on why.
+struct Ending<'a> {
+    to: OrderStatus,
+    reason: Option<CancelReason>,
+    fee_paise: i64,
+    note: Option<&'a str>,
+}
+
+/// Ends `order` inside `tx` as `ending` says: refund of what was paid less the fee (wallet
+/// credit, or a gateway refund job), or for a cash order the fee owed; coupon released;
+/// status and event written. Returns the new events.
+async fn end_in(
+    tx: &mut dyn StoreTx,
+    order: &mut Order,
+    ending: Ending<'_>,
+    caller: Option<&Caller>,
+    now: DateTime<Utc>,
+    notify: bool,
+) -> Result<Vec<OrderEvent>> {
+    let Ending { to, reason, fee_paise, note } = ending;
     if !order.status.can_become(to) {
         return Err(invalid_transition(order.status, to));
     }
@@ -290,7 +327,10 @@ async fn end_in(
         }
     }
     order.cancel_reason = reason;
-    let data = json!({ "reason": reason, "refund_paise": refund, "fee_paise": fee, "fee_owed_paise": owed });
+    let mut data = json!({ "reason": reason, "refund_paise": refund, "fee_paise": fee, "fee_owed_paise": owed });
+    if let Some(note) = note {
+        data["note"] = json!(note);
+    }
     let events = vec![transition(order, to, caller, data, now)?];
     save(tx, order, before, &events, notify).await?;
     Ok(events)

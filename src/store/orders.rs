@@ -36,6 +36,10 @@ pub trait OrderStore: Send + Sync {
     /// first, at most `limit`: what a dispatcher's map shows.
     async fn open_orders_within(&self, bbox: &crate::grid::geometry::BBox, limit: u32) -> Result<Vec<Order>>;
 
+    /// For each assignment since `since` (at most `limit`, newest first), how long its order
+    /// had searched (from the search that ended in it), in seconds.
+    async fn assignment_waits(&self, since: DateTime<Utc>, limit: u32) -> Result<Vec<f64>>;
+
     /// Open orders, newest first, at most `limit`: the dispatchers' order board.
     async fn open_orders(&self, limit: u32) -> Result<Vec<Order>>;
 

@@ -98,7 +98,7 @@ export async function dispatcher(server) {
   });
   if (made.status !== 0) throw new Error(`create-user: ${made.stderr}`);
   const reply = await api(server, "POST", "/auth/login", { phone, password: PASSWORD });
-  return session(reply.body.data);
+  return { ...session(reply.body.data), phone };
 }
 
 function session(grant) {

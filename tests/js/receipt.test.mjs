@@ -2,32 +2,17 @@
 // renders the page a customer prints after delivery. A screenshot is kept for people to look
 // at (DISPATCHD_SCREENSHOTS, default the system's temporary folder).
 import assert from "node:assert/strict";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, test } from "node:test";
 
-import { chromium } from "playwright-core";
-
+import { launchChromium, screenshotPath } from "./browser.mjs";
 import { DROP, PICKUP, api, call, dispatcher, fix, pilotOnDuty, register, startServer } from "./harness.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 let server;
 let browser;
 
 before(async () => {
   server = await startServer();
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -80,7 +65,7 @@ test("a delivered order's receipt renders as a printable page that loads nothing
   assert.ok(Number(await total.evaluate((cell) => getComputedStyle(cell).fontWeight)) >= 600);
   assert.deepEqual(outside, [], "nothing is loaded from elsewhere");
   assert.deepEqual(blocked, [], "the Content-Security-Policy blocks nothing the page uses");
-  const shot = join(process.env.DISPATCHD_SCREENSHOTS ?? tmpdir(), "dispatchd-receipt.png");
+  const shot = screenshotPath("dispatchd-receipt.png");
   await page.screenshot({ path: shot, fullPage: true });
   await context.close();
 });

@@ -203,6 +203,9 @@ enum Scenario {
         side_km: f64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Seconds between a pilot's reports (a phone's usual 5; 1 to load a dispatcher's map).
+        #[arg(long, value_parser = positive, default_value_t = 5.0)]
+        report_secs: f64,
     },
     /// Greedy against batched matching on the same simulated city (in-process, simulated
     /// time, reproducible), and the batch solve time. The server's `[matching]` settings
@@ -360,13 +363,14 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             anyhow::ensure!(report.created > 0, "no order was created");
             (common.json, report.json())
         }
-        Scenario::Simulate { common, pilots, orders_per_min, side_km, seed } => {
+        Scenario::Simulate { common, pilots, orders_per_min, side_km, seed, report_secs } => {
             let args = simulate::SimulateArgs {
                 pilots,
                 orders_per_min,
                 duration_s: common.duration,
                 side_km,
                 seed,
+                report_every: std::time::Duration::from_secs_f64(report_secs),
                 staff: (common.staff.staff_phone.clone(), common.staff.staff_password.clone()),
             };
             let summary = simulate::run(&target(&common)?, &args).await?;

@@ -28,6 +28,8 @@ pub struct SimulateArgs {
     pub duration_s: u64,
     pub side_km: f64,
     pub seed: u64,
+    /// Between a pilot's reports.
+    pub report_every: Duration,
     pub staff: (String, String),
 }
 
@@ -50,7 +52,7 @@ pub async fn run(target: &Target, args: &SimulateArgs) -> anyhow::Result<Value> 
     let counters = Counters::new(&[&["orders", "refused"][..], &FLEET_COUNTERS[..]].concat());
     let codes = DeliveryCodes::default();
     let behaviour = Behaviour {
-        report_every: Duration::from_secs(5),
+        report_every: args.report_every,
         accept_share: 0.9,
         think_ms: (1_000, 4_000),
         trip: Trip::Drive(codes.clone()),

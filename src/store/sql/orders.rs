@@ -64,6 +64,21 @@ impl OrderStore for StoreImpl {
         rows.into_iter().map(Order::try_from).collect()
     }
 
+    async fn assignment_waits(&self, since: DateTime<Utc>, limit: u32) -> Result<Vec<f64>> {
+        let rows: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT a.created_at, (SELECT MAX(s.created_at) FROM order_events s \
+             WHERE s.order_id = a.order_id AND s.seq < a.seq AND s.type = 'searching_driver') \
+             FROM order_events a WHERE a.type = 'assigned' AND a.created_at >= $1 \
+             ORDER BY a.created_at DESC LIMIT $2",
+        )
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let waits = rows.into_iter().filter_map(|(assigned, searched)| Some((assigned - searched?).as_seconds_f64()));
+        Ok(waits.collect())
+    }
+
     async fn open_orders(&self, limit: u32) -> Result<Vec<Order>> {
         let rows: Vec<OrderRow> = sqlx::query_as(select_order!(
             "WHERE status NOT IN ('delivered', 'cancelled', 'returned') ORDER BY id DESC LIMIT $1"
