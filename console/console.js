@@ -772,6 +772,7 @@
             step(`/dispatch/orders/${order.id}/${path}`, { pilot_id: candidate.pilot.id }),
           );
           assign.dataset.testid = "assign-pilot";
+          assign.dataset.pilotId = candidate.pilot.id;
           li.append(text("span", what), assign);
           return li;
         }),

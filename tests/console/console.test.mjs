@@ -15,8 +15,9 @@ let browser;
 const sockets = [];
 
 before(async () => {
-  // Alerts after 3 s of searching, so that the test need not wait minutes.
-  server = await startServer({ DISPATCHD__CONSOLE__ALERT_SEARCH_SECS: "3" });
+  // Alerts after 3 s of searching, and access tokens of 65 s (the page renews them a minute
+  // before they expire: here at once), so that the test need not wait minutes.
+  server = await startServer({ DISPATCHD__CONSOLE__ALERT_SEARCH_SECS: "3", DISPATCHD__AUTH__ACCESS_TTL_SECS: "65" });
   browser = await launchChromium();
 });
 
@@ -69,6 +70,8 @@ test("a dispatcher watches the city, sees a new order at once and assigns it by 
   await page.getByTestId("login-password").fill(PASSWORD);
   await page.getByTestId("login-submit").click();
   await page.getByTestId("map").waitFor();
+  const token = () => page.evaluate(() => JSON.parse(sessionStorage.getItem("dispatchd.console.session"))?.access);
+  const firstToken = await token();
   await page.waitForFunction(
     (expected) => document.querySelector('[data-testid="pilots-online"]')?.textContent === String(expected),
     serverCount,
@@ -123,6 +126,24 @@ test("a dispatcher watches the city, sees a new order at once and assigns it by 
     timeout: 8000,
   });
   await page.screenshot({ path: screenshotPath("dispatchd-console.png") });
+  // An error is shown as the API words it: a pilot that became busy since the list was read.
+  const second = await createOrder(server, customer);
+  const secondRow = page.locator(`[data-testid="order-row"][data-order-id="${second}"]`);
+  await secondRow.getByTestId("assign-button").click();
+  await page.locator(`#detail[data-order-id="${second}"]`).waitFor();
+  const stale = page.getByTestId("assign-pilot").first();
+  await stale.waitFor();
+  const taken = await stale.getAttribute("data-pilot-id");
+  const third = await createOrder(server, customer);
+  const meanwhile = await api(server, "POST", `/dispatch/orders/${third}/assign`, { pilot_id: taken }, desk.token);
+  assert.equal(meanwhile.status, 200, JSON.stringify(meanwhile.body));
+  await stale.click();
+  await page.getByTestId("error").filter({ hasText: "PILOT_BUSY" }).waitFor({ timeout: 3000 });
+  // (Chromium logs the refused request's 409 as a console error: that one was expected.)
+  errors.splice(0, errors.length, ...errors.filter((text) => !/status of 409/.test(text)));
+  await row.click();
+  await page.locator(`#detail[data-order-id="${order}"]`).waitFor();
+
   // Cancelled from the detail, with the dispatcher's reason: the row leaves the board.
   await page.getByTestId("cancel-button").click();
   await page.getByTestId("cancel-reason").fill("customer called: wrong drop");
@@ -135,6 +156,10 @@ test("a dispatcher watches the city, sees a new order at once and assigns it by 
 
   assert.deepEqual(outside, [], "the console loads nothing from elsewhere");
   assert.deepEqual(errors, [], "no console errors");
+
+  // The token was renewed before it expired, and the live feed took the new one.
+  assert.notEqual(await token(), firstToken, "the access token was refreshed");
+  assert.equal(await page.locator("#link").textContent(), "live");
 
   // Signing out ends the session.
   await page.getByRole("button", { name: "Sign out" }).click();
