@@ -143,7 +143,12 @@ impl App {
             config.orders.clone(),
             secret.expose_secret().as_bytes(),
             !config.payments.gateway.is_empty(),
-            config.webhooks.enabled(),
+            crate::orders::Outbox {
+                webhooks: config.webhooks.enabled(),
+                push_ttl: config.notifications.push_enabled().then(|| {
+                    chrono::Duration::seconds(i64::try_from(config.notifications.ttl_secs).unwrap_or(i64::MAX / 1000))
+                }),
+            },
             config.pilots.cash_debt_limit_paise,
         ));
         let tracking = Arc::new(Tracking::default());
@@ -182,6 +187,12 @@ impl App {
         if config.webhooks.enabled() {
             let deliveries = crate::webhooks::Deliveries::new(config.webhooks.clone(), clock.clone())?;
             jobs.register(crate::webhooks::ORDER_EVENT_JOB, Arc::new(deliveries));
+        }
+        if config.notifications.push_enabled() {
+            let fcm = Arc::new(crate::notify::fcm::Fcm::new(&config.notifications.fcm)?);
+            let push = Arc::new(crate::notify::PushJobs::new(store.clone(), fcm, &config.notifications, clock.clone()));
+            jobs.register(crate::notify::PUSH_JOB, push.clone());
+            jobs.register(crate::notify::DEVICE_JOB, push);
         }
         let money = Arc::new(Money::new(store.clone(), clock.clone()));
         let manual = Arc::new(crate::payouts::ManualPayouts);

@@ -43,6 +43,7 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterConfig,
     pub pilots: crate::fleet::PilotsConfig,
     pub console: crate::http::console::ConsoleConfig,
+    pub notifications: crate::notify::NotificationsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +325,7 @@ impl Config {
             return Err(ConfigError::new("orders.cancellation_fee_paise", "must be >= 0"));
         }
         self.console.check()?;
+        self.notifications.check()?;
         if self.orders.return_fee_percent > 100 {
             return Err(ConfigError::new("orders.return_fee_percent", "must be 0 to 100"));
         }

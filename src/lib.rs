@@ -12,7 +12,7 @@
 //!                      │                                    │
 //!          auth   orders (lifecycle, money, offers, trips)   matchmaker (searches → offers)   fleet
 //!                      │                                    │                                  │
-//!          payments  webhooks  jobs           matching (pure: scoring, radius steps, batch assignment)
+//!          payments  webhooks  notify  jobs   matching (pure: scoring, radius steps, batch assignment)
 //!                      │                                    │
 //!          store (Store trait: Postgres | SQLite; redis)    grid (in-memory H3 index of pilots)
 //!
@@ -52,6 +52,7 @@ pub mod jobs;
 pub mod matching;
 pub mod matchmaker;
 pub mod money;
+pub mod notify;
 pub mod orders;
 pub mod payments;
 pub mod payouts;

@@ -79,6 +79,8 @@ pub async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshReque
 
 pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse> {
     state.auth.logout(&caller).await?;
+    // The session's device is told nothing more.
+    state.store.remove_session_devices(caller.session).await?;
     Ok(ok(json!({ "logged_out": true })))
 }
 

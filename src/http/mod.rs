@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod console;
 pub mod coupons;
+pub mod devices;
 pub mod dispatch;
 pub mod docs;
 pub mod extract;
@@ -30,7 +31,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tower::ServiceBuilder;
 use tower_http::LatencyUnit;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -124,6 +125,8 @@ fn api_routes() -> Router<AppState> {
         .route("/auth/refresh", post(auth::refresh))
         .route("/auth/logout", post(auth::logout))
         .route("/me", get(auth::me))
+        .route("/devices", post(devices::register))
+        .route("/devices/{token}", delete(devices::remove))
         .route("/admin/users", get(users::list))
         .route("/admin/users/{id}/disable", post(users::disable))
         .route("/admin/pilots", get(pilots::list))

@@ -128,7 +128,15 @@ impl Worker {
         let outcome = match result {
             Ok(()) => JobOutcome::Done,
             Err(err) if job.attempts >= job.max_attempts => JobOutcome::Failed { error: err.to_string() },
-            Err(err) => JobOutcome::Retry { at: self.clock.now() + self.backoff(job.attempts), error: err.to_string() },
+            Err(err) => {
+                // A gateway that said when to come back is not asked sooner.
+                let asked = match &err {
+                    crate::error::Error::RateLimited { retry_after_secs } => seconds(*retry_after_secs),
+                    _ => Duration::zero(),
+                };
+                let wait = self.backoff(job.attempts).max(asked);
+                JobOutcome::Retry { at: self.clock.now() + wait, error: err.to_string() }
+            }
         };
         count(job, &outcome);
         outcome

@@ -10,7 +10,9 @@ use crate::domain::money::LedgerKind;
 use crate::domain::orders::{CancelReason, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus};
 use crate::error::{Error, Result};
 use crate::ids::OrderId;
-use crate::orders::{Committed, Orders, event, invalid_transition, not_found, push_event, save, transition, visible};
+use crate::orders::{
+    Committed, Orders, Outbox, event, invalid_transition, not_found, push_event, save, transition, visible,
+};
 use crate::store::{NewJob, StoreTx, WalletCredit};
 
 /// Job kind: refund a gateway payment (the payload names the order and the amount).
@@ -247,7 +249,7 @@ pub(super) async fn cancel_in(
     fee_paise: i64,
     caller: Option<&Caller>,
     now: DateTime<Utc>,
-    notify: bool,
+    notify: Outbox,
 ) -> Result<Vec<OrderEvent>> {
     let ended = Ending { to: OrderStatus::Cancelled, reason: Some(reason), fee_paise, note: None };
     end_in(tx, order, ended, caller, now, notify).await
@@ -261,7 +263,7 @@ pub(super) async fn cancel_noted(
     note: Option<&str>,
     caller: Option<&Caller>,
     now: DateTime<Utc>,
-    notify: bool,
+    notify: Outbox,
 ) -> Result<Vec<OrderEvent>> {
     let ended = Ending { to: OrderStatus::Cancelled, reason: Some(reason), fee_paise: 0, note };
     end_in(tx, order, ended, caller, now, notify).await
@@ -285,7 +287,7 @@ async fn end_in(
     ending: Ending<'_>,
     caller: Option<&Caller>,
     now: DateTime<Utc>,
-    notify: bool,
+    notify: Outbox,
 ) -> Result<Vec<OrderEvent>> {
     let Ending { to, reason, fee_paise, note } = ending;
     if !order.status.can_become(to) {

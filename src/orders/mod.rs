@@ -114,8 +114,8 @@ pub struct Orders {
     config: OrdersConfig,
     /// Whether card and UPI orders can be paid (a gateway is configured).
     accepts_cards: bool,
-    /// Whether order events are sent to the operator's webhook (`[webhooks] url` is set).
-    notify: bool,
+    /// What order events write beside them: webhook deliveries, push notifications.
+    notify: Outbox,
     /// `pilots.cash_debt_limit_paise`: a pilot past it after a cash delivery goes off duty.
     cash_debt_limit_paise: i64,
     listeners: RwLock<Vec<Arc<dyn OrderListener>>>,
@@ -132,7 +132,7 @@ impl Orders {
         config: OrdersConfig,
         secret: &[u8],
         accepts_cards: bool,
-        notify: bool,
+        notify: Outbox,
         cash_debt_limit_paise: i64,
     ) -> Self {
         Self {
@@ -310,7 +310,7 @@ async fn save(
     order: &Order,
     before: (OrderStatus, i32),
     events: &[OrderEvent],
-    notify: bool,
+    notify: Outbox,
 ) -> Result<()> {
     if !tx.update_order(order, before.0, before.1).await? {
         return Err(Error::conflict("ORDER_CHANGED", "the order changed meanwhile; read it again and retry"));
@@ -323,14 +323,26 @@ async fn save(
     append(tx, order, events, notify).await
 }
 
-/// Appends events and, when operator webhooks are on (`notify`), one delivery job per event:
-/// the notification is written in the transaction of the change, so a crash loses neither.
-async fn append(tx: &mut dyn StoreTx, order: &Order, events: &[OrderEvent], notify: bool) -> Result<()> {
+/// Appends events and the jobs of the [`Outbox`] they call for: written in the transaction of
+/// the change, so a crash loses neither.
+async fn append(tx: &mut dyn StoreTx, order: &Order, events: &[OrderEvent], notify: Outbox) -> Result<()> {
     tx.append_events(events).await?;
-    if notify {
-        for event in events {
+    for event in events {
+        if notify.webhooks {
             tx.enqueue(&crate::webhooks::delivery(order, event), event.created_at).await?;
+        }
+        if let Some(job) = notify.push_ttl.and_then(|ttl| crate::notify::order_job(order, event, ttl)) {
+            tx.enqueue(&job, event.created_at).await?;
         }
     }
     Ok(())
+}
+
+/// What a change of an order writes beside its events, in its transaction: the operator's
+/// webhook deliveries (`[webhooks] url` set) and the customer's push notifications (push on:
+/// kept this long).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outbox {
+    pub webhooks: bool,
+    pub push_ttl: Option<Duration>,
 }

@@ -9,6 +9,23 @@ use crate::error::Result;
 use crate::ids::{SessionId, UserId};
 use crate::store::PageRequest;
 
+crate::domain::string_enum! {
+    /// Where a push token comes from.
+    pub enum Platform {
+        Android => "android",
+        Ios => "ios",
+        Web => "web",
+    }
+}
+
+/// An app's push token, registered by its user (in a session).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Device {
+    pub token: String,
+    pub platform: Platform,
+    pub user_id: UserId,
+}
+
 /// An account, as every part of the server sees it. The password hash is not part of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct User {
@@ -194,6 +211,19 @@ pub trait AccountStore: Send + Sync {
 
     /// Whether access tokens of `session` must be refused. Unknown sessions are revoked.
     async fn is_session_revoked(&self, session: SessionId) -> Result<bool>;
+
+    /// Registers `device` for its user in `session` (a token registered before moves to this
+    /// user), keeping the user's `keep` most recently registered devices and removing older ones.
+    async fn register_device(&self, device: &Device, session: SessionId, keep: u32, now: DateTime<Utc>) -> Result<()>;
+
+    /// Removes the device with `token` (only `owner`'s, when given); whether it was there.
+    async fn remove_device(&self, token: &str, owner: Option<UserId>) -> Result<bool>;
+
+    /// Removes the devices registered in `session` (it logged out).
+    async fn remove_session_devices(&self, session: SessionId) -> Result<()>;
+
+    /// The user's devices, most recently registered first.
+    async fn devices_of(&self, user: UserId) -> Result<Vec<Device>>;
 
     /// Sessions revoked at or after `since`, to copy into Redis after an outage.
     async fn revoked_sessions_since(&self, since: DateTime<Utc>) -> Result<Vec<(SessionId, DateTime<Utc>)>>;

@@ -242,6 +242,14 @@ impl TestApp {
         self.send(request).await
     }
 
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut request = self.client.delete(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
         let mut request = self.client.get(self.url(path));
         if let Some(token) = token {

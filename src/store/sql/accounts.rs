@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ids::{SessionId, UserId};
 use crate::store::accounts::{UserRow, select_user};
 use crate::store::{
-    AccountStore, ApprovalChange, Credentials, NewRating, RatingSummary, NewRefreshToken, NewUser, PageRequest, PilotProfile, RevokeReason, Rotation, User,
+    AccountStore, ApprovalChange, Credentials, Device, NewRating, RatingSummary, NewRefreshToken, NewUser, PageRequest, PilotProfile, RevokeReason, Rotation, User,
 };
 
 type Tx = sqlx::Transaction<'static, Db>;
@@ -278,6 +278,60 @@ impl AccountStore for StoreImpl {
         revoke(&mut tx, session, reason, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn register_device(&self, device: &Device, session: SessionId, keep: u32, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        sqlx::query(
+            "INSERT INTO devices (token, user_id, session_id, platform, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (token) DO UPDATE SET user_id = excluded.user_id, \
+             session_id = excluded.session_id, platform = excluded.platform, updated_at = excluded.updated_at",
+        )
+        .bind(&device.token)
+        .bind(device.user_id.0)
+        .bind(session.0)
+        .bind(device.platform.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM devices WHERE user_id = $1 AND token NOT IN \
+             (SELECT token FROM devices WHERE user_id = $1 ORDER BY updated_at DESC, token LIMIT $2)",
+        )
+        .bind(device.user_id.0)
+        .bind(i64::from(keep))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_device(&self, token: &str, owner: Option<UserId>) -> Result<bool> {
+        let removed = sqlx::query("DELETE FROM devices WHERE token = $1 AND ($2 IS NULL OR user_id = $2)")
+            .bind(token)
+            .bind(owner.map(|user| user.0))
+            .execute(&self.writer)
+            .await?;
+        Ok(removed.rows_affected() > 0)
+    }
+
+    async fn remove_session_devices(&self, session: SessionId) -> Result<()> {
+        sqlx::query("DELETE FROM devices WHERE session_id = $1").bind(session.0).execute(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn devices_of(&self, user: UserId) -> Result<Vec<Device>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT token, platform FROM devices WHERE user_id = $1 ORDER BY updated_at DESC, token")
+                .bind(user.0)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(token, platform)| {
+                let platform = platform.parse().map_err(|_| Error::Internal(anyhow::anyhow!("bad platform {platform}")))?;
+                Ok(Device { token, platform, user_id: user })
+            })
+            .collect()
     }
 
     async fn is_session_revoked(&self, session: SessionId) -> Result<bool> {

@@ -1,0 +1,246 @@
+//! Push notifications (issue 23) against a stand-in for Firebase Cloud Messaging started on
+//! loopback, speaking its HTTP v1 API: an OAuth2 token endpoint that checks the JWT-bearer
+//! assertion's RS256 signature, audience and scope, and `messages:send` answering as FCM does
+//! (an unregistered token, a 503 with `Retry-After`). A real server, a real Postgres.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode as AxumStatus};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use common::field::{assign, pilot_on_duty};
+use common::{Database, Options, PICKUP, TestApp, eventually};
+use dispatchd::domain::Role;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const PUBLIC_KEY: &str = include_str!("fixtures/fcm_test_public_key.pem");
+const ACCOUNT: &str = "fixtures/fcm_test_service_account.json";
+
+#[derive(Default)]
+struct Fake {
+    url: String,
+    issued: Vec<String>,
+    /// Every message FCM accepted, in order.
+    sent: Vec<Value>,
+    /// Tokens answered 503 once already.
+    refused_once: Vec<String>,
+    /// (token, status, when) of every send.
+    answers: Vec<(String, u16, std::time::Instant)>,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+/// `application/x-www-form-urlencoded`, decoded.
+fn form(body: &str) -> HashMap<String, String> {
+    let decode = |text: &str| {
+        let bytes = text.replace('+', " ").into_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut at = 0;
+        while at < bytes.len() {
+            if bytes[at] == b'%' && at + 2 < bytes.len() {
+                out.push(u8::from_str_radix(std::str::from_utf8(&bytes[at + 1..at + 3]).unwrap(), 16).unwrap());
+                at += 3;
+            } else {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    body.split('&').filter_map(|pair| pair.split_once('=')).map(|(key, value)| (decode(key), decode(value))).collect()
+}
+
+async fn token(State(fake): State<Shared>, body: String) -> Response {
+    let form = form(&body);
+    assert_eq!(form["grant_type"], "urn:ietf:params:oauth:grant-type:jwt-bearer");
+    let url = format!("{}/token", fake.lock().unwrap().url);
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[url]);
+    validation.set_issuer(&["push@dispatchd-test.iam.gserviceaccount.com"]);
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(PUBLIC_KEY.as_bytes()).unwrap();
+    let claims = match jsonwebtoken::decode::<Value>(&form["assertion"], &key, &validation) {
+        Ok(data) => data.claims,
+        Err(err) => return (AxumStatus::BAD_REQUEST, axum::Json(json!({ "error": err.to_string() }))).into_response(),
+    };
+    assert_eq!(claims["scope"], "https://www.googleapis.com/auth/firebase.messaging");
+    let mut fake = fake.lock().unwrap();
+    let access = format!("ya29.test-{}", fake.issued.len() + 1);
+    fake.issued.push(access.clone());
+    axum::Json(json!({ "access_token": access, "expires_in": 3599, "token_type": "Bearer" })).into_response()
+}
+
+async fn send(State(fake): State<Shared>, headers: HeaderMap, axum::Json(body): axum::Json<Value>) -> Response {
+    let mut fake = fake.lock().unwrap();
+    let bearer = headers["authorization"].to_str().unwrap().trim_start_matches("Bearer ").to_owned();
+    if !fake.issued.contains(&bearer) {
+        return (AxumStatus::UNAUTHORIZED, axum::Json(json!({ "error": { "status": "UNAUTHENTICATED" } })))
+            .into_response();
+    }
+    let device = body["message"]["token"].as_str().unwrap().to_owned();
+    let (status, answer) = if device.starts_with("dead-") {
+        let detail =
+            json!({ "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "UNREGISTERED" });
+        (404, json!({ "error": { "code": 404, "status": "NOT_FOUND", "details": [detail] } }))
+    } else if device.starts_with("busy-") && !fake.refused_once.contains(&device) {
+        fake.refused_once.push(device.clone());
+        (503, json!({ "error": { "code": 503, "status": "UNAVAILABLE", "message": "try later" } }))
+    } else {
+        fake.sent.push(body["message"].clone());
+        (200, json!({ "name": format!("projects/dispatchd-test/messages/{}", fake.sent.len()) }))
+    };
+    fake.answers.push((device, status, std::time::Instant::now()));
+    let mut response = (AxumStatus::from_u16(status).unwrap(), axum::Json(answer)).into_response();
+    if status == 503 {
+        response.headers_mut().insert("retry-after", "2".parse().unwrap());
+    }
+    response
+}
+
+/// The stand-in FCM, and the options pointing a server at it.
+async fn fake_fcm() -> (Shared, Options) {
+    let fake: Shared = Arc::default();
+    let app = Router::new()
+        .route("/token", post(token))
+        .route("/v1/projects/dispatchd-test/messages:send", post(send))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    fake.lock().unwrap().url = url.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let account = format!("{}/tests/{ACCOUNT}", env!("CARGO_MANIFEST_DIR"));
+    let options = Options::default()
+        .set("notifications.fcm.credentials_file", account)
+        .set("notifications.fcm.base_url", url.clone())
+        .set("notifications.fcm.token_url", format!("{url}/token"))
+        .set("notifications.max_devices", 3)
+        .set("jobs.poll_interval_ms", 100)
+        .set("jobs.backoff_secs", 1);
+    (fake, options)
+}
+
+async fn register_device(app: &TestApp, who: &common::Session, platform: &str, token: &str) -> common::Reply {
+    app.post("/api/v1/devices", json!({ "platform": platform, "token": token }), Some(&who.access)).await
+}
+
+async fn tokens_of(app: &TestApp, who: &common::Session) -> Vec<String> {
+    let devices = app.state.store.devices_of(who.user_id.parse().unwrap()).await.unwrap();
+    devices.into_iter().map(|device| device.token).collect()
+}
+
+/// Issue 23: a customer whose app is in the background hears that its pilot is coming, with
+/// the pilot's name and plate; a dead token is forgotten, FCM's 503 retried after its
+/// Retry-After, and nothing is sent twice.
+#[tokio::test]
+async fn order_changes_reach_the_customers_phones_through_fcm() {
+    let (fake, options) = fake_fcm().await;
+    let app = TestApp::spawn_with(options).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    for (platform, token) in [("android", "good-1"), ("ios", "dead-1"), ("web", "busy-1")] {
+        let reply = register_device(&app, &customer, platform, token).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    }
+    let refused = register_device(&app, &customer, "blackberry", "x").await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let blank = register_device(&app, &customer, "android", "  ").await;
+    assert_eq!(blank.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let (pilot, _socket) = pilot_on_duty(&app, PICKUP).await;
+    let order = common::field::create_order(&app, &customer).await;
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+
+    eventually(Duration::from_secs(8), "the assignment reaches both live phones", || {
+        let fake = fake.clone();
+        async move { fake.lock().unwrap().sent.len() >= 2 }
+    })
+    .await;
+    let sent = fake.lock().unwrap().sent.clone();
+    let good = sent.iter().find(|message| message["token"] == "good-1").expect("sent to good-1").clone();
+    assert_eq!(good["notification"]["title"], "Your pilot is on the way");
+    let body = good["notification"]["body"].as_str().unwrap();
+    assert!(body.contains("KA01AB1234") && body.contains(&order[order.len() - 6..]), "{body}");
+    assert_eq!(
+        (good["data"]["kind"].as_str(), good["data"]["order_id"].as_str()),
+        (Some("assigned"), Some(order.as_str()))
+    );
+    assert_eq!(good["android"]["collapse_key"], format!("order-{order}"));
+    assert_eq!(good["android"]["priority"], "NORMAL");
+
+    // The dead token is forgotten; the busy one was refused once, then delivered, not before
+    // its Retry-After.
+    let tokens = tokens_of(&app, &customer).await;
+    assert!(!tokens.contains(&"dead-1".to_owned()), "{tokens:?}");
+    let answers = fake.lock().unwrap().answers.clone();
+    let busy: Vec<_> = answers.iter().filter(|(token, _, _)| token == "busy-1").collect();
+    assert_eq!(busy.iter().map(|(_, status, _)| *status).collect::<Vec<_>>(), [503, 200]);
+    let waited = busy[1].2 - busy[0].2;
+    assert!(waited >= Duration::from_secs(2), "Retry-After: 2 honoured over a 1 s backoff: {waited:?}");
+
+    // A cancellation with its reason; each event once per phone.
+    let path = format!("/api/v1/orders/{order}/cancel");
+    assert_eq!(app.post(&path, json!({}), Some(&dispatcher.access)).await.status, StatusCode::OK);
+    eventually(Duration::from_secs(5), "the cancellation reaches the phones", || {
+        let fake = fake.clone();
+        async move { fake.lock().unwrap().sent.iter().filter(|m| m["data"]["kind"] == "cancelled").count() == 2 }
+    })
+    .await;
+    let cancelled = fake.lock().unwrap().sent.iter().find(|m| m["data"]["kind"] == "cancelled").cloned().unwrap();
+    assert!(cancelled["notification"]["body"].as_str().unwrap().contains("(dispatcher)"), "{cancelled}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = fake.lock().unwrap().sent.clone();
+    let mut seen: Vec<(String, String)> = sent
+        .iter()
+        .map(|m| (m["token"].as_str().unwrap().to_owned(), m["data"]["seq"].as_str().unwrap().to_owned()))
+        .collect();
+    let all = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), all, "nothing sent twice: {sent:?}");
+    assert_eq!(fake.lock().unwrap().issued.len(), 1, "one access token, cached");
+}
+
+/// Issue 23: a token belongs to the newest user that registers it, a user keeps its newest
+/// few devices, a device can be removed by its owner only, and logging out removes it.
+#[tokio::test]
+async fn devices_belong_to_their_newest_user_and_leave_with_the_session() {
+    let (_fake, options) = fake_fcm().await;
+    devices_follow_their_users(options).await;
+}
+
+#[tokio::test]
+async fn devices_follow_their_users_on_the_embedded_store_too() {
+    let (_fake, options) = fake_fcm().await;
+    devices_follow_their_users(Options { database: Database::Sqlite, ..options }).await;
+}
+
+async fn devices_follow_their_users(options: Options) {
+    let app = TestApp::spawn_with(options).await;
+    let first = app.register("customer").await;
+    let second = app.register("customer").await;
+    register_device(&app, &first, "android", "shared-phone").await;
+    register_device(&app, &second, "android", "shared-phone").await;
+    assert!(tokens_of(&app, &first).await.is_empty(), "the token moved");
+    assert_eq!(tokens_of(&app, &second).await, ["shared-phone"]);
+
+    let theirs = app.delete("/api/v1/devices/shared-phone", Some(&first.access)).await;
+    assert_eq!((theirs.status, theirs.error_code()), (StatusCode::NOT_FOUND, "DEVICE_NOT_FOUND"));
+    for n in 1..=4 {
+        register_device(&app, &first, "ios", &format!("phone-{n}")).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(tokens_of(&app, &first).await, ["phone-4", "phone-3", "phone-2"], "notifications.max_devices = 3");
+    let removed = app.delete("/api/v1/devices/phone-3", Some(&first.access)).await;
+    assert_eq!(removed.status, StatusCode::OK, "{:?}", removed.body);
+
+    let logout = app.post("/api/v1/auth/logout", json!({}), Some(&second.access)).await;
+    assert_eq!(logout.status, StatusCode::OK, "{:?}", logout.body);
+    assert!(tokens_of(&app, &second).await.is_empty(), "logging out removes the session's device");
+    assert_eq!(tokens_of(&app, &first).await, ["phone-4", "phone-2"]);
+}
