@@ -244,3 +244,52 @@ async fn devices_follow_their_users(options: Options) {
     assert!(tokens_of(&app, &second).await.is_empty(), "logging out removes the session's device");
     assert_eq!(tokens_of(&app, &first).await, ["phone-4", "phone-2"]);
 }
+
+/// Issue 23: each user may turn kinds of messages off (`PUT /api/v1/me/notifications`), and
+/// says where its receipts go; a kind turned off is not pushed.
+#[tokio::test]
+async fn a_kind_turned_off_is_not_pushed() {
+    let (fake, options) = fake_fcm().await;
+    let app = TestApp::spawn_with(options).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    register_device(&app, &customer, "android", "quiet-1").await;
+    let defaults = app.get("/api/v1/me/notifications", Some(&customer.access)).await;
+    assert_eq!(defaults.data()["kinds"]["assigned"], true, "{:?}", defaults.body);
+    assert_eq!(defaults.data()["email"], Value::Null);
+
+    let path = "/api/v1/me/notifications";
+    let unknown = app.put(path, json!({ "kinds": { "gossip": false } }), Some(&customer.access)).await;
+    assert_eq!(unknown.body["error"]["details"]["field"], "kinds.gossip", "{:?}", unknown.body);
+    let bad = app.put(path, json!({ "email": "not an address" }), Some(&customer.access)).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let set = json!({ "email": "asha@example.com", "kinds": { "assigned": false, "picked_up": false } });
+    let saved = app.put(path, set, Some(&customer.access)).await;
+    assert_eq!(saved.status, StatusCode::OK, "{:?}", saved.body);
+    assert_eq!(
+        (saved.data()["kinds"]["assigned"].as_bool(), saved.data()["kinds"]["cancelled"].as_bool()),
+        (Some(false), Some(true))
+    );
+    let again = app.put(path, json!({ "kinds": { "picked_up": true } }), Some(&customer.access)).await;
+    assert_eq!(
+        (again.data()["kinds"]["assigned"].as_bool(), again.data()["kinds"]["picked_up"].as_bool()),
+        (Some(false), Some(true)),
+        "kinds left out keep their setting"
+    );
+    assert_eq!(again.data()["email"], "asha@example.com", "an email left out is kept");
+
+    let (pilot, _socket) = pilot_on_duty(&app, PICKUP).await;
+    let order = common::field::create_order(&app, &customer).await;
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+    let cancel = format!("/api/v1/orders/{order}/cancel");
+    assert_eq!(app.post(&cancel, json!({}), Some(&dispatcher.access)).await.status, StatusCode::OK);
+    eventually(Duration::from_secs(5), "the cancellation is pushed", || {
+        let fake = fake.clone();
+        async move { fake.lock().unwrap().sent.iter().any(|m| m["data"]["kind"] == "cancelled") }
+    })
+    .await;
+    let kinds: Vec<Value> = fake.lock().unwrap().sent.iter().map(|m| m["data"]["kind"].clone()).collect();
+    assert_eq!(kinds, [json!("cancelled")], "the assignment, turned off, was not pushed");
+    let cleared = app.put(path, json!({ "email": null }), Some(&customer.access)).await;
+    assert_eq!(cleared.data()["email"], Value::Null);
+}

@@ -51,3 +51,65 @@ pub async fn remove(
     }
     Ok(ok(json!({ "removed": true })))
 }
+
+/// The kinds a user may turn off: the customer's order notifications, and the receipt email.
+fn kinds() -> impl Iterator<Item = &'static str> {
+    crate::notify::CUSTOMER_KINDS.iter().copied().chain(std::iter::once(crate::notify::RECEIPT_EMAIL))
+}
+
+/// `{email, kinds: {kind: on}}`, as `GET /me/notifications` shows the settings.
+fn settings_view(settings: &crate::store::NotificationSettings) -> serde_json::Value {
+    let kinds: serde_json::Map<String, serde_json::Value> =
+        kinds().map(|kind| (kind.to_owned(), json!(!settings.off.iter().any(|off| off == kind)))).collect();
+    json!({ "email": settings.email, "kinds": kinds })
+}
+
+/// `GET /me/notifications`.
+pub async fn settings(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse> {
+    Ok(ok(settings_view(&state.store.notification_settings(caller.user_id).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsBody {
+    /// Absent: unchanged; `null`: no email.
+    #[serde(default, deserialize_with = "present")]
+    email: Option<Option<String>>,
+    #[serde(default)]
+    kinds: std::collections::BTreeMap<String, bool>,
+}
+
+/// `PUT /me/notifications {email?, kinds?: {kind: on}}`: what the caller is told, and where
+/// its receipts go. Kinds left out keep their setting.
+pub async fn set_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<SettingsBody>,
+) -> Result<impl IntoResponse> {
+    let mut settings = state.store.notification_settings(caller.user_id).await?;
+    for (kind, on) in &body.kinds {
+        if !kinds().any(|known| known == kind) {
+            let known: Vec<&str> = kinds().collect();
+            return Err(Error::validation(format!("kinds.{kind}"), format!("not a kind: one of {}", known.join(", "))));
+        }
+        settings.off.retain(|off| off != kind);
+        if !on {
+            settings.off.push(kind.clone());
+        }
+    }
+    settings.off.sort();
+    if let Some(email) = body.email {
+        settings.email = match email.map(|email| email.trim().to_owned()).filter(|email| !email.is_empty()) {
+            Some(email) if crate::notify::email_looks_valid(&email) => Some(email),
+            Some(_) => return Err(Error::validation("email", "not an email address")),
+            None => None,
+        };
+    }
+    state.store.set_notification_settings(caller.user_id, &settings, state.clock.now()).await?;
+    Ok(ok(settings_view(&settings)))
+}
+
+/// A field that is there (`null` included): `Some`; left out: `None` (by `default`).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}

@@ -125,6 +125,7 @@ fn api_routes() -> Router<AppState> {
         .route("/auth/refresh", post(auth::refresh))
         .route("/auth/logout", post(auth::logout))
         .route("/me", get(auth::me))
+        .route("/me/notifications", get(devices::settings).put(devices::set_settings))
         .route("/devices", post(devices::register))
         .route("/devices/{token}", delete(devices::remove))
         .route("/admin/users", get(users::list))

@@ -88,6 +88,21 @@ impl Template {
     }
 }
 
+/// The kind of the receipt email sent when an order is delivered.
+pub const RECEIPT_EMAIL: &str = "receipt_email";
+
+/// A plausible email address: one `@`, something before it, a dotted domain after, no spaces.
+pub fn email_looks_valid(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else { return false };
+    !local.is_empty()
+        && email.len() <= 254
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// The order events a customer is told of, by the event's type.
 pub const CUSTOMER_KINDS: &[&str] = &["assigned", "picked_up", "delivered", "cancelled", "returned"];
 
@@ -172,6 +187,10 @@ impl PushJobs {
             count(&payload.kind, "no_template");
             return Ok(());
         };
+        if self.store.notification_settings(payload.user_id).await?.off.contains(&payload.kind) {
+            count(&payload.kind, "turned_off");
+            return Ok(());
+        }
         let devices = self.store.devices_of(payload.user_id).await?;
         if devices.is_empty() {
             count(&payload.kind, "no_device");

@@ -26,6 +26,14 @@ pub struct Device {
     pub user_id: UserId,
 }
 
+/// What a user wants to be told: the kinds of notification it turned off, and where its
+/// email goes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct NotificationSettings {
+    pub email: Option<String>,
+    pub off: Vec<String>,
+}
+
 /// An account, as every part of the server sees it. The password hash is not part of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct User {
@@ -224,6 +232,16 @@ pub trait AccountStore: Send + Sync {
 
     /// The user's devices, most recently registered first.
     async fn devices_of(&self, user: UserId) -> Result<Vec<Device>>;
+
+    /// What the user wants to be told (the defaults when it never said).
+    async fn notification_settings(&self, user: UserId) -> Result<NotificationSettings>;
+
+    async fn set_notification_settings(
+        &self,
+        user: UserId,
+        settings: &NotificationSettings,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
 
     /// Sessions revoked at or after `since`, to copy into Redis after an outage.
     async fn revoked_sessions_since(&self, since: DateTime<Utc>) -> Result<Vec<(SessionId, DateTime<Utc>)>>;

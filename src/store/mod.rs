@@ -34,8 +34,8 @@ use serde::Serialize;
 use crate::config::DatabaseConfig;
 use crate::error::Result;
 pub use accounts::{
-    AccountStore, ApprovalChange, Credentials, Device, NewRating, NewRefreshToken, NewUser, PilotProfile, Platform,
-    RatingSummary, RevokeReason, Rotation, User,
+    AccountStore, ApprovalChange, Credentials, Device, NewRating, NewRefreshToken, NewUser, NotificationSettings,
+    PilotProfile, Platform, RatingSummary, RevokeReason, Rotation, User,
 };
 pub use jobs::{Job, JobCount, JobOutcome, JobStats, JobStore, NewJob};
 pub use money::MoneyStore;

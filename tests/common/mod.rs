@@ -242,6 +242,14 @@ impl TestApp {
         self.send(request).await
     }
 
+    pub async fn put(&self, path: &str, body: Value, token: Option<&str>) -> Reply {
+        let mut request = self.client.put(self.url(path)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
         let mut request = self.client.delete(self.url(path));
         if let Some(token) = token {

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ids::{SessionId, UserId};
 use crate::store::accounts::{UserRow, select_user};
 use crate::store::{
-    AccountStore, ApprovalChange, Credentials, Device, NewRating, RatingSummary, NewRefreshToken, NewUser, PageRequest, PilotProfile, RevokeReason, Rotation, User,
+    AccountStore, ApprovalChange, Credentials, Device, NotificationSettings, NewRating, RatingSummary, NewRefreshToken, NewUser, PageRequest, PilotProfile, RevokeReason, Rotation, User,
 };
 
 type Tx = sqlx::Transaction<'static, Db>;
@@ -332,6 +332,37 @@ impl AccountStore for StoreImpl {
                 Ok(Device { token, platform, user_id: user })
             })
             .collect()
+    }
+
+    async fn notification_settings(&self, user: UserId) -> Result<NotificationSettings> {
+        let row: Option<(Option<String>, String)> =
+            sqlx::query_as("SELECT email, off FROM notification_settings WHERE user_id = $1")
+                .bind(user.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((email, off)) = row else { return Ok(NotificationSettings::default()) };
+        let off = serde_json::from_str(&off).map_err(|err| Error::Internal(anyhow::anyhow!("notification settings: {err}")))?;
+        Ok(NotificationSettings { email, off })
+    }
+
+    async fn set_notification_settings(
+        &self,
+        user: UserId,
+        settings: &NotificationSettings,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let off = serde_json::to_string(&settings.off).map_err(|err| Error::Internal(err.into()))?;
+        sqlx::query(
+            "INSERT INTO notification_settings (user_id, email, off, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (user_id) DO UPDATE SET email = excluded.email, off = excluded.off, updated_at = excluded.updated_at",
+        )
+        .bind(user.0)
+        .bind(settings.email.as_deref())
+        .bind(off)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
     }
 
     async fn is_session_revoked(&self, session: SessionId) -> Result<bool> {
