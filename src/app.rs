@@ -148,6 +148,7 @@ impl App {
                 push_ttl: config.notifications.push_enabled().then(|| {
                     chrono::Duration::seconds(i64::try_from(config.notifications.ttl_secs).unwrap_or(i64::MAX / 1000))
                 }),
+                email: config.notifications.email.enabled,
             },
             config.pilots.cash_debt_limit_paise,
         ));
@@ -193,6 +194,11 @@ impl App {
             let push = Arc::new(crate::notify::PushJobs::new(store.clone(), fcm, &config.notifications, clock.clone()));
             jobs.register(crate::notify::PUSH_JOB, push.clone());
             jobs.register(crate::notify::DEVICE_JOB, push);
+        }
+        if config.notifications.email.enabled {
+            let email =
+                crate::notify::email::EmailJobs::new(&config.notifications.email, store.clone(), orders.clone())?;
+            jobs.register(crate::notify::email::EMAIL_JOB, Arc::new(email));
         }
         let money = Arc::new(Money::new(store.clone(), clock.clone()));
         let manual = Arc::new(crate::payouts::ManualPayouts);

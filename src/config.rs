@@ -610,9 +610,10 @@ mod tests {
             .unwrap()
             .merge(Serialized::global("auth.jwt_secret", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"))
             .merge(Serialized::global("database.url", "postgres://app:hunter2@db/x"))
-            .merge(Serialized::global("redis.url", "redis://:redispw@cache:6379"));
+            .merge(Serialized::global("redis.url", "redis://:redispw@cache:6379"))
+            .merge(Serialized::global("notifications.email.password", "smtp-pw-xyz"));
         let shown = format!("{:?}", Config::from_figment(figment).unwrap());
-        for secret in ["s3cr3t", "hunter2", "redispw"] {
+        for secret in ["s3cr3t", "hunter2", "redispw", "smtp-pw-xyz"] {
             assert!(!shown.contains(secret), "{secret} leaked in {shown}");
         }
     }

@@ -293,3 +293,117 @@ async fn a_kind_turned_off_is_not_pushed() {
     let cleared = app.put(path, json!({ "email": null }), Some(&customer.access)).await;
     assert_eq!(cleared.data()["email"], Value::Null);
 }
+
+/// A message an SMTP client handed over.
+#[derive(Debug, Clone)]
+struct Mail {
+    from: String,
+    to: Vec<String>,
+    data: String,
+}
+
+/// A minimal SMTP server on loopback (RFC 5321's exchange, no TLS, no auth) keeping every
+/// message it accepts.
+async fn smtp_sink() -> (u16, Arc<Mutex<Vec<Mail>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mails: Arc<Mutex<Vec<Mail>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let kept = mails.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+                let mut mail = Mail { from: String::new(), to: Vec::new(), data: String::new() };
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                        b"250-sink\r\n250 8BITMIME\r\n"
+                    } else if upper.starts_with("MAIL FROM:") {
+                        mail.from = line[10..].trim().to_owned();
+                        b"250 OK\r\n"
+                    } else if upper.starts_with("RCPT TO:") {
+                        mail.to.push(line[8..].trim().to_owned());
+                        b"250 OK\r\n"
+                    } else if upper == "DATA" {
+                        write.write_all(b"354 go on\r\n").await.unwrap();
+                        while let Ok(Some(data)) = lines.next_line().await {
+                            if data == "." {
+                                break;
+                            }
+                            mail.data.push_str(&data);
+                            mail.data.push('\n');
+                        }
+                        kept.lock().unwrap().push(mail.clone());
+                        b"250 queued\r\n"
+                    } else if upper == "QUIT" {
+                        write.write_all(b"221 bye\r\n").await.unwrap();
+                        return;
+                    } else {
+                        b"250 OK\r\n"
+                    };
+                    write.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (port, mails)
+}
+
+/// Issue 23: a delivered order's receipt, and a refund notice, are emailed to the address the
+/// customer gave, through SMTP; nothing goes to a customer without one.
+#[tokio::test]
+async fn receipts_and_refunds_are_emailed_through_smtp() {
+    let (port, mails) = smtp_sink().await;
+    let options = Options::default()
+        .set("notifications.email.enabled", true)
+        .set("notifications.email.host", "127.0.0.1")
+        .set("notifications.email.port", port)
+        .set("notifications.email.tls", "none")
+        .set("notifications.email.from", "Porter Receipts <receipts@dispatchd.test>")
+        .set("jobs.poll_interval_ms", 100);
+    let app = TestApp::spawn_with(options).await;
+    let admin = app.staff(Role::Admin).await;
+    let customer = app.register("customer").await;
+    let silent = app.register("customer").await;
+    let path = "/api/v1/me/notifications";
+    assert_eq!(
+        app.put(path, json!({ "email": "asha@example.com" }), Some(&customer.access)).await.status,
+        StatusCode::OK
+    );
+
+    let (pilot, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    let order = common::field::create_order(&app, &customer).await;
+    assert_eq!(assign(&app, &admin, &order, &pilot).await.status, StatusCode::OK);
+    common::field::drive_to_door(&app, &mut socket, &order).await;
+    // The customer without an address orders too, and is cancelled on: no email for it.
+    common::field::credit(&app, &admin, &silent, 100_000).await;
+    let unheard = common::field::place_order(&app, &silent, common::order_body("wallet")).await;
+    app.post(&format!("/api/v1/orders/{unheard}/cancel"), json!({}), Some(&silent.access)).await;
+    common::field::credit(&app, &admin, &customer, 100_000).await;
+    let refunded = common::field::place_order(&app, &customer, common::order_body("wallet")).await;
+    app.post(&format!("/api/v1/orders/{refunded}/cancel"), json!({}), Some(&customer.access)).await;
+
+    eventually(Duration::from_secs(8), "two emails", || {
+        let mails = mails.clone();
+        async move { mails.lock().unwrap().len() >= 2 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails = mails.lock().unwrap().clone();
+    assert_eq!(mails.len(), 2, "one receipt, one refund notice, none for the customer without an address");
+    let receipt = mails.iter().find(|mail| mail.data.contains("Subject: Your receipt")).expect("the receipt");
+    assert_eq!(receipt.from, "<receipts@dispatchd.test>");
+    assert_eq!(receipt.to, ["<asha@example.com>"]);
+    assert!(receipt.data.contains(&format!("Subject: Your receipt for order {}", &order[order.len() - 6..])));
+    assert!(receipt.data.contains("From: \"Porter Receipts\" <receipts@dispatchd.test>"), "{}", receipt.data);
+    assert!(receipt.data.contains("multipart/alternative") && receipt.data.contains("text/html"), "{}", receipt.data);
+    assert!(receipt.data.contains(&format!("Your order {} was delivered.", &order[order.len() - 6..])));
+    assert!(receipt.data.contains("KA01AB1234"), "the pilot and plate, in the HTML receipt");
+    let refund = mails.iter().find(|mail| mail.data.contains("Subject: Refund for order")).expect("the refund notice");
+    assert!(refund.data.contains(&refunded[refunded.len() - 6..]), "{}", refund.data);
+}

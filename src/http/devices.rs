@@ -52,9 +52,10 @@ pub async fn remove(
     Ok(ok(json!({ "removed": true })))
 }
 
-/// The kinds a user may turn off: the customer's order notifications, and the receipt email.
+/// The kinds a user may turn off: the customer's order notifications, and its emails.
 fn kinds() -> impl Iterator<Item = &'static str> {
-    crate::notify::CUSTOMER_KINDS.iter().copied().chain(std::iter::once(crate::notify::RECEIPT_EMAIL))
+    let emails = [crate::notify::RECEIPT_EMAIL, crate::notify::REFUND_EMAIL];
+    crate::notify::CUSTOMER_KINDS.iter().copied().chain(emails)
 }
 
 /// `{email, kinds: {kind: on}}`, as `GET /me/notifications` shows the settings.

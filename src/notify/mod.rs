@@ -14,7 +14,10 @@
 //!   API. Tokens FCM calls unregistered or invalid are removed; its 429, `UNAVAILABLE` and
 //!   `INTERNAL` answers are retried with backoff, never sooner than its `Retry-After`.
 
+pub mod email;
 pub mod fcm;
+
+pub use email::{RECEIPT_EMAIL, REFUND_EMAIL};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +49,7 @@ pub struct NotificationsConfig {
     /// A notification not sent within this long is dropped.
     pub ttl_secs: u64,
     pub fcm: fcm::FcmConfig,
+    pub email: email::EmailConfig,
     /// Kind → its text; `{placeholders}` are filled from the order.
     pub templates: HashMap<String, Template>,
 }
@@ -58,6 +62,7 @@ impl NotificationsConfig {
 
     pub fn check(&self) -> std::result::Result<(), crate::config::ConfigError> {
         use crate::config::ConfigError;
+        self.email.check()?;
         if self.max_devices == 0 {
             return Err(ConfigError::new("notifications.max_devices", "must be greater than 0"));
         }
@@ -87,9 +92,6 @@ impl Template {
         (fill(&self.title), fill(&self.body))
     }
 }
-
-/// The kind of the receipt email sent when an order is delivered.
-pub const RECEIPT_EMAIL: &str = "receipt_email";
 
 /// A plausible email address: one `@`, something before it, a dotted domain after, no spaces.
 pub fn email_looks_valid(email: &str) -> bool {

@@ -334,15 +334,20 @@ async fn append(tx: &mut dyn StoreTx, order: &Order, events: &[OrderEvent], noti
         if let Some(job) = notify.push_ttl.and_then(|ttl| crate::notify::order_job(order, event, ttl)) {
             tx.enqueue(&job, event.created_at).await?;
         }
+        if let Some(job) = crate::notify::email::order_job(order, event).filter(|_| notify.email) {
+            tx.enqueue(&job, event.created_at).await?;
+        }
     }
     Ok(())
 }
 
 /// What a change of an order writes beside its events, in its transaction: the operator's
-/// webhook deliveries (`[webhooks] url` set) and the customer's push notifications (push on:
-/// kept this long).
+/// webhook deliveries (`[webhooks] url` set), the customer's push notifications (push on:
+/// kept this long) and emails.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outbox {
     pub webhooks: bool,
     pub push_ttl: Option<Duration>,
+    /// Receipts and refund notices by email.
+    pub email: bool,
 }
