@@ -85,7 +85,8 @@ async fn metrics_count_requests_by_route_and_status() {
 
 #[tokio::test]
 async fn metrics_show_the_job_queue_by_kind() {
-    let app = TestApp::spawn().await;
+    // The test runs the workers itself.
+    let app = TestApp::spawn_with(Options::default().set("jobs.poll_interval_ms", 3_600_000)).await;
     let customer = app.register("customer").await;
     // A searching order has its no_pilot_found job queued for later.
     let order = app.post("/api/v1/orders", common::order_body("cash"), Some(&customer.access)).await;
@@ -97,9 +98,21 @@ async fn metrics_show_the_job_queue_by_kind() {
         r#"jobs{kind="payment.refund",status="failed"} 0"#,
         "jobs_queued 1",
         "jobs_oldest_due_seconds 0",
+        r#"jobs_queue_age_seconds{kind="order.no_pilot_found"} 0"#,
     ] {
         assert!(text.lines().any(|line| line == expected), "missing {expected} in\n{text}");
     }
+    // A job due a minute ago: its kind's queue is a minute old (read before the workers run it).
+    let now = app.clock.now();
+    let late = dispatchd::store::NewJob::new("test.backlog", json!({}), now - chrono::Duration::seconds(60));
+    app.state.store.enqueue(&late, now).await.unwrap();
+    app.state.jobs.run_due().await.unwrap();
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let age = text
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"jobs_queue_age_seconds{kind="test.backlog"} "#))
+        .and_then(|value| value.parse::<f64>().ok());
+    assert!(age.is_some_and(|age| (60.0..70.0).contains(&age)), "{age:?} in\n{text}");
 }
 
 #[tokio::test]

@@ -165,6 +165,16 @@ impl Worker {
             for kind in &kinds {
                 metrics::gauge!("jobs", "kind" => kind.to_string(), "status" => status).set(count(kind) as f64);
             }
+            if status == "queued" {
+                // Per kind, how late its oldest due job is (notifications: their queue's age).
+                let now = self.clock.now();
+                for kind in &kinds {
+                    let oldest =
+                        counts.iter().filter(|c| c.status == status && c.kind == *kind).find_map(|c| c.oldest_run_at);
+                    let late = oldest.map_or(0.0, |due| (now - due).num_milliseconds().max(0) as f64 / 1000.0);
+                    metrics::gauge!("jobs_queue_age_seconds", "kind" => kind.to_string()).set(late);
+                }
+            }
             let total: i64 = counts.iter().filter(|c| c.status == status).map(|c| c.count).sum();
             metrics::gauge!(format!("jobs_{status}")).set(total as f64);
         }

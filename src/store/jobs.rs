@@ -75,6 +75,8 @@ pub struct JobCount {
     pub kind: String,
     pub status: String,
     pub count: i64,
+    /// The earliest `run_at` among them: how long the oldest queued job has been due.
+    pub oldest_run_at: Option<DateTime<Utc>>,
 }
 
 #[async_trait]

@@ -74,8 +74,8 @@ impl JobStore for StoreImpl {
 
     async fn job_counts(&self) -> Result<Vec<JobCount>> {
         Ok(sqlx::query_as(
-            "SELECT kind, status, COUNT(*) AS count FROM jobs WHERE status IN ('queued', 'running', 'failed') \
-             GROUP BY kind, status ORDER BY kind, status",
+            "SELECT kind, status, COUNT(*) AS count, MIN(run_at) AS oldest_run_at FROM jobs \
+             WHERE status IN ('queued', 'running', 'failed') GROUP BY kind, status ORDER BY kind, status",
         )
         .fetch_all(&self.pool)
         .await?)
