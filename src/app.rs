@@ -215,6 +215,15 @@ impl App {
             )),
             _ => None,
         };
+        let fleet = Arc::new(fleet);
+        if config.notifications.push_enabled() {
+            let push =
+                Arc::new(crate::notify::OfferPush::new(store.clone(), grid.clone(), fleet.clone(), clock.clone()));
+            matchmaker.subscribe(push.clone());
+            if let Some(cluster) = &cluster {
+                cluster.subscribe_offers(push);
+            }
+        }
         let state = AppState {
             money,
             payouts,
@@ -226,7 +235,7 @@ impl App {
             metrics: crate::telemetry::metrics(),
             clock,
             grid,
-            fleet: Arc::new(fleet),
+            fleet,
             orders,
             payments,
             jobs: Arc::new(jobs),

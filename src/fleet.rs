@@ -178,6 +178,11 @@ impl Fleet {
         Ok(user)
     }
 
+    /// Whether the pilot has a socket open on this node.
+    pub fn has_socket(&self, pilot: UserId) -> bool {
+        self.sockets.lock().contains_key(&pilot)
+    }
+
     /// A socket of the pilot opened here: it is reachable (see [`PilotIndex::set_reachable`]).
     pub fn socket_opened(&self, pilot: UserId) {
         let mut sockets = self.sockets.lock();

@@ -407,3 +407,73 @@ async fn receipts_and_refunds_are_emailed_through_smtp() {
     let refund = mails.iter().find(|mail| mail.data.contains("Subject: Refund for order")).expect("the refund notice");
     assert!(refund.data.contains(&refunded[refunded.len() - 6..]), "{}", refund.data);
 }
+
+/// Issue 23: an offer reaches a pilot whose app holds no socket (it still reports its
+/// position, from the background) as a high-priority push naming the offer and its deadline,
+/// replaced by its withdrawal when it times out; a pilot with its socket open gets no push;
+/// an order a dispatcher gives a pilot is pushed too.
+#[tokio::test]
+async fn offers_reach_pilots_without_a_socket_and_only_them() {
+    let (fake, options) = fake_fcm().await;
+    let app = TestApp::spawn_with(options.set("matching.offer_timeout_secs", 2)).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let (away, socket) = pilot_on_duty(&app, PICKUP).await;
+    register_device(&app, &away, "android", "away-phone").await;
+    drop(socket);
+    let pilot_id: dispatchd::ids::UserId = away.user_id.parse().unwrap();
+    eventually(Duration::from_secs(3), "the socket closed on the server", || async {
+        !app.state.fleet.has_socket(pilot_id)
+    })
+    .await;
+    // The app in the background still reports its position over REST.
+    let fix = common::field::fix(&app, PICKUP, 30);
+    let reported = app.post("/api/v1/pilot/location", json!({ "points": [fix] }), Some(&away.access)).await;
+    assert_eq!(reported.status, StatusCode::OK, "{:?}", reported.body);
+
+    let order = common::field::create_order(&app, &customer).await;
+    eventually(Duration::from_secs(5), "the offer and its withdrawal are pushed", || {
+        let fake = fake.clone();
+        async move { fake.lock().unwrap().sent.iter().filter(|m| m["token"] == "away-phone").count() >= 2 }
+    })
+    .await;
+    let sent = fake.lock().unwrap().sent.clone();
+    let offer = sent.iter().find(|m| m["data"]["kind"] == "offer").expect("the offer").clone();
+    assert_eq!(offer["data"]["order_id"], order.as_str());
+    assert_eq!(offer["android"]["priority"], "HIGH", "an offer wakes the phone");
+    let offer_id = offer["data"]["offer_id"].as_str().unwrap();
+    assert_eq!(offer["android"]["collapse_key"], format!("offer-{offer_id}"));
+    assert!(offer["data"]["expires_at"].as_str().is_some(), "the deadline: {offer}");
+    let gone = sent.iter().find(|m| m["data"]["kind"] == "offer_withdrawn").expect("the withdrawal").clone();
+    assert_eq!(gone["android"]["collapse_key"], offer["android"]["collapse_key"], "it replaces the offer");
+
+    // A pilot holding its socket gets the offer there, and no push.
+    let path = format!("/api/v1/orders/{order}/cancel");
+    assert_eq!(app.post(&path, json!({}), Some(&customer.access)).await.status, StatusCode::OK);
+    let (near, mut near_socket) = pilot_on_duty(&app, PICKUP).await;
+    register_device(&app, &near, "android", "near-phone").await;
+    let second = common::field::create_order(&app, &customer).await;
+    let offered = near_socket.event("offer", Duration::from_secs(5)).await.expect("an offer on the socket");
+    assert_eq!(offered["order_id"], second.as_str());
+    near_socket.call("offer:reject", json!({ "offer_id": offered["offer_id"] })).await;
+
+    // Given by hand to the pilot in the background: pushed.
+    let path = format!("/api/v1/orders/{second}/cancel");
+    assert_eq!(app.post(&path, json!({}), Some(&customer.access)).await.status, StatusCode::OK);
+    let third = common::field::create_order(&app, &customer).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let given = assign(&app, &dispatcher, &third, &away).await;
+    assert_eq!(given.status, StatusCode::OK, "{:?}", given.body);
+    eventually(Duration::from_secs(5), "the assignment is pushed to the pilot", || {
+        let fake = fake.clone();
+        async move { fake.lock().unwrap().sent.iter().any(|m| m["data"]["kind"] == "assigned_by_dispatcher") }
+    })
+    .await;
+    let sent = fake.lock().unwrap().sent.clone();
+    assert!(sent.iter().all(|m| m["token"] != "near-phone"), "nothing to the pilot holding its socket: {sent:?}");
+    let by_hand = sent.iter().find(|m| m["data"]["kind"] == "assigned_by_dispatcher").unwrap();
+    assert_eq!(
+        (by_hand["token"].as_str(), by_hand["data"]["order_id"].as_str()),
+        (Some("away-phone"), Some(third.as_str()))
+    );
+}

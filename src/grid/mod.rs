@@ -275,6 +275,12 @@ impl PilotIndex {
         }
     }
 
+    /// Whether this node owns the pilot: holds its socket, or heard its last report.
+    pub fn owned_here(&self, pilot: PilotId) -> bool {
+        let grid = self.grid.read();
+        grid.slot(pilot).is_some_and(|slot| !grid.entry(slot).remote)
+    }
+
     pub fn get(&self, pilot: PilotId) -> Option<PilotSnapshot> {
         let grid = self.grid.read();
         grid.slot(pilot).map(|slot| grid.entry(slot).snapshot())

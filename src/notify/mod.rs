@@ -28,9 +28,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::clock::Clock;
-use crate::domain::orders::{Order, OrderEvent};
+use crate::domain::offers::Offer;
+use crate::domain::orders::{ActorRole, Order, OrderEvent};
 use crate::error::{Error, Result};
-use crate::ids::{OrderId, UserId};
+use crate::ids::{OfferId, OrderId, UserId};
 use crate::jobs::JobHandler;
 use crate::store::{Job, NewJob, Platform, Store};
 
@@ -66,7 +67,7 @@ impl NotificationsConfig {
         if self.max_devices == 0 {
             return Err(ConfigError::new("notifications.max_devices", "must be greater than 0"));
         }
-        for kind in CUSTOMER_KINDS {
+        for kind in CUSTOMER_KINDS.iter().chain(PILOT_KINDS) {
             if !self.templates.contains_key(*kind) {
                 return Err(ConfigError::new(format!("notifications.templates.{kind}").as_str(), "is missing"));
             }
@@ -108,23 +109,94 @@ pub fn email_looks_valid(email: &str) -> bool {
 /// The order events a customer is told of, by the event's type.
 pub const CUSTOMER_KINDS: &[&str] = &["assigned", "picked_up", "delivered", "cancelled", "returned"];
 
-/// The job telling the customer of `event`, if it is a kind customers hear of (written in
-/// the transaction of the change).
-pub fn order_job(order: &Order, event: &OrderEvent, ttl: Duration) -> Option<NewJob> {
+/// What a pilot is told: an offer while its app holds no socket (and its withdrawal), and an
+/// order a dispatcher gave it.
+pub const PILOT_KINDS: &[&str] = &["offer", "offer_withdrawn", "assigned_by_dispatcher"];
+
+/// The jobs telling the customer, and the pilot a dispatcher gave the order to, of `event`
+/// (written in the transaction of the change).
+pub fn order_jobs(order: &Order, event: &OrderEvent, ttl: Duration) -> Vec<NewJob> {
     let kind = event.kind.as_str();
-    if !CUSTOMER_KINDS.contains(&kind) {
-        return None;
+    let job = |user: UserId, kind: &str, who: &str| {
+        let payload = json!({
+            "user_id": user,
+            "kind": kind,
+            "order_id": order.id,
+            "seq": event.seq,
+            "pilot_id": order.pilot_id,
+            "reason": event.data.get("reason"),
+            "expires_at": event.created_at + ttl,
+        });
+        NewJob::new(PUSH_JOB, payload, event.created_at).dedupe(format!("push:{}:{}:{who}", order.id, event.seq))
+    };
+    let mut jobs = Vec::new();
+    if CUSTOMER_KINDS.contains(&kind) {
+        jobs.push(job(order.customer_id, kind, "customer"));
     }
-    let payload = json!({
-        "user_id": order.customer_id,
-        "kind": kind,
-        "order_id": order.id,
-        "seq": event.seq,
-        "pilot_id": order.pilot_id,
-        "reason": event.data.get("reason"),
-        "expires_at": event.created_at + ttl,
-    });
-    Some(NewJob::new(PUSH_JOB, payload, event.created_at).dedupe(format!("push:{}:{}", order.id, event.seq)))
+    let by_staff = matches!(event.actor_role, Some(ActorRole::Dispatcher | ActorRole::Admin));
+    if let Some(pilot) = order.pilot_id.filter(|_| by_staff && matches!(kind, "assigned" | "reassigned")) {
+        jobs.push(job(pilot, "assigned_by_dispatcher", "pilot"));
+    }
+    jobs
+}
+
+/// Pushes an offer (and its withdrawal) to a pilot whose app holds no socket: on the node
+/// that owns the pilot (holds its socket, or heard its last report), which alone can tell.
+/// Hears offers made here and, in a cluster, on other nodes. The job is enqueued as soon as
+/// the offer is known, not in the offer's own transaction: an offer lives seconds, and one
+/// a crash left unpushed expires and goes to the next pilot. It is dropped once the offer's
+/// deadline has passed.
+pub struct OfferPush {
+    store: Arc<dyn Store>,
+    grid: Arc<crate::grid::PilotIndex>,
+    fleet: Arc<crate::fleet::Fleet>,
+    clock: Clock,
+}
+
+impl OfferPush {
+    pub fn new(
+        store: Arc<dyn Store>,
+        grid: Arc<crate::grid::PilotIndex>,
+        fleet: Arc<crate::fleet::Fleet>,
+        clock: Clock,
+    ) -> Self {
+        Self { store, grid, fleet, clock }
+    }
+
+    fn push(&self, offer: &Offer, kind: &'static str, expires_at: DateTime<Utc>) {
+        let pilot = offer.pilot_id;
+        if !self.grid.owned_here(pilot) || self.fleet.has_socket(pilot) {
+            return;
+        }
+        let now = self.clock.now();
+        let payload = json!({
+            "user_id": pilot,
+            "kind": kind,
+            "order_id": offer.order_id,
+            "offer_id": offer.id,
+            "offer_expires_at": offer.expires_at,
+            "expires_at": expires_at,
+        });
+        let job = NewJob::new(PUSH_JOB, payload, now).dedupe(format!("push:{kind}:{}", offer.id));
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.enqueue(&job, now).await {
+                tracing::warn!(error = %err, kind, "could not queue a pilot's push");
+            }
+        });
+    }
+}
+
+impl crate::matchmaker::OfferListener for OfferPush {
+    fn offered(&self, offer: &Offer, _payload: &serde_json::Value) {
+        self.push(offer, "offer", offer.expires_at);
+    }
+
+    fn withdrawn(&self, offer: &Offer, _reason: &'static str) {
+        // Replaces the offer's notification on a phone that has not shown it yet (same
+        // collapse key); worth a minute.
+        self.push(offer, "offer_withdrawn", self.clock.now() + Duration::seconds(60));
+    }
 }
 
 /// A message for one device.
@@ -204,13 +276,27 @@ impl PushJobs {
             ("kind".to_owned(), payload.kind.clone()),
             ("order_id".to_owned(), payload.order_id.to_string()),
         ]);
-        data.insert("seq".to_owned(), payload.seq.to_string());
+        if let Some(seq) = payload.seq {
+            data.insert("seq".to_owned(), seq.to_string());
+        }
+        // An offer's message wakes the phone, names the offer and its deadline, and is
+        // replaced by its withdrawal if that comes first.
+        let collapse_key = match payload.offer_id {
+            Some(offer) => {
+                data.insert("offer_id".to_owned(), offer.to_string());
+                if let Some(deadline) = payload.offer_expires_at {
+                    data.insert("expires_at".to_owned(), deadline.to_rfc3339());
+                }
+                format!("offer-{offer}")
+            }
+            None => format!("order-{}", payload.order_id),
+        };
         let message = PushMessage {
             title,
             body,
             data,
-            high_priority: false,
-            collapse_key: Some(format!("order-{}", payload.order_id)),
+            high_priority: payload.kind == "offer",
+            collapse_key: Some(collapse_key),
             expires_at: payload.expires_at,
         };
         let mut tx = self.store.begin().await?;
@@ -295,9 +381,16 @@ struct PushPayload {
     user_id: UserId,
     kind: String,
     order_id: OrderId,
-    seq: i32,
+    #[serde(default)]
+    seq: Option<i32>,
+    #[serde(default)]
     pilot_id: Option<UserId>,
+    #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    offer_id: Option<OfferId>,
+    #[serde(default)]
+    offer_expires_at: Option<DateTime<Utc>>,
     expires_at: DateTime<Utc>,
 }
 

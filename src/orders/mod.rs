@@ -331,8 +331,10 @@ async fn append(tx: &mut dyn StoreTx, order: &Order, events: &[OrderEvent], noti
         if notify.webhooks {
             tx.enqueue(&crate::webhooks::delivery(order, event), event.created_at).await?;
         }
-        if let Some(job) = notify.push_ttl.and_then(|ttl| crate::notify::order_job(order, event, ttl)) {
-            tx.enqueue(&job, event.created_at).await?;
+        if let Some(ttl) = notify.push_ttl {
+            for job in crate::notify::order_jobs(order, event, ttl) {
+                tx.enqueue(&job, event.created_at).await?;
+            }
         }
         if let Some(job) = crate::notify::email::order_job(order, event).filter(|_| notify.email) {
             tx.enqueue(&job, event.created_at).await?;
