@@ -217,8 +217,9 @@ impl App {
         };
         let fleet = Arc::new(fleet);
         if config.notifications.push_enabled() {
-            let push =
-                Arc::new(crate::notify::OfferPush::new(store.clone(), grid.clone(), fleet.clone(), clock.clone()));
+            let wake = jobs.waker();
+            let push = crate::notify::OfferPush::new(store.clone(), grid.clone(), fleet.clone(), clock.clone(), wake);
+            let push = Arc::new(push);
             matchmaker.subscribe(push.clone());
             if let Some(cluster) = &cluster {
                 cluster.subscribe_offers(push);

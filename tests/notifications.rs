@@ -404,6 +404,11 @@ async fn receipts_and_refunds_are_emailed_through_smtp() {
     assert!(receipt.data.contains("multipart/alternative") && receipt.data.contains("text/html"), "{}", receipt.data);
     assert!(receipt.data.contains(&format!("Your order {} was delivered.", &order[order.len() - 6..])));
     assert!(receipt.data.contains("KA01AB1234"), "the pilot and plate, in the HTML receipt");
+    assert!(
+        receipt.data.contains("Base fare") && receipt.data.contains("Distance ("),
+        "the fare lines: {}",
+        receipt.data
+    );
     let refund = mails.iter().find(|mail| mail.data.contains("Subject: Refund for order")).expect("the refund notice");
     assert!(refund.data.contains(&refunded[refunded.len() - 6..]), "{}", refund.data);
 }
@@ -415,7 +420,9 @@ async fn receipts_and_refunds_are_emailed_through_smtp() {
 #[tokio::test]
 async fn offers_reach_pilots_without_a_socket_and_only_them() {
     let (fake, options) = fake_fcm().await;
-    let app = TestApp::spawn_with(options.set("matching.offer_timeout_secs", 2)).await;
+    // The workers poll only every 5 s here: an offer's push must not wait for them.
+    let options = options.set("matching.offer_timeout_secs", 2).set("jobs.poll_interval_ms", 5_000);
+    let app = TestApp::spawn_with(options).await;
     let dispatcher = app.staff(Role::Dispatcher).await;
     let customer = app.register("customer").await;
     let (away, socket) = pilot_on_duty(&app, PICKUP).await;
@@ -432,6 +439,13 @@ async fn offers_reach_pilots_without_a_socket_and_only_them() {
     assert_eq!(reported.status, StatusCode::OK, "{:?}", reported.body);
 
     let order = common::field::create_order(&app, &customer).await;
+    let placed = std::time::Instant::now();
+    eventually(Duration::from_secs(1), "the offer is pushed within a second", || {
+        let fake = fake.clone();
+        async move { fake.lock().unwrap().sent.iter().any(|m| m["data"]["kind"] == "offer") }
+    })
+    .await;
+    eprintln!("order placed → offer pushed: {:?}", placed.elapsed());
     eventually(Duration::from_secs(5), "the offer and its withdrawal are pushed", || {
         let fake = fake.clone();
         async move { fake.lock().unwrap().sent.iter().filter(|m| m["token"] == "away-phone").count() >= 2 }
@@ -464,7 +478,7 @@ async fn offers_reach_pilots_without_a_socket_and_only_them() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let given = assign(&app, &dispatcher, &third, &away).await;
     assert_eq!(given.status, StatusCode::OK, "{:?}", given.body);
-    eventually(Duration::from_secs(5), "the assignment is pushed to the pilot", || {
+    eventually(Duration::from_secs(8), "the assignment is pushed to the pilot", || {
         let fake = fake.clone();
         async move { fake.lock().unwrap().sent.iter().any(|m| m["data"]["kind"] == "assigned_by_dispatcher") }
     })
@@ -476,4 +490,37 @@ async fn offers_reach_pilots_without_a_socket_and_only_them() {
         (by_hand["token"].as_str(), by_hand["data"]["order_id"].as_str()),
         (Some("away-phone"), Some(third.as_str()))
     );
+}
+
+/// Issue 23: a notification is written with the order change that causes it, so a server
+/// that stops between the change and the send (here: its workers never ran) sends it after
+/// the restart, exactly once.
+#[tokio::test]
+async fn a_notification_written_before_a_crash_is_sent_once_after_the_restart() {
+    let (fake, options) = fake_fcm().await;
+    let stalled = options.clone().set("jobs.poll_interval_ms", 3_600_000);
+    let first = TestApp::spawn_with(stalled).await;
+    let dispatcher = first.staff(Role::Dispatcher).await;
+    let customer = first.register("customer").await;
+    register_device(&first, &customer, "android", "crash-phone").await;
+    let (pilot, _socket) = pilot_on_duty(&first, PICKUP).await;
+    let order = common::field::create_order(&first, &customer).await;
+    assert_eq!(assign(&first, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(fake.lock().unwrap().sent.is_empty(), "nothing sent before the crash");
+    let database = Database::Postgres(first.database_url.clone().unwrap());
+    drop(first);
+
+    let second = TestApp::spawn_with(Options { database, ..options }).await;
+    eventually(Duration::from_secs(5), "sent after the restart", || {
+        let fake = fake.clone();
+        async move { !fake.lock().unwrap().sent.is_empty() }
+    })
+    .await;
+    second.state.jobs.run_due().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = fake.lock().unwrap().sent.clone();
+    let assigned: Vec<_> = sent.iter().filter(|m| m["data"]["kind"] == "assigned").collect();
+    assert_eq!(assigned.len(), 1, "exactly once: {sent:?}");
+    assert_eq!(assigned[0]["data"]["order_id"], order.as_str());
 }

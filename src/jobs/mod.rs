@@ -43,11 +43,19 @@ pub struct Worker {
     clock: Clock,
     config: JobsConfig,
     handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
+    /// Rung by whoever queued a job that should not wait for the next poll.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Worker {
     pub fn new(store: Arc<dyn Store>, clock: Clock, config: JobsConfig) -> Self {
-        Self { store, clock, config, handlers: HashMap::new() }
+        Self { store, clock, config, handlers: HashMap::new(), wake: Arc::default() }
+    }
+
+    /// What to ring after queueing a job that is due now and in a hurry (a pilot's offer
+    /// push): this node's workers look at once instead of at their next poll.
+    pub fn waker(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 
     /// Routes jobs of `kind` to `handler`.
@@ -63,11 +71,11 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = ticks.tick() => {
-                    if let Err(err) = self.run_due().await {
-                        tracing::warn!(error = %err, "job worker could not claim jobs");
-                    }
-                }
+                _ = ticks.tick() => {}
+                () = self.wake.notified() => {}
+            }
+            if let Err(err) = self.run_due().await {
+                tracing::warn!(error = %err, "job worker could not claim jobs");
             }
         }
     }

@@ -151,6 +151,8 @@ pub struct OfferPush {
     grid: Arc<crate::grid::PilotIndex>,
     fleet: Arc<crate::fleet::Fleet>,
     clock: Clock,
+    /// The jobs worker's: an offer's push does not wait for the next poll.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl OfferPush {
@@ -159,8 +161,9 @@ impl OfferPush {
         grid: Arc<crate::grid::PilotIndex>,
         fleet: Arc<crate::fleet::Fleet>,
         clock: Clock,
+        wake: Arc<tokio::sync::Notify>,
     ) -> Self {
-        Self { store, grid, fleet, clock }
+        Self { store, grid, fleet, clock, wake }
     }
 
     fn push(&self, offer: &Offer, kind: &'static str, expires_at: DateTime<Utc>) {
@@ -178,10 +181,11 @@ impl OfferPush {
             "expires_at": expires_at,
         });
         let job = NewJob::new(PUSH_JOB, payload, now).dedupe(format!("push:{kind}:{}", offer.id));
-        let store = self.store.clone();
+        let (store, wake) = (self.store.clone(), self.wake.clone());
         tokio::spawn(async move {
-            if let Err(err) = store.enqueue(&job, now).await {
-                tracing::warn!(error = %err, kind, "could not queue a pilot's push");
+            match store.enqueue(&job, now).await {
+                Ok(()) => wake.notify_one(),
+                Err(err) => tracing::warn!(error = %err, kind, "could not queue a pilot's push"),
             }
         });
     }
