@@ -149,6 +149,13 @@ impl App {
                     chrono::Duration::seconds(i64::try_from(config.notifications.ttl_secs).unwrap_or(i64::MAX / 1000))
                 }),
                 email: config.notifications.email.enabled,
+                reminder_before: (config.notifications.push_enabled()
+                    && config.notifications.reminder_before_search_secs > 0)
+                    .then(|| {
+                        chrono::Duration::seconds(
+                            i64::try_from(config.notifications.reminder_before_search_secs).unwrap_or(0),
+                        )
+                    }),
             },
             config.pilots.cash_debt_limit_paise,
         ));
@@ -217,6 +224,13 @@ impl App {
         };
         let fleet = Arc::new(fleet);
         if config.notifications.push_enabled() {
+            let arrival =
+                crate::notify::ArrivalPush::new(store.clone(), tracking.clone(), clock.clone(), &config.notifications);
+            let arrival = Arc::new(arrival);
+            fleet.subscribe(arrival.clone());
+            if let Some(cluster) = &cluster {
+                cluster.subscribe_moves(arrival);
+            }
             let wake = jobs.waker();
             let push = crate::notify::OfferPush::new(store.clone(), grid.clone(), fleet.clone(), clock.clone(), wake);
             let push = Arc::new(push);

@@ -524,3 +524,64 @@ async fn a_notification_written_before_a_crash_is_sent_once_after_the_restart() 
     assert_eq!(assigned.len(), 1, "exactly once: {sent:?}");
     assert_eq!(assigned[0]["data"]["order_id"], order.as_str());
 }
+
+/// Issue 23: the customer hears once that its pilot is about to reach the pickup
+/// (`notifications.arriving_m`), and is reminded of a scheduled order before its search
+/// starts, unless it cancelled it meanwhile.
+#[tokio::test]
+async fn customers_hear_of_an_arriving_pilot_and_of_a_scheduled_order() {
+    let (fake, options) = fake_fcm().await;
+    let clock = dispatchd::clock::Clock::manual(chrono::Utc::now());
+    let app = TestApp::spawn_with(Options { clock: clock.clone(), ..options }).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    register_device(&app, &customer, "android", "waiting-phone").await;
+    let far = common::field::north(PICKUP, 2.0);
+    let (pilot, mut socket) = pilot_on_duty(&app, far).await;
+    let order = common::field::create_order(&app, &customer).await;
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+    let arriving = || fake.lock().unwrap().sent.iter().filter(|m| m["data"]["kind"] == "arriving").count();
+    // 1 km away: not yet.
+    let fix = |at, secs| common::field::fix(&app, at, secs);
+    socket.call("location", json!({ "points": [fix(common::field::north(PICKUP, 1.0), 120)] })).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(arriving(), 0);
+    // 200 m away, then closer: once.
+    socket.call("location", json!({ "points": [fix(common::field::north(PICKUP, 0.2), 240)] })).await;
+    socket.call("location", json!({ "points": [fix(common::field::north(PICKUP, 0.1), 260)] })).await;
+    eventually(Duration::from_secs(5), "the arrival is pushed", || {
+        let count = arriving();
+        async move { count >= 1 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(arriving(), 1, "once");
+    let sent = fake.lock().unwrap().sent.clone();
+    let told = sent.iter().find(|m| m["data"]["kind"] == "arriving").unwrap();
+    assert!(told["notification"]["body"].as_str().unwrap().contains("KA01AB1234"), "{told}");
+
+    // Scheduled two hours ahead: reminded 15 min before its search starts (10 min before its time).
+    let mut body = common::order_body("cash");
+    body["scheduled_at"] = json!((clock.now() + chrono::Duration::hours(2)).to_rfc3339());
+    let scheduled = common::field::place_order(&app, &customer, body.clone()).await;
+    let dropped = common::field::place_order(&app, &customer, body).await;
+    let path = format!("/api/v1/orders/{dropped}/cancel");
+    assert_eq!(app.post(&path, json!({}), Some(&customer.access)).await.status, StatusCode::OK);
+    clock.advance(chrono::Duration::minutes(94));
+    app.state.jobs.run_due().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reminders =
+        || fake.lock().unwrap().sent.iter().filter(|m| m["data"]["kind"] == "reminder").cloned().collect::<Vec<_>>();
+    assert!(reminders().is_empty(), "not yet");
+    clock.advance(chrono::Duration::minutes(2));
+    app.state.jobs.run_due().await.unwrap();
+    app.state.jobs.run_due().await.unwrap();
+    eventually(Duration::from_secs(3), "the reminder is pushed", || {
+        let found = !reminders().is_empty();
+        async move { found }
+    })
+    .await;
+    let sent = reminders();
+    assert_eq!(sent.len(), 1, "the cancelled order is not reminded of: {sent:?}");
+    assert_eq!(sent[0]["data"]["order_id"], scheduled.as_str());
+}

@@ -55,7 +55,8 @@ pub async fn remove(
 /// The kinds a user may turn off: the customer's order notifications, and its emails.
 fn kinds() -> impl Iterator<Item = &'static str> {
     let emails = [crate::notify::RECEIPT_EMAIL, crate::notify::REFUND_EMAIL];
-    crate::notify::CUSTOMER_KINDS.iter().chain(crate::notify::PILOT_KINDS).copied().chain(emails)
+    let push = crate::notify::CUSTOMER_KINDS.iter().chain(crate::notify::CUSTOMER_EXTRA_KINDS);
+    push.chain(crate::notify::PILOT_KINDS).copied().chain(emails)
 }
 
 /// `{email, kinds: {kind: on}}`, as `GET /me/notifications` shows the settings.

@@ -49,6 +49,11 @@ pub struct NotificationsConfig {
     pub max_devices: u32,
     /// A notification not sent within this long is dropped.
     pub ttl_secs: u64,
+    /// A customer is told its pilot is arriving when it comes this close (m) to the pickup.
+    pub arriving_m: f64,
+    /// A scheduled order's customer is reminded this long (s) before its search starts; 0: no
+    /// reminder.
+    pub reminder_before_search_secs: u64,
     pub fcm: fcm::FcmConfig,
     pub email: email::EmailConfig,
     /// Kind → its text; `{placeholders}` are filled from the order.
@@ -67,7 +72,7 @@ impl NotificationsConfig {
         if self.max_devices == 0 {
             return Err(ConfigError::new("notifications.max_devices", "must be greater than 0"));
         }
-        for kind in CUSTOMER_KINDS.iter().chain(PILOT_KINDS) {
+        for kind in CUSTOMER_KINDS.iter().chain(CUSTOMER_EXTRA_KINDS).chain(PILOT_KINDS) {
             if !self.templates.contains_key(*kind) {
                 return Err(ConfigError::new(format!("notifications.templates.{kind}").as_str(), "is missing"));
             }
@@ -108,6 +113,75 @@ pub fn email_looks_valid(email: &str) -> bool {
 
 /// The order events a customer is told of, by the event's type.
 pub const CUSTOMER_KINDS: &[&str] = &["assigned", "picked_up", "delivered", "cancelled", "returned"];
+
+/// What else a customer is told: its pilot is about to reach the pickup, and a scheduled
+/// order is about to look for a pilot.
+pub const CUSTOMER_EXTRA_KINDS: &[&str] = &["arriving", "reminder"];
+
+/// The customer's reminder of scheduled `order`, due at `at`, worth sending until `until`
+/// (its time): written with the order.
+pub fn reminder_job(order: &Order, at: DateTime<Utc>, until: DateTime<Utc>) -> NewJob {
+    let payload =
+        json!({ "user_id": order.customer_id, "kind": "reminder", "order_id": order.id, "expires_at": until });
+    NewJob::new(PUSH_JOB, payload, at).dedupe(format!("push:reminder:{}", order.id))
+}
+
+/// Tells a customer its pilot is about to reach the pickup: once per order, when the pilot
+/// carrying it on its way to the pickup comes within `notifications.arriving_m` of it. Hears
+/// moves of pilots reporting here and, in a cluster, elsewhere (the job's dedupe key keeps it
+/// to one per order whichever node hears first).
+pub struct ArrivalPush {
+    store: Arc<dyn Store>,
+    tracking: Arc<crate::orders::tracking::Tracking>,
+    clock: Clock,
+    radius_m: f64,
+    ttl: Duration,
+    /// Orders told already (here): no queueing on every later fix. Bounded.
+    told: parking_lot::Mutex<std::collections::HashSet<OrderId>>,
+}
+
+/// Orders remembered as told before the set starts afresh (the dedupe key still holds).
+const MAX_TOLD: usize = 100_000;
+
+impl ArrivalPush {
+    pub fn new(
+        store: Arc<dyn Store>,
+        tracking: Arc<crate::orders::tracking::Tracking>,
+        clock: Clock,
+        config: &NotificationsConfig,
+    ) -> Self {
+        let ttl = Duration::seconds(i64::try_from(config.ttl_secs).unwrap_or(3600));
+        Self { store, tracking, clock, radius_m: config.arriving_m, ttl, told: Default::default() }
+    }
+}
+
+impl crate::fleet::PositionListener for ArrivalPush {
+    fn pilot_moved(&self, pilot: &crate::grid::PilotSnapshot) {
+        let Some(trip) = self.tracking.trip_of(pilot.id).filter(|trip| trip.to_pickup) else { return };
+        if crate::grid::geometry::distance_m(pilot.position, trip.target) > self.radius_m {
+            return;
+        }
+        {
+            let mut told = self.told.lock();
+            if told.len() >= MAX_TOLD {
+                told.clear();
+            }
+            if !told.insert(trip.order) {
+                return;
+            }
+        }
+        let now = self.clock.now();
+        let payload =
+            json!({ "kind": "arriving", "order_id": trip.order, "pilot_id": pilot.id, "expires_at": now + self.ttl });
+        let job = NewJob::new(PUSH_JOB, payload, now).dedupe(format!("push:arriving:{}", trip.order));
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.enqueue(&job, now).await {
+                tracing::warn!(error = %err, "could not queue an arrival push");
+            }
+        });
+    }
+}
 
 /// What a pilot is told: an offer while its app holds no socket (and its withdrawal), and an
 /// order a dispatcher gave it.
@@ -265,11 +339,29 @@ impl PushJobs {
             count(&payload.kind, "no_template");
             return Ok(());
         };
-        if self.store.notification_settings(payload.user_id).await?.off.contains(&payload.kind) {
+        // The arrival and the reminder name only the order: its customer, and only while the
+        // order is still where they make sense.
+        let user = match payload.user_id {
+            Some(user) if payload.kind != "reminder" => user,
+            _ => {
+                let Some(order) = self.store.order(payload.order_id).await? else { return Ok(()) };
+                let relevant = match payload.kind.as_str() {
+                    "reminder" => order.status == crate::domain::orders::OrderStatus::Pending,
+                    "arriving" => order.status == crate::domain::orders::OrderStatus::Assigned,
+                    _ => true,
+                };
+                if !relevant {
+                    count(&payload.kind, "moot");
+                    return Ok(());
+                }
+                order.customer_id
+            }
+        };
+        if self.store.notification_settings(user).await?.off.contains(&payload.kind) {
             count(&payload.kind, "turned_off");
             return Ok(());
         }
-        let devices = self.store.devices_of(payload.user_id).await?;
+        let devices = self.store.devices_of(user).await?;
         if devices.is_empty() {
             count(&payload.kind, "no_device");
             return Ok(());
@@ -382,7 +474,9 @@ impl JobHandler for PushJobs {
 
 #[derive(Debug, Deserialize)]
 struct PushPayload {
-    user_id: UserId,
+    /// Left out: the order's customer.
+    #[serde(default)]
+    user_id: Option<UserId>,
     kind: String,
     order_id: OrderId,
     #[serde(default)]

@@ -357,6 +357,10 @@ impl Orders {
             jobs.push(
                 NewJob::new(START_SEARCH_JOB, payload.clone(), run_at).dedupe(format!("start_search:{}", order.id)),
             );
+            // A reminder a while before the search starts (none for an order placed later than that).
+            if let Some(remind_at) = self.notify.reminder_before.map(|before| run_at - before).filter(|at| *at > now) {
+                jobs.push(crate::notify::reminder_job(order, remind_at, at));
+            }
         }
         if order.status == OrderStatus::SearchingDriver {
             jobs.push(self.give_up_job(order));

@@ -352,4 +352,6 @@ pub struct Outbox {
     pub push_ttl: Option<Duration>,
     /// Receipts and refund notices by email.
     pub email: bool,
+    /// Push on: how long before a scheduled order's search its customer is reminded.
+    pub reminder_before: Option<Duration>,
 }

@@ -17,8 +17,11 @@ use crate::orders::OrderListener;
 pub struct Trip {
     pub order: OrderId,
     pub vehicle: VehicleType,
-    /// The pickup until the parcel is on board, then the drop.
+    /// The pickup until the parcel is on board, then the drop (the pickup again for a parcel
+    /// sent back).
     pub target: LatLng,
+    /// Heading for the pickup to collect the parcel.
+    pub to_pickup: bool,
 }
 
 /// `pilot → trip` and `order → pilot`, consistent under one lock.
@@ -69,7 +72,8 @@ impl Tracking {
         };
         if let Some(pilot) = order.pilot_id {
             maps.by_order.insert(order.id, pilot);
-            maps.by_pilot.insert(pilot, Trip { order: order.id, vehicle: order.vehicle_type, target });
+            let to_pickup = order.status == OrderStatus::Assigned;
+            maps.by_pilot.insert(pilot, Trip { order: order.id, vehicle: order.vehicle_type, target, to_pickup });
         }
     }
 
