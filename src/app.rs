@@ -99,7 +99,12 @@ impl App {
         let tokens = Tokens::new(secret.expose_secret().as_bytes(), &config.auth);
         let revocations = Revocations::new(store.clone(), redis.clone(), tokens.access_ttl(), clock.clone());
         let passwords = PasswordHasher::new(&config.auth)?;
-        let auth = Auth::new(store.clone(), tokens, passwords, revocations, clock.clone());
+        let mut auth = Auth::new(store.clone(), tokens, passwords, revocations, clock.clone());
+        let push = &config.notifications;
+        let push_ttl = push.push_enabled().then(|| secs(push.ttl_secs));
+        if let Some(ttl) = push_ttl {
+            auth = auth.push_ended_sessions(ttl);
+        }
         let grid = Arc::new(PilotIndex::new(&config.grid));
         let feed = match &redis {
             Some(redis) if config.cluster.enabled => {
@@ -145,17 +150,11 @@ impl App {
             !config.payments.gateway.is_empty(),
             crate::orders::Outbox {
                 webhooks: config.webhooks.enabled(),
-                push_ttl: config.notifications.push_enabled().then(|| {
-                    chrono::Duration::seconds(i64::try_from(config.notifications.ttl_secs).unwrap_or(i64::MAX / 1000))
-                }),
-                email: config.notifications.email.enabled,
-                reminder_before: (config.notifications.push_enabled()
-                    && config.notifications.reminder_before_search_secs > 0)
-                    .then(|| {
-                        chrono::Duration::seconds(
-                            i64::try_from(config.notifications.reminder_before_search_secs).unwrap_or(0),
-                        )
-                    }),
+                push_ttl,
+                email: push.email.enabled,
+                reminder_before: push_ttl
+                    .filter(|_| push.reminder_before_search_secs > 0)
+                    .map(|_| secs(push.reminder_before_search_secs)),
             },
             config.pilots.cash_debt_limit_paise,
         ));
@@ -433,4 +432,9 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<SecretString> {
     file.sync_all()?;
     tracing::info!(path = %path.display(), "generated a JWT secret for the embedded store");
     Ok(SecretString::from(secret))
+}
+
+/// `secs` seconds as a chrono duration (saturating).
+fn secs(secs: u64) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
 }

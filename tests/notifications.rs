@@ -585,3 +585,27 @@ async fn customers_hear_of_an_arriving_pilot_and_of_a_scheduled_order() {
     assert_eq!(sent.len(), 1, "the cancelled order is not reminded of: {sent:?}");
     assert_eq!(sent[0]["data"]["order_id"], scheduled.as_str());
 }
+
+/// Issue 23: a session the server ends (here: an admin disables the account) is told so on
+/// the phone registered in it, which is then forgotten.
+#[tokio::test]
+async fn a_session_the_server_ends_is_told_so_and_its_device_forgotten() {
+    let (fake, options) = fake_fcm().await;
+    let app = TestApp::spawn_with(options).await;
+    let admin = app.staff(Role::Admin).await;
+    let pilot = app.register("pilot").await;
+    register_device(&app, &pilot, "ios", "pilot-iphone").await;
+    let path = format!("/api/v1/admin/users/{}/disable", pilot.user_id);
+    assert_eq!(app.post(&path, json!({}), Some(&admin.access)).await.status, StatusCode::OK);
+    eventually(Duration::from_secs(5), "the end of the session is pushed", || {
+        let fake = fake.clone();
+        async move { fake.lock().unwrap().sent.iter().any(|m| m["data"]["kind"] == "session_ended") }
+    })
+    .await;
+    let sent = fake.lock().unwrap().sent.clone();
+    let ended = sent.iter().find(|m| m["data"]["kind"] == "session_ended").unwrap();
+    assert_eq!(ended["token"], "pilot-iphone");
+    assert!(ended["notification"]["body"].as_str().unwrap().contains("user disabled"), "{ended}");
+    assert_eq!(ended["apns"]["headers"]["apns-priority"], "5");
+    assert!(tokens_of(&app, &pilot).await.is_empty(), "the device is forgotten");
+}

@@ -95,6 +95,8 @@ pub struct Auth {
     passwords: PasswordHasher,
     revocations: Revocations,
     clock: Clock,
+    /// Push on: sessions the server ends are told so for this long (see `notify`).
+    session_push_ttl: Option<chrono::Duration>,
 }
 
 impl Auth {
@@ -105,7 +107,25 @@ impl Auth {
         revocations: Revocations,
         clock: Clock,
     ) -> Self {
-        Self { store, tokens, passwords, revocations, clock }
+        Self { store, tokens, passwords, revocations, clock, session_push_ttl: None }
+    }
+
+    /// Tells the devices of sessions the server ends (the account disabled, a refresh token
+    /// used twice) to sign in again, by push, for `ttl`.
+    pub fn push_ended_sessions(mut self, ttl: chrono::Duration) -> Self {
+        self.session_push_ttl = Some(ttl);
+        self
+    }
+
+    /// Queues the push telling `sessions` they ended (best effort: the sessions are already
+    /// revoked, and their sockets told).
+    async fn tell_ended(&self, sessions: &[SessionId], reason: RevokeReason) {
+        let Some(ttl) = self.session_push_ttl.filter(|_| !sessions.is_empty()) else { return };
+        let now = self.clock.now();
+        let job = crate::notify::sessions_ended_job(sessions, reason.as_str(), now, ttl);
+        if let Err(err) = self.store.enqueue(&job, now).await {
+            tracing::warn!(error = %err, "could not queue the push of ended sessions");
+        }
     }
 
     /// Which sessions are revoked.
@@ -192,6 +212,7 @@ impl Auth {
             Rotation::Reused { session } => {
                 tracing::warn!(%session, "refresh token reused; session revoked");
                 self.revocations.publish(&[session]).await;
+                self.tell_ended(&[session], RevokeReason::RefreshTokenReused).await;
                 Err(Error::unauthorized(
                     "REFRESH_TOKEN_REUSED",
                     "this refresh token was already used; the session is revoked, log in again",
@@ -218,6 +239,7 @@ impl Auth {
             .await?
             .ok_or_else(|| Error::not_found("USER_NOT_FOUND", "no such user"))?;
         self.revocations.publish(&revoked).await;
+        self.tell_ended(&revoked, RevokeReason::UserDisabled).await;
         self.store.user_by_id(id).await?.ok_or_else(|| Error::not_found("USER_NOT_FOUND", "no such user"))
     }
 

@@ -33,7 +33,7 @@ use crate::domain::orders::{ActorRole, Order, OrderEvent};
 use crate::error::{Error, Result};
 use crate::ids::{OfferId, OrderId, UserId};
 use crate::jobs::JobHandler;
-use crate::store::{Job, NewJob, Platform, Store};
+use crate::store::{Device, Job, NewJob, Platform, Store};
 
 /// Job kind: tell a user of something (the payload names the user, the kind and what fills
 /// the template); fans out into [`DEVICE_JOB`]s.
@@ -183,9 +183,25 @@ impl crate::fleet::PositionListener for ArrivalPush {
     }
 }
 
-/// What a pilot is told: an offer while its app holds no socket (and its withdrawal), and an
-/// order a dispatcher gave it.
-pub const PILOT_KINDS: &[&str] = &["offer", "offer_withdrawn", "assigned_by_dispatcher"];
+/// What a pilot is told: an offer while its app holds no socket (and its withdrawal), an
+/// order a dispatcher gave it, and that its session ended.
+pub const PILOT_KINDS: &[&str] = &["offer", "offer_withdrawn", "assigned_by_dispatcher", SESSION_ENDED];
+
+/// A session ended by the server (the account disabled, a refresh token used twice): the
+/// devices registered in it are told to sign in again, and forgotten.
+pub const SESSION_ENDED: &str = "session_ended";
+
+/// The job telling the devices of `sessions` that they ended, for `reason`.
+pub fn sessions_ended_job(
+    sessions: &[crate::ids::SessionId],
+    reason: &str,
+    now: DateTime<Utc>,
+    ttl: Duration,
+) -> NewJob {
+    let payload = json!({ "kind": SESSION_ENDED, "sessions": sessions, "reason": reason, "expires_at": now + ttl });
+    let key = sessions.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    NewJob::new(PUSH_JOB, payload, now).dedupe(format!("push:{SESSION_ENDED}:{key}"))
+}
 
 /// The jobs telling the customer, and the pilot a dispatcher gave the order to, of `event`
 /// (written in the transaction of the change).
@@ -339,12 +355,33 @@ impl PushJobs {
             count(&payload.kind, "no_template");
             return Ok(());
         };
+        // The end of sessions goes to the devices registered in them, which then go too.
+        if payload.kind == SESSION_ENDED {
+            let mut devices = Vec::new();
+            for session in &payload.sessions {
+                devices.extend(self.store.devices_of_session(*session).await?);
+            }
+            if devices.is_empty() {
+                count(&payload.kind, "no_device");
+                return Ok(());
+            }
+            let message = self.message(&payload, template).await?;
+            self.enqueue_devices(job, &payload.kind, &message, &devices).await?;
+            for session in &payload.sessions {
+                self.store.remove_session_devices(*session).await?;
+            }
+            return Ok(());
+        }
         // The arrival and the reminder name only the order: its customer, and only while the
         // order is still where they make sense.
         let user = match payload.user_id {
             Some(user) if payload.kind != "reminder" => user,
             _ => {
-                let Some(order) = self.store.order(payload.order_id).await? else { return Ok(()) };
+                let order = match payload.order_id {
+                    Some(id) => self.store.order(id).await?,
+                    None => None,
+                };
+                let Some(order) = order else { return Ok(()) };
                 let relevant = match payload.kind.as_str() {
                     "reminder" => order.status == crate::domain::orders::OrderStatus::Pending,
                     "arriving" => order.status == crate::domain::orders::OrderStatus::Assigned,
@@ -366,11 +403,17 @@ impl PushJobs {
             count(&payload.kind, "no_device");
             return Ok(());
         }
-        let values = self.values(&payload).await?;
+        let message = self.message(&payload, template).await?;
+        self.enqueue_devices(job, &payload.kind, &message, &devices).await
+    }
+
+    /// The rendered message of `payload`.
+    async fn message(&self, payload: &PushPayload, template: &Template) -> Result<PushMessage> {
+        let values = self.values(payload).await?;
         let (title, body) = template.render(&values);
         let mut data: HashMap<String, String> = HashMap::from([
             ("kind".to_owned(), payload.kind.clone()),
-            ("order_id".to_owned(), payload.order_id.to_string()),
+            ("order_id".to_owned(), payload.order_id.map(|id| id.to_string()).unwrap_or_default()),
         ]);
         if let Some(seq) = payload.seq {
             data.insert("seq".to_owned(), seq.to_string());
@@ -385,20 +428,27 @@ impl PushJobs {
                 }
                 format!("offer-{offer}")
             }
-            None => format!("order-{}", payload.order_id),
+            None => match payload.order_id {
+                Some(order) => format!("order-{order}"),
+                None => payload.kind.clone(),
+            },
         };
-        let message = PushMessage {
+        Ok(PushMessage {
             title,
             body,
             data,
             high_priority: payload.kind == "offer",
             collapse_key: Some(collapse_key),
             expires_at: payload.expires_at,
-        };
+        })
+    }
+
+    /// One job per device for `message`, in one transaction.
+    async fn enqueue_devices(&self, job: &Job, kind: &str, message: &PushMessage, devices: &[Device]) -> Result<()> {
+        let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         for device in devices {
-            let child =
-                json!({ "token": device.token, "platform": device.platform, "kind": payload.kind, "message": message });
+            let child = json!({ "token": device.token, "platform": device.platform, "kind": kind, "message": message });
             let key = format!("{}:{}", job.id, device.token);
             tx.enqueue(&NewJob::new(DEVICE_JOB, child, now).dedupe(key), now).await?;
         }
@@ -409,7 +459,7 @@ impl PushJobs {
     /// What the templates may say: the order, and its pilot's name and plate when it has one.
     async fn values(&self, payload: &PushPayload) -> Result<Vec<(&'static str, String)>> {
         let mut values = vec![
-            ("order", short(payload.order_id)),
+            ("order", payload.order_id.map(short).unwrap_or_default()),
             ("reason", payload.reason.clone().unwrap_or_default().replace('_', " ")),
         ];
         let pilot = match payload.pilot_id {
@@ -478,7 +528,8 @@ struct PushPayload {
     #[serde(default)]
     user_id: Option<UserId>,
     kind: String,
-    order_id: OrderId,
+    #[serde(default)]
+    order_id: Option<OrderId>,
     #[serde(default)]
     seq: Option<i32>,
     #[serde(default)]
@@ -489,6 +540,9 @@ struct PushPayload {
     offer_id: Option<OfferId>,
     #[serde(default)]
     offer_expires_at: Option<DateTime<Utc>>,
+    /// For [`SESSION_ENDED`]: the sessions that ended.
+    #[serde(default)]
+    sessions: Vec<crate::ids::SessionId>,
     expires_at: DateTime<Utc>,
 }
 

@@ -227,6 +227,9 @@ pub trait AccountStore: Send + Sync {
     /// Removes the device with `token` (only `owner`'s, when given); whether it was there.
     async fn remove_device(&self, token: &str, owner: Option<UserId>) -> Result<bool>;
 
+    /// The devices registered in `session`.
+    async fn devices_of_session(&self, session: SessionId) -> Result<Vec<Device>>;
+
     /// Removes the devices registered in `session` (it logged out).
     async fn remove_session_devices(&self, session: SessionId) -> Result<()>;
 

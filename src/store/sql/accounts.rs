@@ -321,17 +321,22 @@ impl AccountStore for StoreImpl {
     }
 
     async fn devices_of(&self, user: UserId) -> Result<Vec<Device>> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT token, platform FROM devices WHERE user_id = $1 ORDER BY updated_at DESC, token")
-                .bind(user.0)
+        let rows: Vec<(String, String, Uuid)> = sqlx::query_as(
+            "SELECT token, platform, user_id FROM devices WHERE user_id = $1 ORDER BY updated_at DESC, token",
+        )
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(device).collect()
+    }
+
+    async fn devices_of_session(&self, session: SessionId) -> Result<Vec<Device>> {
+        let rows: Vec<(String, String, Uuid)> =
+            sqlx::query_as("SELECT token, platform, user_id FROM devices WHERE session_id = $1 ORDER BY token")
+                .bind(session.0)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.into_iter()
-            .map(|(token, platform)| {
-                let platform = platform.parse().map_err(|_| Error::Internal(anyhow::anyhow!("bad platform {platform}")))?;
-                Ok(Device { token, platform, user_id: user })
-            })
-            .collect()
+        rows.into_iter().map(device).collect()
     }
 
     async fn notification_settings(&self, user: UserId) -> Result<NotificationSettings> {
@@ -421,4 +426,9 @@ async fn revoke(tx: &mut Tx, session: SessionId, reason: RevokeReason, now: Date
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+fn device((token, platform, user): (String, String, Uuid)) -> Result<Device> {
+    let platform = platform.parse().map_err(|_| Error::Internal(anyhow::anyhow!("bad platform {platform}")))?;
+    Ok(Device { token, platform, user_id: UserId(user) })
 }
