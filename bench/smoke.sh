@@ -43,4 +43,6 @@ grep -q '"flooder_cut_after_s": "not cut"' "$work/flood.json" && { echo "flood: 
 grep -q '"failed": {}' "$work/orders.json" || { echo "orders: some orders were refused" >&2; cat "$work/orders.json" >&2; exit 1; }
 "$bench" simulate --url "$url" --pilots 10 --orders-per-min 60 --side-km 3 --duration 5
 "$bench" dispatch --in-process --streaming 300 --pilots 5 --orders-per-sec 2 --duration 3
+"$bench" push --pilots 50 --orders-per-sec 5 --duration 2 --json "$work/push.json"
+grep -q '"offer_pushes": 0,' "$work/push.json" && { echo "push: no offer was pushed" >&2; exit 1; }
 echo "every scenario ran"

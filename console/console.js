@@ -600,18 +600,23 @@
     $("orders-searching").textContent = String(searching);
   }
 
-  // An assignment moves the median: read it again, at most every 5 s.
+  // An assignment moves the median: read it again, at once unless it was read in the last 5 s.
   let statsTimer = null;
+  let statsAt = 0;
   function statsSoon() {
     if (statsTimer) return;
-    statsTimer = setTimeout(() => {
-      statsTimer = null;
-      stats();
-    }, 5_000);
+    statsTimer = setTimeout(
+      () => {
+        statsTimer = null;
+        stats();
+      },
+      Math.max(0, statsAt + 5_000 - Date.now()),
+    );
   }
 
   async function stats() {
     if (!session) return;
+    statsAt = Date.now();
     try {
       const figures = await api("GET", "/dispatch/stats");
       const median = figures.median_wait_to_assign_secs;

@@ -206,6 +206,28 @@ enum Scenario {
         /// Seconds between a pilot's reports (a phone's usual 5; 1 to load a dispatcher's map).
         #[arg(long, value_parser = positive, default_value_t = 5.0)]
         report_secs: f64,
+        /// Run a fake FCM on this port and count the pushes the server sends it (the
+        /// customers register push tokens; start the server pointed at it, as printed).
+        #[arg(long)]
+        fake_fcm_port: Option<u16>,
+    },
+    /// Order created → offer push at a fake FCM, for pilots whose app holds no socket: the
+    /// server runs in this process with its push pointed at a fake FCM this process runs too.
+    Push {
+        #[arg(long, value_parser = at_least_one, default_value_t = 2000)]
+        pilots: usize,
+        #[arg(long, value_parser = positive, default_value_t = 50.0)]
+        orders_per_sec: f64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// A Postgres URL of a database of its own (SQLite without it).
+        #[arg(long)]
+        database_url: Option<String>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Greedy against batched matching on the same simulated city (in-process, simulated
     /// time, reproducible), and the batch solve time. The server's `[matching]` settings
@@ -363,7 +385,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             anyhow::ensure!(report.created > 0, "no order was created");
             (common.json, report.json())
         }
-        Scenario::Simulate { common, pilots, orders_per_min, side_km, seed, report_secs } => {
+        Scenario::Simulate { common, pilots, orders_per_min, side_km, seed, report_secs, fake_fcm_port } => {
             let args = simulate::SimulateArgs {
                 pilots,
                 orders_per_min,
@@ -371,10 +393,23 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 side_km,
                 seed,
                 report_every: std::time::Duration::from_secs_f64(report_secs),
+                fake_fcm_port,
                 staff: (common.staff.staff_phone.clone(), common.staff.staff_password.clone()),
             };
             let summary = simulate::run(&target(&common)?, &args).await?;
             (common.json, summary)
+        }
+        Scenario::Push { pilots, orders_per_sec, duration, database_url, seed, json } => {
+            let args = dispatchd_bench::scenarios::push::PushArgs {
+                pilots,
+                orders_per_sec,
+                seconds: duration,
+                database_url,
+                seed,
+            };
+            let report = dispatchd_bench::scenarios::push::run(&args).await?;
+            report.table().print();
+            (json, report.json())
         }
         Scenario::Matching {
             seed,

@@ -61,7 +61,7 @@ pub struct InProcessReport {
 }
 
 const SIDE_M: f64 = 30_000.0;
-const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0$YmVuY2hoYXNoYmVuY2hoYXNo";
+pub(crate) const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0$YmVuY2hoYXNoYmVuY2hoYXNo";
 
 impl InProcessReport {
     pub fn table(&self) -> crate::report::Table {

@@ -8,6 +8,7 @@ pub mod flood;
 pub mod ingest;
 pub mod matching;
 pub mod orders;
+pub mod push;
 pub mod simulate;
 pub mod track;
 

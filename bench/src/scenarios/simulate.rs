@@ -31,6 +31,9 @@ pub struct SimulateArgs {
     /// Between a pilot's reports.
     pub report_every: Duration,
     pub staff: (String, String),
+    /// Run a fake FCM on this port, have the customers register push tokens, and count what
+    /// the server pushes (start the server with its push pointed there: the scenario prints how).
+    pub fake_fcm_port: Option<u16>,
 }
 
 /// Order events seen on `/dispatch`, by type (`cancelled` by reason).
@@ -45,6 +48,10 @@ pub async fn run(target: &Target, args: &SimulateArgs) -> anyhow::Result<Value> 
     eprintln!("signing up {} pilots…", args.pilots);
     let pilots = target.accounts("pilot", "bike", args.pilots).await?;
     let customers = target.accounts("customer", "", 20).await?;
+    let pushes = match args.fake_fcm_port {
+        Some(port) => Some(count_pushes(target, &customers, port).await?),
+        None => None,
+    };
     let events: EventCounts = Arc::default();
     let _watcher = watch_events(target, &args.staff, &events).await;
     let tokens: Vec<String> = pilots.into_iter().map(|pilot| pilot.token).collect();
@@ -90,6 +97,14 @@ pub async fn run(target: &Target, args: &SimulateArgs) -> anyhow::Result<Value> 
     for (kind, count) in events.lock().unwrap().iter() {
         table.row(vec![format!("event {kind}"), count.to_string()]);
         summary.insert(format!("event {kind}"), json!(count));
+    }
+    if let Some(pushes) = pushes {
+        // The last ones leave the jobs queue within a poll.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (kind, count) in pushes.by_kind.lock().unwrap().iter() {
+            table.row(vec![format!("push {kind}"), count.to_string()]);
+            summary.insert(format!("push {kind}"), json!(count));
+        }
     }
     table.print();
     Ok(Value::Object(summary))
@@ -184,4 +199,28 @@ async fn print_live(counters: Arc<Counters>, events: EventCounts, started: Insta
         );
         let _ = std::io::stderr().flush();
     }
+}
+
+/// Starts the fake FCM on `port`, says how to point the server at it, and registers a push
+/// token for each customer.
+async fn count_pushes(
+    target: &Target,
+    customers: &[crate::target::Account],
+    port: u16,
+) -> anyhow::Result<Arc<crate::scenarios::push::Received>> {
+    let received: Arc<crate::scenarios::push::Received> = Arc::default();
+    let url = crate::scenarios::push::fake_fcm(received.clone(), &format!("127.0.0.1:{port}")).await?;
+    let account = crate::scenarios::push::write_account(&std::env::temp_dir().join("dispatchd-bench-fcm"))?;
+    eprintln!(
+        "fake FCM at {url}; the server pushes there when started with\n  \
+         DISPATCHD__NOTIFICATIONS__FCM__CREDENTIALS_FILE={} DISPATCHD__NOTIFICATIONS__FCM__BASE_URL={url} \
+         DISPATCHD__NOTIFICATIONS__FCM__TOKEN_URL={url}/token\n  \
+         (any service account key file will do: the fake does not check it; this one is the test suite's)",
+        account.display()
+    );
+    for (n, customer) in customers.iter().enumerate() {
+        let body = json!({ "platform": "android", "token": format!("simulated-customer-{n}") });
+        target.post("/api/v1/devices", Some(&customer.token), &body).await?;
+    }
+    Ok(received)
 }
