@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use dispatchd::app::App;
+use dispatchd::app::{App, AppState};
 use dispatchd::auth::password::NewPassword;
 use dispatchd::clock::Clock;
 use dispatchd::config::Config;
@@ -61,7 +61,7 @@ pub struct InProcessReport {
 }
 
 const SIDE_M: f64 = 30_000.0;
-pub(crate) const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0$YmVuY2hoYXNoYmVuY2hoYXNo";
+const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzYWx0$YmVuY2hoYXNoYmVuY2hoYXNo";
 
 impl InProcessReport {
     pub fn table(&self) -> crate::report::Table {
@@ -90,61 +90,14 @@ impl InProcessReport {
 }
 
 pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
-    let scratch = std::env::temp_dir().join(format!("dispatchd-bench-{}", uuid::Uuid::now_v7()));
-    let mut figment = Config::figment(None)?
-        .merge(Serialized::global("auth.jwt_secret", "bench-secret-bench-secret-bench-secret-0123"))
-        .merge(Serialized::global("rate_limit.enabled", false))
-        // One customer places every order.
-        .merge(Serialized::global("orders.max_open_per_customer", u32::MAX))
-        .merge(Serialized::global("log.level", "warn"))
-        .merge(Serialized::global("database.sqlite_path", scratch.join("dispatchd.db")))
-        .merge(Serialized::global("database.max_connections", 16));
-    if let Some(url) = &args.database_url {
-        figment = figment.merge(Serialized::global("database.url", url));
-    }
-    let config = Config::from_figment(figment).map_err(|err| anyhow::anyhow!("{err}"))?;
-    let store = if args.database_url.is_some() { "postgres" } else { "sqlite" };
-    let app = App::build(config, Clock::system()).await?;
-    let state = app.state().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let (stop_server, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.serve(listener, async move {
-        let _ = stopped.await;
-    }));
+    let server = InProcess::start(args.database_url.as_deref(), Vec::new()).await?;
+    let (state, addr, store) = (server.state.clone(), server.addr.clone(), server.store);
 
     eprintln!("creating {} streaming pilots in the store…", args.streaming);
     let mut rng = StdRng::seed_from_u64(args.seed);
     let fleet: Vec<(UserId, LatLng)> =
         (0..args.streaming).map(|_| (UserId::new(), random_latlng(&mut rng, SIDE_M))).collect();
-    let now = Clock::system().now();
-    let created = futures::stream::iter(fleet.iter().enumerate())
-        .map(|(n, (id, _))| {
-            let store = state.store.clone();
-            let user = NewUser {
-                id: *id,
-                phone: Phone::parse(&format!("+9170{n:08}")).expect("a valid phone"),
-                name: PersonName::parse("Fleet").expect("a valid name"),
-                role: Role::Pilot,
-                password_hash: PASSWORD_HASH.to_owned(),
-                vehicle_type: Some(VehicleType::Auto),
-            };
-            async move {
-                let pilot = store.create_user(user, now).await?;
-                let plate = VehiclePlate::parse(&format!("FLEET{n:07}")).expect("a valid plate");
-                let change = ApprovalChange::Approve { plate, model: None };
-                store.set_pilot_approval(pilot.id, &change, None, now).await
-            }
-        })
-        .buffer_unordered(16)
-        .filter(|created| std::future::ready(created.is_err()))
-        .count()
-        .await;
-    anyhow::ensure!(created == 0, "{created} fleet pilots could not be stored");
-    let now_ms = Clock::system().now().timestamp_millis();
-    for (id, position) in &fleet {
-        state.grid.upsert(*id, VehicleType::Auto, *position, PilotStatus::Available, now_ms);
-    }
+    create_pilots(&state, &fleet, VehicleType::Auto, "70").await?;
 
     eprintln!("connecting {} bike pilots over Socket.io…", args.socket_pilots);
     // The admin who approves them, as `dispatchd admin create-user` makes one.
@@ -189,11 +142,98 @@ pub async fn run(args: &DispatchArgs) -> anyhow::Result<InProcessReport> {
         streaming.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     stream_stop.cancel();
     let _ = streamer.await;
-    let _ = stop_server.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&scratch);
+    server.stop().await;
 
     Ok(InProcessReport { outcomes: crate::scenarios::outcomes(&timeline), streamed_per_sec, store })
+}
+
+/// A dispatchd running in this process on a loopback port: the real server (HTTP, Socket.io,
+/// matchmaker, store), with the rate limit and the open-order cap off, on SQLite in a scratch
+/// directory or on the Postgres database given.
+pub(crate) struct InProcess {
+    pub state: AppState,
+    pub addr: String,
+    pub store: &'static str,
+    pub scratch: std::path::PathBuf,
+    stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    /// Starts one; `settings` are more configuration keys and values.
+    pub(crate) async fn start(database_url: Option<&str>, settings: Vec<(&str, Value)>) -> anyhow::Result<Self> {
+        let scratch = std::env::temp_dir().join(format!("dispatchd-bench-{}", uuid::Uuid::now_v7()));
+        let mut figment = Config::figment(None)?
+            .merge(Serialized::global("auth.jwt_secret", "bench-secret-bench-secret-bench-secret-0123"))
+            .merge(Serialized::global("rate_limit.enabled", false))
+            // One customer places every order.
+            .merge(Serialized::global("orders.max_open_per_customer", u32::MAX))
+            .merge(Serialized::global("log.level", "warn"))
+            .merge(Serialized::global("database.sqlite_path", scratch.join("dispatchd.db")))
+            .merge(Serialized::global("database.max_connections", 16));
+        if let Some(url) = database_url {
+            figment = figment.merge(Serialized::global("database.url", url));
+        }
+        for (key, value) in settings {
+            figment = figment.merge(Serialized::global(key, value));
+        }
+        let config = Config::from_figment(figment).map_err(|err| anyhow::anyhow!("{err}"))?;
+        let store = if database_url.is_some() { "postgres" } else { "sqlite" };
+        let app = App::build(config, Clock::system()).await?;
+        let state = app.state().clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { state, addr, store, scratch, stop, server })
+    }
+
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// Creates `fleet` in the store as approved pilots driving `vehicle` (phones `+91<prefix>…`),
+/// and puts them on duty in the grid, available, where the fleet says.
+pub(crate) async fn create_pilots(
+    state: &AppState,
+    fleet: &[(UserId, LatLng)],
+    vehicle: VehicleType,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let now = Clock::system().now();
+    let failed = futures::stream::iter(fleet.iter().enumerate())
+        .map(|(n, (id, _))| {
+            let store = state.store.clone();
+            let user = NewUser {
+                id: *id,
+                phone: Phone::parse(&format!("+91{prefix}{n:08}")).expect("a valid phone"),
+                name: PersonName::parse("Fleet").expect("a valid name"),
+                role: Role::Pilot,
+                password_hash: PASSWORD_HASH.to_owned(),
+                vehicle_type: Some(vehicle),
+            };
+            async move {
+                let pilot = store.create_user(user, now).await?;
+                let plate = VehiclePlate::parse(&format!("F{prefix}{n:07}")).expect("a valid plate");
+                let change = ApprovalChange::Approve { plate, model: None };
+                store.set_pilot_approval(pilot.id, &change, None, now).await
+            }
+        })
+        .buffer_unordered(16)
+        .filter(|created| std::future::ready(created.is_err()))
+        .count()
+        .await;
+    anyhow::ensure!(failed == 0, "{failed} fleet pilots could not be stored");
+    let now_ms = Clock::system().now().timestamp_millis();
+    for (id, position) in fleet {
+        state.grid.upsert(*id, vehicle, *position, PilotStatus::Available, now_ms);
+    }
+    Ok(())
 }
 
 /// Every fleet pilot reports every 5 s, 30 m from its last point: a 500th of the fleet each

@@ -18,22 +18,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::post;
-use dispatchd::app::App;
 use dispatchd::clock::Clock;
-use dispatchd::config::Config;
-use dispatchd::domain::{LatLng, PersonName, Phone, PilotStatus, Role, VehiclePlate, VehicleType};
+use dispatchd::domain::{LatLng, PersonName, Phone, Role, VehicleType};
 use dispatchd::ids::{SessionId, UserId};
-use dispatchd::store::{ApprovalChange, Device, NewUser, Platform};
-use figment::providers::Serialized;
-use futures::StreamExt as _;
+use dispatchd::store::{Device, Platform};
 use rand::Rng as _;
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 use crate::city::{offset, random_latlng};
 use crate::report::Table;
+use crate::scenarios::dispatch_in_process::{InProcess, create_pilots};
 use crate::stats::Summary;
 use crate::target::{Kind, STAFF_PASSWORD, STAFF_PHONE, Target};
 
@@ -122,65 +118,25 @@ pub fn write_account(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf
 pub async fn run(args: &PushArgs) -> anyhow::Result<PushReport> {
     let received: Arc<Received> = Arc::default();
     let fcm = fake_fcm(received.clone(), "127.0.0.1:0").await?;
-    let scratch = std::env::temp_dir().join(format!("dispatchd-bench-{}", uuid::Uuid::now_v7()));
-    let account = write_account(&scratch)?;
-    let mut figment = Config::figment(None)?
-        .merge(Serialized::global("auth.jwt_secret", "bench-secret-bench-secret-bench-secret-0123"))
-        .merge(Serialized::global("rate_limit.enabled", false))
-        .merge(Serialized::global("orders.max_open_per_customer", u32::MAX))
-        .merge(Serialized::global("log.level", "warn"))
-        .merge(Serialized::global("database.sqlite_path", scratch.join("dispatchd.db")))
-        .merge(Serialized::global("database.max_connections", 16))
-        .merge(Serialized::global("notifications.fcm.credentials_file", account.to_string_lossy()))
-        .merge(Serialized::global("notifications.fcm.base_url", fcm.clone()))
-        .merge(Serialized::global("notifications.fcm.token_url", format!("{fcm}/token")));
-    if let Some(url) = &args.database_url {
-        figment = figment.merge(Serialized::global("database.url", url));
-    }
-    let config = Config::from_figment(figment).map_err(|err| anyhow::anyhow!("{err}"))?;
-    let store = if args.database_url.is_some() { "postgres" } else { "sqlite" };
-    let app = App::build(config, Clock::system()).await?;
-    let state = app.state().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let (stop_server, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.serve(listener, async move {
-        let _ = stopped.await;
-    }));
+    let keys = std::env::temp_dir().join(format!("dispatchd-bench-fcm-{}", uuid::Uuid::now_v7()));
+    let account = write_account(&keys)?;
+    let settings = vec![
+        ("notifications.fcm.credentials_file", json!(account.to_string_lossy())),
+        ("notifications.fcm.base_url", json!(fcm)),
+        ("notifications.fcm.token_url", json!(format!("{fcm}/token"))),
+    ];
+    let server = InProcess::start(args.database_url.as_deref(), settings).await?;
+    let (state, addr, store) = (server.state.clone(), server.addr.clone(), server.store);
 
     eprintln!("creating {} pilots without sockets, each with a device…", args.pilots);
     let mut rng = StdRng::seed_from_u64(args.seed);
     let fleet: Vec<(UserId, LatLng)> =
         (0..args.pilots).map(|_| (UserId::new(), random_latlng(&mut rng, SIDE_M))).collect();
+    create_pilots(&state, &fleet, VehicleType::Bike, "71").await?;
     let now = Clock::system().now();
-    let failed = futures::stream::iter(fleet.iter().enumerate())
-        .map(|(n, (id, _))| {
-            let store = state.store.clone();
-            let user = NewUser {
-                id: *id,
-                phone: Phone::parse(&format!("+9171{n:08}")).expect("a valid phone"),
-                name: PersonName::parse("Background").expect("a valid name"),
-                role: Role::Pilot,
-                password_hash: crate::scenarios::dispatch_in_process::PASSWORD_HASH.to_owned(),
-                vehicle_type: Some(VehicleType::Bike),
-            };
-            async move {
-                let pilot = store.create_user(user, now).await?;
-                let plate = VehiclePlate::parse(&format!("PUSH{n:07}")).expect("a valid plate");
-                let change = ApprovalChange::Approve { plate, model: None };
-                store.set_pilot_approval(pilot.id, &change, None, now).await?;
-                let device = Device { token: format!("device-{n}"), platform: Platform::Android, user_id: pilot.id };
-                store.register_device(&device, SessionId::new(), 5, now).await
-            }
-        })
-        .buffer_unordered(16)
-        .filter(|done| std::future::ready(done.is_err()))
-        .count()
-        .await;
-    anyhow::ensure!(failed == 0, "{failed} pilots could not be stored");
-    let now_ms = Clock::system().now().timestamp_millis();
-    for (id, position) in &fleet {
-        state.grid.upsert(*id, VehicleType::Bike, *position, PilotStatus::Available, now_ms);
+    for (n, (pilot, _)) in fleet.iter().enumerate() {
+        let device = Device { token: format!("device-{n}"), platform: Platform::Android, user_id: *pilot };
+        state.store.register_device(&device, SessionId::new(), 5, now).await?;
     }
 
     let password = dispatchd::auth::password::NewPassword::parse(STAFF_PASSWORD.to_owned())
@@ -222,8 +178,7 @@ pub async fn run(args: &PushArgs) -> anyhow::Result<PushReport> {
     let mut samples: Vec<Duration> =
         orders.iter().filter_map(|(id, sent)| arrived.get(id).map(|at| at.saturating_duration_since(*sent))).collect();
     let latency = (!samples.is_empty()).then(|| Summary::of(&mut samples));
-    let _ = stop_server.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&scratch);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&keys);
     Ok(PushReport { orders: orders.len(), pushed: samples.len(), latency, store })
 }
