@@ -4,7 +4,7 @@
 //! * Devices: each app registers its push token (`POST /api/v1/devices`); a token belongs to
 //!   the newest user that registered it, a user keeps its newest `notifications.max_devices`,
 //!   and logging out removes the session's device.
-//! * Durable: an order's change writes the job of its notification ([`order_job`]) in the
+//! * Durable: an order's change writes the job of its notification ([`order_jobs`]) in the
 //!   transaction of the change, so a crash loses none and a change enqueues one (dedupe key per
 //!   event). When it runs, the job ([`PUSH_JOB`]) renders the text from the configured
 //!   templates and fans out one job per device ([`DEVICE_JOB`]), each retried on its own, so
