@@ -83,10 +83,145 @@ pub fn metrics() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; ours then stays unused
             // and /metrics shows only what it records, which is still well-formed.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                describe();
+            }
             handle
         })
         .clone()
+}
+
+/// The kind of a metric family, for its `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric family the server exports, with its `# HELP` text. A family recorded
+/// anywhere in `src/` and missing here fails `tests/ops.rs`.
+pub const METRICS: &[(&str, MetricKind, &str)] = {
+    use MetricKind::{Counter as C, Gauge as G, Histogram as H};
+    &[
+        ("http_requests_total", C, "HTTP requests answered, by method, matched route and status."),
+        ("http_request_duration_seconds", H, "HTTP request latency, by method and matched route."),
+        ("http_rate_limited_total", C, "Requests refused with 429 by the per-client rate limit."),
+        ("http_connections_refused_total", C, "TCP connections refused, by reason."),
+        ("http_accept_errors_total", C, "Errors accepting TCP connections (file descriptors exhausted, say)."),
+        ("readiness_failures_total", C, "/readyz answers of 503: the database did not answer."),
+        (
+            "log_lines_dropped_total",
+            C,
+            "Log lines dropped because stdout or stderr could not be written (its reader is gone).",
+        ),
+        ("idempotency_keys_purged_total", C, "Idempotency keys forgotten after their time to live."),
+        ("redis_up", G, "1 while Redis answers, 0 while the server runs degraded without it."),
+        (
+            "redis_recoveries_total",
+            C,
+            "Times Redis came back and its recovery hooks (catching it up from this node) ran.",
+        ),
+        ("grid_pilots", G, "Pilots in this node's live grid."),
+        ("grid_pilots_in_service", G, "Pilots on duty (any status but offline) in this node's live grid."),
+        ("grid_cells", G, "H3 cells holding at least one pilot."),
+        (
+            "grid_presence_transitions_total",
+            C,
+            "Pilots becoming reachable or unreachable (a socket opened, the last one closed).",
+        ),
+        ("grid_mirror_pending", G, "Pilot changes waiting to be written to the Redis mirror."),
+        ("grid_mirror_lag_seconds", G, "Age of the oldest pilot change not yet in the Redis mirror."),
+        ("grid_mirror_written_total", C, "Pilot changes written to the Redis mirror."),
+        ("grid_mirror_failures_total", C, "Failed writes to the Redis mirror (retried)."),
+        ("grid_mirror_pruned_total", C, "Pilots silent too long, removed from the Redis mirror."),
+        ("gps_points_total", C, "Location fixes received, by result: moved, stationary, or the reason it was refused."),
+        ("trace_points_written_total", C, "Trip trace points stored."),
+        (
+            "trace_points_dropped_total",
+            C,
+            "Trip trace points dropped while the store could not take them and their buffer was full.",
+        ),
+        ("socket_connected", G, "Socket.io sockets open, by namespace."),
+        (
+            "socket_connects_total",
+            C,
+            "Socket.io connection attempts, by namespace and outcome (accepted or the refusal code).",
+        ),
+        ("socket_disconnects_total", C, "Sockets the server closed, by namespace and reason."),
+        ("socket_events_in_total", C, "Socket.io events received, by namespace and event."),
+        ("socket_events_out_total", C, "Socket.io events sent, by namespace and event."),
+        (
+            "socket_events_refused_total",
+            C,
+            "Socket.io events refused for being over the user's budget, by namespace and event.",
+        ),
+        ("socket_ack_errors_total", C, "Socket.io acks that carried an error, by namespace, event and code."),
+        ("socket_dropped_total", C, "Packets dropped on a full client buffer, by namespace and event."),
+        ("orders_created_total", C, "Orders created, by payment method."),
+        ("orders_assigned_total", C, "Orders assigned, by who assigned them (matching or a dispatcher)."),
+        ("orders_reassigned_total", C, "Assigned orders given to another pilot or back to searching."),
+        ("orders_cancelled_total", C, "Orders cancelled, by reason."),
+        ("orders_sent_back_total", C, "Picked-up orders a dispatcher sent back to the pickup."),
+        ("orders_returned_total", C, "Orders sent back whose parcel reached the pickup again."),
+        ("order_trip_steps_total", C, "Trip steps reported by pilots, by step."),
+        ("order_delivery_otp_failures_total", C, "Wrong delivery codes entered by pilots."),
+        ("offers_total", C, "Offers to pilots, by outcome: made, accepted, rejected, expired and the like."),
+        ("matching_searches", G, "Orders this node's matcher is searching a pilot for."),
+        ("matching_order_to_offer_seconds", H, "Time from an order's search start to its first offer."),
+        ("matching_batch_seconds", H, "Time to solve one batch of batched matching."),
+        (
+            "matching_searches_taken_over_total",
+            C,
+            "Searches this node took over from a node that stopped renewing them.",
+        ),
+        ("matching_overdue_offers_expired_total", C, "Offers found past their deadline and expired by the sweep."),
+        ("matching_busy_pilots_freed_total", C, "Pilots marked busy without an order to carry, freed."),
+        ("matching_held_pilots_freed_total", C, "Pilots held for an offer that no longer exists, freed."),
+        (
+            "pilots_off_duty_for_cash_debt_total",
+            C,
+            "Pilots taken off duty at a delivery that took their cash debt past the limit.",
+        ),
+        ("pilot_approvals_total", C, "Pilot approvals and suspensions, by decision."),
+        ("ratings_total", C, "Ratings given, by the rater's role and the stars."),
+        ("payment_webhooks_total", C, "Payment gateway webhooks received, by gateway and outcome."),
+        ("payment_attempts_failed_total", C, "Card or UPI payment attempts that failed."),
+        (
+            "payment_capture_mismatches_total",
+            C,
+            "Gateway captures whose amount or currency differed from the payment: not applied.",
+        ),
+        ("payouts_total", C, "Pilot payouts, by status reached."),
+        ("payout_gateway_errors_total", C, "Errors from the payout gateway."),
+        ("webhook_deliveries_total", C, "Deliveries of order events to the operator's webhook, by HTTP status."),
+        ("jobs", G, "Durable jobs, by kind and status (queued, running, failed)."),
+        ("jobs_queued", G, "Durable jobs waiting to run."),
+        ("jobs_running", G, "Durable jobs being run by a worker."),
+        ("jobs_failed", G, "Durable jobs that failed for good (retry them with the admin CLI)."),
+        ("jobs_oldest_due_seconds", G, "How late the oldest due job is: 0 while the workers keep up."),
+        ("jobs_queue_age_seconds", G, "How late the oldest due job of each kind is."),
+        ("jobs_runs_total", C, "Job runs, by kind and outcome (done, retry, failed, released)."),
+        ("notifications_total", C, "Notifications, by kind, channel (push, email) and outcome."),
+        ("notification_send_seconds", H, "Time to hand one email to the mail server."),
+        ("push_gateway_errors_total", C, "Error answers from FCM, by error code and HTTP status."),
+        ("cluster_news_written_total", C, "Changes this node wrote to the cluster feed."),
+        ("cluster_applied_total", C, "Changes from other nodes applied here, by kind."),
+        ("cluster_dropped_total", C, "Changes for the cluster feed dropped because its queue was full."),
+        ("cluster_read_failures_total", C, "Failed reads of the cluster feed (retried)."),
+        ("cluster_unreadable_total", C, "Cluster feed entries that could not be decoded."),
+    ]
+};
+
+/// Gives every family of [`METRICS`] its `# HELP` line.
+fn describe() {
+    for (name, kind, help) in METRICS {
+        match kind {
+            MetricKind::Counter => metrics::describe_counter!(*name, *help),
+            MetricKind::Gauge => metrics::describe_gauge!(*name, *help),
+            MetricKind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
 }
 
 /// Large allocations (argon2's 19 MiB per password hash) always get their own mapping, given

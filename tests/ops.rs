@@ -239,3 +239,71 @@ async fn the_console_is_served_with_its_own_policy() {
         app.client.get(app.url("/console/config.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!((settings["tile_url"].as_str(), settings["alert_search_secs"].as_u64()), (Some(tiles), Some(120)));
 }
+
+/// Issue 24: every family in /metrics explains itself (`# HELP` and `# TYPE`).
+#[tokio::test]
+async fn every_metric_family_has_help_and_type() {
+    let app = TestApp::spawn().await;
+    let customer = app.register("customer").await;
+    app.post("/api/v1/orders", common::order_body("cash"), Some(&customer.access)).await;
+    app.get("/api/v1/orders", Some(&customer.access)).await;
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let described: std::collections::HashMap<&str, dispatchd::telemetry::MetricKind> =
+        dispatchd::telemetry::METRICS.iter().map(|(name, kind, _)| (*name, *kind)).collect();
+    let mut families = 0;
+    for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {
+        let mut parts = line["# TYPE ".len()..].split(' ');
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        families += 1;
+        assert!(text.lines().any(|help| help.starts_with(&format!("# HELP {name} "))), "no HELP for {name}");
+        use dispatchd::telemetry::MetricKind::*;
+        let expected = match described.get(name) {
+            Some(Counter) => "counter",
+            Some(Gauge) => "gauge",
+            Some(Histogram) => "histogram",
+            None => panic!("{name} is exported but not in telemetry::METRICS"),
+        };
+        assert_eq!(kind, expected, "{name}");
+    }
+    assert!(families >= 3, "{text}");
+}
+
+/// Every metric the code records is in `telemetry::METRICS` (so it gets its HELP line, and
+/// dashboards and alerts can rely on the list).
+#[test]
+fn every_metric_the_code_records_is_described() {
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    sources(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    let described: Vec<&str> = dispatchd::telemetry::METRICS.iter().map(|(name, _, _)| *name).collect();
+    let mut recorded = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for macro_call in ["metrics::counter!(", "metrics::gauge!(", "metrics::histogram!("] {
+            for (at, _) in text.match_indices(macro_call) {
+                let rest = text[at + macro_call.len()..].trim_start();
+                let Some(literal) = rest.strip_prefix('"') else {
+                    // The one family named at run time: jobs_{status}.
+                    assert!(rest.starts_with("format!(\"jobs_{status}\")"), "{}: {rest:.60}", file.display());
+                    continue;
+                };
+                let name = &literal[..literal.find('"').unwrap()];
+                recorded += 1;
+                assert!(described.contains(&name), "{name} ({}) is not in telemetry::METRICS", file.display());
+            }
+        }
+    }
+    assert!(recorded > 60, "found only {recorded} metric calls");
+    for status in ["queued", "running", "failed"] {
+        assert!(described.contains(&format!("jobs_{status}").as_str()));
+    }
+}
