@@ -4,7 +4,8 @@
 # installs them from Debian packages and starts them (without systemd). Then the Socket.io
 # gateway against the official socket.io-client from npm and the pages in Chromium (tests/js;
 # Node.js and Chromium from Debian packages when missing), and against the official Engine.IO
-# and Socket.IO protocol suites (tests/protocol). Exits non-zero on any failure.
+# and Socket.IO protocol suites (tests/protocol), and the Prometheus rules with promtool (Debian
+# package prometheus when missing). Exits non-zero on any failure.
 #
 #   DISPATCHD_TEST_DATABASE_URL  Postgres URL of a user that may create databases
 #                                (default postgres://postgres@127.0.0.1:5432/postgres)
@@ -71,6 +72,13 @@ ensure_chromium() {
     apt_install chromium
 }
 
+# Prometheus rules are checked with Debian's promtool (package prometheus).
+ensure_promtool() {
+    command -v promtool >/dev/null && return 0
+    say "installing promtool (for the alerting rules)"
+    apt_install prometheus
+}
+
 drop_test_databases() {
     psql "$DISPATCHD_TEST_DATABASE_URL" -tAc \
         "SELECT datname FROM pg_database WHERE datname LIKE 'dispatchd\_test\_%'" 2>/dev/null |
@@ -94,7 +102,12 @@ ensure_postgres
 ensure_redis
 ensure_node
 ensure_chromium
+ensure_promtool
 trap cleanup EXIT
+
+say "Prometheus rules (promtool check and unit tests)"
+promtool check rules deploy/prometheus/rules.yml
+promtool test rules deploy/prometheus/rules_test.yml
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

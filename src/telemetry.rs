@@ -107,7 +107,7 @@ pub const METRICS: &[(&str, MetricKind, &str)] = {
         ("http_requests_total", C, "HTTP requests answered, by method, matched route and status."),
         ("http_request_duration_seconds", H, "HTTP request latency, by method and matched route."),
         ("http_rate_limited_total", C, "Requests refused with 429 by the per-client rate limit."),
-        ("http_connections_refused_total", C, "TCP connections refused, by reason."),
+        ("http_connections_refused_total", C, "TCP connections refused over server.max_connections_per_ip, by reason."),
         ("http_accept_errors_total", C, "Errors accepting TCP connections (file descriptors exhausted, say)."),
         ("readiness_failures_total", C, "/readyz answers of 503: the database did not answer."),
         (
@@ -128,7 +128,7 @@ pub const METRICS: &[(&str, MetricKind, &str)] = {
         (
             "grid_presence_transitions_total",
             C,
-            "Pilots becoming reachable or unreachable (a socket opened, the last one closed).",
+            "Pilots' presence changes, by what they became (stale, offline, forgotten, unheard, reachable, unreachable).",
         ),
         ("grid_mirror_pending", G, "Pilot changes waiting to be written to the Redis mirror."),
         ("grid_mirror_lag_seconds", G, "Age of the oldest pilot change not yet in the Redis mirror."),

@@ -307,3 +307,25 @@ fn every_metric_the_code_records_is_described() {
         assert!(described.contains(&format!("jobs_{status}").as_str()));
     }
 }
+
+/// Issue 24: every metric the alerting and recording rules read is one the server exports
+/// (`up` is Prometheus's own).
+#[test]
+fn the_alert_rules_read_only_metrics_the_server_exports() {
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/rules.yml")).unwrap();
+    let described: Vec<&str> = dispatchd::telemetry::METRICS.iter().map(|(name, _, _)| *name).collect();
+    let mut read = Vec::new();
+    for (at, _) in rules.match_indices("{job=\"dispatchd\"") {
+        let before = &rules[..at];
+        let start = before.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).map_or(0, |i| i + 1);
+        read.push(&before[start..]);
+    }
+    assert!(read.len() >= 10, "{read:?}");
+    for name in read {
+        let family = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            family == "up" || described.contains(&family),
+            "the rules read {name}, which the server does not export"
+        );
+    }
+}
