@@ -308,24 +308,47 @@ fn every_metric_the_code_records_is_described() {
     }
 }
 
-/// Issue 24: every metric the alerting and recording rules read is one the server exports
-/// (`up` is Prometheus's own).
+/// Issue 24: every metric the alerting and recording rules and the Grafana dashboards read
+/// is one the server exports (`up` is Prometheus's own), and every recorded series they read
+/// is one the rules record.
 #[test]
-fn the_alert_rules_read_only_metrics_the_server_exports() {
-    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/rules.yml")).unwrap();
+fn the_rules_and_dashboards_read_only_metrics_the_server_exports() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus/rules.yml")).unwrap();
+    let mut sources = vec![("deploy/prometheus/rules.yml".to_owned(), rules.clone())];
+    for entry in std::fs::read_dir(format!("{root}/deploy/grafana")).unwrap() {
+        let path = entry.unwrap().path();
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut exprs = String::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                exprs.push_str(target["expr"].as_str().unwrap());
+                exprs.push('\n');
+            }
+        }
+        sources.push((path.display().to_string(), exprs));
+    }
     let described: Vec<&str> = dispatchd::telemetry::METRICS.iter().map(|(name, _, _)| *name).collect();
-    let mut read = Vec::new();
-    for (at, _) in rules.match_indices("{job=\"dispatchd\"") {
-        let before = &rules[..at];
-        let start = before.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).map_or(0, |i| i + 1);
-        read.push(&before[start..]);
+    let recorded: Vec<&str> =
+        rules.lines().filter_map(|line| line.trim().strip_prefix("- record: ")).map(str::trim).collect();
+    let identifier = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    for (source, text) in &sources {
+        let mut read = 0;
+        for (at, _) in text.match_indices("{job=\"dispatchd\"") {
+            let before = &text[..at];
+            let name = &before[before.rfind(|c: char| !identifier(c)).map_or(0, |i| i + 1)..];
+            let family = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                family == "up" || described.contains(&family),
+                "{source} reads {name}, which the server does not export"
+            );
+            read += 1;
+        }
+        for (at, _) in text.match_indices("dispatchd:") {
+            let name: String = text[at..].chars().take_while(|c| identifier(*c)).collect();
+            assert!(recorded.contains(&name.as_str()), "{source} reads {name}, which no rule records");
+        }
+        assert!(read >= 10, "{source} reads only {read} metrics");
     }
-    assert!(read.len() >= 10, "{read:?}");
-    for name in read {
-        let family = name.strip_suffix("_bucket").unwrap_or(name);
-        assert!(
-            family == "up" || described.contains(&family),
-            "the rules read {name}, which the server does not export"
-        );
-    }
+    assert!(sources.len() >= 2, "no dashboard in deploy/grafana");
 }
