@@ -101,7 +101,7 @@ impl App {
         let passwords = PasswordHasher::new(&config.auth)?;
         let mut auth = Auth::new(store.clone(), tokens, passwords, revocations, clock.clone());
         let push = &config.notifications;
-        let push_ttl = push.push_enabled().then(|| secs(push.ttl_secs));
+        let push_ttl = push.push_enabled().then(|| push.ttl());
         if let Some(ttl) = push_ttl {
             auth = auth.push_ended_sessions(ttl);
         }
@@ -154,7 +154,7 @@ impl App {
                 email: push.email.enabled,
                 reminder_before: push_ttl
                     .filter(|_| push.reminder_before_search_secs > 0)
-                    .map(|_| secs(push.reminder_before_search_secs)),
+                    .map(|_| crate::clock::seconds(push.reminder_before_search_secs)),
             },
             config.pilots.cash_debt_limit_paise,
         ));
@@ -432,9 +432,4 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<SecretString> {
     file.sync_all()?;
     tracing::info!(path = %path.display(), "generated a JWT secret for the embedded store");
     Ok(SecretString::from(secret))
-}
-
-/// `secs` seconds as a chrono duration (saturating).
-fn secs(secs: u64) -> chrono::Duration {
-    chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
 }

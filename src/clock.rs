@@ -6,6 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 
+/// `secs` seconds from configuration as a chrono duration (saturating instead of overflowing).
+pub fn seconds(secs: u64) -> Duration {
+    Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
+}
+
 /// Wall-clock time, either the system's or a manual one that tests advance.
 #[derive(Clone, Debug, Default)]
 pub struct Clock {

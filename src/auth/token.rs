@@ -5,6 +5,7 @@
 //!   [`Clock`](crate::clock::Clock), not the library's, so tests control it.
 //! * Refresh tokens are 256 random bits, base64url. Only their SHA-256 is stored.
 
+use crate::clock::seconds;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
@@ -117,10 +118,6 @@ impl Tokens {
 /// The stored form of a refresh token.
 pub fn hash_refresh(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
-}
-
-fn seconds(secs: u64) -> Duration {
-    Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
 }
 
 #[cfg(test)]

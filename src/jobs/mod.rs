@@ -17,7 +17,7 @@ use chrono::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, seconds};
 use crate::error::Result;
 use crate::store::{Job, JobOutcome, Store};
 
@@ -191,10 +191,6 @@ impl Worker {
             metrics::gauge!("jobs_oldest_due_seconds").set(late);
         }
     }
-}
-
-fn seconds(secs: u64) -> Duration {
-    Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
 }
 
 /// Logs a run's outcome and counts it in `jobs_runs_total`.

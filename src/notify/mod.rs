@@ -61,6 +61,11 @@ pub struct NotificationsConfig {
 }
 
 impl NotificationsConfig {
+    /// How long a notification is worth sending.
+    pub fn ttl(&self) -> Duration {
+        crate::clock::seconds(self.ttl_secs)
+    }
+
     /// Push is on when FCM has credentials.
     pub fn push_enabled(&self) -> bool {
         !self.fcm.credentials_file.is_empty()
@@ -150,8 +155,7 @@ impl ArrivalPush {
         clock: Clock,
         config: &NotificationsConfig,
     ) -> Self {
-        let ttl = Duration::seconds(i64::try_from(config.ttl_secs).unwrap_or(3600));
-        Self { store, tracking, clock, radius_m: config.arriving_m, ttl, told: Default::default() }
+        Self { store, tracking, clock, radius_m: config.arriving_m, ttl: config.ttl(), told: Default::default() }
     }
 }
 

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
+use crate::clock::seconds;
 use crate::domain::money::Coupon;
 use crate::domain::orders::{Fare, Order, OrderStatus, PaymentMethod, PaymentStatus, Place};
 use crate::domain::{LatLng, Role, VehicleType};
@@ -14,7 +15,7 @@ use crate::ids::OrderId;
 use crate::orders::pricing::{Pricing as _, Trip};
 use crate::orders::quotes::QuoteClaims;
 use crate::orders::view::OrderView;
-use crate::orders::{Orders, append, event, push_event, seconds};
+use crate::orders::{Orders, append, event, push_event};
 use crate::store::{IdempotentReplay, NewJob, StoreTx};
 
 /// Job kinds the orders service enqueues and handles.

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::auth::Caller;
+use crate::clock::seconds;
 use crate::domain::Role;
 use crate::domain::money::LedgerKind;
 use crate::domain::orders::{CancelReason, Order, OrderEvent, OrderStatus, PaymentMethod, PaymentStatus};
@@ -178,7 +179,7 @@ impl Orders {
 
     /// The job that cancels `order` if it is still searching when its time is up.
     pub(super) fn give_up_job(&self, order: &Order) -> NewJob {
-        let run_at = order.updated_at + crate::orders::seconds(self.config.max_search_secs);
+        let run_at = order.updated_at + seconds(self.config.max_search_secs);
         // An order can search more than once (a dispatcher unassigns it): one job per search,
         // named by the seq of the event that started it.
         let seq = order.last_event_seq;

@@ -35,7 +35,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::Caller;
-use crate::clock::Clock;
+use crate::clock::{Clock, seconds};
 use crate::domain::Role;
 use crate::domain::orders::{ActorRole, NewEvent, Order, OrderEvent, OrderStatus};
 use crate::error::{Error, Result};
@@ -247,10 +247,6 @@ fn visible(caller: &Caller, order: &Order) -> Result<()> {
         Role::Dispatcher | Role::Admin => true,
     };
     if allowed { Ok(()) } else { Err(not_found()) }
-}
-
-fn seconds(secs: u64) -> Duration {
-    Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
 }
 
 /// Appends an event to `order` (advancing its seq) and returns it.
