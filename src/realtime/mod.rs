@@ -198,7 +198,7 @@ impl Realtime {
     pub async fn run(self, stop: CancellationToken) {
         let budgets = self.budgets.clone();
         let forget = crate::app::every(BUDGETS_UPKEEP, stop.clone(), move || budgets.forget_idle());
-        tokio::join!(self.viewports(&stop), self.sessions(&stop), forget);
+        tokio::join!(self.viewports(&stop), self.boards(&stop), self.sessions(&stop), forget);
     }
 
     async fn viewports(&self, stop: &CancellationToken) {
@@ -208,10 +208,21 @@ impl Realtime {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                _ = ticks.tick() => {
-                    dispatch::tick(&self.io, &self.grid, &self.viewports, self.limit);
-                    self.gateway.board.tick(&self.io, self.gateway.app.store.as_ref()).await;
-                }
+                _ = ticks.tick() => dispatch::tick(&self.io, &self.grid, &self.viewports, self.limit),
+            }
+        }
+    }
+
+    /// The order boards' deltas, on their own clock: their database read never holds up the
+    /// viewports' frames.
+    async fn boards(&self, stop: &CancellationToken) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => self.gateway.board.tick(&self.io, self.gateway.app.store.as_ref()).await,
             }
         }
     }
