@@ -54,9 +54,7 @@ pub async fn remove(
 
 /// The kinds a user may turn off: the customer's order notifications, and its emails.
 fn kinds() -> impl Iterator<Item = &'static str> {
-    let emails = [crate::notify::RECEIPT_EMAIL, crate::notify::REFUND_EMAIL];
-    let push = crate::notify::CUSTOMER_KINDS.iter().chain(crate::notify::CUSTOMER_EXTRA_KINDS);
-    push.chain(crate::notify::PILOT_KINDS).copied().chain(emails)
+    crate::notify::push_kinds().chain([crate::notify::RECEIPT_EMAIL, crate::notify::REFUND_EMAIL])
 }
 
 /// `{email, kinds: {kind: on}}`, as `GET /me/notifications` shows the settings.

@@ -30,9 +30,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self> {
         if !has_json_content_type(&req) {
-            return Err(Error::UnsupportedMediaType(
-                "send the body as JSON with Content-Type: application/json".into(),
-            ));
+            return Err(not_json());
         }
         let limit = body_limit(&req);
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| body_error(rejection, limit))?;
@@ -56,12 +54,15 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
             return Ok(OptionalJson(T::default()));
         }
         if !json {
-            return Err(Error::UnsupportedMediaType(
-                "send the body as JSON with Content-Type: application/json".into(),
-            ));
+            return Err(not_json());
         }
         parse_json(&bytes).map(OptionalJson)
     }
+}
+
+/// 415: a body that does not say it is JSON.
+fn not_json() -> Error {
+    Error::UnsupportedMediaType("send the body as JSON with Content-Type: application/json".into())
 }
 
 /// Parses a JSON document, naming the field of the first problem.

@@ -118,8 +118,7 @@ impl EmailJobs {
     /// The message for `payload`, to `to`.
     async fn message(&self, payload: &EmailPayload, to: Mailbox) -> Result<Option<Message>> {
         let Some(order) = self.store.order(payload.order_id).await? else { return Ok(None) };
-        let id = order.id.to_string();
-        let short = &id[id.len() - 6..];
+        let short = super::short(order.id);
         let builder = Message::builder().from(self.from.clone()).to(to);
         let message = if payload.kind == RECEIPT_EMAIL {
             let receipt = self.orders.receipt_of(order).await?;

@@ -77,8 +77,8 @@ impl NotificationsConfig {
         if self.max_devices == 0 {
             return Err(ConfigError::new("notifications.max_devices", "must be greater than 0"));
         }
-        for kind in CUSTOMER_KINDS.iter().chain(CUSTOMER_EXTRA_KINDS).chain(PILOT_KINDS) {
-            if !self.templates.contains_key(*kind) {
+        for kind in push_kinds() {
+            if !self.templates.contains_key(kind) {
                 return Err(ConfigError::new(format!("notifications.templates.{kind}").as_str(), "is missing"));
             }
         }
@@ -178,13 +178,23 @@ impl crate::fleet::PositionListener for ArrivalPush {
         let payload =
             json!({ "kind": "arriving", "order_id": trip.order, "pilot_id": pilot.id, "expires_at": now + self.ttl });
         let job = NewJob::new(PUSH_JOB, payload, now).dedupe(format!("push:arriving:{}", trip.order));
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(err) = store.enqueue(&job, now).await {
-                tracing::warn!(error = %err, "could not queue an arrival push");
-            }
-        });
+        enqueue_soon(self.store.clone(), job, now, None);
     }
+}
+
+/// Queues `job` on a task of its own (listeners must not wait), then rings `wake` if given.
+fn enqueue_soon(store: Arc<dyn Store>, job: NewJob, now: DateTime<Utc>, wake: Option<Arc<tokio::sync::Notify>>) {
+    tokio::spawn(async move {
+        match store.enqueue(&job, now).await {
+            Ok(()) => wake.iter().for_each(|wake| wake.notify_one()),
+            Err(err) => tracing::warn!(error = %err, kind = %job.kind, "could not queue a push"),
+        }
+    });
+}
+
+/// Every kind of push message, each with its template.
+pub fn push_kinds() -> impl Iterator<Item = &'static str> {
+    CUSTOMER_KINDS.iter().chain(CUSTOMER_EXTRA_KINDS).chain(PILOT_KINDS).copied()
 }
 
 /// What a pilot is told: an offer while its app holds no socket (and its withdrawal), an
@@ -275,13 +285,7 @@ impl OfferPush {
             "expires_at": expires_at,
         });
         let job = NewJob::new(PUSH_JOB, payload, now).dedupe(format!("push:{kind}:{}", offer.id));
-        let (store, wake) = (self.store.clone(), self.wake.clone());
-        tokio::spawn(async move {
-            match store.enqueue(&job, now).await {
-                Ok(()) => wake.notify_one(),
-                Err(err) => tracing::warn!(error = %err, kind, "could not queue a pilot's push"),
-            }
-        });
+        enqueue_soon(self.store.clone(), job, now, Some(self.wake.clone()));
     }
 }
 
@@ -565,7 +569,7 @@ fn count(kind: &str, outcome: &'static str) {
 }
 
 /// An order's id for people: its last six characters.
-fn short(id: OrderId) -> String {
+pub(crate) fn short(id: OrderId) -> String {
     let text = id.to_string();
     text[text.len().saturating_sub(6)..].to_owned()
 }

@@ -17,7 +17,7 @@ use crate::domain::orders::{CancelReason, Order, OrderStatus};
 use crate::domain::{PilotApproval, PilotStatus, Role, VehicleType};
 use crate::error::{Error, Result};
 use crate::ids::{OrderId, UserId};
-use crate::orders::lifecycle::cancel_noted;
+use crate::orders::lifecycle::{Ending, end_in};
 use crate::orders::view::with_contacts;
 use crate::orders::{Orders, event, not_found, push_event, save, transition, visible};
 use crate::store::{OffersOf, User};
@@ -116,7 +116,8 @@ impl Orders {
             return Err(Error::conflict("INVALID_TRANSITION", format!("a {} order cannot be dropped", order.status)));
         }
         let reason = CancelReason::Pilot;
-        let events = cancel_noted(&mut *tx, &mut order, reason, note, Some(caller), now, self.notify).await?;
+        let ended = Ending { to: OrderStatus::Cancelled, reason: Some(reason), fee_paise: 0, note };
+        let events = end_in(&mut *tx, &mut order, ended, Some(caller), now, self.notify).await?;
         tx.commit().await?;
         metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(1);
         self.release_pilot(&order);

@@ -256,33 +256,19 @@ pub(super) async fn cancel_in(
     end_in(tx, order, ended, caller, now, notify).await
 }
 
-/// [`cancel_in`], for `reason` with no fee, and `note` in its event.
-pub(super) async fn cancel_noted(
-    tx: &mut dyn StoreTx,
-    order: &mut Order,
-    reason: CancelReason,
-    note: Option<&str>,
-    caller: Option<&Caller>,
-    now: DateTime<Utc>,
-    notify: Outbox,
-) -> Result<Vec<OrderEvent>> {
-    let ended = Ending { to: OrderStatus::Cancelled, reason: Some(reason), fee_paise: 0, note };
-    end_in(tx, order, ended, caller, now, notify).await
-}
-
 /// How an order ends: as `to` (cancelled, for `reason`; or returned), keeping `fee_paise` of
 /// what was paid, with the caller's `note` on why.
-struct Ending<'a> {
-    to: OrderStatus,
-    reason: Option<CancelReason>,
-    fee_paise: i64,
-    note: Option<&'a str>,
+pub(super) struct Ending<'a> {
+    pub to: OrderStatus,
+    pub reason: Option<CancelReason>,
+    pub fee_paise: i64,
+    pub note: Option<&'a str>,
 }
 
 /// Ends `order` inside `tx` as `ending` says: refund of what was paid less the fee (wallet
 /// credit, or a gateway refund job), or for a cash order the fee owed; coupon released;
 /// status and event written. Returns the new events.
-async fn end_in(
+pub(super) async fn end_in(
     tx: &mut dyn StoreTx,
     order: &mut Order,
     ending: Ending<'_>,

@@ -429,6 +429,6 @@ async fn revoke(tx: &mut Tx, session: SessionId, reason: RevokeReason, now: Date
 }
 
 fn device((token, platform, user): (String, String, Uuid)) -> Result<Device> {
-    let platform = platform.parse().map_err(|_| Error::Internal(anyhow::anyhow!("bad platform {platform}")))?;
+    let platform = crate::store::orders::parse_stored(&platform, "device platform")?;
     Ok(Device { token, platform, user_id: UserId(user) })
 }
