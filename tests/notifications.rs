@@ -151,6 +151,11 @@ async fn order_changes_reach_the_customers_phones_through_fcm() {
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
     let blank = register_device(&app, &customer, "android", "  ").await;
     assert_eq!(blank.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let huge = register_device(&app, &customer, "android", &"x".repeat(4097)).await;
+    assert_eq!(
+        (huge.status, huge.body["error"]["details"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("token"))
+    );
 
     let (pilot, _socket) = pilot_on_duty(&app, PICKUP).await;
     let order = common::field::create_order(&app, &customer).await;

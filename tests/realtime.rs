@@ -1174,6 +1174,15 @@ async fn the_order_board_is_a_snapshot_then_every_change() {
     while board.event("orders:delta", Duration::from_millis(600)).await.is_some() {}
     create_order(&app, &customer).await;
     assert!(board.event("orders:delta", Duration::from_millis(1200)).await.is_none(), "unsubscribed");
+    // Subscribing spends from the viewport budget (5/s, burst 20): a flood is refused.
+    let mut refused = 0;
+    for _ in 0..30 {
+        let ack = other.call("orders:subscribe", json!(null)).await;
+        if ack["error"]["code"] == "RATE_LIMITED" {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 5, "{refused} of 30 subscriptions refused");
     // Not for customers: their socket has no /dispatch.
     assert!(SioClient::connect(app.addr, "/dispatch", Some(json!({ "token": customer.access })), "").await.is_err());
 }
