@@ -1,6 +1,7 @@
 //! The command line: `dispatchd [serve]`, `dispatchd migrate`,
 //! `dispatchd admin create-user --role dispatcher|admin --phone … --name …`,
-//! `dispatchd admin approve-pilot --phone … --plate …`, `dispatchd admin retry-jobs --kind …`.
+//! `dispatchd admin approve-pilot --phone … --plate …`, `dispatchd admin retry-jobs --kind …`,
+//! `dispatchd healthcheck`.
 
 use std::io::{BufRead as _, IsTerminal as _};
 use std::path::PathBuf;
@@ -56,6 +57,12 @@ pub enum Command {
     /// Operator tasks.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Ask the server this configuration describes for `/healthz`: exit 0 when it answers 200
+    /// within `--timeout-secs`, 1 otherwise (a container's HEALTHCHECK, needing no curl).
+    Healthcheck {
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +120,7 @@ pub async fn execute(command: Option<Command>, config: Config) -> anyhow::Result
         Command::Admin(AdminCommand::ApprovePilot { phone, plate, model }) => {
             approve_pilot(config, &phone, &plate, model.as_deref()).await
         }
+        Command::Healthcheck { timeout_secs } => healthcheck(config.server.addr, timeout_secs).await,
         Command::Admin(AdminCommand::RetryJobs { kind }) => {
             let store = crate::store::open(&config.database, config.database_url()).await?;
             let retried = store.retry_failed_jobs(&kind, chrono::Utc::now()).await?;
@@ -127,6 +135,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.server.addr;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     crate::app::run(config, listener, shutdown_signal()).await
+}
+
+/// `GET /healthz` on the address the server listens on (its loopback when it listens on
+/// every interface).
+async fn healthcheck(addr: std::net::SocketAddr, timeout_secs: u64) -> anyhow::Result<()> {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{target}/healthz");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(timeout_secs.max(1)))
+        .build()
+        .context("building the HTTP client")?;
+    let response = client.get(&url).send().await.with_context(|| format!("{url} did not answer"))?;
+    anyhow::ensure!(response.status() == reqwest::StatusCode::OK, "{url} answered {}", response.status());
+    println!("{url}: ok");
+    Ok(())
 }
 
 async fn create_user(config: Config, role: StaffRole, phone: &str, name: &str) -> anyhow::Result<()> {

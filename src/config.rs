@@ -44,6 +44,7 @@ pub struct Config {
     pub pilots: crate::fleet::PilotsConfig,
     pub console: crate::http::console::ConsoleConfig,
     pub notifications: crate::notify::NotificationsConfig,
+    pub telemetry: crate::traces::TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +281,7 @@ impl Config {
         self.validate_orders()?;
         self.matching.check().map_err(|(key, message)| ConfigError::new(key, message))?;
         self.realtime.budgets.check().map_err(|(key, message)| ConfigError::new(key, message))?;
+        self.telemetry.check().map_err(|(key, message)| ConfigError::new(key, message))?;
         self.validate_http()
     }
 
@@ -510,6 +512,7 @@ pub fn redact_url(url: &str) -> String {
 mod tests {
     use super::*;
     use figment::providers::Serialized;
+    use std::collections::HashMap;
 
     fn with(key: &str, value: impl serde::Serialize) -> Result<Config, ConfigError> {
         Config::from_figment(Config::figment(None).unwrap().merge(Serialized::global(key, value)))
@@ -611,9 +614,11 @@ mod tests {
             .merge(Serialized::global("auth.jwt_secret", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"))
             .merge(Serialized::global("database.url", "postgres://app:hunter2@db/x"))
             .merge(Serialized::global("redis.url", "redis://:redispw@cache:6379"))
-            .merge(Serialized::global("notifications.email.password", "smtp-pw-xyz"));
+            .merge(Serialized::global("notifications.email.password", "smtp-pw-xyz"))
+            .merge(Serialized::global("telemetry.sentry.dsn", "https://sentrykey@sentry.example/42"))
+            .merge(Serialized::global("telemetry.otlp_headers", HashMap::from([("x-api-key", "otlp-key-xyz")])));
         let shown = format!("{:?}", Config::from_figment(figment).unwrap());
-        for secret in ["s3cr3t", "hunter2", "redispw", "smtp-pw-xyz"] {
+        for secret in ["s3cr3t", "hunter2", "redispw", "smtp-pw-xyz", "sentrykey", "otlp-key-xyz"] {
             assert!(!shown.contains(secret), "{secret} leaked in {shown}");
         }
     }

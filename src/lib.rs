@@ -59,4 +59,5 @@ pub mod payouts;
 pub mod realtime;
 pub mod store;
 pub mod telemetry;
+pub mod traces;
 pub mod webhooks;

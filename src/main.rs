@@ -14,7 +14,9 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => {
             dispatchd::telemetry::tell_operator(format_args!("dispatchd: configuration error: {err}"));
-            return ExitCode::from(2);
+            // A container runtime reads a health check's 2 as "reserved": unhealthy is 1.
+            let unhealthy = matches!(cli.command, Some(Command::Healthcheck { .. }));
+            return ExitCode::from(if unhealthy { 1 } else { 2 });
         }
     };
     if let Some(format) = cli.log_format {
@@ -24,7 +26,14 @@ fn main() -> ExitCode {
         None | Some(Command::Serve) => LogTarget::Stdout,
         Some(_) => LogTarget::Stderr,
     };
-    dispatchd::telemetry::init_tracing(&config.log, target);
+    let exporters = match dispatchd::traces::Exporters::start(&config.telemetry) {
+        Ok(exporters) => exporters,
+        Err(err) => {
+            dispatchd::telemetry::tell_operator(format_args!("dispatchd: cannot start telemetry: {err:#}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    dispatchd::telemetry::init_tracing(&config.log, target, &exporters);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -32,12 +41,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli.command, config)) {
+    let code = match runtime.block_on(execute(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "dispatchd failed");
             dispatchd::telemetry::tell_operator(format_args!("dispatchd: {err:#}"));
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(runtime);
+    exporters.shutdown();
+    code
 }

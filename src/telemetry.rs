@@ -20,22 +20,36 @@ pub enum LogTarget {
     Stderr,
 }
 
-/// Installs the global log subscriber: JSON lines or human-readable text.
-/// Does nothing if one is installed already (tests install their own, or none).
-pub fn init_tracing(config: &LogConfig, target: LogTarget) {
-    let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global log subscriber (JSON lines or human-readable text), with the trace
+/// and error-report layers of whichever `exporters` are on. Does nothing if one is installed
+/// already (tests install their own, or none).
+///
+/// Each layer filters for itself: the logs follow `log.level`, and never show the spans made
+/// for traces only ([`crate::traces::TRACE_TARGET`]), which are disabled where they are made
+/// while traces are off.
+pub fn init_tracing(config: &LogConfig, target: LogTarget, exporters: &crate::traces::Exporters) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let level = EnvFilter::try_new(&config.level).map_or_else(|_| "info".to_owned(), |_| config.level.clone());
+    let filter = EnvFilter::new(format!("{level},{}=off", crate::traces::TRACE_TARGET));
     let writer = move || Forgiving(target);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_target(true)
         .with_writer(writer)
         // A log line that cannot be written is dropped (and counted), never reported on
         // stderr: stderr may be the same broken pipe, and a failed eprintln! panics.
         .log_internal_errors(false);
-    let _ = match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
-        LogFormat::Human => builder.try_init(),
+    let logs = match config.format {
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
+        LogFormat::Human => logs.boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(exporters.trace_layer())
+        .with(exporters.error_layer())
+        .try_init();
 }
 
 /// Writes logs to stdout or stderr and never fails: when the reader of the pipe has gone (a

@@ -218,3 +218,21 @@ async fn the_operator_approves_pilots_from_the_command_line() {
     assert!(!bad_plate.status.success());
     assert!(String::from_utf8_lossy(&bad_plate.stderr).contains("--plate"));
 }
+
+/// `dispatchd healthcheck` (a container's HEALTHCHECK): 0 while the server it is configured
+/// for answers `/healthz`, 1 when nothing answers or its configuration is wrong (never 2,
+/// which container runtimes reserve).
+#[tokio::test]
+async fn healthcheck_tells_a_healthy_server_from_a_gone_one() {
+    let data = tempfile::tempdir().unwrap();
+    let (server, addr) = start_server(data.path()).await;
+    let check = |addr: String| async move {
+        dispatchd().env("DISPATCHD__SERVER__ADDR", addr).arg("healthcheck").output().await.unwrap().status.code()
+    };
+    let port = addr.rsplit(':').next().unwrap();
+    assert_eq!(check(format!("0.0.0.0:{port}")).await, Some(0), "an unspecified address means this host");
+    assert!(terminate(server).await.success());
+    assert_eq!(check(addr.clone()).await, Some(1), "nothing listens any more");
+    let broken = dispatchd().env("DISPATCHD__SERVER__ADDR", "nowhere").arg("healthcheck").output().await.unwrap();
+    assert_eq!(broken.status.code(), Some(1), "a configuration error is unhealthy too");
+}

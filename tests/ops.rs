@@ -318,6 +318,9 @@ fn the_rules_and_dashboards_read_only_metrics_the_server_exports() {
     let mut sources = vec![("deploy/prometheus/rules.yml".to_owned(), rules.clone())];
     for entry in std::fs::read_dir(format!("{root}/deploy/grafana")).unwrap() {
         let path = entry.unwrap().path();
+        if path.extension().is_none_or(|extension| extension != "json") {
+            continue; // provisioning/: how Grafana finds them
+        }
         let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let mut exprs = String::new();
         for panel in dashboard["panels"].as_array().unwrap() {

@@ -210,6 +210,13 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| Error::unauthorized("INVALID_TOKEN", "the Authorization header must be Bearer <token>"))?;
         let caller = state.auth.authenticate(token).await?;
         parts.extensions.insert(caller);
+        if crate::traces::tracing_on() {
+            let span = tracing::Span::current();
+            span.record("user.id", tracing::field::display(caller.user_id));
+            if caller.role == crate::domain::Role::Pilot {
+                span.record("pilot_id", tracing::field::display(caller.user_id));
+            }
+        }
         Ok(caller)
     }
 }

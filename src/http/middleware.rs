@@ -21,11 +21,37 @@ pub async fn record_metrics(req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_owned();
     let route =
         req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let traced = crate::traces::tracing_on();
+    if traced {
+        annotate_span(&method, &route, req.uri().path());
+    }
     let response = next.run(req).await;
+    if traced {
+        tracing::Span::current().record("http.response.status_code", response.status().as_u16());
+    }
     let labels = [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Names the request's span for traces after its route, with the ids its path holds
+/// (`/orders/{id}` → `order_id`, `/pilots/{id}` → `pilot_id`).
+fn annotate_span(method: &str, route: &str, path: &str) {
+    let span = tracing::Span::current();
+    crate::traces::rename(&span, format!("{method} {route}"));
+    span.record("http.route", route);
+    let mut previous = "";
+    for (pattern, segment) in route.split('/').zip(path.split('/')) {
+        if pattern == "{id}" {
+            match previous {
+                "orders" => span.record("order_id", segment),
+                "pilots" => span.record("pilot_id", segment),
+                _ => &span,
+            };
+        }
+        previous = pattern;
+    }
 }
 
 /// Gives every error response the JSON envelope, whoever produced it.

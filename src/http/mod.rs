@@ -40,6 +40,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use tracing::field::Empty;
 
 use crate::app::AppState;
 use extract::BodyLimit;
@@ -94,8 +95,23 @@ pub fn router(state: AppState) -> Router {
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(|req: &Request| {
-                        let request_id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+                        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+                        let request_id = header(REQUEST_ID.as_str()).unwrap_or("-");
+                        // The fields left empty are filled in for traces only ([`crate::traces`]).
+                        let span = tracing::info_span!(
+                            "request",
+                            method = %req.method(),
+                            path = %req.uri().path(),
+                            request_id,
+                            otel.kind = "server",
+                            http.route = Empty,
+                            http.response.status_code = Empty,
+                            user.id = Empty,
+                            pilot_id = Empty,
+                            order_id = Empty,
+                        );
+                        crate::traces::continue_trace(&span, header("traceparent"));
+                        span
                     })
                     .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
             )

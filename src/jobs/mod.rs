@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use chrono::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::clock::{Clock, seconds};
 use crate::error::Result;
@@ -125,8 +126,22 @@ impl Worker {
         }
         // An unknown kind may belong to a newer version of the server on another node:
         // retrying lets that node run it.
+        let span = tracing::info_span!(
+            target: crate::traces::TRACE_TARGET,
+            "job",
+            otel.name = %job.kind,
+            job.id = %job.id,
+            job.attempt = job.attempts,
+            order_id = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            if let Some(order) = job.payload.get("order_id").and_then(serde_json::Value::as_str) {
+                span.record("order_id", order);
+            }
+            crate::traces::continue_trace(&span, job.trace_parent.as_deref());
+        }
         let result = match self.handlers.get(job.kind.as_str()) {
-            Some(handler) => handler.run(job).await,
+            Some(handler) => handler.run(job).instrument(span).await,
             None => Err(anyhow::anyhow!("no handler for job kind {}", job.kind).into()),
         };
         self.outcome(job, result)

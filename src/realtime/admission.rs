@@ -11,15 +11,18 @@
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State};
 use socketioxide::socket::DisconnectReason;
+use tracing::Span;
+use tracing::field::Empty;
 
 use super::budget::{self, Budgets, Class, Verdict};
 use super::{CUSTOMER_NS, DISPATCH_NS, Gateway, PILOT_NS, ack, connected, count_in, count_out};
 use crate::auth::Caller;
 use crate::error::Error;
 
-/// Counts an event received and spends it from the caller's budget ([`budget`](super::budget)). `Some(ack)`
-/// when its handler may go on; otherwise the event has been answered `RATE_LIMITED` (and,
-/// for a flood, the socket closed).
+/// Counts an event received and spends it from the caller's budget ([`budget`](super::budget)).
+/// `Some((ack, span))` when its handler may go on, in `span` (the event's, for traces: see
+/// [`event_span`]); otherwise the event has been answered `RATE_LIMITED` (and, for a flood,
+/// the socket closed).
 pub(super) fn spend(
     socket: &SocketRef,
     gateway: &Gateway,
@@ -28,10 +31,10 @@ pub(super) fn spend(
     event: &'static str,
     class: Class,
     ack: AckSender,
-) -> Option<AckSender> {
+) -> Option<(AckSender, Span)> {
     count_in(namespace, event);
     match gateway.budgets.spend(caller.user_id, class) {
-        Verdict::Admit => Some(ack),
+        Verdict::Admit => Some((ack, event_span(namespace, event, caller))),
         verdict => {
             metrics::counter!("socket_events_refused_total", "namespace" => namespace, "event" => event).increment(1);
             ack::send(ack, namespace, event, &Err::<(), _>(Error::RateLimited { retry_after_secs: 1 }));
@@ -41,6 +44,26 @@ pub(super) fn spend(
             None
         }
     }
+}
+
+/// The span of an event a client sent, for traces only (`[telemetry]`; disabled, and free,
+/// while they are off). Handlers record the `order_id` or `offer_id` it concerns.
+fn event_span(namespace: &'static str, event: &'static str, caller: &Caller) -> Span {
+    let span = tracing::info_span!(
+        target: crate::traces::TRACE_TARGET,
+        "socket event",
+        otel.name = event,
+        otel.kind = "server",
+        socket.namespace = namespace,
+        user.id = %caller.user_id,
+        pilot_id = Empty,
+        order_id = Empty,
+        offer_id = Empty,
+    );
+    if namespace == PILOT_NS {
+        span.record("pilot_id", tracing::field::display(caller.user_id));
+    }
+    span
 }
 
 /// An event no handler takes: answered `UNKNOWN_EVENT`, and counted as a refusal.

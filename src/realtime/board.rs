@@ -11,6 +11,7 @@
 //! a lower `seq` (a delta read before a snapshot may arrive after it).
 
 use std::collections::{HashMap, HashSet};
+use tracing::Instrument as _;
 
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -112,7 +113,8 @@ pub(super) async fn subscribe(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
-    let Some(ack) = spend(&socket, &gateway, &caller, DISPATCH_NS, "orders:subscribe", Class::Viewport, ack) else {
+    let Some((ack, span)) = spend(&socket, &gateway, &caller, DISPATCH_NS, "orders:subscribe", Class::Viewport, ack)
+    else {
         return;
     };
     // Watching before the read: a change committed meanwhile comes as a delta too.
@@ -120,7 +122,8 @@ pub(super) async fn subscribe(
         gateway.board.watchers.lock().insert(socket.id);
     }
     let store = gateway.app.store.as_ref();
-    let result = rows(store, store.open_orders(MAX_ROWS).await)
+    let result = async { rows(store, store.open_orders(MAX_ROWS).await).await }
+        .instrument(span)
         .await
         .map(|rows| json!({ "orders": rows, "max_rows": MAX_ROWS }));
     if result.is_err() {
@@ -136,7 +139,8 @@ pub(super) async fn unsubscribe(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
-    let Some(ack) = spend(&socket, &gateway, &caller, DISPATCH_NS, "orders:unsubscribe", Class::Viewport, ack) else {
+    let Some((ack, _)) = spend(&socket, &gateway, &caller, DISPATCH_NS, "orders:unsubscribe", Class::Viewport, ack)
+    else {
         return;
     };
     gateway.board.left(socket.id);

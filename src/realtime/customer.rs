@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::socket::{DisconnectReason, SharedHandlers};
+use tracing::Instrument as _;
 
 use crate::auth::Caller;
 use crate::error::Result;
@@ -62,8 +63,10 @@ async fn watch(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
-    let Some(ack) = spend(&socket, &gateway, &caller, CUSTOMER_NS, "order:watch", Class::Watch, ack) else { return };
-    let result = snapshot(&socket, &gateway, &caller, data).await;
+    let Some((ack, span)) = spend(&socket, &gateway, &caller, CUSTOMER_NS, "order:watch", Class::Watch, ack) else {
+        return;
+    };
+    let result = snapshot(&socket, &gateway, &caller, data).instrument(span).await;
     ack::send(ack, CUSTOMER_NS, "order:watch", &result);
 }
 
@@ -74,6 +77,7 @@ async fn snapshot(
     data: std::result::Result<Value, impl std::fmt::Display>,
 ) -> Result<Value> {
     let request: WatchRequest = payload(data).and_then(parse)?;
+    tracing::Span::current().record("order_id", tracing::field::display(request.order_id));
     let (orders, store) = (&gateway.app.orders, &gateway.app.store);
     // Ownership first, so a stranger never sits in the room, not even for a moment; then the
     // snapshot, read after joining (see the module docs), from the store: already allowed.
@@ -101,10 +105,11 @@ async fn unwatch(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
-    let Some(ack) = spend(&socket, &gateway, &caller, CUSTOMER_NS, "order:unwatch", Class::Watch, ack) else {
+    let Some((ack, span)) = spend(&socket, &gateway, &caller, CUSTOMER_NS, "order:unwatch", Class::Watch, ack) else {
         return;
     };
     let result = payload(data).and_then(parse::<UnwatchRequest>).map(|request| {
+        span.record("order_id", tracing::field::display(request.order_id));
         socket.leave(room(request.order_id));
         json!({ "order_id": request.order_id })
     });

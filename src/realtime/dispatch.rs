@@ -10,6 +10,7 @@
 //! buffer is not recorded as sent, so the next frame carries those changes again.
 
 use std::collections::HashMap;
+use tracing::Instrument as _;
 
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -89,10 +90,10 @@ async fn set_viewport(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
-    let Some(ack) = spend(&socket, &gateway, &caller, DISPATCH_NS, "viewport:set", Class::Viewport, ack) else {
+    let Some((ack, span)) = spend(&socket, &gateway, &caller, DISPATCH_NS, "viewport:set", Class::Viewport, ack) else {
         return;
     };
-    let result = snapshot(&socket, &gateway, data).await;
+    let result = snapshot(&socket, &gateway, data).instrument(span).await;
     ack::send(ack, DISPATCH_NS, "viewport:set", &result);
 }
 

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use socketioxide::socket::{DisconnectReason, SharedHandlers};
 use socketioxide::{SendError, SocketError};
+use tracing::Instrument as _;
 
 use crate::auth::Caller;
 use crate::domain::PilotStatus;
@@ -96,8 +97,10 @@ async fn location(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
-    let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, "location", Class::Location, ack) else { return };
-    let result = report(&gateway, &caller, data).await;
+    let Some((ack, span)) = spend(&socket, &gateway, &caller, PILOT_NS, "location", Class::Location, ack) else {
+        return;
+    };
+    let result = report(&gateway, &caller, data).instrument(span).await;
     ack::send(ack, PILOT_NS, "location", &result);
 }
 
@@ -134,7 +137,9 @@ async fn status(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
-    let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, "status:set", Class::Command, ack) else { return };
+    let Some((ack, span)) = spend(&socket, &gateway, &caller, PILOT_NS, "status:set", Class::Command, ack) else {
+        return;
+    };
     let result = async {
         let request = parse::<StatusRequest>(payload(data).unwrap_or(Value::Null))?;
         let status = match request.status {
@@ -145,6 +150,7 @@ async fn status(
         let pilot = gateway.app.fleet.set_status(caller.user_id, status).await?;
         Ok(json!({ "status": status, "pilot": pilot }))
     }
+    .instrument(span)
     .await;
     ack::send(ack, PILOT_NS, "status:set", &result);
 }
@@ -175,9 +181,13 @@ async fn trip(
         TripStep::Delivered => "order:delivered",
         TripStep::Returned => "order:returned",
     };
-    let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, event, Class::Command, ack) else { return };
+    let Some((ack, span)) = spend(&socket, &gateway, &caller, PILOT_NS, event, Class::Command, ack) else { return };
     let result = match payload(data).and_then(parse::<TripRequest>) {
-        Ok(request) => gateway.app.orders.trip_step(&caller, request.order_id, step, request.otp.as_deref()).await,
+        Ok(request) => {
+            span.record("order_id", tracing::field::display(request.order_id));
+            let step = gateway.app.orders.trip_step(&caller, request.order_id, step, request.otp.as_deref());
+            step.instrument(span).await
+        }
         Err(err) => Err(err),
     };
     ack::send(ack, PILOT_NS, event, &result);
@@ -204,20 +214,28 @@ async fn answer(
     Extension(caller): Extension<Caller>,
 ) {
     let event = if accept { "offer:accept" } else { "offer:reject" };
-    let Some(ack) = spend(&socket, &gateway, &caller, PILOT_NS, event, Class::Command, ack) else { return };
+    let Some((ack, span)) = spend(&socket, &gateway, &caller, PILOT_NS, event, Class::Command, ack) else { return };
     let matchmaker = &gateway.app.matchmaker;
-    let result = match payload(data).and_then(parse::<OfferRequest>) {
-        Ok(request) if accept => match matchmaker.accept(&caller, request.offer_id).await {
-            // With whom it serves: the customer's name and phone.
-            Ok(order) => gateway.app.orders.view(&caller, order).await.map(|view| json!(view)),
+    let request = payload(data).and_then(parse::<OfferRequest>);
+    if let Ok(request) = &request {
+        span.record("offer_id", tracing::field::display(request.offer_id));
+    }
+    let result = async {
+        match request {
+            Ok(request) if accept => match matchmaker.accept(&caller, request.offer_id).await {
+                // With whom it serves: the customer's name and phone.
+                Ok(order) => gateway.app.orders.view(&caller, order).await.map(|view| json!(view)),
+                Err(err) => Err(err),
+            },
+            Ok(request) => {
+                // Kept for the record, not for display: a bounded length, whatever the app sends.
+                let reason: Option<String> = request.reason.map(|reason| reason.chars().take(200).collect());
+                matchmaker.reject(&caller, request.offer_id, reason.as_deref()).await.map(|offer| json!(offer))
+            }
             Err(err) => Err(err),
-        },
-        Ok(request) => {
-            // Kept for the record, not for display: a bounded length, whatever the app sends.
-            let reason: Option<String> = request.reason.map(|reason| reason.chars().take(200).collect());
-            matchmaker.reject(&caller, request.offer_id, reason.as_deref()).await.map(|offer| json!(offer))
         }
-        Err(err) => Err(err),
-    };
+    }
+    .instrument(span)
+    .await;
     ack::send(ack, PILOT_NS, event, &result);
 }

@@ -10,6 +10,7 @@
 //! one from the database (where every node writes them).
 
 use std::collections::HashSet;
+use tracing::Instrument as _;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -55,7 +56,9 @@ async fn refresh(
     State(gateway): State<Gateway>,
     Extension(caller): Extension<Caller>,
 ) {
-    let Some(ack) = spend(&socket, &gateway, &caller, namespace, "auth:refresh", Class::Session, ack) else { return };
+    let Some((ack, span)) = spend(&socket, &gateway, &caller, namespace, "auth:refresh", Class::Session, ack) else {
+        return;
+    };
     let result = async {
         let data = data.map_err(|_| Error::validation("token", "send {token}: a fresh access token"))?;
         let token = data.get("token").and_then(Value::as_str).filter(|token| !token.is_empty());
@@ -68,6 +71,7 @@ async fn refresh(
         let expires_at = DateTime::from_timestamp(fresh.expires_at, 0).unwrap_or_default();
         Ok(Refreshed { expires_at })
     }
+    .instrument(span)
     .await;
     ack::send(ack, namespace, "auth:refresh", &result);
 }

@@ -19,11 +19,21 @@ pub struct NewJob {
     pub max_attempts: i32,
     /// At most one job per key ever exists: enqueueing a duplicate does nothing.
     pub dedupe_key: Option<String>,
+    /// The trace of the span that queued it (W3C `traceparent`), when traces are on.
+    pub trace_parent: Option<String>,
 }
 
 impl NewJob {
     pub fn new(kind: &str, payload: Value, run_at: DateTime<Utc>) -> Self {
-        Self { id: JobId::new(), kind: kind.to_owned(), payload, run_at, max_attempts: 10, dedupe_key: None }
+        Self {
+            id: JobId::new(),
+            kind: kind.to_owned(),
+            payload,
+            run_at,
+            max_attempts: 10,
+            dedupe_key: None,
+            trace_parent: crate::traces::current_traceparent(),
+        }
     }
 
     pub fn dedupe(mut self, key: impl Into<String>) -> Self {
@@ -42,6 +52,8 @@ pub struct Job {
     pub attempts: i32,
     pub max_attempts: i32,
     pub run_at: DateTime<Utc>,
+    /// See [`NewJob::trace_parent`].
+    pub trace_parent: Option<String>,
 }
 
 /// How a run of a job ended.
@@ -118,6 +130,7 @@ pub(crate) struct JobRow {
     attempts: i32,
     max_attempts: i32,
     run_at: DateTime<Utc>,
+    trace_parent: Option<String>,
 }
 
 impl From<JobRow> for Job {
@@ -129,6 +142,7 @@ impl From<JobRow> for Job {
             attempts: row.attempts,
             max_attempts: row.max_attempts,
             run_at: row.run_at,
+            trace_parent: row.trace_parent,
         }
     }
 }

@@ -33,7 +33,7 @@ const LOCK_PAYMENT: &str = crate::store::money::select_payment!("WHERE gateway =
 const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = $2, \
      updated_at = $1 WHERE id IN (SELECT id FROM jobs WHERE (status = 'queued' AND run_at <= $1) \
      OR (status = 'running' AND locked_until <= $1) ORDER BY run_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-     RETURNING id, kind, payload, attempts, max_attempts, run_at";
+     RETURNING id, kind, payload, attempts, max_attempts, run_at, trace_parent";
 
 /// A live offer, if its order is searching: the order row is locked (`FOR UPDATE`), so a
 /// transaction changing the order (a cancel, an assignment) is waited for and its outcome

@@ -199,7 +199,8 @@ impl TestApp {
         let (config, database_url, sqlite_dir) = test_config(&options).await;
         if std::env::var_os("DISPATCHD_TEST_LOG").is_some() {
             // Logs of the server under test, for debugging: DISPATCHD_TEST_LOG=1 cargo test ...
-            dispatchd::telemetry::init_tracing(&config.log, dispatchd::telemetry::LogTarget::Stderr);
+            let none = dispatchd::traces::Exporters::default();
+            dispatchd::telemetry::init_tracing(&config.log, dispatchd::telemetry::LogTarget::Stderr, &none);
         }
         let app = App::build(config, options.clock.clone()).await.expect("the app builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

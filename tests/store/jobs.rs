@@ -33,6 +33,7 @@ fn claimed(new: &NewJob, attempts: i32) -> Job {
         attempts,
         max_attempts: new.max_attempts,
         run_at: new.run_at,
+        trace_parent: None,
     }
 }
 

@@ -15,7 +15,8 @@ where
 {
     sqlx::query(
         "INSERT INTO jobs (id, kind, payload, status, run_at, attempts, max_attempts, dedupe_key, created_at, \
-         updated_at) VALUES ($1, $2, $3, 'queued', $4, 0, $5, $6, $7, $7) ON CONFLICT (dedupe_key) DO NOTHING",
+         updated_at, trace_parent) VALUES ($1, $2, $3, 'queued', $4, 0, $5, $6, $7, $7, $8) \
+         ON CONFLICT (dedupe_key) DO NOTHING",
     )
     .bind(job.id.0)
     .bind(&job.kind)
@@ -24,6 +25,7 @@ where
     .bind(job.max_attempts)
     .bind(job.dedupe_key.as_deref())
     .bind(now)
+    .bind(job.trace_parent.as_deref())
     .execute(executor)
     .await?;
     Ok(())
