@@ -5,7 +5,9 @@
 # gateway against the official socket.io-client from npm and the pages in Chromium (tests/js;
 # Node.js and Chromium from Debian packages when missing), and against the official Engine.IO
 # and Socket.IO protocol suites (tests/protocol), and the Prometheus rules with promtool (Debian
-# package prometheus when missing). Exits non-zero on any failure.
+# package prometheus when missing), and the deployment kit under deploy/ (the container's
+# runtime stage, compose, Nginx, a real Prometheus scraping a node, Kubernetes schemas, the
+# systemd unit). Exits non-zero on any failure.
 #
 #   DISPATCHD_TEST_DATABASE_URL  Postgres URL of a user that may create databases
 #                                (default postgres://postgres@127.0.0.1:5432/postgres)
@@ -79,6 +81,13 @@ ensure_promtool() {
     apt_install prometheus
 }
 
+# tests/js/proxy.test.mjs runs the project's Nginx configuration in front of two nodes.
+ensure_nginx() {
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] && return 0
+    say "installing nginx (for the proxy test)"
+    apt_install nginx
+}
+
 drop_test_databases() {
     psql "$DISPATCHD_TEST_DATABASE_URL" -tAc \
         "SELECT datname FROM pg_database WHERE datname LIKE 'dispatchd\_test\_%'" 2>/dev/null |
@@ -103,6 +112,7 @@ ensure_redis
 ensure_node
 ensure_chromium
 ensure_promtool
+ensure_nginx
 trap cleanup EXIT
 
 say "Prometheus rules (promtool check and unit tests)"
@@ -123,5 +133,15 @@ bin="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/dispatchd"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error && DISPATCHD_BIN="$bin" npm test)
 say "official Engine.IO / Socket.IO protocol suites (tests/protocol)"
 DISPATCHD_BIN="$bin" scripts/protocol-suites.sh
+say "deployment: the container image's stage, run as the image runs it (deploy/check-container.py)"
+python3 deploy/check-container.py "$bin"
+say "deployment: compose, Nginx and Prometheus configuration (deploy/check-compose.sh)"
+deploy/check-compose.sh
+say "deployment: a real Prometheus scraping a running node with the rules (deploy/check-prometheus.sh)"
+deploy/check-prometheus.sh "$bin"
+say "deployment: the Kubernetes base against the schemas (deploy/check-k8s.sh)"
+deploy/check-k8s.sh
+say "deployment: the systemd unit (deploy/check-systemd.sh)"
+deploy/check-systemd.sh "$bin"
 say "benchmark scenarios at tiny scale (so they cannot rot)"
 bench/smoke.sh
