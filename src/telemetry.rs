@@ -45,11 +45,13 @@ pub fn init_tracing(config: &LogConfig, target: LogTarget, exporters: &crate::tr
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
         LogFormat::Human => logs.boxed(),
     };
-    let _ = tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
-        .with(exporters.trace_layer())
-        .with(exporters.error_layer())
-        .try_init();
+    // A list, not optional layers: an absent `Option` layer declares interest in every call
+    // site, which would create the trace-only spans (a tenfold cost) with nothing to see them.
+    let mut layers: Vec<Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>> =
+        vec![logs.with_filter(filter).boxed()];
+    layers.extend(exporters.trace_layer().map(|layer| layer.boxed()));
+    layers.extend(exporters.error_layer().map(|layer| layer.boxed()));
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
 /// Writes logs to stdout or stderr and never fails: when the reader of the pipe has gone (a

@@ -89,6 +89,7 @@ mod offers;
 mod orders;
 
 conformance!(
+    a_schema_a_newer_release_migrated_still_opens,
     users_round_trip_with_pilot_profiles,
     pilots_wait_for_approval_and_can_be_suspended,
     phone_numbers_are_unique,
@@ -350,4 +351,24 @@ async fn wallet_balances_never_go_negative(subject: Subject) {
     };
     assert_eq!(subject.execute(open).await.unwrap(), 1, "{user:?}");
     assert!(subject.execute(debit).await.is_err(), "the CHECK refuses a negative balance");
+}
+
+/// A rollback, or an old node restarting while a rollout runs: the database has a migration
+/// this binary does not know (a newer release applied it). Migrations only add, so it starts.
+async fn a_schema_a_newer_release_migrated_still_opens(subject: Subject) {
+    let newer = match &subject.raw {
+        Raw::Postgres(_) => subject.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99991231000000, 'from a newer release', true, decode('00', 'hex'), 0)",
+        ),
+        Raw::Sqlite(_) => subject.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99991231000000, 'from a newer release', true, x'00', 0)",
+        ),
+    };
+    assert_eq!(newer.await.unwrap(), 1);
+    match &subject.raw {
+        Raw::Postgres(store) => store.migrate().await.unwrap(),
+        Raw::Sqlite(store) => store.migrate().await.unwrap(),
+    }
 }

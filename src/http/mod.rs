@@ -97,21 +97,31 @@ pub fn router(state: AppState) -> Router {
                     .make_span_with(|req: &Request| {
                         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
                         let request_id = header(REQUEST_ID.as_str()).unwrap_or("-");
-                        // The fields left empty are filled in for traces only ([`crate::traces`]).
-                        let span = tracing::info_span!(
-                            "request",
-                            method = %req.method(),
-                            path = %req.uri().path(),
-                            request_id,
-                            otel.kind = "server",
-                            http.route = Empty,
-                            http.response.status_code = Empty,
-                            user.id = Empty,
-                            pilot_id = Empty,
-                            order_id = Empty,
-                        );
-                        crate::traces::continue_trace(&span, header("traceparent"));
-                        span
+                        // The fields left empty are filled in for traces only ([`crate::traces`]);
+                        // `otel.kind`, which the logs would show, is given only while they are on.
+                        macro_rules! request_span {
+                            ($($kind:tt)*) => {
+                                tracing::info_span!(
+                                    "request",
+                                    method = %req.method(),
+                                    path = %req.uri().path(),
+                                    request_id,
+                                    $($kind)*
+                                    http.route = Empty,
+                                    http.response.status_code = Empty,
+                                    user.id = Empty,
+                                    pilot_id = Empty,
+                                    order_id = Empty,
+                                )
+                            };
+                        }
+                        if crate::traces::tracing_on() {
+                            let span = request_span!(otel.kind = "server",);
+                            crate::traces::continue_trace(&span, header("traceparent"));
+                            span
+                        } else {
+                            request_span!()
+                        }
                     })
                     .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
             )

@@ -78,7 +78,11 @@ impl PgStore {
 
     /// Applies pending migrations (idempotent; concurrent nodes serialise on an advisory lock).
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations/postgres").run(&self.pool).await.context("applying Postgres migrations")
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        // A newer release's migrations (already applied by its nodes) do not stop this one:
+        // they only add, so a rollback or an old node restarting mid-rollout serves on.
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.pool).await.context("applying Postgres migrations")
     }
 
     /// The pool, for tests and tools that need raw SQL.

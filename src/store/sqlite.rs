@@ -81,7 +81,11 @@ impl SqliteStore {
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations/sqlite").run(&self.pool).await.context("applying SQLite migrations")
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        // A newer release's migrations (already applied by its nodes) do not stop this one:
+        // they only add, so a rollback or an old node restarting mid-rollout serves on.
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.pool).await.context("applying SQLite migrations")
     }
 
     /// The pool, for tests and tools that need raw SQL.
