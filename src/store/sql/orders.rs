@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::VehicleType;
-use crate::domain::orders::{Order, OrderEvent, OrderStatus};
+use crate::domain::orders::{Order, OrderEvent};
 use crate::error::Result;
 use crate::ids::{OrderId, UserId};
 use crate::store::orders::{EventRow, IdempotentRow, OrderRow, SELECT_IDEMPOTENT_RESPONSE, select_order};
@@ -22,17 +22,44 @@ impl OrderStore for StoreImpl {
     }
 
     async fn list_orders(&self, filter: &OrderFilter, page: PageRequest<OrderId>) -> Result<Vec<Order>> {
-        let rows: Vec<OrderRow> = sqlx::query_as(select_order!(
-            "WHERE ($1 IS NULL OR customer_id = $1) AND ($2 IS NULL OR pilot_id = $2) \
-             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
-        ))
-        .bind(filter.customer.map(|id| id.0))
-        .bind(filter.pilot.map(|id| id.0))
-        .bind(filter.status.map(OrderStatus::as_str))
-        .bind(page.before.map(|id| id.0))
-        .bind(i64::from(page.limit))
-        .fetch_all(&self.pool)
-        .await?;
+        // One statement per shape of filter, each planned for its index ((customer_id, id),
+        // (pilot_id, id), (status, id)): one statement with "$1 IS NULL OR …" for every shape
+        // is planned, once generic, for none of them, and reads every order to find a
+        // customer's twenty.
+        let present = [
+            ("customer_id =", filter.customer.is_some()),
+            ("pilot_id =", filter.pilot.is_some()),
+            ("status =", filter.status.is_some()),
+            ("id <", page.before.is_some()),
+        ];
+        let conditions: Vec<String> = present
+            .iter()
+            .filter(|(_, present)| *present)
+            .enumerate()
+            .map(|(n, (test, _))| format!("{test} ${}", n + 1))
+            .collect();
+        let sql = format!(
+            "{}{}{} ORDER BY id DESC LIMIT ${}",
+            select_order!(""),
+            if conditions.is_empty() { "" } else { "WHERE " },
+            conditions.join(" AND "),
+            conditions.len() + 1
+        );
+        // Built from the constant fragments above only: every value is a bind parameter.
+        let mut query = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(sql));
+        if let Some(customer) = filter.customer {
+            query = query.bind(customer.0);
+        }
+        if let Some(pilot) = filter.pilot {
+            query = query.bind(pilot.0);
+        }
+        if let Some(status) = filter.status {
+            query = query.bind(status.as_str());
+        }
+        if let Some(before) = page.before {
+            query = query.bind(before.0);
+        }
+        let rows = query.bind(i64::from(page.limit)).fetch_all(&self.pool).await?;
         rows.into_iter().map(Order::try_from).collect()
     }
 
