@@ -18,25 +18,10 @@
 # packages (as root, or with sudo). Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
 
-say() { printf '\n==> %s\n' "$*"; }
 die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-# apt-get, waiting for another install's dpkg lock (and retrying a busy apt) for up to 5 minutes.
-apt() {
-    local try
-    for try in $(seq 30); do
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=60 "$@" && return 0
-        echo "apt-get $* failed (try $try), retrying in 10 s" >&2
-        sleep 10
-    done
-    return 1
-}
-apt_updated=""
-apt_install() {
-    [ -n "$apt_updated" ] || { apt update -qq; apt_updated=1; }
-    apt install -y -qq --no-install-recommends "$@" >/dev/null
-}
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
 have docker-compose || { say "installing docker-compose"; apt_install docker-compose; }

@@ -10,27 +10,14 @@
 # kubernetes-validate is installed in a virtualenv under ${CARGO_TARGET_DIR:-target}/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
 
 K8S_VERSION=1.30.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
 BASE=deploy/k8s
 VENV="${CARGO_TARGET_DIR:-target}/deploy-check/venv"
 
-say() { printf '==> %s\n' "$*"; }
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-# Another install may hold dpkg's lock for a few minutes: wait for it, and try again.
-apt_install() {
-    local attempt
-    for attempt in 1 2 3; do
-        if as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq &&
-            as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$@" >/dev/null; then
-            return 0
-        fi
-        echo "apt-get install $* failed (attempt $attempt); retrying" >&2
-        sleep 20
-    done
-    return 1
-}
 
 if ! command -v kubectl >/dev/null; then
     say "installing kubectl (Debian package kubernetes-client)"

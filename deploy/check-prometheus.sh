@@ -10,9 +10,10 @@
 #   deploy/check-prometheus.sh target/debug/dispatchd
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
 
 bin="$(realpath "${1:?usage: deploy/check-prometheus.sh <dispatchd binary>}")"
-say() { printf '==> %s\n' "$*"; }
 die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 command -v prometheus >/dev/null || die "prometheus not found (Debian package prometheus)"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

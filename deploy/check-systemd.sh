@@ -12,27 +12,14 @@
 #   deploy/check-systemd.sh target/release/dispatchd
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
 
 UNIT=deploy/systemd/dispatchd.service
 INSTALLED_BIN=/usr/local/bin/dispatchd
 MAX_EXPOSURE=20 # systemd-analyze's score times ten: 2.0
 
-say() { printf '==> %s\n' "$*"; }
 fail() { printf 'FAIL %s\n' "$*" >&2; exit 1; }
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-# Another install may hold dpkg's lock for a few minutes: wait for it, and try again.
-apt_install() {
-    local attempt
-    for attempt in 1 2 3; do
-        if as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq &&
-            as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$@" >/dev/null; then
-            return 0
-        fi
-        echo "apt-get install $* failed (attempt $attempt); retrying" >&2
-        sleep 20
-    done
-    return 1
-}
 
 [ $# -eq 1 ] || { echo "usage: $0 <path to the dispatchd binary>" >&2; exit 2; }
 bin="$(realpath "$1")"

@@ -158,6 +158,8 @@ impl App {
             },
             config.pilots.cash_debt_limit_paise,
         ));
+        // Surge prices with the demand of the orders already searching from the first quote.
+        orders.refresh_demand().await.context("reading the orders searching")?;
         let tracking = Arc::new(Tracking::default());
         let now_ms = clock.now().timestamp_millis();
         for order in store.active_orders().await? {
@@ -343,6 +345,7 @@ impl App {
         tasks.push(tokio::spawn(self.state.jobs.clone().run(stop.clone())));
         tasks.push(tokio::spawn(self.state.traces.clone().run(stop.clone())));
         tasks.push(tokio::spawn(self.state.orders.clone().run_key_purge(stop.clone())));
+        tasks.push(tokio::spawn(self.state.orders.clone().run_demand(stop.clone())));
         if let Some(redis) = self.state.redis.clone() {
             tasks.push(tokio::spawn(redis.run_health_loop(stop.clone())));
         }

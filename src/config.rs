@@ -260,6 +260,7 @@ impl Config {
             ("orders.idempotency_key_ttl_secs", self.orders.idempotency_key_ttl_secs),
             ("orders.max_open_per_customer", self.orders.max_open_per_customer.into()),
             ("jobs.poll_interval_ms", self.jobs.poll_interval_ms),
+            ("pricing.surge.demand_refresh_ms", self.pricing.surge.demand_refresh_ms),
             ("jobs.batch_size", self.jobs.batch_size.into()),
             ("jobs.lease_secs", self.jobs.lease_secs),
             ("jobs.backoff_secs", self.jobs.backoff_secs),

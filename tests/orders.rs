@@ -567,6 +567,39 @@ async fn surge_rises_with_open_orders_and_stops_at_its_cap() {
     assert!(busy["surge_paise"].as_i64().unwrap() > 0);
 }
 
+/// Surge's demand is kept in memory: this node's new orders count at once, and orders that
+/// stop searching (cancelled here; ended on another node alike) leave it at the next read of
+/// the database.
+#[tokio::test]
+async fn surge_follows_the_orders_searching_without_reading_them_per_quote() {
+    let app = TestApp::spawn_with(
+        Options::default().set("pricing.surge.cap", 1.5).set("pricing.surge.demand_refresh_ms", 100),
+    )
+    .await;
+    let customer = app.register("customer").await;
+    let mut placed = Vec::new();
+    for _ in 0..3 {
+        let other = app.register("customer").await;
+        let order = create(&app, &other, order_body("cash")).await;
+        assert_eq!(order.status, StatusCode::CREATED, "{:?}", order.body);
+        placed.push((other, order.data()["id"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(quote(&app, &customer).await["fare"]["surge_milli"], 1500, "counted at once");
+    for (other, order) in &placed {
+        let cancelled = app.post(&format!("/api/v1/orders/{order}/cancel"), json!({}), Some(&other.access)).await;
+        assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+    }
+    let mut surge = 0;
+    for _ in 0..50 {
+        surge = quote(&app, &customer).await["fare"]["surge_milli"].as_i64().unwrap();
+        if surge == 1000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(surge, 1000, "orders no longer searching leave the demand within a refresh");
+}
+
 /// Issue: one free account placing 60 open cash orders doubled another customer's quote, and
 /// its fake orders were offered to real pilots. It may hold 3 open orders, and counts once.
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! Quoting and creating orders.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -184,6 +186,10 @@ impl Orders {
             tx.enqueue(&job, now).await?;
         }
         tx.commit().await?;
+        if order.status == OrderStatus::SearchingDriver {
+            let key = (self.demand_cell(pickup), order.vehicle_type);
+            self.demand.write().entry(key).or_default().insert(caller.user_id);
+        }
         metrics::counter!("orders_created_total", "payment_method" => order.payment_method.as_str()).increment(1);
         self.publish(&order, &events);
         Ok(Creation::Created(Box::new(order)))
@@ -244,7 +250,7 @@ impl Orders {
 
     /// The fare now: tariff and current surge around the pickup.
     async fn price(&self, trip: &Trip) -> Result<Fare> {
-        let demand = self.store.open_demand(self.demand_cell(trip.pickup), trip.vehicle).await?;
+        let demand = self.demand_at(self.demand_cell(trip.pickup), trip.vehicle);
         let supply = self.grid.supply_at(trip.pickup).of(trip.vehicle).available;
         let surge = self.surge.multiplier_milli(demand, i64::from(supply));
         Ok(self.pricing.price(trip, surge))
@@ -385,6 +391,40 @@ impl Orders {
 }
 
 impl Orders {
+    /// Customers searching for `vehicle` from coarse cell `cell`, as last read or added.
+    fn demand_at(&self, cell: i64, vehicle: VehicleType) -> i64 {
+        self.demand.read().get(&(cell, vehicle)).map_or(0, |customers| customers.len() as i64)
+    }
+
+    /// Reads surge's demand from the database: every customer searching, by cell and
+    /// vehicle. Orders that stopped searching leave it here (within a refresh period of it
+    /// happening, on any node); a node's own new orders are in it at once.
+    pub async fn refresh_demand(&self) -> Result<()> {
+        let rows = self.store.searching_demand().await?;
+        let mut demand: HashMap<(i64, VehicleType), HashSet<crate::ids::UserId>> = HashMap::new();
+        for row in rows {
+            demand.entry((row.cell, row.vehicle)).or_default().insert(row.customer);
+        }
+        *self.demand.write() = demand;
+        Ok(())
+    }
+
+    /// [`Orders::refresh_demand`] every `pricing.surge.demand_refresh_ms` until `stop`.
+    pub async fn run_demand(self: std::sync::Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(self.surge.demand_refresh_ms));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {
+                    if let Err(err) = self.refresh_demand().await {
+                        tracing::warn!(error = %err, "could not read surge demand; pricing with the last one read");
+                    }
+                }
+            }
+        }
+    }
+
     /// Forgets idempotency keys older than `orders.idempotency_key_ttl_secs`, every hour
     /// until `stop` (and once at the start).
     pub async fn run_key_purge(self: std::sync::Arc<Self>, stop: tokio_util::sync::CancellationToken) {

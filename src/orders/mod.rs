@@ -27,6 +27,7 @@ pub mod tracking;
 mod trip;
 pub mod view;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -36,8 +37,8 @@ use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::clock::{Clock, seconds};
-use crate::domain::Role;
 use crate::domain::orders::{ActorRole, NewEvent, Order, OrderEvent, OrderStatus};
+use crate::domain::{Role, VehicleType};
 use crate::error::{Error, Result};
 use crate::grid::PilotIndex;
 use crate::ids::{OrderId, UserId};
@@ -119,6 +120,11 @@ pub struct Orders {
     /// `pilots.cash_debt_limit_paise`: a pilot past it after a cash delivery goes off duty.
     cash_debt_limit_paise: i64,
     listeners: RwLock<Vec<Arc<dyn OrderListener>>>,
+    /// The customers searching, per coarse pickup cell and vehicle type: surge's demand,
+    /// read from the database every `pricing.surge.demand_refresh_ms` (by every node, so
+    /// each sees the others' orders) and added to at once by this node's own orders. A quote
+    /// reads no database for it.
+    demand: RwLock<HashMap<(i64, VehicleType), HashSet<UserId>>>,
 }
 
 impl Orders {
@@ -149,6 +155,7 @@ impl Orders {
             notify,
             cash_debt_limit_paise,
             listeners: RwLock::default(),
+            demand: RwLock::default(),
         }
     }
 

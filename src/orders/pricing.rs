@@ -78,6 +78,8 @@ pub struct SurgeConfig {
     pub slope: f64,
     /// The multiplier never exceeds this.
     pub cap: f64,
+    /// How often the customers searching are read from the database (the demand side).
+    pub demand_refresh_ms: u64,
 }
 
 impl SurgeConfig {
@@ -272,7 +274,7 @@ mod tests {
 
     #[test]
     fn surge_rises_with_demand_and_stops_at_the_cap() {
-        let surge = SurgeConfig { enabled: true, threshold: 1.0, slope: 0.5, cap: 2.0 };
+        let surge = SurgeConfig { enabled: true, threshold: 1.0, slope: 0.5, cap: 2.0, demand_refresh_ms: 1000 };
         assert_eq!(surge.multiplier_milli(0, 0), 1000, "no demand, no surge");
         assert_eq!(surge.multiplier_milli(5, 10), 1000, "more pilots than orders");
         assert_eq!(surge.multiplier_milli(10, 10), 1000, "at the threshold");

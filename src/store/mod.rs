@@ -40,7 +40,7 @@ pub use accounts::{
 pub use jobs::{Job, JobCount, JobOutcome, JobStats, JobStore, NewJob};
 pub use money::MoneyStore;
 pub use offers::{OfferStore, TracePoint};
-pub use orders::{OrderFilter, OrderStore};
+pub use orders::{DemandRow, OrderFilter, OrderStore};
 pub use tx::{IdempotentReplay, NewPilotEntry, OffersOf, StoreTx, WalletCredit};
 
 /// One page of a newest-first listing: at most `limit` items older than `before`.

@@ -88,12 +88,21 @@ pub trait OrderStore: Send + Sync {
     /// Forgets idempotency keys first used before `before`; returns how many.
     async fn purge_idempotency_keys(&self, before: DateTime<Utc>) -> Result<u64>;
 
-    /// Orders searching for a pilot (paid and due: neither unpaid nor scheduled for later) for
-    /// `vehicle` whose pickup is in coarse cell `cell`: the demand side of surge.
-    async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64>;
+    /// Every customer with an order searching for a pilot (paid and due: neither unpaid nor
+    /// scheduled for later), once per coarse pickup cell and vehicle type: the demand side of
+    /// surge, which the server keeps in memory ([`crate::orders::Orders::refresh_demand`]).
+    async fn searching_demand(&self) -> Result<Vec<DemandRow>>;
 
     /// Cancellation fees `customer` owes that no open order carries yet.
     async fn fees_owed(&self, customer: UserId) -> Result<i64>;
+}
+
+/// A customer searching for `vehicle` from coarse cell `cell` ([`OrderStore::searching_demand`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DemandRow {
+    pub cell: i64,
+    pub vehicle: VehicleType,
+    pub customer: UserId,
 }
 
 /// Row shape shared by both backends' order queries.

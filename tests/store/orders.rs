@@ -20,7 +20,7 @@ conformance!(
     a_quote_buys_one_order,
     order_events_page_after_a_seq,
     orders_list_newest_first_by_filter,
-    open_demand_counts_searching_orders_of_one_cell_and_vehicle,
+    searching_demand_lists_each_customer_searching_once_per_cell_and_vehicle,
     stale_order_updates_are_refused,
     racing_order_updates_have_one_winner,
     idempotency_keys_replay_the_stored_response,
@@ -258,7 +258,7 @@ async fn orders_list_newest_first_by_filter(subject: Subject) {
     assert!(list(OrderFilter { status: Some(OrderStatus::Delivered), ..all }, None, 10).await.is_empty());
 }
 
-async fn open_demand_counts_searching_orders_of_one_cell_and_vehicle(subject: Subject) {
+async fn searching_demand_lists_each_customer_searching_once_per_cell_and_vehicle(subject: Subject) {
     let customer = user(&subject, Role::Customer).await;
     let other = user(&subject, Role::Customer).await;
     let pilot = user(&subject, Role::Pilot).await;
@@ -281,7 +281,12 @@ async fn open_demand_counts_searching_orders_of_one_cell_and_vehicle(subject: Su
         create(&subject, &mut order, cell).await;
         counted.push(order);
     }
-    let demand = async |cell, vehicle| subject.store.open_demand(cell, vehicle).await.unwrap();
+    let demand = async |cell, vehicle| {
+        let rows = subject.store.searching_demand().await.unwrap();
+        let unique: std::collections::HashSet<_> = rows.iter().collect();
+        assert_eq!(unique.len(), rows.len(), "each customer once per cell and vehicle");
+        rows.iter().filter(|row| row.cell == cell && row.vehicle == vehicle).count() as i64
+    };
     assert_eq!(demand(CELL, VehicleType::Bike).await, 2, "customers searching for bikes in the cell, nothing else");
     assert_eq!(demand(CELL, VehicleType::Auto).await, 1);
     assert_eq!(demand(OTHER_CELL, VehicleType::Bike).await, 1);

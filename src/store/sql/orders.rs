@@ -3,12 +3,13 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::VehicleType;
+use uuid::Uuid;
+
 use crate::domain::orders::{Order, OrderEvent};
 use crate::error::Result;
 use crate::ids::{OrderId, UserId};
-use crate::store::orders::{EventRow, IdempotentRow, OrderRow, SELECT_IDEMPOTENT_RESPONSE, select_order};
-use crate::store::{IdempotentReplay, OrderFilter, OrderStore, PageRequest};
+use crate::store::orders::{EventRow, IdempotentRow, OrderRow, SELECT_IDEMPOTENT_RESPONSE, parse_stored, select_order};
+use crate::store::{DemandRow, IdempotentReplay, OrderFilter, OrderStore, PageRequest};
 
 /// Most ids one `IN (…)` list binds (SQLite allows 32,766 parameters; Postgres 65,535).
 const ID_CHUNK: usize = 500;
@@ -239,15 +240,16 @@ impl OrderStore for StoreImpl {
         Ok(owed)
     }
 
-    async fn open_demand(&self, cell: i64, vehicle: VehicleType) -> Result<i64> {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(DISTINCT customer_id) FROM orders WHERE pickup_cell = $1 AND vehicle_type = $2 \
-             AND status = 'searching_driver'",
+    async fn searching_demand(&self) -> Result<Vec<DemandRow>> {
+        let rows: Vec<(i64, String, Uuid)> = sqlx::query_as(
+            "SELECT DISTINCT pickup_cell, vehicle_type, customer_id FROM orders WHERE status = 'searching_driver'",
         )
-        .bind(cell)
-        .bind(vehicle.as_str())
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(count)
+        rows.into_iter()
+            .map(|(cell, vehicle, customer)| {
+                Ok(DemandRow { cell, vehicle: parse_stored(&vehicle, "vehicle type")?, customer: UserId(customer) })
+            })
+            .collect()
     }
 }
