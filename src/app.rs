@@ -372,6 +372,24 @@ pub async fn run(
     App::build(config, Clock::system()).await?.serve(listener, shutdown).await
 }
 
+/// Runs `work` every `period` until `stop`, each run awaited before the next tick; a tick
+/// missed while it ran is not made up (the next one comes `period` after it).
+pub(crate) async fn every_awaited<F: std::future::Future<Output = ()>>(
+    period: Duration,
+    stop: &CancellationToken,
+    mut work: impl FnMut() -> F,
+) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => work().await,
+        }
+    }
+}
+
 /// Runs `work` every `period` until `stop`.
 pub(crate) async fn every(period: Duration, stop: CancellationToken, work: impl Fn() + Send + 'static) {
     let mut ticks = tokio::time::interval(period);

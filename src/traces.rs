@@ -108,7 +108,6 @@ impl Exporters {
         let mut started = Self::default();
         if !config.otlp_endpoint.is_empty() {
             started.traces = Some(tracer_provider(config)?);
-            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
             let _ = TRACING_ON.set(());
         }
         let dsn = config.sentry.dsn.expose_secret();

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::field::{connect, create_order, north, offered, pilot_on_duty};
-use common::node::{Logs, Node};
+use common::node::{Logs, Node, alone_in};
 use common::redis_server::OwnRedis;
 use common::sio::SioClient;
 use common::{Database, Options, PICKUP, RedisOption, Session, TestApp, eventually, fresh_postgres_database};
@@ -16,14 +16,6 @@ use dispatchd::domain::PilotStatus;
 use serde_json::{Value, json};
 
 const SOON: Duration = Duration::from_secs(3);
-
-/// A node's environment on a SQLite file of its own, no Redis.
-fn alone_in(dir: &tempfile::TempDir) -> Vec<(&'static str, String)> {
-    vec![
-        ("DISPATCHD__SERVER__ADDR", "127.0.0.1:0".to_owned()),
-        ("DISPATCHD__DATABASE__SQLITE_PATH", dir.path().join("dispatchd.db").display().to_string()),
-    ]
-}
 
 /// `dispatchd 2>&1 | tee log`, and tee dies: logging must fail quietly, serving and
 /// shutting down go on.

@@ -85,10 +85,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A node on a SQLite file of its own, with `more` settings.
 async fn node(dir: &tempfile::TempDir, more: &[(&'static str, String)]) -> Node {
-    let mut env = vec![
-        ("DISPATCHD__SERVER__ADDR", "127.0.0.1:0".to_owned()),
-        ("DISPATCHD__DATABASE__SQLITE_PATH", dir.path().join("dispatchd.db").display().to_string()),
-    ];
+    let mut env = common::node::alone_in(dir);
     env.extend(more.iter().cloned());
     Node::start(&env, Logs::Drained).await
 }

@@ -94,40 +94,43 @@ pub fn router(state: AppState) -> Router {
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
             .layer(
                 TraceLayer::new_for_http()
-                    .make_span_with(|req: &Request| {
-                        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-                        let request_id = header(REQUEST_ID.as_str()).unwrap_or("-");
-                        // The fields left empty are filled in for traces only ([`crate::traces`]);
-                        // `otel.kind`, which the logs would show, is given only while they are on.
-                        macro_rules! request_span {
-                            ($($kind:tt)*) => {
-                                tracing::info_span!(
-                                    "request",
-                                    method = %req.method(),
-                                    path = %req.uri().path(),
-                                    request_id,
-                                    $($kind)*
-                                    http.route = Empty,
-                                    http.response.status_code = Empty,
-                                    user.id = Empty,
-                                    pilot_id = Empty,
-                                    order_id = Empty,
-                                )
-                            };
-                        }
-                        if crate::traces::tracing_on() {
-                            let span = request_span!(otel.kind = "server",);
-                            crate::traces::continue_trace(&span, header("traceparent"));
-                            span
-                        } else {
-                            request_span!()
-                        }
-                    })
+                    .make_span_with(request_span)
                     .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros)),
             )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
     )
     .with_state(state)
+}
+
+/// The span of an HTTP request, which its log lines carry (method, path, request id). The
+/// fields left empty are filled in for traces only ([`crate::traces`]); `otel.kind`, which the
+/// logs would show, is given only while they are on.
+pub fn request_span(req: &Request) -> tracing::Span {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let request_id = header(REQUEST_ID.as_str()).unwrap_or("-");
+    macro_rules! request_span {
+        ($($kind:tt)*) => {
+            tracing::info_span!(
+                "request",
+                method = %req.method(),
+                path = %req.uri().path(),
+                request_id,
+                $($kind)*
+                http.route = Empty,
+                http.response.status_code = Empty,
+                user.id = Empty,
+                pilot_id = Empty,
+                order_id = Empty,
+            )
+        };
+    }
+    if crate::traces::tracing_on() {
+        let span = request_span!(otel.kind = "server",);
+        crate::traces::continue_trace(&span, header("traceparent"));
+        span
+    } else {
+        request_span!()
+    }
 }
 
 /// The layers every answer of the server passes through, REST and Socket.io alike: CORS for

@@ -164,7 +164,8 @@ impl Orders {
                 message: format!("at most {most} open orders at a time; wait for one to finish or cancel one"),
             });
         }
-        tx.insert_order(&order, self.demand_cell(pickup), coupon.as_ref()).await?;
+        let cell = self.demand_cell(pickup);
+        tx.insert_order(&order, cell, coupon.as_ref()).await?;
         // The fees owed it was priced with, now carried by this order (the customer's row is
         // locked: no other order of its takes them meanwhile).
         if tx.charge_dues(caller.user_id, order.id).await? != order.fare.fees_owed_paise {
@@ -187,8 +188,7 @@ impl Orders {
         }
         tx.commit().await?;
         if order.status == OrderStatus::SearchingDriver {
-            let key = (self.demand_cell(pickup), order.vehicle_type);
-            self.demand.write().entry(key).or_default().insert(caller.user_id);
+            self.demand.write().entry((cell, order.vehicle_type)).or_default().insert(caller.user_id);
         }
         metrics::counter!("orders_created_total", "payment_method" => order.payment_method.as_str()).increment(1);
         self.publish(&order, &events);
@@ -411,18 +411,13 @@ impl Orders {
 
     /// [`Orders::refresh_demand`] every `pricing.surge.demand_refresh_ms` until `stop`.
     pub async fn run_demand(self: std::sync::Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(self.surge.demand_refresh_ms));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = ticks.tick() => {
-                    if let Err(err) = self.refresh_demand().await {
-                        tracing::warn!(error = %err, "could not read surge demand; pricing with the last one read");
-                    }
-                }
+        let period = std::time::Duration::from_millis(self.surge.demand_refresh_ms);
+        crate::app::every_awaited(period, &stop, || async {
+            if let Err(err) = self.refresh_demand().await {
+                tracing::warn!(error = %err, "could not read surge demand; pricing with the last one read");
             }
-        }
+        })
+        .await;
     }
 
     /// Forgets idempotency keys older than `orders.idempotency_key_ttl_secs`, every hour

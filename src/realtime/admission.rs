@@ -48,7 +48,7 @@ pub(super) fn spend(
 
 /// The span of an event a client sent, for traces only (`[telemetry]`; disabled, and free,
 /// while they are off). Handlers record the `order_id` or `offer_id` it concerns.
-fn event_span(namespace: &'static str, event: &'static str, caller: &Caller) -> Span {
+pub fn event_span(namespace: &'static str, event: &'static str, caller: &Caller) -> Span {
     let span = tracing::info_span!(
         target: crate::traces::TRACE_TARGET,
         "socket event",

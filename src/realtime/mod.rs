@@ -28,6 +28,7 @@
 
 pub mod ack;
 mod admission;
+pub use admission::event_span;
 mod auth;
 mod board;
 pub mod budget;
@@ -202,29 +203,17 @@ impl Realtime {
     }
 
     async fn viewports(&self, stop: &CancellationToken) {
-        let mut ticks = tokio::time::interval(self.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => return,
-                _ = ticks.tick() => dispatch::tick(&self.io, &self.grid, &self.viewports, self.limit),
-            }
-        }
+        crate::app::every_awaited(self.interval, stop, || async {
+            dispatch::tick(&self.io, &self.grid, &self.viewports, self.limit);
+        })
+        .await;
     }
 
     /// The order boards' deltas, on their own clock: their database read never holds up the
     /// viewports' frames.
     async fn boards(&self, stop: &CancellationToken) {
-        let mut ticks = tokio::time::interval(self.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => return,
-                _ = ticks.tick() => self.gateway.board.tick(&self.io, self.gateway.app.store.as_ref()).await,
-            }
-        }
+        let store = self.gateway.app.store.as_ref();
+        crate::app::every_awaited(self.interval, stop, || self.gateway.board.tick(&self.io, store)).await;
     }
 
     async fn sessions(&self, stop: &CancellationToken) {

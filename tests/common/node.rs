@@ -154,6 +154,14 @@ impl Node {
     }
 }
 
+/// A node's environment on a SQLite file of its own in `dir`, no Redis.
+pub fn alone_in(dir: &tempfile::TempDir) -> Vec<(&'static str, String)> {
+    vec![
+        ("DISPATCHD__SERVER__ADDR", "127.0.0.1:0".to_owned()),
+        ("DISPATCHD__DATABASE__SQLITE_PATH", dir.path().join("dispatchd.db").display().to_string()),
+    ]
+}
+
 /// The binary with `env` (`DISPATCHD__…` pairs) on top of the test JWT secret, and none of
 /// the environment's own `DISPATCHD…` variables.
 fn dispatchd_command(env: &[(String, String)]) -> Command {
