@@ -160,6 +160,7 @@ impl App {
         ));
         // Surge prices with the demand of the orders already searching from the first quote.
         orders.refresh_demand().await.context("reading the orders searching")?;
+        orders.refresh_dues().await.context("reading the fees customers owe")?;
         let tracking = Arc::new(Tracking::default());
         let now_ms = clock.now().timestamp_millis();
         for order in store.active_orders().await? {

@@ -277,3 +277,36 @@ async fn an_offer_to_a_pilot_gone_from_the_other_node_moves_on_after_the_grace()
     offered(&mut far, &order).await;
     assert_eq!(status_on(&a, &pilot), Some(PilotStatus::Available));
 }
+
+/// The fees a customer owes on `node`'s quotes.
+async fn quoted_dues(node: &TestApp, customer: &Session) -> i64 {
+    let (pickup, drop) = (PICKUP, common::DROP);
+    let trip = json!({ "pickup": { "lat": pickup.0, "lng": pickup.1 }, "drop": { "lat": drop.0, "lng": drop.1 }, "vehicle_type": "bike" });
+    let quote = node.post("/api/v1/quotes", trip, Some(&customer.access)).await;
+    assert_eq!(quote.status, StatusCode::OK, "{:?}", quote.body);
+    quote.data()["fare"]["fees_owed_paise"].as_i64().unwrap()
+}
+
+/// Issue 25: a quote takes the fees a customer owes from memory, read in full only now and
+/// then (an hour apart here). A cancellation that leaves a fee owed on one node reaches the
+/// other node's quotes through the feed, and so does an order there that carries the fee.
+#[tokio::test]
+async fn a_fee_owed_after_a_cancellation_on_one_node_is_quoted_on_the_other_at_once() {
+    let shared = cluster().await.set("pricing.surge.demand_refresh_ms", 3_600_000);
+    let a = TestApp::spawn_with(shared.clone()).await;
+    let b = TestApp::spawn_with(shared).await;
+    let Offered { customer, mut socket, order, offer, .. } = offered_across(&a, &b).await;
+    accept(&mut socket, &offer).await;
+    assert_eq!(quoted_dues(&b, &customer).await, 0);
+
+    let cancelled = a.post(&format!("/api/v1/orders/{order}/cancel"), json!({}), Some(&customer.access)).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+    assert_eq!(quoted_dues(&a, &customer).await, 2000, "at once where it was cancelled");
+    eventually(SOON, "the other node quotes the fee", async || quoted_dues(&b, &customer).await == 2000).await;
+
+    // Carried by an order placed on B: A no longer quotes it.
+    let next = b.post("/api/v1/orders", common::order_body("cash"), Some(&customer.access)).await;
+    assert_eq!(next.data()["fare"]["fees_owed_paise"], 2000, "{:?}", next.body);
+    assert_eq!(quoted_dues(&b, &customer).await, 0);
+    eventually(SOON, "the first node stops quoting it", async || quoted_dues(&a, &customer).await == 0).await;
+}

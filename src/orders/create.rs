@@ -68,6 +68,15 @@ impl CreateOrder {
     }
 }
 
+/// An order priced and checked, not yet written ([`Orders::create`]).
+struct Draft {
+    order: Order,
+    events: Vec<crate::domain::orders::OrderEvent>,
+    coupon: Option<Coupon>,
+    /// Whether the wallet holds its fare (paid when its search starts).
+    hold: bool,
+}
+
 /// What creating an order did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Creation {
@@ -86,7 +95,7 @@ impl Orders {
         let trip = Trip { pickup: request.pickup, drop: request.drop, vehicle: request.vehicle };
         self.check_places(&trip)?;
         let mut fare = self.price(&trip).await?;
-        fare.fees_owed_paise = self.store.fees_owed(caller.user_id).await?;
+        fare.fees_owed_paise = self.fees_owed(caller.user_id).await?;
         let now = self.now();
         let claims = QuoteClaims {
             id: uuid::Uuid::now_v7(),
@@ -119,36 +128,22 @@ impl Orders {
     ) -> Result<Creation> {
         caller.require(&[Role::Customer])?;
         let now = self.now();
-        // A retry of a request that already succeeded gets its answer even if the request
-        // would no longer pass (its quote expired, its coupon ran out): the order exists.
-        if let Some(key) = idempotency_key
-            && let Some(replay) = self.replay(caller, key, &request).await?
-        {
-            return Ok(replay);
-        }
-        let (pickup, drop) = (request.pickup.point(), request.drop.point());
-        self.check_trip(&request, pickup, drop, now)?;
-        let trip = Trip { pickup, drop, vehicle: request.vehicle_type };
-        let (fare, quote_id) = match &request.quote_id {
-            Some(token) => self.quoted_fare(caller, token, &trip, now).map(|(fare, id)| (fare, Some(id)))?,
-            None => {
-                let mut fare = self.price(&trip).await?;
-                fare.fees_owed_paise = self.store.fees_owed(caller.user_id).await?;
-                (fare, None)
+        let draft = match self.draft(caller, &request, now).await {
+            Ok(draft) => draft,
+            // A retry of a request that already succeeded gets its answer even if the request
+            // would no longer pass (its quote expired, its coupon ran out): the order exists.
+            // A request that passes finds its key in the transaction below, without this read.
+            Err(err) => {
+                if let Some(key) = idempotency_key
+                    && let Some(replay) = self.replay(caller, key, &request).await?
+                {
+                    return Ok(replay);
+                }
+                return Err(err);
             }
         };
-        let coupon = self.coupon(request.coupon_code.as_deref()).await?;
-        let fare = self.discounted(fare, coupon.as_ref(), now)?;
-        let (mut order, events) = self.new_order(caller, &request, fare, coupon.as_ref(), now)?;
-        order.quote_id = quote_id;
-        // A wallet order scheduled for later holds its fare; the hold is captured when its
-        // search starts, released if it is cancelled first.
-        let hold = order.payment_method == PaymentMethod::Wallet
-            && order.status == OrderStatus::Pending
-            && order.fare.total_paise > 0;
-        if hold {
-            order.payment_status = PaymentStatus::Unpaid;
-        }
+        let Draft { order, events, coupon, hold } = draft;
+        let pickup = request.pickup.point();
 
         let mut tx = self.store.begin().await?;
         if let Some(key) = idempotency_key
@@ -193,6 +188,34 @@ impl Orders {
         metrics::counter!("orders_created_total", "payment_method" => order.payment_method.as_str()).increment(1);
         self.publish(&order, &events);
         Ok(Creation::Created(Box::new(order)))
+    }
+
+    /// The order this request makes, priced and checked, before anything is written.
+    async fn draft(&self, caller: &Caller, request: &CreateOrder, now: DateTime<Utc>) -> Result<Draft> {
+        let (pickup, drop) = (request.pickup.point(), request.drop.point());
+        self.check_trip(request, pickup, drop, now)?;
+        let trip = Trip { pickup, drop, vehicle: request.vehicle_type };
+        let (fare, quote_id) = match &request.quote_id {
+            Some(token) => self.quoted_fare(caller, token, &trip, now).map(|(fare, id)| (fare, Some(id)))?,
+            None => {
+                let mut fare = self.price(&trip).await?;
+                fare.fees_owed_paise = self.fees_owed(caller.user_id).await?;
+                (fare, None)
+            }
+        };
+        let coupon = self.coupon(request.coupon_code.as_deref()).await?;
+        let fare = self.discounted(fare, coupon.as_ref(), now)?;
+        let (mut order, events) = self.new_order(caller, request, fare, coupon.as_ref(), now)?;
+        order.quote_id = quote_id;
+        // A wallet order scheduled for later holds its fare; the hold is captured when its
+        // search starts, released if it is cancelled first.
+        let hold = order.payment_method == PaymentMethod::Wallet
+            && order.status == OrderStatus::Pending
+            && order.fare.total_paise > 0;
+        if hold {
+            order.payment_status = PaymentStatus::Unpaid;
+        }
+        Ok(Draft { order, events, coupon, hold })
     }
 
     /// Checks places, times and notes before anything is priced.
@@ -396,6 +419,23 @@ impl Orders {
         self.demand.read().get(&(cell, vehicle)).map_or(0, |customers| customers.len() as i64)
     }
 
+    /// The cancellation fees `customer` owes: from memory, or from the database when a change
+    /// may have moved them since the last read.
+    async fn fees_owed(&self, customer: crate::ids::UserId) -> Result<i64> {
+        match self.dues.get(customer) {
+            Some(owed) => Ok(owed),
+            None => self.store.fees_owed(customer).await,
+        }
+    }
+
+    /// Reads every customer's dues from the database (see [`super::dues`]).
+    pub async fn refresh_dues(&self) -> Result<()> {
+        let generation = self.dues.begin_read();
+        let owed = self.store.all_fees_owed().await?;
+        self.dues.replace(generation, owed);
+        Ok(())
+    }
+
     /// Reads surge's demand from the database: every customer searching, by cell and
     /// vehicle. Orders that stopped searching leave it here (within a refresh period of it
     /// happening, on any node); a node's own new orders are in it at once.
@@ -409,12 +449,16 @@ impl Orders {
         Ok(())
     }
 
-    /// [`Orders::refresh_demand`] every `pricing.surge.demand_refresh_ms` until `stop`.
+    /// [`Orders::refresh_demand`] and [`Orders::refresh_dues`] every
+    /// `pricing.surge.demand_refresh_ms` until `stop`.
     pub async fn run_demand(self: std::sync::Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let period = std::time::Duration::from_millis(self.surge.demand_refresh_ms);
         crate::app::every_awaited(period, &stop, || async {
             if let Err(err) = self.refresh_demand().await {
                 tracing::warn!(error = %err, "could not read surge demand; pricing with the last one read");
+            }
+            if let Err(err) = self.refresh_dues().await {
+                tracing::warn!(error = %err, "could not read the fees customers owe; quoting with the last ones read");
             }
         })
         .await;

@@ -15,6 +15,7 @@
 
 mod assign;
 mod create;
+mod dues;
 mod lifecycle;
 mod offers;
 pub mod pricing;
@@ -125,6 +126,9 @@ pub struct Orders {
     /// each sees the others' orders) and added to at once by this node's own orders. A quote
     /// reads no database for it.
     demand: RwLock<HashMap<(i64, VehicleType), HashSet<UserId>>>,
+    /// The fees each customer owes, read with the demand and kept current by every change
+    /// committed here or heard from another node (see [`dues`]).
+    dues: dues::Dues,
 }
 
 impl Orders {
@@ -156,6 +160,7 @@ impl Orders {
             cash_debt_limit_paise,
             listeners: RwLock::default(),
             demand: RwLock::default(),
+            dues: dues::Dues::default(),
         }
     }
 
@@ -176,6 +181,7 @@ impl Orders {
 
     /// Logs a committed change, one line per event, and tells the listeners.
     pub(crate) fn publish(&self, order: &Order, events: &[OrderEvent]) {
+        self.dues.note(order, events);
         for event in events {
             tracing::info!(order_id = %event.order_id, seq = event.seq, event = %event.kind, "order event");
         }
@@ -192,6 +198,7 @@ impl Orders {
     /// another order stays busy: the news is older than that order's (news from two nodes
     /// can arrive in the other order than their commits).
     pub fn committed_elsewhere(&self, order: &Order, events: &[OrderEvent], tracking: &Tracking) {
+        self.dues.note(order, events);
         let release = |pilot: UserId| {
             if tracking.trip_of(pilot).is_none_or(|trip| trip.order == order.id) {
                 self.release(pilot);

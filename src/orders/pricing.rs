@@ -78,7 +78,8 @@ pub struct SurgeConfig {
     pub slope: f64,
     /// The multiplier never exceeds this.
     pub cap: f64,
-    /// How often the customers searching are read from the database (the demand side).
+    /// How often the customers searching are read from the database (the demand side), and
+    /// with them the fees customers owe.
     pub demand_refresh_ms: u64,
 }
 

@@ -95,6 +95,10 @@ pub trait OrderStore: Send + Sync {
 
     /// Cancellation fees `customer` owes that no open order carries yet.
     async fn fees_owed(&self, customer: UserId) -> Result<i64>;
+
+    /// [`OrderStore::fees_owed`] of every customer who owes any: what the server keeps in
+    /// memory so that a quote reads nothing ([`crate::orders::Orders::refresh_dues`]).
+    async fn all_fees_owed(&self) -> Result<Vec<(UserId, i64)>>;
 }
 
 /// A customer searching for `vehicle` from coarse cell `cell` ([`OrderStore::searching_demand`]).

@@ -240,6 +240,17 @@ impl OrderStore for StoreImpl {
         Ok(owed)
     }
 
+    async fn all_fees_owed(&self) -> Result<Vec<(UserId, i64)>> {
+        // Uncharged dues are unsettled too: the partial index of open dues finds them.
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT customer_id, CAST(SUM(amount_paise) AS BIGINT) FROM customer_dues \
+             WHERE settled_at IS NULL AND charged_order_id IS NULL GROUP BY customer_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(customer, owed)| (UserId(customer), owed)).collect())
+    }
+
     async fn searching_demand(&self) -> Result<Vec<DemandRow>> {
         let rows: Vec<(i64, String, Uuid)> = sqlx::query_as(
             "SELECT DISTINCT pickup_cell, vehicle_type, customer_id FROM orders WHERE status = 'searching_driver'",
