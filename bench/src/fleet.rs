@@ -1,8 +1,8 @@
 //! Simulated pilots on real sockets: each drives a [`Walker`] and reports every few seconds,
 //! goes on duty, answers offers after a human delay (accepting most), and, in `Drive` mode,
 //! drives the trip: to the pickup, `order:arrived`, `order:picked_up`, to the drop,
-//! `order:delivered`, then free again; off duty when the run ends. Shared by `dispatch` and
-//! `simulate`.
+//! `order:delivered`, then free again (in `Sprint` mode the same steps with no driving between
+//! them); off duty when the run ends. Shared by `dispatch` and `simulate`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +29,11 @@ pub enum Trip {
     Drive(DeliveryCodes),
     /// Waits until the order is taken back or cancelled (by someone else) and carries on.
     Release,
+    /// Takes every step of the trip at once: a fix at the pickup, `order:arrived`,
+    /// `order:picked_up`, a fix at the drop, `order:delivered` (with the code when it is
+    /// known). A city in fast motion: a server under REST load serves each order it creates
+    /// within seconds, as many pilots driving real trips would (its GPS speed check off).
+    Sprint(DeliveryCodes),
 }
 
 /// How a simulated pilot behaves.
@@ -43,7 +48,8 @@ pub struct Behaviour {
 }
 
 /// Counter names the fleet adds to.
-pub const FLEET_COUNTERS: [&str; 6] = ["offers", "accepted", "rejected", "lost_races", "trips_done", "report_errors"];
+pub const FLEET_COUNTERS: [&str; 7] =
+    ["offers", "accepted", "rejected", "lost_races", "trips_done", "trips_failed", "report_errors"];
 
 /// Where every pilot is (for placing orders near pilots), by pilot index.
 pub type Positions = Arc<Mutex<Vec<(f64, f64)>>>;
@@ -171,6 +177,37 @@ impl Pilot {
         }
     }
 
+    /// The whole trip of the order just accepted, one step after another.
+    async fn sprint(&mut self, pickup: (f64, f64), codes: &DeliveryCodes, counters: &Counters) {
+        let Some(order) = self.order.take() else { return };
+        let on_order = json!({ "order_id": order.id });
+        let mut done = self.fix(pickup).await
+            && self.step("order:arrived", &on_order).await
+            && self.step("order:picked_up", &on_order).await
+            && self.fix(order.drop).await;
+        if done {
+            let mut delivered = on_order;
+            if let Some(code) = codes.lock().unwrap().remove(&order.id) {
+                delivered["otp"] = json!(code);
+            }
+            done = self.step("order:delivered", &delivered).await;
+        }
+        counters.add(if done { "trips_done" } else { "trips_failed" }, 1);
+    }
+
+    /// Sends a trip step; whether the server took it.
+    async fn step(&self, event: &str, body: &Value) -> bool {
+        matches!(self.socket.ask(event, body).await, Ok(ack) if ack["ok"] == true)
+    }
+
+    /// Reports one fix at `at`, and is there.
+    async fn fix(&mut self, at: (f64, f64)) -> bool {
+        self.walker.jump_to(at);
+        self.positions.lock().unwrap()[self.index] = at;
+        let fix = json!({ "points": [{ "lat": at.0, "lng": at.1, "ts": wall_ms(), "accuracy": 5 }] });
+        self.socket.ask("location", &fix).await.is_ok()
+    }
+
     async fn heard(&mut self, event: &str, payload: &Value, counters: &Counters, observer: &Observer) {
         match event {
             "offer" if self.order.is_none() => self.answer(payload, counters, observer).await,
@@ -209,8 +246,13 @@ impl Pilot {
                     drop: point(&order["drop"]),
                     picked_up: false,
                 });
-                if matches!(self.behaviour.trip, Trip::Drive(_)) {
-                    self.walker.head_for(pickup);
+                match &self.behaviour.trip {
+                    Trip::Drive(_) => self.walker.head_for(pickup),
+                    Trip::Sprint(codes) => {
+                        let codes = codes.clone();
+                        self.sprint(pickup, &codes, counters).await;
+                    }
+                    Trip::Release => {}
                 }
             }
             _ => counters.add("lost_races", 1),

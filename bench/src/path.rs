@@ -42,6 +42,12 @@ impl Walker {
         self.waypoint = to;
     }
 
+    /// Is at `at` now, and wanders on from there.
+    pub fn jump_to(&mut self, at: (f64, f64)) {
+        self.at = at;
+        self.waypoint = self.next_waypoint();
+    }
+
     pub fn arrived(&self) -> bool {
         distance_m(self.at, self.waypoint) < 1.0
     }

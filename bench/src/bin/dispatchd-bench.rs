@@ -197,10 +197,15 @@ enum Scenario {
         common: Common,
         #[arg(long, value_parser = at_least_one, default_value_t = 2000)]
         pilots: usize,
-        #[arg(long, value_parser = positive, default_value_t = 60.0)]
+        /// 0: none (the pilots serve the orders another generator places).
+        #[arg(long, value_parser = not_negative, default_value_t = 60.0)]
         orders_per_min: f64,
         #[arg(long, value_parser = positive, default_value_t = 15.0)]
         side_km: f64,
+        /// Trips in fast motion: each accepted order is driven through every step at once,
+        /// so pilots keep up with REST load (start the server with its GPS speed check off).
+        #[arg(long)]
+        sprint: bool,
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Seconds between a pilot's reports (a phone's usual 5; 1 to load a dispatcher's map).
@@ -385,9 +390,10 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             anyhow::ensure!(report.created > 0, "no order was created");
             (common.json, report.json())
         }
-        Scenario::Simulate { common, pilots, orders_per_min, side_km, seed, report_secs, fake_fcm_port } => {
+        Scenario::Simulate { common, pilots, orders_per_min, side_km, sprint, seed, report_secs, fake_fcm_port } => {
             let args = simulate::SimulateArgs {
                 pilots,
+                sprint,
                 orders_per_min,
                 duration_s: common.duration,
                 side_km,
@@ -491,6 +497,13 @@ fn positive(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
         _ => Err(format!("{text}: give a number above 0")),
+    }
+}
+
+fn not_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
+        _ => Err(format!("{text}: give a number of 0 or more")),
     }
 }
 

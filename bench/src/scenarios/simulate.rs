@@ -3,7 +3,8 @@
 //! them around a few busy spots; pilots accept most offers after a few seconds and drive each
 //! trip to the end (pickup, picked up, drop, delivered). A line of live counts is printed
 //! every second; with a dispatcher's login, the counts of every order event too, and the
-//! dispatcher map shows it all.
+//! dispatcher map shows it all. With `--orders-per-min 0 --sprint`, the pilots serve the
+//! orders another generator places (`bench/k6/run.sh` with `PILOTS`), each trip in fast motion.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,8 @@ pub struct SimulateArgs {
     /// Between a pilot's reports.
     pub report_every: Duration,
     pub staff: (String, String),
+    /// Trips in fast motion ([`Trip::Sprint`]): every step at once, answers within 0.25–1 s.
+    pub sprint: bool,
     /// Run a fake FCM on this port, have the customers register push tokens, and count what
     /// the server pushes (start the server with its push pointed there: the scenario prints how).
     pub fake_fcm_port: Option<u16>,
@@ -58,11 +61,20 @@ pub async fn run(target: &Target, args: &SimulateArgs) -> anyhow::Result<Value> 
     let walkers = (0..tokens.len()).map(|n| Walker::new(args.seed.wrapping_add(n as u64), side_m, 8.0)).collect();
     let counters = Counters::new(&[&["orders", "refused"][..], &FLEET_COUNTERS[..]].concat());
     let codes = DeliveryCodes::default();
-    let behaviour = Behaviour {
-        report_every: args.report_every,
-        accept_share: 0.9,
-        think_ms: (1_000, 4_000),
-        trip: Trip::Drive(codes.clone()),
+    let behaviour = if args.sprint {
+        Behaviour {
+            report_every: args.report_every,
+            accept_share: 0.9,
+            think_ms: (250, 1_000),
+            trip: Trip::Sprint(codes.clone()),
+        }
+    } else {
+        Behaviour {
+            report_every: args.report_every,
+            accept_share: 0.9,
+            think_ms: (1_000, 4_000),
+            trip: Trip::Drive(codes.clone()),
+        }
     };
     let stop = CancellationToken::new();
     eprintln!("putting the pilots on duty…");
@@ -76,6 +88,7 @@ pub async fn run(target: &Target, args: &SimulateArgs) -> anyhow::Result<Value> 
         stop.clone(),
     )
     .await?;
+    eprintln!("{} pilots on duty", tokens.len());
     let started = Instant::now();
     let live = tokio::spawn(print_live(counters.clone(), events.clone(), started));
     place_orders(target, args, &customers, &counters, &codes).await;
@@ -119,6 +132,10 @@ async fn place_orders(
     counters: &Arc<Counters>,
     codes: &DeliveryCodes,
 ) {
+    if args.orders_per_min == 0.0 {
+        // Only the orders others place (a REST load generator's).
+        return tokio::time::sleep(Duration::from_secs(args.duration_s)).await;
+    }
     let side_m = args.side_km * 1000.0;
     let mut rng = StdRng::seed_from_u64(args.seed ^ 0x51e);
     let half = side_m / 2.0;
