@@ -45,9 +45,21 @@ use crate::store::{self, Store};
 /// database may take before the server exits anyway.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Everything handlers share. Clone it freely: every field is a handle.
+/// Everything handlers share, behind one `Arc`: every request clones it (once per extractor
+/// and middleware), so a clone is one reference count, not one per service.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct Services {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub redis: Option<RedisHandle>,
@@ -241,7 +253,7 @@ impl App {
                 cluster.subscribe_offers(push);
             }
         }
-        let state = AppState {
+        let state = AppState(Arc::new(Services {
             money,
             payouts,
             rate_limiter: RateLimiter::new(&config.rate_limit),
@@ -260,7 +272,7 @@ impl App {
             tracking,
             traces,
             cluster,
-        };
+        }));
         let (sockets, realtime) = Realtime::attach(&state).await?;
         Ok(Self { state, mirror, sockets, realtime: Some(realtime) })
     }
