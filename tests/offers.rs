@@ -80,3 +80,28 @@ async fn a_rejection_as_the_offer_expires_is_never_answered_with_the_same_offer_
         first_socket.events("offer:withdrawn", Duration::from_millis(100)).await;
     }
 }
+
+/// Issue 25 (found by the k6 benchmark with pilots): an assignment read the customer's contact
+/// through the pool while it held its transaction. A burst of assignments (or offer accepts)
+/// as large as the pool held every connection, each waiting for one more, until the acquire
+/// timeout failed them all and stalled everything else.
+#[tokio::test]
+async fn a_burst_of_assignments_larger_than_the_database_pool_goes_through() {
+    let database = common::Database::Postgres(common::fresh_postgres_database().await);
+    let options = Options { database, ..Options::default() }
+        .set("database.max_connections", 3)
+        .set("database.acquire_timeout_secs", 3)
+        .set("orders.max_open_per_customer", 100);
+    let app = TestApp::spawn_with(options).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let mut pairs = Vec::new();
+    for n in 0..16 {
+        let (pilot, socket) = pilot_on_duty(&app, north(PICKUP, 2.0 + f64::from(n) * 0.1)).await;
+        pairs.push((create_order(&app, &customer).await, pilot, socket));
+    }
+    let assigned =
+        futures::future::join_all(pairs.iter().map(|(order, pilot, _)| assign(&app, &dispatcher, order, pilot))).await;
+    let statuses: Vec<StatusCode> = assigned.iter().map(|reply| reply.status).collect();
+    assert!(statuses.iter().all(|status| *status == StatusCode::OK), "{statuses:?}");
+}

@@ -41,7 +41,7 @@ impl Orders {
         }
         // For the assignment's live event; read before the commit, so that the event goes
         // out in commit order.
-        let customer = self.contact(order.customer_id).await?;
+        let customer = tx.user_by_id(order.customer_id).await?;
         if vehicle != order.vehicle_type {
             return Err(vehicle_mismatch(order.vehicle_type, vehicle));
         }
@@ -141,7 +141,7 @@ impl Orders {
         let previous = order.pilot_id;
         let before = (order.status, order.last_event_seq);
         let customer = match to {
-            Some(_) => self.contact(order.customer_id).await?,
+            Some(_) => tx.user_by_id(order.customer_id).await?,
             None => None,
         };
         let mut events = Vec::new();

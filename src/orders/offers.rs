@@ -74,7 +74,7 @@ impl Orders {
         if tx.decide_offer(id, OfferStatus::Accepted, now, None).await?.is_none() {
             return Err(offer_expired());
         }
-        let customer = self.contact(order.customer_id).await?;
+        let customer = tx.user_by_id(order.customer_id).await?;
         let before = (order.status, order.last_event_seq);
         order.pilot_id = Some(caller.user_id);
         let data = json!({ "pilot_id": caller.user_id, "offer_id": id });

@@ -91,6 +91,11 @@ pub trait StoreTx: Send {
     /// The order, locked until the transaction ends.
     async fn lock_order(&mut self, id: OrderId) -> Result<Option<Order>>;
 
+    /// A user, read on the transaction's own connection. Code holding a transaction never
+    /// asks the pool for a second connection: a burst of such transactions as large as the
+    /// pool would each hold one and wait for another until the acquire timeout.
+    async fn user_by_id(&mut self, id: UserId) -> Result<Option<crate::store::User>>;
+
     /// Writes the order's changeable fields if it is still at `expected` status and seq;
     /// `false` when someone changed it first.
     async fn update_order(&mut self, order: &Order, expected: OrderStatus, expected_seq: i32) -> Result<bool>;

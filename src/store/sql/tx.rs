@@ -174,6 +174,15 @@ impl StoreTx for super::TxImpl {
         }
     }
 
+    async fn user_by_id(&mut self, id: UserId) -> Result<Option<crate::store::User>> {
+        let row: Option<crate::store::accounts::UserRow> =
+            sqlx::query_as(crate::store::accounts::select_user!("WHERE u.id = $1"))
+                .bind(id.0)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        row.map(crate::store::User::try_from).transpose()
+    }
+
     async fn lock_order(&mut self, id: OrderId) -> Result<Option<Order>> {
         let row: Option<OrderRow> = sqlx::query_as(LOCK_ORDER).bind(id.0).fetch_optional(&mut *self.tx).await?;
         row.map(Order::try_from).transpose()
