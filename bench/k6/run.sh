@@ -144,6 +144,10 @@ if [ -n "$fleet" ]; then
     sed -n '/^| counter/,$p' "$fleet_log"
 fi
 psql "$url" -P pager=off -c "SELECT status, COUNT(*) AS orders FROM orders GROUP BY status ORDER BY 2 DESC"
+if [ "$status" -ne 0 ] && [ -s "$log" ]; then
+    echo "the server's last warnings:"
+    tail -n 20 "$log"
+fi
 if [ -n "${DISPATCHD_BENCH_STATEMENTS:-}" ]; then
     psql "$url" -P pager=off -c "SELECT calls, round(total_exec_time::numeric, 0) AS total_ms, \
         round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS statement \
