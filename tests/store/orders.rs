@@ -580,6 +580,9 @@ async fn fees_owed_ride_on_one_order_at_a_time(subject: Subject) {
     tx.add_due(walked_out, customer, Some(pilot), 2_000, now()).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(store.fees_owed(customer).await.unwrap(), 2_000, "once per cancelled order");
+    // What every node keeps in memory: the same, for every customer who owes any.
+    let everyone = store.all_fees_owed().await.unwrap();
+    assert_eq!(everyone.iter().filter(|(who, _)| *who == customer).collect::<Vec<_>>(), [&(customer, 2_000)]);
 
     let mut tx = store.begin().await.unwrap();
     assert_eq!(tx.charge_dues(customer, next).await.unwrap(), 2_000);
@@ -598,4 +601,5 @@ async fn fees_owed_ride_on_one_order_at_a_time(subject: Subject) {
     tx.release_dues(after).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(store.fees_owed(customer).await.unwrap(), 0, "a settled fee is not given back");
+    assert!(store.all_fees_owed().await.unwrap().iter().all(|(who, _)| *who != customer));
 }
