@@ -17,21 +17,26 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
     --json "$work/compare.json"
 [ "$(grep -c '"storm_back": 40' "$work/compare.json")" -eq 2 ] || { echo "compare: not every socket came back" >&2; exit 1; }
 
-# One server for the scenarios that drive a running one.
-export DISPATCHD__SERVER__ADDR=127.0.0.1:0 DISPATCHD__DATABASE__SQLITE_PATH="$work/dispatchd.db" \
+# A server for the scenarios that drive a running one, on a fresh SQLite file ($1): sets
+# pid and url.
+start_server() {
+    export DISPATCHD__DATABASE__SQLITE_PATH="$1"
+    DISPATCHD_ADMIN_PASSWORD="bench password 1" "$bin/dispatchd" admin create-user --role admin \
+        --phone +919999900001 --name Bench >/dev/null 2>&1
+    "$bin/dispatchd" >"$work/server.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do grep -q '"addr"' "$work/server.log" && break; sleep 0.1; done
+    local addr
+    addr="$(grep -o '"addr":"[^"]*"' "$work/server.log" | head -n 1 | cut -d'"' -f4)"
+    [ -n "$addr" ] || { echo "the server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
+    url="http://$addr"
+}
+export DISPATCHD__SERVER__ADDR=127.0.0.1:0 \
     DISPATCHD__RATE_LIMIT__ENABLED=false DISPATCHD__SERVER__MAX_CONNECTIONS_PER_IP=1000000 \
     DISPATCHD__ORDERS__MAX_OPEN_PER_CUSTOMER=1000000 \
     DISPATCHD__AUTH__ARGON2_MEMORY_KIB=64 DISPATCHD__AUTH__ARGON2_ITERATIONS=1 \
-    DISPATCHD__GRID__GPS__MAX_SPEED_KMH__BIKE=0 \
     DISPATCHD__LOG__LEVEL=warn,dispatchd::app=info
-DISPATCHD_ADMIN_PASSWORD="bench password 1" "$bin/dispatchd" admin create-user --role admin \
-    --phone +919999900001 --name Bench >/dev/null 2>&1
-"$bin/dispatchd" >"$work/server.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do grep -q '"addr"' "$work/server.log" && break; sleep 0.1; done
-addr="$(grep -o '"addr":"[^"]*"' "$work/server.log" | head -n 1 | cut -d'"' -f4)"
-[ -n "$addr" ] || { echo "the server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
-url="http://$addr"
+start_server "$work/dispatchd.db"
 "$bench" ingest --url "$url" --pid "$pid" --pilots 10 --interval 1 --batch 3 --duration 3
 "$bench" track --url "$url" --pid "$pid" --pairs 5 --rate 2 --duration 3
 "$bench" connections --url "$url" --pid "$pid" --connections 30 --sources 2 --storm-deadline 10
@@ -43,11 +48,17 @@ grep -q '"flooder_cut_after_s": "not cut"' "$work/flood.json" && { echo "flood: 
 "$bench" orders --url "$url" --customers 3 --concurrency 2 --rate 20 --duration 2 --json "$work/orders.json"
 grep -q '"failed": {}' "$work/orders.json" || { echo "orders: some orders were refused" >&2; cat "$work/orders.json" >&2; exit 1; }
 "$bench" simulate --url "$url" --pilots 10 --orders-per-min 60 --side-km 3 --duration 5
-"$bench" simulate --url "$url" --pilots 10 --orders-per-min 120 --side-km 3 --sprint --duration 5 --json "$work/sprint.json"
-grep -q '"trips_done": 0,' "$work/sprint.json" && { echo "simulate --sprint: no trip was finished" >&2; exit 1; }
 "$bench" dispatch --in-process --streaming 300 --pilots 5 --orders-per-sec 2 --duration 3
 "$bench" push --pilots 50 --orders-per-sec 5 --duration 2 --json "$work/push.json"
 grep -q '"offer_pushes": 0,' "$work/push.json" && { echo "push: no offer was pushed" >&2; exit 1; }
+kill "$pid"
+wait "$pid" 2>/dev/null || true
+
+# Trips in fast motion, on a server of their own: its pilots know the codes of their own
+# orders only, and the scenarios above leave orders searching. Pilots jump: no speed check.
+DISPATCHD__GRID__GPS__MAX_SPEED_KMH__BIKE=0 start_server "$work/sprint.db"
+"$bench" simulate --url "$url" --pilots 10 --orders-per-min 120 --side-km 3 --sprint --duration 5 --json "$work/sprint.json"
+grep -q '"trips_done": 0,' "$work/sprint.json" && { echo "simulate --sprint: no trip was finished" >&2; exit 1; }
 kill "$pid"
 wait "$pid" 2>/dev/null || true
 
