@@ -61,21 +61,12 @@ pub async fn run(target: &Target, args: &SimulateArgs) -> anyhow::Result<Value> 
     let walkers = (0..tokens.len()).map(|n| Walker::new(args.seed.wrapping_add(n as u64), side_m, 8.0)).collect();
     let counters = Counters::new(&[&["orders", "refused"][..], &FLEET_COUNTERS[..]].concat());
     let codes = DeliveryCodes::default();
-    let behaviour = if args.sprint {
-        Behaviour {
-            report_every: args.report_every,
-            accept_share: 0.9,
-            think_ms: (250, 1_000),
-            trip: Trip::Sprint(codes.clone()),
-        }
+    let (think_ms, trip) = if args.sprint {
+        ((250, 1_000), Trip::Sprint(codes.clone()))
     } else {
-        Behaviour {
-            report_every: args.report_every,
-            accept_share: 0.9,
-            think_ms: (1_000, 4_000),
-            trip: Trip::Drive(codes.clone()),
-        }
+        ((1_000, 4_000), Trip::Drive(codes.clone()))
     };
+    let behaviour = Behaviour { report_every: args.report_every, accept_share: 0.9, think_ms, trip };
     let stop = CancellationToken::new();
     eprintln!("putting the pilots on duty…");
     let (_, fleet) = crate::fleet::start(
