@@ -678,3 +678,26 @@ async fn dispatchers_move_orders_and_pilots_drop_them_before_pickup_but_not_afte
     );
     assert_eq!(pilot_status(&app, &first), PilotStatus::Available);
 }
+
+/// An order taken back from its pilot searches again, with its own time: the first search's
+/// deadline passing leaves it searching (the job sees the later search in its transaction).
+#[tokio::test]
+async fn an_order_searching_again_is_not_cancelled_at_its_first_searchs_deadline() {
+    let app = TestApp::spawn_with(manual_clock()).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let order = create_order(&app, &customer).await;
+    let pilot = app.register("pilot").await;
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+    app.clock.advance(Span::seconds(100));
+    let path = format!("/api/v1/dispatch/orders/{order}/reassign");
+    let back = app.post(&path, json!({}), Some(&dispatcher.access)).await;
+    assert_eq!(back.data()["status"], "searching_driver", "{:?}", back.body);
+
+    app.clock.advance(Span::seconds(201));
+    app.state.jobs.run_due().await.unwrap();
+    assert_eq!(order_of(&app, &customer, &order).await["status"], "searching_driver", "its second search runs on");
+    app.clock.advance(Span::seconds(100));
+    app.state.jobs.run_due().await.unwrap();
+    assert_eq!(order_of(&app, &customer, &order).await["cancel_reason"], "no_pilot_found");
+}

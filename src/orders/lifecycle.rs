@@ -196,8 +196,7 @@ impl Orders {
         if order.status != OrderStatus::SearchingDriver {
             return Ok(());
         }
-        let later = self.store.order_events(id, search_seq, u32::MAX).await?;
-        if later.iter().any(|event| event.kind == OrderStatus::SearchingDriver.as_str()) {
+        if tx.searched_since(id, search_seq).await? {
             return Ok(());
         }
         let reason = CancelReason::NoPilotFound;

@@ -96,6 +96,10 @@ pub trait StoreTx: Send {
     /// pool would each hold one and wait for another until the acquire timeout.
     async fn user_by_id(&mut self, id: UserId) -> Result<Option<crate::store::User>>;
 
+    /// Whether `order` started searching again after event `seq` (a `searching_driver`
+    /// event later than it).
+    async fn searched_since(&mut self, order: OrderId, seq: i32) -> Result<bool>;
+
     /// Writes the order's changeable fields if it is still at `expected` status and seq;
     /// `false` when someone changed it first.
     async fn update_order(&mut self, order: &Order, expected: OrderStatus, expected_seq: i32) -> Result<bool>;

@@ -183,6 +183,17 @@ impl StoreTx for super::TxImpl {
         row.map(crate::store::User::try_from).transpose()
     }
 
+    async fn searched_since(&mut self, order: OrderId, seq: i32) -> Result<bool> {
+        let later: Option<i32> = sqlx::query_scalar(
+            "SELECT seq FROM order_events WHERE order_id = $1 AND seq > $2 AND type = 'searching_driver' LIMIT 1",
+        )
+        .bind(order.0)
+        .bind(seq)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(later.is_some())
+    }
+
     async fn lock_order(&mut self, id: OrderId) -> Result<Option<Order>> {
         let row: Option<OrderRow> = sqlx::query_as(LOCK_ORDER).bind(id.0).fetch_optional(&mut *self.tx).await?;
         row.map(Order::try_from).transpose()
