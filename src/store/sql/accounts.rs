@@ -17,6 +17,16 @@ use crate::store::{
 
 type Tx = sqlx::Transaction<'static, Db>;
 
+/// A user with its pilot profile, on the pool or inside a transaction.
+pub(crate) async fn user_by_id<'e, E>(executor: E, id: UserId) -> Result<Option<User>>
+where
+    E: sqlx::Executor<'e, Database = Db>,
+{
+    let row: Option<UserRow> =
+        sqlx::query_as(select_user!("WHERE u.id = $1")).bind(id.0).fetch_optional(executor).await?;
+    row.map(User::try_from).transpose()
+}
+
 #[derive(sqlx::FromRow)]
 struct RefreshRow {
     session_id: Uuid,
@@ -89,9 +99,7 @@ impl AccountStore for StoreImpl {
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>> {
-        let row: Option<UserRow> =
-            sqlx::query_as(select_user!("WHERE u.id = $1")).bind(id.0).fetch_optional(&self.pool).await?;
-        row.map(User::try_from).transpose()
+        user_by_id(&self.pool, id).await
     }
 
     async fn credentials_by_phone(&self, phone: &Phone) -> Result<Option<Credentials>> {

@@ -175,12 +175,7 @@ impl StoreTx for super::TxImpl {
     }
 
     async fn user_by_id(&mut self, id: UserId) -> Result<Option<crate::store::User>> {
-        let row: Option<crate::store::accounts::UserRow> =
-            sqlx::query_as(crate::store::accounts::select_user!("WHERE u.id = $1"))
-                .bind(id.0)
-                .fetch_optional(&mut *self.tx)
-                .await?;
-        row.map(crate::store::User::try_from).transpose()
+        super::accounts_sql::user_by_id(&mut *self.tx, id).await
     }
 
     async fn searched_since(&mut self, order: OrderId, seq: i32) -> Result<bool> {
