@@ -161,6 +161,34 @@ async fn location_batches_are_acked_with_reasons_and_move_only_the_caller() {
     assert_eq!(bad["error"]["code"], "VALIDATION_ERROR", "{bad}");
 }
 
+/// An app that flushes its queue after a reconnect sends several batches at once; the server
+/// reads them in one go and must take them in the order they came. (With each event's handler
+/// spawned as a task of its own, the last one read ran first, and every batch before it was
+/// refused as out of order.) On the server's own runtime, with several workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_batches_sent_at_once_are_taken_in_order() {
+    let app = TestApp::spawn().await;
+    let (_, mut socket) = pilot_on_duty(&app, PICKUP).await;
+    for round in 0..5 {
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let after = 100 + round * 10 + i;
+                let at = (PICKUP.0 + 0.0001 * after as f64, PICKUP.1);
+                ("location", json!({ "points": [fix(&app, at, after)] }))
+            })
+            .collect();
+        let acks = socket.call_all(&calls).await;
+        for (i, ack) in acks.iter().enumerate() {
+            let ack = ack.as_ref().unwrap_or_else(|| panic!("round {round}: no ack for batch {i}"));
+            assert_eq!(
+                (ack["ok"].as_bool(), ack["data"]["accepted"].as_u64()),
+                (Some(true), Some(1)),
+                "round {round}, batch {i}: {ack}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn malformed_payloads_get_error_acks_and_the_socket_lives_on() {
     let app = TestApp::spawn().await;

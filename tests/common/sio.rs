@@ -107,9 +107,18 @@ impl SioClient {
         let acks: Acks = Arc::default();
         let closed = Arc::new(Mutex::new(false));
         tokio::spawn(async move {
-            while let Some(message) = outgoing.recv().await {
-                let closing = message.is_close();
-                if sink.send(message).await.is_err() || closing {
+            // What is queued at once goes out in one write, as an app's socket does with
+            // several emits in a row: the server reads them in one go.
+            'writing: while let Some(message) = outgoing.recv().await {
+                let mut next = Some(message);
+                while let Some(message) = next.take() {
+                    let closing = message.is_close();
+                    if sink.feed(message).await.is_err() || closing {
+                        break 'writing;
+                    }
+                    next = outgoing.try_recv().ok();
+                }
+                if sink.flush().await.is_err() {
                     break;
                 }
             }
@@ -154,12 +163,31 @@ impl SioClient {
 
     /// Emits a raw argument list (`["event", ...]`) and waits for its ack, if any comes.
     pub async fn call_raw(&mut self, arguments: &str) -> Option<Value> {
+        let rx = self.emit_with_ack(arguments);
+        tokio::time::timeout(Duration::from_secs(5), rx).await.ok().and_then(Result::ok)
+    }
+
+    /// Emits every `(event, data)` at once (one write), then waits (at most 5 s) for their
+    /// acks, in the order of the calls.
+    pub async fn call_all(&mut self, calls: &[(&str, Value)]) -> Vec<Option<Value>> {
+        let waiting: Vec<_> = calls
+            .iter()
+            .map(|(event, data)| self.emit_with_ack(&serde_json::json!([event, data]).to_string()))
+            .collect();
+        let mut acks = Vec::new();
+        for rx in waiting {
+            acks.push(tokio::time::timeout(Duration::from_secs(5), rx).await.ok().and_then(Result::ok));
+        }
+        acks
+    }
+
+    fn emit_with_ack(&mut self, arguments: &str) -> oneshot::Receiver<Value> {
         self.next_ack += 1;
         let id = self.next_ack;
         let (tx, rx) = oneshot::channel();
         self.acks.lock().unwrap().insert(id, tx);
         let _ = self.out.send(Message::text(format!("42{},{id}{arguments}", self.namespace)));
-        tokio::time::timeout(Duration::from_secs(5), rx).await.ok().and_then(Result::ok)
+        rx
     }
 
     /// Sends raw text as it is (a malformed packet, say).

@@ -372,6 +372,14 @@ impl Outbox {
         state.queue.push_front(Box::new(packets));
     }
 
+    /// Forgets the transport's waker (dispatchd patch): the transport is awake and will look
+    /// at the outbox before it waits again (its next `poll_recv` registers a waker anew), so
+    /// what it queues meanwhile, an event's answer queued by a handler run on its own task,
+    /// need not wake it a second time.
+    pub(crate) fn forget_waker(&self) {
+        self.lock().waker = None;
+    }
+
     /// The next packets to send: `None` once the outbox is closed and empty.
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Queued>> {
         let mut state = self.lock();

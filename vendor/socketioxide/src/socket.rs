@@ -1012,8 +1012,6 @@ impl<A: Adapter> Socket<A> {
         })?;
         #[cfg(feature = "tracing")]
         tracing::debug!(?event, "reading");
-        let handlers = self.message_handlers.read().unwrap();
-        let shared = self.shared_handlers.read().unwrap();
         // dispatchd patch: the answer's place in the outbox is reserved now, so that however
         // many events come before their answers are sent, each answer has its place (the
         // transports read no faster than the places allow: engineioxide's `poll_room`).
@@ -1022,19 +1020,36 @@ impl<A: Adapter> Socket<A> {
                 self.ack_places.lock().unwrap().push(ack);
             }
         }
-        if let Some((_, handler)) = handlers.iter().find(|(name, _)| name == event) {
-            handler.call(self.clone(), data, ack);
-        } else if let Some(handler) = shared.as_ref().and_then(|shared| shared.get(event)) {
-            handler.call(self.clone(), data, ack);
-        } else if let Some(fallback) = self.fallback_message_handler.read().unwrap().as_ref() {
-            fallback.call(self.clone(), data, ack);
-        } else if let Some(fallback) = shared.as_ref().and_then(|shared| shared.fallback.as_ref()) {
-            fallback.call(self.clone(), data, ack);
-        } else if let Some(ack) = ack {
+        // dispatchd patch: the handler is taken out of the lists and called once their locks
+        // are released (it starts on this task: `handler::run_or_spawn`).
+        match self.handler_of(event) {
+            Some(handler) => handler.call(self.clone(), data, ack),
             // No handler will answer: the place goes back.
-            self.take_ack_place(ack);
+            None => {
+                if let Some(ack) = ack {
+                    self.take_ack_place(ack);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The handler of `event`: the socket's own, else the shared one, else the socket's
+    /// fallback, else the shared fallback (dispatchd patch).
+    fn handler_of(&self, event: &str) -> Option<BoxedMessageHandler<A>> {
+        let own = self.message_handlers.read().unwrap();
+        if let Some((_, handler)) = own.iter().find(|(name, _)| name == event) {
+            return Some(handler.clone());
+        }
+        drop(own);
+        let shared = self.shared_handlers.read().unwrap();
+        if let Some(handler) = shared.as_ref().and_then(|shared| shared.get(event)) {
+            return Some(handler.clone());
+        }
+        if let Some(fallback) = self.fallback_message_handler.read().unwrap().as_ref() {
+            return Some(fallback.clone());
+        }
+        shared.as_ref().and_then(|shared| shared.fallback.clone())
     }
 
     fn recv_ack(self: Arc<Self>, data: Value, ack: i64) -> Result<(), Error> {

@@ -260,6 +260,7 @@ where
             let cancelled = socket.cancellation_token.cancelled();
             tokio::pin!(cancelled);
             poll_fn(|cx| {
+                let mut read = false;
                 // dispatchd patch: what the client sends is read only while its outbox has
                 // room for the answers; a client that does not read them is held back by
                 // TCP, not queued for in memory (see `Outbox::poll_room`). Writing below makes
@@ -267,6 +268,14 @@ where
                 while socket.poll_room(cx, || engine.heartbeat_now()).is_ready() {
                     match ws.poll_next_unpin(cx) {
                         Poll::Ready(Some(Ok(msg))) => {
+                            // dispatchd patch: the handlers run on this task, and the answers
+                            // they queue are written below, in this same poll: they need not
+                            // wake this task again (a wake-up of a running task polls it once
+                            // more, from the back of the run queue).
+                            if !read {
+                                socket.outbox.forget_waker();
+                                read = true;
+                            }
                             if let Err(stop) = on_ws_message(engine, &socket, msg) {
                                 return Poll::Ready(stop);
                             }

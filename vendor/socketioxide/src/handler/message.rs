@@ -53,7 +53,11 @@ use crate::socket::Socket;
 use super::MakeErasedHandler;
 
 /// A Type Erased [`MessageHandler`] so it can be stored in a HashMap
-pub(crate) type BoxedMessageHandler<A> = Box<dyn ErasedMessageHandler<A>>;
+///
+/// dispatchd patch: behind an `Arc`, so that a socket can take its handler out of its lists
+/// and call it with no lock held (a handler now starts on the reader's task: see
+/// [`super::run_or_spawn`]; one that registers handlers must not find its own lists locked).
+pub(crate) type BoxedMessageHandler<A> = Arc<dyn ErasedMessageHandler<A>>;
 
 pub(crate) trait ErasedMessageHandler<A: Adapter>: Send + Sync + 'static {
     fn call(&self, s: Arc<Socket<A>>, v: Value, ack_id: Option<i64>);
@@ -88,8 +92,8 @@ where
     H: MessageHandler<A, T>,
     A: Adapter,
 {
-    pub fn new_message_boxed(inner: H) -> Box<dyn ErasedMessageHandler<A>> {
-        Box::new(MakeErasedHandler::new(inner))
+    pub fn new_message_boxed(inner: H) -> BoxedMessageHandler<A> {
+        Arc::new(MakeErasedHandler::new(inner))
     }
 }
 impl<A, T, H> ErasedMessageHandler<A> for MakeErasedHandler<H, A, T>
@@ -180,7 +184,7 @@ where
 {
     fn call(&self, _: Arc<Socket<A>>, _: Value, _: Option<i64>) {
         let fut = (self.clone())();
-        tokio::spawn(fut);
+        super::run_or_spawn(fut);
     }
 }
 
@@ -219,7 +223,7 @@ macro_rules! impl_async_handler {
                 };
 
                 let fut = (self.clone())($($ty,)* last);
-                tokio::spawn(fut);
+                super::run_or_spawn(fut);
             }
         }
     };
