@@ -27,7 +27,7 @@ use crate::orders::tracking::Tracking;
 use crate::store::{Store, TracePoint};
 
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
-const FLUSH_AT: usize = 2_000;
+const FLUSH_AT: usize = 10_000;
 const MAX_BUFFER: usize = 200_000;
 
 /// Buffers the positions of pilots on orders and writes them in batches.
@@ -59,10 +59,13 @@ impl TraceRecorder {
 
     /// Writes what is buffered; on failure keeps it for the next try.
     pub async fn flush(&self) {
-        let points = std::mem::take(&mut *self.buffer.lock());
+        let mut points = std::mem::take(&mut *self.buffer.lock());
         if points.is_empty() {
             return;
         }
+        // In the primary key's order: each order's points go into the same few index pages
+        // one after the other, instead of the pages of every order on the road in turn.
+        points.sort_unstable_by_key(|point| (point.order_id, point.ts_ms));
         match self.store.append_trace(&points).await {
             Ok(()) => metrics::counter!("trace_points_written_total").increment(points.len() as u64),
             Err(err) => {

@@ -102,7 +102,7 @@ mod orders_sql {
     include!("sql/orders.rs");
 }
 mod offers_sql {
-    use super::{Db, INSERT_OFFER, StoreImpl};
+    use super::{BEGIN_WRITE, Db, INSERT_OFFER, StoreImpl};
     include!("sql/offers.rs");
 }
 mod money_sql {

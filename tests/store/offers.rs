@@ -172,13 +172,14 @@ async fn traces_append_in_batches_without_duplicates(subject: Subject) {
         lat: 12.97 + ts_ms as f64 * 1e-6,
         lng: 77.59,
     };
-    let batch: Vec<TracePoint> = (0..450).map(|i| point(order, 1_000 + i * 10)).chain([point(other, 5)]).collect();
+    // More points than one statement takes: the batch is written in several.
+    let batch: Vec<TracePoint> = (0..2_100).map(|i| point(order, 1_000 + i * 10)).chain([point(other, 5)]).collect();
     subject.store.append_trace(&batch).await.unwrap();
     // A retried batch (the first write's answer was lost) adds nothing twice.
-    subject.store.append_trace(&batch[440..]).await.unwrap();
+    subject.store.append_trace(&batch[2_090..]).await.unwrap();
     let trace = subject.store.trace(order).await.unwrap();
-    assert_eq!(trace.len(), 450);
-    assert_eq!(trace, batch[..450].to_vec(), "oldest first, as written");
+    assert_eq!(trace.len(), 2_100);
+    assert_eq!(trace, batch[..2_100].to_vec(), "oldest first, as written");
     assert_eq!(subject.store.trace(other).await.unwrap(), vec![point(other, 5)]);
 }
 

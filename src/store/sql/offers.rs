@@ -7,6 +7,10 @@ use crate::error::{Error, Result};
 use crate::ids::{OfferId, OrderId, UserId};
 use crate::store::offers::{OfferRow, OfferStore, TracePoint, offer_columns};
 
+/// Points per insert statement: four parameters each, well inside both backends' limits
+/// (SQLite's 32,766, Postgres's 65,535).
+const TRACE_CHUNK: usize = 1_000;
+
 #[async_trait]
 impl OfferStore for StoreImpl {
     async fn offer(&self, id: OfferId) -> Result<Option<Offer>> {
@@ -98,16 +102,20 @@ impl OfferStore for StoreImpl {
     }
 
     async fn append_trace(&self, points: &[TracePoint]) -> Result<()> {
-        // One statement per chunk: a batch is one round trip, not one per point.
-        for chunk in points.chunks(200) {
+        // One transaction for the batch, on the writer: one commit (one sync of the log)
+        // however many statements, and on SQLite no race with the writer for the write lock.
+        // A statement per chunk: a chunk is one round trip, not one per point.
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
+        for chunk in points.chunks(TRACE_CHUNK) {
             let mut query =
                 sqlx::QueryBuilder::<Db>::new("INSERT INTO trip_points (order_id, ts_ms, lat, lng) ");
             query.push_values(chunk, |mut row, point| {
                 row.push_bind(point.order_id.0).push_bind(point.ts_ms).push_bind(point.lat).push_bind(point.lng);
             });
             query.push(" ON CONFLICT (order_id, ts_ms) DO NOTHING");
-            query.build().execute(&self.pool).await?;
+            query.build().execute(&mut *tx).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
