@@ -24,9 +24,26 @@ pub fn parse<T: DeserializeOwned>(payload: Value) -> Result<T> {
 
 /// The ack body for a result.
 pub fn body<T: Serialize>(result: &Result<T>) -> Value {
-    match result {
-        Ok(data) => json!({ "ok": true, "data": data }),
-        Err(err) => failure(err),
+    serde_json::to_value(Reply(result)).unwrap_or_else(|err| failure(&Error::Internal(err.into())))
+}
+
+/// An ack body serialised straight from the result: `{data, ok: true}`, or
+/// [`failure`]'s. No `Value` tree is built for it first (a location ack carries the pilot's
+/// whole snapshot, for every batch of every pilot).
+struct Reply<'a, T>(&'a Result<T>);
+
+impl<T: Serialize> Serialize for Reply<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        match self.0 {
+            Ok(data) => {
+                let mut map = serializer.serialize_map(Some(2))?;
+                map.serialize_entry("data", data)?;
+                map.serialize_entry("ok", &true)?;
+                map.end()
+            }
+            Err(err) => failure(err).serialize(serializer),
+        }
     }
 }
 
@@ -45,7 +62,11 @@ pub fn send<T: Serialize>(ack: AckSender, namespace: &'static str, event: &'stat
         metrics::counter!("socket_ack_errors_total", "namespace" => namespace, "event" => event, "code" => err.code())
             .increment(1);
     }
-    let sent = ack.send(&body(result));
+    let sent = ack.send(&Reply(result));
+    if let Err(SendError::Serialize(err)) = &sent {
+        // Our own types; a bug if it ever happens.
+        tracing::error!(namespace, event, error = %err, "an ack could not be serialised");
+    }
     super::count_out(namespace, "ack", sent.is_ok());
     if let Err(SendError::Socket(SocketError::InternalChannelFull)) = sent {
         // The socket's buffer had no room for it: its connection has been closed (an ack is

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use serde::Serialize;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::{SendError, SocketError};
@@ -112,16 +113,30 @@ pub fn event_payload(order: &Order, event: &OrderEvent) -> Value {
 }
 
 /// `pilot:location`.
-pub fn location_payload(order: OrderId, pilot: &PilotSnapshot, eta_s: i64) -> Value {
-    json!({
-        "order_id": order,
-        "lat": pilot.position.lat(),
-        "lng": pilot.position.lng(),
-        "heading": pilot.heading_deg,
-        "speed": pilot.speed_mps,
-        "ts": pilot.fix_ms,
-        "eta_s": eta_s,
-    })
+pub fn location_payload(order: OrderId, pilot: &PilotSnapshot, eta_s: i64) -> LocationPayload {
+    LocationPayload {
+        eta_s,
+        heading: pilot.heading_deg,
+        lat: pilot.position.lat(),
+        lng: pilot.position.lng(),
+        order_id: order,
+        speed: pilot.speed_mps,
+        ts: pilot.fix_ms,
+    }
+}
+
+/// A `pilot:location` payload, serialised as it is (no `Value` tree in between: one is sent
+/// for every fix of every pilot on a trip). Its fields in the order a JSON object of the same
+/// content was written before.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocationPayload {
+    eta_s: i64,
+    heading: Option<f64>,
+    lat: f64,
+    lng: f64,
+    order_id: OrderId,
+    speed: Option<f64>,
+    ts: i64,
 }
 
 /// What happens when a socket's buffer is too full to take a message.
@@ -137,7 +152,14 @@ enum Loss {
 }
 
 /// Writes to every socket in `room`; what a full socket buffer does is `loss`, counted.
-fn emit(io: &SocketIo, namespace: &'static str, room: &str, event: &'static str, payload: &Value, loss: Loss) {
+fn emit<T: Serialize + ?Sized>(
+    io: &SocketIo,
+    namespace: &'static str,
+    room: &str,
+    event: &'static str,
+    payload: &T,
+    loss: Loss,
+) {
     let Some(operators) = io.of(namespace) else { return };
     for socket in operators.to(room.to_owned()).sockets() {
         if loss == Loss::Supersede {
