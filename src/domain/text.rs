@@ -7,6 +7,8 @@
 //! socket payloads ([`control_character_in`]), path and query parameters and the fields
 //! read from signed gateway events ([`check`]).
 
+use std::fmt::Write as _;
+
 use serde_json::Value;
 
 use crate::error::Error;
@@ -46,7 +48,8 @@ fn find(value: &Value, path: &mut String) -> Option<String> {
         Value::String(text) if text.chars().any(refused) => Some(field_or_body(path)),
         Value::Array(items) => items.iter().enumerate().find_map(|(index, item)| {
             let len = path.len();
-            path.push_str(&format!("[{index}]"));
+            // Written into the path in place: a report of many points costs no string each.
+            let _ = write!(path, "[{index}]");
             let found = find(item, path);
             path.truncate(len);
             found

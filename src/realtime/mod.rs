@@ -38,7 +38,8 @@ mod pilot;
 mod relay;
 mod sessions;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -245,15 +246,61 @@ const BUDGETS_UPKEEP: Duration = Duration::from_secs(60);
 
 /// Counts an event received on `namespace`.
 fn count_in(namespace: &'static str, event: &'static str) {
-    metrics::counter!("socket_events_in_total", "namespace" => namespace, "event" => event).increment(1);
+    static IN: EventCounters = EventCounters::new();
+    IN.get(
+        namespace,
+        event,
+        || metrics::counter!("socket_events_in_total", "namespace" => namespace, "event" => event),
+    )
+    .increment(1);
 }
 
 /// Counts an event sent, or a packet dropped because the socket's buffer was full.
 pub(crate) fn count_out(namespace: &'static str, event: &'static str, sent: bool) {
+    static OUT: EventCounters = EventCounters::new();
+    static DROPPED: EventCounters = EventCounters::new();
     if sent {
-        metrics::counter!("socket_events_out_total", "namespace" => namespace, "event" => event).increment(1);
+        OUT.get(
+            namespace,
+            event,
+            || metrics::counter!("socket_events_out_total", "namespace" => namespace, "event" => event),
+        )
+        .increment(1);
     } else {
-        metrics::counter!("socket_dropped_total", "namespace" => namespace, "event" => event).increment(1);
+        DROPPED
+            .get(
+                namespace,
+                event,
+                || metrics::counter!("socket_dropped_total", "namespace" => namespace, "event" => event),
+            )
+            .increment(1);
+    }
+}
+
+/// The handles of one counter family by namespace and event, each registered once.
+/// `metrics::counter!` with labels known only at run time builds its key anew on every call
+/// (allocations and a hash of every label), and these count every position relayed and
+/// every ack.
+struct EventCounters(LazyLock<parking_lot::RwLock<HashMap<(&'static str, &'static str), metrics::Counter>>>);
+
+impl EventCounters {
+    const fn new() -> Self {
+        Self(LazyLock::new(Default::default))
+    }
+
+    fn get(
+        &self,
+        namespace: &'static str,
+        event: &'static str,
+        register: impl FnOnce() -> metrics::Counter,
+    ) -> metrics::Counter {
+        if let Some(counter) = self.0.read().get(&(namespace, event)) {
+            return counter.clone();
+        }
+        // The process's recorder first: a handle taken before it is installed would count
+        // nothing, for ever.
+        crate::telemetry::metrics();
+        self.0.write().entry((namespace, event)).or_insert_with(register).clone()
     }
 }
 
