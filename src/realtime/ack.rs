@@ -22,12 +22,7 @@ pub fn parse<T: DeserializeOwned>(payload: Value) -> Result<T> {
     })
 }
 
-/// The ack body for a result.
-pub fn body<T: Serialize>(result: &Result<T>) -> Value {
-    serde_json::to_value(Reply(result)).unwrap_or_else(|err| failure(&Error::Internal(err.into())))
-}
-
-/// An ack body serialised straight from the result: `{data, ok: true}`, or
+/// The ack body for a result, serialised straight from it: `{data, ok: true}`, or
 /// [`failure`]'s. No `Value` tree is built for it first (a location ack carries the pilot's
 /// whole snapshot, for every batch of every pilot).
 struct Reply<'a, T>(&'a Result<T>);
@@ -109,6 +104,6 @@ mod tests {
     fn failures_carry_code_and_message() {
         let value = failure(&Error::not_found("ORDER_NOT_FOUND", "no such order"));
         assert_eq!(value, json!({ "ok": false, "error": { "code": "ORDER_NOT_FOUND", "message": "no such order" } }));
-        assert_eq!(body(&Ok::<_, Error>(1)), json!({ "ok": true, "data": 1 }));
+        assert_eq!(serde_json::to_value(Reply(&Ok::<_, Error>(1))).unwrap(), json!({ "ok": true, "data": 1 }));
     }
 }

@@ -246,61 +246,46 @@ const BUDGETS_UPKEEP: Duration = Duration::from_secs(60);
 
 /// Counts an event received on `namespace`.
 fn count_in(namespace: &'static str, event: &'static str) {
-    static IN: EventCounters = EventCounters::new();
-    IN.get(
-        namespace,
-        event,
-        || metrics::counter!("socket_events_in_total", "namespace" => namespace, "event" => event),
-    )
-    .increment(1);
+    static IN: EventCounters = EventCounters::new(
+        |namespace, event| metrics::counter!("socket_events_in_total", "namespace" => namespace, "event" => event),
+    );
+    IN.get(namespace, event).increment(1);
 }
 
 /// Counts an event sent, or a packet dropped because the socket's buffer was full.
 pub(crate) fn count_out(namespace: &'static str, event: &'static str, sent: bool) {
-    static OUT: EventCounters = EventCounters::new();
-    static DROPPED: EventCounters = EventCounters::new();
-    if sent {
-        OUT.get(
-            namespace,
-            event,
-            || metrics::counter!("socket_events_out_total", "namespace" => namespace, "event" => event),
-        )
-        .increment(1);
-    } else {
-        DROPPED
-            .get(
-                namespace,
-                event,
-                || metrics::counter!("socket_dropped_total", "namespace" => namespace, "event" => event),
-            )
-            .increment(1);
-    }
+    static OUT: EventCounters = EventCounters::new(
+        |namespace, event| metrics::counter!("socket_events_out_total", "namespace" => namespace, "event" => event),
+    );
+    static DROPPED: EventCounters = EventCounters::new(
+        |namespace, event| metrics::counter!("socket_dropped_total", "namespace" => namespace, "event" => event),
+    );
+    let family = if sent { &OUT } else { &DROPPED };
+    family.get(namespace, event).increment(1);
 }
 
-/// The handles of one counter family by namespace and event, each registered once.
-/// `metrics::counter!` with labels known only at run time builds its key anew on every call
-/// (allocations and a hash of every label), and these count every position relayed and
-/// every ack.
-struct EventCounters(LazyLock<parking_lot::RwLock<HashMap<(&'static str, &'static str), metrics::Counter>>>);
+/// The handles of one counter family by namespace and event, each registered once (by
+/// `register`). `metrics::counter!` with labels known only at run time builds its key anew
+/// on every call (allocations and a hash of every label), and these count every position
+/// relayed and every ack.
+struct EventCounters {
+    register: fn(&'static str, &'static str) -> metrics::Counter,
+    handles: LazyLock<parking_lot::RwLock<HashMap<(&'static str, &'static str), metrics::Counter>>>,
+}
 
 impl EventCounters {
-    const fn new() -> Self {
-        Self(LazyLock::new(Default::default))
+    const fn new(register: fn(&'static str, &'static str) -> metrics::Counter) -> Self {
+        Self { register, handles: LazyLock::new(Default::default) }
     }
 
-    fn get(
-        &self,
-        namespace: &'static str,
-        event: &'static str,
-        register: impl FnOnce() -> metrics::Counter,
-    ) -> metrics::Counter {
-        if let Some(counter) = self.0.read().get(&(namespace, event)) {
+    fn get(&self, namespace: &'static str, event: &'static str) -> metrics::Counter {
+        if let Some(counter) = self.handles.read().get(&(namespace, event)) {
             return counter.clone();
         }
         // The process's recorder first: a handle taken before it is installed would count
         // nothing, for ever.
         crate::telemetry::metrics();
-        self.0.write().entry((namespace, event)).or_insert_with(register).clone()
+        self.handles.write().entry((namespace, event)).or_insert_with(|| (self.register)(namespace, event)).clone()
     }
 }
 

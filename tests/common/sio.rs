@@ -163,8 +163,7 @@ impl SioClient {
 
     /// Emits a raw argument list (`["event", ...]`) and waits for its ack, if any comes.
     pub async fn call_raw(&mut self, arguments: &str) -> Option<Value> {
-        let rx = self.emit_with_ack(arguments);
-        tokio::time::timeout(Duration::from_secs(5), rx).await.ok().and_then(Result::ok)
+        ack_within_5s(self.emit_with_ack(arguments)).await
     }
 
     /// Emits every `(event, data)` at once (one write), then waits (at most 5 s) for their
@@ -176,11 +175,12 @@ impl SioClient {
             .collect();
         let mut acks = Vec::new();
         for rx in waiting {
-            acks.push(tokio::time::timeout(Duration::from_secs(5), rx).await.ok().and_then(Result::ok));
+            acks.push(ack_within_5s(rx).await);
         }
         acks
     }
 
+    /// Emits a raw argument list with a fresh ack id; its ack arrives on the receiver.
     fn emit_with_ack(&mut self, arguments: &str) -> oneshot::Receiver<Value> {
         self.next_ack += 1;
         let id = self.next_ack;
@@ -259,4 +259,9 @@ impl Packet {
         let data = serde_json::from_str(&rest[digits..]).unwrap_or(Value::Null);
         Some(Self { kind, ack, data })
     }
+}
+
+/// The ack `rx` receives within 5 s, if any.
+async fn ack_within_5s(rx: oneshot::Receiver<Value>) -> Option<Value> {
+    tokio::time::timeout(Duration::from_secs(5), rx).await.ok().and_then(Result::ok)
 }
