@@ -137,6 +137,15 @@ impl From<sqlx::Error> for Error {
                 tracing::warn!(error = %err, "database unavailable");
                 Error::Unavailable { what: "database" }
             }
+            // The server ended the session (shutting down, restarting, an operator's
+            // pg_terminate_backend: SQLSTATE 57P..) or lost the connection (08...): the
+            // request may be retried, on a connection the pool opens anew.
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08")) =>
+            {
+                tracing::warn!(error = %err, "database unavailable");
+                Error::Unavailable { what: "database" }
+            }
             other => Error::Internal(anyhow::Error::new(other).context("database query failed")),
         }
     }

@@ -429,3 +429,55 @@ async fn a_dead_nodes_pilots_leave_the_map_and_the_geo_sets_within_stale_after()
     assert!(off_map <= bound, "off the map {off_map:?} after its node died (bound {bound:?})");
     assert!(off_geo <= bound, "out of the geo sets {off_geo:?} after its node died (bound {bound:?})");
 }
+
+/// Postgres drops the server's connections (a restart, an operator's `pg_terminate_backend`,
+/// a proxy's idle timeout) while they sit in the pool: a connection idle that long is tested
+/// before it is handed out, so no request fails for it.
+#[tokio::test]
+async fn connections_the_database_dropped_while_idle_cost_no_request() {
+    let database = fresh_postgres_database().await;
+    let app =
+        TestApp::spawn_with(Options { database: Database::Postgres(database.clone()), ..Options::default() }).await;
+    let customer = app.sign_up("customer").await;
+    let all_listed = || async {
+        let replies =
+            futures::future::join_all((0..8).map(|_| app.get("/api/v1/orders?limit=5", Some(&customer.access)))).await;
+        replies.into_iter().map(|reply| reply.status).collect::<Vec<_>>()
+    };
+    assert!(all_listed().await.iter().all(|status| *status == reqwest::StatusCode::OK));
+    let name = database.rsplit_once('/').expect("a database URL").1;
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&common::postgres_admin_url()).await.unwrap();
+    let drop_all = async |admin: &mut sqlx::PgConnection| {
+        let dropped: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .fetch_all(admin)
+        .await
+        .unwrap();
+        assert!(dropped.len() >= 2, "the server held connections to drop: {dropped:?}");
+        dropped.len()
+    };
+    drop_all(&mut admin).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let statuses = all_listed().await;
+    assert!(statuses.iter().all(|status| *status == reqwest::StatusCode::OK), "{statuses:?}");
+
+    // Dropped right after use (within the idle time no test is spent on): a request that
+    // meets a dead connection is told to retry (503), and that connection is replaced, so
+    // the failures stop once each dead one has been met.
+    let dropped = drop_all(&mut admin).await;
+    let (mut seen, mut refused) = (Vec::new(), 0);
+    for _ in 0..=dropped {
+        let statuses = all_listed().await;
+        refused += statuses.iter().filter(|status| **status == reqwest::StatusCode::SERVICE_UNAVAILABLE).count();
+        seen.extend(statuses.iter().copied());
+        if statuses.iter().all(|status| *status == reqwest::StatusCode::OK) {
+            break;
+        }
+    }
+    let ok_or_retry = |status: &reqwest::StatusCode| status.is_success() || status.as_u16() == 503;
+    assert!(seen.iter().all(ok_or_retry), "{seen:?}");
+    assert!(refused <= dropped, "each dead connection fails one request at most: {seen:?}");
+    assert!(seen.iter().rev().take(8).all(|status| status.is_success()), "{seen:?}");
+}

@@ -73,7 +73,7 @@ finish() {
     if [ -n "$redis" ]; then
         redis-cli -u "$redis" --scan --pattern "dispatchd-k6-$$:*" | xargs -r -n 500 redis-cli -u "$redis" del >/dev/null || true
     fi
-    rm -f "$log" "$fleet_log"
+    rm -f "$log" "$fleet_log" "${k6_cpu:-}"
 }
 trap finish EXIT
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -130,13 +130,24 @@ fi
 dispatchd_before="$(cpu "$server")"
 postgres_before="$(postgres_cpu)"
 fleet_before="$( [ -z "$fleet" ] || cpu "$fleet")"
+# Redis's server, when it runs here (its CPU is part of what the two cores spend).
+redis_pid="$( [ -z "$redis" ] || pgrep -xn redis-server || true)"
+redis_before="$( [ -z "$redis_pid" ] || cpu "$redis_pid")"
+k6_cpu="$(mktemp)"
 status=0
-"$venv/bin/k6" run -e BASE="http://127.0.0.1:$port" -e CUSTOMERS_FILE="$customers" -e SIDE_KM="${SIDE_KM:-30}" \
+# k6 under a wrapper that writes the CPU it spent (the generator shares the cores).
+python3 -c 'import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write("%.1f" % (usage.ru_utime + usage.ru_stime))
+sys.exit(code)' "$k6_cpu" \
+    "$venv/bin/k6" run -e BASE="http://127.0.0.1:$port" -e CUSTOMERS_FILE="$customers" -e SIDE_KM="${SIDE_KM:-30}" \
     "$@" bench/k6/mixed.js || status=$?
 rm -f "$customers"
 dispatchd_after="$(cpu "$server")"
 postgres_after="$(postgres_cpu)"
 fleet_after="$( [ -z "$fleet" ] || cpu "$fleet")"
+redis_after="$( [ -z "$redis_pid" ] || cpu "$redis_pid")"
 if [ -n "$fleet" ]; then
     wait "$fleet" || status=$?
     fleet=""
@@ -155,8 +166,11 @@ if [ -n "${DISPATCHD_BENCH_STATEMENTS:-}" ]; then
         ORDER BY total_exec_time DESC LIMIT 15"
 fi
 awk -v d0="$dispatchd_before" -v d1="$dispatchd_after" -v p0="$postgres_before" -v p1="$postgres_after" \
-    -v f0="${fleet_before:-0}" -v f1="${fleet_after:-0}" \
+    -v f0="${fleet_before:-0}" -v f1="${fleet_after:-0}" -v r0="${redis_before:-0}" -v r1="${redis_after:-0}" \
+    -v k6="$(cat "$k6_cpu" 2>/dev/null || echo 0)" \
     'BEGIN { printf "CPU during the run: dispatchd %.1f s, Postgres %.1f s", d1 - d0, p1 - p0
+             if (r1 > 0) printf ", Redis %.1f s", r1 - r0
+             printf ", k6 %.1f s", k6
              if (f1 > 0) printf ", pilots (dispatchd-bench) %.1f s", f1 - f0
              printf "\n" }'
 exit "$status"
