@@ -44,7 +44,7 @@ psql "$admin" -qc "CREATE DATABASE $database"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 log="$(mktemp)"
 fleet_log="$(mktemp)"
-export DISPATCHD__DATABASE__URL="${admin%/*}/$database" \
+export DISPATCHD__DATABASE__URL="${admin%/*}/$database${DISPATCHD_BENCH_DATABASE_OPTIONS:-}" \
     DISPATCHD__AUTH__JWT_SECRET="k6-benchmark-secret-of-at-least-32-bytes" \
     DISPATCHD__SERVER__ADDR="127.0.0.1:$port" \
     DISPATCHD__RATE_LIMIT__ENABLED=false \

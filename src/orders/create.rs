@@ -17,8 +17,8 @@ use crate::ids::OrderId;
 use crate::orders::pricing::{Pricing as _, Trip};
 use crate::orders::quotes::QuoteClaims;
 use crate::orders::view::OrderView;
-use crate::orders::{Orders, append, event, push_event};
-use crate::store::{IdempotentReplay, NewJob, StoreTx};
+use crate::orders::{Orders, event, push_event};
+use crate::store::{IdempotentReplay, KeyClaim, NewJob, NewOrder};
 
 /// Job kinds the orders service enqueues and handles.
 pub const START_SEARCH_JOB: &str = "order.start_search";
@@ -146,24 +146,37 @@ impl Orders {
         let pickup = request.pickup.point();
 
         let mut tx = self.store.begin().await?;
-        if let Some(key) = idempotency_key
-            && let Some(replay) = claim_key(&mut *tx, caller, key, &request, &order, now).await?
-        {
-            return Ok(replay);
+        // The customer's row first (with the key's claim): a second order of the same
+        // customer waits here, and counts this one.
+        let claimed = match idempotency_key {
+            Some(key) => {
+                let answer = OrderView::new_for_customer(order.clone());
+                Some((key, request.fingerprint(), serde_json::to_value(answer).map_err(anyhow::Error::from)?))
+            }
+            None => None,
+        };
+        let claim =
+            claimed.as_ref().map(|(key, hash, body)| KeyClaim { key, request_hash: hash, answer: (201, body), now });
+        if let Some(replay) = tx.lock_customer(caller.user_id, claim).await? {
+            return same_request(replay, &request);
         }
-        let open = tx.lock_open_orders_of(caller.user_id).await?;
-        if open >= i64::from(self.config.max_open_per_customer) {
+        let cell = self.demand_cell(pickup);
+        let mut jobs: Vec<_> =
+            super::outbox_jobs(&order, &events, self.notify).into_iter().map(|(job, _)| job).collect();
+        jobs.extend(self.jobs_for(&order, now));
+        let new =
+            NewOrder { order: &order, pickup_cell: cell, coupon: coupon.as_ref(), events: &events, jobs: &jobs, now };
+        let written = tx.insert_new_order(&new).await?;
+        if written.open_before >= i64::from(self.config.max_open_per_customer) {
             let most = self.config.max_open_per_customer;
             return Err(Error::Conflict {
                 code: "TOO_MANY_OPEN_ORDERS",
                 message: format!("at most {most} open orders at a time; wait for one to finish or cancel one"),
             });
         }
-        let cell = self.demand_cell(pickup);
-        tx.insert_order(&order, cell, coupon.as_ref()).await?;
         // The fees owed it was priced with, now carried by this order (the customer's row is
         // locked: no other order of its takes them meanwhile).
-        if tx.charge_dues(caller.user_id, order.id).await? != order.fare.fees_owed_paise {
+        if written.dues_charged_paise != order.fare.fees_owed_paise {
             return Err(Error::conflict(
                 "FEES_OWED_CHANGED",
                 "the cancellation fees you owe changed since this price; ask for a new quote",
@@ -176,10 +189,6 @@ impl Orders {
             tx.hold_wallet(caller.user_id, order.fare.total_paise, order.id, now).await?;
         } else if order.payment_method == PaymentMethod::Wallet && order.fare.total_paise > 0 {
             tx.debit_wallet(caller.user_id, order.fare.total_paise, order.id, now).await?;
-        }
-        append(&mut *tx, &order, &events, self.notify).await?;
-        for job in self.jobs_for(&order, now) {
-            tx.enqueue(&job, now).await?;
         }
         tx.commit().await?;
         if order.status == OrderStatus::SearchingDriver {
@@ -481,25 +490,6 @@ impl Orders {
             }
         }
     }
-}
-
-/// Claims `key` for `request` inside `tx`, with `order` as its answer once `tx` commits:
-/// `None` when it is new, the stored answer when the same request already completed, 422
-/// when the key came with a different request.
-async fn claim_key(
-    tx: &mut dyn StoreTx,
-    caller: &Caller,
-    key: &str,
-    request: &CreateOrder,
-    order: &Order,
-    now: DateTime<Utc>,
-) -> Result<Option<Creation>> {
-    let body = serde_json::to_value(OrderView::new_for_customer(order.clone())).map_err(anyhow::Error::from)?;
-    let answer = (201, &body);
-    let Some(replay) = tx.claim_idempotency_key(caller.user_id, key, &request.fingerprint(), answer, now).await? else {
-        return Ok(None);
-    };
-    same_request(replay, request).map(Some)
 }
 
 /// The stored answer, if it was for this very request.

@@ -337,20 +337,27 @@ async fn save(
 /// the change, so a crash loses neither.
 async fn append(tx: &mut dyn StoreTx, order: &Order, events: &[OrderEvent], notify: Outbox) -> Result<()> {
     tx.append_events(events).await?;
-    for event in events {
-        if notify.webhooks {
-            tx.enqueue(&crate::webhooks::delivery(order, event), event.created_at).await?;
-        }
-        if let Some(ttl) = notify.push_ttl {
-            for job in crate::notify::order_jobs(order, event, ttl) {
-                tx.enqueue(&job, event.created_at).await?;
-            }
-        }
-        if let Some(job) = crate::notify::email::order_job(order, event).filter(|_| notify.email) {
-            tx.enqueue(&job, event.created_at).await?;
-        }
+    for (job, at) in outbox_jobs(order, events, notify) {
+        tx.enqueue(&job, at).await?;
     }
     Ok(())
+}
+
+/// The jobs `notify` asks for on `events` of `order`, each with the time of its event.
+fn outbox_jobs(order: &Order, events: &[OrderEvent], notify: Outbox) -> Vec<(crate::store::NewJob, DateTime<Utc>)> {
+    let mut jobs = Vec::new();
+    for event in events {
+        if notify.webhooks {
+            jobs.push((crate::webhooks::delivery(order, event), event.created_at));
+        }
+        if let Some(ttl) = notify.push_ttl {
+            jobs.extend(crate::notify::order_jobs(order, event, ttl).into_iter().map(|job| (job, event.created_at)));
+        }
+        if let Some(job) = crate::notify::email::order_job(order, event).filter(|_| notify.email) {
+            jobs.push((job, event.created_at));
+        }
+    }
+    jobs
 }
 
 /// What a change of an order writes beside its events, in its transaction: the operator's

@@ -231,3 +231,65 @@ macro_rules! select_order {
     };
 }
 pub(crate) use select_order;
+
+/// The `INSERT` of a new order row; its 31 parameters are bound by [`bind_order!`].
+macro_rules! insert_order {
+    () => {
+        concat!(
+            "INSERT INTO orders (id, customer_id, pilot_id, vehicle_type, status, cancel_reason, pickup_lat, ",
+            "pickup_lng, pickup_address, drop_lat, drop_lng, drop_address, payment_method, payment_status, ",
+            "fare_paise, discount_paise, tax_paise, total_paise, coupon_id, quote_id, scheduled_at, last_event_seq, ",
+            "created_at, updated_at, fare_breakdown, pickup_cell, coupon_code, notes, refunded_paise, delivery_otp, ",
+            "fees_owed_paise) ",
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, ",
+            "$22, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
+        )
+    };
+}
+pub(crate) use insert_order;
+
+/// Binds [`insert_order!`]'s parameters: `$query` (a `sqlx::query`), `$order` (an
+/// [`Order`](crate::domain::orders::Order)), its pickup's demand cell and its coupon.
+macro_rules! bind_order {
+    ($query:expr, $order:expr, $pickup_cell:expr, $coupon:expr) => {{
+        let order: &crate::domain::orders::Order = $order;
+        let coupon: Option<&crate::domain::money::Coupon> = $coupon;
+        $query
+            .bind(order.id.0)
+            .bind(order.customer_id.0)
+            .bind(order.pilot_id.map(|id| id.0))
+            .bind(order.vehicle_type.as_str())
+            .bind(order.status.as_str())
+            .bind(order.cancel_reason.map(|reason| reason.as_str()))
+            .bind(order.pickup.lat)
+            .bind(order.pickup.lng)
+            .bind(&order.pickup.address)
+            .bind(order.drop.lat)
+            .bind(order.drop.lng)
+            .bind(&order.drop.address)
+            .bind(order.payment_method.as_str())
+            .bind(order.payment_status.as_str())
+            .bind(order.fare.fare_paise)
+            .bind(order.fare.discount_paise)
+            .bind(order.fare.tax_paise)
+            // The trip's own total; the fees owed ride on top (their own column).
+            .bind(order.fare.total_paise - order.fare.fees_owed_paise)
+            .bind(coupon.map(|coupon| coupon.id.0))
+            .bind(order.quote_id)
+            .bind(order.scheduled_at)
+            .bind(order.last_event_seq)
+            .bind(order.created_at)
+            .bind(order.updated_at)
+            .bind(sqlx::types::Json(&order.fare))
+            .bind($pickup_cell)
+            .bind(order.coupon_code.as_deref())
+            .bind(order.notes.as_deref())
+            .bind(order.refunded_paise)
+            .bind(order.delivery_otp.as_deref())
+            .bind(order.fare.fees_owed_paise)
+    }};
+}
+pub(crate) use bind_order;
+
+/// The unique index that lets a quote make one order.
+pub(crate) const QUOTE_USED_ONCE: &str = "orders_quote_once_idx";

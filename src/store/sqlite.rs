@@ -27,6 +27,11 @@ const SELECT_REFRESH_FOR_ROTATION: &str = "SELECT rt.session_id, s.user_id, rt.e
 const LOCK_ORDER: &str = crate::store::orders::select_order!("WHERE id = $1");
 const LOCK_PAYMENT: &str = crate::store::money::select_payment!("WHERE gateway = $1 AND gateway_ref = $2");
 const LOCK_USER: &str = "SELECT id FROM users WHERE id = $1";
+/// An idempotency key claimed (nothing if the user already used it); `BEGIN IMMEDIATE`
+/// holds the lock `LOCK_USER` stands for.
+const LOCK_USER_CLAIMING_KEY: &str = "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, \
+     response_status, response_body) SELECT id, $2, $3, $4, $5, $6 FROM users WHERE id = $1 \
+     ON CONFLICT (user_id, key) DO NOTHING";
 const LOCK_PAYOUT: &str = crate::store::money::select_payout!("WHERE id = $1");
 /// Due jobs. One writer at a time, so no skipping is needed.
 const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = $2, \
@@ -119,4 +124,27 @@ mod jobs_sql {
 mod tx_sql {
     use super::{LOCK_ORDER, LOCK_PAYMENT, WITHDRAW_ASSIGNMENT_OFFERS};
     include!("sql/tx.rs");
+}
+
+/// See [`crate::store::StoreTx::insert_new_order`]: statement by statement (SQLite has no
+/// writing `WITH`, and its statements cost no round trip).
+async fn insert_new_order(
+    tx: &mut TxImpl,
+    new: &crate::store::NewOrder<'_>,
+) -> crate::error::Result<crate::store::NewOrderWritten> {
+    use crate::store::StoreTx;
+    let customer = new.order.customer_id;
+    let open_before: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM orders WHERE customer_id = $1 AND status NOT IN ('delivered', 'cancelled', 'returned')",
+    )
+    .bind(customer.0)
+    .fetch_one(&mut *tx.tx)
+    .await?;
+    tx.insert_order(new.order, new.pickup_cell, new.coupon).await?;
+    let dues_charged_paise = tx.charge_dues(customer, new.order.id).await?;
+    tx.append_events(new.events).await?;
+    for job in new.jobs {
+        tx.enqueue(job, new.now).await?;
+    }
+    Ok(crate::store::NewOrderWritten { open_before, dues_charged_paise })
 }

@@ -44,29 +44,61 @@ pub struct NewPilotEntry {
     pub order: OrderId,
 }
 
+/// An idempotency key to claim (see [`StoreTx::lock_customer`]): the request's fingerprint
+/// and the answer it gets if the transaction commits.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyClaim<'a> {
+    pub key: &'a str,
+    pub request_hash: &'a [u8; 32],
+    pub answer: (u16, &'a Value),
+    pub now: DateTime<Utc>,
+}
+
+/// A new order and what is written with it (see [`StoreTx::insert_new_order`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewOrder<'a> {
+    pub order: &'a Order,
+    /// The coarse cell its pickup is counted in for surge.
+    pub pickup_cell: i64,
+    pub coupon: Option<&'a Coupon>,
+    pub events: &'a [OrderEvent],
+    pub jobs: &'a [NewJob],
+    pub now: DateTime<Utc>,
+}
+
+/// What [`StoreTx::insert_new_order`] found as it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewOrderWritten {
+    /// The customer's open orders before this one.
+    pub open_before: i64,
+    /// The fees owed now carried by the order.
+    pub dues_charged_paise: i64,
+}
+
 #[async_trait]
 pub trait StoreTx: Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 
-    /// Claims `key` for `user`'s request, with the answer it gets if this transaction commits
-    /// (one insert). `None`: claimed, go ahead. `Some`: the key was used before; here is what
-    /// it answered. A concurrent request with the same key waits here until the first one
-    /// commits (then it gets that answer) or rolls back (then it claims the key itself).
-    async fn claim_idempotency_key(
+    /// Locks the customer's row until the transaction ends: two orders of one customer
+    /// created at once queue up here, and each counts the other's (see
+    /// [`StoreTx::insert_new_order`]). With `claim`, claims its key under that lock, in the
+    /// same statement. `None`: go ahead. `Some`: the key was used before; here is what it
+    /// answered. (Keys are per customer, so a request reusing one waits for the lock until the
+    /// first commits, then gets its answer, or rolls back, then claims the key itself.)
+    async fn lock_customer(
         &mut self,
-        user: UserId,
-        key: &str,
-        request_hash: &[u8; 32],
-        answer: (u16, &Value),
-        now: DateTime<Utc>,
+        customer: UserId,
+        claim: Option<KeyClaim<'_>>,
     ) -> Result<Option<IdempotentReplay>>;
 
     async fn insert_order(&mut self, order: &Order, pickup_cell: i64, coupon: Option<&Coupon>) -> Result<()>;
 
-    /// How many open orders (not delivered, not cancelled) the customer has, with the
-    /// customer's row locked until the transaction ends: two orders created at once by one
-    /// customer count each other, whichever commits first.
-    async fn lock_open_orders_of(&mut self, customer: UserId) -> Result<i64>;
+    /// Writes a new order with its first events and jobs, puts every fee its customer owes on
+    /// it, and counts the customer's other open orders (not delivered, not cancelled), in one
+    /// round trip where the backend can. Call it with the customer's row locked
+    /// ([`StoreTx::lock_customer`]), so the count is not raced; the caller rolls back when
+    /// the count or the fees are not what the order was priced with.
+    async fn insert_new_order(&mut self, new: &NewOrder<'_>) -> Result<NewOrderWritten>;
 
     /// The customer of cash order `order` (cancelled now) owes `amount_paise` to `pilot`.
     async fn add_due(

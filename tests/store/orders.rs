@@ -9,7 +9,10 @@ use dispatchd::domain::orders::{
 use dispatchd::domain::{Role, VehicleType};
 use dispatchd::error::Error;
 use dispatchd::ids::{OrderId, UserId};
-use dispatchd::store::{IdempotentReplay, NewPilotEntry, NewRating, OrderFilter, PageRequest, RatingSummary};
+use dispatchd::store::{
+    IdempotentReplay, KeyClaim, NewJob, NewOrder, NewOrderWritten, NewPilotEntry, NewRating, OrderFilter, PageRequest,
+    RatingSummary, StoreTx,
+};
 use serde_json::{Value, json};
 
 use super::{Subject, now, twice_at_once, user};
@@ -32,6 +35,7 @@ conformance!(
     pilot_earnings_post_once_and_may_go_below_zero,
     payouts_hold_to_the_balance,
     fees_owed_ride_on_one_order_at_a_time,
+    a_new_order_is_written_whole_with_what_it_brings,
 );
 
 /// H3 cells as `insert_order` takes them (any number will do for the store).
@@ -356,12 +360,24 @@ async fn racing_order_updates_have_one_winner(subject: Subject) {
     assert_eq!(subject.store.order(order.id).await.unwrap().unwrap().pilot_id, winner.pilot_id);
 }
 
+/// Claims `key` for `user` as an order creation does: with the customer's row locked.
+async fn claim(
+    tx: &mut dyn StoreTx,
+    user: UserId,
+    key: &str,
+    request_hash: &[u8; 32],
+    answer: (u16, &Value),
+    now: chrono::DateTime<chrono::Utc>,
+) -> dispatchd::error::Result<Option<IdempotentReplay>> {
+    tx.lock_customer(user, Some(KeyClaim { key, request_hash, answer, now })).await
+}
+
 async fn idempotency_keys_replay_the_stored_response(subject: Subject) {
     let (alice, bob) = (user(&subject, Role::Customer).await, user(&subject, Role::Customer).await);
     let at = now();
     let body = json!({ "id": "order-1", "total_paise": 9_581 });
     let mut tx = subject.store.begin().await.unwrap();
-    assert_eq!(tx.claim_idempotency_key(alice, "key-1", &[1; 32], (201, &body), at).await.unwrap(), None, "first use");
+    assert_eq!(claim(&mut *tx, alice, "key-1", &[1; 32], (201, &body), at).await.unwrap(), None, "first use");
     tx.commit().await.unwrap();
 
     let replay = IdempotentReplay { request_hash: vec![1; 32], status: 201, body };
@@ -369,30 +385,15 @@ async fn idempotency_keys_replay_the_stored_response(subject: Subject) {
     assert_eq!(subject.store.idempotent_response(bob, "key-1").await.unwrap(), None);
     let other = json!({ "id": "order-2" });
     let mut tx = subject.store.begin().await.unwrap();
-    assert_eq!(
-        tx.claim_idempotency_key(alice, "key-1", &[2; 32], (201, &other), at).await.unwrap(),
-        Some(replay.clone())
-    );
-    assert_eq!(
-        tx.claim_idempotency_key(bob, "key-1", &[1; 32], (201, &other), at).await.unwrap(),
-        None,
-        "keys are per user"
-    );
-    assert_eq!(tx.claim_idempotency_key(alice, "key-2", &[1; 32], (201, &other), at).await.unwrap(), None);
+    assert_eq!(claim(&mut *tx, alice, "key-1", &[2; 32], (201, &other), at).await.unwrap(), Some(replay.clone()));
+    assert_eq!(claim(&mut *tx, bob, "key-1", &[1; 32], (201, &other), at).await.unwrap(), None, "keys are per user");
+    assert_eq!(claim(&mut *tx, alice, "key-2", &[1; 32], (201, &other), at).await.unwrap(), None);
     drop(tx);
     assert_eq!(subject.store.idempotent_response(bob, "key-1").await.unwrap(), None, "rolled back");
 
     let mut tx = subject.store.begin().await.unwrap();
-    assert_eq!(
-        tx.claim_idempotency_key(bob, "key-1", &[3; 32], (201, &other), at).await.unwrap(),
-        None,
-        "a rollback frees it"
-    );
-    assert_eq!(
-        tx.claim_idempotency_key(alice, "key-1", &[1; 32], (201, &other), at).await.unwrap(),
-        Some(replay),
-        "still"
-    );
+    assert_eq!(claim(&mut *tx, bob, "key-1", &[3; 32], (201, &other), at).await.unwrap(), None, "a rollback frees it");
+    assert_eq!(claim(&mut *tx, alice, "key-1", &[1; 32], (201, &other), at).await.unwrap(), Some(replay), "still");
 }
 
 async fn a_concurrent_request_waits_for_the_keys_response(subject: Subject) {
@@ -400,7 +401,7 @@ async fn a_concurrent_request_waits_for_the_keys_response(subject: Subject) {
     let turn = std::sync::atomic::AtomicUsize::new(0);
     let outcomes = twice_at_once(&subject, async |tx| {
         let run = json!({ "run": turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst) });
-        Ok((tx.claim_idempotency_key(customer, "key", &[7; 32], (201, &run), now()).await?, run))
+        Ok((claim(&mut *tx, customer, "key", &[7; 32], (201, &run), now()).await?, run))
     })
     .await;
     let outcomes: Vec<_> = outcomes.into_iter().map(Result::unwrap).collect();
@@ -415,21 +416,14 @@ async fn old_idempotency_keys_are_purged(subject: Subject) {
     let at = now();
     let mut tx = subject.store.begin().await.unwrap();
     for (key, age) in [("old", Duration::hours(25)), ("fresh", Duration::hours(1))] {
-        assert_eq!(tx.claim_idempotency_key(customer, key, &[1; 32], (201, &json!({})), at - age).await.unwrap(), None);
+        assert_eq!(claim(&mut *tx, customer, key, &[1; 32], (201, &json!({})), at - age).await.unwrap(), None);
     }
     tx.commit().await.unwrap();
     assert_eq!(subject.store.purge_idempotency_keys(at - Duration::hours(24)).await.unwrap(), 1);
     let mut tx = subject.store.begin().await.unwrap();
     let answer = (201, &json!({}));
-    assert_eq!(
-        tx.claim_idempotency_key(customer, "old", &[2; 32], answer, at).await.unwrap(),
-        None,
-        "forgotten: usable again"
-    );
-    assert!(
-        tx.claim_idempotency_key(customer, "fresh", &[1; 32], answer, at).await.unwrap().is_some(),
-        "still remembered"
-    );
+    assert_eq!(claim(&mut *tx, customer, "old", &[2; 32], answer, at).await.unwrap(), None, "forgotten: usable again");
+    assert!(claim(&mut *tx, customer, "fresh", &[1; 32], answer, at).await.unwrap().is_some(), "still remembered");
 }
 
 async fn a_search_is_leased_by_one_node_until_its_lease_lapses(subject: Subject) {
@@ -602,4 +596,66 @@ async fn fees_owed_ride_on_one_order_at_a_time(subject: Subject) {
     tx.commit().await.unwrap();
     assert_eq!(store.fees_owed(customer).await.unwrap(), 0, "a settled fee is not given back");
     assert!(store.all_fees_owed().await.unwrap().iter().all(|(who, _)| *who != customer));
+}
+
+async fn a_new_order_is_written_whole_with_what_it_brings(subject: Subject) {
+    let store = &subject.store;
+    let (customer, pilot) = (user(&subject, Role::Customer).await, user(&subject, Role::Pilot).await);
+    let walked_out = placed_order(&subject, customer).await;
+    let mut tx = store.begin().await.unwrap();
+    tx.add_due(walked_out, customer, Some(pilot), 2_000, now()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut order = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    order.quote_id = Some(uuid::Uuid::now_v7());
+    let created = push_event(&mut order, "created", Some(customer), json!({ "total_paise": 9_581 }));
+    order.status = OrderStatus::SearchingDriver;
+    let searching = push_event(&mut order, "searching_driver", None, json!({}));
+    let events = [created, searching];
+    let jobs = [
+        NewJob::new("new_order_check", json!({ "order_id": order.id }), now()).dedupe(format!("check:{}", order.id)),
+        NewJob::new("new_order_note", json!({ "order_id": order.id }), now()),
+    ];
+    let new = NewOrder { order: &order, pickup_cell: CELL, coupon: None, events: &events, jobs: &jobs, now: now() };
+    let mut tx = store.begin().await.unwrap();
+    tx.lock_customer(customer, None).await.unwrap();
+    let written = tx.insert_new_order(&new).await.unwrap();
+    assert_eq!(written, NewOrderWritten { open_before: 1, dues_charged_paise: 2_000 }, "the other order, the fee");
+    tx.commit().await.unwrap();
+    assert_eq!(store.order(order.id).await.unwrap(), Some(order.clone()), "read back equals written");
+    assert_eq!(store.order_events(order.id, 0, 100).await.unwrap(), events);
+    assert_eq!(store.fees_owed(customer).await.unwrap(), 0, "the fee rides on the new order");
+    let queued: Vec<_> =
+        store.job_counts().await.unwrap().into_iter().filter(|count| count.kind.starts_with("new_order_")).collect();
+    assert_eq!(
+        queued.iter().map(|count| (count.kind.as_str(), count.count)).collect::<Vec<_>>(),
+        [("new_order_check", 1), ("new_order_note", 1)]
+    );
+
+    // The same quote again: refused, and nothing of it stays.
+    let mut again = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    again.quote_id = order.quote_id;
+    let created = push_event(&mut again, "created", Some(customer), json!({}));
+    let repeat = [NewJob::new("new_order_check", json!({}), now()).dedupe(format!("check:{}", order.id))];
+    let new =
+        NewOrder { order: &again, pickup_cell: CELL, coupon: None, events: &[created], jobs: &repeat, now: now() };
+    let mut tx = store.begin().await.unwrap();
+    tx.lock_customer(customer, None).await.unwrap();
+    let refused = tx.insert_new_order(&new).await.unwrap_err();
+    assert!(matches!(refused, Error::Unprocessable { code: "QUOTE_ALREADY_USED", .. }), "{refused:?}");
+    drop(tx);
+    assert_eq!(store.order(again.id).await.unwrap(), None);
+
+    // A job already queued under its dedupe key is not queued twice; the order still is written.
+    let mut third = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    let created = push_event(&mut third, "created", Some(customer), json!({}));
+    let new =
+        NewOrder { order: &third, pickup_cell: CELL, coupon: None, events: &[created], jobs: &repeat, now: now() };
+    let mut tx = store.begin().await.unwrap();
+    tx.lock_customer(customer, None).await.unwrap();
+    let written = tx.insert_new_order(&new).await.unwrap();
+    assert_eq!(written, NewOrderWritten { open_before: 2, dues_charged_paise: 0 });
+    tx.commit().await.unwrap();
+    let checks = store.job_counts().await.unwrap().into_iter().find(|count| count.kind == "new_order_check").unwrap();
+    assert_eq!(checks.count, 1);
 }

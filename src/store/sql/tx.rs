@@ -4,7 +4,6 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::domain::money::{Coupon, Gateway, LedgerKind, Payment, Wallet};
@@ -16,6 +15,7 @@ use crate::store::jobs::NewJob;
 use crate::store::money::PaymentRow;
 use crate::store::offers::{OfferRow, offer_columns};
 use crate::store::orders::{IdempotentRow, OrderRow, SELECT_IDEMPOTENT_RESPONSE};
+use crate::store::tx::{KeyClaim, NewOrder, NewOrderWritten};
 use crate::store::{IdempotentReplay, NewPilotEntry, OffersOf, StoreTx, WalletCredit};
 
 #[async_trait]
@@ -25,43 +25,27 @@ impl StoreTx for super::TxImpl {
         Ok(())
     }
 
-    async fn claim_idempotency_key(
-        &mut self,
-        user: UserId,
-        key: &str,
-        request_hash: &[u8; 32],
-        (status, body): (u16, &Value),
-        now: DateTime<Utc>,
-    ) -> Result<Option<IdempotentReplay>> {
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, response_status, response_body) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, key) DO NOTHING",
-        )
-        .bind(user.0)
-        .bind(key)
-        .bind(&request_hash[..])
-        .bind(now)
-        .bind(i16::try_from(status).unwrap_or(i16::MAX))
-        .bind(sqlx::types::Json(body))
-        .execute(&mut *self.tx)
-        .await?;
+    async fn lock_customer(&mut self, customer: UserId, claim: Option<KeyClaim<'_>>) -> Result<Option<IdempotentReplay>> {
+        let Some(claim) = claim else {
+            sqlx::query(super::LOCK_USER).bind(customer.0).execute(&mut *self.tx).await?;
+            return Ok(None);
+        };
+        let (status, body) = claim.answer;
+        let claimed = sqlx::query(super::LOCK_USER_CLAIMING_KEY)
+            .bind(customer.0)
+            .bind(claim.key)
+            .bind(&claim.request_hash[..])
+            .bind(claim.now)
+            .bind(i16::try_from(status).unwrap_or(i16::MAX))
+            .bind(sqlx::types::Json(body))
+            .execute(&mut *self.tx)
+            .await?;
         if claimed.rows_affected() == 1 {
             return Ok(None);
         }
         let row: IdempotentRow =
-            sqlx::query_as(SELECT_IDEMPOTENT_RESPONSE).bind(user.0).bind(key).fetch_one(&mut *self.tx).await?;
+            sqlx::query_as(SELECT_IDEMPOTENT_RESPONSE).bind(customer.0).bind(claim.key).fetch_one(&mut *self.tx).await?;
         Ok(Some(row.into()))
-    }
-
-    async fn lock_open_orders_of(&mut self, customer: UserId) -> Result<i64> {
-        sqlx::query(super::LOCK_USER).bind(customer.0).execute(&mut *self.tx).await?;
-        let open: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM orders WHERE customer_id = $1 AND status NOT IN ('delivered', 'cancelled', 'returned')",
-        )
-        .bind(customer.0)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(open)
     }
 
     async fn add_due(
@@ -119,59 +103,19 @@ impl StoreTx for super::TxImpl {
     }
 
     async fn insert_order(&mut self, order: &Order, pickup_cell: i64, coupon: Option<&Coupon>) -> Result<()> {
-        let inserted = sqlx::query(
-            "INSERT INTO orders (id, customer_id, pilot_id, vehicle_type, status, cancel_reason, pickup_lat, \
-             pickup_lng, pickup_address, drop_lat, drop_lng, drop_address, payment_method, payment_status, \
-             fare_paise, discount_paise, tax_paise, total_paise, coupon_id, quote_id, scheduled_at, last_event_seq, \
-             created_at, updated_at, fare_breakdown, pickup_cell, coupon_code, notes, refunded_paise, delivery_otp, \
-             fees_owed_paise) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
-             $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)",
-        )
-        .bind(order.id.0)
-        .bind(order.customer_id.0)
-        .bind(order.pilot_id.map(|id| id.0))
-        .bind(order.vehicle_type.as_str())
-        .bind(order.status.as_str())
-        .bind(order.cancel_reason.map(|reason| reason.as_str()))
-        .bind(order.pickup.lat)
-        .bind(order.pickup.lng)
-        .bind(&order.pickup.address)
-        .bind(order.drop.lat)
-        .bind(order.drop.lng)
-        .bind(&order.drop.address)
-        .bind(order.payment_method.as_str())
-        .bind(order.payment_status.as_str())
-        .bind(order.fare.fare_paise)
-        .bind(order.fare.discount_paise)
-        .bind(order.fare.tax_paise)
-        // The trip's own total; the fees owed ride on top (their own column).
-        .bind(order.fare.total_paise - order.fare.fees_owed_paise)
-        .bind(coupon.map(|coupon| coupon.id.0))
-        .bind(order.quote_id)
-        .bind(order.scheduled_at)
-        .bind(order.last_event_seq)
-        .bind(order.created_at)
-        .bind(order.updated_at)
-        .bind(sqlx::types::Json(&order.fare))
-        .bind(pickup_cell)
-        .bind(order.coupon_code.as_deref())
-        .bind(order.notes.as_deref())
-        .bind(order.refunded_paise)
-        .bind(order.delivery_otp.as_deref())
-        .bind(order.fare.fees_owed_paise)
-        .execute(&mut *self.tx)
-        .await;
+        let query = sqlx::query(crate::store::orders::insert_order!());
+        let inserted = crate::store::orders::bind_order!(query, order, pickup_cell, coupon).execute(&mut *self.tx).await;
         match inserted {
             // orders_quote_once_idx (the id is a fresh UUID): the quote has an order already.
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() && order.quote_id.is_some() => {
-                Err(Error::Unprocessable {
-                    code: "QUOTE_ALREADY_USED",
-                    message: "this quote was used for another order; ask for a new quote".into(),
-                })
+                Err(quote_already_used())
             }
             other => other.map(|_| ()).map_err(Error::from),
         }
+    }
+
+    async fn insert_new_order(&mut self, new: &NewOrder<'_>) -> Result<NewOrderWritten> {
+        super::insert_new_order(self, new).await
     }
 
     async fn user_by_id(&mut self, id: UserId) -> Result<Option<crate::store::User>> {
@@ -637,4 +581,12 @@ impl super::TxImpl {
 
 fn reference_in_use() -> Error {
     Error::conflict("REFERENCE_IN_USE", "the reference names a credit to another wallet")
+}
+
+/// A second order for a quote (see [`crate::store::orders::QUOTE_USED_ONCE`]).
+pub(super) fn quote_already_used() -> Error {
+    Error::Unprocessable {
+        code: "QUOTE_ALREADY_USED",
+        message: "this quote was used for another order; ask for a new quote".into(),
+    }
 }
