@@ -304,6 +304,16 @@ impl<DB: Database> Floating<DB, Live<DB>> {
             }
         }
 
+        // dispatchd patch: a connection with nothing left to send or to read (its last
+        // exchange ran to completion) goes back without the test below, which costs a round
+        // trip to the server for every checkout. A connection left with a queued rollback, a
+        // cancelled query or a broken exchange (`should_flush`) is still tested, and dropped
+        // if the test fails.
+        if !self.raw.should_flush() {
+            self.release();
+            return true;
+        }
+
         // test the connection on-release to ensure it is still viable,
         // and flush anything time-sensitive like transaction rollbacks
         // if an Executor future/stream is dropped during an `.await` call, the connection

@@ -241,7 +241,9 @@ impl Connection for PgConnection {
 
     #[doc(hidden)]
     fn should_flush(&self) -> bool {
-        !self.inner.stream.write_buffer().is_empty()
+        // dispatchd patch: also while a response is still owed (a query cancelled or broken
+        // mid-way, a rollback queued): the pool tests such a connection before reusing it.
+        !self.inner.stream.write_buffer().is_empty() || self.inner.pending_ready_for_query_count > 0
     }
 }
 
