@@ -7,6 +7,9 @@
 #
 #   DISPATCHD_BENCH_DATABASE_URL  a Postgres user that may create databases
 #                                 (default postgres://postgres@127.0.0.1:5432/postgres)
+#   DISPATCHD_BENCH_DATABASE_OPTIONS  appended to the server's database URL, say
+#                                 "?sslmode=disable": Postgres on this host needs no TLS, which
+#                                 costs both processes CPU (by default sqlx prefers TLS)
 #   DISPATCHD_BENCH_STATEMENTS=1  also print the statements Postgres spent the run on (needs
 #                                 shared_preload_libraries = 'pg_stat_statements' on the server)
 #   DISPATCHD_BENCH_REDIS_URL     Redis, as production runs (default redis://127.0.0.1:6379;

@@ -65,10 +65,11 @@ impl PgStore {
         let pool_options = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_secs(config.acquire_timeout_secs))
-            // A connection is tested as it goes back to the pool (sqlx pings it there), so
-            // one handed out again at once is known to be alive: only one that sat idle, and
-            // may have been dropped by the server or the network meanwhile, is pinged first.
-            // Under load that saves a round trip on every checkout.
+            // A connection comes back to the pool either in step with the server (its last
+            // exchange ran to completion) or tested with a ping (vendor/sqlx-core/PATCHED.md),
+            // so one handed out again at once is known to be alive: only one that sat idle,
+            // and may have been dropped by the server or the network meanwhile, is pinged
+            // first. Under load that saves a round trip on every checkout.
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
