@@ -33,6 +33,10 @@ pub struct JobsConfig {
     pub max_backoff_secs: u64,
 }
 
+/// How often the polling worker refreshes the queue's gauges (Prometheus scrapes every 15 s
+/// or so; the lateness alerts wait minutes).
+const STATS_EVERY: StdDuration = StdDuration::from_secs(5);
+
 /// Runs jobs of some kinds.
 #[async_trait]
 pub trait JobHandler: Send + Sync {
@@ -69,22 +73,35 @@ impl Worker {
         let period = StdDuration::from_millis(self.config.poll_interval_ms);
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recorded: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = ticks.tick() => {}
                 () = self.wake.notified() => {}
             }
-            if let Err(err) = self.run_due().await {
+            // The queue's gauges count every job not done, a query that grows with the queue:
+            // at most every STATS_EVERY, not at every poll and wake-up.
+            if recorded.is_none_or(|at| at.elapsed() >= STATS_EVERY) {
+                recorded = Some(std::time::Instant::now());
+                self.record_stats().await;
+            }
+            if let Err(err) = self.claim_and_run().await {
                 tracing::warn!(error = %err, "job worker could not claim jobs");
             }
         }
     }
 
-    /// Claims and runs every job due now; returns how many ran.
+    /// Records the queue's gauges, then claims and runs every job due now; returns how many
+    /// ran.
     pub async fn run_due(&self) -> Result<usize> {
         // Before claiming: a backlog shows as the oldest due job's lateness.
         self.record_stats().await;
+        self.claim_and_run().await
+    }
+
+    /// Claims and runs every job due now; returns how many ran.
+    async fn claim_and_run(&self) -> Result<usize> {
         let mut ran = 0;
         loop {
             let lease = seconds(self.config.lease_secs);
@@ -171,10 +188,10 @@ impl Worker {
         seconds(self.config.backoff_secs.saturating_mul(factor).min(self.config.max_backoff_secs))
     }
 
-    /// Gauges of the queue, refreshed at every poll before claiming: jobs by kind and state
-    /// (`jobs{kind, status}`; every registered kind, zeros included), the totals, and how
-    /// late the oldest due job is (`jobs_oldest_due_seconds`: 0 when the workers keep up;
-    /// growing means they do not).
+    /// Gauges of the queue, refreshed before claiming (by the polling worker at most every
+    /// [`STATS_EVERY`]): jobs by kind and state (`jobs{kind, status}`; every registered kind,
+    /// zeros included), the totals, and how late the oldest due job is
+    /// (`jobs_oldest_due_seconds`: 0 when the workers keep up; growing means they do not).
     async fn record_stats(&self) {
         let Ok(counts) = self.store.job_counts().await else { return };
         let mut kinds: Vec<&str> = self.handlers.keys().copied().collect();
