@@ -161,8 +161,7 @@ impl Orders {
             return same_request(replay, &request);
         }
         let cell = self.demand_cell(pickup);
-        let mut jobs: Vec<_> =
-            super::outbox_jobs(&order, &events, self.notify).into_iter().map(|(job, _)| job).collect();
+        let mut jobs = super::outbox_jobs(&order, &events, self.notify);
         jobs.extend(self.jobs_for(&order, now));
         let new =
             NewOrder { order: &order, pickup_cell: cell, coupon: coupon.as_ref(), events: &events, jobs: &jobs, now };

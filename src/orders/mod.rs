@@ -322,7 +322,9 @@ async fn save(
     events: &[OrderEvent],
     notify: Outbox,
 ) -> Result<()> {
-    if !tx.update_order(order, before.0, before.1).await? {
+    let jobs = outbox_jobs(order, events, notify);
+    let change = crate::store::OrderChange { order, expected: before, events, jobs: &jobs, now: order.updated_at };
+    if !tx.save_order(&change).await? {
         return Err(Error::conflict("ORDER_CHANGED", "the order changed meanwhile; read it again and retry"));
     }
     if before.0 == OrderStatus::SearchingDriver && order.status != OrderStatus::SearchingDriver {
@@ -330,31 +332,22 @@ async fn save(
         // in the same transaction: no pilot can accept an order that stopped searching.
         tx.withdraw_offers(crate::store::OffersOf::Order(order.id), order.updated_at).await?;
     }
-    append(tx, order, events, notify).await
-}
-
-/// Appends events and the jobs of the [`Outbox`] they call for: written in the transaction of
-/// the change, so a crash loses neither.
-async fn append(tx: &mut dyn StoreTx, order: &Order, events: &[OrderEvent], notify: Outbox) -> Result<()> {
-    tx.append_events(events).await?;
-    for (job, at) in outbox_jobs(order, events, notify) {
-        tx.enqueue(&job, at).await?;
-    }
     Ok(())
 }
 
-/// The jobs `notify` asks for on `events` of `order`, each with the time of its event.
-fn outbox_jobs(order: &Order, events: &[OrderEvent], notify: Outbox) -> Vec<(crate::store::NewJob, DateTime<Utc>)> {
+/// The jobs of the [`Outbox`] that `events` of `order` call for, written in the transaction
+/// of the change, so a crash loses neither.
+fn outbox_jobs(order: &Order, events: &[OrderEvent], notify: Outbox) -> Vec<crate::store::NewJob> {
     let mut jobs = Vec::new();
     for event in events {
         if notify.webhooks {
-            jobs.push((crate::webhooks::delivery(order, event), event.created_at));
+            jobs.push(crate::webhooks::delivery(order, event));
         }
         if let Some(ttl) = notify.push_ttl {
-            jobs.extend(crate::notify::order_jobs(order, event, ttl).into_iter().map(|job| (job, event.created_at)));
+            jobs.extend(crate::notify::order_jobs(order, event, ttl));
         }
         if let Some(job) = crate::notify::email::order_job(order, event).filter(|_| notify.email) {
-            jobs.push((job, event.created_at));
+            jobs.push(job);
         }
     }
     jobs

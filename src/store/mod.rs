@@ -41,7 +41,9 @@ pub use jobs::{Job, JobCount, JobOutcome, JobStats, JobStore, NewJob};
 pub use money::MoneyStore;
 pub use offers::{OfferStore, TracePoint};
 pub use orders::{DemandRow, OrderFilter, OrderStore};
-pub use tx::{IdempotentReplay, KeyClaim, NewOrder, NewOrderWritten, NewPilotEntry, OffersOf, StoreTx, WalletCredit};
+pub use tx::{
+    IdempotentReplay, KeyClaim, NewOrder, NewOrderWritten, NewPilotEntry, OffersOf, OrderChange, StoreTx, WalletCredit,
+};
 
 /// One page of a newest-first listing: at most `limit` items older than `before`.
 #[derive(Debug, Clone, Copy)]

@@ -291,5 +291,45 @@ macro_rules! bind_order {
 }
 pub(crate) use bind_order;
 
+/// The `UPDATE` of an order's changeable fields, if it is still at the expected status and
+/// seq; its 11 parameters are bound by [`bind_update!`].
+macro_rules! update_order {
+    () => {
+        concat!(
+            "UPDATE orders SET pilot_id = $4, status = $5, cancel_reason = $6, payment_status = $7, ",
+            "refunded_paise = $8, last_event_seq = $9, updated_at = $10, delivery_otp_failures = $11, ",
+            "search_node = CASE WHEN $5 = 'searching_driver' THEN search_node END, ",
+            "search_lease_until = CASE WHEN $5 = 'searching_driver' THEN search_lease_until END ",
+            "WHERE id = $1 AND status = $2 AND last_event_seq = $3"
+        )
+    };
+}
+pub(crate) use update_order;
+
+/// Binds [`update_order!`]'s parameters: `$query`, the changed `$order`, and the status and
+/// seq it must still have.
+macro_rules! bind_update {
+    ($query:expr, $order:expr, $expected:expr, $expected_seq:expr) => {{
+        let order: &crate::domain::orders::Order = $order;
+        let expected: crate::domain::orders::OrderStatus = $expected;
+        $query
+            .bind(order.id.0)
+            .bind(expected.as_str())
+            .bind($expected_seq)
+            .bind(order.pilot_id.map(|id| id.0))
+            .bind(order.status.as_str())
+            .bind(order.cancel_reason.map(|reason| reason.as_str()))
+            .bind(order.payment_status.as_str())
+            .bind(order.refunded_paise)
+            .bind(order.last_event_seq)
+            .bind(order.updated_at)
+            .bind(order.delivery_otp_failures)
+    }};
+}
+pub(crate) use bind_update;
+
+/// The unique index that keeps a pilot to one order in progress.
+pub(crate) const ONE_ACTIVE_PER_PILOT: &str = "orders_one_active_per_pilot";
+
 /// The unique index that lets a quote make one order.
 pub(crate) const QUOTE_USED_ONCE: &str = "orders_quote_once_idx";

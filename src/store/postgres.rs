@@ -1,6 +1,7 @@
 //! Postgres: the system of record in production. Migrations: `migrations/postgres`.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -140,57 +141,113 @@ mod tx_sql {
     include!("sql/tx.rs");
 }
 
+/// Two `WITH` parts that insert a change's events and jobs from arrays bound from parameter
+/// `$first` on (by [`bind_events_and_jobs!`]); `when` may hold a condition for every row.
+fn events_and_jobs(first: usize, when: &str) -> String {
+    let p = |offset: usize| first + offset;
+    format!(
+        "events AS (INSERT INTO order_events (order_id, seq, type, actor_id, actor_role, data, created_at) \
+         SELECT * FROM UNNEST(${}::uuid[], ${}::int4[], ${}::text[], ${}::uuid[], ${}::text[], ${}::jsonb[], \
+         ${}::timestamptz[]){when}), \
+         jobs AS (INSERT INTO jobs (id, kind, payload, status, run_at, attempts, max_attempts, dedupe_key, \
+         created_at, updated_at, trace_parent) SELECT id, kind, payload, 'queued', run_at, 0, max_attempts, \
+         dedupe_key, ${now}, ${now}, trace_parent FROM UNNEST(${}::uuid[], ${}::text[], ${}::jsonb[], \
+         ${}::timestamptz[], ${}::int4[], ${}::text[], ${}::text[]) \
+         AS job (id, kind, payload, run_at, max_attempts, dedupe_key, trace_parent){when} \
+         ON CONFLICT (dedupe_key) DO NOTHING)",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        p(6),
+        p(7),
+        p(8),
+        p(9),
+        p(10),
+        p(11),
+        p(12),
+        p(13),
+        now = p(14),
+    )
+}
+
+/// Binds [`events_and_jobs`]'s 15 parameters: `$events`, `$jobs`, and the time the jobs are
+/// queued at.
+macro_rules! bind_events_and_jobs {
+    ($query:expr, $events:expr, $jobs:expr, $now:expr) => {{
+        let (events, jobs): (&[crate::domain::orders::OrderEvent], &[crate::store::NewJob]) = ($events, $jobs);
+        $query
+            .bind(events.iter().map(|event| event.order_id.0).collect::<Vec<_>>())
+            .bind(events.iter().map(|event| event.seq).collect::<Vec<_>>())
+            .bind(events.iter().map(|event| event.kind.as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(|event| event.actor_id.map(|id| id.0)).collect::<Vec<_>>())
+            .bind(events.iter().map(|event| event.actor_role.map(|role| role.as_str())).collect::<Vec<_>>())
+            .bind(events.iter().map(|event| sqlx::types::Json(&event.data)).collect::<Vec<_>>())
+            .bind(events.iter().map(|event| event.created_at).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|job| job.id.0).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|job| job.kind.as_str()).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|job| sqlx::types::Json(&job.payload)).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|job| job.run_at).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|job| job.max_attempts).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|job| job.dedupe_key.as_deref()).collect::<Vec<_>>())
+            .bind(jobs.iter().map(|job| job.trace_parent.as_deref()).collect::<Vec<_>>())
+            .bind($now)
+    }};
+}
+
 /// A new order with its events, jobs and fees, and the customer's open orders counted, in
 /// one statement: one round trip instead of five. Its parts see the same snapshot, so the
 /// count leaves the new order out; the foreign keys are checked once all of it is written.
-const INSERT_NEW_ORDER: &str = concat!(
-    "WITH open AS (SELECT COUNT(*) AS n FROM orders WHERE customer_id = $2 ",
-    "AND status NOT IN ('delivered', 'cancelled', 'returned')), ",
-    "new_order AS (",
-    crate::store::orders::insert_order!(),
-    "), events AS (INSERT INTO order_events (order_id, seq, type, actor_id, actor_role, data, created_at) ",
-    "SELECT * FROM UNNEST($32::uuid[], $33::int4[], $34::text[], $35::uuid[], $36::text[], $37::jsonb[], ",
-    "$38::timestamptz[])), ",
-    "jobs AS (INSERT INTO jobs (id, kind, payload, status, run_at, attempts, max_attempts, dedupe_key, created_at, ",
-    "updated_at, trace_parent) SELECT id, kind, payload, 'queued', run_at, 0, max_attempts, dedupe_key, $46, $46, ",
-    "trace_parent FROM UNNEST($39::uuid[], $40::text[], $41::jsonb[], $42::timestamptz[], $43::int4[], $44::text[], ",
-    "$45::text[]) AS job (id, kind, payload, run_at, max_attempts, dedupe_key, trace_parent) ",
-    "ON CONFLICT (dedupe_key) DO NOTHING), ",
-    "dues AS (UPDATE customer_dues SET charged_order_id = $1 WHERE customer_id = $2 AND charged_order_id IS NULL ",
-    "RETURNING amount_paise) ",
-    "SELECT (SELECT n FROM open), (SELECT COALESCE(SUM(amount_paise), 0)::int8 FROM dues)"
-);
+static INSERT_NEW_ORDER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH open AS (SELECT COUNT(*) AS n FROM orders WHERE customer_id = $2 \
+         AND status NOT IN ('delivered', 'cancelled', 'returned')), new_order AS ({}), {}, \
+         dues AS (UPDATE customer_dues SET charged_order_id = $1 WHERE customer_id = $2 \
+         AND charged_order_id IS NULL RETURNING amount_paise) \
+         SELECT (SELECT n FROM open), (SELECT COALESCE(SUM(amount_paise), 0)::int8 FROM dues)",
+        crate::store::orders::insert_order!(),
+        events_and_jobs(32, ""),
+    )
+});
 
 /// See [`crate::store::StoreTx::insert_new_order`].
 async fn insert_new_order(
     tx: &mut TxImpl,
     new: &crate::store::NewOrder<'_>,
 ) -> crate::error::Result<crate::store::NewOrderWritten> {
-    let (events, jobs) = (new.events, new.jobs);
-    let query = sqlx::query_as::<_, (i64, i64)>(INSERT_NEW_ORDER);
-    let written = crate::store::orders::bind_order!(query, new.order, new.pickup_cell, new.coupon)
-        .bind(events.iter().map(|event| event.order_id.0).collect::<Vec<_>>())
-        .bind(events.iter().map(|event| event.seq).collect::<Vec<_>>())
-        .bind(events.iter().map(|event| event.kind.as_str()).collect::<Vec<_>>())
-        .bind(events.iter().map(|event| event.actor_id.map(|id| id.0)).collect::<Vec<_>>())
-        .bind(events.iter().map(|event| event.actor_role.map(|role| role.as_str())).collect::<Vec<_>>())
-        .bind(events.iter().map(|event| sqlx::types::Json(&event.data)).collect::<Vec<_>>())
-        .bind(events.iter().map(|event| event.created_at).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|job| job.id.0).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|job| job.kind.as_str()).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|job| sqlx::types::Json(&job.payload)).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|job| job.run_at).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|job| job.max_attempts).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|job| job.dedupe_key.as_deref()).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|job| job.trace_parent.as_deref()).collect::<Vec<_>>())
-        .bind(new.now)
-        .fetch_one(&mut *tx.tx)
-        .await;
+    let query = sqlx::query_as::<_, (i64, i64)>(INSERT_NEW_ORDER.as_str());
+    let query = crate::store::orders::bind_order!(query, new.order, new.pickup_cell, new.coupon);
+    let written = bind_events_and_jobs!(query, new.events, new.jobs, new.now).fetch_one(&mut *tx.tx).await;
     match written {
         Ok((open_before, dues_charged_paise)) => Ok(crate::store::NewOrderWritten { open_before, dues_charged_paise }),
         Err(sqlx::Error::Database(db)) if db.constraint() == Some(crate::store::orders::QUOTE_USED_ONCE) => {
             Err(tx_sql::quote_already_used())
         }
         Err(err) => Err(err.into()),
+    }
+}
+
+/// A changed order and, only if the change took, its events and jobs, in one statement.
+static SAVE_ORDER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH changed AS ({} RETURNING id), {} SELECT EXISTS (SELECT 1 FROM changed)",
+        crate::store::orders::update_order!(),
+        events_and_jobs(12, " WHERE EXISTS (SELECT 1 FROM changed)"),
+    )
+});
+
+/// See [`crate::store::StoreTx::save_order`].
+async fn save_order(tx: &mut TxImpl, change: &crate::store::OrderChange<'_>) -> crate::error::Result<bool> {
+    let (expected, expected_seq) = change.expected;
+    let query = sqlx::query_scalar::<_, bool>(SAVE_ORDER.as_str());
+    let query = crate::store::orders::bind_update!(query, change.order, expected, expected_seq);
+    let saved = bind_events_and_jobs!(query, change.events, change.jobs, change.now).fetch_one(&mut *tx.tx).await;
+    match saved {
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some(crate::store::orders::ONE_ACTIVE_PER_PILOT) => {
+            Err(tx_sql::pilot_busy())
+        }
+        other => Ok(other?),
     }
 }

@@ -148,3 +148,18 @@ async fn insert_new_order(
     }
     Ok(crate::store::NewOrderWritten { open_before, dues_charged_paise })
 }
+
+/// See [`crate::store::StoreTx::save_order`]: statement by statement, as
+/// [`insert_new_order`].
+async fn save_order(tx: &mut TxImpl, change: &crate::store::OrderChange<'_>) -> crate::error::Result<bool> {
+    use crate::store::StoreTx;
+    let (expected, expected_seq) = change.expected;
+    if !tx.update_order(change.order, expected, expected_seq).await? {
+        return Ok(false);
+    }
+    tx.append_events(change.events).await?;
+    for job in change.jobs {
+        tx.enqueue(job, change.now).await?;
+    }
+    Ok(true)
+}

@@ -66,6 +66,17 @@ pub struct NewOrder<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// A changed order and what is written with it (see [`StoreTx::save_order`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OrderChange<'a> {
+    pub order: &'a Order,
+    /// The status and seq it must still have.
+    pub expected: (OrderStatus, i32),
+    pub events: &'a [OrderEvent],
+    pub jobs: &'a [NewJob],
+    pub now: DateTime<Utc>,
+}
+
 /// What [`StoreTx::insert_new_order`] found as it wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewOrderWritten {
@@ -135,6 +146,11 @@ pub trait StoreTx: Send {
     /// Writes the order's changeable fields if it is still at `expected` status and seq;
     /// `false` when someone changed it first.
     async fn update_order(&mut self, order: &Order, expected: OrderStatus, expected_seq: i32) -> Result<bool>;
+
+    /// [`StoreTx::update_order`], and when it took, the change's events and jobs: in one round
+    /// trip where the backend can. `false` (nothing written) when someone changed the order
+    /// first.
+    async fn save_order(&mut self, change: &OrderChange<'_>) -> Result<bool>;
 
     async fn append_events(&mut self, events: &[OrderEvent]) -> Result<()>;
 

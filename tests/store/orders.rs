@@ -10,8 +10,8 @@ use dispatchd::domain::{Role, VehicleType};
 use dispatchd::error::Error;
 use dispatchd::ids::{OrderId, UserId};
 use dispatchd::store::{
-    IdempotentReplay, KeyClaim, NewJob, NewOrder, NewOrderWritten, NewPilotEntry, NewRating, OrderFilter, PageRequest,
-    RatingSummary, StoreTx,
+    IdempotentReplay, KeyClaim, NewJob, NewOrder, NewOrderWritten, NewPilotEntry, NewRating, OrderChange, OrderFilter,
+    PageRequest, RatingSummary, StoreTx,
 };
 use serde_json::{Value, json};
 
@@ -36,6 +36,7 @@ conformance!(
     payouts_hold_to_the_balance,
     fees_owed_ride_on_one_order_at_a_time,
     a_new_order_is_written_whole_with_what_it_brings,
+    a_change_writes_its_events_and_jobs_only_if_it_took,
 );
 
 /// H3 cells as `insert_order` takes them (any number will do for the store).
@@ -658,4 +659,68 @@ async fn a_new_order_is_written_whole_with_what_it_brings(subject: Subject) {
     tx.commit().await.unwrap();
     let checks = store.job_counts().await.unwrap().into_iter().find(|count| count.kind == "new_order_check").unwrap();
     assert_eq!(checks.count, 1);
+}
+
+async fn a_change_writes_its_events_and_jobs_only_if_it_took(subject: Subject) {
+    let store = &subject.store;
+    let (customer, pilot) = (user(&subject, Role::Customer).await, user(&subject, Role::Pilot).await);
+    let mut order = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    let created = create(&subject, &mut order, CELL).await;
+    let stale = order.clone();
+    let job = |order: &Order| NewJob::new("change_note", json!({ "order_id": order.id }), now());
+    let queued = async || {
+        let counts = store.job_counts().await.unwrap();
+        counts.iter().filter(|count| count.kind == "change_note").map(|count| count.count).sum::<i64>()
+    };
+
+    let before = (order.status, order.last_event_seq);
+    order.status = OrderStatus::Assigned;
+    order.pilot_id = Some(pilot);
+    let assigned = push_event(&mut order, "assigned", None, json!({ "pilot_id": pilot }));
+    let jobs = [job(&order)];
+    let change = OrderChange {
+        order: &order,
+        expected: before,
+        events: std::slice::from_ref(&assigned),
+        jobs: &jobs,
+        now: now(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.save_order(&change).await.unwrap(), "current status and seq");
+    tx.commit().await.unwrap();
+    assert_eq!(store.order(order.id).await.unwrap(), Some(order.clone()), "read back equals written");
+    assert_eq!(store.order_events(order.id, 0, 100).await.unwrap(), [created, assigned.clone()]);
+    assert_eq!(queued().await, 1);
+
+    // A change made from the order as it was: nothing of it is written.
+    let mut late = stale.clone();
+    late.status = OrderStatus::Cancelled;
+    late.cancel_reason = Some(CancelReason::Customer);
+    let cancelled = push_event(&mut late, "cancelled", Some(customer), json!({}));
+    let jobs = [job(&late)];
+    let change = OrderChange {
+        order: &late,
+        expected: (stale.status, stale.last_event_seq),
+        events: &[cancelled],
+        jobs: &jobs,
+        now: now(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    assert!(!tx.save_order(&change).await.unwrap(), "stale status and seq");
+    tx.commit().await.unwrap();
+    assert_eq!(store.order(order.id).await.unwrap(), Some(order.clone()), "unchanged");
+    assert_eq!(store.order_events(order.id, 0, 100).await.unwrap().len(), 2, "no event of the stale change");
+    assert_eq!(queued().await, 1, "no job of the stale change");
+
+    // A second order in progress for the same pilot: refused by the store, by name.
+    let mut other = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+    create(&subject, &mut other, CELL).await;
+    let before = (other.status, other.last_event_seq);
+    other.status = OrderStatus::Assigned;
+    other.pilot_id = Some(pilot);
+    let assigned = push_event(&mut other, "assigned", None, json!({}));
+    let change = OrderChange { order: &other, expected: before, events: &[assigned], jobs: &[], now: now() };
+    let mut tx = store.begin().await.unwrap();
+    let refused = tx.save_order(&change).await.unwrap_err();
+    assert!(matches!(refused, Error::Conflict { code: "PILOT_BUSY", .. }), "{refused:?}");
 }

@@ -15,7 +15,7 @@ use crate::store::jobs::NewJob;
 use crate::store::money::PaymentRow;
 use crate::store::offers::{OfferRow, offer_columns};
 use crate::store::orders::{IdempotentRow, OrderRow, SELECT_IDEMPOTENT_RESPONSE};
-use crate::store::tx::{KeyClaim, NewOrder, NewOrderWritten};
+use crate::store::tx::{KeyClaim, NewOrder, NewOrderWritten, OrderChange};
 use crate::store::{IdempotentReplay, NewPilotEntry, OffersOf, StoreTx, WalletCredit};
 
 #[async_trait]
@@ -139,33 +139,17 @@ impl StoreTx for super::TxImpl {
     }
 
     async fn update_order(&mut self, order: &Order, expected: OrderStatus, expected_seq: i32) -> Result<bool> {
-        let updated = sqlx::query(
-            "UPDATE orders SET pilot_id = $4, status = $5, cancel_reason = $6, payment_status = $7, \
-             refunded_paise = $8, last_event_seq = $9, updated_at = $10, delivery_otp_failures = $11, \
-             search_node = CASE WHEN $5 = 'searching_driver' THEN search_node END, \
-             search_lease_until = CASE WHEN $5 = 'searching_driver' THEN search_lease_until END \
-             WHERE id = $1 AND status = $2 AND last_event_seq = $3",
-        )
-        .bind(order.id.0)
-        .bind(expected.as_str())
-        .bind(expected_seq)
-        .bind(order.pilot_id.map(|id| id.0))
-        .bind(order.status.as_str())
-        .bind(order.cancel_reason.map(|reason| reason.as_str()))
-        .bind(order.payment_status.as_str())
-        .bind(order.refunded_paise)
-        .bind(order.last_event_seq)
-        .bind(order.updated_at)
-        .bind(order.delivery_otp_failures)
-        .execute(&mut *self.tx)
-        .await;
+        let query = sqlx::query(crate::store::orders::update_order!());
+        let updated = crate::store::orders::bind_update!(query, order, expected, expected_seq).execute(&mut *self.tx).await;
         match updated {
             // orders_one_active_per_pilot: the pilot already has an order in progress.
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                Err(Error::conflict("PILOT_BUSY", "the pilot already has an order in progress"))
-            }
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(pilot_busy()),
             other => Ok(other?.rows_affected() == 1),
         }
+    }
+
+    async fn save_order(&mut self, change: &OrderChange<'_>) -> Result<bool> {
+        super::save_order(self, change).await
     }
 
     async fn append_events(&mut self, events: &[OrderEvent]) -> Result<()> {
@@ -589,4 +573,10 @@ pub(super) fn quote_already_used() -> Error {
         code: "QUOTE_ALREADY_USED",
         message: "this quote was used for another order; ask for a new quote".into(),
     }
+}
+
+/// The pilot of a change already has an order in progress (see
+/// [`crate::store::orders::ONE_ACTIVE_PER_PILOT`]).
+pub(super) fn pilot_busy() -> Error {
+    Error::conflict("PILOT_BUSY", "the pilot already has an order in progress")
 }
