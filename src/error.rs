@@ -132,22 +132,21 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(error = %err, "database unavailable");
-                Error::Unavailable { what: "database" }
-            }
+        let unavailable = match &err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => true,
             // The server ended the session (shutting down, restarting, an operator's
             // pg_terminate_backend: SQLSTATE 57P..) or lost the connection (08...): the
             // request may be retried, on a connection the pool opens anew.
-            sqlx::Error::Database(ref db)
-                if db.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08")) =>
-            {
-                tracing::warn!(error = %err, "database unavailable");
-                Error::Unavailable { what: "database" }
+            sqlx::Error::Database(db) => {
+                db.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08"))
             }
-            other => Error::Internal(anyhow::Error::new(other).context("database query failed")),
+            _ => false,
+        };
+        if unavailable {
+            tracing::warn!(error = %err, "database unavailable");
+            return Error::Unavailable { what: "database" };
         }
+        Error::Internal(anyhow::Error::new(err).context("database query failed"))
     }
 }
 

@@ -331,5 +331,33 @@ pub(crate) use bind_update;
 /// The unique index that keeps a pilot to one order in progress.
 pub(crate) const ONE_ACTIVE_PER_PILOT: &str = "orders_one_active_per_pilot";
 
+/// How many open orders (not delivered, not cancelled, not returned) the customer `$customer`
+/// (a parameter, say `"$1"`) has: the count the open-order cap is checked against.
+macro_rules! count_open_orders {
+    ($customer:literal) => {
+        concat!(
+            "SELECT COUNT(*) FROM orders WHERE customer_id = ",
+            $customer,
+            " AND status NOT IN ('delivered', 'cancelled', 'returned')"
+        )
+    };
+}
+pub(crate) use count_open_orders;
+
+/// Puts every fee customer `$customer` owes (and no other order carries) on order `$order`
+/// (parameters, say `"$1"` and `"$2"`), returning each fee's amount.
+macro_rules! charge_dues {
+    ($customer:literal, $order:literal) => {
+        concat!(
+            "UPDATE customer_dues SET charged_order_id = ",
+            $order,
+            " WHERE customer_id = ",
+            $customer,
+            " AND charged_order_id IS NULL RETURNING amount_paise"
+        )
+    };
+}
+pub(crate) use charge_dues;
+
 /// The unique index that lets a quote make one order.
 pub(crate) const QUOTE_USED_ONCE: &str = "orders_quote_once_idx";

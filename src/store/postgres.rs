@@ -202,13 +202,12 @@ macro_rules! bind_events_and_jobs {
 /// count leaves the new order out; the foreign keys are checked once all of it is written.
 static INSERT_NEW_ORDER: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH open AS (SELECT COUNT(*) AS n FROM orders WHERE customer_id = $2 \
-         AND status NOT IN ('delivered', 'cancelled', 'returned')), new_order AS ({}), {}, \
-         dues AS (UPDATE customer_dues SET charged_order_id = $1 WHERE customer_id = $2 \
-         AND charged_order_id IS NULL RETURNING amount_paise) \
+        "WITH open (n) AS ({}), new_order AS ({}), {}, dues AS ({}) \
          SELECT (SELECT n FROM open), (SELECT COALESCE(SUM(amount_paise), 0)::int8 FROM dues)",
+        crate::store::orders::count_open_orders!("$2"),
         crate::store::orders::insert_order!(),
         events_and_jobs(32, ""),
+        crate::store::orders::charge_dues!("$2", "$1"),
     )
 });
 

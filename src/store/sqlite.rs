@@ -134,18 +134,13 @@ async fn insert_new_order(
 ) -> crate::error::Result<crate::store::NewOrderWritten> {
     use crate::store::StoreTx;
     let customer = new.order.customer_id;
-    let open_before: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM orders WHERE customer_id = $1 AND status NOT IN ('delivered', 'cancelled', 'returned')",
-    )
-    .bind(customer.0)
-    .fetch_one(&mut *tx.tx)
-    .await?;
+    let open_before: i64 = sqlx::query_scalar(crate::store::orders::count_open_orders!("$1"))
+        .bind(customer.0)
+        .fetch_one(&mut *tx.tx)
+        .await?;
     tx.insert_order(new.order, new.pickup_cell, new.coupon).await?;
     let dues_charged_paise = tx.charge_dues(customer, new.order.id).await?;
-    tx.append_events(new.events).await?;
-    for job in new.jobs {
-        tx.enqueue(job, new.now).await?;
-    }
+    append_events_and_jobs(tx, new.events, new.jobs, new.now).await?;
     Ok(crate::store::NewOrderWritten { open_before, dues_charged_paise })
 }
 
@@ -157,9 +152,21 @@ async fn save_order(tx: &mut TxImpl, change: &crate::store::OrderChange<'_>) -> 
     if !tx.update_order(change.order, expected, expected_seq).await? {
         return Ok(false);
     }
-    tx.append_events(change.events).await?;
-    for job in change.jobs {
-        tx.enqueue(job, change.now).await?;
-    }
+    append_events_and_jobs(tx, change.events, change.jobs, change.now).await?;
     Ok(true)
+}
+
+/// A change's events and the jobs it queues (Postgres's `events_and_jobs`).
+async fn append_events_and_jobs(
+    tx: &mut TxImpl,
+    events: &[crate::domain::orders::OrderEvent],
+    jobs: &[crate::store::NewJob],
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::error::Result<()> {
+    use crate::store::StoreTx;
+    tx.append_events(events).await?;
+    for job in jobs {
+        tx.enqueue(job, now).await?;
+    }
+    Ok(())
 }

@@ -71,14 +71,11 @@ impl StoreTx for super::TxImpl {
     }
 
     async fn charge_dues(&mut self, customer: UserId, order: OrderId) -> Result<i64> {
-        let charged: Vec<i64> = sqlx::query_scalar(
-            "UPDATE customer_dues SET charged_order_id = $2 WHERE customer_id = $1 AND charged_order_id IS NULL \
-             RETURNING amount_paise",
-        )
-        .bind(customer.0)
-        .bind(order.0)
-        .fetch_all(&mut *self.tx)
-        .await?;
+        let charged: Vec<i64> = sqlx::query_scalar(crate::store::orders::charge_dues!("$1", "$2"))
+            .bind(customer.0)
+            .bind(order.0)
+            .fetch_all(&mut *self.tx)
+            .await?;
         Ok(charged.iter().sum())
     }
 
