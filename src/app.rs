@@ -212,7 +212,9 @@ impl App {
         }
         if config.notifications.push_enabled() {
             let fcm = Arc::new(crate::notify::fcm::Fcm::new(&config.notifications.fcm)?);
-            let push = Arc::new(crate::notify::PushJobs::new(store.clone(), fcm, &config.notifications, clock.clone()));
+            let notifications = &config.notifications;
+            let push = crate::notify::PushJobs::new(store.clone(), fcm, notifications, clock.clone(), jobs.waker());
+            let push = Arc::new(push);
             jobs.register(crate::notify::PUSH_JOB, push.clone());
             jobs.register(crate::notify::DEVICE_JOB, push);
         }

@@ -262,6 +262,8 @@ impl Config {
             ("jobs.poll_interval_ms", self.jobs.poll_interval_ms),
             ("pricing.surge.demand_refresh_ms", self.pricing.surge.demand_refresh_ms),
             ("jobs.batch_size", self.jobs.batch_size.into()),
+            ("jobs.concurrency", self.jobs.concurrency.into()),
+            ("jobs.per_kind", self.jobs.per_kind.into()),
             ("jobs.lease_secs", self.jobs.lease_secs),
             ("jobs.backoff_secs", self.jobs.backoff_secs),
             ("cluster.retention_secs", self.cluster.retention_secs),

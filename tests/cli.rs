@@ -176,7 +176,8 @@ async fn failed_jobs_of_a_kind_are_run_again_by_the_admin_command() {
     let store = dispatchd::store::open(&dispatchd::config::Config::defaults().database, Some(&url)).await.unwrap();
     let now = chrono::Utc::now();
     store.enqueue(&dispatchd::store::NewJob::new("payment.refund", json!({}), now), now).await.unwrap();
-    let run = store.claim_jobs(now, 10, chrono::Duration::seconds(30)).await.unwrap().pop().unwrap();
+    let run =
+        store.claim_jobs(now, 10, chrono::Duration::seconds(30), &["payment.refund"]).await.unwrap().pop().unwrap();
     let failed = dispatchd::store::JobOutcome::Failed { error: "gateway down".into() };
     assert!(store.finish_job(&run, &failed, now).await.unwrap());
 

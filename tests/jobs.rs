@@ -1,5 +1,6 @@
 //! The job worker against a real Postgres: two workers (two nodes) sharing one queue never
-//! run the same job at once, even when a batch's jobs are slow enough to outlast its lease.
+//! run the same job at once, even when a batch's jobs are slow enough to outlast its lease;
+//! a kind whose gateway hangs holds only its own slots; one order's jobs run in order.
 
 mod common;
 
@@ -52,8 +53,9 @@ async fn two_workers_never_run_one_job_at_once_when_a_batch_outlasts_its_lease()
     let store: Arc<dyn Store> = Arc::new(store);
     let now = Utc::now();
     let mut ids = Vec::new();
+    // Jobs of one order run one after the other, so the four take 1.6 s in one claim.
     for n in 0..4 {
-        let job = NewJob::new("slow", json!({ "n": n }), now);
+        let job = NewJob::new("slow", json!({ "order_id": "one order", "n": n }), now);
         ids.push(job.id);
         store.enqueue(&job, now).await.unwrap();
     }
@@ -85,4 +87,99 @@ async fn two_workers_never_run_one_job_at_once_when_a_batch_outlasts_its_lease()
     }
     assert_eq!(ran, 4);
     assert_eq!(store.job_stats().await.unwrap().queued + store.job_stats().await.unwrap().running, 0);
+}
+
+/// Records the jobs it runs, in order, each as it starts and ends; a job whose payload says
+/// `hang` never ends (a gateway that accepts and never answers).
+#[derive(Default)]
+struct Log {
+    seen: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl JobHandler for Log {
+    async fn run(&self, job: &Job) -> dispatchd::error::Result<()> {
+        let name = job.payload["name"].as_str().unwrap_or_default().to_owned();
+        self.seen.lock().unwrap().push(format!("start {name}"));
+        let wait = job.payload["ms"].as_u64().unwrap_or(0);
+        if job.payload["hang"] == true {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        self.seen.lock().unwrap().push(format!("end {name}"));
+        Ok(())
+    }
+}
+
+async fn queue() -> Arc<dyn Store> {
+    let url = common::fresh_postgres_database().await;
+    let store = PgStore::connect(&url, &Config::defaults().database).await.unwrap();
+    store.migrate().await.unwrap();
+    Arc::new(store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_whose_gateway_hangs_holds_only_its_own_slots() {
+    let store = queue().await;
+    let now = Utc::now();
+    // Forty webhooks to a receiver that never answers fell due first; then the pushes.
+    for n in 0..40 {
+        let payload = json!({ "order_id": format!("w{n}"), "name": format!("webhook {n}"), "hang": true });
+        store.enqueue(&NewJob::new("webhook", payload, now - chrono::Duration::seconds(60)), now).await.unwrap();
+    }
+    for n in 0..5 {
+        let payload = json!({ "order_id": format!("p{n}"), "name": format!("push {n}") });
+        store.enqueue(&NewJob::new("push", payload, now), now).await.unwrap();
+    }
+    let config = dispatchd::jobs::JobsConfig { poll_interval_ms: 100, ..Config::defaults().jobs };
+    let log = Arc::new(Log::default());
+    let mut worker = Worker::new(store.clone(), Clock::system(), config.clone());
+    worker.register("webhook", log.clone());
+    worker.register("push", log.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(Arc::new(worker).run(stop.clone()));
+
+    let pushed = |log: &Log| log.seen.lock().unwrap().iter().filter(|line| line.starts_with("end push")).count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while pushed(&log) < 5 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = log.seen.lock().unwrap().clone();
+    assert_eq!(pushed(&log), 5, "every push went out beside the hung webhooks: {seen:?}");
+    let hung = seen.iter().filter(|line| line.starts_with("start webhook")).count();
+    assert_eq!(hung, config.per_kind as usize, "the webhooks hold their kind's slots, no more");
+    let counts = store.job_counts().await.unwrap();
+    let of = |kind: &str, status: &str| {
+        counts.iter().filter(|c| c.kind == kind && c.status == status).map(|c| c.count).sum::<i64>()
+    };
+    assert_eq!((of("webhook", "running"), of("webhook", "queued")), (8, 32), "the rest wait in the queue");
+    run.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_orders_jobs_run_in_order_while_other_orders_run_beside_them() {
+    let store = queue().await;
+    let now = Utc::now();
+    let second = chrono::Duration::seconds(1);
+    let jobs = [
+        ("a", "a1", 300, now - second * 3),
+        ("a", "a2", 0, now - second * 2),
+        ("b", "b1", 0, now - second * 2),
+        ("a", "a3", 0, now - second),
+    ];
+    for (order, name, ms, run_at) in jobs {
+        let payload = json!({ "order_id": order, "name": name, "ms": ms });
+        store.enqueue(&NewJob::new("push", payload, run_at), now).await.unwrap();
+    }
+    let log = Arc::new(Log::default());
+    let mut worker = Worker::new(store.clone(), Clock::system(), Config::defaults().jobs);
+    worker.register("push", log.clone());
+    assert_eq!(Arc::new(worker).run_due().await.unwrap(), 4);
+
+    let seen = log.seen.lock().unwrap().clone();
+    let at = |line: &str| seen.iter().position(|seen| seen == line).unwrap_or_else(|| panic!("{line}: {seen:?}"));
+    assert!(at("end a1") < at("start a2") && at("end a2") < at("start a3"), "order a in order: {seen:?}");
+    assert!(at("end b1") < at("end a1"), "order b did not wait for order a: {seen:?}");
+    let stats = store.job_stats().await.unwrap();
+    assert_eq!((stats.queued, stats.running), (0, 0));
 }

@@ -211,6 +211,57 @@ async fn order_changes_reach_the_customers_phones_through_fcm() {
     assert_eq!(fake.lock().unwrap().issued.len(), 1, "one access token, cached");
 }
 
+/// The operator's webhook receiver accepts connections and never answers: each order
+/// event's delivery hangs until its timeout. The phones still hear of the assignment at
+/// once, and the webhooks are not lost (they wait, running or queued). With one job at a
+/// time the push waited behind the first hung webhook.
+#[tokio::test]
+async fn a_hung_webhook_receiver_does_not_hold_up_the_phones() {
+    let (fake, options) = fake_fcm().await;
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", hung.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn({
+        let held = held.clone();
+        async move {
+            while let Ok((socket, _)) = hung.accept().await {
+                held.lock().unwrap().push(socket);
+            }
+        }
+    });
+    let options = options
+        .set("webhooks.url", url)
+        .set("webhooks.secret", "a webhook secret of at least thirty-two bytes")
+        .set("webhooks.timeout_secs", 300);
+    let app = TestApp::spawn_with(options).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    assert_eq!(register_device(&app, &customer, "android", "good-1").await.status, StatusCode::CREATED);
+    // Other customers' orders first: more hung deliveries than the webhooks' slots.
+    for _ in 0..6 {
+        let other = app.register("customer").await;
+        common::field::create_order(&app, &other).await;
+    }
+    let (pilot, _socket) = pilot_on_duty(&app, PICKUP).await;
+    let order = common::field::create_order(&app, &customer).await;
+    assert_eq!(assign(&app, &dispatcher, &order, &pilot).await.status, StatusCode::OK);
+
+    eventually(Duration::from_secs(8), "the assignment reaches the phone", || {
+        let fake = fake.clone();
+        async move { fake.lock().unwrap().sent.iter().any(|m| m["data"]["kind"] == "assigned") }
+    })
+    .await;
+    let counts = app.state.store.job_counts().await.unwrap();
+    let webhooks: i64 = counts
+        .iter()
+        .filter(|c| c.kind == "webhook.order_event" && (c.status == "running" || c.status == "queued"))
+        .map(|c| c.count)
+        .sum();
+    assert!(webhooks >= 14, "every event's delivery still waits its turn: {counts:?}");
+    let hanging = held.lock().unwrap().len();
+    assert!((1..=8).contains(&hanging), "at most the webhooks' slots hang at once: {hanging}");
+}
+
 /// Issue 23: a token belongs to the newest user that registers it, a user keeps its newest
 /// few devices, a device can be removed by its owner only, and logging out removes it.
 #[tokio::test]

@@ -8,7 +8,7 @@
 //! Several workers (on several nodes) never run the same job at once. Handlers must be
 //! idempotent: a job may run again if its worker dies after the work but before recording it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -31,6 +31,11 @@ pub struct JobsConfig {
     pub lease_secs: u64,
     pub backoff_secs: u64,
     pub max_backoff_secs: u64,
+    /// Jobs one worker runs at once (each mostly waits on a gateway).
+    pub concurrency: u32,
+    /// Of them, at most this many of one kind: a gateway that hangs holds its own kind's
+    /// slots, never the others'.
+    pub per_kind: u32,
 }
 
 /// How often the polling worker refreshes the queue's gauges (Prometheus scrapes every 15 s
@@ -68,63 +73,191 @@ impl Worker {
         self.handlers.insert(kind, handler);
     }
 
-    /// Polls every `poll_interval_ms` until `stop`.
+    /// Polls every `poll_interval_ms` until `stop`, running up to `concurrency` jobs at
+    /// once; then lets the jobs under way finish and puts back those waiting for them.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let period = StdDuration::from_millis(self.config.poll_interval_ms);
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut recorded: Option<std::time::Instant> = None;
+        let mut flight = InFlight::default();
+        // Whether a claim now could find jobs it may start.
+        let mut look = false;
         loop {
+            while look {
+                look = match self.fill(&mut flight).await {
+                    Ok(fill) => fill == Fill::More,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "job worker could not claim jobs");
+                        false
+                    }
+                };
+            }
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = ticks.tick() => {}
-                () = self.wake.notified() => {}
+                _ = stop.cancelled() => break,
+                _ = ticks.tick() => look = true,
+                () = self.wake.notified() => look = true,
+                Some(done) = flight.running.join_next(), if !flight.running.is_empty() => {
+                    if let Err(err) = self.finish_run(&mut flight, done).await {
+                        tracing::warn!(error = %err, "job worker could not put jobs back in the queue");
+                    }
+                    // A slot is free: worth a claim if the last one left jobs behind, or once
+                    // every run has ended (they may have queued more, due now).
+                    look = flight.left_behind || flight.running.is_empty();
+                }
             }
             // The queue's gauges count every job not done, a query that grows with the queue:
             // at most every STATS_EVERY, not at every poll and wake-up.
-            if recorded.is_none_or(|at| at.elapsed() >= STATS_EVERY) {
+            if look && recorded.is_none_or(|at| at.elapsed() >= STATS_EVERY) {
                 recorded = Some(std::time::Instant::now());
                 self.record_stats().await;
             }
-            if let Err(err) = self.claim_and_run().await {
-                tracing::warn!(error = %err, "job worker could not claim jobs");
-            }
         }
+        self.drain(&mut flight).await;
     }
 
-    /// Records the queue's gauges, then claims and runs every job due now; returns how many
-    /// ran.
-    pub async fn run_due(&self) -> Result<usize> {
+    /// Records the queue's gauges, then claims and runs every job due now (up to
+    /// `concurrency` at once), until none is due or under way; returns how many ran.
+    pub async fn run_due(self: &Arc<Self>) -> Result<usize> {
         // Before claiming: a backlog shows as the oldest due job's lateness.
         self.record_stats().await;
-        self.claim_and_run().await
-    }
-
-    /// Claims and runs every job due now; returns how many ran.
-    async fn claim_and_run(&self) -> Result<usize> {
+        let mut flight = InFlight::default();
         let mut ran = 0;
         loop {
-            let lease = seconds(self.config.lease_secs);
-            let claimed = std::time::Instant::now();
-            let jobs = self.store.claim_jobs(self.clock.now(), self.config.batch_size, lease).await?;
-            if jobs.is_empty() {
-                return Ok(ran);
+            let fill = self.fill(&mut flight).await;
+            let fill = match fill {
+                Ok(fill) => fill,
+                Err(err) => {
+                    self.drain(&mut flight).await;
+                    return Err(err);
+                }
+            };
+            if fill == Fill::More {
+                continue;
             }
-            let mut jobs = jobs.into_iter();
-            while let Some(job) = jobs.next() {
-                // A job started late in the batch's lease could still be running when the
-                // lease lapses and another worker claims it: the rest go back to the queue.
-                if claimed.elapsed() >= StdDuration::from_secs(self.config.lease_secs) / 2 {
-                    self.requeue(std::iter::once(job).chain(jobs)).await?;
-                    break;
-                }
-                let outcome = self.execute(&job).await;
-                if !self.store.finish_job(&job, &outcome, self.clock.now()).await? {
-                    tracing::warn!(job = %job.id, kind = %job.kind, "job outlived its lease; another run owns it now");
-                }
-                ran += 1;
+            let Some(done) = flight.running.join_next().await else { return Ok(ran) };
+            ran += usize::from(matches!(done, Ok((_, Ok(true)))));
+            if let Err(err) = self.finish_run(&mut flight, done).await {
+                self.drain(&mut flight).await;
+                return Err(err);
             }
         }
+    }
+
+    /// Claims due jobs for the free slots: of the kinds with a slot free, at most
+    /// `batch_size`. Each starts at once, or after the job of its kind and order under
+    /// way; one of a kind whose slots the same claim filled goes back to the queue at once.
+    async fn fill(self: &Arc<Self>, flight: &mut InFlight) -> Result<Fill> {
+        let concurrency = self.config.concurrency as usize;
+        let free = concurrency.saturating_sub(flight.held());
+        let per_kind = self.config.per_kind as usize;
+        let kinds: Vec<&str> = self.handlers.keys().copied().filter(|kind| flight.held_of(kind) < per_kind).collect();
+        // Kinds left out, or no slot at all: jobs may be due that this claim leaves behind.
+        flight.left_behind = free == 0 || kinds.len() < self.handlers.len();
+        if free == 0 || kinds.is_empty() {
+            return Ok(Fill::Full);
+        }
+        let limit = free.min(self.config.batch_size as usize);
+        let lease = seconds(self.config.lease_secs);
+        let mut jobs = self.store.claim_jobs(self.clock.now(), limit as u32, lease, &kinds).await?;
+        // An UPDATE returns its rows in no particular order.
+        jobs.sort_by_key(|job| job.run_at);
+        let claimed = jobs.len();
+        let at = std::time::Instant::now();
+        for job in jobs {
+            if flight.held_of(&job.kind) >= per_kind {
+                flight.left_behind = true;
+                self.requeue(std::iter::once(job)).await?;
+                continue;
+            }
+            *flight.by_kind.entry(job.kind.clone()).or_default() += 1;
+            match chain_of(&job).filter(|chain| flight.chains.contains_key(chain)) {
+                Some(chain) => {
+                    flight.chains.entry(chain).or_default().push_back((job, at));
+                    flight.waiting += 1;
+                }
+                None => self.start(flight, job),
+            }
+        }
+        if claimed < limit {
+            return Ok(Fill::Done);
+        }
+        flight.left_behind = true;
+        Ok(if flight.held() < concurrency { Fill::More } else { Fill::Full })
+    }
+
+    /// Runs `job` (counted in its kind already) beside the others, recording its outcome
+    /// when it ends.
+    fn start(self: &Arc<Self>, flight: &mut InFlight, job: Job) {
+        if let Some(chain) = chain_of(&job) {
+            flight.chains.entry(chain).or_default();
+        }
+        let this = self.clone();
+        flight.running.spawn(async move {
+            // A handler that panics fails this attempt (its own task holds the panic); the
+            // worker and the other runs go on.
+            let run = tokio::spawn({
+                let (this, job) = (this.clone(), job.clone());
+                async move { this.execute(&job).await }
+            });
+            let outcome = match run.await {
+                Ok(outcome) => outcome,
+                Err(_) => this.outcome(&job, Err(anyhow::anyhow!("the job's handler panicked").into())),
+            };
+            let finished = this.store.finish_job(&job, &outcome, this.clock.now()).await;
+            if let Ok(false) = finished {
+                tracing::warn!(job = %job.id, kind = %job.kind, "job outlived its lease; another run owns it now");
+            }
+            (job, finished)
+        });
+    }
+
+    /// After a run ends: the next job of its kind and order starts, unless it waited past
+    /// half its lease.
+    async fn finish_run(self: &Arc<Self>, flight: &mut InFlight, done: Done) -> Result<()> {
+        let job = match done {
+            Ok((job, Ok(_))) => job,
+            Ok((job, Err(err))) => {
+                // Its lease runs out and it is claimed again.
+                tracing::warn!(job = %job.id, kind = %job.kind, error = %err, "could not record a job's outcome");
+                job
+            }
+            Err(err) => {
+                // Only an abort ends a run without its job (a panic is the job's failure),
+                // and nothing aborts these.
+                tracing::error!(error = %err, "a job's run ended abnormally");
+                return Ok(());
+            }
+        };
+        flight.release_slot(&job.kind, 1);
+        let Some(chain) = chain_of(&job) else { return Ok(()) };
+        let Some((next, claimed)) = flight.chains.get_mut(&chain).and_then(VecDeque::pop_front) else {
+            flight.chains.remove(&chain);
+            return Ok(());
+        };
+        flight.waiting -= 1;
+        // A job started late in its claim's lease could still be running when the lease
+        // lapses and another worker claims it: it and the rest of its chain go back to the
+        // queue, in order.
+        if claimed.elapsed() >= StdDuration::from_secs(self.config.lease_secs) / 2 {
+            let rest = flight.chains.remove(&chain).unwrap_or_default();
+            flight.waiting -= rest.len();
+            flight.release_slot(&job.kind, rest.len() + 1);
+            return self.requeue(std::iter::once(next).chain(rest.into_iter().map(|(job, _)| job))).await;
+        }
+        self.start(flight, next);
+        Ok(())
+    }
+
+    /// Waits for the runs under way to end; the jobs waiting behind them go back to the
+    /// queue.
+    async fn drain(self: &Arc<Self>, flight: &mut InFlight) {
+        while flight.running.join_next().await.is_some() {}
+        let waiting = std::mem::take(&mut flight.chains).into_values().flatten().map(|(job, _)| job);
+        if let Err(err) = self.requeue(waiting).await {
+            tracing::warn!(error = %err, "could not put waiting jobs back; their leases run out instead");
+        }
+        *flight = InFlight::default();
     }
 
     /// Claimed jobs not started: due again now, for whichever worker claims them next, with
@@ -240,4 +373,59 @@ fn count(job: &Job, outcome: &JobOutcome) {
         JobOutcome::Released => "released",
     };
     metrics::counter!("jobs_runs_total", "kind" => job.kind.clone(), "outcome" => label).increment(1);
+}
+
+/// A run's end: its job and whether its outcome was recorded.
+type Done = std::result::Result<(Job, Result<bool>), tokio::task::JoinError>;
+
+/// What a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// As many as it asked for, with slots still free: there may be more.
+    More,
+    /// Every slot (or every kind's) is taken.
+    Full,
+    /// Fewer than it asked for: nothing more is due of the kinds it asked for.
+    Done,
+}
+
+/// The jobs one worker has claimed and not finished.
+#[derive(Default)]
+struct InFlight {
+    running: tokio::task::JoinSet<(Job, Result<bool>)>,
+    /// Jobs held, running or waiting, by kind.
+    by_kind: HashMap<String, usize>,
+    /// The chains (a kind and an order) with a job under way, each with the jobs of it
+    /// claimed since (and when), to run one after the other in order.
+    chains: HashMap<(String, String), VecDeque<(Job, std::time::Instant)>>,
+    /// How many jobs wait in `chains`.
+    waiting: usize,
+    /// Whether the last claim may have left due jobs behind for want of a slot (so a run's
+    /// end is worth another claim).
+    left_behind: bool,
+}
+
+impl InFlight {
+    /// Jobs claimed and not finished: running or waiting for their chain's.
+    fn held(&self) -> usize {
+        self.running.len() + self.waiting
+    }
+
+    fn held_of(&self, kind: &str) -> usize {
+        self.by_kind.get(kind).copied().unwrap_or(0)
+    }
+
+    fn release_slot(&mut self, kind: &str, by: usize) {
+        if let Some(held) = self.by_kind.get_mut(kind) {
+            *held = held.saturating_sub(by);
+        }
+    }
+}
+
+/// The chain a job runs in: its kind and the order it is about (`payload.order_id`). A
+/// worker runs a chain's jobs one at a time, in the order they fell due: an order's pushes
+/// in order, its webhooks in order, neither waiting for the other.
+fn chain_of(job: &Job) -> Option<(String, String)> {
+    let order = job.payload.get("order_id").and_then(serde_json::Value::as_str)?;
+    Some((job.kind.clone(), order.to_owned()))
 }

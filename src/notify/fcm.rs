@@ -50,6 +50,8 @@ pub struct Fcm {
     key: EncodingKey,
     /// The access token and when to stop using it.
     token: Mutex<Option<(String, Instant)>>,
+    /// Held while a new access token is asked for.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl Fcm {
@@ -69,14 +71,19 @@ impl Fcm {
             client_email: account.client_email,
             key,
             token: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
         })
     }
 
     /// A valid access token: the cached one, or a new one from the token endpoint.
     async fn access_token(&self) -> Result<String, PushError> {
-        if let Some((token, until)) = self.token.lock().clone()
-            && Instant::now() < until
-        {
+        if let Some(token) = self.cached_token() {
+            return Ok(token);
+        }
+        // One request for a new token at a time: the pushes running beside this one wait
+        // for it instead of each asking for their own.
+        let _fetching = self.fetching.lock().await;
+        if let Some(token) = self.cached_token() {
             return Ok(token);
         }
         let now = chrono::Utc::now().timestamp();
@@ -108,6 +115,10 @@ impl Fcm {
         let until = Instant::now() + Duration::from_secs(grant.expires_in.saturating_sub(60));
         *self.token.lock() = Some((grant.access_token.clone(), until));
         Ok(grant.access_token)
+    }
+
+    fn cached_token(&self) -> Option<String> {
+        self.token.lock().clone().filter(|(_, until)| Instant::now() < *until).map(|(token, _)| token)
     }
 }
 

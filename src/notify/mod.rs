@@ -338,6 +338,8 @@ pub struct PushJobs {
     gateway: Arc<dyn PushGateway>,
     templates: HashMap<String, Template>,
     clock: Clock,
+    /// The job worker's: a notification's device jobs go out at once, not at its next poll.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl PushJobs {
@@ -346,8 +348,9 @@ impl PushJobs {
         gateway: Arc<dyn PushGateway>,
         config: &NotificationsConfig,
         clock: Clock,
+        wake: Arc<tokio::sync::Notify>,
     ) -> Self {
-        Self { store, gateway, templates: config.templates.clone(), clock }
+        Self { store, gateway, templates: config.templates.clone(), clock, wake }
     }
 
     /// Renders the notification and enqueues it for each of the user's devices.
@@ -461,6 +464,7 @@ impl PushJobs {
             tx.enqueue(&NewJob::new(DEVICE_JOB, child, now).dedupe(key), now).await?;
         }
         tx.commit().await?;
+        self.wake.notify_one();
         Ok(())
     }
 

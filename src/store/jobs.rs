@@ -96,10 +96,10 @@ pub trait JobStore: Send + Sync {
     /// Enqueues a job on its own (most jobs are enqueued inside a transaction instead).
     async fn enqueue(&self, job: &NewJob, now: DateTime<Utc>) -> Result<()>;
 
-    /// Claims up to `limit` due jobs for `lease`: queued ones whose time has come, and
-    /// running ones whose lease ran out (their worker died). Concurrent workers never claim
-    /// the same job.
-    async fn claim_jobs(&self, now: DateTime<Utc>, limit: u32, lease: Duration) -> Result<Vec<Job>>;
+    /// Claims up to `limit` due jobs of `kinds` for `lease`, the longest due first: queued
+    /// ones whose time has come, and running ones whose lease ran out (their worker died).
+    /// Concurrent workers never claim the same job.
+    async fn claim_jobs(&self, now: DateTime<Utc>, limit: u32, lease: Duration, kinds: &[&str]) -> Result<Vec<Job>>;
 
     /// Records how `job`'s run ended, unless its lease ran out and another worker claimed it
     /// since (then that run's result is the one that counts; `false`).

@@ -37,8 +37,9 @@ const LOCK_PAYOUT: &str = crate::store::money::select_payout!("WHERE id = $1 FOR
 const LOCK_PAYMENT: &str = crate::store::money::select_payment!("WHERE gateway = $1 AND gateway_ref = $2 FOR UPDATE");
 /// Due jobs, skipping rows another worker is claiming right now.
 const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = $2, \
-     updated_at = $1 WHERE id IN (SELECT id FROM jobs WHERE (status = 'queued' AND run_at <= $1) \
-     OR (status = 'running' AND locked_until <= $1) ORDER BY run_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+     updated_at = $1 WHERE id IN (SELECT id FROM jobs WHERE ((status = 'queued' AND run_at <= $1) \
+     OR (status = 'running' AND locked_until <= $1)) AND kind IN (SELECT jsonb_array_elements_text($4)) \
+     ORDER BY run_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
      RETURNING id, kind, payload, attempts, max_attempts, run_at, trace_parent";
 
 /// A live offer, if its order is searching: the order row is locked (`FOR UPDATE`), so a

@@ -16,9 +16,26 @@ conformance!(
     counts_are_kept_per_kind,
     a_released_claim_is_due_at_once_and_not_counted,
     failed_jobs_of_a_kind_can_be_run_again,
+    only_the_kinds_asked_for_are_claimed,
 );
 
 const LEASE: Duration = Duration::seconds(30);
+
+/// Every kind these tests queue: what a worker with a handler for each would claim.
+const KINDS: &[&str] = &[
+    "a.kind",
+    "b.kind",
+    "due",
+    "later",
+    "order.payment_timeout",
+    "order.start_search",
+    "overdue",
+    "payment.refund",
+    "plain",
+    "rolled.back",
+    "soon",
+    "webhook.order_event",
+];
 
 fn job(kind: &str, run_at: DateTime<Utc>) -> NewJob {
     NewJob::new(kind, json!({ "order_id": kind, "n": 1 }), run_at)
@@ -38,7 +55,7 @@ fn claimed(new: &NewJob, attempts: i32) -> Job {
 }
 
 async fn claim(subject: &Subject, at: DateTime<Utc>, limit: u32) -> Vec<Job> {
-    let mut jobs = subject.store.claim_jobs(at, limit, LEASE).await.unwrap();
+    let mut jobs = subject.store.claim_jobs(at, limit, LEASE, KINDS).await.unwrap();
     jobs.sort_by_key(|job| (job.run_at, job.id));
     jobs
 }
@@ -167,7 +184,7 @@ async fn concurrent_workers_claim_disjoint_jobs(subject: Subject) {
     let workers = (0..4).map(|_| async {
         let mut mine = Vec::new();
         loop {
-            let batch = subject.store.claim_jobs(at, 7, LEASE).await.unwrap();
+            let batch = subject.store.claim_jobs(at, 7, LEASE, KINDS).await.unwrap();
             if batch.is_empty() {
                 return mine;
             }
@@ -234,4 +251,23 @@ async fn failed_jobs_of_a_kind_can_be_run_again(subject: Subject) {
     let run = claim(&subject, mended, 10).await.pop().unwrap();
     assert_eq!(run, Job { run_at: mended, ..claimed(&refund, 1) }, "its attempts counted from zero");
     assert_eq!(subject.store.retry_failed_jobs("payment.refund", mended).await.unwrap(), 0, "only failed ones");
+}
+
+/// A worker claims only the kinds it has room for: the jobs of a kind it left out stay
+/// queued however long they have been due, and the others behind them are claimed.
+async fn only_the_kinds_asked_for_are_claimed(subject: Subject) {
+    let at = now();
+    let stuck: Vec<NewJob> = (0..5).map(|n| job("webhook.order_event", at - Duration::seconds(60 - n))).collect();
+    for new in &stuck {
+        subject.store.enqueue(new, at).await.unwrap();
+    }
+    let push = job("a.kind", at);
+    subject.store.enqueue(&push, at).await.unwrap();
+    let got = subject.store.claim_jobs(at, 2, LEASE, &["a.kind", "b.kind"]).await.unwrap();
+    assert_eq!(got, [claimed(&push, 1)], "the older webhooks are not asked for");
+    let mut rest = subject.store.claim_jobs(at, 10, LEASE, &["webhook.order_event"]).await.unwrap();
+    rest.sort_by_key(|job| job.run_at);
+    assert_eq!(rest.len(), 5, "still queued, oldest first");
+    assert_eq!(rest[0].id, stuck[0].id);
+    assert!(subject.store.claim_jobs(at, 10, LEASE, &[]).await.unwrap().is_empty(), "no kinds, no jobs");
 }

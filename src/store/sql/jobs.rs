@@ -37,12 +37,13 @@ impl JobStore for StoreImpl {
         insert_job(&self.pool, job, now).await
     }
 
-    async fn claim_jobs(&self, now: DateTime<Utc>, limit: u32, lease: Duration) -> Result<Vec<Job>> {
+    async fn claim_jobs(&self, now: DateTime<Utc>, limit: u32, lease: Duration, kinds: &[&str]) -> Result<Vec<Job>> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await?;
         let rows: Vec<JobRow> = sqlx::query_as(CLAIM_JOBS)
             .bind(now)
             .bind(now + lease)
             .bind(i64::from(limit))
+            .bind(sqlx::types::Json(kinds))
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
