@@ -183,3 +183,62 @@ async fn one_orders_jobs_run_in_order_while_other_orders_run_beside_them() {
     let stats = store.job_stats().await.unwrap();
     assert_eq!((stats.queued, stats.running), (0, 0));
 }
+
+/// A handler that never returns (a gateway without a timeout, or with one longer than the
+/// lease): its run is cut before the lease runs out and retried, so the worker that claims it
+/// next is never running it beside the first.
+#[derive(Default)]
+struct Stuck {
+    running: Mutex<(u32, u32, u32)>,
+}
+
+#[async_trait]
+impl JobHandler for Stuck {
+    async fn run(&self, _job: &Job) -> dispatchd::error::Result<()> {
+        struct Leave<'a>(&'a Mutex<(u32, u32, u32)>);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.lock().unwrap().0 -= 1;
+            }
+        }
+        {
+            let mut running = self.running.lock().unwrap();
+            running.0 += 1;
+            running.1 = running.1.max(running.0);
+            running.2 += 1;
+        }
+        let _leave = Leave(&self.running);
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_outlasts_its_lease_is_cut_before_another_worker_claims_it() {
+    let store = queue().await;
+    let now = Utc::now();
+    store.enqueue(&NewJob::new("stuck", json!({ "order_id": "o" }), now), now).await.unwrap();
+    let config = dispatchd::jobs::JobsConfig {
+        lease_secs: 2,
+        poll_interval_ms: 100,
+        backoff_secs: 1,
+        ..Config::defaults().jobs
+    };
+    let stuck = Arc::new(Stuck::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut worker = Worker::new(store.clone(), Clock::system(), config.clone());
+        worker.register("stuck", stuck.clone());
+        runs.push(tokio::spawn(Arc::new(worker).run(stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (_, most, started) = *stuck.running.lock().unwrap();
+    assert!(started >= 2, "cut and run again: {started} runs");
+    assert_eq!(most, 1, "never two runs at once");
+    let counts = store.job_counts().await.unwrap();
+    assert!(counts.iter().all(|c| c.status != "failed"), "retried, not failed: {counts:?}");
+    for run in runs {
+        run.abort();
+    }
+}

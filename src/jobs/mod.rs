@@ -176,7 +176,7 @@ impl Worker {
                     flight.chains.entry(chain).or_default().push_back((job, at));
                     flight.waiting += 1;
                 }
-                None => self.start(flight, job),
+                None => self.start(flight, job, at),
             }
         }
         if claimed < limit {
@@ -186,9 +186,11 @@ impl Worker {
         Ok(if flight.held() < concurrency { Fill::More } else { Fill::Full })
     }
 
-    /// Runs `job` (counted in its kind already) beside the others, recording its outcome
-    /// when it ends.
-    fn start(self: &Arc<Self>, flight: &mut InFlight, job: Job) {
+    /// Runs `job` (counted in its kind already, claimed at `claimed`) beside the others,
+    /// recording its outcome when it ends. A run still going near the end of its lease is cut
+    /// and retried: past the lease another worker may claim the job, and one job never runs
+    /// twice at once, whatever its gateway's timeout.
+    fn start(self: &Arc<Self>, flight: &mut InFlight, job: Job, claimed: std::time::Instant) {
         if let Some(chain) = chain_of(&job) {
             flight.chains.entry(chain).or_default();
         }
@@ -196,13 +198,19 @@ impl Worker {
         flight.running.spawn(async move {
             // A handler that panics fails this attempt (its own task holds the panic); the
             // worker and the other runs go on.
-            let run = tokio::spawn({
+            let mut run = tokio::spawn({
                 let (this, job) = (this.clone(), job.clone());
                 async move { this.execute(&job).await }
             });
-            let outcome = match run.await {
-                Ok(outcome) => outcome,
-                Err(_) => this.outcome(&job, Err(anyhow::anyhow!("the job's handler panicked").into())),
+            let cut = tokio::time::Instant::from_std(claimed + this.run_for());
+            let outcome = match tokio::time::timeout_at(cut, &mut run).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => this.outcome(&job, Err(anyhow::anyhow!("the job's handler panicked").into())),
+                Err(_) => {
+                    run.abort();
+                    let ran = this.run_for().as_secs();
+                    this.outcome(&job, Err(anyhow::anyhow!("cut after {ran} s, near the end of its lease").into()))
+                }
             };
             let finished = this.store.finish_job(&job, &outcome, this.clock.now()).await;
             if let Ok(false) = finished {
@@ -245,7 +253,7 @@ impl Worker {
             flight.release_slot(&job.kind, rest.len() + 1);
             return self.requeue(std::iter::once(next).chain(rest.into_iter().map(|(job, _)| job))).await;
         }
-        self.start(flight, next);
+        self.start(flight, next, claimed);
         Ok(())
     }
 
@@ -258,6 +266,11 @@ impl Worker {
             tracing::warn!(error = %err, "could not put waiting jobs back; their leases run out instead");
         }
         *flight = InFlight::default();
+    }
+
+    /// How long after its claim a run is cut: nine tenths of the lease.
+    fn run_for(&self) -> StdDuration {
+        StdDuration::from_secs(self.config.lease_secs) * 9 / 10
     }
 
     /// Claimed jobs not started: due again now, for whichever worker claims them next, with
