@@ -248,6 +248,14 @@
       }
       // What ended while the feed was down.
       for (const id of orders.keys()) if (!seen.has(id)) dropOrder(id);
+      // More open than one snapshot lists: the server left out the least urgent.
+      const unlisted = ack.data.truncated ? ack.data.open_total - ack.data.orders.length : 0;
+      const note = $("board-truncated");
+      note.hidden = unlisted <= 0;
+      note.textContent = unlisted > 0
+        ? `${unlisted} more open orders are not listed: the board lists ${ack.data.max_rows} at most, ` +
+          "those searching for a pilot first, the longest waiting first. Each appears when it next changes."
+        : "";
       queueRender();
     });
   }

@@ -242,6 +242,7 @@ impl Config {
             ("realtime.max_sockets_per_user", self.realtime.max_sockets_per_user as u64),
             ("realtime.viewport_interval_ms", self.realtime.viewport_interval_ms),
             ("realtime.viewport_max_pilots", self.realtime.viewport_max_pilots as u64),
+            ("realtime.board_max_rows", self.realtime.board_max_rows.into()),
             ("realtime.session_check_ms", self.realtime.session_check_ms),
             ("auth.access_ttl_secs", self.auth.access_ttl_secs),
             ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs),

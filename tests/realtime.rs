@@ -1137,6 +1137,30 @@ async fn a_dispatcher_sends_a_parcel_back_and_the_return_is_paid_as_configured()
     assert_eq!(quote.data()["fare"]["fees_owed_paise"].as_i64(), Some(cash_total / 2), "{:?}", quote.body);
 }
 
+/// The board's snapshot lists at most `realtime.board_max_rows` orders; past it, the orders
+/// searching for a pilot the longest are the ones listed (they were the newest before, so a
+/// busy city hid exactly the orders a dispatcher must step in on), and it says how many are
+/// open in all.
+#[tokio::test]
+async fn a_board_past_its_rows_lists_the_longest_searches_and_counts_the_rest() {
+    let app = TestApp::spawn_with(Options::default().set("realtime.board_max_rows", 2)).await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let mut placed = Vec::new();
+    for _ in 0..3 {
+        placed.push(create_order(&app, &app.register("customer").await).await);
+    }
+    let mut board = connect(&app, "/dispatch", &dispatcher).await;
+    let snapshot = board.call("orders:subscribe", json!(null)).await;
+    let data = &snapshot["data"];
+    assert_eq!(
+        (data["open_total"].as_i64(), data["truncated"].as_bool(), data["max_rows"].as_i64()),
+        (Some(3), Some(true), Some(2)),
+        "{snapshot}"
+    );
+    let listed: Vec<&str> = data["orders"].as_array().unwrap().iter().map(|row| row["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [placed[0].as_str(), placed[1].as_str()], "the two searching longest");
+}
+
 /// Issue 21: the dispatcher console's order board. `orders:subscribe` answers the open
 /// orders; then `orders:delta` brings every change (a new order within a second, refused
 /// offers, the assignment, the end) to every subscribed dispatcher, and to nobody else.
@@ -1151,6 +1175,10 @@ async fn the_order_board_is_a_snapshot_then_every_change() {
     let snapshot = board.call("orders:subscribe", json!(null)).await;
     let rows = snapshot["data"]["orders"].as_array().unwrap_or_else(|| panic!("{snapshot}"));
     assert_eq!(rows.len(), 1, "{snapshot}");
+    assert_eq!(
+        (snapshot["data"]["open_total"].as_i64(), snapshot["data"]["truncated"].as_bool()),
+        (Some(1), Some(false))
+    );
     assert_eq!(
         (rows[0]["id"].as_str(), rows[0]["status"].as_str(), rows[0]["offers_refused"].as_i64()),
         (Some(waiting.as_str()), Some("searching_driver"), Some(0))

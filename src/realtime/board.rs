@@ -1,5 +1,7 @@
 //! The dispatchers' order board on `/dispatch`: `orders:subscribe` acks a snapshot of the open
-//! orders (newest first, at most [`MAX_ROWS`]), and from then on `orders:delta {upserts}`
+//! orders (at most `realtime.board_max_rows`; past it, those searching for a pilot first, the
+//! longest waiting first, and `open_total` says how many are open in all), and from then on
+//! `orders:delta {upserts}`
 //! carries, at most every `realtime.viewport_interval_ms`, the row of every order that changed:
 //! any committed change (here or on another node), and any offer made, turned down or let
 //! expire. A row whose status is final (`delivered`, `cancelled`, `returned`) is the order's
@@ -30,9 +32,6 @@ use crate::realtime::ack;
 use crate::realtime::budget::Class;
 use crate::realtime::{DISPATCH_NS, Gateway, count_out, spend};
 use crate::store::Store;
-
-/// Most rows a snapshot lists.
-pub const MAX_ROWS: u32 = 1000;
 
 /// The sockets (on this node) that watch the board, and the orders changed since the last
 /// tick while any does.
@@ -122,10 +121,14 @@ pub(super) async fn subscribe(
         gateway.board.watchers.lock().insert(socket.id);
     }
     let store = gateway.app.store.as_ref();
-    let result = async { rows(store, store.open_orders(MAX_ROWS).await).await }
-        .instrument(span)
-        .await
-        .map(|rows| json!({ "orders": rows, "max_rows": MAX_ROWS }));
+    let max_rows = gateway.app.config.realtime.board_max_rows;
+    let result = async {
+        let rows = rows(store, store.open_orders(max_rows).await).await?;
+        let open_total = if rows.len() < max_rows as usize { rows.len() as i64 } else { store.open_order_count().await? };
+        Ok(json!({ "orders": rows, "max_rows": max_rows, "open_total": open_total, "truncated": open_total > rows.len() as i64 }))
+    }
+    .instrument(span)
+    .await;
     if result.is_err() {
         gateway.board.left(socket.id);
     }

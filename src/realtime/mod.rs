@@ -79,6 +79,7 @@ pub struct RealtimeConfig {
     pub budgets: budget::BudgetsConfig,
     pub viewport_interval_ms: u64,
     pub viewport_max_pilots: usize,
+    pub board_max_rows: u32,
     pub session_check_ms: u64,
 }
 

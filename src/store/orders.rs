@@ -40,8 +40,12 @@ pub trait OrderStore: Send + Sync {
     /// had searched (from the search that ended in it), in seconds.
     async fn assignment_waits(&self, since: DateTime<Utc>, limit: u32) -> Result<Vec<f64>>;
 
-    /// Open orders, newest first, at most `limit`: the dispatchers' order board.
+    /// Open orders, at most `limit`: the dispatchers' order board. Those searching for a
+    /// pilot come first, the longest waiting first; then the others, the oldest first.
     async fn open_orders(&self, limit: u32) -> Result<Vec<Order>>;
+
+    /// How many orders are open (not delivered, cancelled or returned).
+    async fn open_order_count(&self) -> Result<i64>;
 
     /// These orders (those that exist), in no particular order.
     async fn orders_by_id(&self, ids: &[OrderId]) -> Result<Vec<Order>>;

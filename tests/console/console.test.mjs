@@ -165,3 +165,31 @@ test("a dispatcher watches the city, sees a new order at once and assigns it by 
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByTestId("login-submit").waitFor();
 });
+
+test("a board with more open orders than it lists says how many it leaves out", async () => {
+  // Its own server, listing two orders at most.
+  const small = await startServer({ DISPATCHD__REALTIME__BOARD_MAX_ROWS: "2" });
+  try {
+    const placed = [];
+    for (let index = 0; index < 3; index += 1) {
+      placed.push(await createOrder(small, await register(small, "customer")));
+    }
+    const desk = await dispatcher(small);
+    const page = await browser.newPage({ viewport: { width: 1400, height: 860 } });
+    await page.goto(`${small.url}/console`);
+    await page.getByTestId("login-phone").fill(desk.phone);
+    await page.getByTestId("login-password").fill(PASSWORD);
+    await page.getByTestId("login-submit").click();
+    const note = page.getByTestId("board-truncated");
+    await note.waitFor({ state: "visible", timeout: 5000 });
+    assert.match(await note.textContent(), /^1 more open orders are not listed/);
+    // All three search; the two waiting longest are the ones listed.
+    const row = (order) => page.locator(`[data-testid="order-row"][data-order-id="${order}"]`);
+    await row(placed[0]).waitFor();
+    await row(placed[1]).waitFor();
+    assert.equal(await row(placed[2]).count(), 0, "the newest search is left out");
+    await page.close();
+  } finally {
+    await small.stop();
+  }
+});

@@ -37,6 +37,7 @@ conformance!(
     fees_owed_ride_on_one_order_at_a_time,
     a_new_order_is_written_whole_with_what_it_brings,
     a_change_writes_its_events_and_jobs_only_if_it_took,
+    the_board_lists_searching_orders_first_the_longest_waiting_first,
 );
 
 /// H3 cells as `insert_order` takes them (any number will do for the store).
@@ -723,4 +724,34 @@ async fn a_change_writes_its_events_and_jobs_only_if_it_took(subject: Subject) {
     let mut tx = store.begin().await.unwrap();
     let refused = tx.save_order(&change).await.unwrap_err();
     assert!(matches!(refused, Error::Conflict { code: "PILOT_BUSY", .. }), "{refused:?}");
+}
+
+async fn the_board_lists_searching_orders_first_the_longest_waiting_first(subject: Subject) {
+    let store = &subject.store;
+    let customer = user(&subject, Role::Customer).await;
+    // Order ids grow with time: a few milliseconds apart, each is older than the next.
+    let subject = &subject;
+    let placed = |status| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        let mut order = new_order(customer, VehicleType::Bike, OrderStatus::Pending);
+        create(subject, &mut order, CELL).await;
+        if status != OrderStatus::Pending {
+            assert!(advance(subject, &mut order, OrderStatus::SearchingDriver).await);
+        }
+        if status == OrderStatus::Assigned {
+            order.pilot_id = Some(user(subject, Role::Pilot).await);
+            assert!(advance(subject, &mut order, OrderStatus::Assigned).await);
+        }
+        order.id
+    };
+    let under_way = placed(OrderStatus::Assigned).await;
+    let scheduled = placed(OrderStatus::Pending).await;
+    let first = placed(OrderStatus::SearchingDriver).await;
+    let second = placed(OrderStatus::SearchingDriver).await;
+    let mut ended = new_order(customer, VehicleType::Bike, OrderStatus::Cancelled);
+    create(subject, &mut ended, CELL).await;
+    let ids = |orders: Vec<dispatchd::domain::orders::Order>| orders.into_iter().map(|o| o.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.open_orders(10).await.unwrap()), [first, second, under_way, scheduled]);
+    assert_eq!(ids(store.open_orders(2).await.unwrap()), [first, second], "past the limit, the searches");
+    assert_eq!(store.open_order_count().await.unwrap(), 4, "the cancelled one is not open");
 }

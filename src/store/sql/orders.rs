@@ -108,13 +108,23 @@ impl OrderStore for StoreImpl {
     }
 
     async fn open_orders(&self, limit: u32) -> Result<Vec<Order>> {
+        // Ids grow with time (UUIDv7): the smallest is the oldest.
         let rows: Vec<OrderRow> = sqlx::query_as(select_order!(
-            "WHERE status NOT IN ('delivered', 'cancelled', 'returned') ORDER BY id DESC LIMIT $1"
+            "WHERE status NOT IN ('delivered', 'cancelled', 'returned') \
+             ORDER BY CASE WHEN status = 'searching_driver' THEN 0 ELSE 1 END, id LIMIT $1"
         ))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(Order::try_from).collect()
+    }
+
+    async fn open_order_count(&self) -> Result<i64> {
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE status NOT IN ('delivered', 'cancelled', 'returned')")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count)
     }
 
     async fn orders_by_id(&self, ids: &[OrderId]) -> Result<Vec<Order>> {
