@@ -157,6 +157,13 @@ async fn a_pilot_carrying_an_order_is_busy_after_a_restart_whatever_the_mirror_s
     let options = lone_node_on(&redis);
     let mut first = TestApp::spawn_with(options.clone()).await;
     let (pilot, mut socket) = pilot_on_duty(&first, north(PICKUP, 0.5)).await;
+    // Its record is in Redis before anything else happens (a loaded machine may not flush
+    // again before the crash, and a status alone is no record to restore).
+    let prefix = options.redis.as_ref().unwrap().prefix.clone();
+    eventually(SOON, "mirrored", async || {
+        mirrored_status(&redis, &prefix, &pilot).await.as_deref() == Some("available")
+    })
+    .await;
     let customer = first.register("customer").await;
     let order = create_order(&first, &customer).await;
     let offer = offered(&mut socket, &order).await;
@@ -165,7 +172,6 @@ async fn a_pilot_carrying_an_order_is_busy_after_a_restart_whatever_the_mirror_s
     let database = first.database_url.clone().unwrap();
     first.begin_shutdown().await.unwrap().unwrap();
     // The crash came before the mirror wrote the accept: Redis still has it available.
-    let prefix = options.redis.as_ref().unwrap().prefix.clone();
     let key = format!("{prefix}pilot:{}", pilot.user_id);
     let mut connection = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("HSET").arg(&key).arg("status").arg("available").query_async(&mut connection).await.unwrap();

@@ -1159,6 +1159,13 @@ async fn a_board_past_its_rows_lists_the_longest_searches_and_counts_the_rest() 
     );
     let listed: Vec<&str> = data["orders"].as_array().unwrap().iter().map(|row| row["id"].as_str().unwrap()).collect();
     assert_eq!(listed, [placed[0].as_str(), placed[1].as_str()], "the two searching longest");
+    // The map's viewport chooses the same way.
+    let (lat, lng) = (PICKUP.0, PICKUP.1);
+    let view = board.call("viewport:set", json!({ "bbox": [lng - 0.1, lat - 0.1, lng + 0.1, lat + 0.1] })).await;
+    let on_map: Vec<&str> =
+        view["data"]["orders"].as_array().unwrap().iter().map(|row| row["id"].as_str().unwrap()).collect();
+    assert_eq!(on_map, listed, "{view}");
+    assert_eq!(view["data"]["orders_truncated"], true);
 }
 
 /// Issue 21: the dispatcher console's order board. `orders:subscribe` answers the open

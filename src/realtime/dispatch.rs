@@ -30,8 +30,6 @@ use crate::realtime::{DISPATCH_NS, Gateway, count_out, sessions, spend};
 
 /// Every dispatcher's socket joins this room.
 pub const ROOM: &str = "dispatchers";
-/// Most open orders one snapshot lists.
-const MAX_ORDERS: u32 = 1000;
 
 /// What each dispatcher's socket watches, and what it last received.
 #[derive(Default)]
@@ -108,9 +106,19 @@ async fn snapshot(
     let limit = gateway.app.config.realtime.viewport_max_pilots;
     let pilots = visible(&gateway.app.grid, &bbox, limit);
     let supply = json!(gateway.app.grid.supply_within(&bbox));
-    let orders = gateway.app.store.open_orders_within(&bbox, MAX_ORDERS).await?;
+    // As many orders as the board lists, and one more to tell whether some were left out.
+    let max_orders = gateway.app.config.realtime.board_max_rows;
+    let mut orders = gateway.app.store.open_orders_within(&bbox, max_orders.saturating_add(1)).await?;
+    let orders_truncated = orders.len() > max_orders as usize;
+    orders.truncate(max_orders as usize);
     let listed: Vec<&Value> = pilots.values().collect();
-    let answer = json!({ "bbox": request.bbox, "pilots": listed, "orders": orders, "supply": supply });
+    let answer = json!({
+        "bbox": request.bbox,
+        "pilots": listed,
+        "orders": orders,
+        "orders_truncated": orders_truncated,
+        "supply": supply,
+    });
     // Gone while the orders were read: its disconnect already removed its viewport.
     if socket.connected() {
         gateway.viewports.set(socket.id, bbox, pilots, supply);

@@ -32,8 +32,9 @@ pub trait OrderStore: Send + Sync {
     /// Events with `seq > after_seq`, oldest first, at most `limit`.
     async fn order_events(&self, id: OrderId, after_seq: i32, limit: u32) -> Result<Vec<OrderEvent>>;
 
-    /// Open orders (not yet delivered or cancelled) whose pickup lies in `bbox`, newest
-    /// first, at most `limit`: what a dispatcher's map shows.
+    /// Open orders (not yet delivered or cancelled) whose pickup lies in `bbox`, at most
+    /// `limit`, in the board's order ([`OrderStore::open_orders`]): what a dispatcher's map
+    /// shows.
     async fn open_orders_within(&self, bbox: &crate::grid::geometry::BBox, limit: u32) -> Result<Vec<Order>>;
 
     /// For each assignment since `since` (at most `limit`, newest first), how long its order

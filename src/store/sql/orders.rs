@@ -80,7 +80,8 @@ impl OrderStore for StoreImpl {
     async fn open_orders_within(&self, bbox: &crate::grid::geometry::BBox, limit: u32) -> Result<Vec<Order>> {
         let rows: Vec<OrderRow> = sqlx::query_as(select_order!(
             "WHERE status NOT IN ('delivered', 'cancelled', 'returned') AND pickup_lat BETWEEN $1 AND $2 \
-             AND pickup_lng BETWEEN $3 AND $4 ORDER BY id DESC LIMIT $5"
+             AND pickup_lng BETWEEN $3 AND $4 \
+             ORDER BY CASE WHEN status = 'searching_driver' THEN 0 ELSE 1 END, id LIMIT $5"
         ))
         .bind(bbox.min_lat)
         .bind(bbox.max_lat)
