@@ -33,7 +33,7 @@ const LOCK_USER_CLAIMING_KEY: &str = "INSERT INTO idempotency_keys (user_id, key
      response_status, response_body) SELECT id, $2, $3, $4, $5, $6 FROM users WHERE id = $1 \
      ON CONFLICT (user_id, key) DO NOTHING";
 const LOCK_PAYOUT: &str = crate::store::money::select_payout!("WHERE id = $1");
-/// Due jobs. One writer at a time, so no skipping is needed.
+/// Due jobs of the kinds asked for. One writer at a time, so no skipping is needed.
 const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = $2, \
      updated_at = $1 WHERE id IN (SELECT id FROM jobs WHERE ((status = 'queued' AND run_at <= $1) \
      OR (status = 'running' AND locked_until <= $1)) AND kind IN (SELECT value FROM json_each($4)) \
