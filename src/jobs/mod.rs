@@ -86,7 +86,7 @@ impl Worker {
         loop {
             while look {
                 look = match self.fill(&mut flight).await {
-                    Ok(fill) => fill == Fill::More,
+                    Ok(more) => more,
                     Err(err) => {
                         tracing::warn!(error = %err, "job worker could not claim jobs");
                         false
@@ -124,16 +124,13 @@ impl Worker {
         let mut flight = InFlight::default();
         let mut ran = 0;
         loop {
-            let fill = self.fill(&mut flight).await;
-            let fill = match fill {
-                Ok(fill) => fill,
+            match self.fill(&mut flight).await {
+                Ok(true) => continue,
+                Ok(false) => {}
                 Err(err) => {
                     self.drain(&mut flight).await;
                     return Err(err);
                 }
-            };
-            if fill == Fill::More {
-                continue;
             }
             let Some(done) = flight.running.join_next().await else { return Ok(ran) };
             ran += usize::from(matches!(done, Ok((_, Ok(true)))));
@@ -147,7 +144,9 @@ impl Worker {
     /// Claims due jobs for the free slots: of the kinds with a slot free, at most
     /// `batch_size`. Each starts at once, or after the job of its kind and order under
     /// way; one of a kind whose slots the same claim filled goes back to the queue at once.
-    async fn fill(self: &Arc<Self>, flight: &mut InFlight) -> Result<Fill> {
+    /// Whether another claim now may find more to start (this one took all it asked for,
+    /// and slots are still free).
+    async fn fill(self: &Arc<Self>, flight: &mut InFlight) -> Result<bool> {
         let concurrency = self.config.concurrency as usize;
         let free = concurrency.saturating_sub(flight.held());
         let per_kind = self.config.per_kind as usize;
@@ -155,7 +154,7 @@ impl Worker {
         // Kinds left out, or no slot at all: jobs may be due that this claim leaves behind.
         flight.left_behind = free == 0 || kinds.len() < self.handlers.len();
         if free == 0 || kinds.is_empty() {
-            return Ok(Fill::Full);
+            return Ok(false);
         }
         let limit = free.min(self.config.batch_size as usize);
         let lease = seconds(self.config.lease_secs);
@@ -174,16 +173,15 @@ impl Worker {
             match chain_of(&job).filter(|chain| flight.chains.contains_key(chain)) {
                 Some(chain) => {
                     flight.chains.entry(chain).or_default().push_back((job, at));
-                    flight.waiting += 1;
                 }
                 None => self.start(flight, job, at),
             }
         }
         if claimed < limit {
-            return Ok(Fill::Done);
+            return Ok(false);
         }
         flight.left_behind = true;
-        Ok(if flight.held() < concurrency { Fill::More } else { Fill::Full })
+        Ok(flight.held() < concurrency)
     }
 
     /// Runs `job` (counted in its kind already, claimed at `claimed`) beside the others,
@@ -243,13 +241,11 @@ impl Worker {
             flight.chains.remove(&chain);
             return Ok(());
         };
-        flight.waiting -= 1;
         // A job started late in its claim's lease could still be running when the lease
         // lapses and another worker claims it: it and the rest of its chain go back to the
         // queue, in order.
         if claimed.elapsed() >= StdDuration::from_secs(self.config.lease_secs) / 2 {
             let rest = flight.chains.remove(&chain).unwrap_or_default();
-            flight.waiting -= rest.len();
             flight.release_slot(&job.kind, rest.len() + 1);
             return self.requeue(std::iter::once(next).chain(rest.into_iter().map(|(job, _)| job))).await;
         }
@@ -391,17 +387,6 @@ fn count(job: &Job, outcome: &JobOutcome) {
 /// A run's end: its job and whether its outcome was recorded.
 type Done = std::result::Result<(Job, Result<bool>), tokio::task::JoinError>;
 
-/// What a claim found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fill {
-    /// As many as it asked for, with slots still free: there may be more.
-    More,
-    /// Every slot (or every kind's) is taken.
-    Full,
-    /// Fewer than it asked for: nothing more is due of the kinds it asked for.
-    Done,
-}
-
 /// The jobs one worker has claimed and not finished.
 #[derive(Default)]
 struct InFlight {
@@ -411,8 +396,6 @@ struct InFlight {
     /// The chains (a kind and an order) with a job under way, each with the jobs of it
     /// claimed since (and when), to run one after the other in order.
     chains: HashMap<(String, String), VecDeque<(Job, std::time::Instant)>>,
-    /// How many jobs wait in `chains`.
-    waiting: usize,
     /// Whether the last claim may have left due jobs behind for want of a slot (so a run's
     /// end is worth another claim).
     left_behind: bool,
@@ -421,7 +404,7 @@ struct InFlight {
 impl InFlight {
     /// Jobs claimed and not finished: running or waiting for their chain's.
     fn held(&self) -> usize {
-        self.running.len() + self.waiting
+        self.running.len() + self.chains.values().map(VecDeque::len).sum::<usize>()
     }
 
     fn held_of(&self, kind: &str) -> usize {

@@ -188,6 +188,7 @@ test("a board with more open orders than it lists says how many it leaves out", 
     await row(placed[0]).waitFor();
     await row(placed[1]).waitFor();
     assert.equal(await row(placed[2]).count(), 0, "the newest search is left out");
+    await page.screenshot({ path: screenshotPath("dispatchd-console-truncated.png") });
     await page.close();
   } finally {
     await small.stop();
