@@ -101,6 +101,7 @@ pub fn metrics() -> PrometheusHandle {
             // and /metrics shows only what it records, which is still well-formed.
             if metrics::set_global_recorder(recorder).is_ok() {
                 describe();
+                zero_alerted_series();
             }
             handle
         })
@@ -237,6 +238,24 @@ fn describe() {
             MetricKind::Gauge => metrics::describe_gauge!(*name, *help),
             MetricKind::Histogram => metrics::describe_histogram!(*name, *help),
         }
+    }
+}
+
+/// Starts at 0 the counter series the alert rules (`deploy/prometheus/rules.yml`) read.
+/// A series otherwise appears at its first increment, already at 1, and Prometheus's
+/// `increase` sees no increase in it: the first order event dropped after a restart, the first
+/// readiness failure and the first no-pilot cancellation went unseen by the rules.
+fn zero_alerted_series() {
+    use crate::domain::orders::{CancelReason, PaymentMethod};
+    metrics::counter!("readiness_failures_total").increment(0);
+    for method in PaymentMethod::ALL {
+        metrics::counter!("orders_created_total", "payment_method" => method.as_str()).increment(0);
+    }
+    for reason in CancelReason::ALL {
+        metrics::counter!("orders_cancelled_total", "reason" => reason.as_str()).increment(0);
+    }
+    for namespace in [crate::realtime::CUSTOMER_NS, crate::realtime::PILOT_NS, crate::realtime::DISPATCH_NS] {
+        metrics::counter!("socket_dropped_total", "namespace" => namespace, "event" => "order:event").increment(0);
     }
 }
 

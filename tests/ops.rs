@@ -268,6 +268,45 @@ async fn every_metric_family_has_help_and_type() {
     assert!(families >= 3, "{text}");
 }
 
+/// A made-up HTTP method is counted as `other`: each name was a series of its own, kept for
+/// good, so a loop of them grew the server's memory and `/metrics` without bound.
+#[tokio::test]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let app = TestApp::spawn().await;
+    for name in ["ZZMADEUP1", "ZZMADEUP2", "ZZMADEUP3"] {
+        let method = reqwest::Method::from_bytes(name.as_bytes()).unwrap();
+        let answer = app.client.request(method, app.url("/healthz")).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains("ZZMADEUP"), "a made-up method became a label");
+    assert!(
+        text.lines().any(|line| line.starts_with("http_requests_total{") && line.contains(r#"method="other""#)),
+        "made-up methods are counted as other"
+    );
+}
+
+/// The counters the alert rules read are exported at 0 from the start. Appearing only at
+/// their first increment, already at 1, they hid that increment from `increase`: the first
+/// order event dropped after a restart never raised DispatchdOrderEventsDropped.
+#[tokio::test]
+async fn the_counters_the_alerts_read_start_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node::Node::start(&common::node::alone_in(&dir), common::node::Logs::Drained).await;
+    let text = node.client.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    assert_eq!(value("readiness_failures_total"), "0");
+    assert_eq!(value(r#"orders_cancelled_total{reason="no_pilot_found"}"#), "0");
+    assert_eq!(value(r#"orders_created_total{payment_method="cash"}"#), "0");
+    for namespace in ["/customer", "/pilot", "/dispatch"] {
+        assert_eq!(value(&format!(r#"socket_dropped_total{{namespace="{namespace}",event="order:event"}}"#)), "0");
+    }
+}
+
 /// Every metric the code records is in `telemetry::METRICS` (so it gets its HELP line, and
 /// dashboards and alerts can rely on the list).
 #[test]
