@@ -129,6 +129,13 @@ fn check_coupon(coupon: &Coupon) -> Result<()> {
     if coupon.min_order_paise < 0 {
         return Err(Error::validation("min_order_paise", "must not be negative"));
     }
+    // Stored as text on SQLite (compared as text: "+10000-…" sorts before "2026-…") and
+    // within Postgres's range of timestamps: years of four digits, from 2000.
+    for (field, at) in [("valid_from", coupon.valid_from), ("valid_until", coupon.valid_until)] {
+        if !(2000..=9999).contains(&chrono::Datelike::year(&at)) {
+            return Err(Error::validation(field, "must be between the years 2000 and 9999"));
+        }
+    }
     if coupon.valid_until <= coupon.valid_from {
         return Err(Error::validation("valid_until", "must be after valid_from"));
     }

@@ -80,6 +80,19 @@ async fn oversized_bodies_are_413() {
     let reply = app.post("/api/v1/auth/register", body, None).await;
     assert_eq!((reply.status, reply.error_code()), (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"));
     assert_eq!(reply.body["error"]["details"]["limit_bytes"], 1024);
+
+    // A body declared longer than the limit is refused at once, not waited for until the
+    // request times out (408 after 15 s before).
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 99999999999\r\n\r\n{}";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer[..read.expect("answered at once").unwrap()]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("PAYLOAD_TOO_LARGE"), "{answer}");
 }
 
 #[tokio::test]
@@ -152,6 +165,13 @@ async fn control_characters_are_refused_naming_the_field() {
         ("/api/v1/orders", notes, Some(&customer.access), "notes"),
         ("/api/v1/quotes", quote, Some(&customer.access), "coupon_code"),
         (credit.as_str(), json!({ "amount_paise": 100, "reference": nul }), Some(&admin.access), "reference"),
+        // Longer than a unique key's index holds on Postgres: it answered 500.
+        (
+            credit.as_str(),
+            json!({ "amount_paise": 100, "reference": "r".repeat(6000) }),
+            Some(&admin.access),
+            "reference",
+        ),
     ];
     for (path, body, token, field) in cases {
         let reply = app.post(path, body.clone(), token.map(String::as_str)).await;
@@ -166,6 +186,13 @@ async fn control_characters_are_refused_naming_the_field() {
     let event = json!({ "id": nul, "type": "payment_intent.succeeded", "data": { "object": { "id": "pi_1" } } });
     let body = event.to_string();
     let now = chrono::Utc::now().timestamp();
+    let webhook = common::gateway::stripe_webhook(&app, &body, common::gateway::stripe_header(&body, now)).await;
+    assert_eq!((webhook.status, webhook.error_code()), (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    assert_eq!(webhook.body["error"]["details"]["field"], "event_id");
+    // An id longer than its unique key's index holds on Postgres answered 500.
+    let event =
+        json!({ "id": "e".repeat(3000), "type": "payment_intent.succeeded", "data": { "object": { "id": "pi_1" } } });
+    let body = event.to_string();
     let webhook = common::gateway::stripe_webhook(&app, &body, common::gateway::stripe_header(&body, now)).await;
     assert_eq!((webhook.status, webhook.error_code()), (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
     assert_eq!(webhook.body["error"]["details"]["field"], "event_id");

@@ -37,22 +37,34 @@ pub struct WebhookEvent {
 
 impl WebhookEvent {
     /// `VALIDATION_ERROR` when a field dispatchd stores holds a control character (a signed
-    /// event is still refused: Postgres cannot store a NUL).
+    /// event is still refused: Postgres cannot store a NUL), or an id is longer than
+    /// [`MAX_ID_BYTES`] (ids are unique keys: a longer one answered 500 on Postgres).
     pub fn check_text(&self) -> Result<()> {
-        crate::domain::text::check("event_id", &self.event_id)?;
-        crate::domain::text::check("event_type", &self.event_type)?;
+        stored_id("event_id", &self.event_id)?;
+        stored_id("event_type", &self.event_type)?;
         match &self.outcome {
             PaymentOutcome::Paid { gateway_ref, payment_id, currency, .. } => {
-                crate::domain::text::check("gateway_ref", gateway_ref)?;
-                crate::domain::text::check("payment_id", payment_id)?;
+                stored_id("gateway_ref", gateway_ref)?;
+                stored_id("payment_id", payment_id)?;
                 crate::domain::text::check("currency", currency.as_deref().unwrap_or_default())
             }
             PaymentOutcome::AttemptFailed { gateway_ref } | PaymentOutcome::Failed { gateway_ref } => {
-                crate::domain::text::check("gateway_ref", gateway_ref)
+                stored_id("gateway_ref", gateway_ref)
             }
             PaymentOutcome::Ignored => Ok(()),
         }
     }
+}
+
+/// The longest gateway id stored (Stripe's and Razorpay's are under 40 characters).
+pub const MAX_ID_BYTES: usize = 255;
+
+fn stored_id(field: &str, text: &str) -> Result<()> {
+    crate::domain::text::check(field, text)?;
+    if text.len() > MAX_ID_BYTES {
+        return Err(Error::validation(field, format!("at most {MAX_ID_BYTES} bytes")));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq)]
