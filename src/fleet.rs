@@ -129,10 +129,27 @@ impl Fleet {
         }) {
             return Ok(Some(current));
         }
-        self.index.set_status(pilot, status, self.now_ms()).map_err(|GridError::NoPosition| Error::Conflict {
-            code: "NO_POSITION",
-            message: GridError::NoPosition.to_string(),
-        })
+        // Nor back from a break (or offline) taken while carrying an order or holding an offer:
+        // the database says which, and the pilot takes up where it left off.
+        let mut status = status;
+        if status == PilotStatus::Available {
+            if self.store.active_order_of(pilot).await?.is_some() {
+                status = PilotStatus::Busy;
+            } else if self.store.live_offer_for_pilot(pilot).await?.is_some() {
+                status = PilotStatus::OnOffer;
+            }
+        }
+        let now_ms = self.now_ms();
+        let snapshot = self.index.set_status(pilot, status, now_ms).map_err(|GridError::NoPosition| {
+            Error::Conflict { code: "NO_POSITION", message: GridError::NoPosition.to_string() }
+        })?;
+        // An assignment committed between the look and the change marked the pilot busy
+        // before this made it available: looked at once more, it ends busy either way.
+        if status == PilotStatus::Available && self.store.active_order_of(pilot).await?.is_some() {
+            self.index.change_status(pilot, PilotStatus::Available, PilotStatus::Busy, now_ms);
+            return Ok(self.index.get(pilot));
+        }
+        Ok(snapshot)
     }
 
     /// The vehicle on the pilot's profile (read from the store the first time only: a pilot

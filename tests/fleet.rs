@@ -266,3 +266,35 @@ async fn a_pilot_takes_work_only_once_an_admin_approves_it() {
     assert_eq!(report(&app, &pilot, later).await.status, StatusCode::OK);
     assert_eq!(go(&app, &pilot, "available").await.status, StatusCode::OK);
 }
+
+/// A break taken while carrying an order (or holding an offer) does not free the pilot: back
+/// on duty it is busy, not offered another order, until the trip ends. It came back
+/// available, listed to dispatchers and counted in the supply pricing reads.
+#[tokio::test]
+async fn back_from_a_break_a_pilot_carrying_an_order_is_still_busy() {
+    let app = TestApp::spawn().await;
+    let dispatcher = app.staff(Role::Dispatcher).await;
+    let customer = app.register("customer").await;
+    let (lat, lng) = common::PICKUP;
+    let pilot = pilot_at(&app, lat, lng).await;
+    let order = common::field::create_order(&app, &customer).await;
+    let assigned = common::field::assign(&app, &dispatcher, &order, &pilot).await;
+    assert_eq!(assigned.status, StatusCode::OK, "{:?}", assigned.body);
+
+    for status in ["break", "offline"] {
+        assert_eq!(go(&app, &pilot, status).await.data()["pilot"]["status"], status);
+        let back = go(&app, &pilot, "available").await;
+        assert_eq!(back.status, StatusCode::OK, "{:?}", back.body);
+        assert_eq!(back.data()["pilot"]["status"], "busy", "back from {status}: {:?}", back.body);
+    }
+    let nearest = format!("/api/v1/dispatch/pilots/nearest?lat={lat}&lng={lng}&k=5&radius_m=5000");
+    let listed = app.get(&nearest, Some(&dispatcher.access)).await;
+    let statuses: Vec<&Value> = listed.data()["items"].as_array().unwrap().iter().map(|p| &p["status"]).collect();
+    assert!(statuses.iter().all(|status| *status != "available"), "{statuses:?}");
+
+    // With the order gone, the pilot takes work again.
+    let cancel = format!("/api/v1/orders/{order}/cancel");
+    assert_eq!(app.post(&cancel, json!({ "reason": "test" }), Some(&dispatcher.access)).await.status, StatusCode::OK);
+    assert_eq!(go(&app, &pilot, "break").await.status, StatusCode::OK);
+    assert_eq!(go(&app, &pilot, "available").await.data()["pilot"]["status"], "available");
+}
