@@ -360,10 +360,10 @@ impl Worker {
             let total: i64 = counts.iter().filter(|c| c.status == status).map(|c| c.count).sum();
             metrics::gauge!(format!("jobs_{status}")).set(total as f64);
         }
-        if let Ok(next) = self.store.next_job_due().await {
-            let late = next.map_or(0.0, |due| (self.clock.now() - due).num_milliseconds().max(0) as f64 / 1000.0);
-            metrics::gauge!("jobs_oldest_due_seconds").set(late);
-        }
+        // From the counts' oldest per kind: a query of its own sorted every queued job.
+        let next = crate::store::jobs::next_due(&counts);
+        let late = next.map_or(0.0, |due| (self.clock.now() - due).num_milliseconds().max(0) as f64 / 1000.0);
+        metrics::gauge!("jobs_oldest_due_seconds").set(late);
     }
 }
 

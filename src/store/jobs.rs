@@ -115,11 +115,18 @@ pub trait JobStore: Send + Sync {
     }
 
     /// When the next queued job is due, if any.
-    async fn next_job_due(&self) -> Result<Option<DateTime<Utc>>>;
+    async fn next_job_due(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(next_due(&self.job_counts().await?))
+    }
 
     /// Jobs of `kind` that failed for good are due again now, with their attempts counted
     /// from zero (an operator's retry once what failed them is mended); how many.
     async fn retry_failed_jobs(&self, kind: &str, now: DateTime<Utc>) -> Result<u64>;
+}
+
+/// When the next queued job in `counts` is due, if any.
+pub fn next_due(counts: &[JobCount]) -> Option<DateTime<Utc>> {
+    counts.iter().filter(|c| c.status == "queued").filter_map(|c| c.oldest_run_at).min()
 }
 
 #[derive(Debug, sqlx::FromRow)]

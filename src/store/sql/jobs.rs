@@ -95,12 +95,4 @@ impl JobStore for StoreImpl {
         .await?;
         Ok(retried.rows_affected())
     }
-
-    async fn next_job_due(&self) -> Result<Option<DateTime<Utc>>> {
-        let next: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT run_at FROM jobs WHERE status = 'queued' ORDER BY run_at LIMIT 1")
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(next)
-    }
 }
