@@ -4,9 +4,11 @@
 //!   (the oldest of a user's sockets over `realtime.max_sockets_per_user` is closed).
 //! * [`spend`]: every event a client sends spends from its user's budget ([`super::budget`]);
 //!   over it, `RATE_LIMITED`, and a flood closes the socket. [`unknown`]: the events no
-//!   handler takes.
+//!   handler takes; [`root_event`]: every event on `/`, budgeted per connection.
 //! * [`close_with`]: the server's reasons to close a socket, told to it (`closing` or
 //!   `session:ended` `{code, message}`) and counted in `socket_disconnects_total`.
+
+use std::sync::atomic::Ordering::Relaxed;
 
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State};
@@ -79,6 +81,33 @@ pub(super) async fn unknown(
     ack::send(ack, namespace, "unknown", &Err::<(), _>(refused));
     if gateway.budgets.refuse(caller.user_id) == Verdict::Flood {
         flooding(&socket, namespace, &caller);
+    }
+}
+
+/// Events a connection may send on `/` before it is closed as a flood.
+const ROOT_REFUSALS: u32 = 20;
+
+/// The events a connection sent on `/`, counted on its socket there.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RootEvents(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+/// An event on `/` (where EIO3 clients are before they join a namespace, and where nothing
+/// happens): answered `UNKNOWN_EVENT`. No user is known there, so the connection has a budget
+/// of its own: past [`ROOT_REFUSALS`] it is closed as a flood. Unhandled, such events were
+/// dropped unanswered and unbudgeted: one client sent 95,000 a second, and others felt it.
+pub(super) async fn root_event(socket: SocketRef, ack: AckSender) {
+    count_in("/", "unknown");
+    metrics::counter!("socket_events_refused_total", "namespace" => "/", "event" => "unknown").increment(1);
+    let refused =
+        Error::BadRequest { code: "UNKNOWN_EVENT", message: "events go to /pilot, /customer or /dispatch".into() };
+    ack::send(ack, "/", "unknown", &Err::<(), _>(refused));
+    let sent = socket.extensions.get::<RootEvents>().map_or(u32::MAX, |events| events.0.fetch_add(1, Relaxed) + 1);
+    if sent > ROOT_REFUSALS {
+        tracing::warn!(sid = %socket.id, "event flood on /; closing the connection");
+        metrics::counter!("socket_disconnects_total", "namespace" => "/", "reason" => "FLOODING").increment(1);
+        let why = serde_json::json!({ "code": "FLOODING", "message": "too many events refused; slow down and connect again" });
+        count_out("/", "closing", socket.emit("closing", &why).is_ok());
+        socket.close_connection();
     }
 }
 

@@ -81,6 +81,8 @@ pub async fn only_eio3(io: SocketIo, socket: SocketRef, State(gateway): State<Ga
     if socket.protocol() != socketioxide::ProtocolVersion::V4 {
         return Err(Refusal { code: "NO_SUCH_NAMESPACE", message: "connect to /pilot, /customer or /dispatch".into() });
     }
+    socket.extensions.insert(super::admission::RootEvents::default());
+    socket.on_shared(gateway.handlers.root.clone());
     let timeout = std::time::Duration::from_millis(gateway.app.config.realtime.connect_timeout_ms);
     tokio::spawn(async move {
         tokio::time::sleep(timeout).await;

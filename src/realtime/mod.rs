@@ -96,6 +96,8 @@ pub struct Gateway {
 
 /// Each namespace's message handlers, made once and shared by all its sockets.
 struct Handlers {
+    /// `/`: only the fallback, for EIO3 clients' events there.
+    root: Arc<SharedHandlers>,
     pilot: Arc<SharedHandlers>,
     customer: Arc<SharedHandlers>,
     dispatch: Arc<SharedHandlers>,
@@ -122,6 +124,7 @@ impl Realtime {
         let viewports = Arc::new(Viewports::default());
         let tracking = state.tracking.clone();
         let handlers = Arc::new(Handlers {
+            root: Arc::new(SharedHandlers::new().fallback(admission::root_event)),
             pilot: Arc::new(pilot::handlers()),
             customer: Arc::new(customer::handlers()),
             dispatch: Arc::new(dispatch::handlers()),

@@ -80,6 +80,29 @@ impl<A: Adapter> Client<A> {
         // token), so it becomes the auth payload, an object of its parameters, as the reference
         // 2.x server lays it over the handshake's query.
         let auth = auth.or_else(|| query.and_then(|query| self.query_as_auth(query)));
+        // dispatchd patch: CONNECT packets have a budget per connection; past it the client is
+        // told why, and the connection is closed.
+        if !esocket.data.may_connect() {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %esocket.id, "too many CONNECT packets; closing the connection");
+            let message = "too many namespace connections on this connection; connect again later";
+            let path = Str::copy_from_slice(ns_path);
+            match protocol {
+                ProtocolVersion::V4 => {
+                    esocket.emit_last(crate::ns::v2_error(ns_path, message));
+                }
+                ProtocolVersion::V5 => match self.parser().encode(Packet::connect_error(path, message)) {
+                    Value::Str(packet, _) => {
+                        esocket.emit_last(packet);
+                    }
+                    Value::Bytes(packet) => {
+                        let _ = esocket.emit_binary(packet);
+                    }
+                },
+            }
+            esocket.close(EIoDisconnectReason::ClosingServer);
+            return;
+        }
         let connect = async move |ns: Arc<Namespace<A>>, esocket: Arc<EIoSocket<SocketData<A>>>| {
             if ns.connect(esocket.id, esocket.clone(), auth).await.is_ok() {
                 // cancel the connect timeout task for v5
@@ -175,6 +198,29 @@ impl<A: Adapter> Client<A> {
         );
     }
 
+    /// dispatchd patch: closes the connection if it has joined no namespace (`/` aside: every
+    /// v4 connection is on it) [`SocketIoConfig::connect_timeout`] from now. Called when a
+    /// socket leaves its namespace with the connection still up (the client's DISCONNECT, or
+    /// the server's): as after the handshake, a connection is not kept for nothing. Upstream
+    /// kept it for good, answering pings.
+    pub(crate) fn close_unless_joined_in_time(self: &Arc<Self>, esocket: Arc<EIoSocket<SocketData<A>>>) {
+        let client = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(client.config.connect_timeout).await;
+            let joined = client
+                .nsps
+                .read()
+                .unwrap()
+                .iter()
+                .any(|(path, ns)| path.as_str() != "/" && ns.get_socket(esocket.id).is_ok());
+            if !joined && !esocket.is_closed() {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = %esocket.id, "no namespace joined in time; closing the connection");
+                esocket.close(EIoDisconnectReason::TransportClose);
+            }
+        });
+    }
+
     /// Adds a new namespace handler
     pub fn add_ns<C, T>(self: Arc<Self>, path: Cow<'static, str>, callback: C) -> A::InitRes
     where
@@ -253,6 +299,10 @@ pub struct SocketData<A: Adapter> {
 
     /// Used to store the [`SocketIo`] instance so it can be accessed by any sockets
     pub io: OnceLock<SocketIo<A>>,
+
+    /// dispatchd patch: the CONNECT packets of the connection's current minute: when the
+    /// minute began, and how many.
+    connects: Mutex<(std::time::Instant, u32)>,
 }
 impl<A: Adapter> Default for SocketData<A> {
     fn default() -> Self {
@@ -260,7 +310,27 @@ impl<A: Adapter> Default for SocketData<A> {
             parser_state: ParserState::default(),
             connect_recv_tx: Mutex::new(None),
             io: OnceLock::new(),
+            connects: Mutex::new((std::time::Instant::now(), 0)),
         }
+    }
+}
+
+/// dispatchd patch: at most this many CONNECT packets a minute on one connection. Each one
+/// runs the namespace's middlewares (dispatchd: a token check and a database read); a client
+/// knocking on a namespace it may not join kept a core busy, and its connection was never
+/// closed. Joining three namespaces, leaving and joining again with a fresh token stays far
+/// below it.
+pub const MAX_CONNECTS_PER_MINUTE: u32 = 30;
+
+impl<A: Adapter> SocketData<A> {
+    /// Counts a CONNECT packet; whether it is within [`MAX_CONNECTS_PER_MINUTE`].
+    fn may_connect(&self) -> bool {
+        let mut connects = self.connects.lock().unwrap();
+        if connects.0.elapsed() >= std::time::Duration::from_secs(60) {
+            *connects = (std::time::Instant::now(), 0);
+        }
+        connects.1 += 1;
+        connects.1 <= MAX_CONNECTS_PER_MINUTE
     }
 }
 impl<A: Adapter> fmt::Debug for SocketData<A> {

@@ -853,6 +853,12 @@ impl<A: Adapter> Clone for SocketIo<A> {
         Self(self.0.clone())
     }
 }
+impl<A: Adapter> SocketIo<A> {
+    /// dispatchd patch: the client behind this handle, for the crate's sockets.
+    pub(crate) fn client(&self) -> &Arc<Client<A>> {
+        &self.0
+    }
+}
 impl<A: Adapter> From<Arc<Client<A>>> for SocketIo<A> {
     fn from(client: Arc<Client<A>>) -> Self {
         SocketIo(client)

@@ -38,6 +38,9 @@ pub struct Namespace<A: Adapter> {
     connecting: Mutex<HashSet<Sid>>,
 }
 
+/// dispatchd patch: how long a CONNECT waits for the socket its client just left to be gone.
+const CLOSING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Marks a socket as connecting to a namespace until dropped.
 struct ConnectingGuard<'a, A: Adapter> {
     ns: &'a Namespace<A>,
@@ -135,6 +138,17 @@ impl<A: Adapter> Namespace<A> {
         esocket: Arc<engineioxide::Socket<SocketData<A>>>,
         auth: Option<Value>,
     ) -> Result<(), ConnectFail> {
+        // dispatchd patch: a CONNECT right behind a DISCONNECT of the same namespace (a client
+        // joining again, with a new token say) finds the socket it left still here while its
+        // disconnect handler runs, which removes it after. It waits for it to go (at most
+        // `CLOSING_WAIT`). Upstream took it for a duplicate CONNECT and ignored it: the client
+        // waited for an answer that never came, and its next event closed the connection.
+        let deadline = tokio::time::Instant::now() + CLOSING_WAIT;
+        while self.sockets.read().unwrap().get(&sid).is_some_and(|socket| !socket.connected())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         let Some(_guard) = ConnectingGuard::new(&self, sid) else {
             #[cfg(feature = "tracing")]
             tracing::debug!(%sid, ?self.path, "ignoring duplicate connect packet");
@@ -653,7 +667,7 @@ mod tests {
 
 /// dispatchd patch: a Socket.io v2 ERROR packet for `namespace` carrying `message` as a JSON
 /// string: `4/pilot,"CODE: text"` (`4"…"` on `/`).
-fn v2_error(namespace: &str, message: &str) -> Str {
+pub(crate) fn v2_error(namespace: &str, message: &str) -> Str {
     let json = crate::parser::json_string(message);
     let packet = match namespace {
         "/" => format!("4{json}"),

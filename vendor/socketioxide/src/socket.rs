@@ -978,6 +978,15 @@ impl<A: Adapter> Socket<A> {
     /// It maybe also close when the underlying transport is closed or failed.
     pub(crate) fn close(self: Arc<Self>, reason: DisconnectReason) {
         self.set_connected(false);
+        // dispatchd patch: the connection stays up when only this namespace is left; it is
+        // closed if it joins none in time (see `Client::close_unless_joined_in_time`).
+        if matches!(
+            reason,
+            DisconnectReason::ClientNSDisconnect | DisconnectReason::ServerNSDisconnect
+        ) && self.ns.path.as_str() != "/"
+        {
+            self.get_io().client().close_unless_joined_in_time(self.esocket.clone());
+        }
 
         let disconnect_handler = { self.disconnect_handler.lock().unwrap().take() };
 
