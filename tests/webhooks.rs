@@ -102,3 +102,45 @@ async fn no_webhook_url_means_no_deliveries_queued() {
     );
     assert_eq!(app.state.jobs.run_due().await.unwrap(), 0);
 }
+
+/// An order's events reach the operator one after the other, in their order, however slow
+/// the receiver. They went out all at once: the job chain (one kind, one order) looked for
+/// the order's id at the top of the job's payload, and a webhook's has it under `order`.
+#[tokio::test]
+async fn an_orders_events_reach_the_operator_in_their_order() {
+    let arrived: Received = Arc::default();
+    let log = arrived.clone();
+    // The order's first event takes the receiver a while; each is logged once answered.
+    let app = Router::new().route(
+        "/hooks",
+        post(move |request: Request| {
+            let log = log.clone();
+            let id = request.headers().get("x-dispatchd-event-id").unwrap().to_str().unwrap().to_owned();
+            async move {
+                if id.ends_with(":1") {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                log.lock().unwrap().push((id, String::new(), String::new()));
+                AxumStatus::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let clock = Clock::manual(chrono::Utc::now());
+    let options =
+        Options { clock: clock.clone(), ..Options::default() }.set("webhooks.url", url).set("webhooks.secret", SECRET);
+    let app = TestApp::spawn_with(options).await;
+    let customer = app.register("customer").await;
+    let order = app.post("/api/v1/orders", order_body("cash"), Some(&customer.access)).await;
+    let id = order.data()["id"].as_str().unwrap().to_owned();
+    let cancel = format!("/api/v1/orders/{id}/cancel");
+    let cancelled = app.post(&cancel, serde_json::json!({ "reason": "changed my mind" }), Some(&customer.access)).await;
+    assert_eq!(cancelled.status, reqwest::StatusCode::OK, "{:?}", cancelled.body);
+
+    assert_eq!(app.state.jobs.run_due().await.unwrap(), 3, "created, searching_driver, cancelled");
+    let order_of_arrival: Vec<String> = arrived.lock().unwrap().iter().map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(order_of_arrival, [1, 2, 3].map(|seq| format!("{id}:{seq}")));
+}

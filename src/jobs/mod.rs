@@ -159,8 +159,10 @@ impl Worker {
         let limit = free.min(self.config.batch_size as usize);
         let lease = seconds(self.config.lease_secs);
         let mut jobs = self.store.claim_jobs(self.clock.now(), limit as u32, lease, &kinds).await?;
-        // An UPDATE returns its rows in no particular order.
-        jobs.sort_by_key(|job| job.run_at);
+        // An UPDATE returns its rows in no particular order. Jobs due at the same instant (an
+        // order's events of one transaction, failed jobs retried together) in the order they
+        // were made: their ids are in creation order.
+        jobs.sort_by_key(|job| (job.run_at, job.id));
         let claimed = jobs.len();
         let at = std::time::Instant::now();
         for job in jobs {
@@ -418,10 +420,13 @@ impl InFlight {
     }
 }
 
-/// The chain a job runs in: its kind and the order it is about (`payload.order_id`). A
+/// The chain a job runs in: its kind and the order it is about (`payload.order_id`, or
+/// `payload.order.id`). A
 /// worker runs a chain's jobs one at a time, in the order they fell due: an order's pushes
 /// in order, its webhooks in order, neither waiting for the other.
 fn chain_of(job: &Job) -> Option<(String, String)> {
-    let order = job.payload.get("order_id").and_then(serde_json::Value::as_str)?;
-    Some((job.kind.clone(), order.to_owned()))
+    // A push's payload names its order at the top, a webhook's (the body it sends) in `order`.
+    let payload = &job.payload;
+    let order = payload.get("order_id").or_else(|| payload.get("order")?.get("id"));
+    Some((job.kind.clone(), order.and_then(serde_json::Value::as_str)?.to_owned()))
 }

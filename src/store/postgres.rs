@@ -36,14 +36,14 @@ const LOCK_PAYOUT: &str = crate::store::money::select_payout!("WHERE id = $1 FOR
 /// The payment row, locked until the transaction ends.
 const LOCK_PAYMENT: &str = crate::store::money::select_payment!("WHERE gateway = $1 AND gateway_ref = $2 FOR UPDATE");
 /// Due jobs of the kinds asked for, the first few of each kind by the index of due jobs by
-/// kind (a backlog of another kind is not read past), skipping rows another worker is
+/// kind (a backlog of another kind is not read past; ties in the order the jobs were made), skipping rows another worker is
 /// claiming right now. The ids as an array, not `IN (…)`: the planner cannot tell how
 /// few they are, and joined the whole table (done jobs included) to them at every claim.
 const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = $2, \
      updated_at = $1 WHERE id = ANY(ARRAY(SELECT due.id FROM jsonb_array_elements_text($4) AS asked (kind) \
      CROSS JOIN LATERAL (SELECT id, run_at FROM jobs WHERE jobs.kind = asked.kind \
      AND ((status = 'queued' AND run_at <= $1) OR (status = 'running' AND locked_until <= $1)) \
-     ORDER BY run_at LIMIT $3 FOR UPDATE SKIP LOCKED) AS due ORDER BY due.run_at LIMIT $3)) \
+     ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) AS due ORDER BY due.run_at, due.id LIMIT $3)) \
      RETURNING id, kind, payload, attempts, max_attempts, run_at, trace_parent";
 
 /// A live offer, if its order is searching: the order row is locked (`FOR UPDATE`), so a

@@ -37,7 +37,7 @@ const LOCK_PAYOUT: &str = crate::store::money::select_payout!("WHERE id = $1");
 const CLAIM_JOBS: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = $2, \
      updated_at = $1 WHERE id IN (SELECT id FROM jobs WHERE ((status = 'queued' AND run_at <= $1) \
      OR (status = 'running' AND locked_until <= $1)) AND kind IN (SELECT value FROM json_each($4)) \
-     ORDER BY run_at LIMIT $3) \
+     ORDER BY run_at, id LIMIT $3) \
      RETURNING id, kind, payload, attempts, max_attempts, run_at, trace_parent";
 
 /// A live offer, if its order is searching. One statement is atomic under SQLite's one
