@@ -337,10 +337,22 @@ where
             tracing::trace!(sid = %socket.id, "ws closing flush");
             ws.flush().await.ok();
             ws.close(None).await.ok();
+            // dispatchd patch: what the client still sends is read and dropped until it
+            // answers the close (for `CLOSE_LINGER` at most). Closed with unread data, the TCP
+            // connection is reset, and the reset drops what the client has not read yet: a
+            // client cut off while it kept sending (a flood) lost why, and its last acks.
+            let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
         }));
         closing.await.ok();
     }
 }
+
+/// dispatchd patch: how long a closed connection still reads what its client sends, waiting
+/// for it to answer the close.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Hands what a client sent to the handler; `Err` stops the connection.
 fn on_ws_message<H: EngineIoHandler>(
@@ -817,6 +829,9 @@ mod tests {
             }
         }
         assert_eq!(got, [Message::text("4last")]);
+        // The client answers the close, as WebSocket clients do (dispatchd patch: the server
+        // reads until then, `CLOSE_LINGER` at most).
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, client.next()).await {}
         tokio::time::timeout(TIMEOUT, conn).await.unwrap().unwrap();
     }
 }
