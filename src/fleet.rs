@@ -192,7 +192,17 @@ impl Fleet {
             ApprovalChange::Suspend => "suspended",
         };
         metrics::counter!("pilot_approvals_total", "decision" => decision).increment(1);
-        Ok(user)
+        Ok(self.with_live_status(user))
+    }
+
+    /// `user` with its pilot profile's status as the live grid has it: what a pilot is doing
+    /// lives in memory (and the mirror), not in the database, whose column is never written.
+    /// Profiles read from the store said `offline` for ever.
+    pub fn with_live_status(&self, mut user: User) -> User {
+        if let Some(profile) = user.pilot.as_mut() {
+            profile.status = self.index.get(user.id).map_or(PilotStatus::Offline, |pilot| pilot.status);
+        }
+        user
     }
 
     /// Whether the pilot has a socket open on this node.

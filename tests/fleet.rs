@@ -21,6 +21,11 @@ async fn go(app: &TestApp, pilot: &Session, status: &str) -> common::Reply {
     app.post("/api/v1/pilot/status", json!({ "status": status }), Some(&pilot.access)).await
 }
 
+/// The status on the pilot's own profile (`GET /me`).
+async fn duty(app: &TestApp, pilot: &Session) -> Value {
+    app.get("/api/v1/me", Some(&pilot.access)).await.data()["pilot"]["status"].clone()
+}
+
 async fn pilot_at(app: &TestApp, lat: f64, lng: f64) -> Session {
     let pilot = app.register("pilot").await;
     let ts = now_ms(app);
@@ -277,9 +282,17 @@ async fn back_from_a_break_a_pilot_carrying_an_order_is_still_busy() {
     let customer = app.register("customer").await;
     let (lat, lng) = common::PICKUP;
     let pilot = pilot_at(&app, lat, lng).await;
+    // Its profile says what it is doing (it said offline for ever: the stored status is never
+    // written).
+    assert_eq!(duty(&app, &pilot).await, "available");
     let order = common::field::create_order(&app, &customer).await;
     let assigned = common::field::assign(&app, &dispatcher, &order, &pilot).await;
     assert_eq!(assigned.status, StatusCode::OK, "{:?}", assigned.body);
+    assert_eq!(duty(&app, &pilot).await, "busy");
+    let admin = app.staff(Role::Admin).await;
+    let listed = app.get("/api/v1/admin/pilots?approval=approved", Some(&admin.access)).await;
+    let listed = listed.data()["items"].as_array().unwrap().iter().find(|user| user["id"] == pilot.user_id.as_str());
+    assert_eq!(listed.map(|user| &user["pilot"]["status"]), Some(&json!("busy")));
 
     for status in ["break", "offline"] {
         assert_eq!(go(&app, &pilot, status).await.data()["pilot"]["status"], status);

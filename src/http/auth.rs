@@ -63,18 +63,24 @@ pub async fn register(State(state): State<AppState>, Json(req): Json<RegisterReq
         role: req.role,
         vehicle_type: req.vehicle_type,
     };
-    Ok(created(state.auth.register(registration).await?))
+    let mut grant = state.auth.register(registration).await?;
+    grant.user = state.fleet.with_live_status(grant.user);
+    Ok(created(grant))
 }
 
 pub async fn login(State(state): State<AppState>, Json(req): Json<LoginRequest>) -> Result<impl IntoResponse> {
-    Ok(ok(state.auth.login(&req.phone, req.password.0).await?))
+    let mut grant = state.auth.login(&req.phone, req.password.0).await?;
+    grant.user = state.fleet.with_live_status(grant.user);
+    Ok(ok(grant))
 }
 
 pub async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>) -> Result<impl IntoResponse> {
     if req.refresh_token.is_empty() || req.refresh_token.len() > 256 {
         return Err(Error::validation("refresh_token", "must be a refresh token from login or refresh"));
     }
-    Ok(ok(state.auth.refresh(&req.refresh_token).await?))
+    let mut grant = state.auth.refresh(&req.refresh_token).await?;
+    grant.user = state.fleet.with_live_status(grant.user);
+    Ok(ok(grant))
 }
 
 pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<impl IntoResponse> {
@@ -90,5 +96,5 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<impl In
         .user_by_id(caller.user_id)
         .await?
         .ok_or_else(|| Error::unauthorized("TOKEN_REVOKED", "the account no longer exists"))?;
-    Ok(ok(user))
+    Ok(ok(state.fleet.with_live_status(user)))
 }

@@ -66,6 +66,7 @@ pub async fn list(
     let limit = page_limit(query.limit)?;
     let page = PageRequest { before: query.cursor, limit: limit + 1 };
     let pilots = state.store.pilots_by_approval(query.approval.unwrap_or(PilotApproval::Pending), page).await?;
+    let pilots = pilots.into_iter().map(|user| state.fleet.with_live_status(user)).collect();
     Ok(ok(Page::from_overfetch(pilots, limit, |user| user.id.to_string())))
 }
 

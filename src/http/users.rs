@@ -35,6 +35,7 @@ pub async fn list(
     let limit = page_limit(query.limit)?;
     let page = PageRequest { before: query.cursor, limit: limit + 1 };
     let users = state.store.list_users(query.role, page).await?;
+    let users = users.into_iter().map(|user| state.fleet.with_live_status(user)).collect();
     Ok(ok(Page::from_overfetch(users, limit, |user| user.id.to_string())))
 }
 

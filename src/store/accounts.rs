@@ -317,6 +317,7 @@ macro_rules! select_user {
     ($extra_columns:literal, $rest:literal) => {
         concat!(
             "SELECT u.id, u.phone, u.name, u.role, u.created_at, u.disabled_at, u.rating_sum, u.rating_count, ",
+            // `p.status` is never written: the live status is the grid's (`Fleet::with_live_status`).
             "p.vehicle_type, p.status AS pilot_status, p.approval, p.vehicle_number, p.vehicle_model",
             $extra_columns,
             " FROM users u LEFT JOIN pilots p ON p.user_id = u.id ",
