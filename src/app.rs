@@ -98,6 +98,9 @@ pub struct App {
 impl App {
     /// Connects the store (applying migrations) and prepares Redis and auth.
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        // The recorder first: what is recorded before it is installed is lost (Redis found
+        // down at start left no `redis_up` series, and its alert could never fire).
+        let metrics = crate::telemetry::metrics();
         let store = store::open(&config.database, config.database_url()).await?;
         tracing::info!(backend = %store.backend(), "store ready");
         let redis = match config.redis_url() {
@@ -263,7 +266,7 @@ impl App {
             store,
             redis,
             auth: Arc::new(auth),
-            metrics: crate::telemetry::metrics(),
+            metrics,
             clock,
             grid,
             fleet,

@@ -286,6 +286,19 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     );
 }
 
+/// A node started while Redis is down says so in `/metrics` (`redis_up 0`, which the
+/// DispatchdRedisDown alert reads). The gauge was set before the metrics recorder existed,
+/// and the series was missing until Redis had once been up.
+#[tokio::test]
+async fn a_node_started_without_redis_exports_redis_up_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = common::node::alone_in(&dir);
+    env.push(("DISPATCHD__REDIS__URL", format!("redis://{}", closed_port().await)));
+    let node = common::node::Node::start(&env, common::node::Logs::Drained).await;
+    let text = node.client.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|line| line == "redis_up 0"), "{text}");
+}
+
 /// The counters the alert rules read are exported at 0 from the start. Appearing only at
 /// their first increment, already at 1, they hid that increment from `increase`: the first
 /// order event dropped after a restart never raised DispatchdOrderEventsDropped.
