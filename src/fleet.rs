@@ -51,6 +51,27 @@ pub struct Fleet {
     sockets: parking_lot::Mutex<HashMap<UserId, u32>>,
 }
 
+/// What a pilot may choose for itself (over REST and its socket); `online` is the apps' word
+/// for available. `on_offer` and `busy` are matching's to set.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DutyStatus {
+    Online,
+    Available,
+    Break,
+    Offline,
+}
+
+impl DutyStatus {
+    pub fn chosen(self) -> PilotStatus {
+        match self {
+            DutyStatus::Online | DutyStatus::Available => PilotStatus::Available,
+            DutyStatus::Break => PilotStatus::Break,
+            DutyStatus::Offline => PilotStatus::Offline,
+        }
+    }
+}
+
 impl Fleet {
     pub fn new(
         index: Arc<PilotIndex>,

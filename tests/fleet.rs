@@ -97,10 +97,19 @@ async fn location_and_status_requests_are_checked() {
     assert_eq!(go(&app, &pilot, "available").await.data()["pilot"]["status"], "available");
     let busy = go(&app, &pilot, "busy").await;
     assert_eq!(busy.body["error"]["details"]["field"], "status");
+    // What may be chosen is what the error names: it listed matching's own statuses.
+    let message = busy.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("online") && !message.contains("on_offer"), "{message}");
     let unknown = go(&app, &pilot, "sleeping").await;
     assert_eq!(unknown.body["error"]["details"]["field"], "status");
     assert_eq!(go(&app, &pilot, "break").await.data()["pilot"]["status"], "break");
     assert_eq!(go(&app, &pilot, "offline").await.data()["pilot"]["status"], "offline");
+    // `online`, as over the socket.
+    let online = go(&app, &pilot, "online").await;
+    assert_eq!(
+        (online.data()["status"].as_str(), online.data()["pilot"]["status"].as_str()),
+        (Some("available"), Some("available"))
+    );
 }
 
 #[tokio::test]

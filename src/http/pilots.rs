@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::domain::money::{PayoutDecision, PayoutStatus, PilotEntry, PilotEntryKind};
-use crate::domain::{PilotApproval, PilotStatus, Role, VehicleModel, VehiclePlate};
+use crate::domain::{PilotApproval, Role, VehicleModel, VehiclePlate};
 use crate::error::{Error, Result};
 use crate::fleet::{LocationReport, ReportAnswer};
 use crate::http::extract::{Json, Path, Query};
@@ -34,7 +34,7 @@ pub async fn location(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusRequest {
-    status: PilotStatus,
+    status: crate::fleet::DutyStatus,
 }
 
 pub async fn status(
@@ -43,8 +43,9 @@ pub async fn status(
     Json(request): Json<StatusRequest>,
 ) -> Result<impl IntoResponse> {
     caller.require(&[Role::Pilot])?;
-    let pilot = state.fleet.set_status(caller.user_id, request.status).await?;
-    Ok(ok(json!({ "status": request.status, "pilot": pilot })))
+    let status = request.status.chosen();
+    let pilot = state.fleet.set_status(caller.user_id, status).await?;
+    Ok(ok(json!({ "status": status, "pilot": pilot })))
 }
 
 /// `GET /admin/pilots?approval=pending`: pilots by approval (default pending), newest

@@ -19,7 +19,6 @@ use socketioxide::{SendError, SocketError};
 use tracing::Instrument as _;
 
 use crate::auth::Caller;
-use crate::domain::PilotStatus;
 use crate::error::Result;
 use crate::fleet::{LocationReport, ReportAnswer};
 use crate::ids::{OfferId, OrderId};
@@ -117,17 +116,7 @@ async fn report(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StatusRequest {
-    status: DutyStatus,
-}
-
-/// What a pilot may choose; `online` is the apps' word for available.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum DutyStatus {
-    Online,
-    Available,
-    Break,
-    Offline,
+    status: crate::fleet::DutyStatus,
 }
 
 async fn status(
@@ -142,11 +131,7 @@ async fn status(
     };
     let result = async {
         let request = parse::<StatusRequest>(payload(data).unwrap_or(Value::Null))?;
-        let status = match request.status {
-            DutyStatus::Online | DutyStatus::Available => PilotStatus::Available,
-            DutyStatus::Break => PilotStatus::Break,
-            DutyStatus::Offline => PilotStatus::Offline,
-        };
+        let status = request.status.chosen();
         let pilot = gateway.app.fleet.set_status(caller.user_id, status).await?;
         Ok(json!({ "status": status, "pilot": pilot }))
     }
