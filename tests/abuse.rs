@@ -229,7 +229,7 @@ async fn a_connection_knocking_on_a_namespace_for_ever_is_closed() {
     assert!(ended, "the connection is closed");
     let refused = seen.iter().filter(|text| text.contains("FORBIDDEN_ROLE")).count();
     assert!(refused < 40, "{refused} CONNECT packets were checked");
-    assert!(seen.iter().any(|text| text.starts_with("44/dispatch,") && text.contains("too many")), "{seen:?}");
+    assert!(seen.iter().any(|text| text.starts_with("44/dispatch,") && text.contains("TOO_MANY_CONNECTS")), "{seen:?}");
 }
 
 /// A connection whose client left its only namespace (or was logged out of it) stayed open

@@ -85,21 +85,8 @@ impl<A: Adapter> Client<A> {
         if !esocket.data.may_connect() {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %esocket.id, "too many CONNECT packets; closing the connection");
-            let message = "too many namespace connections on this connection; connect again later";
-            let path = Str::copy_from_slice(ns_path);
-            match protocol {
-                ProtocolVersion::V4 => {
-                    esocket.emit_last(crate::ns::v2_error(ns_path, message));
-                }
-                ProtocolVersion::V5 => match self.parser().encode(Packet::connect_error(path, message)) {
-                    Value::Str(packet, _) => {
-                        esocket.emit_last(packet);
-                    }
-                    Value::Bytes(packet) => {
-                        let _ = esocket.emit_binary(packet);
-                    }
-                },
-            }
+            let message = "TOO_MANY_CONNECTS: too many namespace connections on this connection; connect again later";
+            self.refuse_connect(esocket, protocol, ns_path, message);
             esocket.close(EIoDisconnectReason::ClosingServer);
             return;
         }
@@ -133,20 +120,35 @@ impl<A: Adapter> Client<A> {
             );
             esocket.close(EIoDisconnectReason::TransportClose);
         } else {
-            let path = Str::copy_from_slice(ns_path);
-            let packet = self
-                .parser()
-                .encode(Packet::connect_error(path, "Invalid namespace"));
-            let _ = match packet {
-                Value::Str(p, _) => esocket.emit(p).map_err(|_e| {
-                    #[cfg(feature = "tracing")]
-                    tracing::error!("error while sending invalid namespace packet: {}", _e);
-                }),
-                Value::Bytes(p) => esocket.emit_binary(p).map_err(|_e| {
-                    #[cfg(feature = "tracing")]
-                    tracing::error!("error while sending invalid namespace packet: {}", _e);
-                }),
-            };
+            // The official protocol test suite expects this message as it is.
+            self.refuse_connect(esocket, protocol, ns_path, "Invalid namespace");
+        }
+    }
+
+    /// dispatchd patch: answers a CONNECT to `ns_path` with a refusal carrying `message`
+    /// (past the buffer's bounds), in the client's protocol's shape.
+    fn refuse_connect(
+        &self,
+        esocket: &Arc<engineioxide::Socket<SocketData<A>>>,
+        protocol: ProtocolVersion,
+        ns_path: &str,
+        message: &str,
+    ) {
+        match protocol {
+            ProtocolVersion::V4 => {
+                esocket.emit_last(crate::ns::v2_error(ns_path, message));
+            }
+            ProtocolVersion::V5 => {
+                let path = Str::copy_from_slice(ns_path);
+                match self.parser().encode(Packet::connect_error(path, message)) {
+                    Value::Str(packet, _) => {
+                        esocket.emit_last(packet);
+                    }
+                    Value::Bytes(packet) => {
+                        let _ = esocket.emit_binary(packet);
+                    }
+                }
+            }
         }
     }
 
