@@ -40,7 +40,7 @@ start_server "$work/dispatchd.db"
 "$bench" ingest --url "$url" --pid "$pid" --pilots 10 --interval 1 --batch 3 --duration 3
 "$bench" track --url "$url" --pid "$pid" --pairs 5 --rate 2 --duration 3
 "$bench" connections --url "$url" --pid "$pid" --connections 30 --sources 2 --storm-deadline 10
-"$bench" flood --url "$url" --pid "$pid" --normal 10 --duration 4 --frames 2000 --read-frames 500 --settle 1 \
+"$bench" flood --url "$url" --pid "$pid" --normal 10 --duration 12 --frames 2000 --read-frames 500 --settle 1 \
     --json "$work/flood.json"
 grep -q '"flooder_cut_after_s": "not cut"' "$work/flood.json" && { echo "flood: a flooder was not cut off" >&2; exit 1; }
 "$bench" dispatch --url "$url" --pilots 10 --orders-per-sec 2 --duration 3

@@ -339,8 +339,9 @@ where
             ws.close(None).await.ok();
             // dispatchd patch: what the client still sends is read and dropped until it
             // answers the close (for `CLOSE_LINGER` at most). Closed with unread data, the TCP
-            // connection is reset, and the reset drops what the client has not read yet: a
+            // connection is reset, and a reset loses what the client has not read yet: a
             // client cut off while it kept sending (a flood) lost why, and its last acks.
+            // Nothing it sends meanwhile is handled.
             let _ = tokio::time::timeout(CLOSE_LINGER, async {
                 while let Some(Ok(_)) = ws.next().await {}
             })
