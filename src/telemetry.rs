@@ -33,10 +33,18 @@ pub fn init_tracing(config: &LogConfig, target: LogTarget, exporters: &crate::tr
     use tracing_subscriber::util::SubscriberInitExt as _;
 
     let level = EnvFilter::try_new(&config.level).map_or_else(|_| "info".to_owned(), |_| config.level.clone());
-    let filter = EnvFilter::new(format!("{level},{}=off", crate::traces::TRACE_TARGET));
+    // Postgres's notices ("relation … already exists, skipping" at every migrate) only at
+    // warn, unless the level says otherwise for them.
+    let filter = EnvFilter::new(format!("sqlx::postgres::notice=warn,{level},{}=off", crate::traces::TRACE_TARGET));
     let writer = move || Forgiving(target);
+    // Colours only for a terminal: in a file or a pipe they were escape codes.
+    let terminal = match target {
+        LogTarget::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        LogTarget::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
     let logs = tracing_subscriber::fmt::layer()
         .with_target(true)
+        .with_ansi(terminal)
         .with_writer(writer)
         // A log line that cannot be written is dropped (and counted), never reported on
         // stderr: stderr may be the same broken pipe, and a failed eprintln! panics.

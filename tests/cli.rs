@@ -134,6 +134,14 @@ async fn migrate_applies_the_schema_and_exits() {
     for table in ["users", "pilots", "orders", "order_events", "wallet_ledger", "coupons", "idempotency_keys", "jobs"] {
         assert!(tables.iter().any(|name| name == table), "{table} missing from {tables:?}");
     }
+    // Again, logging as a person reads it, into a pipe: nothing to apply, nothing to say
+    // (Postgres's notice that the migrations table exists came at info), and no colour codes.
+    let again = dispatchd_on(&url).arg("migrate").env("DISPATCHD__LOG__FORMAT", "human").output().await.unwrap();
+    assert!(again.status.success());
+    let logs = [again.stdout, again.stderr].concat();
+    let logs = String::from_utf8_lossy(&logs);
+    assert!(!logs.contains("already exists, skipping"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "{logs:?}");
 }
 
 async fn create_user(url: &str, args: &[&str], password: &str) -> std::process::Output {
