@@ -28,6 +28,29 @@ async fn quote(app: &TestApp, who: &Session) -> Value {
     reply.data().clone()
 }
 
+/// An app sends the same places to quote and to order: the quote takes (and does not need)
+/// their addresses. It refused them, where the order requires them.
+#[tokio::test]
+async fn the_places_of_an_order_can_be_quoted_as_they_are() {
+    let app = TestApp::spawn().await;
+    let customer = app.register("customer").await;
+    let order = order_body("cash");
+    let body = json!({ "pickup": order["pickup"], "drop": order["drop"], "vehicle_type": "bike" });
+    assert!(body["pickup"]["address"].is_string(), "{body}");
+    let quoted = app.post("/api/v1/quotes", body, Some(&customer.access)).await;
+    assert_eq!(quoted.status, StatusCode::OK, "{:?}", quoted.body);
+    let bad = json!({ "pickup": { "lat": 95.0, "lng": 77.0 }, "drop": order["drop"], "vehicle_type": "bike" });
+    let refused = app.post("/api/v1/quotes", bad, Some(&customer.access)).await;
+    assert_eq!(
+        (refused.status, refused.body["error"]["details"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("pickup"))
+    );
+    let unknown =
+        json!({ "pickup": { "lat": 12.9, "lng": 77.6, "floor": 3 }, "drop": order["drop"], "vehicle_type": "bike" });
+    let refused = app.post("/api/v1/quotes", unknown, Some(&customer.access)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "unknown fields are still refused");
+}
+
 #[tokio::test]
 async fn a_quoted_order_gets_exactly_the_quoted_fare() {
     let app = TestApp::spawn().await;
