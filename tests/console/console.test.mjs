@@ -58,6 +58,10 @@ test("a dispatcher watches the city, sees a new order at once and assigns it by 
   const policy = response.headers()["content-security-policy"];
   assert.match(policy, /script-src 'self';/, policy);
   assert.doesNotMatch(policy, /unsafe-inline|unsafe-eval|\*/, policy);
+  // The status filter offers the statuses an open order rests in: a pickup goes through
+  // picked_up to in_transit in one step, and a "picked up" option never matched anything.
+  const statusOptions = await page.locator("#filter-status option").evaluateAll((options) => options.map((o) => o.value));
+  assert.deepEqual(statusOptions, ["", "searching_driver", "assigned", "in_transit", "returning", "pending"]);
 
   await page.getByTestId("login-phone").fill("+910000000000");
   await page.getByTestId("login-password").fill("not the password");
