@@ -18,10 +18,12 @@ use sha2::Sha256;
 
 const SECRET: &str = "operator-webhook-secret";
 
-/// (event id header, signature header, body) of each request; the first `fail_first` get 503.
+/// (event id header, signature header, body) of each request, logged as it is answered.
 type Received = Arc<Mutex<Vec<(String, String, String)>>>;
 
-async fn receiver(fail_first: usize) -> (String, Received) {
+/// An operator's endpoint: the first `fail_first` requests get 503; the event whose id ends
+/// with `slow` (if any) takes it 300 ms.
+async fn receiver(fail_first: usize, slow: Option<&'static str>) -> (String, Received) {
     let received: Received = Arc::default();
     let log = received.clone();
     let app = Router::new().route(
@@ -34,6 +36,9 @@ async fn receiver(fail_first: usize) -> (String, Received) {
             let (id, signature) = (header("x-dispatchd-event-id"), header("x-dispatchd-signature"));
             async move {
                 let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                if slow.is_some_and(|slow| id.ends_with(slow)) {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
                 let count = {
                     let mut log = log.lock().unwrap();
                     log.push((id, signature, String::from_utf8(body.to_vec()).unwrap()));
@@ -60,7 +65,7 @@ fn signed_correctly(signature: &str, body: &str) -> bool {
 
 #[tokio::test]
 async fn order_events_reach_the_operator_signed_and_retried() {
-    let (url, received) = receiver(1).await;
+    let (url, received) = receiver(1, None).await;
     let clock = Clock::manual(chrono::Utc::now());
     let options =
         Options { clock: clock.clone(), ..Options::default() }.set("webhooks.url", url).set("webhooks.secret", SECRET);
@@ -108,27 +113,8 @@ async fn no_webhook_url_means_no_deliveries_queued() {
 /// the order's id at the top of the job's payload, and a webhook's has it under `order`.
 #[tokio::test]
 async fn an_orders_events_reach_the_operator_in_their_order() {
-    let arrived: Received = Arc::default();
-    let log = arrived.clone();
-    // The order's first event takes the receiver a while; each is logged once answered.
-    let app = Router::new().route(
-        "/hooks",
-        post(move |request: Request| {
-            let log = log.clone();
-            let id = request.headers().get("x-dispatchd-event-id").unwrap().to_str().unwrap().to_owned();
-            async move {
-                if id.ends_with(":1") {
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                }
-                log.lock().unwrap().push((id, String::new(), String::new()));
-                AxumStatus::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
+    // The order's first event takes the receiver a while.
+    let (url, arrived) = receiver(0, Some(":1")).await;
     let clock = Clock::manual(chrono::Utc::now());
     let options =
         Options { clock: clock.clone(), ..Options::default() }.set("webhooks.url", url).set("webhooks.secret", SECRET);
