@@ -342,6 +342,11 @@ impl Worker {
         kinds.extend(counts.iter().map(|c| c.kind.as_str()));
         kinds.sort_unstable();
         kinds.dedup();
+        // How late a job due at `due` is now, in seconds (0 for none, or not yet due).
+        let now = self.clock.now();
+        let late = |due: Option<chrono::DateTime<chrono::Utc>>| {
+            due.map_or(0.0, |due| (now - due).num_milliseconds().max(0) as f64 / 1000.0)
+        };
         for status in ["queued", "running", "failed"] {
             let count = |kind: &str| {
                 counts.iter().filter(|c| c.status == status && c.kind == kind).map(|c| c.count).sum::<i64>()
@@ -351,21 +356,17 @@ impl Worker {
             }
             if status == "queued" {
                 // Per kind, how late its oldest due job is (notifications: their queue's age).
-                let now = self.clock.now();
                 for kind in &kinds {
                     let oldest =
                         counts.iter().filter(|c| c.status == status && c.kind == *kind).find_map(|c| c.oldest_run_at);
-                    let late = oldest.map_or(0.0, |due| (now - due).num_milliseconds().max(0) as f64 / 1000.0);
-                    metrics::gauge!("jobs_queue_age_seconds", "kind" => kind.to_string()).set(late);
+                    metrics::gauge!("jobs_queue_age_seconds", "kind" => kind.to_string()).set(late(oldest));
                 }
             }
             let total: i64 = counts.iter().filter(|c| c.status == status).map(|c| c.count).sum();
             metrics::gauge!(format!("jobs_{status}")).set(total as f64);
         }
         // From the counts' oldest per kind: a query of its own sorted every queued job.
-        let next = crate::store::jobs::next_due(&counts);
-        let late = next.map_or(0.0, |due| (self.clock.now() - due).num_milliseconds().max(0) as f64 / 1000.0);
-        metrics::gauge!("jobs_oldest_due_seconds").set(late);
+        metrics::gauge!("jobs_oldest_due_seconds").set(late(crate::store::jobs::next_due(&counts)));
     }
 }
 
