@@ -10,7 +10,7 @@ use axum::extract::Request;
 use axum::http::StatusCode as AxumStatus;
 use axum::routing::post;
 use chrono::Duration as Span;
-use common::{Options, TestApp, order_body};
+use common::{Options, Session, TestApp, order_body};
 use dispatchd::clock::Clock;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -63,9 +63,9 @@ fn signed_correctly(signature: &str, body: &str) -> bool {
     expected == v1
 }
 
-#[tokio::test]
-async fn order_events_reach_the_operator_signed_and_retried() {
-    let (url, received) = receiver(1, None).await;
+/// A server on a manual clock sending its webhooks to `url`, a customer, and the id of the
+/// order it placed.
+async fn an_order_hooked_to(url: String) -> (TestApp, Clock, Session, String) {
     let clock = Clock::manual(chrono::Utc::now());
     let options =
         Options { clock: clock.clone(), ..Options::default() }.set("webhooks.url", url).set("webhooks.secret", SECRET);
@@ -73,6 +73,13 @@ async fn order_events_reach_the_operator_signed_and_retried() {
     let customer = app.register("customer").await;
     let order = app.post("/api/v1/orders", order_body("cash"), Some(&customer.access)).await;
     let id = order.data()["id"].as_str().unwrap().to_owned();
+    (app, clock, customer, id)
+}
+
+#[tokio::test]
+async fn order_events_reach_the_operator_signed_and_retried() {
+    let (url, received) = receiver(1, None).await;
+    let (app, clock, _, id) = an_order_hooked_to(url).await;
 
     assert_eq!(app.state.jobs.run_due().await.unwrap(), 2, "created and searching_driver");
     assert_eq!(received.lock().unwrap().len(), 2, "the first delivery failed (503), the second went through");
@@ -115,13 +122,7 @@ async fn no_webhook_url_means_no_deliveries_queued() {
 async fn an_orders_events_reach_the_operator_in_their_order() {
     // The order's first event takes the receiver a while.
     let (url, arrived) = receiver(0, Some(":1")).await;
-    let clock = Clock::manual(chrono::Utc::now());
-    let options =
-        Options { clock: clock.clone(), ..Options::default() }.set("webhooks.url", url).set("webhooks.secret", SECRET);
-    let app = TestApp::spawn_with(options).await;
-    let customer = app.register("customer").await;
-    let order = app.post("/api/v1/orders", order_body("cash"), Some(&customer.access)).await;
-    let id = order.data()["id"].as_str().unwrap().to_owned();
+    let (app, _, customer, id) = an_order_hooked_to(url).await;
     let cancel = format!("/api/v1/orders/{id}/cancel");
     let cancelled = app.post(&cancel, serde_json::json!({ "reason": "changed my mind" }), Some(&customer.access)).await;
     assert_eq!(cancelled.status, reqwest::StatusCode::OK, "{:?}", cancelled.body);
